@@ -1,0 +1,153 @@
+"""The actor's pure core: run action chunks on a stage of envs and record episodes.
+
+A stage owns whole GRPO groups. Each chunk [T,D] is executed for its first N actions
+(receding horizon), stopping early for an env whose episode ends. One record per chunk:
+the observation the policy saw, the whole sampled chunk with its log-probs, the policy
+version, the reward summed over executed actions, done, and how many actions ran.
+An env whose episode has ended waits until its whole group has ended; then the group
+is reset to a fresh shared initial state and its episodes are emitted together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from envs.base import EnvObs, VectorEnv
+from protocol.messages import Trajectory
+
+
+@dataclass
+class IdSource:
+    """Episode and group ids of one actor: ``actor_index << 32 | counter``."""
+
+    actor_index: int
+    episodes: int = 0
+    groups: int = 0
+
+    def episode(self) -> int:
+        self.episodes += 1
+        return (self.actor_index << 32) | (self.episodes - 1)
+
+    def group(self) -> int:
+        self.groups += 1
+        return (self.actor_index << 32) | (self.groups - 1)
+
+
+@dataclass
+class EpisodeRecord:
+    """An episode in progress: per-chunk rows and running totals."""
+
+    episode_id: int
+    group_id: int
+    init_state_id: int
+    task_description: str = ""
+    rows: dict = field(default_factory=dict)
+    env_steps: int = 0
+    episode_return: float = 0.0
+    success_once: bool = False
+    truncated: bool = False
+    env_error: str = ""
+    finished: bool = False
+
+    def append(self, **row) -> None:
+        for key, value in row.items():
+            self.rows.setdefault(key, []).append(value)
+
+    def to_message(self, group_size: int) -> Trajectory:
+        stack = (lambda k, dtype: np.stack(self.rows[k]).astype(dtype, copy=False))
+        values = self.rows.get("values")
+        return Trajectory(
+            episode_id=self.episode_id, group_id=self.group_id, group_size=group_size,
+            init_state_id=self.init_state_id, task_description=self.task_description,
+            env_steps=self.env_steps, episode_return=float(self.episode_return),
+            success_once=self.success_once, truncated=self.truncated,
+            env_error=self.env_error, main_images=stack("main_images", np.uint8),
+            states=stack("states", np.float32), actions=stack("actions", np.float32),
+            logprobs=stack("logprobs", np.float32),
+            policy_versions=stack("policy_versions", np.int64),
+            rewards=stack("rewards", np.float32), dones=stack("dones", bool),
+            executed=stack("executed", np.int32),
+            wrist_images=stack("wrist_images", np.uint8) if "wrist_images" in self.rows
+            else None,
+            values=None if values is None or values[0] is None
+            else stack("values", np.float32))
+
+
+class StageExecutor:
+    """One pipeline stage: the envs of ``groups`` stepped together, chunk by chunk."""
+
+    def __init__(self, env: VectorEnv, groups: list[int], actions_per_chunk: int,
+                 ids: IdSource, next_init_state: Callable[[], int]):
+        self.env, self.groups, self.n = env, groups, actions_per_chunk
+        self.g = env.group_size
+        self.ids, self.next_init_state = ids, next_init_state
+        self.env_ids = np.concatenate([np.arange(k * self.g, (k + 1) * self.g) for k in groups])
+        self.records: dict[int, EpisodeRecord] = {}
+        self.env_steps = 0
+        self._inflight: Optional[tuple[np.ndarray, EnvObs]] = None
+        for k in groups:
+            self._reset_group(k)
+
+    def _reset_group(self, group: int) -> None:
+        init_state = self.next_init_state()
+        self.env.reset_group(group, init_state)
+        gid = self.ids.group()
+        for e in range(group * self.g, (group + 1) * self.g):
+            self.records[e] = EpisodeRecord(self.ids.episode(), gid, init_state)
+
+    def observe(self) -> EnvObs:
+        """Observations of this stage's live envs, to send to the policy."""
+        live = np.array([e for e in self.env_ids if not self.records[e].finished])
+        obs = self.env.observe(live)
+        self._inflight = (live, obs)
+        return obs
+
+    def execute(self, actions: np.ndarray, logprobs: np.ndarray,
+                values: Optional[np.ndarray], version: int) -> list[Trajectory]:
+        """Run the first N actions of each chunk (rows match the last ``observe``)."""
+        ids, obs = self._inflight
+        self._inflight = None
+        b = len(ids)
+        reward, executed = np.zeros(b, np.float64), np.zeros(b, np.int32)
+        done = np.zeros(b, bool)
+        for t in range(self.n):
+            live = np.flatnonzero(~done)
+            if not len(live):
+                break
+            res = self.env.step(ids[live], actions[live, t])
+            self.env_steps += len(live)
+            reward[live] += res.rewards
+            executed[live] += 1
+            for row, k in enumerate(live):
+                rec = self.records[ids[k]]
+                rec.success_once |= bool(res.success[row])
+                rec.truncated = bool(res.truncated[row])
+                rec.env_error = res.errors[row]
+                if res.terminated[row] or res.truncated[row] or res.errors[row]:
+                    done[k] = True
+        for row, e in enumerate(ids):
+            rec = self.records[e]
+            rec.task_description = obs.task_descriptions[row]
+            rec.append(main_images=obs.main_images[row], states=obs.states[row],
+                       actions=actions[row], logprobs=logprobs[row],
+                       values=None if values is None else values[row],
+                       policy_versions=version, rewards=reward[row], dones=done[row],
+                       executed=executed[row])
+            if obs.wrist_images is not None:
+                rec.append(wrist_images=obs.wrist_images[row])
+            rec.env_steps += int(executed[row])
+            rec.episode_return += float(reward[row])
+            rec.finished = bool(done[row])
+        return self._emit_finished_groups()
+
+    def _emit_finished_groups(self) -> list[Trajectory]:
+        out = []
+        for k in self.groups:
+            envs = range(k * self.g, (k + 1) * self.g)
+            if all(self.records[e].finished for e in envs):
+                out.extend(self.records[e].to_message(self.g) for e in envs)
+                self._reset_group(k)
+        return out

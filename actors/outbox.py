@@ -1,0 +1,52 @@
+"""Acknowledged delivery (pure): episodes stay here until the learner acknowledges them."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from protocol.messages import Trajectory
+
+
+@dataclass
+class Outbox:
+    """Unacknowledged episodes, oldest first, each with the time it was last sent.
+
+    Full at ``capacity``: the actor then waits for acks instead of stepping, so a slow
+    learner slows the actors instead of growing memory.
+    """
+
+    capacity: int
+    resend_after_s: float
+    pending: "OrderedDict[int, list]" = field(default_factory=OrderedDict)
+    acked: list = field(default_factory=list)
+    resends: int = 0
+
+    @property
+    def full(self) -> bool:
+        return len(self.pending) >= self.capacity
+
+    def add(self, ep: Trajectory) -> None:
+        """Queue ``ep``; it is due to be sent at once."""
+        self.pending[ep.episode_id] = [ep, None]
+
+    def due(self, now: float) -> list[Trajectory]:
+        """Episodes never sent, or sent longer than ``resend_after_s`` ago; marks them sent."""
+        out = []
+        for entry in self.pending.values():
+            ep, sent = entry
+            if sent is None or now - sent >= self.resend_after_s:
+                self.resends += sent is not None
+                entry[1] = now
+                out.append(ep)
+        return out
+
+    def unsend(self, episode_id: int) -> None:
+        """The send did not go out (socket full): make it due again."""
+        if episode_id in self.pending:
+            self.pending[episode_id][1] = None
+
+    def ack(self, episode_id: int) -> None:
+        """The learner has it: forget it (a repeated ack is harmless)."""
+        if self.pending.pop(episode_id, None) is not None:
+            self.acked.append(episode_id)

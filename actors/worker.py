@@ -1,0 +1,190 @@
+"""The actor process: E envs in S pipeline stages, talking to servers and the learner.
+
+Every stage always has one request in flight; while stage A waits for its chunk, the
+replies of the other stages are executed. Finished episodes go to the learner through
+an :class:`Outbox` and are resent until acknowledged; at exit the actor waits for the
+outstanding acks and reports how many episodes it delivered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from actors.executor import IdSource, StageExecutor
+from actors.outbox import Outbox
+from configs import Config
+from envs import make_env
+from protocol import wiring
+from protocol.codec import ProtocolError
+from protocol.endpoint import Endpoint
+from protocol.messages import (
+    ActionReply, ActorDone, ActorHello, ErrorReply, ObsRequest, StopActors, TrajectoryAck,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ActorError(RuntimeError):
+    """The actor cannot go on (a server rejected its requests, or none answers)."""
+
+
+def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None,
+        stop: threading.Event | None = None) -> int:
+    """Act until the learner says stop (or ``stop`` is set); deliver every finished episode."""
+    stop = stop or threading.Event()
+    own_ctx = ctx is None
+    ctx = ctx or zmq.Context()
+    a = cfg.actor
+    max_bytes = cfg.network.max_message_mb << 20
+    name = f"actor-{index}"
+    infer = Endpoint(wiring.connect_actor_to_inference(ctx, cfg, index), name,
+                     cfg.run.run_id, max_bytes, expected=(ActionReply, ErrorReply))
+    learn = Endpoint(wiring.connect_actor_to_learner(ctx, cfg, index), name, cfg.run.run_id,
+                     max_bytes, expected=(TrajectoryAck, StopActors, ErrorReply))
+    env = make_env(cfg.env, a.envs_per_actor, a.group_size, cfg.model.action_dim)
+    if env.state_dim != cfg.model.state_dim:
+        raise ActorError(f"env.kind={cfg.env.kind} has {env.state_dim}-D states but "
+                         f"model.state_dim={cfg.model.state_dim}; set model.state_dim")
+    actor = Actor(cfg, index, env, infer, learn)
+    try:
+        actor.act(stop)
+        actor.flush()
+        return 0
+    finally:
+        actor.write_summary(Path(cfg.run.log_dir) / f"{name}.json")
+        infer.close()
+        learn.close()
+        env.close()
+        if own_ctx:
+            ctx.term()
+
+
+class Actor:
+    """The actor's loop, with its stages, in-flight requests and outbox."""
+
+    def __init__(self, cfg: Config, index: int, env, infer: Endpoint, learn: Endpoint):
+        a = cfg.actor
+        self.cfg, self.index, self.env = cfg, index, env
+        self.infer, self.learn = infer, learn
+        rng = np.random.default_rng([cfg.run.seed, index])
+        ids = IdSource(index)
+        groups = env.num_envs // env.group_size
+        per_stage = groups // a.pipeline_stages
+        self.stages = [
+            StageExecutor(env, list(range(s * per_stage, (s + 1) * per_stage)),
+                          cfg.actions_per_chunk, ids, lambda: int(rng.integers(2**31)))
+            for s in range(a.pipeline_stages)]
+        self.outbox = Outbox(a.max_unacked_episodes, a.resend_after_s)
+        self.inflight: dict[int, tuple[int, float]] = {}  # request_id -> (stage, sent at)
+        self.next_request = 0
+        self.learner_stopped = False
+        self.done_acked = False
+
+    # --- acting -------------------------------------------------------------------------
+    def act(self, stop: threading.Event) -> None:
+        """Step the stages until the learner says stop."""
+        a = self.cfg.actor
+        self.learn.send(ActorHello(self.index, self.env.num_envs, a.group_size))
+        for s in range(len(self.stages)):
+            self._request(s)
+        while not (stop.is_set() or self.learner_stopped):
+            self._service_learner(0)
+            if self.outbox.full:  # backpressure: wait for the learner instead of stepping
+                self._service_learner(50)
+                continue
+            if self.infer.poll(50):
+                self._on_reply()
+            oldest = min(t for _, t in self.inflight.values())
+            if time.monotonic() - oldest > a.request_timeout_s:
+                raise ActorError(f"no action reply within actor.request_timeout_s="
+                                 f"{a.request_timeout_s:.0f}s; is an inference server running?")
+
+    def _request(self, stage: int) -> None:
+        obs = self.stages[stage].observe()
+        rid = self.next_request
+        self.next_request += 1
+        self.inflight[rid] = (stage, time.monotonic())
+        self.infer.send(ObsRequest(rid, self.cfg.actor.deterministic, obs.task_descriptions,
+                                   obs.main_images, obs.states, obs.wrist_images,
+                                   obs.extra_view_images))
+
+    def _on_reply(self) -> None:
+        try:
+            reply = self.infer.recv().msg
+        except ProtocolError as err:
+            log.warning("actor %d dropped a malformed reply: %s", self.index, err)
+            return
+        if isinstance(reply, ErrorReply):
+            raise ActorError(f"inference server rejected request {reply.request_id}: "
+                             f"{reply.code}: {reply.message}")
+        stage, _ = self.inflight.pop(reply.request_id, (None, 0.0))
+        if stage is None:
+            log.warning("actor %d: reply to unknown request %d ignored", self.index,
+                        reply.request_id)
+            return
+        for ep in self.stages[stage].execute(reply.actions, reply.logprobs, reply.values,
+                                             reply.policy_version):
+            self.outbox.add(ep)
+        self._send_due()
+        self._request(stage)
+
+    # --- delivery -------------------------------------------------------------------
+    def _send_due(self) -> None:
+        for ep in self.outbox.due(time.monotonic()):
+            try:
+                self.learn.send(ep, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                self.outbox.unsend(ep.episode_id)
+                break
+
+    def _service_learner(self, timeout_ms: float) -> None:
+        while self.learn.poll(timeout_ms):
+            timeout_ms = 0
+            try:
+                msg = self.learn.recv().msg
+            except ProtocolError as err:
+                log.warning("actor %d dropped a malformed message: %s", self.index, err)
+                continue
+            if isinstance(msg, TrajectoryAck):
+                if msg.episode_id == -1:
+                    self.done_acked = True
+                else:
+                    self.outbox.ack(msg.episode_id)
+            elif isinstance(msg, StopActors):
+                log.info("actor %d: learner says stop (%s)", self.index, msg.reason)
+                self.learner_stopped = True
+            elif isinstance(msg, ErrorReply):
+                log.error("actor %d: learner rejected a message: %s", self.index, msg.message)
+        self._send_due()
+
+    def flush(self) -> None:
+        """Deliver every finished episode, then report done; bounded by flush_timeout_s."""
+        deadline = time.monotonic() + self.cfg.actor.flush_timeout_s
+        while self.outbox.pending and time.monotonic() < deadline:
+            self._service_learner(50)
+        if self.outbox.pending:
+            raise ActorError(f"{len(self.outbox.pending)} episodes still unacknowledged after "
+                             f"actor.flush_timeout_s={self.cfg.actor.flush_timeout_s:.0f}s; "
+                             "is the learner alive?")
+        self.learn.send(ActorDone(len(self.outbox.acked), self.env_steps))
+        while not self.done_acked and time.monotonic() < deadline + 5:
+            self._service_learner(50)
+
+    @property
+    def env_steps(self) -> int:
+        return sum(s.env_steps for s in self.stages)
+
+    def write_summary(self, path: Path) -> None:
+        """Delivered episode ids and counters, for the run's records and tests."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({
+            "episodes_delivered": sorted(self.outbox.acked),
+            "unacknowledged": sorted(self.outbox.pending), "resends": self.outbox.resends,
+            "env_steps": self.env_steps, "rejected": dict(self.infer.rejected)}))

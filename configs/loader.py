@@ -1,0 +1,147 @@
+"""Load a :class:`Config` from YAML plus ``key=value`` overrides, strictly.
+
+Steps: read YAML -> apply dotted overrides -> resolve ``${a.b}`` interpolation ->
+build the frozen dataclasses, rejecting unknown keys and wrongly typed values ->
+run the cross-field rules of :func:`configs.schema.validate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from pathlib import Path
+from typing import Literal, get_args, get_origin
+
+import yaml
+
+from configs.schema import Config, validate
+
+_REF = re.compile(r"\$\{([^}]+)\}")
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key and the fix."""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read ``path`` (YAML; None for all defaults), apply overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist; see configs/*.yaml")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides:
+        _apply_override(raw, item)
+    raw = _interpolate(raw, raw, [])
+    cfg = _build(Config, raw, "")
+    problems = validate(cfg)
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    """The plain-dict form of a config (for logging and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(text) if text else ""
+
+
+def _lookup(root: dict, dotted: str, chain: list[str]):
+    if dotted in chain:
+        raise ConfigError(f"interpolation cycle: {' -> '.join(chain + [dotted])}")
+    node = root
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            default = _default_of(dotted)
+            if default is _MISSING:
+                raise ConfigError(f"${{{dotted}}} refers to a key that is not set")
+            return default
+        node = node[part]
+    return _interpolate(node, root, chain + [dotted])
+
+
+_MISSING = object()
+
+
+def _default_of(dotted: str):
+    node: object = Config()
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(node) or not hasattr(node, part):
+            return _MISSING
+        node = getattr(node, part)
+    return node
+
+
+def _interpolate(value, root: dict, chain: list[str]):
+    if isinstance(value, dict):
+        return {k: _interpolate(v, root, chain) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, root, chain) for v in value]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+    whole = _REF.fullmatch(value)
+    if whole:  # a whole-value reference keeps the referenced type
+        return _lookup(root, whole.group(1).strip(), chain)
+    return _REF.sub(lambda m: str(_lookup(root, m.group(1).strip(), chain)), value)
+
+
+def _build(cls, raw, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"unknown config key {key!r}; valid keys"
+                          f"{' of ' + where if where else ''}: {sorted(fields)}")
+    values = {}
+    for name, value in raw.items():
+        key = f"{where}.{name}" if where else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, key)
+        else:
+            values[name] = _check(key, hint, value)
+    return cls(**values)
+
+
+def _check(key: str, hint, value):
+    if get_origin(hint) is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of {list(choices)}")
+        return value
+    if hint is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} must be a list of strings, got {value!r}")
+        return list(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be {hint.__name__}, got {type(value).__name__} "
+                          f"{value!r}")
+    return value

@@ -1,0 +1,187 @@
+"""The configuration schema: every field has a type, a default and a one-line doc.
+
+Loaded once by :func:`configs.load_config`, validated, then never changed (frozen).
+Role code reads attributes; it never looks keys up with defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+def opt(default, doc: str):
+    """A config field with its default and its one-line documentation."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What this run is called, where it logs and how long it trains."""
+
+    name: str = opt("chunkrl", "run name, used in the log directory")
+    log_dir: str = opt("runs/chunkrl", "TensorBoard logs, checkpoint and role logs go here")
+    run_id: str = opt("", "shared by all processes of a run; launch.py sets it when empty")
+    seed: int = opt(0, "base seed; each actor and env derives its own from it")
+    total_updates: int = opt(100, "learner updates before the run ends")
+    torch_threads: int = opt(1, "torch intra-op threads per process")
+    progress_every_s: float = opt(5.0, "seconds between progress lines on the terminal")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Where the roles listen; see protocol/wiring.py for which socket connects where."""
+
+    transport: Literal["ipc", "tcp", "inproc"] = opt(
+        "ipc", "ipc (one host), tcp (any hosts) or inproc (--single-process only)")
+    learner_host: str = opt("127.0.0.1", "host of the learner (trajectories, weights)")
+    inference_hosts: list = opt(["127.0.0.1"], "host of each inference server (one = all)")
+    bind_host: str = opt("127.0.0.1", "interface servers bind on; 0.0.0.0 for other hosts")
+    base_port: int = opt(5550, "tcp: learner=base, weights=base+1, server i=base+2+i")
+    ipc_dir: str = opt("/tmp/chunkrl", "ipc: socket files go under ipc_dir/run_id/")
+    max_message_mb: int = opt(512, "larger received messages are rejected")
+    high_water_mark: int = opt(32, "messages queued per socket before senders block")
+    weights_backend: Literal["auto", "gloo", "nccl"] = opt(
+        "auto", "torch.distributed backend for weights: auto = nccl on CUDA, else gloo")
+    weights_timeout_s: float = opt(300.0, "a weight broadcast slower than this fails")
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """The environment every actor runs."""
+
+    kind: Literal["synthetic"] = opt("synthetic", "environment family")
+    image_size: int = opt(224, "height and width of camera images")
+    max_episode_steps: int = opt(64, "environment steps before an episode is truncated")
+    num_targets: int = opt(3, "synthetic: coloured targets in the arena (2..6)")
+    target_radius: float = opt(0.12, "synthetic: success distance, arena is [0,1]^2")
+    agent_speed: float = opt(0.05, "synthetic: displacement per step at action 1.0")
+    step_busy_ms: float = opt(0.0, "synthetic: CPU busy time per env step (benchmarks)")
+    step_sleep_ms: float = opt(0.0, "synthetic: sleep per env step (benchmarks)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The policy, shared by the inference servers and the learner."""
+
+    kind: Literal["cnn_gaussian"] = opt("cnn_gaussian", "policy family")
+    num_action_chunks: int = opt(8, "T: actions per chunk")
+    action_dim: int = opt(7, "D: action dimension")
+    state_dim: int = opt(8, "dimension of the state vector the policy reads")
+    hidden_dim: int = opt(128, "width of the MLP trunk")
+    conv_channels: int = opt(16, "channels of the image encoder")
+    embed_dim: int = opt(32, "instruction embedding width")
+    vocab_size: int = opt(1024, "hashed-word vocabulary of the instruction embedding")
+    init_log_std: float = opt(-0.5, "initial state-independent log-std of every action dim")
+    value_head: bool = opt(False, "add a value head (PPO)")
+    image_resolution: int = opt(64, "cnn_gaussian: images are resized to this square")
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    """Actor processes: how many, their envs, pipeline and delivery."""
+
+    num_actors: int = opt(2, "actor processes")
+    envs_per_actor: int = opt(16, "E: environments per actor process")
+    pipeline_stages: int = opt(2, "S: env stages per actor; one steps while others wait")
+    group_size: int = opt(8, "G: envs of a GRPO group, reset to one initial state")
+    actions_per_chunk: int = opt(0, "N: actions executed per chunk (1..T); 0 means T")
+    deterministic: bool = opt(False, "ask the policy for its mean action (no sampling)")
+    request_timeout_s: float = opt(120.0, "no action reply in this long is an error")
+    max_unacked_episodes: int = opt(64, "episodes awaiting the learner's ack before blocking")
+    resend_after_s: float = opt(30.0, "resend an unacknowledged episode after this long")
+    flush_timeout_s: float = opt(60.0, "at exit, wait this long for outstanding acks")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Batched inference servers."""
+
+    num_servers: int = opt(1, "inference server processes")
+    max_batch: int = opt(64, "most environments answered by one forward pass")
+    max_wait_ms: float = opt(5.0, "wait this long after the first request for more")
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto = cuda when present")
+    temperature: float = opt(1.0, "sampling temperature (scales the Gaussian std)")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """The GRPO learner."""
+
+    algorithm: Literal["grpo"] = opt("grpo", "policy-gradient algorithm")
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto = cuda when present")
+    lr: float = opt(3e-4, "Adam learning rate")
+    adam_eps: float = opt(1e-8, "Adam epsilon")
+    weight_decay: float = opt(0.0, "Adam weight decay")
+    max_grad_norm: float = opt(1.0, "gradient clipping by global norm")
+    groups_per_update: int = opt(4, "complete GRPO groups in one global batch")
+    micro_batch_size: int = opt(256, "chunks per forward/backward; grads accumulate")
+    update_epochs: int = opt(1, "passes over each global batch")
+    clip_ratio_low: float = opt(0.2, "ratio clipped below at 1 - clip_ratio_low")
+    clip_ratio_high: float = opt(0.28, "ratio clipped above at 1 + clip_ratio_high")
+    clip_ratio_c: float = opt(3.0, "dual clip: loss bounded by c * |A| for A < 0")
+    ratio_level: Literal["action_dim", "action", "chunk"] = opt(
+        "action_dim", "importance ratio per action dimension, per action or per chunk")
+    entropy_coef: float = opt(0.0, "weight of the entropy bonus")
+    filter_equal_groups: bool = opt(True, "skip groups whose scores are all equal")
+    max_staleness: int = opt(4, "drop episodes acted by weights older than this many versions")
+    sync_every: int = opt(1, "K: broadcast weights every K updates")
+    max_ready_groups: int = opt(16, "complete groups buffered before actors are held back")
+    checkpoint: bool = opt(True, "save the final weights to log_dir/checkpoint.pt")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The root: one section per role, plus the run and network."""
+
+    run: RunConfig = field(default_factory=RunConfig, metadata={"doc": "the run"})
+    network: NetworkConfig = field(default_factory=NetworkConfig,
+                                   metadata={"doc": "addresses"})
+    env: EnvConfig = field(default_factory=EnvConfig, metadata={"doc": "environment"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"doc": "policy"})
+    actor: ActorConfig = field(default_factory=ActorConfig, metadata={"doc": "actors"})
+    inference: InferenceConfig = field(default_factory=InferenceConfig,
+                                       metadata={"doc": "inference servers"})
+    learner: LearnerConfig = field(default_factory=LearnerConfig, metadata={"doc": "learner"})
+
+    @property
+    def actions_per_chunk(self) -> int:
+        """N, with 0 resolved to T."""
+        return self.actor.actions_per_chunk or self.model.num_action_chunks
+
+
+def validate(cfg: Config) -> list[str]:
+    """Every rule the values must obey across sections; returns the broken ones."""
+    a, m, L, i, e, n = cfg.actor, cfg.model, cfg.learner, cfg.inference, cfg.env, cfg.network
+    checks = [
+        (cfg.run.total_updates >= 1, "run.total_updates must be >= 1"),
+        (a.num_actors >= 1, "actor.num_actors must be >= 1"),
+        (a.group_size >= 1, "actor.group_size must be >= 1"),
+        (a.pipeline_stages >= 1, "actor.pipeline_stages must be >= 1"),
+        (a.envs_per_actor % (a.pipeline_stages * a.group_size) == 0,
+         f"actor.envs_per_actor ({a.envs_per_actor}) must be a multiple of "
+         f"pipeline_stages*group_size ({a.pipeline_stages}*{a.group_size}): "
+         "each stage holds whole groups"),
+        (0 <= a.actions_per_chunk <= m.num_action_chunks,
+         f"actor.actions_per_chunk must be in 1..{m.num_action_chunks} (or 0 for all)"),
+        (a.max_unacked_episodes >= a.group_size,
+         "actor.max_unacked_episodes must hold at least one group"),
+        (m.num_action_chunks >= 1 and m.action_dim >= 2, "model needs T >= 1 and D >= 2"),
+        (i.num_servers >= 1, "inference.num_servers must be >= 1"),
+        (i.max_batch >= 1 and i.max_wait_ms >= 0, "inference.max_batch >= 1, max_wait_ms >= 0"),
+        (i.temperature > 0, "inference.temperature must be > 0"),
+        (len(n.inference_hosts) in (1, i.num_servers),
+         "network.inference_hosts needs one host, or one per inference server"),
+        (L.lr > 0 and L.micro_batch_size >= 1 and L.groups_per_update >= 1,
+         "learner.lr > 0, micro_batch_size >= 1 and groups_per_update >= 1"),
+        (L.sync_every >= 1 and L.max_staleness >= 0 and L.update_epochs >= 1,
+         "learner.sync_every >= 1, max_staleness >= 0, update_epochs >= 1"),
+        (L.max_ready_groups >= L.groups_per_update,
+         "learner.max_ready_groups must be >= groups_per_update"),
+        (e.image_size >= 16 and e.max_episode_steps >= 1, "env.image_size >= 16"),
+        (2 <= e.num_targets <= 6, "env.num_targets must be in 2..6"),
+        (n.max_message_mb >= 1 and n.high_water_mark >= 1, "network limits must be >= 1"),
+    ]
+    return [msg for ok, msg in checks if not ok]

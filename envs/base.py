@@ -1,0 +1,81 @@
+"""The environment contract: typed observation batches and a vectorised env with groups.
+
+``EnvObs`` is the ``env_obs`` of DESIGN.md, batch-first. A :class:`VectorEnv` holds E
+envs split into groups of G consecutive envs; ``reset_group`` puts the G envs of a group
+into one initial state (GRPO compares episodes that start alike).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EnvObs:
+    """A batch of observations.
+
+    main_images: uint8 [B,H,W,3], upright; states: float32 [B,S]; task_descriptions:
+    B strings; wrist_images: uint8 [B,H,W,3] or None; extra_view_images: uint8
+    [B,V,H,W,3] or None.
+    """
+
+    main_images: np.ndarray
+    states: np.ndarray
+    task_descriptions: list
+    wrist_images: Optional[np.ndarray] = None
+    extra_view_images: Optional[np.ndarray] = None
+
+    def __len__(self) -> int:
+        return len(self.task_descriptions)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one env step returned for each env stepped (arrays of length B).
+
+    rewards float32; terminated bool (success or failure ends it); truncated bool (step
+    limit); success bool (the task is achieved now); errors: '' or why the simulator failed.
+    """
+
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    success: np.ndarray
+    errors: list
+
+
+class VectorEnv(abc.ABC):
+    """E environments stepped together; envs ``[g*G, (g+1)*G)`` form group ``g``."""
+
+    num_envs: int
+    group_size: int
+    state_dim: int
+    action_dim: int
+    max_episode_steps: int
+
+    @abc.abstractmethod
+    def reset_group(self, group: int, init_state_id: int) -> None:
+        """Reset every env of ``group`` to the initial state ``init_state_id``."""
+
+    @abc.abstractmethod
+    def step(self, env_ids: np.ndarray, actions: np.ndarray) -> StepResult:
+        """Apply one action (float32 [B,D]) to each env of ``env_ids`` (int [B])."""
+
+    @abc.abstractmethod
+    def observe(self, env_ids: np.ndarray) -> EnvObs:
+        """The current observation of each env of ``env_ids``."""
+
+    def close(self) -> None:
+        """Release simulator resources."""
+
+
+def take(obs: EnvObs, rows: np.ndarray) -> EnvObs:
+    """The rows ``rows`` of a batch."""
+    pick = (lambda a: None if a is None else a[rows])
+    return EnvObs(obs.main_images[rows], obs.states[rows],
+                  [obs.task_descriptions[i] for i in rows],
+                  pick(obs.wrist_images), pick(obs.extra_view_images))

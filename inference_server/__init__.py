@@ -1,0 +1,1 @@
+"""Batched inference: one ROUTER socket, requests from all actors, one forward per batch."""

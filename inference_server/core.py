@@ -1,0 +1,83 @@
+"""The server's pure core: one forward pass for many requests, one reply for each."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from envs.base import EnvObs
+from inference_server.batcher import Pending
+from models.base import Policy
+from protocol.messages import ActionReply, ErrorReply, ObsRequest
+
+
+def _key(req: ObsRequest) -> tuple:
+    """Requests that can share a forward pass have equal keys."""
+    return (req.deterministic, req.main_images.shape[1:], req.states.shape[1:],
+            None if req.wrist_images is None else req.wrist_images.shape[1:],
+            None if req.extra_view_images is None else req.extra_view_images.shape[1:])
+
+
+def _cat(reqs: list[ObsRequest], name: str):
+    arrays = [getattr(r, name) for r in reqs]
+    return None if arrays[0] is None else np.concatenate(arrays)
+
+
+class InferenceCore:
+    """Runs ``policy`` over batches of requests."""
+
+    def __init__(self, policy: Policy, device: torch.device, temperature: float,
+                 state_dim: int):
+        self.policy, self.device, self.temperature = policy, device, temperature
+        self.state_dim = state_dim
+        self.version = -1
+        self.passes = self.rows = self.max_requests_per_pass = 0
+
+    def check(self, req: ObsRequest) -> str:
+        """Why ``req`` cannot be served by this model ('' when it can)."""
+        if req.states.shape[1] != self.state_dim:
+            return (f"states have {req.states.shape[1]} dims but the model reads "
+                    f"model.state_dim={self.state_dim}; align env and model configs")
+        return ""
+
+    def load(self, version: int, state: dict) -> None:
+        """Swap in new weights (called between batches only)."""
+        self.policy.load_state_dict(state)
+        self.version = version
+
+    @torch.no_grad()
+    def answer(self, batch: list[Pending]) -> list[tuple[bytes, object]]:
+        """(peer, reply) for every request of ``batch``; requests of one kind share a pass."""
+        groups: dict = {}
+        for item in batch:
+            groups.setdefault(_key(item.request), []).append(item)
+        out = []
+        for items in groups.values():
+            out.extend(self._forward(items))
+        return out
+
+    def _forward(self, items: list[Pending]) -> list[tuple[bytes, object]]:
+        reqs = [i.request for i in items]
+        obs = EnvObs(_cat(reqs, "main_images"), _cat(reqs, "states"),
+                     [t for r in reqs for t in r.task_descriptions],
+                     _cat(reqs, "wrist_images"), _cat(reqs, "extra_view_images"))
+        try:
+            result = self.policy.act(self.policy.prepare(obs, self.device),
+                                     reqs[0].deterministic, self.temperature)
+        except (ValueError, RuntimeError) as exc:
+            return [(i.peer, ErrorReply(i.request.request_id, "policy_error", str(exc)))
+                    for i in items]
+        self.passes += 1
+        self.rows += len(obs)
+        self.max_requests_per_pass = max(self.max_requests_per_pass, len(items))
+        actions = result.actions.float().cpu().numpy()
+        logprobs = result.logprobs.float().cpu().numpy()
+        values = None if result.values is None else result.values.float().cpu().numpy()
+        replies, start = [], 0
+        for item in items:
+            end = start + item.rows
+            replies.append((item.peer, ActionReply(
+                item.request.request_id, self.version, actions[start:end],
+                logprobs[start:end], None if values is None else values[start:end])))
+            start = end
+        return replies

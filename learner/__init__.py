@@ -1,0 +1,1 @@
+"""The learner: assembles GRPO groups, updates the policy, broadcasts weights."""

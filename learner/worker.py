@@ -1,0 +1,173 @@
+"""The learner process: sockets, weights, TensorBoard and checkpoints around :class:`Learner`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import zmq
+from torch.utils.tensorboard import SummaryWriter
+
+from configs import Config, to_dict
+from learner.batch import build_batch, episode_metrics, informative_groups
+from learner.core import Learner
+from learner.receiver import TrajectoryReceiver
+from models import build_policy
+from protocol import wiring
+from protocol.endpoint import Endpoint
+from protocol.messages import ActorDone, ActorHello, Trajectory
+from protocol.weights import DistWeightSender, make_group
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` is CUDA when present, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
+        stop: threading.Event | None = None) -> int:
+    """Train for ``run.total_updates`` updates, then stop the actors and servers.
+
+    ``weights`` is a weight sender (an in-process bus in --single-process mode); by
+    default a torch.distributed group with the inference servers is formed.
+    """
+    stop = stop or threading.Event()
+    device = pick_device(cfg.learner.device)
+    torch.manual_seed(cfg.run.seed)
+    policy = build_policy(cfg.model).to(device)
+    learner = Learner(policy, cfg.learner, cfg.inference.temperature, device, cfg.run.seed)
+    log_dir = Path(cfg.run.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    own_ctx = ctx is None
+    ctx = ctx or zmq.Context()
+    endpoint = Endpoint(wiring.bind_learner(ctx, cfg), "learner", cfg.run.run_id,
+                        cfg.network.max_message_mb << 20,
+                        expected=(ActorHello, Trajectory, ActorDone), routed=True)
+    ready: queue.Queue = queue.Queue(maxsize=cfg.learner.max_ready_groups)
+    receiver = TrajectoryReceiver(endpoint, ready, cfg.actor.num_actors)
+    receiver.start()
+    writer = SummaryWriter(str(log_dir))
+    try:
+        if weights is None:
+            backend = cfg.network.weights_backend
+            if backend == "auto":
+                backend = "nccl" if device.type == "cuda" else "gloo"
+            log.info("waiting for %d inference server(s) to join the weights group (%s)",
+                     cfg.inference.num_servers, backend)
+            group = make_group(wiring.weights_store(cfg, 0), 0, 1 + cfg.inference.num_servers,
+                               backend, cfg.network.weights_timeout_s)
+            weights = DistWeightSender(group, device)
+        weights.send(learner.version, policy)
+        log.info("learner ready: logging to %s", log_dir)
+        _train(cfg, learner, weights, ready, receiver, writer, stop)
+        return 0
+    finally:
+        reason = "training finished" if learner.version >= cfg.run.total_updates else "stopped"
+        receiver.drain(reason)
+        receiver.all_done.wait(cfg.actor.flush_timeout_s + 10 if not stop.is_set() else 10)
+        receiver.halt.set()
+        receiver.join()
+        try:
+            weights.close()
+        except Exception as exc:  # a server already gone must not hide the summary
+            log.warning("could not tell the inference servers to stop: %s", exc)
+        if cfg.learner.checkpoint:
+            torch.save({"model": policy.state_dict(), "optimizer": learner.optimizer.state_dict(),
+                        "version": learner.version, "config": to_dict(cfg)},
+                       log_dir / "checkpoint.pt")
+        _write_summary(log_dir, learner, receiver, endpoint)
+        writer.close()
+        endpoint.close()
+        if own_ctx:
+            ctx.term()
+
+
+class _Stats:
+    """Counters between two progress lines."""
+
+    def __init__(self):
+        self.start = self.last = time.monotonic()
+        self.env_steps = self.samples = 0
+        self.episodes: list[Trajectory] = []
+        self.stale = self.filtered = 0
+
+
+def _train(cfg: Config, learner: Learner, weights, ready, receiver, writer, stop) -> None:
+    L = cfg.learner
+    stats, window = _Stats(), _Stats()
+    groups: list = []
+    last_progress = time.monotonic()
+    while learner.version < cfg.run.total_updates and not stop.is_set():
+        if receiver.error is not None:
+            raise RuntimeError(f"trajectory receiver failed: {receiver.error}")
+        try:
+            group = ready.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        window.episodes.extend(group)
+        window.env_steps += sum(ep.env_steps for ep in group)
+        oldest = min(int(ep.policy_versions.min()) for ep in group)
+        if learner.version - oldest > L.max_staleness:
+            window.stale += len(group)
+            continue
+        if L.filter_equal_groups and not informative_groups([group]):
+            window.filtered += 1
+            continue
+        groups.append(group)
+        if len(groups) < L.groups_per_update:
+            continue
+        batch = build_batch(groups)
+        groups = []
+        metrics = learner.step(batch)
+        window.samples += len(batch)
+        if learner.version % L.sync_every == 0 or learner.version == cfg.run.total_updates:
+            weights.send(learner.version, learner.policy)
+        metrics.update(_window_metrics(window))
+        for key, value in metrics.items():
+            writer.add_scalar(key, value, learner.version)
+        stats.stale += window.stale
+        stats.filtered += window.filtered
+        if time.monotonic() - last_progress >= cfg.run.progress_every_s or \
+                learner.version == cfg.run.total_updates:
+            last_progress = time.monotonic()
+            log.info("update %d/%d | success_once %.2f | return %.2f | env steps/s %.0f | "
+                     "samples/s %.0f | policy lag %.2f | stale dropped %d",
+                     learner.version, cfg.run.total_updates, metrics["env/success_once"],
+                     metrics["env/return"], metrics["perf/env_steps_per_s"],
+                     metrics["perf/samples_per_s"], metrics["rollout/policy_lag"], stats.stale)
+        window.__init__()
+
+
+def _window_metrics(window: _Stats) -> dict:
+    elapsed = max(time.monotonic() - window.start, 1e-6)
+    out = episode_metrics(window.episodes)
+    out.update({
+        "rollout/rewards": float(np.concatenate([ep.rewards for ep in window.episodes]).mean()),
+        "perf/env_steps_per_s": window.env_steps / elapsed,
+        "perf/samples_per_s": window.samples / elapsed,
+        "learner/stale_episodes_dropped": window.stale,
+        "learner/equal_groups_filtered": window.filtered,
+    })
+    return out
+
+
+def _write_summary(log_dir: Path, learner: Learner, receiver, endpoint) -> None:
+    summary = {
+        "updates": learner.version,
+        "episodes_received": {str(k): sorted(v) for k, v in receiver.received.items()},
+        "duplicates": receiver.duplicates,
+        "received_after_end": receiver.after_end,
+        "actors_done": {str(k): v.episodes_sent for k, v in receiver.done.items()},
+        "rejected_messages": dict(endpoint.rejected),
+    }
+    (log_dir / "learner_summary.json").write_text(json.dumps(summary))

@@ -1,0 +1,56 @@
+"""The policy interface that inference servers and the learner use, for every model.
+
+A policy turns an :class:`envs.EnvObs` batch into model inputs (``prepare``), samples an
+action chunk [B,T,D] with per-dimension log-probs (``act``), and re-scores given actions
+(``evaluate``) for the learner. VLA models (QwenOFT, OpenVLA-OFT) implement the same three.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from envs.base import EnvObs
+
+
+@dataclass(frozen=True)
+class PolicyOutput:
+    """``act``'s result: actions float32 [B,T,D] in env units, logprobs [B,T,D] of those
+    actions under the acting distribution, values [B] or None without a value head."""
+
+    actions: torch.Tensor
+    logprobs: torch.Tensor
+    values: Optional[torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """``evaluate``'s result: logprobs [B,T,D], entropy [B,T,D], values [B] or None."""
+
+    logprobs: torch.Tensor
+    entropy: torch.Tensor
+    values: Optional[torch.Tensor]
+
+
+class Policy(nn.Module, abc.ABC):
+    """A chunked action policy: T actions of D dimensions per forward pass."""
+
+    num_action_chunks: int
+    action_dim: int
+    has_value_head: bool
+
+    @abc.abstractmethod
+    def prepare(self, obs: EnvObs, device: torch.device) -> dict:
+        """Model inputs (tensors on ``device``) for an observation batch."""
+
+    @abc.abstractmethod
+    def act(self, inputs: dict, deterministic: bool, temperature: float) -> PolicyOutput:
+        """Sample (or take the mode of) an action chunk for each row."""
+
+    @abc.abstractmethod
+    def evaluate(self, inputs: dict, actions: torch.Tensor, temperature: float) -> Evaluation:
+        """Log-probs and entropy of ``actions`` [B,T,D]; gradients flow."""

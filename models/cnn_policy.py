@@ -1,0 +1,117 @@
+"""A small CPU policy: image encoder + instruction embedding + state -> Gaussian chunk.
+
+The image is resized to ``image_resolution``, encoded by a few convolutions whose
+channels are modulated by the instruction (FiLM, so "red" selects red pixels), then
+reduced to 2-D keypoints by a spatial softmax. Keypoints, instruction and state feed an
+MLP that outputs the mean of all T x D actions at once; the log-std is one learnable
+parameter per action dimension, independent of the state.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from envs.base import EnvObs
+from models.base import Evaluation, Policy, PolicyOutput
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def hash_words(texts: list, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """EmbeddingBag inputs for ``texts``: word ids (stable crc32 hashes) and offsets."""
+    ids, offsets = [], []
+    for text in texts:
+        offsets.append(len(ids))
+        ids.extend(zlib.crc32(w.encode()) % vocab_size for w in text.lower().split() or [""])
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(offsets, dtype=torch.long)
+
+
+class SpatialSoftmax(nn.Module):
+    """Expected (x, y) image coordinate of each channel's softmax: [B,C,H,W] -> [B,2C]."""
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = feats.shape
+        attn = feats.flatten(2).softmax(-1).view(b, c, h, w)
+        ys = torch.linspace(-1, 1, h, device=feats.device)
+        xs = torch.linspace(-1, 1, w, device=feats.device)
+        x = (attn.sum(2) * xs).sum(-1)
+        y = (attn.sum(3) * ys).sum(-1)
+        return torch.cat([x, y], dim=1)
+
+
+class CNNGaussianPolicy(Policy):
+    """The small policy of the synthetic task and the CPU test configs."""
+
+    def __init__(self, num_action_chunks: int = 8, action_dim: int = 7, state_dim: int = 8,
+                 hidden_dim: int = 128, conv_channels: int = 16, embed_dim: int = 32,
+                 vocab_size: int = 1024, init_log_std: float = -0.5, value_head: bool = False,
+                 image_resolution: int = 64):
+        super().__init__()
+        self.num_action_chunks, self.action_dim = num_action_chunks, action_dim
+        self.state_dim, self.vocab_size = state_dim, vocab_size
+        self.image_resolution = image_resolution
+        self.has_value_head = value_head
+        c = conv_channels
+        self.conv1 = nn.Conv2d(3, c, 5, stride=2, padding=2)
+        self.conv2 = nn.Conv2d(c, c, 3, stride=1, padding=1)
+        self.conv3 = nn.Conv2d(c, c, 3, stride=1, padding=1)
+        self.embed = nn.EmbeddingBag(vocab_size, embed_dim, mode="mean")
+        self.film = nn.Linear(embed_dim, 2 * c)
+        self.keypoints = SpatialSoftmax()
+        self.trunk = nn.Sequential(
+            nn.Linear(2 * c + embed_dim + state_dim, hidden_dim), nn.ReLU(),
+            nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
+        self.mean_head = nn.Linear(hidden_dim, num_action_chunks * action_dim)
+        nn.init.zeros_(self.mean_head.bias)
+        self.mean_head.weight.data.mul_(0.01)
+        self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
+        self.value_head = nn.Linear(hidden_dim, 1) if value_head else None
+
+    def prepare(self, obs: EnvObs, device: torch.device) -> dict:
+        if obs.states.shape[1] != self.state_dim:
+            raise ValueError(f"observation state has {obs.states.shape[1]} dims but the "
+                             f"model expects model.state_dim={self.state_dim}")
+        ids, offsets = hash_words(obs.task_descriptions, self.vocab_size)
+        return {"images": torch.from_numpy(np.asarray(obs.main_images)).to(device),
+                "states": torch.from_numpy(np.asarray(obs.states, np.float32)).to(device),
+                "word_ids": ids.to(device), "word_offsets": offsets.to(device)}
+
+    def _features(self, inputs: dict) -> torch.Tensor:
+        x = inputs["images"].permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-1] != self.image_resolution:
+            x = F.interpolate(x, size=(self.image_resolution,) * 2, mode="area")
+        text = self.embed(inputs["word_ids"], inputs["word_offsets"])
+        gamma, beta = self.film(text).chunk(2, dim=1)
+        h = F.relu(self.conv1(x))
+        h = F.relu(self.conv2(h))
+        h = self.conv3(h) * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+        feats = torch.cat([self.keypoints(h), text, inputs["states"]], dim=1)
+        return self.trunk(feats)
+
+    def _distribution(self, inputs: dict, temperature: float):
+        z = self._features(inputs)
+        mean = self.mean_head(z).view(-1, self.num_action_chunks, self.action_dim)
+        log_std = self.log_std + math.log(temperature)
+        values = self.value_head(z).squeeze(-1) if self.value_head is not None else None
+        return mean, log_std.expand_as(mean), values
+
+    @staticmethod
+    def _log_prob(actions, mean, log_std):
+        return -0.5 * ((actions - mean) * torch.exp(-log_std)) ** 2 - log_std - LOG_SQRT_2PI
+
+    @torch.no_grad()
+    def act(self, inputs: dict, deterministic: bool, temperature: float) -> PolicyOutput:
+        mean, log_std, values = self._distribution(inputs, temperature)
+        actions = mean if deterministic else mean + torch.randn_like(mean) * log_std.exp()
+        return PolicyOutput(actions, self._log_prob(actions, mean, log_std), values)
+
+    def evaluate(self, inputs: dict, actions: torch.Tensor, temperature: float) -> Evaluation:
+        mean, log_std, values = self._distribution(inputs, temperature)
+        entropy = (0.5 + LOG_SQRT_2PI + log_std).expand_as(mean)
+        return Evaluation(self._log_prob(actions, mean, log_std), entropy, values)

@@ -1,0 +1,75 @@
+"""A socket plus the codec: send messages, receive validated ones, count bad ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import zmq
+
+from protocol.codec import ProtocolError, decode, encode
+
+
+@dataclass
+class Received:
+    """One received message; ``peer`` is the ROUTER identity of its sender (else b"")."""
+
+    peer: bytes
+    sender: str
+    msg: object
+
+
+@dataclass
+class Endpoint:
+    """Wraps a ZeroMQ socket: encodes on send, decodes and validates on receive.
+
+    A ROUTER endpoint (``routed=True``) reads and writes the peer identity frame.
+    """
+
+    sock: zmq.Socket
+    name: str
+    run: str
+    max_bytes: int
+    expected: tuple = ()
+    routed: bool = False
+    seq: int = 0
+    rejected: dict = field(default_factory=dict)
+
+    def send(self, msg, peer: bytes = b"", flags: int = 0) -> None:
+        """Send ``msg`` (to ``peer`` on a ROUTER) without copying its arrays."""
+        self.seq += 1
+        frames = encode(msg, self.name, self.run, self.seq)
+        if self.routed:
+            frames = [peer, *frames]
+        self.sock.send_multipart(frames, copy=False, flags=flags)
+
+    def poll(self, timeout_ms: float) -> bool:
+        """True when a message is waiting."""
+        return bool(self.sock.poll(max(0, int(timeout_ms)), zmq.POLLIN))
+
+    def recv(self) -> Received:
+        """Receive one message; raises :class:`ProtocolError` (already counted) if bad.
+
+        ``err.peer`` tells a ROUTER whom to send the error reply to.
+        """
+        frames = self.sock.recv_multipart(copy=False)
+        peer = b""
+        if self.routed:
+            peer, frames = frames[0].bytes, frames[1:]
+        try:
+            env, msg = decode(frames, self.max_bytes, self.expected)
+        except ProtocolError as err:
+            self.rejected[err.code] = self.rejected.get(err.code, 0) + 1
+            err.peer = peer
+            raise
+        if env.run != self.run:
+            self.rejected["wrong_run"] = self.rejected.get("wrong_run", 0) + 1
+            err = ProtocolError("wrong_run", f"message from run {env.run!r} reached run "
+                                f"{self.run!r}; check network addresses and run.run_id",
+                                getattr(msg, "request_id", -1))
+            err.peer = peer
+            raise err
+        return Received(peer, env.sender, msg)
+
+    def close(self) -> None:
+        """Close the socket (pending sends get the socket's linger time)."""
+        self.sock.close()

@@ -1,0 +1,124 @@
+"""Every message that crosses a socket, one frozen dataclass each.
+
+Symbolic dimensions: B = environments in a request, C = chunks (policy steps) in an
+episode, T = actions per chunk (``num_action_chunks``), D = action dimension,
+S = state dimension, H/W = image height/width, V = extra camera views.
+Optional arrays are ``None`` when absent and simply not sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from protocol.spec import array, scalar
+
+
+# --- actor -> inference server (DEALER -> ROUTER) --------------------------------------
+
+@dataclass(frozen=True)
+class ObsRequest:
+    """A batch of observations from one pipeline stage of one actor, asking for chunks."""
+
+    request_id: int = scalar(int, "actor-chosen id, echoed in the reply; unique per actor")
+    deterministic: bool = scalar(bool, "true: the policy's mean/argmax action, no sampling")
+    task_descriptions: list = scalar(list, "instruction of each env, length B", length="B")
+    main_images: np.ndarray = array("uint8", ("B", "H", "W", 3), "main camera RGB, upright")
+    states: np.ndarray = array("float32", ("B", "S"), "proprioceptive state")
+    wrist_images: Optional[np.ndarray] = array(
+        "uint8", ("B", "H", "W", 3), "wrist camera RGB, upright", optional=True)
+    extra_view_images: Optional[np.ndarray] = array(
+        "uint8", ("B", "V", "H", "W", 3), "further camera views", optional=True)
+
+
+# --- inference server -> actor (ROUTER -> DEALER) --------------------------------------
+
+@dataclass(frozen=True)
+class ActionReply:
+    """The action chunks for one ObsRequest, row i answering row i of the request."""
+
+    request_id: int = scalar(int, "the request_id of the ObsRequest answered")
+    policy_version: int = scalar(int, "learner update count of the weights that acted")
+    actions: np.ndarray = array("float32", ("B", "T", "D"), "action chunk, env units")
+    logprobs: np.ndarray = array("float32", ("B", "T", "D"), "log-prob of each action dim")
+    values: Optional[np.ndarray] = array(
+        "float32", ("B",), "value estimate, when the model has a value head", optional=True)
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """Sent instead of a reply when a received message was rejected."""
+
+    request_id: int = scalar(int, "request_id of the rejected message, -1 if unreadable")
+    code: str = scalar(str, "machine-readable reason, e.g. 'bad_shape', 'too_large'")
+    message: str = scalar(str, "one line for a human: what was wrong and how to fix it")
+
+
+# --- actor <-> learner (DEALER <-> ROUTER) ---------------------------------------------
+
+@dataclass(frozen=True)
+class ActorHello:
+    """First message of an actor to the learner, so the learner can address it."""
+
+    actor_index: int = scalar(int, "index of the actor process, 0-based")
+    num_envs: int = scalar(int, "environments this actor runs")
+    group_size: int = scalar(int, "G: envs per GRPO group")
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """One finished episode, one row per chunk (policy step)."""
+
+    episode_id: int = scalar(int, "globally unique: actor_index << 32 | actor's counter")
+    group_id: int = scalar(int, "GRPO group: actor_index << 32 | actor's group counter")
+    group_size: int = scalar(int, "G: episodes that make the group complete")
+    init_state_id: int = scalar(int, "id of the initial state shared by the group")
+    task_description: str = scalar(str, "the instruction of the episode")
+    env_steps: int = scalar(int, "environment steps executed in the episode")
+    episode_return: float = scalar(float, "sum of rewards")
+    success_once: bool = scalar(bool, "the task was achieved at some step")
+    truncated: bool = scalar(bool, "ended by the step limit, not by success or failure")
+    env_error: str = scalar(str, "empty, or why the simulator ended the episode")
+    main_images: np.ndarray = array("uint8", ("C", "H", "W", 3), "main camera at chunk start")
+    states: np.ndarray = array("float32", ("C", "S"), "state at chunk start")
+    actions: np.ndarray = array("float32", ("C", "T", "D"), "the sampled chunk")
+    logprobs: np.ndarray = array("float32", ("C", "T", "D"), "behaviour log-probs")
+    policy_versions: np.ndarray = array("int64", ("C",), "version that produced each chunk")
+    rewards: np.ndarray = array("float32", ("C",), "reward summed over executed actions")
+    dones: np.ndarray = array("bool", ("C",), "the episode ended during this chunk")
+    executed: np.ndarray = array("int32", ("C",), "actions of the chunk actually executed")
+    wrist_images: Optional[np.ndarray] = array(
+        "uint8", ("C", "H", "W", 3), "wrist camera at chunk start", optional=True)
+    values: Optional[np.ndarray] = array("float32", ("C",), "behaviour value", optional=True)
+
+
+@dataclass(frozen=True)
+class TrajectoryAck:
+    """The learner has taken a Trajectory (or ActorDone); the actor may forget it."""
+
+    episode_id: int = scalar(int, "the episode acknowledged; -1 acknowledges ActorDone")
+    duplicate: bool = scalar(bool, "it had been received before and was not counted again")
+
+
+@dataclass(frozen=True)
+class StopActors:
+    """The learner has finished: finish delivering what is done, then exit."""
+
+    reason: str = scalar(str, "why, for the log")
+
+
+@dataclass(frozen=True)
+class ActorDone:
+    """An actor has delivered everything and is exiting."""
+
+    episodes_sent: int = scalar(int, "finished episodes this actor delivered (acked)")
+    env_steps: int = scalar(int, "environment steps this actor executed in total")
+
+
+MESSAGE_TYPES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (ObsRequest, ActionReply, ErrorReply, ActorHello, Trajectory,
+                TrajectoryAck, StopActors, ActorDone)
+}

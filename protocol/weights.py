@@ -1,0 +1,174 @@
+"""Weight broadcast from the learner to the inference servers.
+
+Over torch.distributed, in a process group of its own (rank 0 = learner, rank 1+i =
+server i; gloo on CPU, NCCL on GPU), so the learner's own data-parallel group is never
+involved. One update is: an int64 header [version, elements] broadcast from rank 0, then
+one flat buffer per dtype of the model's state_dict (dtypes in name order, tensors in
+state_dict order). Version -1 means "the learner has finished". Servers receive on a
+background thread and swap the weights in between two batches.
+In --single-process mode an :class:`InProcWeightBus` hands the tensors over in memory.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import queue
+import threading
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+SHUTDOWN = -1
+
+
+def flat_layout(state: dict) -> dict:
+    """dtype name -> [(key, numel, shape)] for the state_dict ``state``, dtypes sorted."""
+    layout: dict = {}
+    for key, t in state.items():
+        layout.setdefault(str(t.dtype), []).append((key, t.numel(), tuple(t.shape)))
+    return dict(sorted(layout.items()))
+
+
+def flatten(state: dict) -> list[torch.Tensor]:
+    """One contiguous buffer per dtype, in :func:`flat_layout` order."""
+    return [torch.cat([state[k].detach().reshape(-1) for k, _, _ in entries])
+            for entries in flat_layout(state).values()]
+
+
+def unflatten(layout: dict, buffers: list[torch.Tensor]) -> dict:
+    """Views of ``buffers`` shaped as the state_dict entries of ``layout``."""
+    out = {}
+    for entries, buf in zip(layout.values(), buffers):
+        offset = 0
+        for key, numel, shape in entries:
+            out[key] = buf[offset:offset + numel].view(shape)
+            offset += numel
+    return out
+
+
+def make_group(store, rank: int, world: int, backend: str, timeout_s: float):
+    """A process group over ``store`` for the weights only."""
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if backend == "nccl":
+        return dist.ProcessGroupNCCL(store, rank, world)
+    return dist.ProcessGroupGloo(store, rank, world, timeout)
+
+
+def _broadcast(group, tensor: torch.Tensor) -> None:
+    opts = dist.BroadcastOptions()
+    opts.rootRank = 0
+    group.broadcast([tensor], opts).wait()
+
+
+class DistWeightSender:
+    """Learner side: broadcast the policy's weights to every server."""
+
+    def __init__(self, group, device: torch.device):
+        self.group, self.device = group, device
+
+    def send(self, version: int, model: torch.nn.Module) -> None:
+        state = model.state_dict()
+        buffers = [b.to(self.device) for b in flatten(state)]
+        total = sum(b.numel() for b in buffers)
+        _broadcast(self.group, torch.tensor([version, total], dtype=torch.int64,
+                                            device=self.device))
+        for buf in buffers:
+            _broadcast(self.group, buf)
+
+    def close(self) -> None:
+        _broadcast(self.group, torch.tensor([SHUTDOWN, 0], dtype=torch.int64,
+                                            device=self.device))
+
+
+class WeightReceiver:
+    """Server side: a thread receives updates; ``poll`` returns the newest, if any."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device):
+        self.layout = flat_layout(model.state_dict())
+        self.device = device
+        self._slot: "queue.Queue" = queue.Queue(maxsize=1)
+        self._lock = threading.Lock()
+        self.finished = threading.Event()
+        self.error: Optional[BaseException] = None
+
+    def _publish(self, version: int, buffers: list[torch.Tensor]) -> None:
+        with self._lock:  # keep only the newest update: a slow server skips versions
+            try:
+                self._slot.get_nowait()
+            except queue.Empty:
+                pass
+            self._slot.put((version, unflatten(self.layout, buffers)))
+
+    def poll(self) -> Optional[tuple[int, dict]]:
+        """The newest (version, state) received since the last poll, else None."""
+        try:
+            return self._slot.get_nowait()
+        except queue.Empty:
+            return None
+
+    def wait_first(self, timeout_s: float) -> tuple[int, dict]:
+        """Block until the first update (the learner's initial weights) arrives."""
+        try:
+            return self._slot.get(timeout=timeout_s)
+        except queue.Empty:
+            raise RuntimeError(f"no initial weights from the learner within {timeout_s:.0f}s; "
+                               "is the learner running with the same config?") from None
+
+
+class DistWeightReceiver(WeightReceiver):
+    """Receives broadcasts of a :class:`DistWeightSender` on a daemon thread."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, group):
+        super().__init__(model, device)
+        self.group = group
+        self._thread = threading.Thread(target=self._loop, name="weights", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        expected = sum(n for entries in self.layout.values() for _, n, _ in entries)
+        try:
+            while True:
+                header = torch.zeros(2, dtype=torch.int64, device=self.device)
+                _broadcast(self.group, header)
+                version, total = int(header[0]), int(header[1])
+                if version == SHUTDOWN:
+                    break
+                if total != expected:
+                    raise RuntimeError(
+                        f"the learner sent {total} weight elements but this server's model "
+                        f"has {expected}; run both roles with the same model config")
+                buffers = []
+                for dtype_name, entries in self.layout.items():
+                    dtype = getattr(torch, dtype_name.replace("torch.", ""))
+                    buf = torch.empty(sum(n for _, n, _ in entries), dtype=dtype,
+                                      device=self.device)
+                    _broadcast(self.group, buf)
+                    buffers.append(buf)
+                self._publish(version, buffers)
+        except BaseException as exc:  # surfaced to the server's main loop
+            self.error = exc
+        finally:
+            self.finished.set()
+
+
+class InProcWeightBus:
+    """--single-process: the learner's sender and every server's receiver in memory."""
+
+    def __init__(self):
+        self.receivers: list[WeightReceiver] = []
+
+    def receiver(self, model: torch.nn.Module, device: torch.device) -> WeightReceiver:
+        r = WeightReceiver(model, device)
+        self.receivers.append(r)
+        return r
+
+    def send(self, version: int, model: torch.nn.Module) -> None:
+        for r in self.receivers:
+            r._publish(version, [b.to(r.device).clone() for b in flatten(model.state_dict())])
+
+    def close(self) -> None:
+        for r in self.receivers:
+            r.finished.set()
