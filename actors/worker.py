@@ -173,7 +173,7 @@ class Actor:
             raise ActorError(f"{len(self.outbox.pending)} episodes still unacknowledged after "
                              f"actor.flush_timeout_s={self.cfg.actor.flush_timeout_s:.0f}s; "
                              "is the learner alive?")
-        self.learn.send(ActorDone(len(self.outbox.acked), self.env_steps))
+        self.learn.send(ActorDone(self.index, len(self.outbox.acked), self.env_steps))
         while not self.done_acked and time.monotonic() < deadline + 5:
             self._service_learner(50)
 

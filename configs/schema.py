@@ -58,6 +58,8 @@ class EnvConfig:
     num_targets: int = opt(3, "synthetic: coloured targets in the arena (2..6)")
     target_radius: float = opt(0.12, "synthetic: success distance, arena is [0,1]^2")
     agent_speed: float = opt(0.05, "synthetic: displacement per step at action 1.0")
+    progress_reward: float = opt(0.0, "synthetic: reward per unit of distance closed toward "
+                                 "the named target, on top of 1 for success (0 = sparse)")
     step_busy_ms: float = opt(0.0, "synthetic: CPU busy time per env step (benchmarks)")
     step_sleep_ms: float = opt(0.0, "synthetic: sleep per env step (benchmarks)")
 

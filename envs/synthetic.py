@@ -4,7 +4,8 @@ The arena is the unit square, drawn as an RGB image: coloured square targets and
 agent (a white square). The instruction names one target ("move to the red square").
 Actions are 7-D like a robot arm's; dims 0 and 1 move the agent by ``agent_speed`` times
 their value (clipped to [-1,1]); the others are ignored. Reward 1 and termination on
-reaching the named target, truncation at ``max_episode_steps``. State (8-D, like LIBERO's):
+reaching the named target (plus, optionally, ``progress_reward`` per unit of distance
+closed toward it), truncation at ``max_episode_steps``. State (8-D, like LIBERO's):
 agent x, y, last move dx, dy, elapsed fraction of the step limit, then zeros.
 A configurable per-step CPU busy time and sleep stand in for a costly simulator.
 """
@@ -31,6 +32,7 @@ class SyntheticReachEnv(VectorEnv):
     def __init__(self, num_envs: int, group_size: int, image_size: int = 224,
                  num_targets: int = 3, max_episode_steps: int = 64,
                  target_radius: float = 0.12, agent_speed: float = 0.05,
+                 progress_reward: float = 0.0,
                  step_busy_ms: float = 0.0, step_sleep_ms: float = 0.0, action_dim: int = 7):
         if num_envs % group_size:
             raise ValueError(f"num_envs {num_envs} is not a multiple of group_size "
@@ -42,6 +44,7 @@ class SyntheticReachEnv(VectorEnv):
         self.max_episode_steps = max_episode_steps
         self.size, self.num_targets = image_size, num_targets
         self.radius, self.speed = target_radius, agent_speed
+        self.progress_reward = progress_reward
         self.busy_s, self.sleep_s = step_busy_ms / 1e3, step_sleep_ms / 1e3
         self.agent = np.full((num_envs, 2), 0.5, np.float32)
         self.last_move = np.zeros((num_envs, 2), np.float32)
@@ -72,15 +75,17 @@ class SyntheticReachEnv(VectorEnv):
     def step(self, env_ids: np.ndarray, actions: np.ndarray) -> StepResult:
         self._spend_cost(len(env_ids))
         move = np.clip(actions[:, :2], -1.0, 1.0).astype(np.float32) * self.speed
+        goal_pos = self.targets[env_ids, self.goal[env_ids]]
+        before = np.linalg.norm(self.agent[env_ids] - goal_pos, axis=1)
         self.agent[env_ids] = np.clip(self.agent[env_ids] + move, 0.0, 1.0)
         self.last_move[env_ids] = move
         self.steps[env_ids] += 1
-        goal_pos = self.targets[env_ids, self.goal[env_ids]]
-        success = np.linalg.norm(self.agent[env_ids] - goal_pos, axis=1) < self.radius
+        after = np.linalg.norm(self.agent[env_ids] - goal_pos, axis=1)
+        success = after < self.radius
         truncated = ~success & (self.steps[env_ids] >= self.max_episode_steps)
-        n = len(env_ids)
-        return StepResult(success.astype(np.float32), success.copy(), truncated, success,
-                          [""] * n)
+        rewards = success + self.progress_reward * (before - after)
+        return StepResult(rewards.astype(np.float32), success.copy(), truncated, success,
+                          [""] * len(env_ids))
 
     def observe(self, env_ids: np.ndarray) -> EnvObs:
         images = np.empty((len(env_ids), self.size, self.size, 3), np.uint8)

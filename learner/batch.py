@@ -34,6 +34,11 @@ def episode_scores(episodes: list[Trajectory]) -> torch.Tensor:
     return torch.tensor([ep.episode_return for ep in episodes], dtype=torch.float32)
 
 
+def group_lag(group: list[Trajectory], version: int) -> int:
+    """How many versions behind ``version`` the oldest chunk of ``group`` was acted."""
+    return version - min(int(ep.policy_versions.min()) for ep in group)
+
+
 def informative_groups(groups: list[list[Trajectory]]) -> list[list[Trajectory]]:
     """The groups whose scores are not all equal (the others carry no GRPO signal)."""
     return [g for g in groups

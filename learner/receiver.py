@@ -105,8 +105,7 @@ class TrajectoryReceiver(threading.Thread):
         elif isinstance(msg, Trajectory):
             self._take(peer, msg)
         elif isinstance(msg, ActorDone):
-            index = int(peer.decode().rpartition("-")[2]) if peer else -1
-            self.done[index] = msg
+            self.done[msg.actor_index] = msg
             self.endpoint.send(TrajectoryAck(-1, False), peer)
             if len(self.done) >= self.expected_actors:
                 self.all_done.set()

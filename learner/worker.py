@@ -15,7 +15,7 @@ import zmq
 from torch.utils.tensorboard import SummaryWriter
 
 from configs import Config, to_dict
-from learner.batch import build_batch, episode_metrics, informative_groups
+from learner.batch import build_batch, episode_metrics, group_lag, informative_groups
 from learner.core import Learner
 from learner.receiver import TrajectoryReceiver
 from models import build_policy
@@ -116,8 +116,7 @@ def _train(cfg: Config, learner: Learner, weights, ready, receiver, writer, stop
             continue
         window.episodes.extend(group)
         window.env_steps += sum(ep.env_steps for ep in group)
-        oldest = min(int(ep.policy_versions.min()) for ep in group)
-        if learner.version - oldest > L.max_staleness:
+        if group_lag(group, learner.version) > L.max_staleness:
             window.stale += len(group)
             continue
         if L.filter_equal_groups and not informative_groups([group]):

@@ -1,10 +1,12 @@
 """A small CPU policy: image encoder + instruction embedding + state -> Gaussian chunk.
 
-The image is resized to ``image_resolution``, encoded by a few convolutions whose
-channels are modulated by the instruction (FiLM, so "red" selects red pixels), then
-reduced to 2-D keypoints by a spatial softmax. Keypoints, instruction and state feed an
-MLP that outputs the mean of all T x D actions at once; the log-std is one learnable
-parameter per action dimension, independent of the state.
+The image is resized to ``image_resolution`` and encoded by a few convolutions. The
+instruction (a bag of hashed words) attends over the feature map: each of ``heads``
+queries computed from the instruction scores every location, and the softmax-weighted
+mean of the location coordinates says where the named thing is ("red" finds red
+pixels). Attended coordinates, instruction and state feed an MLP that outputs the
+mean of all T x D actions at once; the log-std is one learnable parameter per action
+dimension, independent of the state.
 """
 
 from __future__ import annotations
@@ -32,17 +34,12 @@ def hash_words(texts: list, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor
     return torch.tensor(ids, dtype=torch.long), torch.tensor(offsets, dtype=torch.long)
 
 
-class SpatialSoftmax(nn.Module):
-    """Expected (x, y) image coordinate of each channel's softmax: [B,C,H,W] -> [B,2C]."""
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = feats.shape
-        attn = feats.flatten(2).softmax(-1).view(b, c, h, w)
-        ys = torch.linspace(-1, 1, h, device=feats.device)
-        xs = torch.linspace(-1, 1, w, device=feats.device)
-        x = (attn.sum(2) * xs).sum(-1)
-        y = (attn.sum(3) * ys).sum(-1)
-        return torch.cat([x, y], dim=1)
+def expected_coordinates(logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Softmax over the h*w locations of ``logits`` [B,K,h*w] -> expected (x, y) [B,2K]."""
+    attn = logits.softmax(-1).view(*logits.shape[:2], h, w)
+    ys = torch.linspace(-1, 1, h, device=logits.device)
+    xs = torch.linspace(-1, 1, w, device=logits.device)
+    return torch.cat([(attn.sum(2) * xs).sum(-1), (attn.sum(3) * ys).sum(-1)], dim=1)
 
 
 class CNNGaussianPolicy(Policy):
@@ -51,21 +48,22 @@ class CNNGaussianPolicy(Policy):
     def __init__(self, num_action_chunks: int = 8, action_dim: int = 7, state_dim: int = 8,
                  hidden_dim: int = 128, conv_channels: int = 16, embed_dim: int = 32,
                  vocab_size: int = 1024, init_log_std: float = -0.5, value_head: bool = False,
-                 image_resolution: int = 64):
+                 image_resolution: int = 64, heads: int = 4):
         super().__init__()
         self.num_action_chunks, self.action_dim = num_action_chunks, action_dim
         self.state_dim, self.vocab_size = state_dim, vocab_size
         self.image_resolution = image_resolution
         self.has_value_head = value_head
-        c = conv_channels
-        self.conv1 = nn.Conv2d(3, c, 5, stride=2, padding=2)
-        self.conv2 = nn.Conv2d(c, c, 3, stride=1, padding=1)
-        self.conv3 = nn.Conv2d(c, c, 3, stride=1, padding=1)
-        self.embed = nn.EmbeddingBag(vocab_size, embed_dim, mode="mean")
-        self.film = nn.Linear(embed_dim, 2 * c)
-        self.keypoints = SpatialSoftmax()
+        c, self.heads = conv_channels, heads
+        self.conv1 = nn.Conv2d(3, c, 3, stride=1, padding=1)
+        self.conv2 = nn.Conv2d(c, c, 3, stride=2, padding=1)
+        self.keys = nn.Conv2d(c + 3, c, 1)  # conv features and the raw colour of each place
+        self.embed = nn.EmbeddingBag(vocab_size, embed_dim, mode="sum")
+        self.query = nn.Linear(embed_dim, heads * c)
+        # Sharp attention from the start, so coordinates move when the query changes.
+        self.log_sharpness = nn.Parameter(torch.tensor(math.log(10.0)))
         self.trunk = nn.Sequential(
-            nn.Linear(2 * c + embed_dim + state_dim, hidden_dim), nn.ReLU(),
+            nn.Linear(2 * heads + embed_dim + state_dim, hidden_dim), nn.ReLU(),
             nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
         self.mean_head = nn.Linear(hidden_dim, num_action_chunks * action_dim)
         nn.init.zeros_(self.mean_head.bias)
@@ -87,12 +85,14 @@ class CNNGaussianPolicy(Policy):
         if x.shape[-1] != self.image_resolution:
             x = F.interpolate(x, size=(self.image_resolution,) * 2, mode="area")
         text = self.embed(inputs["word_ids"], inputs["word_offsets"])
-        gamma, beta = self.film(text).chunk(2, dim=1)
-        h = F.relu(self.conv1(x))
-        h = F.relu(self.conv2(h))
-        h = self.conv3(h) * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
-        feats = torch.cat([self.keypoints(h), text, inputs["states"]], dim=1)
-        return self.trunk(feats)
+        feats = F.relu(self.conv2(F.relu(self.conv1(x))))
+        b, c, h, w = feats.shape
+        colour = F.avg_pool2d(x, 2) * 2 - 1
+        keys = self.keys(torch.cat([feats * 0, colour], 1)).flatten(2)   # [B,C,h*w]
+        query = self.query(text).view(b, self.heads, c)         # [B,heads,C]
+        scale = self.log_sharpness.exp() / math.sqrt(c)
+        where = expected_coordinates(query @ keys * scale, h, w)
+        return self.trunk(torch.cat([where, text, inputs["states"]], dim=1))
 
     def _distribution(self, inputs: dict, temperature: float):
         z = self._features(inputs)

@@ -69,7 +69,18 @@ def decode(frames: Sequence, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     """Validate ``frames`` and build the message; raise :class:`ProtocolError` if bad.
 
     ``expected`` restricts the accepted message types (a server only takes requests).
+    Nothing else escapes: a case the rules below miss is still a ``malformed`` error.
     """
+    try:
+        return _decode(frames, max_bytes, expected)
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError("malformed", f"malformed message: {type(exc).__name__}: {exc}") \
+            from None
+
+
+def _decode(frames: Sequence, max_bytes: int, expected: tuple) -> tuple[Envelope, object]:
     if not frames:
         raise ProtocolError("empty", "empty message: expected a msgpack header frame")
     views = [memoryview(f) for f in frames]
@@ -87,7 +98,7 @@ def decode(frames: Sequence, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                             f"expected {[c.__name__ for c in expected]}")
     request_id = header["fields"].get("request_id", -1) if isinstance(
         header["fields"], dict) else -1
-    request_id = request_id if isinstance(request_id, int) else -1
+    request_id = request_id if type(request_id) is int else -1
     try:
         values = _read_body(cls, header, views[1:])
     except ProtocolError as err:
@@ -106,7 +117,7 @@ def _read_header(view: memoryview) -> dict:
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise ProtocolError("bad_header", f"header frame is not valid msgpack: {exc}") from None
     if not isinstance(header, dict) or set(header) != HEADER_KEYS:
-        keys = sorted(header) if isinstance(header, dict) else type(header).__name__
+        keys = sorted(map(repr, header)) if isinstance(header, dict) else type(header).__name__
         raise ProtocolError("bad_header", f"header must be a map with keys "
                             f"{sorted(HEADER_KEYS)}, got {keys}")
     if header["schema"] != SCHEMA_VERSION:
@@ -125,7 +136,7 @@ def _read_body(cls, header: dict, frames: list[memoryview]) -> dict:
     given = header["fields"]
     if set(given) != scalars:
         raise ProtocolError("bad_fields", f"{cls.__name__} fields must be {sorted(scalars)}, "
-                            f"got {sorted(given)}")
+                            f"got {sorted(map(repr, given))}")
     descriptors = header["arrays"]
     if len(descriptors) != len(frames):
         raise ProtocolError("truncated", f"{cls.__name__}: header describes "
@@ -151,7 +162,8 @@ def _read_array(cls, specs, desc, frame: memoryview, dims: dict) -> tuple[str, n
     if not isinstance(desc, dict) or set(desc) != {"name", "dtype", "shape", "nbytes"}:
         raise ProtocolError("bad_array", "array descriptor must be a map with keys "
                             "['dtype', 'name', 'nbytes', 'shape']")
-    name, spec = desc["name"], specs.get(desc["name"])
+    name = desc["name"]
+    spec = specs.get(name) if isinstance(name, str) else None
     if not isinstance(spec, ArraySpec):
         raise ProtocolError("bad_array", f"{cls.__name__} has no array field {name!r}")
     if desc["dtype"] != spec.dtype:

@@ -113,6 +113,7 @@ class StopActors:
 class ActorDone:
     """An actor has delivered everything and is exiting."""
 
+    actor_index: int = scalar(int, "index of the actor process, 0-based")
     episodes_sent: int = scalar(int, "finished episodes this actor delivered (acked)")
     env_steps: int = scalar(int, "environment steps this actor executed in total")
 

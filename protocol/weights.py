@@ -159,15 +159,24 @@ class InProcWeightBus:
 
     def __init__(self):
         self.receivers: list[WeightReceiver] = []
+        self.last: Optional[tuple[int, list[torch.Tensor]]] = None
+        self._lock = threading.Lock()
 
     def receiver(self, model: torch.nn.Module, device: torch.device) -> WeightReceiver:
+        """A receiver for one server; it gets the last update sent, if any, at once."""
         r = WeightReceiver(model, device)
-        self.receivers.append(r)
+        with self._lock:
+            self.receivers.append(r)
+            if self.last is not None:
+                r._publish(self.last[0], [b.to(device).clone() for b in self.last[1]])
         return r
 
     def send(self, version: int, model: torch.nn.Module) -> None:
-        for r in self.receivers:
-            r._publish(version, [b.to(r.device).clone() for b in flatten(model.state_dict())])
+        buffers = flatten(model.state_dict())
+        with self._lock:
+            self.last = (version, buffers)
+            for r in self.receivers:
+                r._publish(version, [b.to(r.device).clone() for b in buffers])
 
     def close(self) -> None:
         for r in self.receivers:

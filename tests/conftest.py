@@ -1,0 +1,42 @@
+"""Shared fixtures: small configs with their own log and ipc folders."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from configs import load_config  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def small_overrides(tmp_path: Path, **extra) -> list[str]:
+    """Overrides for a tiny, fast run isolated in ``tmp_path``."""
+    items = {
+        "run.log_dir": str(tmp_path / "run"), "run.run_id": uuid.uuid4().hex[:8],
+        "run.total_updates": 3, "run.progress_every_s": 0, "network.ipc_dir": str(tmp_path / "ipc"),
+        "network.base_port": free_port(), "env.image_size": 32,
+        "env.max_episode_steps": 16, "env.progress_reward": 2.0, "model.image_resolution": 32, "model.hidden_dim": 32,
+        "actor.num_actors": 2, "actor.envs_per_actor": 8, "actor.pipeline_stages": 2,
+        "actor.group_size": 4, "actor.flush_timeout_s": 30, "learner.groups_per_update": 2,
+        "learner.max_ready_groups": 4, "inference.max_wait_ms": 2,
+    }
+    items.update(extra)
+    return [f"{k}={v}" for k, v in items.items()]
+
+
+@pytest.fixture
+def small_cfg(tmp_path):
+    """A validated tiny config (two actors of 8 envs, groups of 4, 32x32 images)."""
+    return load_config(ROOT / "configs" / "synthetic_grpo.yaml", small_overrides(tmp_path))

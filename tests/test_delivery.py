@@ -1,0 +1,114 @@
+"""Acknowledged delivery: the outbox, and the learner's receiver over real sockets."""
+
+import queue
+import time
+
+import pytest
+import zmq
+
+from actors.outbox import Outbox
+from learner.receiver import GroupAssembler, TrajectoryReceiver
+from protocol import wiring
+from protocol.codec import decode, encode
+from protocol.endpoint import Endpoint
+from protocol.messages import (
+    ActorDone, ActorHello, ErrorReply, StopActors, Trajectory, TrajectoryAck,
+)
+from tests.messages_factory import trajectory
+
+
+def _episode(episode_id, group_id=1, group_size=2):
+    t = trajectory()
+    return Trajectory(**{**t.__dict__, "episode_id": episode_id, "group_id": group_id,
+                         "group_size": group_size})
+
+
+def test_outbox_sends_once_resends_after_timeout_and_forgets_on_ack():
+    box = Outbox(capacity=2, resend_after_s=10.0)
+    box.add(_episode(1))
+    assert [e.episode_id for e in box.due(now=0.0)] == [1]
+    assert box.due(now=5.0) == []
+    assert [e.episode_id for e in box.due(now=10.0)] == [1] and box.resends == 1
+    box.add(_episode(2))
+    assert box.full
+    box.ack(1)
+    box.ack(1)  # a repeated ack is harmless
+    assert not box.full and box.acked == [1] and list(box.pending) == [2]
+
+
+def test_group_assembler_hands_out_complete_groups():
+    asm = GroupAssembler()
+    assert asm.add(_episode(2, group_id=7)) is None
+    assert asm.add(_episode(10, group_id=8)) is None
+    group = asm.add(_episode(1, group_id=7))
+    assert [e.episode_id for e in group] == [1, 2] and 7 not in asm.partial
+
+
+@pytest.fixture
+def receiver(small_cfg):
+    ctx = zmq.Context()
+    endpoint = Endpoint(wiring.bind_learner(ctx, small_cfg), "learner", small_cfg.run.run_id,
+                        1 << 24, expected=(ActorHello, Trajectory, ActorDone), routed=True)
+    ready = queue.Queue(maxsize=1)
+    rx = TrajectoryReceiver(endpoint, ready, expected_actors=1)
+    rx.start()
+    actor = wiring.connect_actor_to_learner(ctx, small_cfg, 0)
+    yield small_cfg, rx, ready, actor
+    rx.halt.set()
+    rx.join(timeout=5)
+    endpoint.close()
+    actor.close(0)
+    ctx.term()
+
+
+def _send(cfg, sock, msg):
+    sock.send_multipart(encode(msg, "actor-0", cfg.run.run_id, 1), copy=False)
+
+
+def _recv(sock):
+    assert sock.poll(5000)
+    return decode(sock.recv_multipart(copy=False))[1]
+
+
+def test_resent_episode_is_acked_but_counted_once(receiver):
+    cfg, rx, ready, actor = receiver
+    _send(cfg, actor, ActorHello(0, 2, 2))
+    ep = _episode(5)
+    _send(cfg, actor, ep)
+    first = _recv(actor)
+    _send(cfg, actor, ep)  # e.g. the first ack was lost and the actor resent
+    second = _recv(actor)
+    assert (first.episode_id, first.duplicate) == (5, False)
+    assert (second.episode_id, second.duplicate) == (5, True)
+    _send(cfg, actor, _episode(6))
+    assert _recv(actor).duplicate is False
+    group = ready.get(timeout=5)
+    assert [e.episode_id for e in group] == [5, 6]
+    assert rx.received[0] == [5, 6] and rx.duplicates == 1
+
+
+def test_full_queue_holds_back_and_drain_stops_actors(receiver):
+    cfg, rx, ready, actor = receiver
+    _send(cfg, actor, ActorHello(0, 2, 2))
+    for i in range(4):  # two complete groups; the queue holds one
+        _send(cfg, actor, _episode(i, group_id=i // 2))
+    acks = [_recv(actor).episode_id for _ in range(4)]
+    assert acks == [0, 1, 2, 3]
+    time.sleep(0.3)
+    assert ready.qsize() == 1 and len(rx.complete) == 1  # held back, not lost
+    rx.drain("test over")
+    assert isinstance(_recv(actor), StopActors)
+    _send(cfg, actor, ActorDone(0, 4, 100))
+    ack = _recv(actor)
+    assert isinstance(ack, TrajectoryAck) and ack.episode_id == -1
+    assert rx.all_done.wait(5) and rx.done[0].episodes_sent == 4
+
+
+def test_malformed_trajectory_gets_an_error_and_receiver_lives(receiver):
+    cfg, rx, ready, actor = receiver
+    actor.send_multipart([b"\x93garbage"])
+    reply = _recv(actor)
+    assert isinstance(reply, ErrorReply) and reply.code == "bad_header"
+    _send(cfg, actor, _episode(9, group_id=3, group_size=1))
+    assert _recv(actor).episode_id == 9
+    assert rx.error is None and rx.endpoint.rejected == {"bad_header": 1}

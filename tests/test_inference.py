@@ -1,0 +1,140 @@
+"""A real inference server over real sockets: batching, routing, and surviving bad input."""
+
+import json
+import threading
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from configs import load_config
+from envs.base import EnvObs
+from inference_server.server import run as run_server
+from models import build_policy
+from protocol import wiring
+from protocol.codec import decode, encode
+from protocol.messages import ActionReply, ErrorReply, ObsRequest
+from protocol.weights import InProcWeightBus
+from tests.conftest import ROOT, small_overrides
+from tests.messages_factory import obs_request
+
+
+class ServerThread:
+    """Inference server 0 of ``cfg`` on a thread, with version-0 weights handed over."""
+
+    def __init__(self, cfg):
+        self.cfg, self.ctx, self.stop = cfg, zmq.Context(), threading.Event()
+        torch.manual_seed(cfg.run.seed)
+        self.policy = build_policy(cfg.model).eval()
+        bus = InProcWeightBus()
+        bus.send(0, self.policy)
+        self.thread = threading.Thread(target=run_server, args=(cfg, 0, self.ctx),
+                                       kwargs=dict(weights_bus=bus, stop=self.stop))
+        self.thread.start()
+
+    def client(self, k: int) -> zmq.Socket:
+        return wiring.connect_actor_to_inference(self.ctx, self.cfg, k)
+
+    def close(self) -> dict:
+        self.stop.set()
+        self.thread.join(timeout=20)
+        assert not self.thread.is_alive()
+        stats = json.loads((Path(self.cfg.run.log_dir) / "inference-0.json").read_text())
+        self.ctx.destroy(linger=0)
+        return stats
+
+
+def _request(k: int, rows: int, request_id: int, size=32) -> ObsRequest:
+    rng = np.random.default_rng(k)
+    return ObsRequest(request_id, True, [f"move to the {c} square" for c in
+                                         ["red", "green", "blue", "yellow"][:rows]],
+                      rng.integers(0, 255, (rows, size, size, 3), dtype=np.uint8),
+                      rng.standard_normal((rows, 8)).astype(np.float32))
+
+
+def _recv(sock, timeout_ms=20000):
+    assert sock.poll(timeout_ms), "no reply from the inference server"
+    return decode(sock.recv_multipart(copy=False))[1]
+
+
+def test_requests_of_several_actors_share_one_forward_and_replies_are_routed(tmp_path):
+    cfg = load_config(ROOT / "configs/synthetic_grpo.yaml", small_overrides(
+        tmp_path, **{"inference.max_wait_ms": 2000, "inference.max_batch": 12}))
+    server = ServerThread(cfg)
+    try:
+        clients = [server.client(k) for k in range(3)]
+        requests = [_request(k, 4, 100 + k) for k in range(3)]
+        for sock, req in zip(clients, requests):
+            sock.send_multipart(encode(req, "test", cfg.run.run_id, 1), copy=False)
+        replies = [_recv(sock) for sock in clients]
+    finally:
+        stats = server.close()
+    assert stats["forward_passes"] == 1 and stats["max_requests_per_pass"] == 3
+    for req, reply in zip(requests, replies):
+        assert isinstance(reply, ActionReply) and reply.request_id == req.request_id
+        assert reply.actions.shape == (4, 8, 7) and reply.policy_version == 0
+        obs = EnvObs(req.main_images, req.states, req.task_descriptions)
+        own = server.policy.act(server.policy.prepare(obs, torch.device("cpu")), True, 1.0)
+        np.testing.assert_allclose(reply.actions, own.actions.numpy(), atol=1e-5)
+        np.testing.assert_allclose(reply.logprobs, own.logprobs.numpy(), atol=1e-5)
+
+
+def test_bad_messages_get_error_replies_and_the_server_keeps_serving(tmp_path):
+    cfg = load_config(ROOT / "configs/synthetic_grpo.yaml",
+                      small_overrides(tmp_path, **{"network.max_message_mb": 1}))
+    server = ServerThread(cfg)
+    try:
+        sock = server.client(0)
+        good = encode(_request(0, 2, 5), "t", cfg.run.run_id, 1)
+        header = msgpack.unpackb(good[0], raw=False)
+        bad_inputs = {
+            "bad_header": [b"not msgpack \xc1"],
+            "truncated": good[:-1],
+            "unknown_type": [msgpack.packb(dict(header, type="Evil")), *good[1:]],
+            "bad_version": [msgpack.packb(dict(header, schema=99)), *good[1:]],
+            "wrong_run": encode(_request(0, 2, 6), "t", "another-run", 1),
+            "unexpected_type": encode(ActionReply(1, 0, np.zeros((1, 2, 2), np.float32),
+                                                  np.zeros((1, 2, 2), np.float32)), "t",
+                                      cfg.run.run_id, 1),
+            "bad_request": encode(ObsRequest(8, True, ["x"], np.zeros((1, 32, 32, 3), np.uint8),
+                                             np.zeros((1, 3), np.float32)), "t",
+                                  cfg.run.run_id, 1),
+            # each frame under the limit, the message over it: the codec rejects it
+            "too_large": encode(obs_request(b=300, size=32, extra=False), "t", cfg.run.run_id, 1),
+        }
+        for code, frames in bad_inputs.items():
+            sock.send_multipart(frames, copy=False)
+            reply = _recv(sock)
+            assert isinstance(reply, ErrorReply) and reply.code == code, (code, reply)
+        # Larger than the size limit: libzmq drops it (MAXMSGSIZE), the server lives on.
+        big = server.client(1)
+        huge = obs_request(b=1, size=16)
+        big.send_multipart([*encode(huge, "t", cfg.run.run_id, 1)[:-1],
+                            b"\0" * ((cfg.network.max_message_mb << 20) + 1)])
+        sock.send_multipart(good, copy=False)
+        reply = _recv(sock)
+        assert isinstance(reply, ActionReply) and reply.request_id == 5
+    finally:
+        stats = server.close()
+    assert stats["rejected"] == len(bad_inputs)
+    assert stats["requests"] == 1
+
+
+@pytest.fixture
+def small_cfg_tcp(tmp_path):
+    return load_config(ROOT / "configs/synthetic_grpo.yaml",
+                       small_overrides(tmp_path, **{"network.transport": "tcp"}))
+
+
+def test_serves_over_tcp(small_cfg_tcp):
+    server = ServerThread(small_cfg_tcp)
+    try:
+        sock = server.client(0)
+        sock.send_multipart(encode(_request(1, 3, 9), "t", small_cfg_tcp.run.run_id, 1))
+        reply = _recv(sock)
+    finally:
+        server.close()
+    assert isinstance(reply, ActionReply) and reply.actions.shape == (3, 8, 7)
