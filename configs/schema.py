@@ -55,11 +55,13 @@ class EnvConfig:
     kind: Literal["synthetic"] = opt("synthetic", "environment family")
     image_size: int = opt(224, "height and width of camera images")
     max_episode_steps: int = opt(64, "environment steps before an episode is truncated")
-    num_targets: int = opt(3, "synthetic: coloured targets in the arena (2..6)")
+    num_targets: int = opt(3, "synthetic: coloured targets in the arena (1..6)")
     target_radius: float = opt(0.12, "synthetic: success distance, arena is [0,1]^2")
     agent_speed: float = opt(0.05, "synthetic: displacement per step at action 1.0")
     progress_reward: float = opt(0.0, "synthetic: reward per unit of distance closed toward "
                                  "the named target, on top of 1 for success (0 = sparse)")
+    goal_in_state: bool = opt(False, "synthetic: the named target's position is in the "
+                              "state (False: only the image and instruction say where)")
     step_busy_ms: float = opt(0.0, "synthetic: CPU busy time per env step (benchmarks)")
     step_sleep_ms: float = opt(0.0, "synthetic: sleep per env step (benchmarks)")
 
@@ -183,7 +185,7 @@ def validate(cfg: Config) -> list[str]:
         (L.max_ready_groups >= L.groups_per_update,
          "learner.max_ready_groups must be >= groups_per_update"),
         (e.image_size >= 16 and e.max_episode_steps >= 1, "env.image_size >= 16"),
-        (2 <= e.num_targets <= 6, "env.num_targets must be in 2..6"),
+        (1 <= e.num_targets <= 6, "env.num_targets must be in 1..6"),
         (n.max_message_mb >= 1 and n.high_water_mark >= 1, "network limits must be >= 1"),
     ]
     return [msg for ok, msg in checks if not ok]

@@ -12,7 +12,8 @@ def make_env(cfg: EnvConfig, num_envs: int, group_size: int, action_dim: int) ->
         return SyntheticReachEnv(
             num_envs, group_size, image_size=cfg.image_size, num_targets=cfg.num_targets,
             max_episode_steps=cfg.max_episode_steps, target_radius=cfg.target_radius,
-            agent_speed=cfg.agent_speed, progress_reward=cfg.progress_reward, step_busy_ms=cfg.step_busy_ms,
+            agent_speed=cfg.agent_speed, progress_reward=cfg.progress_reward,
+            goal_in_state=cfg.goal_in_state, step_busy_ms=cfg.step_busy_ms,
             step_sleep_ms=cfg.step_sleep_ms, action_dim=action_dim)
     raise ValueError(f"unknown env.kind {cfg.kind!r}; valid: ['synthetic']")
 

@@ -6,7 +6,10 @@ Actions are 7-D like a robot arm's; dims 0 and 1 move the agent by ``agent_speed
 their value (clipped to [-1,1]); the others are ignored. Reward 1 and termination on
 reaching the named target (plus, optionally, ``progress_reward`` per unit of distance
 closed toward it), truncation at ``max_episode_steps``. State (8-D, like LIBERO's):
-agent x, y, last move dx, dy, elapsed fraction of the step limit, then zeros.
+agent x, y, the named target's x, y when ``goal_in_state`` (else 0, 0), last move dx, dy,
+elapsed fraction of the step limit, 0. With the goal in the state (as gym's FetchReach
+gives its desired goal) the small CPU policy learns the task in a minute or two; without
+it the task is pure vision-language grounding, which that policy learns far more slowly.
 A configurable per-step CPU busy time and sleep stand in for a costly simulator.
 """
 
@@ -32,19 +35,19 @@ class SyntheticReachEnv(VectorEnv):
     def __init__(self, num_envs: int, group_size: int, image_size: int = 224,
                  num_targets: int = 3, max_episode_steps: int = 64,
                  target_radius: float = 0.12, agent_speed: float = 0.05,
-                 progress_reward: float = 0.0,
+                 progress_reward: float = 0.0, goal_in_state: bool = False,
                  step_busy_ms: float = 0.0, step_sleep_ms: float = 0.0, action_dim: int = 7):
         if num_envs % group_size:
             raise ValueError(f"num_envs {num_envs} is not a multiple of group_size "
                              f"{group_size}")
-        if not 2 <= num_targets <= len(COLOURS):
-            raise ValueError(f"num_targets must be in 2..{len(COLOURS)}")
+        if not 1 <= num_targets <= len(COLOURS):
+            raise ValueError(f"num_targets must be in 1..{len(COLOURS)}")
         self.num_envs, self.group_size = num_envs, group_size
         self.state_dim, self.action_dim = STATE_DIM, action_dim
         self.max_episode_steps = max_episode_steps
         self.size, self.num_targets = image_size, num_targets
         self.radius, self.speed = target_radius, agent_speed
-        self.progress_reward = progress_reward
+        self.progress_reward, self.goal_in_state = progress_reward, goal_in_state
         self.busy_s, self.sleep_s = step_busy_ms / 1e3, step_sleep_ms / 1e3
         self.agent = np.full((num_envs, 2), 0.5, np.float32)
         self.last_move = np.zeros((num_envs, 2), np.float32)
@@ -93,8 +96,10 @@ class SyntheticReachEnv(VectorEnv):
             images[row] = self._render(e)
         states = np.zeros((len(env_ids), STATE_DIM), np.float32)
         states[:, :2] = self.agent[env_ids]
-        states[:, 2:4] = self.last_move[env_ids] / self.speed
-        states[:, 4] = self.steps[env_ids] / self.max_episode_steps
+        if self.goal_in_state:
+            states[:, 2:4] = self.targets[env_ids, self.goal[env_ids]]
+        states[:, 4:6] = self.last_move[env_ids] / self.speed
+        states[:, 6] = self.steps[env_ids] / self.max_episode_steps
         texts = [f"move to the {self.names[self.colours[e, self.goal[e]]]} square"
                  for e in env_ids]
         return EnvObs(images, states, texts)

@@ -14,13 +14,12 @@ import zmq
 from configs import Config
 from inference_server.batcher import Batcher, Pending
 from inference_server.core import InferenceCore
-from learner.worker import pick_device
-from models import build_policy
+from models import build_policy, pick_device
 from protocol import wiring
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint
 from protocol.messages import ErrorReply, ObsRequest
-from protocol.weights import DistWeightReceiver, make_group
+from protocol.weights import DistWeightReceiver, join_group
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +42,7 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None, weights_bus
         if weights_bus is not None:
             receiver = weights_bus.receiver(policy, device)
         else:
-            backend = cfg.network.weights_backend
-            if backend == "auto":
-                backend = "nccl" if device.type == "cuda" else "gloo"
-            group = make_group(wiring.weights_store(cfg, 1 + index), 1 + index,
-                               1 + cfg.inference.num_servers, backend,
-                               cfg.network.weights_timeout_s)
-            receiver = DistWeightReceiver(policy, device, group)
+            receiver = DistWeightReceiver(policy, device, join_group(cfg, 1 + index, device))
         core.load(*receiver.wait_first(cfg.network.weights_timeout_s))
         log.info("inference server %d serving on %s (%s), weights version %d", index,
                  wiring.inference_address(cfg, index, bind=True), device, core.version)

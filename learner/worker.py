@@ -18,20 +18,13 @@ from configs import Config, to_dict
 from learner.batch import build_batch, episode_metrics, group_lag, informative_groups
 from learner.core import Learner
 from learner.receiver import TrajectoryReceiver
-from models import build_policy
+from models import build_policy, pick_device
 from protocol import wiring
 from protocol.endpoint import Endpoint
 from protocol.messages import ActorDone, ActorHello, Trajectory
-from protocol.weights import DistWeightSender, make_group
+from protocol.weights import DistWeightSender, join_group
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` is CUDA when present, else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
@@ -59,14 +52,7 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
     writer = SummaryWriter(str(log_dir))
     try:
         if weights is None:
-            backend = cfg.network.weights_backend
-            if backend == "auto":
-                backend = "nccl" if device.type == "cuda" else "gloo"
-            log.info("waiting for %d inference server(s) to join the weights group (%s)",
-                     cfg.inference.num_servers, backend)
-            group = make_group(wiring.weights_store(cfg, 0), 0, 1 + cfg.inference.num_servers,
-                               backend, cfg.network.weights_timeout_s)
-            weights = DistWeightSender(group, device)
+            weights = DistWeightSender(join_group(cfg, 0, device), device)
         weights.send(learner.version, policy)
         log.info("learner ready: logging to %s", log_dir)
         _train(cfg, learner, weights, ready, receiver, writer, stop)

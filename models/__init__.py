@@ -1,5 +1,7 @@
 """Policies shared by the inference servers and the learner (:mod:`models.base`)."""
 
+import torch
+
 from configs import ModelConfig
 from models.base import Evaluation, Policy, PolicyOutput
 
@@ -18,4 +20,11 @@ def build_policy(cfg: ModelConfig) -> Policy:
     raise ValueError(f"unknown model.kind {cfg.kind!r}; valid: ['cnn_gaussian']")
 
 
-__all__ = ["Evaluation", "Policy", "PolicyOutput", "build_policy"]
+def pick_device(name: str) -> torch.device:
+    """``auto`` is CUDA when present, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+__all__ = ["Evaluation", "Policy", "PolicyOutput", "build_policy", "pick_device"]

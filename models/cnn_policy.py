@@ -88,7 +88,7 @@ class CNNGaussianPolicy(Policy):
         feats = F.relu(self.conv2(F.relu(self.conv1(x))))
         b, c, h, w = feats.shape
         colour = F.avg_pool2d(x, 2) * 2 - 1
-        keys = self.keys(torch.cat([feats * 0, colour], 1)).flatten(2)   # [B,C,h*w]
+        keys = self.keys(torch.cat([feats, colour], 1)).flatten(2)   # [B,C,h*w]
         query = self.query(text).view(b, self.heads, c)         # [B,heads,C]
         scale = self.log_sharpness.exp() / math.sqrt(c)
         where = expected_coordinates(query @ keys * scale, h, w)

@@ -57,6 +57,22 @@ def make_group(store, rank: int, world: int, backend: str, timeout_s: float):
     return dist.ProcessGroupGloo(store, rank, world, timeout)
 
 
+def join_group(cfg, rank: int, device: torch.device):
+    """Join the weights group as ``rank`` (0 = learner); blocks until every rank has joined.
+
+    ``network.weights_backend=auto`` is NCCL when the weights live on CUDA, else gloo.
+    """
+    from protocol import wiring
+
+    backend = cfg.network.weights_backend
+    if backend == "auto":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    log.info("joining the weights group as rank %d of %d (%s)", rank,
+             1 + cfg.inference.num_servers, backend)
+    return make_group(wiring.weights_store(cfg, rank), rank, 1 + cfg.inference.num_servers,
+                      backend, cfg.network.weights_timeout_s)
+
+
 def _broadcast(group, tensor: torch.Tensor) -> None:
     opts = dist.BroadcastOptions()
     opts.rootRank = 0
