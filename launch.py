@@ -71,16 +71,23 @@ def run_role(cfg, role: str, index: int) -> int:
     try:
         if role == "learner":
             from learner.worker import run
-            return run(cfg, stop=stop)
-        if role == "inference":
+            code = run(cfg, stop=stop)
+        elif role == "inference":
             from inference_server.server import run
-            return run(cfg, index, stop=stop)
-        from actors.worker import run
-        return run(cfg, index, stop=stop)
+            code = run(cfg, index, stop=stop)
+        else:
+            from actors.worker import run
+            code = run(cfg, index, stop=stop)
     except Exception as exc:
         log.error("%s %d failed: %s: %s", role, index, type(exc).__name__, exc)
         log.debug("traceback", exc_info=True)
-        return 1
+        code = 1
+    # Leave without running interpreter teardown: a daemon thread may still sit in a
+    # torch.distributed call (a peer gone), and tearing it down would abort the process.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_single_process(cfg) -> int:
@@ -150,11 +157,15 @@ class Launcher:
             self.children[f"{role}-{index}"] = subprocess.Popen(
                 cmd, preexec_fn=_die_with_parent)
 
-    def watch(self) -> int:
+    def watch(self, interrupted: threading.Event) -> int:
         """Wait for the learner to finish; on any role's death stop all and say why."""
         sampler = MemorySampler(self.log_dir / "memory.csv", self.children)
         learner = self.children["learner-0"]
         while True:
+            if interrupted.is_set():
+                log.info("interrupted: stopping every role")
+                self.stop_all(grace_s=self.cfg.actor.flush_timeout_s + 40)
+                return 130
             sampler.maybe_sample()
             for name, proc in self.children.items():
                 code = proc.poll()
@@ -258,14 +269,11 @@ def main(argv=None) -> int:
     if args.single_process:
         return run_single_process(cfg)
     launcher = Launcher(cfg, args, overrides)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    interrupted = threading.Event()
+    _stop_on_signals(interrupted)  # Ctrl-C reaches the children too; SIGTERM is passed on
     try:
         launcher.start()
-        return launcher.watch()
-    except KeyboardInterrupt:
-        log.info("interrupted: stopping every role")
-        launcher.stop_all(grace_s=cfg.actor.flush_timeout_s)
-        return 130
+        return launcher.watch(interrupted)
     finally:
         launcher.stop_all(grace_s=5)
         if cfg.network.transport == "ipc":

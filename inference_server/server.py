@@ -46,7 +46,7 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None, weights_bus
         core.load(*receiver.wait_first(cfg.network.weights_timeout_s))
         log.info("inference server %d serving on %s (%s), weights version %d", index,
                  wiring.inference_address(cfg, index, bind=True), device, core.version)
-        server.serve(receiver, stop)
+        server.serve(receiver, stop, grace_s=cfg.actor.flush_timeout_s + 30)
         return 0
     finally:
         server.write_stats(Path(cfg.run.log_dir) / f"inference-{index}.json")
@@ -63,9 +63,17 @@ class InferenceServer:
         self.batcher = Batcher(cfg.inference.max_batch, cfg.inference.max_wait_ms / 1e3)
         self.requests = self.errors = 0
 
-    def serve(self, receiver, stop: threading.Event) -> None:
-        """Loop until ``stop`` is set or the learner signals the end."""
-        while not stop.is_set():
+    def serve(self, receiver, stop: threading.Event, grace_s: float = 60.0) -> None:
+        """Serve until the learner signals the end.
+
+        ``stop`` (a signal) does not end serving at once: the learner, stopping too, still
+        drains the actors and then ends the weights link; only if it does not within
+        ``grace_s`` does the server leave on its own.
+        """
+        deadline = None
+        while deadline is None or time.monotonic() < deadline:
+            if deadline is None and stop.is_set():
+                deadline = time.monotonic() + grace_s
             update = receiver.poll()
             if update is not None:  # between two batches: never mid-batch
                 self.core.load(*update)

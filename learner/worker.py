@@ -60,7 +60,7 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
     finally:
         reason = "training finished" if learner.version >= cfg.run.total_updates else "stopped"
         receiver.drain(reason)
-        receiver.all_done.wait(cfg.actor.flush_timeout_s + 10 if not stop.is_set() else 10)
+        receiver.all_done.wait(cfg.actor.flush_timeout_s + 10)
         receiver.halt.set()
         receiver.join()
         try:
