@@ -2,8 +2,10 @@
 
 launch.py samples the RSS of each role every 5 s into ``{run.log_dir}/memory.csv``. This
 prints, per role, the RSS one minute in (after start-up allocations), the largest RSS seen
-after that, the last sample, and the growth (largest / one-minute value - 1); with
-``--check`` it exits 1 when any role grew by more than ``--max-growth`` (10%).
+after that, the last sample, the growth (largest / one-minute value - 1), and the trend
+(mean of the last minute / mean of the second minute - 1, which a transient peak during a
+training step does not move); with ``--check`` it exits 1 when any role's growth is above
+``--max-growth`` (10%).
 
     make run ARGS="run.total_updates=100000" & sleep 600; kill %1   # a 10-minute run
     python benchmarks/memory.py runs/synthetic_grpo/memory.csv --check
@@ -29,8 +31,8 @@ def main() -> int:
         for row in csv.DictReader(f):
             samples[row["role"]].append((float(row["time_s"]), float(row["rss_mb"])))
     print(f"| role | RSS at {args.after_s:.0f} s (MB) | max after (MB) | last (MB) | "
-          f"span (s) | growth |")
-    print("|---|---:|---:|---:|---:|---:|")
+          f"span (s) | growth | trend |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     worst = 0.0
     for role, rows in sorted(samples.items()):
         after = [rss for t, rss in rows if t >= args.after_s]
@@ -39,8 +41,12 @@ def main() -> int:
         base = after[0]
         growth = max(after) / base - 1
         worst = max(worst, growth)
+        end = rows[-1][0]
+        second = [rss for t, rss in rows if args.after_s <= t < args.after_s + 60]
+        last = [rss for t, rss in rows if t >= end - 60]
+        trend = (sum(last) / len(last)) / (sum(second) / len(second)) - 1
         print(f"| {role} | {base:.1f} | {max(after):.1f} | {after[-1]:.1f} | "
-              f"{rows[-1][0]:.0f} | {growth:+.1%} |")
+              f"{end:.0f} | {growth:+.1%} | {trend:+.1%} |")
     if args.check and worst > args.max_growth:
         print(f"FAIL: a role grew by {worst:.1%} > {args.max_growth:.0%}")
         return 1

@@ -68,14 +68,3 @@ def build_batch(groups: list[list[Trajectory]]) -> TrainBatch:
         mask=torch.arange(t).unsqueeze(0) < executed.unsqueeze(1),
         versions=torch.from_numpy(cat("policy_versions")))
 
-
-def episode_metrics(episodes: list[Trajectory]) -> dict:
-    """The ``env/*`` TensorBoard scalars over ``episodes``."""
-    steps = np.array([ep.env_steps for ep in episodes], np.float64)
-    returns = np.array([ep.episode_return for ep in episodes], np.float64)
-    return {
-        "env/success_once": float(np.mean([ep.success_once for ep in episodes])),
-        "env/return": float(returns.mean()),
-        "env/episode_len": float(steps.mean()),
-        "env/reward": float((returns / np.maximum(steps, 1)).mean()),
-    }

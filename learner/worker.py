@@ -9,13 +9,12 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import zmq
 from torch.utils.tensorboard import SummaryWriter
 
 from configs import Config, to_dict
-from learner.batch import build_batch, episode_metrics, group_lag, informative_groups
+from learner.batch import build_batch, group_lag, informative_groups
 from learner.core import Learner
 from learner.receiver import TrajectoryReceiver
 from models import build_policy, pick_device
@@ -78,21 +77,49 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
             ctx.term()
 
 
-class _Stats:
-    """Counters between two progress lines."""
+class Tally:
+    """Running sums over episodes and updates since the last ``reset`` (no episode kept)."""
 
     def __init__(self):
-        self.start = self.last = time.monotonic()
-        self.env_steps = self.samples = 0
-        self.episodes: list[Trajectory] = []
-        self.stale = self.filtered = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.start = time.monotonic()
+        self.episodes = self.successes = self.env_steps = self.samples = 0
+        self.returns = self.rewards_per_step = self.chunk_rewards = 0.0
+        self.chunks = self.stale = self.filtered = 0
+
+    def add_group(self, group: list[Trajectory]) -> None:
+        for ep in group:
+            self.episodes += 1
+            self.successes += ep.success_once
+            self.env_steps += ep.env_steps
+            self.returns += ep.episode_return
+            self.rewards_per_step += ep.episode_return / max(ep.env_steps, 1)
+            self.chunk_rewards += float(ep.rewards.sum())
+            self.chunks += len(ep.rewards)
+
+    def metrics(self) -> dict:
+        """The ``env/*`` scalars and throughput since the last reset."""
+        elapsed = max(time.monotonic() - self.start, 1e-6)
+        n = max(self.episodes, 1)
+        return {
+            "env/success_once": self.successes / n,
+            "env/return": self.returns / n,
+            "env/episode_len": self.env_steps / n,
+            "env/reward": self.rewards_per_step / n,
+            "rollout/rewards": self.chunk_rewards / max(self.chunks, 1),
+            "perf/env_steps_per_s": self.env_steps / elapsed,
+            "perf/samples_per_s": self.samples / elapsed,
+            "learner/stale_episodes_dropped": self.stale,
+            "learner/equal_groups_filtered": self.filtered,
+        }
 
 
 def _train(cfg: Config, learner: Learner, weights, ready, receiver, writer, stop) -> None:
     L = cfg.learner
-    stats, window = _Stats(), _Stats()
-    groups: list = []
-    last_progress = time.monotonic()
+    update, shown = Tally(), Tally()  # since the last update / the last progress line
+    stale_total, groups = 0, []
     while learner.version < cfg.run.total_updates and not stop.is_set():
         if receiver.error is not None:
             raise RuntimeError(f"trajectory receiver failed: {receiver.error}")
@@ -100,13 +127,14 @@ def _train(cfg: Config, learner: Learner, weights, ready, receiver, writer, stop
             group = ready.get(timeout=0.2)
         except queue.Empty:
             continue
-        window.episodes.extend(group)
-        window.env_steps += sum(ep.env_steps for ep in group)
+        update.add_group(group)
+        shown.add_group(group)
         if group_lag(group, learner.version) > L.max_staleness:
-            window.stale += len(group)
+            update.stale += len(group)
+            stale_total += len(group)
             continue
         if L.filter_equal_groups and not informative_groups([group]):
-            window.filtered += 1
+            update.filtered += 1
             continue
         groups.append(group)
         if len(groups) < L.groups_per_update:
@@ -114,36 +142,23 @@ def _train(cfg: Config, learner: Learner, weights, ready, receiver, writer, stop
         batch = build_batch(groups)
         groups = []
         metrics = learner.step(batch)
-        window.samples += len(batch)
+        update.samples += len(batch)
+        shown.samples += len(batch)
         if learner.version % L.sync_every == 0 or learner.version == cfg.run.total_updates:
             weights.send(learner.version, learner.policy)
-        metrics.update(_window_metrics(window))
+        metrics.update(update.metrics())
         for key, value in metrics.items():
             writer.add_scalar(key, value, learner.version)
-        stats.stale += window.stale
-        stats.filtered += window.filtered
-        if time.monotonic() - last_progress >= cfg.run.progress_every_s or \
+        update.reset()
+        if time.monotonic() - shown.start >= cfg.run.progress_every_s or \
                 learner.version == cfg.run.total_updates:
-            last_progress = time.monotonic()
+            m = shown.metrics()
             log.info("update %d/%d | success_once %.2f | return %.2f | env steps/s %.0f | "
                      "samples/s %.0f | policy lag %.2f | stale dropped %d",
-                     learner.version, cfg.run.total_updates, metrics["env/success_once"],
-                     metrics["env/return"], metrics["perf/env_steps_per_s"],
-                     metrics["perf/samples_per_s"], metrics["rollout/policy_lag"], stats.stale)
-        window.__init__()
-
-
-def _window_metrics(window: _Stats) -> dict:
-    elapsed = max(time.monotonic() - window.start, 1e-6)
-    out = episode_metrics(window.episodes)
-    out.update({
-        "rollout/rewards": float(np.concatenate([ep.rewards for ep in window.episodes]).mean()),
-        "perf/env_steps_per_s": window.env_steps / elapsed,
-        "perf/samples_per_s": window.samples / elapsed,
-        "learner/stale_episodes_dropped": window.stale,
-        "learner/equal_groups_filtered": window.filtered,
-    })
-    return out
+                     learner.version, cfg.run.total_updates, m["env/success_once"],
+                     m["env/return"], m["perf/env_steps_per_s"], m["perf/samples_per_s"],
+                     metrics["rollout/policy_lag"], stale_total)
+            shown.reset()
 
 
 def _write_summary(log_dir: Path, learner: Learner, receiver, endpoint) -> None:

@@ -29,17 +29,17 @@ class ServerThread:
         self.cfg, self.ctx, self.stop = cfg, zmq.Context(), threading.Event()
         torch.manual_seed(cfg.run.seed)
         self.policy = build_policy(cfg.model).eval()
-        bus = InProcWeightBus()
-        bus.send(0, self.policy)
+        self.bus = InProcWeightBus()
+        self.bus.send(0, self.policy)
         self.thread = threading.Thread(target=run_server, args=(cfg, 0, self.ctx),
-                                       kwargs=dict(weights_bus=bus, stop=self.stop))
+                                       kwargs=dict(weights_bus=self.bus, stop=self.stop))
         self.thread.start()
 
     def client(self, k: int) -> zmq.Socket:
         return wiring.connect_actor_to_inference(self.ctx, self.cfg, k)
 
     def close(self) -> dict:
-        self.stop.set()
+        self.bus.close()  # the learner has finished: the server stops serving
         self.thread.join(timeout=20)
         assert not self.thread.is_alive()
         stats = json.loads((Path(self.cfg.run.log_dir) / "inference-0.json").read_text())
