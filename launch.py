@@ -252,7 +252,10 @@ def main(argv=None) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     if not cfg.run.run_id:
-        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        # Roles started one by one (one per host) must agree without talking: they use the
+        # run name. A whole run started here gets a fresh id, handed to its children.
+        run_id = cfg.run.name if args.role else \
+            time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         overrides.append(f"run.run_id={run_id}")
         cfg = load_config(args.config, overrides)
     if cfg.network.transport == "inproc" and not args.single_process:

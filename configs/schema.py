@@ -23,7 +23,7 @@ class RunConfig:
 
     name: str = opt("chunkrl", "run name, used in the log directory")
     log_dir: str = opt("runs/chunkrl", "TensorBoard logs, checkpoint and role logs go here")
-    run_id: str = opt("", "shared by all processes of a run; launch.py sets it when empty")
+    run_id: str = opt("", "shared by all processes of a run; empty: a fresh id (--role: run.name)")
     seed: int = opt(0, "base seed; each actor and env derives its own from it")
     total_updates: int = opt(100, "learner updates before the run ends")
     torch_threads: int = opt(1, "torch intra-op threads per process")
