@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from protocol.idset import IdSet
 from protocol.messages import Trajectory
 
 
@@ -19,7 +20,7 @@ class Outbox:
     capacity: int
     resend_after_s: float
     pending: "OrderedDict[int, list]" = field(default_factory=OrderedDict)
-    acked: list = field(default_factory=list)
+    acked: IdSet = field(default_factory=IdSet)
     resends: int = 0
 
     @property
@@ -49,4 +50,4 @@ class Outbox:
     def ack(self, episode_id: int) -> None:
         """The learner has it: forget it (a repeated ack is harmless)."""
         if self.pending.pop(episode_id, None) is not None:
-            self.acked.append(episode_id)
+            self.acked.add(episode_id)

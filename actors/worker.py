@@ -98,6 +98,9 @@ class Actor:
             self._service_learner(0)
             if self.outbox.full:  # backpressure: wait for the learner instead of stepping
                 self._service_learner(50)
+                # Replies wait unread meanwhile; that time is not the servers' fault.
+                now = time.monotonic()
+                self.inflight = {rid: (stage, now) for rid, (stage, _) in self.inflight.items()}
                 continue
             if self.infer.poll(50):
                 self._on_reply()
@@ -185,6 +188,7 @@ class Actor:
         """Delivered episode ids and counters, for the run's records and tests."""
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({
-            "episodes_delivered": sorted(self.outbox.acked),
+            "episodes_delivered": len(self.outbox.acked),
+            "episode_id_ranges": self.outbox.acked.ranges(),
             "unacknowledged": sorted(self.outbox.pending), "resends": self.outbox.resends,
             "env_steps": self.env_steps, "rejected": dict(self.infer.rejected)}))

@@ -173,6 +173,8 @@ def validate(cfg: Config) -> list[str]:
         (a.max_unacked_episodes >= a.group_size,
          "actor.max_unacked_episodes must hold at least one group"),
         (m.num_action_chunks >= 1 and m.action_dim >= 2, "model needs T >= 1 and D >= 2"),
+        (m.image_resolution >= 8 and m.image_resolution % 2 == 0,
+         "model.image_resolution must be even and >= 8"),
         (i.num_servers >= 1, "inference.num_servers must be >= 1"),
         (i.max_batch >= 1 and i.max_wait_ms >= 0, "inference.max_batch >= 1, max_wait_ms >= 0"),
         (i.temperature > 0, "inference.temperature must be > 0"),

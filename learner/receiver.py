@@ -15,6 +15,7 @@ import threading
 
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint
+from protocol.idset import IdSet
 from protocol.messages import (
     ActorDone, ActorHello, ErrorReply, StopActors, Trajectory, TrajectoryAck,
 )
@@ -48,8 +49,7 @@ class TrajectoryReceiver(threading.Thread):
         self.assembler = GroupAssembler()
         self.complete: collections.deque = collections.deque()
         self.peers: dict[int, bytes] = {}
-        self.received: dict[int, list[int]] = collections.defaultdict(list)
-        self.seen: set[int] = set()
+        self.received = IdSet()  # every episode id taken, each once
         self.done: dict[int, ActorDone] = {}
         self.duplicates = 0
         self.after_end = 0
@@ -111,12 +111,9 @@ class TrajectoryReceiver(threading.Thread):
                 self.all_done.set()
 
     def _take(self, peer: bytes, ep: Trajectory) -> None:
-        duplicate = ep.episode_id in self.seen
+        duplicate = not self.received.add(ep.episode_id)
         if duplicate:
             self.duplicates += 1
-        else:
-            self.seen.add(ep.episode_id)
-            self.received[ep.episode_id >> 32].append(ep.episode_id)
         self.endpoint.send(TrajectoryAck(ep.episode_id, duplicate), peer)
         if duplicate:
             return

@@ -164,7 +164,8 @@ def _train(cfg: Config, learner: Learner, weights, ready, receiver, writer, stop
 def _write_summary(log_dir: Path, learner: Learner, receiver, endpoint) -> None:
     summary = {
         "updates": learner.version,
-        "episodes_received": {str(k): sorted(v) for k, v in receiver.received.items()},
+        "episodes_received": len(receiver.received),
+        "episode_id_ranges": receiver.received.ranges(),
         "duplicates": receiver.duplicates,
         "received_after_end": receiver.after_end,
         "actors_done": {str(k): v.episodes_sent for k, v in receiver.done.items()},

@@ -80,10 +80,18 @@ class CNNGaussianPolicy(Policy):
                 "states": torch.from_numpy(np.asarray(obs.states, np.float32)).to(device),
                 "word_ids": ids.to(device), "word_offsets": offsets.to(device)}
 
+    def _resize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B,H,W,3] -> float [B,3,r,r] in [0,1], a slice at a time: the float copy
+        of a full 224x224 batch would be the largest allocation of a training step."""
+        size = (self.image_resolution,) * 2
+        parts = []
+        for part in images.split(32):
+            x = part.permute(0, 3, 1, 2).float()
+            parts.append(x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="area"))
+        return torch.cat(parts).div_(255.0)
+
     def _features(self, inputs: dict) -> torch.Tensor:
-        x = inputs["images"].permute(0, 3, 1, 2).float().div_(255.0)
-        if x.shape[-1] != self.image_resolution:
-            x = F.interpolate(x, size=(self.image_resolution,) * 2, mode="area")
+        x = self._resize(inputs["images"])
         text = self.embed(inputs["word_ids"], inputs["word_offsets"])
         feats = F.relu(self.conv2(F.relu(self.conv1(x))))
         b, c, h, w = feats.shape

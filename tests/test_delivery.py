@@ -8,6 +8,7 @@ import zmq
 
 from actors.outbox import Outbox
 from learner.receiver import GroupAssembler, TrajectoryReceiver
+from protocol.idset import IdSet
 from protocol import wiring
 from protocol.codec import decode, encode
 from protocol.endpoint import Endpoint
@@ -33,7 +34,7 @@ def test_outbox_sends_once_resends_after_timeout_and_forgets_on_ack():
     assert box.full
     box.ack(1)
     box.ack(1)  # a repeated ack is harmless
-    assert not box.full and box.acked == [1] and list(box.pending) == [2]
+    assert not box.full and list(box.acked) == [1] and list(box.pending) == [2]
 
 
 def test_group_assembler_hands_out_complete_groups():
@@ -84,7 +85,7 @@ def test_resent_episode_is_acked_but_counted_once(receiver):
     assert _recv(actor).duplicate is False
     group = ready.get(timeout=5)
     assert [e.episode_id for e in group] == [5, 6]
-    assert rx.received[0] == [5, 6] and rx.duplicates == 1
+    assert list(rx.received) == [5, 6] and rx.duplicates == 1
 
 
 def test_full_queue_holds_back_and_drain_stops_actors(receiver):
@@ -112,3 +113,15 @@ def test_malformed_trajectory_gets_an_error_and_receiver_lives(receiver):
     _send(cfg, actor, _episode(9, group_id=3, group_size=1))
     assert _recv(actor).episode_id == 9
     assert rx.error is None and rx.endpoint.rejected == {"bad_header": 1}
+
+
+def test_idset_keeps_ranges_and_rejects_repeats():
+    ids = IdSet()
+    for value in [5, 6, 7, 10, 9, 8, (1 << 32) | 0, (1 << 32) | 1, 3]:
+        assert ids.add(value)
+    assert not ids.add(7) and not ids.add(3)
+    assert ids.ranges() == [[3, 4], [5, 11], [1 << 32, (1 << 32) + 2]]
+    assert len(ids) == 9 and 4 not in ids and 10 in ids
+    ids.add(4)
+    assert ids.ranges()[0] == [3, 11]
+    assert list(ids) == [3, 4, 5, 6, 7, 8, 9, 10, 1 << 32, (1 << 32) + 1]

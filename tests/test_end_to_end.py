@@ -31,16 +31,22 @@ def _no_process_of(run_dir: Path) -> bool:
     return True
 
 
+def _ids(ranges) -> list:
+    return [i for start, end in ranges for i in range(start, end)]
+
+
 def _check_exactly_once(run: Path, num_actors: int) -> dict:
     summary = json.loads((run / "learner_summary.json").read_text())
-    received = [i for ids in summary["episodes_received"].values() for i in ids]
-    assert len(received) == len(set(received)), "an episode was counted twice"
+    received = _ids(summary["episode_id_ranges"])
+    assert len(received) == summary["episodes_received"], "an episode was counted twice"
     delivered = []
     for k in range(num_actors):
         actor = json.loads((run / f"actor-{k}.json").read_text())
         assert actor["unacknowledged"] == []
-        assert summary["actors_done"][str(k)] == len(actor["episodes_delivered"])
-        delivered += actor["episodes_delivered"]
+        assert summary["actors_done"][str(k)] == actor["episodes_delivered"]
+        ids = _ids(actor["episode_id_ranges"])
+        assert len(ids) == actor["episodes_delivered"] and all(i >> 32 == k for i in ids)
+        delivered += ids
     assert sorted(delivered) == sorted(received) and received
     return summary
 
