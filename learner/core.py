@@ -36,7 +36,8 @@ class Learner:
             for start in range(0, len(batch), cfg.micro_batch_size):
                 idx = order[start:start + cfg.micro_batch_size]
                 weight = valid_elements(batch.mask[idx], d, cfg.ratio_level) / max(denom, 1)
-                for key, value in self._micro_step(batch, idx, denom, ent_denom).items():
+                pad = cfg.micro_batch_size - len(idx) if len(batch) > len(idx) else 0
+                for key, value in self._micro_step(batch, idx, denom, ent_denom, pad).items():
                     sums[key] = sums.get(key, 0.0) + value * weight / cfg.update_epochs
             grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(),
                                                        cfg.max_grad_norm)
@@ -61,10 +62,16 @@ class Learner:
         }
 
     def _micro_step(self, batch: TrainBatch, idx: torch.Tensor, denom: float,
-                    ent_denom: float) -> dict:
+                    ent_denom: float, pad: int = 0) -> dict:
+        """Forward and backward of the chunks ``idx``; ``pad`` masked-out repeats of its
+        first rows keep every micro-batch of a step the same shape (steady allocations)."""
         cfg = self.cfg
+        valid = batch.mask[idx]
+        if pad:
+            idx = torch.cat([idx, idx[:1].repeat(pad)])
+            valid = torch.cat([valid, torch.zeros_like(valid[:1]).repeat(pad, 1)])
         inputs = self.policy.prepare(take(batch.obs, idx.numpy()), self.device)
-        mask = batch.mask[idx].to(self.device)
+        mask = valid.to(self.device)
         ev = self.policy.evaluate(inputs, batch.actions[idx].to(self.device), self.temperature)
         pg_loss, m = ppo_actor_loss(
             ev.logprobs, batch.old_logprobs[idx].to(self.device),
@@ -75,9 +82,9 @@ class Learner:
         loss = pg_loss - cfg.entropy_coef * entropy
         loss.backward()
         # Per-micro-batch means, for metrics (the step re-weights them by valid share).
-        share = max(valid_elements(batch.mask[idx], self.policy.action_dim,
-                                   cfg.ratio_level), 1) / max(denom, 1)
-        ent_share = max(float(batch.mask[idx].sum()) * self.policy.action_dim, 1) / ent_denom
+        share = max(valid_elements(valid, self.policy.action_dim, cfg.ratio_level), 1) / \
+            max(denom, 1)
+        ent_share = max(float(valid.sum()) * self.policy.action_dim, 1) / ent_denom
         return {"policy_loss": pg_loss.item() / share, "entropy": entropy.item() / ent_share,
                 "loss": pg_loss.item() / share - cfg.entropy_coef * entropy.item() / ent_share,
                 **m}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import queue
@@ -77,6 +78,15 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
             ctx.term()
 
 
+def release_free_memory() -> None:
+    """Give freed heap pages back to the OS (glibc keeps them after big, varying batches,
+    which shows as resident memory that swings by a batch's worth); no-op elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class Tally:
     """Running sums over episodes and updates since the last ``reset`` (no episode kept)."""
 
@@ -150,6 +160,8 @@ def _train(cfg: Config, learner: Learner, weights, ready, receiver, writer, stop
         for key, value in metrics.items():
             writer.add_scalar(key, value, learner.version)
         update.reset()
+        if learner.version % 10 == 0:
+            release_free_memory()
         if time.monotonic() - shown.start >= cfg.run.progress_every_s or \
                 learner.version == cfg.run.total_updates:
             m = shown.metrics()

@@ -86,3 +86,23 @@ def test_group_lag_and_informative_groups(setup):
     assert group_lag(groups[0], 7) == 4
     same = [groups[0][0]] * len(groups[0])
     assert informative_groups([same]) == []
+
+
+def test_padded_micro_batches_give_the_full_batch_gradient(tmp_path):
+    import copy
+    import dataclasses
+
+    cfg = load_config(ROOT / "configs/synthetic_grpo.yaml", small_overrides(tmp_path))
+    torch.manual_seed(0)
+    policy = build_policy(cfg.model)
+    batch = build_batch(_collect(cfg, policy, groups=4))
+    grads = []
+    for micro in (7, len(batch)):  # 7: padded tail micro-batch; len: one micro-batch
+        model = copy.deepcopy(policy)
+        learner = Learner(model, dataclasses.replace(cfg.learner, micro_batch_size=micro,
+                                                     max_grad_norm=1e9), 1.0,
+                          torch.device("cpu"))
+        learner.optimizer.step = lambda: None  # keep the gradients, skip the update
+        learner.step(batch)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4)
