@@ -85,7 +85,7 @@ class CNNGaussianPolicy(Policy):
         of a full 224x224 batch would be the largest allocation of a training step."""
         size = (self.image_resolution,) * 2
         parts = []
-        for part in images.split(32):
+        for part in images.split(16):
             x = part.permute(0, 3, 1, 2).float()
             parts.append(x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="area"))
         return torch.cat(parts).div_(255.0)
