@@ -69,7 +69,10 @@ def run_role(cfg, role: str, index: int) -> int:
     stop = threading.Event()
     _stop_on_signals(stop)
     try:
-        if role == "learner":
+        if role == "learner" and cfg.run.mode == "eval":
+            from learner.evaluator import run
+            code = run(cfg, stop=stop)
+        elif role == "learner":
             from learner.worker import run
             code = run(cfg, stop=stop)
         elif role == "inference":
@@ -97,7 +100,8 @@ def run_single_process(cfg) -> int:
 
     from actors.worker import run as run_actor
     from inference_server.server import run as run_server
-    from learner.worker import run as run_learner
+    from learner.evaluator import run as run_evaluator
+    from learner.worker import run as run_trainer
     from protocol.weights import InProcWeightBus
 
     torch.set_num_threads(cfg.run.torch_threads)
@@ -115,6 +119,7 @@ def run_single_process(cfg) -> int:
                 stop.set()
         return threading.Thread(target=body, name=name, daemon=True)
 
+    run_learner = run_evaluator if cfg.run.mode == "eval" else run_trainer
     threads = [guard("learner", run_learner, cfg, ctx, weights=bus, stop=stop)]
     threads += [guard(f"inference-{i}", run_server, cfg, i, ctx, weights_bus=bus, stop=stop)
                 for i in range(cfg.inference.num_servers)]
@@ -239,6 +244,22 @@ class MemorySampler:
             csv.writer(f).writerows(rows)
 
 
+def check_env(cfg) -> None:
+    """Unknown suite/task names fail here, before any role starts; for simulators, the GL
+    backend is chosen once and inherited by every child (MUJOCO_GL)."""
+    from envs import check_env_config, prepare_rendering
+
+    check_env_config(cfg.env)
+    try:
+        backend = prepare_rendering(cfg.env)
+    except RuntimeError as exc:  # envs.render.RenderError
+        raise ValueError(str(exc)) from exc
+    if backend != "none":
+        log.info("rendering: MUJOCO_GL=%s%s", backend,
+                 ", fast (no multisampling, shadows, reflections)" if cfg.env.fast_render
+                 else "")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from configs import ConfigError, load_config
@@ -265,8 +286,15 @@ def main(argv=None) -> int:
     if args.role:
         setup_logging(args.log_level, log_dir / f"{args.role}-{args.index}.log",
                       f"{args.role}-{args.index}")
+    else:
+        setup_logging(args.log_level, log_dir / "launch.log", "launch")
+    try:
+        check_env(cfg)
+    except ValueError as exc:
+        log.error("config error: %s", exc)
+        return 2
+    if args.role:
         return run_role(cfg, args.role, args.index)
-    setup_logging(args.log_level, log_dir / "launch.log", "launch")
     log.info("run %s: config %s, logs in %s", cfg.run.run_id, args.config or "(defaults)",
              log_dir)
     if args.single_process:

@@ -5,7 +5,9 @@ A stage owns whole GRPO groups. Each chunk [T,D] is executed for its first N act
 the observation the policy saw, the whole sampled chunk with its log-probs, the policy
 version, the reward summed over executed actions, done, and how many actions ran.
 An env whose episode has ended waits until its whole group has ended; then the group
-is reset to a fresh shared initial state and its episodes are emitted together.
+is reset to a fresh shared initial state and its episodes are emitted together. When
+``next_init_state`` has no more states for a group (evaluation's fixed list of trials),
+the group retires; a stage whose groups have all retired is ``idle``.
 """
 
 from __future__ import annotations
@@ -80,23 +82,38 @@ class StageExecutor:
     """One pipeline stage: the envs of ``groups`` stepped together, chunk by chunk."""
 
     def __init__(self, env: VectorEnv, groups: list[int], actions_per_chunk: int,
-                 ids: IdSource, next_init_state: Callable[[], int]):
+                 ids: IdSource, next_init_state: Callable[[int], Optional[int]],
+                 recorder=None):
         self.env, self.groups, self.n = env, groups, actions_per_chunk
         self.g = env.group_size
-        self.ids, self.next_init_state = ids, next_init_state
+        self.ids, self.next_init_state, self.recorder = ids, next_init_state, recorder
         self.env_ids = np.concatenate([np.arange(k * self.g, (k + 1) * self.g) for k in groups])
         self.records: dict[int, EpisodeRecord] = {}
+        self.retired: set[int] = set()
         self.env_steps = 0
         self._inflight: Optional[tuple[np.ndarray, EnvObs]] = None
         for k in groups:
             self._reset_group(k)
 
+    @property
+    def idle(self) -> bool:
+        """Every group has retired: nothing left to run."""
+        return len(self.retired) == len(self.groups)
+
     def _reset_group(self, group: int) -> None:
-        init_state = self.next_init_state()
+        init_state = self.next_init_state(group)
+        envs = range(group * self.g, (group + 1) * self.g)
+        if init_state is None:
+            self.retired.add(group)
+            for e in envs:
+                self.records[e] = EpisodeRecord(-1, -1, -1, finished=True)
+            return
         self.env.reset_group(group, init_state)
         gid = self.ids.group()
-        for e in range(group * self.g, (group + 1) * self.g):
+        for e in envs:
             self.records[e] = EpisodeRecord(self.ids.episode(), gid, init_state)
+            if self.recorder is not None:
+                self.recorder.on_reset(e, self.records[e].episode_id, init_state)
 
     def observe(self) -> EnvObs:
         """Observations of this stage's live envs, to send to the policy."""
@@ -119,6 +136,8 @@ class StageExecutor:
                 break
             res = self.env.step(ids[live], actions[live, t])
             self.env_steps += len(live)
+            if self.recorder is not None:
+                self.recorder.on_step(ids[live])
             reward[live] += res.rewards
             executed[live] += 1
             for row, k in enumerate(live):
@@ -147,7 +166,11 @@ class StageExecutor:
         out = []
         for k in self.groups:
             envs = range(k * self.g, (k + 1) * self.g)
-            if all(self.records[e].finished for e in envs):
+            if k not in self.retired and all(self.records[e].finished for e in envs):
                 out.extend(self.records[e].to_message(self.g) for e in envs)
+                if self.recorder is not None:
+                    for e in envs:
+                        rec = self.records[e]
+                        self.recorder.on_end(e, rec.task_description, rec.success_once)
                 self._reset_group(k)
         return out

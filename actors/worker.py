@@ -8,6 +8,7 @@ outstanding acks and reports how many episodes it delivered.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import threading
@@ -19,8 +20,9 @@ import zmq
 
 from actors.executor import IdSource, StageExecutor
 from actors.outbox import Outbox
+from actors.recorder import EpisodeRecorder
 from configs import Config
-from envs import make_env
+from envs import eval_init_states, make_env
 from protocol import wiring
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint
@@ -48,7 +50,9 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None,
                      cfg.run.run_id, max_bytes, expected=(ActionReply, ErrorReply))
     learn = Endpoint(wiring.connect_actor_to_learner(ctx, cfg, index), name, cfg.run.run_id,
                      max_bytes, expected=(TrajectoryAck, StopActors, ErrorReply))
-    env = make_env(cfg.env, a.envs_per_actor, a.group_size, cfg.model.action_dim)
+    groups = a.envs_per_actor // a.group_size
+    env = make_env(cfg.env, a.envs_per_actor, a.group_size, cfg.model.action_dim,
+                   group_offset=index * groups)
     if env.state_dim != cfg.model.state_dim:
         raise ActorError(f"env.kind={cfg.env.kind} has {env.state_dim}-D states but "
                          f"model.state_dim={cfg.model.state_dim}; set model.state_dim")
@@ -73,19 +77,32 @@ class Actor:
         a = cfg.actor
         self.cfg, self.index, self.env = cfg, index, env
         self.infer, self.learn = infer, learn
-        rng = np.random.default_rng([cfg.run.seed, index])
         ids = IdSource(index)
         groups = env.num_envs // env.group_size
         per_stage = groups // a.pipeline_stages
+        filming = cfg.video.eval_per_task if cfg.run.mode == "eval" else cfg.video.train_every
+        self.recorder = EpisodeRecorder(cfg, env, index) if filming else None
+        next_init_state = self._init_states(cfg, index, env)
         self.stages = [
             StageExecutor(env, list(range(s * per_stage, (s + 1) * per_stage)),
-                          cfg.actions_per_chunk, ids, lambda: int(rng.integers(2**31)))
+                          cfg.actions_per_chunk, ids, next_init_state, self.recorder)
             for s in range(a.pipeline_stages)]
         self.outbox = Outbox(a.max_unacked_episodes, a.resend_after_s)
         self.inflight: dict[int, tuple[int, float]] = {}  # request_id -> (stage, sent at)
         self.next_request = 0
         self.learner_stopped = False
         self.done_acked = False
+
+    @staticmethod
+    def _init_states(cfg: Config, index: int, env):
+        """Training: random states from the env. Eval: this actor's share of the trials,
+        in task order (a LIBERO env slot then builds each task's simulator once)."""
+        if cfg.run.mode == "train":
+            rng = np.random.default_rng([cfg.run.seed, index])
+            return lambda group: env.sample_init_state(group, rng)
+        jobs = collections.deque(
+            eval_init_states(cfg.env, cfg.eval.num_trials)[index::cfg.actor.num_actors])
+        return lambda group: jobs.popleft() if jobs else None
 
     # --- acting -------------------------------------------------------------------------
     def act(self, stop: threading.Event) -> None:
@@ -95,6 +112,9 @@ class Actor:
         for s in range(len(self.stages)):
             self._request(s)
         while not (stop.is_set() or self.learner_stopped):
+            if not self.inflight:  # every stage idle: evaluation trials all done
+                self._service_learner(50)
+                continue
             self._service_learner(0)
             if self.outbox.full:  # backpressure: wait for the learner instead of stepping
                 self._service_learner(50)
@@ -110,6 +130,8 @@ class Actor:
                                  f"{a.request_timeout_s:.0f}s; is an inference server running?")
 
     def _request(self, stage: int) -> None:
+        if self.stages[stage].idle:
+            return
         obs = self.stages[stage].observe()
         rid = self.next_request
         self.next_request += 1

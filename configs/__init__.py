@@ -2,11 +2,12 @@
 
 from configs.loader import ConfigError, load_config, to_dict
 from configs.schema import (
-    ActorConfig, Config, EnvConfig, InferenceConfig, LearnerConfig, ModelConfig,
-    NetworkConfig, RunConfig,
+    ActorConfig, Config, EnvConfig, EvalConfig, InferenceConfig, LearnerConfig, ModelConfig,
+    NetworkConfig, RunConfig, VideoConfig,
 )
 
 __all__ = [
-    "ActorConfig", "Config", "ConfigError", "EnvConfig", "InferenceConfig", "LearnerConfig",
-    "ModelConfig", "NetworkConfig", "RunConfig", "load_config", "to_dict",
+    "ActorConfig", "Config", "ConfigError", "EnvConfig", "EvalConfig", "InferenceConfig",
+    "LearnerConfig", "ModelConfig", "NetworkConfig", "RunConfig", "VideoConfig",
+    "load_config", "to_dict",
 ]

@@ -22,6 +22,8 @@ class RunConfig:
     """What this run is called, where it logs and how long it trains."""
 
     name: str = opt("chunkrl", "run name, used in the log directory")
+    mode: Literal["train", "eval"] = opt(
+        "train", "train: GRPO; eval: every task x trial once, success table (see eval)")
     log_dir: str = opt("runs/chunkrl", "TensorBoard logs, checkpoint and role logs go here")
     run_id: str = opt("", "shared by all processes of a run; empty: a fresh id (--role: run.name)")
     seed: int = opt(0, "base seed; each actor and env derives its own from it")
@@ -52,9 +54,12 @@ class NetworkConfig:
 class EnvConfig:
     """The environment every actor runs."""
 
-    kind: Literal["synthetic"] = opt("synthetic", "environment family")
+    kind: Literal["synthetic", "libero", "robosuite"] = opt(
+        "synthetic", "environment family: synthetic, libero or robosuite")
     image_size: int = opt(224, "height and width of camera images")
-    max_episode_steps: int = opt(64, "environment steps before an episode is truncated")
+    max_episode_steps: int = opt(
+        0, "env steps before truncation; 0: the family's default (synthetic 64, robosuite "
+        "200, LIBERO per suite: spatial 220, object 280, goal 300, 10 520, 90 400)")
     num_targets: int = opt(3, "synthetic: coloured targets in the arena (1..6)")
     target_radius: float = opt(0.12, "synthetic: success distance, arena is [0,1]^2")
     agent_speed: float = opt(0.05, "synthetic: displacement per step at action 1.0")
@@ -64,6 +69,26 @@ class EnvConfig:
                               "state (False: only the image and instruction say where)")
     step_busy_ms: float = opt(0.0, "synthetic: CPU busy time per env step (benchmarks)")
     step_sleep_ms: float = opt(0.0, "synthetic: sleep per env step (benchmarks)")
+    suite: str = opt("libero_spatial", "libero: libero_spatial, libero_object, libero_goal, "
+                     "libero_10 or libero_90")
+    task_ids: list = opt([], "libero: task ids to run (empty: every task of the suite)")
+    task_assignment: Literal["per_group", "random"] = opt(
+        "per_group", "libero: per_group = each group keeps one task (simulators built once); "
+        "random = a random task per reset (a simulator rebuild, seconds, on each change)")
+    task: str = opt("Lift", "robosuite: Lift, Stack, PickPlaceCan, PickPlaceBread, Door, "
+                    "NutAssemblySquare or NutAssemblyRound")
+    settle_steps: int = opt(10, "libero/robosuite: no-op steps after each reset, uncounted")
+    state_dim: int = opt(8, "libero/robosuite: 8 (LIBERO's state) or 7 (grippers averaged)")
+    wrist_camera: bool = opt(True, "libero/robosuite: also send the eye-in-hand camera")
+    image_orientation: Literal["auto", "upright", "libero"] = opt(
+        "auto", "upright, or libero (rotated 180 degrees, as LIBERO's datasets and "
+        "checkpoints have it); auto: libero for LIBERO, upright for robosuite")
+    gripper_convention: Literal["env", "openvla", "starvla"] = opt(
+        "env", "how the policy's last action dim maps to the gripper (envs/robot_io.py)")
+    render_backend: Literal["auto", "egl", "osmesa"] = opt(
+        "auto", "MuJoCo offscreen GL: auto tries egl, then osmesa")
+    fast_render: bool = opt(False, "no multisampling, shadows or reflections: ~2x faster "
+                            "rendering on CPU, and different images")
 
 
 @dataclass(frozen=True)
@@ -81,6 +106,7 @@ class ModelConfig:
     init_log_std: float = opt(-0.5, "initial state-independent log-std of every action dim")
     value_head: bool = opt(False, "add a value head (PPO)")
     image_resolution: int = opt(64, "cnn_gaussian: images are resized to this square")
+    checkpoint: str = opt("", "a chunkrl checkpoint.pt to start from (empty: fresh weights)")
 
 
 @dataclass(frozen=True)
@@ -137,6 +163,24 @@ class LearnerConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation (run.mode=eval): every task x trial once, spread over the actors."""
+
+    num_trials: int = opt(50, "trials per task; trial k starts from init state k")
+    results_name: str = opt("eval_results", "log_dir/<name>.json and .md hold the table")
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """mp4 videos of the main camera, under log_dir/videos/."""
+
+    train_every: int = opt(0, "record every n-th training episode of each actor (0: none)")
+    eval_per_task: int = opt(1, "record the first k trials of each task in eval mode")
+    fps: int = opt(20, "frames per second (one frame per env step)")
+    max_frames: int = opt(600, "longer episodes keep every 2nd, 4th... frame")
+
+
+@dataclass(frozen=True)
 class Config:
     """The root: one section per role, plus the run and network."""
 
@@ -149,6 +193,8 @@ class Config:
     inference: InferenceConfig = field(default_factory=InferenceConfig,
                                        metadata={"doc": "inference servers"})
     learner: LearnerConfig = field(default_factory=LearnerConfig, metadata={"doc": "learner"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"doc": "evaluation"})
+    video: VideoConfig = field(default_factory=VideoConfig, metadata={"doc": "videos"})
 
     @property
     def actions_per_chunk(self) -> int:
@@ -186,7 +232,18 @@ def validate(cfg: Config) -> list[str]:
          "learner.sync_every >= 1, max_staleness >= 0, update_epochs >= 1"),
         (L.max_ready_groups >= L.groups_per_update,
          "learner.max_ready_groups must be >= groups_per_update"),
-        (e.image_size >= 16 and e.max_episode_steps >= 1, "env.image_size >= 16"),
+        (e.image_size >= 16 and e.max_episode_steps >= 0,
+         "env.image_size >= 16 and env.max_episode_steps >= 0"),
+        (e.state_dim in (7, 8) and (e.kind != "synthetic" or e.state_dim == 8),
+         "env.state_dim must be 8 or 7 (7 only for libero/robosuite)"),
+        (e.settle_steps >= 0, "env.settle_steps must be >= 0"),
+        (all(isinstance(t, int) for t in e.task_ids), "env.task_ids must be integers"),
+        (cfg.run.mode == "train" or a.group_size == 1,
+         "run.mode=eval runs each task x trial once: set actor.group_size=1"),
+        (cfg.eval.num_trials >= 1, "eval.num_trials must be >= 1"),
+        (cfg.video.train_every >= 0 and cfg.video.eval_per_task >= 0 and cfg.video.fps >= 1
+         and cfg.video.max_frames >= 1, "video: train_every, eval_per_task >= 0; fps, "
+         "max_frames >= 1"),
         (1 <= e.num_targets <= 6, "env.num_targets must be in 1..6"),
         (n.max_message_mb >= 1 and n.high_water_mark >= 1, "network limits must be >= 1"),
     ]

@@ -1,21 +1,114 @@
-"""Environments behind one contract (:mod:`envs.base`), built by :func:`make_env`."""
+"""Environments behind one contract (:mod:`envs.base`), built by :func:`make_env`.
+
+``synthetic`` is a fast reaching task; ``libero`` and ``robosuite`` are MuJoCo robot
+simulators (:mod:`envs.sim`), imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import logging
 
 from configs import EnvConfig
 from envs.base import EnvObs, StepResult, VectorEnv, take
 
+log = logging.getLogger(__name__)
+KINDS = ("synthetic", "libero", "robosuite")
+DEFAULT_MAX_STEPS = {"synthetic": 64, "robosuite": 200}
 
-def make_env(cfg: EnvConfig, num_envs: int, group_size: int, action_dim: int) -> VectorEnv:
-    """The vectorised env named by ``cfg.kind`` with ``num_envs`` envs in groups."""
+
+def max_episode_steps(cfg: EnvConfig) -> int:
+    """The step limit: the configured one, else the family's (LIBERO: the suite's)."""
+    if cfg.max_episode_steps:
+        return cfg.max_episode_steps
+    if cfg.kind == "libero":
+        from envs.libero import MAX_EPISODE_STEPS
+
+        return MAX_EPISODE_STEPS[cfg.suite]
+    return DEFAULT_MAX_STEPS[cfg.kind]
+
+
+def check_env_config(cfg: EnvConfig) -> None:
+    """Fail fast on names the simulators do not know, listing the valid ones."""
+    if cfg.kind == "libero":
+        from envs.libero import LiberoSuite, check_suite
+
+        check_suite(cfg.suite)
+        LiberoSuite(cfg.suite).check_task_ids(cfg.task_ids)
+    elif cfg.kind == "robosuite":
+        from envs.robosuite_tasks import check_task
+
+        check_task(cfg.task)
+
+
+def task_ids(cfg: EnvConfig) -> list[int]:
+    """The task ids a run covers (evaluation iterates over them); one for one-task kinds."""
+    if cfg.kind == "libero":
+        from envs.libero import LiberoSuite
+
+        return LiberoSuite(cfg.suite).check_task_ids(cfg.task_ids)
+    return [0]
+
+
+def eval_init_states(cfg: EnvConfig, num_trials: int) -> list[int]:
+    """Every evaluation episode's initial-state id: trial k of task t is ``t*1000 + k``."""
+    from envs.base import INIT_STRIDE
+
+    if num_trials > INIT_STRIDE:
+        raise ValueError(f"eval.num_trials is at most {INIT_STRIDE}")
+    return [t * INIT_STRIDE + k for t in task_ids(cfg) for k in range(num_trials)]
+
+
+def prepare_rendering(cfg: EnvConfig) -> str:
+    """Choose the GL backend before MuJoCo is imported (simulator kinds only)."""
+    if cfg.kind == "synthetic":
+        return "none"
+    from envs.render import select_gl_backend
+
+    return select_gl_backend(cfg.render_backend)
+
+
+def make_env(cfg: EnvConfig, num_envs: int, group_size: int, action_dim: int,
+             group_offset: int = 0) -> VectorEnv:
+    """The vectorised env named by ``cfg.kind`` with ``num_envs`` envs in groups.
+
+    ``group_offset`` (this actor's first global group) spreads LIBERO tasks over actors.
+    """
+    steps = max_episode_steps(cfg)
     if cfg.kind == "synthetic":
         from envs.synthetic import SyntheticReachEnv
 
         return SyntheticReachEnv(
             num_envs, group_size, image_size=cfg.image_size, num_targets=cfg.num_targets,
-            max_episode_steps=cfg.max_episode_steps, target_radius=cfg.target_radius,
+            max_episode_steps=steps, target_radius=cfg.target_radius,
             agent_speed=cfg.agent_speed, progress_reward=cfg.progress_reward,
             goal_in_state=cfg.goal_in_state, step_busy_ms=cfg.step_busy_ms,
             step_sleep_ms=cfg.step_sleep_ms, action_dim=action_dim)
-    raise ValueError(f"unknown env.kind {cfg.kind!r}; valid: ['synthetic']")
+    if cfg.kind not in KINDS:
+        raise ValueError(f"unknown env.kind {cfg.kind!r}; valid: {list(KINDS)}")
+    if action_dim != 7:
+        raise ValueError(f"{cfg.kind} takes 7-D actions; set model.action_dim=7")
+    backend = prepare_rendering(cfg)
+    log.info("rendering with MUJOCO_GL=%s%s", backend, " (fast)" if cfg.fast_render else "")
+    from envs.sim import SimOptions
+
+    orientation = cfg.image_orientation
+    if orientation == "auto":
+        orientation = "libero" if cfg.kind == "libero" else "upright"
+    opts = SimOptions(image_size=cfg.image_size, max_episode_steps=steps,
+                      state_dim=cfg.state_dim, wrist_camera=cfg.wrist_camera,
+                      fast_render=cfg.fast_render, orientation=orientation,
+                      gripper_convention=cfg.gripper_convention,
+                      settle_steps=cfg.settle_steps)
+    if cfg.kind == "libero":
+        from envs.libero import LiberoVectorEnv
+
+        return LiberoVectorEnv(num_envs, group_size, opts, cfg.suite, cfg.task_ids,
+                               cfg.task_assignment, group_offset)
+    from envs.robosuite_tasks import RobosuiteVectorEnv
+
+    return RobosuiteVectorEnv(num_envs, group_size, opts, cfg.task)
 
 
-__all__ = ["EnvObs", "StepResult", "VectorEnv", "make_env", "take"]
+__all__ = ["EnvObs", "StepResult", "VectorEnv", "check_env_config", "eval_init_states",
+           "make_env",
+           "max_episode_steps", "prepare_rendering", "take", "task_ids"]

@@ -13,6 +13,15 @@ from typing import Optional
 
 import numpy as np
 
+# Initial-state ids are ``task_index * INIT_STRIDE + state_index`` (state_index < STRIDE):
+# one integer names the task and the start, for group resets and evaluation trials.
+INIT_STRIDE = 1000
+
+
+def split_init_state(init_state_id: int) -> tuple[int, int]:
+    """(task index, state index) of an initial-state id."""
+    return init_state_id // INIT_STRIDE, init_state_id % INIT_STRIDE
+
 
 @dataclass(frozen=True)
 class EnvObs:
@@ -56,6 +65,14 @@ class VectorEnv(abc.ABC):
     state_dim: int
     action_dim: int
     max_episode_steps: int
+
+    def sample_init_state(self, group: int, rng: np.random.Generator) -> int:
+        """A random training initial-state id for ``group`` (one task by default)."""
+        return int(rng.integers(INIT_STRIDE))
+
+    def frame(self, env_id: int) -> np.ndarray:
+        """The main camera of one env now, uint8 [H,W,3] upright (for videos)."""
+        return self.observe(np.array([env_id])).main_images[0]
 
     @abc.abstractmethod
     def reset_group(self, group: int, init_state_id: int) -> None:

@@ -57,6 +57,10 @@ class SyntheticReachEnv(VectorEnv):
         self.steps = np.zeros(num_envs, np.int64)
         self.names = list(COLOURS)
 
+    def sample_init_state(self, group: int, rng: np.random.Generator) -> int:
+        # Any integer seeds a layout: training draws from 2**31 of them.
+        return int(rng.integers(2**31))
+
     def reset_group(self, group: int, init_state_id: int) -> None:
         rng = np.random.default_rng(init_state_id)
         rows = slice(group * self.group_size, (group + 1) * self.group_size)

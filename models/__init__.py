@@ -7,7 +7,31 @@ from models.base import Evaluation, Policy, PolicyOutput
 
 
 def build_policy(cfg: ModelConfig) -> Policy:
-    """A freshly initialised policy of kind ``cfg.kind``."""
+    """A policy of kind ``cfg.kind``: fresh, or with ``cfg.checkpoint``'s weights."""
+    policy = _fresh_policy(cfg)
+    if cfg.checkpoint:
+        load_checkpoint(policy, cfg.checkpoint)
+    return policy
+
+
+def load_checkpoint(policy: Policy, path: str) -> None:
+    """Load the weights of a chunkrl ``checkpoint.pt`` (as the learner writes it)."""
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"model.checkpoint {path!r} does not exist; give the "
+                                "checkpoint.pt of a finished run (runs/<name>/checkpoint.pt)")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        policy.load_state_dict(state["model"])
+    except Exception as exc:
+        raise ValueError(f"model.checkpoint {path!r} cannot be loaded into model.kind's "
+                         f"policy ({type(exc).__name__}: {str(exc).splitlines()[0]}); is "
+                         "it a chunkrl checkpoint.pt of the same model config?") from exc
+
+
+def _fresh_policy(cfg: ModelConfig) -> Policy:
     if cfg.kind == "cnn_gaussian":
         from models.cnn_policy import CNNGaussianPolicy
 
@@ -27,4 +51,5 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-__all__ = ["Evaluation", "Policy", "PolicyOutput", "build_policy", "pick_device"]
+__all__ = ["Evaluation", "Policy", "PolicyOutput", "build_policy", "load_checkpoint",
+           "pick_device"]

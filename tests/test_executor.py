@@ -10,7 +10,7 @@ def _stage(n, max_steps=100, speed=0.01):
     env = SyntheticReachEnv(num_envs=2, group_size=2, image_size=32,
                             max_episode_steps=max_steps, agent_speed=speed, target_radius=0.05)
     seeds = iter(range(100, 200))
-    return env, StageExecutor(env, [0], n, IdSource(3), lambda: next(seeds))
+    return env, StageExecutor(env, [0], n, IdSource(3), lambda group: next(seeds))
 
 
 def _chunks(b, t, n, first=1.0, rest=-1.0):

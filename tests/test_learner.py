@@ -18,7 +18,7 @@ def _collect(cfg, policy, groups=2, version=0):
                    cfg.model.action_dim)
     seeds = iter(range(1000))
     stage = StageExecutor(env, list(range(groups)), cfg.actions_per_chunk, IdSource(0),
-                          lambda: next(seeds))
+                          lambda group: next(seeds))
     done: dict = {}
     while len(done) < groups or any(len(g) < cfg.actor.group_size for g in done.values()):
         obs = stage.observe()

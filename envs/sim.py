@@ -1,0 +1,209 @@
+"""The shared layer under LIBERO and robosuite: E MuJoCo envs behind :class:`VectorEnv`.
+
+Each env slot holds a robosuite environment built without robosuite's own cameras:
+stepping runs physics only, and images are drawn by :class:`envs.render.SimRenderer`
+when :meth:`observe` asks for them -- once per action chunk, not once per action. A
+slot's images are therefore always those of its current state.
+
+Initial states are ids ``task_index * INIT_STRIDE + state_index``. After every reset the
+env takes ``settle_steps`` no-op actions (arm still, gripper open) so that objects come
+to rest, as LIBERO's standard evaluation does; they count neither as steps nor reward.
+
+A simulator failure (an exception, a non-finite state, or MuJoCo's own instability
+warning) ends that env's episode with an error string; the other envs carry on.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from envs.base import EnvObs, StepResult, VectorEnv
+from envs.render import SharedGL, SimRenderer
+from envs.robot_io import libero_state, orient, state_8_to_7, to_env_action
+
+NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], np.float64)
+
+
+def seeded_reset(sim_env, seed: int) -> dict:
+    """``sim_env.reset()`` with NumPy's global generator seeded, then restored.
+
+    robosuite and LIBERO draw object and fixture placements and joint noise from the
+    global generator; seeding it makes a reset a function of ``seed`` alone.
+    """
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        return sim_env.reset()
+    finally:
+        np.random.set_state(saved)
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    """What every MuJoCo vector env shares (see ``configs.EnvConfig`` for the docs)."""
+
+    image_size: int = 224
+    max_episode_steps: int = 220
+    state_dim: int = 8
+    wrist_camera: bool = True
+    fast_render: bool = False
+    orientation: str = "upright"
+    gripper_convention: str = "env"
+    settle_steps: int = 10
+    main_camera: str = "agentview"
+    wrist_camera_name: str = "robot0_eye_in_hand"
+
+
+class Slot:
+    """One env: its simulator, renderer, episode counters and last proprioception."""
+
+    def __init__(self):
+        self.key: Optional[tuple] = None
+        self.sim_env = None
+        self.renderer: Optional[SimRenderer] = None
+        self.cameras: tuple[int, int] = (-1, -1)
+        self.instruction = ""
+        self.state = np.zeros(8, np.float32)
+        self.steps = 0
+        self.warnings_at_reset = 0
+
+
+class MujocoVectorEnv(VectorEnv):
+    """E robosuite-based envs stepped in this process; subclasses say how to build/reset."""
+
+    def __init__(self, num_envs: int, group_size: int, opts: SimOptions):
+        if num_envs % group_size:
+            raise ValueError(f"num_envs {num_envs} is not a multiple of group_size "
+                             f"{group_size}")
+        if opts.state_dim not in (7, 8):
+            raise ValueError(f"state_dim must be 8 (LIBERO) or 7, not {opts.state_dim}")
+        import mujoco
+
+        self._mj = mujoco
+        self.num_envs, self.group_size, self.opts = num_envs, group_size, opts
+        self.state_dim, self.action_dim = opts.state_dim, 7
+        self.max_episode_steps = opts.max_episode_steps
+        self.gl = SharedGL(opts.image_size)
+        self.slots = [Slot() for _ in range(num_envs)]
+
+    # --- what a simulator family provides ----------------------------------------------
+    @abc.abstractmethod
+    def _build(self, init_state_id: int):
+        """A new robosuite environment for this id's task, and its instruction."""
+
+    @abc.abstractmethod
+    def _key(self, init_state_id: int) -> tuple:
+        """Which built environment serves this id (ids of one key share a simulator)."""
+
+    @abc.abstractmethod
+    def _reset_sim(self, sim_env, init_state_id: int) -> dict:
+        """Reset ``sim_env`` into this initial state; returns robosuite's observation."""
+
+    @abc.abstractmethod
+    def _success(self, sim_env) -> bool:
+        """The benchmark's own success check."""
+
+    def _release(self, slot: Slot) -> None:
+        if slot.renderer is not None:
+            slot.renderer.free()
+        if slot.sim_env is not None:
+            slot.sim_env.close()
+        slot.sim_env, slot.renderer, slot.key = None, None, None
+
+    # --- VectorEnv ---------------------------------------------------------------------
+    def reset_group(self, group: int, init_state_id: int) -> None:
+        for e in range(group * self.group_size, (group + 1) * self.group_size):
+            self._reset_slot(self.slots[e], init_state_id)
+
+    def _reset_slot(self, slot: Slot, init_state_id: int) -> None:
+        key = self._key(init_state_id)
+        if slot.key != key:
+            self._release(slot)
+            slot.sim_env, slot.instruction = self._build(init_state_id)
+            sim = slot.sim_env.sim
+            slot.renderer = SimRenderer(self.gl, sim.model._model, sim.data._data,
+                                        self.opts.image_size, self.opts.fast_render)
+            slot.cameras = (slot.renderer.camera_id(self.opts.main_camera),
+                            slot.renderer.camera_id(self.opts.wrist_camera_name))
+            slot.key = key
+        obs = self._reset_sim(slot.sim_env, init_state_id)
+        # The solver's warm start survives a reset; zeroing it makes the envs of a group
+        # step bit for bit alike.
+        slot.sim_env.sim.data._data.qacc_warmstart[:] = 0
+        for _ in range(self.opts.settle_steps):
+            obs, _, _, _ = slot.sim_env.step(NOOP_ACTION)
+        slot.state = self._state(obs)
+        slot.steps = 0
+        slot.warnings_at_reset = self._warnings(slot)
+
+    def step(self, env_ids: np.ndarray, actions: np.ndarray) -> StepResult:
+        b = len(env_ids)
+        rewards, success = np.zeros(b, np.float32), np.zeros(b, bool)
+        terminated, truncated = np.zeros(b, bool), np.zeros(b, bool)
+        errors = [""] * b
+        for row, e in enumerate(env_ids):
+            slot = self.slots[int(e)]
+            try:
+                obs, _, _, _ = slot.sim_env.step(
+                    to_env_action(actions[row], self.opts.gripper_convention))
+                errors[row] = self._check_sim(slot, obs)
+                success[row] = not errors[row] and self._success(slot.sim_env)
+            except Exception as err:  # noqa: BLE001 -- any simulator failure ends the episode
+                errors[row] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+            if not errors[row]:
+                slot.state = self._state(obs)
+            slot.steps += 1
+            rewards[row] = float(success[row])
+            terminated[row] = success[row]
+            truncated[row] = not success[row] and slot.steps >= self.max_episode_steps
+        return StepResult(rewards, terminated, truncated, success, errors)
+
+    def observe(self, env_ids: np.ndarray) -> EnvObs:
+        size, b = self.opts.image_size, len(env_ids)
+        main = np.empty((b, size, size, 3), np.uint8)
+        wrist = np.empty((b, size, size, 3), np.uint8) if self.opts.wrist_camera else None
+        raw = np.empty((size, size, 3), np.uint8)
+        for row, e in enumerate(env_ids):
+            slot = self.slots[int(e)]
+            main[row] = orient(slot.renderer.render(slot.cameras[0], raw),
+                               self.opts.orientation)
+            if wrist is not None:
+                wrist[row] = orient(slot.renderer.render(slot.cameras[1], raw),
+                                    self.opts.orientation)
+        states = np.stack([self.slots[int(e)].state for e in env_ids])
+        if self.state_dim == 7:
+            states = state_8_to_7(states)
+        return EnvObs(main, states.astype(np.float32, copy=False),
+                      [self.slots[int(e)].instruction for e in env_ids], wrist)
+
+    def frame(self, env_id: int) -> np.ndarray:
+        """The main camera of one env now, upright (for videos)."""
+        slot = self.slots[env_id]
+        return orient(slot.renderer.render(slot.cameras[0]), self.opts.orientation)
+
+    def close(self) -> None:
+        for slot in self.slots:
+            self._release(slot)
+        self.gl.free()
+
+    # --- helpers ---------------------------------------------------------------------
+    @staticmethod
+    def _state(obs: dict) -> np.ndarray:
+        return libero_state(obs["robot0_eef_pos"], obs["robot0_eef_quat"],
+                            obs["robot0_gripper_qpos"])
+
+    def _warnings(self, slot: Slot) -> int:
+        data = slot.sim_env.sim.data._data
+        return int(data.warning[self._mj.mjtWarning.mjWARN_BADQACC].number)
+
+    def _check_sim(self, slot: Slot, obs: dict) -> str:
+        data = slot.sim_env.sim.data._data
+        if not (np.isfinite(data.qpos).all() and np.isfinite(data.qvel).all()):
+            return f"non-finite simulator state at step {slot.steps + 1}"
+        if self._warnings(slot) > slot.warnings_at_reset:
+            return f"MuJoCo instability (bad acceleration) at step {slot.steps + 1}"
+        return ""

@@ -1,0 +1,173 @@
+"""Evaluation (``run.mode: eval``): the learner's place, without training.
+
+It sends the policy's weights (``model.checkpoint``, or fresh ones) to the inference
+servers as version 0, receives every evaluation episode exactly once (the same
+acknowledged delivery as training), and when every task x trial has arrived stops the
+actors and writes the per-task success table as JSON and Markdown, and prints it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import zmq
+
+from configs import Config, to_dict
+from envs import eval_init_states
+from envs.base import split_init_state
+from learner.receiver import TrajectoryReceiver
+from models import build_policy, pick_device
+from protocol import wiring
+from protocol.endpoint import Endpoint
+from protocol.messages import ActorDone, ActorHello, Trajectory
+from protocol.weights import DistWeightSender, join_group
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskResult:
+    """One task's trials so far."""
+
+    instruction: str = ""
+    trials: int = 0
+    successes: int = 0
+    episode_steps: int = 0
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / max(self.trials, 1)
+
+
+@dataclass
+class EvalTable:
+    """Success per task from episodes, each initial-state id counted once."""
+
+    expected: set
+    tasks: dict = field(default_factory=dict)
+    seen: set = field(default_factory=set)
+    env_errors: int = 0
+    unexpected: int = 0
+
+    def add(self, ep: Trajectory) -> None:
+        if ep.init_state_id not in self.expected or ep.init_state_id in self.seen:
+            self.unexpected += 1
+            return
+        self.seen.add(ep.init_state_id)
+        task = self.tasks.setdefault(split_init_state(ep.init_state_id)[0], TaskResult())
+        task.instruction = ep.task_description
+        task.trials += 1
+        task.successes += int(ep.success_once)
+        task.episode_steps += ep.env_steps
+        self.env_errors += bool(ep.env_error)
+
+    @property
+    def complete(self) -> bool:
+        return self.seen == self.expected
+
+    @property
+    def mean_success(self) -> float:
+        """Mean over tasks of each task's success rate (all tasks have equal trials)."""
+        rates = [t.success_rate for t in self.tasks.values()]
+        return sum(rates) / max(len(rates), 1)
+
+    def to_json(self) -> dict:
+        return {
+            "mean_success_rate": self.mean_success,
+            "episodes": len(self.seen), "expected_episodes": len(self.expected),
+            "complete": self.complete, "env_errors": self.env_errors,
+            "tasks": [{"task_id": k, "instruction": t.instruction, "trials": t.trials,
+                       "successes": t.successes, "success_rate": t.success_rate,
+                       "mean_episode_steps": t.episode_steps / max(t.trials, 1)}
+                      for k, t in sorted(self.tasks.items())]}
+
+    def to_markdown(self, title: str) -> str:
+        lines = [f"# {title}", "", "| task | instruction | successes | trials | success |",
+                 "|---:|---|---:|---:|---:|"]
+        for k, t in sorted(self.tasks.items()):
+            lines.append(f"| {k} | {t.instruction} | {t.successes} | {t.trials} | "
+                         f"{100 * t.success_rate:.1f}% |")
+        lines += [f"| **mean** | | {sum(t.successes for t in self.tasks.values())} | "
+                  f"{len(self.seen)} | **{100 * self.mean_success:.1f}%** |"]
+        if not self.complete:
+            lines += ["", f"Incomplete: {len(self.seen)} of {len(self.expected)} episodes."]
+        return "\n".join(lines) + "\n"
+
+
+def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
+        stop: threading.Event | None = None) -> int:
+    """Evaluate every task x trial once; returns 0 when the table is complete."""
+    stop = stop or threading.Event()
+    device = pick_device(cfg.learner.device)
+    torch.manual_seed(cfg.run.seed)
+    policy = build_policy(cfg.model).to(device)
+    log_dir = Path(cfg.run.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    table = EvalTable(set(eval_init_states(cfg.env, cfg.eval.num_trials)))
+    own_ctx = ctx is None
+    ctx = ctx or zmq.Context()
+    endpoint = Endpoint(wiring.bind_learner(ctx, cfg), "evaluator", cfg.run.run_id,
+                        cfg.network.max_message_mb << 20,
+                        expected=(ActorHello, Trajectory, ActorDone), routed=True)
+    ready: queue.Queue = queue.Queue(maxsize=cfg.learner.max_ready_groups)
+    receiver = TrajectoryReceiver(endpoint, ready, cfg.actor.num_actors)
+    receiver.start()
+    try:
+        if weights is None:
+            weights = DistWeightSender(join_group(cfg, 0, device), device)
+        weights.send(0, policy)
+        log.info("evaluating %d episodes (%s, %d trials per task), weights from %s",
+                 len(table.expected), cfg.env.kind, cfg.eval.num_trials,
+                 cfg.model.checkpoint or "a fresh policy")
+        _collect(cfg, table, ready, receiver, stop)
+        return 0 if table.complete else 1
+    finally:
+        receiver.drain("evaluation finished" if table.complete else "stopped")
+        receiver.all_done.wait(cfg.actor.flush_timeout_s + 10)
+        receiver.halt.set()
+        receiver.join()
+        try:
+            weights.close()
+        except Exception as exc:  # a server already gone must not hide the results
+            log.warning("could not tell the inference servers to stop: %s", exc)
+        _write_results(cfg, table)
+        endpoint.close()
+        if own_ctx:
+            ctx.term()
+
+
+def _collect(cfg: Config, table: EvalTable, ready, receiver, stop) -> None:
+    shown = time.monotonic()
+    while not table.complete and not stop.is_set():
+        if receiver.error is not None:
+            raise RuntimeError(f"trajectory receiver failed: {receiver.error}")
+        try:
+            group = ready.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        for ep in group:
+            table.add(ep)
+        if time.monotonic() - shown >= cfg.run.progress_every_s or table.complete:
+            shown = time.monotonic()
+            log.info("eval %d/%d episodes | mean success so far %.3f",
+                     len(table.seen), len(table.expected), table.mean_success)
+
+
+def _write_results(cfg: Config, table: EvalTable) -> None:
+    log_dir, name = Path(cfg.run.log_dir), cfg.eval.results_name
+    title = (f"{cfg.env.suite if cfg.env.kind == 'libero' else cfg.env.kind} evaluation: "
+             f"{cfg.eval.num_trials} trials per task, "
+             f"{'deterministic' if cfg.actor.deterministic else 'sampled'} actions")
+    results = dict(table.to_json(), title=title, checkpoint=cfg.model.checkpoint,
+                   config=to_dict(cfg))
+    (log_dir / f"{name}.json").write_text(json.dumps(results, indent=1))
+    markdown = table.to_markdown(title)
+    (log_dir / f"{name}.md").write_text(markdown)
+    log.info("evaluation results in %s\n%s", log_dir / f"{name}.md", markdown)
