@@ -52,6 +52,7 @@ def setup_logging(level: str, log_file: Path | None, tag: str) -> None:
         h.setFormatter(fmt)
         root.addHandler(h)
     root.setLevel(level.upper())
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL's start-up chatter
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -288,13 +289,13 @@ def main(argv=None) -> int:
                       f"{args.role}-{args.index}")
     else:
         setup_logging(args.log_level, log_dir / "launch.log", "launch")
+    if args.role:  # the actor checks its env itself when it builds it
+        return run_role(cfg, args.role, args.index)
     try:
         check_env(cfg)
     except ValueError as exc:
         log.error("config error: %s", exc)
         return 2
-    if args.role:
-        return run_role(cfg, args.role, args.index)
     log.info("run %s: config %s, logs in %s", cfg.run.run_id, args.config or "(defaults)",
              log_dir)
     if args.single_process:

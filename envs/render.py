@@ -60,10 +60,14 @@ def select_gl_backend(preference: str = "auto") -> str:
     chosen = os.environ.get("CHUNKRL_GL_BACKEND")
     if chosen and preference in ("auto", chosen):
         return chosen
-    if "mujoco" in sys.modules and preference == "auto":
+    if "mujoco" in sys.modules:  # already imported: its GL platform is fixed
         current = os.environ.get("MUJOCO_GL", "")
-        if current in BACKENDS:  # already imported: its platform cannot change any more
+        if current in BACKENDS and preference in ("auto", current):
             return current
+        raise RenderError(
+            f"mujoco was imported with MUJOCO_GL={current or '(unset)'} before the render "
+            f"backend ({preference}) was chosen; build envs before importing mujoco, or "
+            "set MUJOCO_GL=egl (or osmesa) in the environment")
     candidates = BACKENDS if preference == "auto" else (preference,)
     failures = []
     for backend in candidates:

@@ -16,6 +16,7 @@ warning) ends that env's episode with an error string; the other envs carry on.
 from __future__ import annotations
 
 import abc
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -28,18 +29,25 @@ from envs.robot_io import libero_state, orient, state_8_to_7, to_env_action
 NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], np.float64)
 
 
-def seeded_reset(sim_env, seed: int) -> dict:
-    """``sim_env.reset()`` with NumPy's global generator seeded, then restored.
+@contextlib.contextmanager
+def numpy_seeded(seed: int):
+    """NumPy's global generator seeded inside the block, restored after.
 
-    robosuite and LIBERO draw object and fixture placements and joint noise from the
-    global generator; seeding it makes a reset a function of ``seed`` alone.
+    robosuite and LIBERO draw object sizes (at build), placements and joint noise (at
+    reset) from the global generator; seeding it makes those a function of ``seed``.
     """
     saved = np.random.get_state()
     np.random.seed(seed)
     try:
-        return sim_env.reset()
+        yield
     finally:
         np.random.set_state(saved)
+
+
+def seeded_reset(sim_env, seed: int) -> dict:
+    """``sim_env.reset()`` as a function of ``seed`` alone."""
+    with numpy_seeded(seed):
+        return sim_env.reset()
 
 
 @dataclass(frozen=True)
@@ -123,7 +131,8 @@ class MujocoVectorEnv(VectorEnv):
         key = self._key(init_state_id)
         if slot.key != key:
             self._release(slot)
-            slot.sim_env, slot.instruction = self._build(init_state_id)
+            with numpy_seeded(0):  # every slot builds the same scene (e.g. Lift's cube size)
+                slot.sim_env, slot.instruction = self._build(init_state_id)
             sim = slot.sim_env.sim
             slot.renderer = SimRenderer(self.gl, sim.model._model, sim.data._data,
                                         self.opts.image_size, self.opts.fast_render)
@@ -197,13 +206,16 @@ class MujocoVectorEnv(VectorEnv):
                             obs["robot0_gripper_qpos"])
 
     def _warnings(self, slot: Slot) -> int:
-        data = slot.sim_env.sim.data._data
-        return int(data.warning[self._mj.mjtWarning.mjWARN_BADQACC].number)
+        # MuJoCo resets a simulation whose qpos/qvel/qacc blew up, and only counts it.
+        data, w = slot.sim_env.sim.data._data, self._mj.mjtWarning
+        return sum(int(data.warning[k].number)
+                   for k in (w.mjWARN_BADQPOS, w.mjWARN_BADQVEL, w.mjWARN_BADQACC))
 
     def _check_sim(self, slot: Slot, obs: dict) -> str:
         data = slot.sim_env.sim.data._data
         if not (np.isfinite(data.qpos).all() and np.isfinite(data.qvel).all()):
             return f"non-finite simulator state at step {slot.steps + 1}"
         if self._warnings(slot) > slot.warnings_at_reset:
-            return f"MuJoCo instability (bad acceleration) at step {slot.steps + 1}"
+            return (f"MuJoCo instability (NaN/Inf or huge qpos, qvel or qacc; the simulator "
+                    f"reset itself) at step {slot.steps + 1}")
         return ""
