@@ -124,7 +124,7 @@ class Actor:
                 continue
             if self.infer.poll(50):
                 self._on_reply()
-            oldest = min(t for _, t in self.inflight.values())
+            oldest = min((t for _, t in self.inflight.values()), default=time.monotonic())
             if time.monotonic() - oldest > a.request_timeout_s:
                 raise ActorError(f"no action reply within actor.request_timeout_s="
                                  f"{a.request_timeout_s:.0f}s; is an inference server running?")

@@ -128,9 +128,11 @@ def _check(key: str, hint, value):
         if value not in choices:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of {list(choices)}")
         return value
-    if hint is list:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key} must be a list of strings, got {value!r}")
+    if get_origin(hint) is list:
+        (item,) = get_args(hint)
+        if not isinstance(value, list) or not all(
+                isinstance(v, item) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{key} must be a list of {item.__name__}, got {value!r}")
         return list(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
