@@ -156,6 +156,9 @@ class Actor:
             return
         for ep in self.stages[stage].execute(reply.actions, reply.logprobs, reply.values,
                                              reply.policy_version):
+            if ep.env_error:
+                log.warning("actor %d: episode %d ended by a simulator error: %s",
+                            self.index, ep.episode_id, ep.env_error)
             self.outbox.add(ep)
         self._send_due()
         self._request(stage)

@@ -97,7 +97,7 @@ class Tally:
         self.start = time.monotonic()
         self.episodes = self.successes = self.env_steps = self.samples = 0
         self.returns = self.rewards_per_step = self.chunk_rewards = 0.0
-        self.chunks = self.stale = self.filtered = 0
+        self.chunks = self.stale = self.filtered = self.sim_failed = 0
 
     def add_group(self, group: list[Trajectory]) -> None:
         for ep in group:
@@ -123,6 +123,7 @@ class Tally:
             "perf/samples_per_s": self.samples / elapsed,
             "learner/stale_episodes_dropped": self.stale,
             "learner/equal_groups_filtered": self.filtered,
+            "learner/sim_error_groups_dropped": self.sim_failed,
         }
 
 
@@ -139,6 +140,11 @@ def _train(cfg: Config, learner: Learner, weights, ready, receiver, writer, stop
             continue
         update.add_group(group)
         shown.add_group(group)
+        if any(ep.env_error for ep in group):
+            # A simulator failure cut an episode short: its score says nothing about the
+            # policy, and GRPO compares within the group, so the group is not trained on.
+            update.sim_failed += 1
+            continue
         if group_lag(group, learner.version) > L.max_staleness:
             update.stale += len(group)
             stale_total += len(group)

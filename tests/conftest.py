@@ -13,6 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from configs import load_config  # noqa: E402
+from envs.render import select_gl_backend  # noqa: E402
+
+# MuJoCo fixes its GL platform when first imported, and some tests import robosuite
+# directly: choose the backend (egl, else osmesa) before any of them runs.
+select_gl_backend("auto")
 
 
 def free_port() -> int:

@@ -106,3 +106,35 @@ def test_padded_micro_batches_give_the_full_batch_gradient(tmp_path):
         learner.step(batch)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
+def test_groups_with_a_simulator_error_are_not_trained_on(setup, tmp_path):
+    import dataclasses
+    import queue
+    import threading
+    from types import SimpleNamespace
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from learner.worker import _train
+
+    cfg, policy, learner = setup
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, total_updates=1))
+    good, broken = _collect(cfg, policy, groups=2)[:2]
+    broken = [dataclasses.replace(broken[0], env_error="MuJoCo instability at step 3")] + \
+        broken[1:]
+    ready: queue.Queue = queue.Queue()
+    for group in (broken, good, good):  # groups_per_update=2: trains once, on good groups
+        ready.put(group)
+    sent = []
+    weights = SimpleNamespace(send=lambda version, policy: sent.append(version))
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    _train(cfg, learner, weights, ready, SimpleNamespace(error=None), writer,
+           threading.Event())
+    writer.close()
+    assert learner.version == 1 and sent == [1] and ready.empty()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert events.Scalars("learner/sim_error_groups_dropped")[0].value == 1

@@ -227,3 +227,18 @@ def test_eval_init_states_cover_every_task_and_trial():
     assert len(ids) == 500 and len(set(ids)) == 500
     assert {i // INIT_STRIDE for i in ids} == set(range(10))
     assert eval_init_states(EnvConfig(kind="robosuite"), 3) == [0, 1, 2]
+
+
+def test_launch_refuses_an_unknown_suite_before_starting_roles(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), "--config",
+         str(ROOT / "configs/libero_spatial_grpo_tiny.yaml"), f"run.log_dir={tmp_path}",
+         "env.suite=libero_spatail"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 2
+    assert "unknown LIBERO suite 'libero_spatail'; valid: ['libero_spatial'" in result.stdout
+    assert not list(tmp_path.glob("learner-0.log"))  # no role was started

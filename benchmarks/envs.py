@@ -1,0 +1,332 @@
+"""Env-layer steps/s of chunkrl's LIBERO/robosuite envs vs the simulators' own API.
+
+What it measures
+    For each case -- simulator (LIBERO libero_spatial task 0, robosuite Lift with a Panda
+    and OSC_POSE) x image size (224, 128) x rendering (default, fast) -- env steps per
+    second with two cameras (agentview + robot0_eye_in_hand) rendered at that size, three
+    ways, side by side in the same run:
+
+    raw      the simulator's own API with its own cameras, what a user without chunkrl
+             does. LIBERO: ``OffScreenRenderEnv(bddl_file_name=..., camera_heights=S,
+             camera_widths=S)`` (its default cameras are the two above), ``reset()``,
+             ``set_init_state(init_states[0])``. robosuite: ``robosuite.make("Lift",
+             robots="Panda", controller_configs=OSC_POSE, has_renderer=False,
+             has_offscreen_renderer=True, use_camera_obs=True, camera_names=[both],
+             camera_heights=S, camera_widths=S, control_freq=20)``, ``reset()``. Both get
+             ``ignore_done=True, horizon=10**6`` so that a long run never ends the episode
+             (it changes no per-step work). Then ``env.step(noop)`` in a loop; every
+             step renders and reads back both cameras.
+    step     chunkrl per step: ``make_env(EnvConfig(kind, image_size=S, fast_render,
+             wrist_camera=True, max_episode_steps=10**6, settle_steps=0), 1, 1, 7)``,
+             ``reset_group(0, 0)``, then ``env.step(ids, noop)`` + ``env.observe(ids)``
+             each step: the same work as raw. overhead = 1 - step/raw (target <= 5%).
+    chunk    chunkrl per chunk of N=8: eight ``env.step`` then one ``env.observe``, what
+             the actor does (it renders only when the policy needs an observation). A
+             feature, reported as its own column and speed-up over raw, not as overhead.
+
+    noop = arm still, gripper open ([0]*6 + [-1]). "fast" rendering is chunkrl's
+    ``fast_render`` (no multisampling, shadows or reflections). For raw-fast the same
+    settings go into robosuite's own render context after the reset (the reset of a
+    robosuite env rebuilds it): ``model.vis.quality.offsamples = 0``, its MjrContext
+    freed and rebuilt (``con.free()`` + ``_set_mujoco_context_and_buffers()``, its GL
+    context current), and ``scn.flags[mjRND_SHADOW] = scn.flags[mjRND_REFLECTION] = 0``.
+    Otherwise raw keeps robosuite's defaults (a 640x480 offscreen buffer where chunkrl
+    sizes it to the image; robosuite's own read-back and image flip).
+
+    Each side runs in its own spawned worker process (one per side and simulator, its
+    env rebuilt for each case): robosuite makes a GL context per env and never makes it
+    current before drawing, while chunkrl shares one per process, so the two do not mix
+    in one process. Only one worker runs at a time (the other waits on its pipe). Each
+    measurement is ``--seconds`` of stepping after a short warm-up; ``--repeats`` rounds
+    alternate the order (raw, step, chunk / chunk, step, raw) to cancel drift, and the
+    median steps/s is reported. Env build times (construction + first reset) are shown
+    for information (raw's first reset is a hard reset that builds the simulator again,
+    robosuite's default; chunkrl builds with hard_reset=False).
+
+How to run
+    .venv/bin/python benchmarks/envs.py                  # every case, 5-6 min on 2 cores
+    .venv/bin/python benchmarks/envs.py --sims robosuite --sizes 128 --render fast \\
+        --seconds 1 --repeats 1                          # a quick smoke run
+    .venv/bin/python benchmarks/envs.py --json envs.json # also write the results
+Figures go to benchmarks/RESULTS.md by hand, with the command that produced them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python benchmarks/envs.py` from a plain checkout
+    sys.path.insert(0, str(ROOT))
+
+CHUNK = 8
+CAMERAS = ["agentview", "robot0_eye_in_hand"]
+SIMS, SIZES, RENDERS, MODES = ("libero", "robosuite"), (224, 128), ("default", "fast"), \
+    ("raw", "step", "chunk")
+NOOP = [0.0] * 6 + [-1.0]
+WARMUP_STEPS = 8
+
+
+# --- worker side: one process, one env at a time -------------------------------------
+
+def make_fast(sim) -> None:
+    """chunkrl's fast_render settings, applied to robosuite's own render context."""
+    import mujoco
+
+    ctx = sim._render_context_offscreen
+    ctx.gl_ctx.make_current()
+    sim.model._model.vis.quality.offsamples = 0  # read when the MjrContext is made
+    ctx.con.free()
+    ctx._set_mujoco_context_and_buffers()
+    ctx.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+    ctx.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+
+
+def build_raw(sim: str, size: int, fast: bool):
+    import numpy as np
+
+    common = dict(camera_heights=size, camera_widths=size, ignore_done=True, horizon=10**6)
+    if sim == "libero":
+        from libero.libero import benchmark
+        from libero.libero.envs import OffScreenRenderEnv
+
+        suite = benchmark.get_benchmark_dict()["libero_spatial"]()
+        env = OffScreenRenderEnv(bddl_file_name=suite.get_task_bddl_file_path(0), **common)
+        env.reset()
+        env.set_init_state(suite.get_task_init_states(0)[0])
+    else:
+        import robosuite
+        from robosuite.controllers import load_controller_config
+
+        env = robosuite.make(
+            "Lift", robots="Panda",
+            controller_configs=load_controller_config(default_controller="OSC_POSE"),
+            has_renderer=False, has_offscreen_renderer=True, use_camera_obs=True,
+            camera_names=CAMERAS, control_freq=20, **common)
+        env.reset()
+    if fast:
+        make_fast(env.sim)
+    noop = np.array(NOOP, np.float64)
+    return env, {"raw": (lambda: env.step(noop), 1)}
+
+
+def build_chunkrl(sim: str, size: int, fast: bool):
+    import numpy as np
+
+    from configs import EnvConfig
+    from envs import make_env
+
+    env = make_env(EnvConfig(kind=sim, image_size=size, fast_render=fast, wrist_camera=True,
+                             max_episode_steps=10**6, settle_steps=0,
+                             task_ids=[0] if sim == "libero" else []), 1, 1, 7)
+    env.reset_group(0, 0)  # LIBERO: task 0, official init state 0; robosuite: seed 0
+    ids, noop = np.array([0]), np.array([NOOP], np.float32)
+
+    def per_step():
+        env.step(ids, noop)
+        env.observe(ids)
+
+    def per_chunk():
+        for _ in range(CHUNK):
+            env.step(ids, noop)
+        env.observe(ids)
+
+    return env, {"step": (per_step, 1), "chunk": (per_chunk, CHUNK)}
+
+
+def gl_renderer() -> str:
+    try:
+        from OpenGL import GL
+
+        return GL.glGetString(GL.GL_RENDERER).decode()
+    except Exception as err:  # noqa: BLE001 -- information only
+        return f"unknown ({type(err).__name__})"
+
+
+def worker_main(conn, side: str, sim: str, log_path: str) -> None:
+    """Serve build / measure / close requests until told to exit."""
+    # robosuite and LIBERO print warnings on import and build: keep them out of the table.
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    env, loops = None, {}
+    while True:
+        cmd, *args = conn.recv()
+        try:
+            if cmd == "build":
+                size, fast = args
+                start = time.perf_counter()
+                env, loops = (build_raw if side == "raw" else build_chunkrl)(sim, size, fast)
+                build_s = time.perf_counter() - start
+                for fn, n in loops.values():  # warm caches and the GL pipeline
+                    for _ in range(max(1, WARMUP_STEPS // n)):
+                        fn()
+                conn.send(("ok", {"build_s": build_s, "gl": gl_renderer()}))
+            elif cmd == "measure":
+                mode, seconds = args
+                fn, n = loops[mode]
+                fn()
+                steps, start = 0, time.perf_counter()
+                while True:
+                    fn()
+                    steps += n
+                    elapsed = time.perf_counter() - start
+                    if elapsed >= seconds:
+                        break
+                conn.send(("ok", {"steps": steps, "seconds": elapsed}))
+            elif cmd == "close":
+                if env is not None:
+                    env.close()  # frees the env's GL context(s) before the next case
+                env, loops = None, {}
+                conn.send(("ok", None))
+            else:  # exit
+                conn.send(("ok", None))
+                return
+        except Exception:  # noqa: BLE001 -- reported to the parent, which fails loudly
+            conn.send(("error", traceback.format_exc()))
+
+
+class Worker:
+    """A spawned worker process and its pipe."""
+
+    def __init__(self, side: str, sim: str, tmp: str):
+        ctx = mp.get_context("spawn")  # a fresh interpreter: no inherited GL or MuJoCo
+        self.name, self.log = f"{sim}/{side}", os.path.join(tmp, f"{sim}-{side}.log")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=worker_main, args=(child, side, sim, self.log),
+                                daemon=True)
+        self.proc.start()
+        child.close()
+
+    def call(self, *msg, timeout: float = 600.0):
+        self.conn.send(msg)
+        if not self.conn.poll(timeout):
+            raise RuntimeError(f"{self.name}: no answer to {msg[0]} in {timeout:.0f} s")
+        try:
+            status, value = self.conn.recv()
+        except EOFError:
+            status, value = "error", f"worker died (exit code {self.proc.exitcode})"
+        if status != "ok":
+            tail = Path(self.log).read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{self.name} {msg[0]} failed:\n{value}\n--- log tail ---\n"
+                               f"{tail}")
+        return value
+
+    def stop(self) -> None:
+        if self.proc.is_alive():
+            try:
+                self.call("exit", timeout=30)
+            except (RuntimeError, OSError):
+                pass
+            self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(5)
+
+
+# --- orchestration -------------------------------------------------------------------
+
+def run_case(raw: Worker, ck: Worker, sim: str, size: int, render: str, args) -> dict:
+    fast = render == "fast"
+    builds = {"raw": raw.call("build", size, fast), "chunkrl": ck.call("build", size, fast)}
+    rates: dict[str, list[float]] = {m: [] for m in MODES}
+    for r in range(args.repeats):
+        for mode in (MODES if r % 2 == 0 else MODES[::-1]):
+            res = (raw if mode == "raw" else ck).call("measure", mode, args.seconds)
+            rates[mode].append(res["steps"] / res["seconds"])
+    raw.call("close")  # on an error main stops the workers, which frees everything
+    ck.call("close")
+    med = {m: statistics.median(v) for m, v in rates.items()}
+    return {"sim": sim, "size": size, "render": render, "rates": rates, "median": med,
+            "overhead": 1.0 - med["step"] / med["raw"], "speedup": med["chunk"] / med["raw"],
+            "build_s": {k: v["build_s"] for k, v in builds.items()},
+            "gl_renderer": builds["chunkrl"]["gl"]}
+
+
+def csv_arg(kind, valid):
+    def parse(text: str):
+        items = [kind(t) for t in text.split(",") if t]
+        bad = [t for t in items if t not in valid]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"valid: {','.join(map(str, valid))}")
+        return items
+    return parse
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sims", type=csv_arg(str, SIMS), default=list(SIMS),
+                   help="libero and/or robosuite (default both)")
+    p.add_argument("--sizes", type=csv_arg(int, SIZES), default=list(SIZES),
+                   help="image sizes, 224 and/or 128 (default both)")
+    p.add_argument("--render", type=csv_arg(str, RENDERS), default=list(RENDERS),
+                   help="default and/or fast (default both)")
+    p.add_argument("--seconds", type=float, default=3.0, help="per measurement (3)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="rounds per case, order alternating; the median is kept (3)")
+    p.add_argument("--json", metavar="PATH", help="also write the results here")
+    args = p.parse_args(argv)
+    if args.seconds <= 0 or args.repeats < 1:
+        p.error("--seconds > 0 and --repeats >= 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # The GL backend is fixed when MuJoCo is first imported: choose it now; the spawned
+    # workers inherit it through MUJOCO_GL / PYOPENGL_PLATFORM / CHUNKRL_GL_BACKEND.
+    from configs import EnvConfig
+    from envs import prepare_rendering
+
+    backend = prepare_rendering(EnvConfig(kind="libero"))
+    print(f"# chunkrl env benchmark: MUJOCO_GL={backend}; {args.seconds:g} s per "
+          f"measurement, median of {args.repeats}; chunk N={CHUNK}; cameras "
+          f"{'+'.join(CAMERAS)}; python {platform.python_version()}, "
+          f"{os.cpu_count()} CPUs, {platform.machine()}", flush=True)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="chunkrl-bench-envs-") as tmp:
+        for sim in args.sims:
+            raw, ck = Worker("raw", sim, tmp), Worker("chunkrl", sim, tmp)
+            try:
+                for size in args.sizes:
+                    for render in args.render:
+                        res = run_case(raw, ck, sim, size, render, args)
+                        results.append(res)
+                        if len(results) == 1:
+                            print(f"# GL renderer: {res['gl_renderer']}")
+                        m, b = res["median"], res["build_s"]
+                        print(f"{sim} {size} {render}: raw {m['raw']:.1f}, step "
+                              f"{m['step']:.1f}, chunk {m['chunk']:.1f} steps/s; overhead "
+                              f"{res['overhead']:+.1%}; build raw {b['raw']:.2f} s, "
+                              f"chunkrl {b['chunkrl']:.2f} s", flush=True)
+            finally:
+                raw.stop()
+                ck.stop()
+    print("\n| sim | size | render | raw steps/s | chunkrl per-step steps/s | overhead "
+          f"| chunkrl per-chunk (N={CHUNK}) steps/s | speed-up |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    for r in results:
+        m, ok = r["median"], "ok" if r["overhead"] <= 0.05 else "OVER 5%"
+        print(f"| {r['sim']} | {r['size']} | {r['render']} | {m['raw']:.1f} | "
+              f"{m['step']:.1f} | {r['overhead']:+.1%} ({ok}) | {m['chunk']:.1f} | "
+              f"{r['speedup']:.2f}x |")
+    if args.json:
+        meta = {"mujoco_gl": backend, "seconds": args.seconds, "repeats": args.repeats,
+                "chunk": CHUNK, "cpus": os.cpu_count(), "python": platform.python_version()}
+        Path(args.json).write_text(json.dumps({"meta": meta, "cases": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
