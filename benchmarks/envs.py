@@ -1,53 +1,47 @@
 """Env-layer steps/s of chunkrl's LIBERO/robosuite envs vs the simulators' own API.
 
 What it measures
-    For each case -- simulator (LIBERO libero_spatial task 0, robosuite Lift with a Panda
-    and OSC_POSE) x image size (224, 128) x rendering (default, fast) -- env steps per
-    second with two cameras (agentview + robot0_eye_in_hand) rendered at that size, three
-    ways, side by side in the same run:
+    Steps/s with two cameras (agentview, robot0_eye_in_hand) rendered at S x S, for each
+    simulator (LIBERO libero_spatial task 0; robosuite Lift, Panda, OSC_POSE) x S (224,
+    128) x rendering (default, fast), three ways side by side in the same run:
 
-    raw      the simulator's own API with its own cameras, what a user without chunkrl
-             does. LIBERO: ``OffScreenRenderEnv(bddl_file_name=..., camera_heights=S,
-             camera_widths=S)`` (its default cameras are the two above), ``reset()``,
-             ``set_init_state(init_states[0])``. robosuite: ``robosuite.make("Lift",
-             robots="Panda", controller_configs=OSC_POSE, has_renderer=False,
-             has_offscreen_renderer=True, use_camera_obs=True, camera_names=[both],
-             camera_heights=S, camera_widths=S, control_freq=20)``, ``reset()``. Both get
-             ``ignore_done=True, horizon=10**6`` so that a long run never ends the episode
-             (it changes no per-step work). Then ``env.step(noop)`` in a loop; every
-             step renders and reads back both cameras.
-    step     chunkrl per step: ``make_env(EnvConfig(kind, image_size=S, fast_render,
-             wrist_camera=True, max_episode_steps=10**6, settle_steps=0), 1, 1, 7)``,
-             ``reset_group(0, 0)``, then ``env.step(ids, noop)`` + ``env.observe(ids)``
-             each step: the same work as raw. overhead = 1 - step/raw (target <= 5%).
-    chunk    chunkrl per chunk of N=8: eight ``env.step`` then one ``env.observe``, what
-             the actor does (it renders only when the policy needs an observation). A
-             feature, reported as its own column and speed-up over raw, not as overhead.
+    raw    the simulator's own API and cameras, as without chunkrl. LIBERO:
+           ``OffScreenRenderEnv(bddl_file_name, camera_heights=S, camera_widths=S)``
+           (whose default cameras are those two), ``reset()``, ``set_init_state(
+           init_states[0])``. robosuite: ``robosuite.make("Lift", robots="Panda",
+           controller_configs=OSC_POSE, has_renderer=False, has_offscreen_renderer=True,
+           use_camera_obs=True, camera_names=both, camera_heights=S, camera_widths=S,
+           control_freq=20)``, ``reset()``. Both add ``ignore_done=True, horizon=10**6``
+           (no per-step work: a long run never ends the episode). Then ``env.step(noop)``,
+           which renders both cameras every step.
+    step   chunkrl: ``make_env(EnvConfig(kind, image_size=S, fast_render, wrist_camera=
+           True, max_episode_steps=10**6, settle_steps=0), 1, 1, 7)``, ``reset_group(0,
+           0)``, then ``env.step`` + ``env.observe`` every step: the same work as raw.
+           overhead = 1 - step/raw; the target is <= 5%.
+    chunk  chunkrl: 8 ``env.step`` then one ``env.observe``, as the actor does (it renders
+           only when the policy needs an observation): a feature, shown as its own
+           column and speed-up over raw, not as overhead.
 
-    noop = arm still, gripper open ([0]*6 + [-1]). "fast" rendering is chunkrl's
-    ``fast_render`` (no multisampling, shadows or reflections). For raw-fast the same
-    settings go into robosuite's own render context after the reset (the reset of a
-    robosuite env rebuilds it): ``model.vis.quality.offsamples = 0``, its MjrContext
-    freed and rebuilt (``con.free()`` + ``_set_mujoco_context_and_buffers()``, its GL
-    context current), and ``scn.flags[mjRND_SHADOW] = scn.flags[mjRND_REFLECTION] = 0``.
-    Otherwise raw keeps robosuite's defaults (a 640x480 offscreen buffer where chunkrl
-    sizes it to the image; robosuite's own read-back and image flip).
+    noop: arm still, gripper open. "fast" is chunkrl's ``fast_render`` (no multisampling,
+    shadows or reflections); raw-fast gets the same in robosuite's own render context
+    after the reset (which rebuilds that context): its GL context made current,
+    ``model.vis.quality.offsamples = 0``, ``con.free()`` + ``_set_mujoco_context_and_
+    buffers()`` (a new MjrContext), ``scn.flags`` mjRND_SHADOW = mjRND_REFLECTION = 0.
+    Otherwise raw keeps robosuite's defaults (e.g. a 640x480 offscreen buffer; chunkrl
+    sizes it to the image).
 
-    Each side runs in its own spawned worker process (one per side and simulator, its
-    env rebuilt for each case): robosuite makes a GL context per env and never makes it
-    current before drawing, while chunkrl shares one per process, so the two do not mix
-    in one process. Only one worker runs at a time (the other waits on its pipe). Each
-    measurement is ``--seconds`` of stepping after a short warm-up; ``--repeats`` rounds
-    alternate the order (raw, step, chunk / chunk, step, raw) to cancel drift, and the
-    median steps/s is reported. Env build times (construction + first reset) are shown
-    for information (raw's first reset is a hard reset that builds the simulator again,
-    robosuite's default; chunkrl builds with hard_reset=False).
+    Each side has its own spawned worker process per simulator, which builds and closes
+    one env per case: robosuite makes a GL context per env and never makes it current
+    before drawing, chunkrl shares one per process, so they are not mixed in a process.
+    One worker runs at a time. A measurement is ``--seconds`` of stepping after a warm-up;
+    ``--repeats`` rounds alternate the order (raw, step, chunk / chunk, step, raw) against
+    drift; medians are reported. Build times (construction + first reset) are for
+    information: raw's first reset is robosuite's default hard reset (a second build).
 
 How to run
-    .venv/bin/python benchmarks/envs.py                  # every case, 5-6 min on 2 cores
-    .venv/bin/python benchmarks/envs.py --sims robosuite --sizes 128 --render fast \\
-        --seconds 1 --repeats 1                          # a quick smoke run
-    .venv/bin/python benchmarks/envs.py --json envs.json # also write the results
+    .venv/bin/python benchmarks/envs.py          # every case, 5-6 min on 2 cores
+    .venv/bin/python benchmarks/envs.py --sims robosuite --sizes 128 --render fast \
+        --seconds 1 --repeats 1 --json envs.json # a smoke run; results also as JSON
 Figures go to benchmarks/RESULTS.md by hand, with the command that produced them.
 """
 
@@ -71,8 +65,8 @@ if str(ROOT) not in sys.path:  # `python benchmarks/envs.py` from a plain checko
 
 CHUNK = 8
 CAMERAS = ["agentview", "robot0_eye_in_hand"]
-SIMS, SIZES, RENDERS, MODES = ("libero", "robosuite"), (224, 128), ("default", "fast"), \
-    ("raw", "step", "chunk")
+SIMS, SIZES, RENDERS = ("libero", "robosuite"), (224, 128), ("default", "fast")
+MODES = ("raw", "step", "chunk")
 NOOP = [0.0] * 6 + [-1.0]
 WARMUP_STEPS = 8
 
@@ -132,20 +126,17 @@ def build_chunkrl(sim: str, size: int, fast: bool):
     env.reset_group(0, 0)  # LIBERO: task 0, official init state 0; robosuite: seed 0
     ids, noop = np.array([0]), np.array([NOOP], np.float32)
 
-    def per_step():
-        env.step(ids, noop)
-        env.observe(ids)
-
-    def per_chunk():
-        for _ in range(CHUNK):
+    def steps_then_observe(n: int) -> None:
+        for _ in range(n):
             env.step(ids, noop)
-        env.observe(ids)
+        env.observe(ids)  # both cameras, once
 
-    return env, {"step": (per_step, 1), "chunk": (per_chunk, CHUNK)}
+    return env, {"step": (lambda: steps_then_observe(1), 1),
+                 "chunk": (lambda: steps_then_observe(CHUNK), CHUNK)}
 
 
 def gl_renderer() -> str:
-    try:
+    try:  # the GL context of the env just built is current
         from OpenGL import GL
 
         return GL.glGetString(GL.GL_RENDERER).decode()
@@ -175,14 +166,12 @@ def worker_main(conn, side: str, sim: str, log_path: str) -> None:
             elif cmd == "measure":
                 mode, seconds = args
                 fn, n = loops[mode]
-                fn()
-                steps, start = 0, time.perf_counter()
-                while True:
+                fn()  # untimed: the other worker may just have evicted our caches
+                steps, elapsed, start = 0, 0.0, time.perf_counter()
+                while elapsed < seconds:
                     fn()
                     steps += n
                     elapsed = time.perf_counter() - start
-                    if elapsed >= seconds:
-                        break
                 conn.send(("ok", {"steps": steps, "seconds": elapsed}))
             elif cmd == "close":
                 if env is not None:
@@ -223,12 +212,11 @@ class Worker:
         return value
 
     def stop(self) -> None:
-        if self.proc.is_alive():
-            try:
-                self.call("exit", timeout=30)
-            except (RuntimeError, OSError):
-                pass
+        try:
+            self.call("exit", timeout=30)
             self.proc.join(10)
+        except (RuntimeError, OSError):
+            pass
         if self.proc.is_alive():
             self.proc.terminate()
             self.proc.join(5)
@@ -256,8 +244,7 @@ def run_case(raw: Worker, ck: Worker, sim: str, size: int, render: str, args) ->
 def csv_arg(kind, valid):
     def parse(text: str):
         items = [kind(t) for t in text.split(",") if t]
-        bad = [t for t in items if t not in valid]
-        if bad or not items:
+        if not items or any(t not in valid for t in items):
             raise argparse.ArgumentTypeError(f"valid: {','.join(map(str, valid))}")
         return items
     return parse

@@ -242,3 +242,21 @@ def test_launch_refuses_an_unknown_suite_before_starting_roles(tmp_path):
     assert result.returncode == 2
     assert "unknown LIBERO suite 'libero_spatail'; valid: ['libero_spatial'" in result.stdout
     assert not list(tmp_path.glob("learner-0.log"))  # no role was started
+
+
+@pytest.mark.parametrize("task", ["Stack", "PickPlaceCan", "Door", "NutAssemblySquare"])
+def test_robosuite_tasks_build_and_step(task):
+    from envs.robosuite_tasks import INSTRUCTIONS
+
+    env = make_env(EnvConfig(kind="robosuite", task=task, image_size=32, fast_render=True,
+                             max_episode_steps=10), 2, 2, 7)
+    try:
+        env.reset_group(0, 1)
+        obs = env.observe(np.arange(2))
+        assert obs.main_images.shape == (2, 32, 32, 3) and obs.states.shape == (2, 8)
+        assert obs.task_descriptions == [INSTRUCTIONS[task]] * 2
+        assert np.array_equal(obs.main_images[0], obs.main_images[1])
+        res = env.step(np.arange(2), np.repeat(NOOP, 2, 0))
+        assert res.errors == ["", ""] and not res.success.any()
+    finally:
+        env.close()
