@@ -53,6 +53,8 @@ def setup_logging(level: str, log_file: Path | None, tag: str) -> None:
         root.addHandler(h)
     root.setLevel(level.upper())
     logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL's start-up chatter
+    # robosuite warns at every import that it has no private macro file: not our concern.
+    logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
 
 
 def _stop_on_signals(stop: threading.Event) -> None:

@@ -1,42 +1,34 @@
 """Env-layer steps/s of chunkrl's LIBERO/robosuite envs vs the simulators' own API.
 
 What it measures
-    Steps/s with two cameras (agentview, robot0_eye_in_hand) rendered at S x S, for each
-    simulator (LIBERO libero_spatial task 0; robosuite Lift, Panda, OSC_POSE) x S (224,
-    128) x rendering (default, fast), three ways side by side in the same run:
+    Steps/s with two cameras (agentview, robot0_eye_in_hand) at S x S for LIBERO
+    (libero_spatial task 0) and robosuite (Lift, Panda, OSC_POSE) x S in (224, 128) x
+    rendering in (default, fast), three ways side by side in the same run:
 
-    raw    the simulator's own API and cameras, as without chunkrl. LIBERO:
-           ``OffScreenRenderEnv(bddl_file_name, camera_heights=S, camera_widths=S)``
-           (whose default cameras are those two), ``reset()``, ``set_init_state(
-           init_states[0])``. robosuite: ``robosuite.make("Lift", robots="Panda",
-           controller_configs=OSC_POSE, has_renderer=False, has_offscreen_renderer=True,
-           use_camera_obs=True, camera_names=both, camera_heights=S, camera_widths=S,
-           control_freq=20)``, ``reset()``. Both add ``ignore_done=True, horizon=10**6``
-           (no per-step work: a long run never ends the episode). Then ``env.step(noop)``,
-           which renders both cameras every step.
-    step   chunkrl: ``make_env(EnvConfig(kind, image_size=S, fast_render, wrist_camera=
-           True, max_episode_steps=10**6, settle_steps=0), 1, 1, 7)``, ``reset_group(0,
-           0)``, then ``env.step`` + ``env.observe`` every step: the same work as raw.
-           overhead = 1 - step/raw; the target is <= 5%.
-    chunk  chunkrl: 8 ``env.step`` then one ``env.observe``, as the actor does (it renders
-           only when the policy needs an observation): a feature, shown as its own
-           column and speed-up over raw, not as overhead.
+    raw    the simulator's own API and cameras, as without chunkrl (see build_raw):
+           ``OffScreenRenderEnv`` + ``reset()`` + ``set_init_state(init_states[0])``, or
+           ``robosuite.make("Lift", ..., use_camera_obs=True)`` + ``reset()``, both with
+           ``ignore_done=True, horizon=10**6`` (no per-step cost; the episode never
+           ends), then ``env.step(noop)``, which renders both cameras every step.
+    step   chunkrl's ``make_env`` + ``reset_group``, then ``env.step`` + ``env.observe``
+           every step: the same work. overhead = 1 - step/raw; the target is <= 5%.
+    chunk  chunkrl, 8 ``env.step`` then one ``env.observe``, as the actor does (it renders
+           only for the policy): a feature, shown with its speed-up, not as overhead.
 
-    noop: arm still, gripper open. "fast" is chunkrl's ``fast_render`` (no multisampling,
-    shadows or reflections); raw-fast gets the same in robosuite's own render context
-    after the reset (which rebuilds that context): its GL context made current,
-    ``model.vis.quality.offsamples = 0``, ``con.free()`` + ``_set_mujoco_context_and_
-    buffers()`` (a new MjrContext), ``scn.flags`` mjRND_SHADOW = mjRND_REFLECTION = 0.
-    Otherwise raw keeps robosuite's defaults (e.g. a 640x480 offscreen buffer; chunkrl
-    sizes it to the image).
+    "fast" is chunkrl's ``fast_render`` (no multisampling, shadows or reflections).
+    Raw-fast gets the same in robosuite's own render context after the reset (which
+    rebuilds that context): GL context made current, ``model.vis.quality.offsamples = 0``,
+    ``con.free()`` + ``_set_mujoco_context_and_buffers()`` (a new MjrContext),
+    ``scn.flags`` mjRND_SHADOW = mjRND_REFLECTION = 0. Otherwise raw keeps robosuite's
+    defaults (e.g. a 640x480 offscreen buffer; chunkrl sizes it to the image).
 
-    Each side has its own spawned worker process per simulator, which builds and closes
-    one env per case: robosuite makes a GL context per env and never makes it current
-    before drawing, chunkrl shares one per process, so they are not mixed in a process.
-    One worker runs at a time. A measurement is ``--seconds`` of stepping after a warm-up;
-    ``--repeats`` rounds alternate the order (raw, step, chunk / chunk, step, raw) against
-    drift; medians are reported. Build times (construction + first reset) are for
-    information: raw's first reset is robosuite's default hard reset (a second build).
+    Each side has its own spawned worker process per simulator, building and closing one
+    env per case (robosuite makes a GL context per env and never makes it current; chunkrl
+    shares one per process: they are not mixed in a process); one runs at a time. Each
+    measurement is ``--seconds`` after a warm-up; ``--repeats`` rounds alternate the order
+    (raw, step, chunk / chunk, step, raw) against drift; medians are reported. Build times
+    (construction + first reset; raw's is robosuite's default hard reset, a second build)
+    are information only.
 
 How to run
     .venv/bin/python benchmarks/envs.py          # every case, 5-6 min on 2 cores
@@ -48,6 +40,8 @@ Figures go to benchmarks/RESULTS.md by hand, with the command that produced them
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -59,16 +53,17 @@ import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python benchmarks/envs.py` from a plain checkout
-    sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+# This file shares its name with chunkrl's `envs` package: keep its own folder off the
+# path (python puts it first) so `import envs` finds the package, from the checkout.
+sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 CHUNK = 8
 CAMERAS = ["agentview", "robot0_eye_in_hand"]
 SIMS, SIZES, RENDERS = ("libero", "robosuite"), (224, 128), ("default", "fast")
 MODES = ("raw", "step", "chunk")
 NOOP = [0.0] * 6 + [-1.0]
-WARMUP_STEPS = 8
+WARMUP_STEPS = 4  # untimed steps after a build (plus one call before each measurement)
 
 
 # --- worker side: one process, one env at a time -------------------------------------
@@ -110,7 +105,7 @@ def build_raw(sim: str, size: int, fast: bool):
         env.reset()
     if fast:
         make_fast(env.sim)
-    noop = np.array(NOOP, np.float64)
+    noop = np.array(NOOP)  # made once, as chunkrl's side does
     return env, {"raw": (lambda: env.step(noop), 1)}
 
 
@@ -121,8 +116,7 @@ def build_chunkrl(sim: str, size: int, fast: bool):
     from envs import make_env
 
     env = make_env(EnvConfig(kind=sim, image_size=size, fast_render=fast, wrist_camera=True,
-                             max_episode_steps=10**6, settle_steps=0,
-                             task_ids=[0] if sim == "libero" else []), 1, 1, 7)
+                             max_episode_steps=10**6, settle_steps=0), 1, 1, 7)
     env.reset_group(0, 0)  # LIBERO: task 0, official init state 0; robosuite: seed 0
     ids, noop = np.array([0]), np.array([NOOP], np.float32)
 
@@ -135,21 +129,12 @@ def build_chunkrl(sim: str, size: int, fast: bool):
                  "chunk": (lambda: steps_then_observe(CHUNK), CHUNK)}
 
 
-def gl_renderer() -> str:
-    try:  # the GL context of the env just built is current
-        from OpenGL import GL
-
-        return GL.glGetString(GL.GL_RENDERER).decode()
-    except Exception as err:  # noqa: BLE001 -- information only
-        return f"unknown ({type(err).__name__})"
-
-
 def worker_main(conn, side: str, sim: str, log_path: str) -> None:
     """Serve build / measure / close requests until told to exit."""
     # robosuite and LIBERO print warnings on import and build: keep them out of the table.
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
+    for std in (1, 2):
+        os.dup2(fd, std)
     env, loops = None, {}
     while True:
         cmd, *args = conn.recv()
@@ -162,7 +147,11 @@ def worker_main(conn, side: str, sim: str, log_path: str) -> None:
                 for fn, n in loops.values():  # warm caches and the GL pipeline
                     for _ in range(max(1, WARMUP_STEPS // n)):
                         fn()
-                conn.send(("ok", {"build_s": build_s, "gl": gl_renderer()}))
+                gl = "unknown"
+                with contextlib.suppress(Exception):  # the env's GL context is current
+                    from OpenGL import GL
+                    gl = GL.glGetString(GL.GL_RENDERER).decode()
+                conn.send(("ok", {"build_s": build_s, "gl": gl}))
             elif cmd == "measure":
                 mode, seconds = args
                 fn, n = loops[mode]
@@ -173,14 +162,13 @@ def worker_main(conn, side: str, sim: str, log_path: str) -> None:
                     steps += n
                     elapsed = time.perf_counter() - start
                 conn.send(("ok", {"steps": steps, "seconds": elapsed}))
-            elif cmd == "close":
+            else:  # close or exit
                 if env is not None:
                     env.close()  # frees the env's GL context(s) before the next case
                 env, loops = None, {}
                 conn.send(("ok", None))
-            else:  # exit
-                conn.send(("ok", None))
-                return
+                if cmd == "exit":
+                    return
         except Exception:  # noqa: BLE001 -- reported to the parent, which fails loudly
             conn.send(("error", traceback.format_exc()))
 
@@ -205,21 +193,17 @@ class Worker:
             status, value = self.conn.recv()
         except EOFError:
             status, value = "error", f"worker died (exit code {self.proc.exitcode})"
-        if status != "ok":
+        if status != "ok":  # its traceback, then the end of its stdout/stderr
             tail = Path(self.log).read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{self.name} {msg[0]} failed:\n{value}\n--- log tail ---\n"
-                               f"{tail}")
+            raise RuntimeError(f"{self.name} {msg[0]} failed:\n{value}\n--- log ---\n{tail}")
         return value
 
     def stop(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError, OSError):
             self.call("exit", timeout=30)
-            self.proc.join(10)
-        except (RuntimeError, OSError):
-            pass
+        self.proc.join(10)
         if self.proc.is_alive():
             self.proc.terminate()
-            self.proc.join(5)
 
 
 # --- orchestration -------------------------------------------------------------------
@@ -241,29 +225,22 @@ def run_case(raw: Worker, ck: Worker, sim: str, size: int, render: str, args) ->
             "gl_renderer": builds["chunkrl"]["gl"]}
 
 
-def csv_arg(kind, valid):
-    def parse(text: str):
-        items = [kind(t) for t in text.split(",") if t]
-        if not items or any(t not in valid for t in items):
-            raise argparse.ArgumentTypeError(f"valid: {','.join(map(str, valid))}")
-        return items
-    return parse
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sims", type=csv_arg(str, SIMS), default=list(SIMS),
-                   help="libero and/or robosuite (default both)")
-    p.add_argument("--sizes", type=csv_arg(int, SIZES), default=list(SIZES),
-                   help="image sizes, 224 and/or 128 (default both)")
-    p.add_argument("--render", type=csv_arg(str, RENDERS), default=list(RENDERS),
-                   help="default and/or fast (default both)")
+    subsets = {"sims": SIMS, "sizes": SIZES, "render": RENDERS}
+    for name, valid in subsets.items():
+        p.add_argument(f"--{name}", default=",".join(map(str, valid)),
+                       help="comma-separated subset of %(default)s (default all)")
     p.add_argument("--seconds", type=float, default=3.0, help="per measurement (3)")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="rounds per case, order alternating; the median is kept (3)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds per case; median (3)")
     p.add_argument("--json", metavar="PATH", help="also write the results here")
     args = p.parse_args(argv)
+    for name, valid in subsets.items():
+        items = [v for v in valid if str(v) in getattr(args, name).split(",")]
+        if not items or set(getattr(args, name).split(",")) - {str(v) for v in valid}:
+            p.error(f"--{name}: a comma-separated subset of {','.join(map(str, valid))}")
+        setattr(args, name, items)
     if args.seconds <= 0 or args.repeats < 1:
         p.error("--seconds > 0 and --repeats >= 1")
     return args
@@ -286,17 +263,16 @@ def main(argv=None) -> int:
         for sim in args.sims:
             raw, ck = Worker("raw", sim, tmp), Worker("chunkrl", sim, tmp)
             try:
-                for size in args.sizes:
-                    for render in args.render:
-                        res = run_case(raw, ck, sim, size, render, args)
-                        results.append(res)
-                        if len(results) == 1:
-                            print(f"# GL renderer: {res['gl_renderer']}")
-                        m, b = res["median"], res["build_s"]
-                        print(f"{sim} {size} {render}: raw {m['raw']:.1f}, step "
-                              f"{m['step']:.1f}, chunk {m['chunk']:.1f} steps/s; overhead "
-                              f"{res['overhead']:+.1%}; build raw {b['raw']:.2f} s, "
-                              f"chunkrl {b['chunkrl']:.2f} s", flush=True)
+                for size, render in itertools.product(args.sizes, args.render):
+                    res = run_case(raw, ck, sim, size, render, args)
+                    results.append(res)
+                    if len(results) == 1:
+                        print(f"# GL renderer: {res['gl_renderer']}")
+                    m, b = res["median"], res["build_s"]
+                    print(f"{sim} {size} {render}: raw {m['raw']:.1f}, step {m['step']:.1f}, "
+                          f"chunk {m['chunk']:.1f} steps/s; overhead {res['overhead']:+.1%}; "
+                          f"build raw {b['raw']:.2f} s, chunkrl {b['chunkrl']:.2f} s",
+                          flush=True)
             finally:
                 raw.stop()
                 ck.stop()
