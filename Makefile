@@ -31,6 +31,7 @@ test-fast: install
 ## Benchmarks; figures go to benchmarks/RESULTS.md by hand, with the command.
 bench: install
 	$(PY) benchmarks/transport.py --repeats 5 --seconds 4
+	$(PY) benchmarks/envs.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
