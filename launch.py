@@ -4,6 +4,7 @@ one process (``--single-process``).
     python launch.py --config configs/synthetic_grpo.yaml learner.lr=3e-4
     python launch.py --config CONFIG --role inference --index 0     # one role, this host
     python launch.py --config CONFIG --single-process               # debugging, tests
+    python launch.py --config CONFIG --eval model.checkpoint=runs/X/checkpoint.pt
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=1e-4")
     p.add_argument("--role", choices=ROLES, help="start this role only")
     p.add_argument("--index", type=int, default=0, help="index of the actor/server role")
+    p.add_argument("--eval", action="store_true",
+                   help="evaluate instead of training: every task x trial once (run.mode=eval, "
+                        "actor.group_size=1), results under <run.log_dir>/eval")
     p.add_argument("--single-process", action="store_true",
                    help="all roles as threads of one process, in-process transport")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
@@ -270,11 +274,16 @@ def main(argv=None) -> int:
     overrides = list(args.overrides)
     if args.single_process:
         overrides.append("network.transport=inproc")
+    if args.eval:
+        overrides += ["run.mode=eval", "actor.group_size=1"]
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    if args.eval:  # results beside the training run's, not over them
+        overrides.append(f"run.log_dir={Path(cfg.run.log_dir) / 'eval'}")
+        cfg = load_config(args.config, overrides)
     if not cfg.run.run_id:
         # Roles started one by one (one per host) must agree without talking: they use the
         # run name. A whole run started here gets a fresh id, handed to its children.

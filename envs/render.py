@@ -7,7 +7,9 @@ short subprocess and the first that renders wins (``egl`` first, ``osmesa`` as f
 :class:`SimRenderer` draws any camera of one MuJoCo model. All renderers of a process
 share one GL context (robosuite makes one per env and never makes it current before
 drawing, which breaks with several envs in one process). ``fast=True`` turns off
-multisampling, shadows and reflections: about 2x faster on CPU, and the images differ.
+multisampling, shadows and reflections: 2-3x faster on CPU, and the images differ.
+:class:`ModelAssets` (meshes and textures in GL) is shared by the renderers of models
+built from the same file.
 """
 
 from __future__ import annotations
@@ -103,26 +105,46 @@ class SharedGL:
             self._ctx = None
 
 
-class SimRenderer:
-    """Renders cameras of one MuJoCo model/data pair into uint8 [H,W,3] (OpenGL rows).
-
-    Rows come bottom-up, as OpenGL reads them; callers flip (see ``envs.sim.orient``).
+class ModelAssets:
+    """A model's meshes and textures uploaded to GL (an ``MjrContext``), with its
+    offscreen framebuffer. Models built from the same file have the same assets, so one
+    upload serves all of them: on llvmpipe an upload of a LIBERO scene costs ~450 MB.
     """
 
-    def __init__(self, gl: SharedGL, model, data, size: int, fast: bool):
+    def __init__(self, gl: SharedGL, model, size: int, fast: bool):
         import mujoco
 
-        self._mj, self.gl, self.model, self.data, self.size = mujoco, gl, model, data, size
         gl.make_current()
         # The offscreen buffer is sized once, to the image: no 640x480 buffer to clear.
         model.vis.global_.offwidth = max(size, 1)
         model.vis.global_.offheight = max(size, 1)
         if fast:
             model.vis.quality.offsamples = 0
+        self.gl, self.fast = gl, fast
         self.con = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_100)
         mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self.con)
+        self.users = 0
+
+    def free(self) -> None:
+        self.gl.make_current()
+        self.con.free()
+
+
+class SimRenderer:
+    """Renders cameras of one MuJoCo model/data pair into uint8 [H,W,3] (OpenGL rows).
+
+    Rows come bottom-up, as OpenGL reads them; callers flip (see ``envs.robot_io.orient``).
+    ``assets`` may be shared with the renderers of other models built from the same file.
+    """
+
+    def __init__(self, assets: ModelAssets, model, data, size: int):
+        import mujoco
+
+        self._mj, self.assets, self.model, self.data, self.size = mujoco, assets, model, data, size
+        self.gl, self.con = assets.gl, assets.con
+        assets.users += 1
         self.scene = mujoco.MjvScene(model, maxgeom=2000)
-        if fast:
+        if assets.fast:
             self.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
             self.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
         self.option = mujoco.MjvOption()
@@ -155,5 +177,7 @@ class SimRenderer:
         return out
 
     def free(self) -> None:
-        self.gl.make_current()
-        self.con.free()
+        """Drop this renderer; the assets go when their last user does."""
+        self.assets.users -= 1
+        if self.assets.users == 0:
+            self.assets.free()

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
 from envs.base import EnvObs, StepResult, VectorEnv
-from envs.render import SharedGL, SimRenderer
+from envs.render import ModelAssets, SharedGL, SimRenderer
 from envs.robot_io import libero_state, orient, state_8_to_7, to_env_action
 
+log = logging.getLogger(__name__)
 NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], np.float64)
 
 
@@ -97,6 +99,7 @@ class MujocoVectorEnv(VectorEnv):
         self.max_episode_steps = opts.max_episode_steps
         self.gl = SharedGL(opts.image_size)
         self.slots = [Slot() for _ in range(num_envs)]
+        self.assets: dict[tuple, ModelAssets] = {}  # by build key: one GL upload per scene
 
     # --- what a simulator family provides ----------------------------------------------
     @abc.abstractmethod
@@ -118,6 +121,8 @@ class MujocoVectorEnv(VectorEnv):
     def _release(self, slot: Slot) -> None:
         if slot.renderer is not None:
             slot.renderer.free()
+            if slot.renderer.assets.users == 0:
+                self.assets.pop(slot.key, None)
         if slot.sim_env is not None:
             slot.sim_env.close()
         slot.sim_env, slot.renderer, slot.key = None, None, None
@@ -128,26 +133,48 @@ class MujocoVectorEnv(VectorEnv):
             self._reset_slot(self.slots[e], init_state_id)
 
     def _reset_slot(self, slot: Slot, init_state_id: int) -> None:
+        """Reset one env; a reset that fails (an exception, or a simulation that blows up
+        while settling) gets a freshly built simulator and one more try."""
+        problem = ""
+        for _attempt in range(2):
+            try:
+                problem = self._try_reset(slot, init_state_id)
+            except Exception as err:  # noqa: BLE001 -- any simulator failure
+                problem = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+            if not problem:
+                return
+            log.warning("reset to initial state %d failed (%s); rebuilding the simulator",
+                        init_state_id, problem)
+            self._release(slot)
+        raise RuntimeError(f"cannot reset an env to initial state {init_state_id}: {problem}")
+
+    def _try_reset(self, slot: Slot, init_state_id: int) -> str:
         key = self._key(init_state_id)
         if slot.key != key:
             self._release(slot)
             with numpy_seeded(0):  # every slot builds the same scene (e.g. Lift's cube size)
                 slot.sim_env, slot.instruction = self._build(init_state_id)
-            sim = slot.sim_env.sim
-            slot.renderer = SimRenderer(self.gl, sim.model._model, sim.data._data,
-                                        self.opts.image_size, self.opts.fast_render)
+            model, data = slot.sim_env.sim.model._model, slot.sim_env.sim.data._data
+            if key not in self.assets:
+                self.assets[key] = ModelAssets(self.gl, model, self.opts.image_size,
+                                               self.opts.fast_render)
+            slot.renderer = SimRenderer(self.assets[key], model, data, self.opts.image_size)
+            slot.key = key
             slot.cameras = (slot.renderer.camera_id(self.opts.main_camera),
                             slot.renderer.camera_id(self.opts.wrist_camera_name))
-            slot.key = key
         obs = self._reset_sim(slot.sim_env, init_state_id)
-        # The solver's warm start survives a reset; zeroing it makes the envs of a group
-        # step bit for bit alike.
+        # Two things survive robosuite's soft reset and would make an env's next steps
+        # depend on its past: the solver's warm start and the gripper's smoothed action
+        # (a hard reset, as LIBERO's evaluation does, starts both from zero).
         slot.sim_env.sim.data._data.qacc_warmstart[:] = 0
+        for robot in slot.sim_env.robots:
+            robot.gripper.current_action = np.zeros(robot.gripper.dof)
+        slot.steps, slot.warnings_at_reset = 0, self._warnings(slot)
         for _ in range(self.opts.settle_steps):
             obs, _, _, _ = slot.sim_env.step(NOOP_ACTION)
+        problem = self._check_sim(slot, obs)
         slot.state = self._state(obs)
-        slot.steps = 0
-        slot.warnings_at_reset = self._warnings(slot)
+        return problem
 
     def step(self, env_ids: np.ndarray, actions: np.ndarray) -> StepResult:
         b = len(env_ids)

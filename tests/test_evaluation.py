@@ -70,22 +70,33 @@ def _launch(tmp_path, config, overrides, timeout):
 def _playable(path) -> int:
     data = path.read_bytes()
     assert data[4:8] == b"ftyp"
-    frames = iio.imread(path, plugin="pyav") if False else iio.imread(path, index=None)
+    frames = iio.imread(path, index=None)
     assert frames.ndim == 4 and frames.shape[-1] == 3 and frames.std() > 3
     return len(frames)
 
 
 @pytest.mark.slow
-def test_synthetic_eval_single_process(tmp_path):
-    result = _launch(tmp_path, "configs/synthetic_grpo.yaml", {
-        "run.mode": "eval", "eval.num_trials": 12, "actor.group_size": 1,
-        "actor.envs_per_actor": 4, "actor.deterministic": True}, 120)
+def test_synthetic_eval_of_a_checkpoint(tmp_path):
+    from configs import load_config
+
+    overrides = {"eval.num_trials": 12, "actor.envs_per_actor": 4,
+                 "actor.deterministic": True, "video.eval_per_task": 2}
+    cfg = load_config(ROOT / "configs/synthetic_grpo.yaml", small_overrides(
+        tmp_path, **overrides, **{"actor.group_size": 1}))
+    torch.save({"model": build_policy(cfg.model).state_dict()}, tmp_path / "checkpoint.pt")
+    args = [sys.executable, str(ROOT / "launch.py"), "--config",
+            str(ROOT / "configs/synthetic_grpo.yaml"), "--eval",
+            *small_overrides(tmp_path, **overrides, **{
+                "model.checkpoint": tmp_path / "checkpoint.pt"})]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ROOT)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
-    report = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    run = tmp_path / "run" / "eval"  # --eval writes beside the training run's logs
+    report = json.loads((run / "eval_results.json").read_text())
     assert report["complete"] and report["episodes"] == 12
-    assert report["tasks"][0]["trials"] == 12
-    assert "mean" in (tmp_path / "run" / "eval_results.md").read_text() and "| **mean** |" in out
+    assert report["tasks"][0]["trials"] == 12 and report["checkpoint"].endswith("checkpoint.pt")
+    assert "| **mean** |" in (run / "eval_results.md").read_text() and "| **mean** |" in out
+    assert len(list((run / "videos" / "eval").glob("task000_trial00[01]_*.mp4"))) == 2
 
 
 @pytest.mark.slow

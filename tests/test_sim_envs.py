@@ -81,15 +81,20 @@ def test_groups_start_alike_and_differ_across_groups(name, request):
         assert np.array_equal(obs.states[a], obs.states[b])
     assert not np.array_equal(obs.main_images[0], obs.main_images[2])
     # The same actions keep a group's envs alike; resetting to an id reproduces it.
-    action = np.array([[0.3, -0.2, 0.1, 0, 0, 0.1, -1]] * 2, np.float32)
+    action = np.array([[0.3, -0.2, 0.1, 0, 0, 0.1, 1]] * 2, np.float32)  # gripper closing
     for _ in range(3):
         env.step(np.array([0, 1]), action)
     after = env.observe(np.array([0, 1]))
     assert np.array_equal(after.main_images[0], after.main_images[1])
     assert not np.array_equal(after.main_images[0], obs.main_images[0])
+    # An env's past does not leak into its next episode: env 0 (which moved) and env 2
+    # (which did not), reset to one id and stepped alike, stay alike.
     env.reset_group(0, 6)
+    for _ in range(3):
+        env.step(np.array([0, 2]), action)
     again = env.observe(np.array([0, 2]))
     assert np.array_equal(again.main_images[0], again.main_images[1])
+    assert np.array_equal(again.states[0], again.states[1])
 
 
 def _red_object_centroid(env, root_body: int):
@@ -260,3 +265,17 @@ def test_robosuite_tasks_build_and_step(task):
         assert res.errors == ["", ""] and not res.success.any()
     finally:
         env.close()
+
+
+def test_a_failed_reset_rebuilds_the_simulator(lift):
+    old = lift.slots[0].sim_env
+
+    def broken():
+        raise RuntimeError("placement failed")
+
+    old.reset = broken
+    lift.reset_group(0, 9)
+    assert lift.slots[0].sim_env is not None and lift.slots[0].sim_env is not old
+    obs = lift.observe(np.array([0, 1]))
+    assert np.array_equal(obs.main_images[0], obs.main_images[1])  # still a group
+    assert lift.step(np.array([0, 1]), np.repeat(NOOP, 2, 0)).errors == ["", ""]
