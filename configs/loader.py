@@ -37,11 +37,43 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     for item in overrides:
         _apply_override(raw, item)
     raw = _interpolate(raw, raw, [])
+    _rlinf_aliases(raw)
     cfg = _build(Config, raw, "")
     problems = validate(cfg)
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
     return cfg
+
+
+def _rlinf_aliases(raw: dict) -> None:
+    """Accept RLinf's model keys: ``actor.model.X`` is ``model.X``; ``rollout.model.
+    model_path`` must name the same model (chunkrl's learner and servers load one)."""
+    actor = raw.get("actor")
+    if isinstance(actor, dict) and "model" in actor:
+        extra = actor.pop("model")
+        if not isinstance(extra, dict):
+            raise ConfigError("actor.model must be a mapping (RLinf's name for model.*)")
+        model = raw.setdefault("model", {})
+        for key, value in extra.items():
+            if key in model and model[key] != value:
+                raise ConfigError(f"actor.model.{key}={value!r} contradicts "
+                                  f"model.{key}={model[key]!r}; set one of them")
+            model[key] = value
+    if "rollout" not in raw:
+        return
+    rollout = raw.pop("rollout")
+    inner = rollout.get("model") if isinstance(rollout, dict) else None
+    if not isinstance(inner, dict) or set(rollout) != {"model"} or set(inner) - {"model_path"}:
+        raise ConfigError("of RLinf's rollout section chunkrl reads only "
+                          "rollout.model.model_path; move the rest to inference.* or model.*")
+    model = raw.setdefault("model", {})
+    path = inner.get("model_path")
+    if path and model.get("model_path", path) != path:
+        raise ConfigError(f"rollout.model.model_path={path!r} differs from the learner's "
+                          f"model_path={model['model_path']!r}: the inference servers and "
+                          "the learner run one model")
+    if path:
+        model["model_path"] = path
 
 
 def to_dict(cfg) -> dict:

@@ -92,10 +92,22 @@ class EnvConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """The policy, shared by the inference servers and the learner."""
+class StarVLAConfig:
+    """StarVLA checkpoints (RLinf's ``actor.model.starvla``)."""
 
-    kind: Literal["cnn_gaussian"] = opt("cnn_gaussian", "policy family")
+    framework_name: str = opt("QwenOFT", "the StarVLA framework; only QwenOFT is built")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The policy, shared by the inference servers and the learner.
+
+    RLinf-style keys are accepted too: ``actor.model.X`` means ``model.X``, and
+    ``rollout.model.model_path`` must equal ``actor.model.model_path`` (see the loader).
+    """
+
+    kind: Literal["cnn_gaussian", "qwen_oft"] = opt(
+        "cnn_gaussian", "policy family: cnn_gaussian (small CPU policy) or qwen_oft")
     num_action_chunks: int = opt(8, "T: actions per chunk")
     action_dim: int = opt(7, "D: action dimension")
     state_dim: int = opt(8, "dimension of the state vector the policy reads")
@@ -107,6 +119,24 @@ class ModelConfig:
     value_head: bool = opt(False, "add a value head (PPO)")
     image_resolution: int = opt(64, "cnn_gaussian: images are resized to this square")
     checkpoint: str = opt("", "a chunkrl checkpoint.pt to start from (empty: fresh weights)")
+    model_path: str = opt("", "qwen_oft: a local StarVLA run dir / .pt, or a Hugging Face "
+                          "Qwen2.5-VL dir (head freshly initialised)")
+    unnorm_key: str = opt("", "dataset key in dataset_statistics.json for un-normalising "
+                          "actions (empty: actions are not un-normalised)")
+    action_stats: Literal["q01q99", "minmax"] = opt(
+        "q01q99", "which statistics bound the actions: q01/q99 or min/max")
+    binarize_gripper: bool = opt(True, "qwen_oft: threshold the gripper dim at 0.5 to "
+                                 "{0,1}, as StarVLA's LIBERO evaluation does")
+    use_wrist_image: bool = opt(True, "qwen_oft: the prompt holds the wrist camera too")
+    expected_action_dim: int = opt(0, "checked against the checkpoint (0: not checked)")
+    expected_num_action_chunks: int = opt(0, "checked against the checkpoint (0: not checked)")
+    starvla: StarVLAConfig = field(default_factory=StarVLAConfig,
+                                   metadata={"doc": "StarVLA checkpoint settings"})
+    lora_rank: int = opt(0, "qwen_oft: LoRA rank on the backbone via peft (0: full model)")
+    gradient_checkpointing: bool = opt(False, "qwen_oft: recompute backbone activations "
+                                       "in the learner's backward pass (saves GPU memory)")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = opt(
+        "sdpa", "qwen_oft: transformers attention kernel")
 
 
 @dataclass(frozen=True)
@@ -142,6 +172,7 @@ class LearnerConfig:
 
     algorithm: Literal["grpo"] = opt("grpo", "policy-gradient algorithm")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto = cuda when present")
+    bf16: bool = opt(True, "bf16 autocast of forward/backward on CUDA (ignored on CPU)")
     lr: float = opt(3e-4, "Adam learning rate")
     adam_eps: float = opt(1e-8, "Adam epsilon")
     weight_decay: float = opt(0.0, "Adam weight decay")
@@ -219,6 +250,14 @@ def validate(cfg: Config) -> list[str]:
         (a.max_unacked_episodes >= a.group_size,
          "actor.max_unacked_episodes must hold at least one group"),
         (m.num_action_chunks >= 1 and m.action_dim >= 2, "model needs T >= 1 and D >= 2"),
+        (m.kind != "qwen_oft" or m.model_path, "model.kind=qwen_oft needs model.model_path"),
+        (m.expected_action_dim in (0, m.action_dim),
+         f"model.expected_action_dim={m.expected_action_dim} but model.action_dim="
+         f"{m.action_dim}"),
+        (m.expected_num_action_chunks in (0, m.num_action_chunks),
+         f"model.expected_num_action_chunks={m.expected_num_action_chunks} but "
+         f"model.num_action_chunks={m.num_action_chunks}"),
+        (m.lora_rank >= 0, "model.lora_rank must be >= 0"),
         (m.image_resolution >= 8 and m.image_resolution % 2 == 0,
          "model.image_resolution must be even and >= 8"),
         (i.num_servers >= 1, "inference.num_servers must be >= 1"),

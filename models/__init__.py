@@ -7,7 +7,8 @@ from models.base import Evaluation, Policy, PolicyOutput
 
 
 def build_policy(cfg: ModelConfig) -> Policy:
-    """A policy of kind ``cfg.kind``: fresh, or with ``cfg.checkpoint``'s weights."""
+    """A policy of kind ``cfg.kind`` (VLAs from ``cfg.model_path``), then with
+    ``cfg.checkpoint``'s weights when set (a chunkrl checkpoint of the same config)."""
     policy = _fresh_policy(cfg)
     if cfg.checkpoint:
         load_checkpoint(policy, cfg.checkpoint)
@@ -32,6 +33,10 @@ def load_checkpoint(policy: Policy, path: str) -> None:
 
 
 def _fresh_policy(cfg: ModelConfig) -> Policy:
+    if cfg.kind == "qwen_oft":
+        from models.vla_loading import load_qwen_oft
+
+        return load_qwen_oft(cfg)
     if cfg.kind == "cnn_gaussian":
         from models.cnn_policy import CNNGaussianPolicy
 
@@ -41,7 +46,7 @@ def _fresh_policy(cfg: ModelConfig) -> Policy:
             conv_channels=cfg.conv_channels, embed_dim=cfg.embed_dim,
             vocab_size=cfg.vocab_size, init_log_std=cfg.init_log_std,
             value_head=cfg.value_head, image_resolution=cfg.image_resolution)
-    raise ValueError(f"unknown model.kind {cfg.kind!r}; valid: ['cnn_gaussian']")
+    raise ValueError(f"unknown model.kind {cfg.kind!r}; valid: ['cnn_gaussian', 'qwen_oft']")
 
 
 def pick_device(name: str) -> torch.device:

@@ -1,0 +1,176 @@
+"""Loading QwenOFT from the local layouts its publishers use (nothing is downloaded).
+
+``model.model_path`` may be:
+
+* a **StarVLA run** (e.g. ``Qwen2.5-VL-OFT-LIBERO-4in1``): a directory with
+  ``config.yaml`` (``framework.name: QwenOFT``, ``framework.qwenvl.base_vlm``: a local
+  Qwen2.5-VL directory, ``framework.action_model.action_dim`` and
+  ``future_action_window_size``), ``dataset_statistics.json`` and
+  ``checkpoints/steps_<N>_pytorch_model.pt`` (the newest is taken), or one such ``.pt``
+  file. Its state dict holds the backbone under ``qwen_vl_interface.model.`` and the head
+  under ``action_model.``; both are loaded strictly.
+* a **Hugging Face Qwen2.5-VL directory** (``config.json`` of ``model_type
+  qwen2_5_vl``, tokenizer, ``preprocessor_config.json``): the backbone is loaded and the
+  action head is freshly initialised, with a warning.
+
+A missing file, a mismatched action dimension or chunk length, or an unknown framework
+name fails with a message that names it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+import yaml
+
+from configs import ModelConfig
+from models.action_norm import ActionNorm
+
+log = logging.getLogger(__name__)
+FRAMEWORKS = ("QwenOFT",)
+VLM_PREFIX, HEAD_PREFIX = "qwen_vl_interface.model.", "action_model."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and the fix."""
+
+
+def _newest_checkpoint(run_dir: Path) -> Path:
+    found = sorted(run_dir.glob("checkpoints/*.pt"), key=lambda p: (
+        int(m.group(1)) if (m := re.search(r"steps_(\d+)", p.name)) else -1, p.name))
+    final = run_dir / "final_model" / "pytorch_model.pt"
+    if found:
+        return found[-1]
+    if final.is_file():
+        return final
+    raise CheckpointError(f"{run_dir} has no checkpoints/*.pt nor final_model/pytorch_model.pt")
+
+
+def _starvla_config(run_dir: Path, cfg: ModelConfig) -> tuple[Path, int, int]:
+    """(base VLM dir, action_dim, chunk length) from a StarVLA run's config.yaml."""
+    file = run_dir / "config.yaml"
+    framework = (yaml.safe_load(file.read_text()) or {}).get("framework", {})
+    name = framework.get("name", "")
+    if name not in FRAMEWORKS or name != cfg.starvla.framework_name:
+        raise CheckpointError(f"{file}: framework.name is {name!r} and model.starvla."
+                              f"framework_name is {cfg.starvla.framework_name!r}; chunkrl "
+                              f"builds {list(FRAMEWORKS)}")
+    base = framework.get("qwenvl", {}).get("base_vlm", "")
+    if not base:
+        raise CheckpointError(f"{file}: framework.qwenvl.base_vlm is not set; point it to a "
+                              "local Qwen2.5-VL-3B-Instruct directory")
+    base_dir = Path(base) if Path(base).is_absolute() else run_dir / base
+    head = framework.get("action_model", {})
+    action_dim = int(head.get("action_dim", cfg.action_dim))
+    chunk = int(head.get("action_horizon", head.get("future_action_window_size", 7) + 1
+                         + head.get("past_action_window_size", 0)))
+    return base_dir, action_dim, chunk
+
+
+def _check_shape(where: str, action_dim: int, chunk: int, cfg: ModelConfig) -> None:
+    for name, have, want in (("action_dim", action_dim, cfg.action_dim),
+                             ("num_action_chunks", chunk, cfg.num_action_chunks)):
+        if have != want:
+            raise CheckpointError(f"{where} has {name}={have} but model.{name}={want}; set "
+                                  f"model.{name}={have} (and the env to match)")
+
+
+def _load_backbone(vlm_dir: Path, cfg: ModelConfig):
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2VLImageProcessorPil
+
+    for name in ("config.json", "preprocessor_config.json"):
+        if not (vlm_dir / name).is_file():
+            raise CheckpointError(f"{vlm_dir / name} does not exist: a Qwen2.5-VL directory "
+                                  "needs config.json, tokenizer files and "
+                                  "preprocessor_config.json")
+    kind = json.loads((vlm_dir / "config.json").read_text()).get("model_type")
+    if kind != "qwen2_5_vl":
+        raise CheckpointError(f"{vlm_dir}/config.json has model_type {kind!r}; QwenOFT needs "
+                              "a Qwen2.5-VL backbone (qwen2_5_vl)")
+    vlm = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        vlm_dir, torch_dtype=torch.float32, attn_implementation=cfg.attn_implementation)
+    tokenizer = AutoTokenizer.from_pretrained(vlm_dir)
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(vlm_dir)
+    return vlm, tokenizer, image_processor
+
+
+def _statistics(folder: Path, cfg: ModelConfig) -> ActionNorm:
+    if not cfg.unnorm_key:
+        return ActionNorm()
+    return ActionNorm.from_statistics(folder / "dataset_statistics.json", cfg.unnorm_key,
+                                      cfg.action_stats, cfg.binarize_gripper)
+
+
+def load_qwen_oft(cfg: ModelConfig):
+    """The QwenOFT policy of ``cfg.model_path`` in whichever supported layout it is."""
+    from models.qwen_oft import QwenOFTPolicy
+
+    path = Path(cfg.model_path)
+    if not path.exists():
+        raise CheckpointError(f"model.model_path {str(path)!r} does not exist")
+    if path.is_file() or (path / "config.yaml").is_file():
+        ckpt = path if path.is_file() else _newest_checkpoint(path)
+        run_dir = path.parents[1] if path.is_file() else path
+        base_dir, action_dim, chunk = _starvla_config(run_dir, cfg)
+        _check_shape(str(run_dir / "config.yaml"), action_dim, chunk, cfg)
+        vlm, tokenizer, image_processor = _load_backbone(base_dir, cfg)
+        policy = _policy(QwenOFTPolicy, vlm, tokenizer, image_processor, cfg,
+                         _statistics(run_dir, cfg))
+        _load_starvla_weights(policy, ckpt)
+    else:
+        vlm, tokenizer, image_processor = _load_backbone(path, cfg)
+        policy = _policy(QwenOFTPolicy, vlm, tokenizer, image_processor, cfg,
+                         _statistics(path, cfg))
+        log.warning("%s is a plain Qwen2.5-VL: the QwenOFT action head is freshly "
+                    "initialised (train it, or load a StarVLA checkpoint)", path)
+    _finish(policy, cfg)
+    return policy
+
+
+def _policy(cls, vlm, tokenizer, image_processor, cfg: ModelConfig, norm: ActionNorm):
+    if norm.dim is not None and norm.dim != cfg.action_dim:
+        raise CheckpointError(f"dataset_statistics.json[{cfg.unnorm_key!r}] has {norm.dim}-D "
+                              f"actions but model.action_dim={cfg.action_dim}")
+    return cls(vlm, tokenizer, image_processor, cfg.num_action_chunks, cfg.action_dim,
+               use_wrist=cfg.use_wrist_image, init_log_std=cfg.init_log_std,
+               value_head=cfg.value_head, norm=norm)
+
+
+def _load_starvla_weights(policy, ckpt: Path) -> None:
+    if ckpt.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(ckpt))
+    else:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    backbone = {k[len(VLM_PREFIX):]: v for k, v in state.items() if k.startswith(VLM_PREFIX)}
+    head = {k[len(HEAD_PREFIX):]: v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
+    other = sorted(k for k in state if not k.startswith((VLM_PREFIX, HEAD_PREFIX)))
+    if other:
+        raise CheckpointError(f"{ckpt}: unexpected keys {other[:5]} (a QwenOFT checkpoint "
+                              f"holds {VLM_PREFIX}* and {HEAD_PREFIX}*)")
+    for name, module, part in (("backbone", policy.vlm, backbone),
+                               ("action head", policy.action_model, head)):
+        try:
+            module.load_state_dict(part, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{ckpt}: the {name} does not match model.* "
+                                  f"({str(exc).splitlines()[0]} ...)") from exc
+
+
+def _finish(policy, cfg: ModelConfig) -> None:
+    """LoRA and gradient checkpointing on the backbone, as configured."""
+    if cfg.lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, lora_dropout=0.0,
+                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                          "gate_proj", "up_proj", "down_proj"])
+        policy.vlm = get_peft_model(policy.vlm, lora)
+    if cfg.gradient_checkpointing:
+        policy.vlm.gradient_checkpointing_enable()

@@ -1,0 +1,210 @@
+"""QwenOFT on transformers with tiny random Qwen2.5-VL checkpoints in both layouts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from configs import ConfigError, ModelConfig, load_config
+from envs.base import EnvObs
+from models import build_policy
+from models.action_norm import ActionNorm
+from models.vla_loading import HEAD_PREFIX, CheckpointError, load_qwen_oft
+from tests.conftest import ROOT, small_overrides
+from tests.vla_factory import STATS, make_qwen_vl, make_starvla_run
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vla")
+    base = make_qwen_vl(root / "Qwen2.5-VL-tiny")
+    return base, make_starvla_run(root / "Qwen2.5-VL-OFT-tiny", base)
+
+
+def _obs(b=3, size=48, seed=0):
+    rng = np.random.default_rng(seed)
+    return EnvObs(rng.integers(0, 255, (b, size, size, 3), dtype=np.uint8),
+                  np.zeros((b, 8), np.float32),
+                  ["pick up the black bowl", "open the top drawer", "turn on the stove"][:b],
+                  rng.integers(0, 255, (b, size, size, 3), dtype=np.uint8))
+
+
+def _cfg(path, **kw) -> ModelConfig:
+    return ModelConfig(**{"kind": "qwen_oft", "model_path": str(path), **kw})
+
+
+def test_shapes_and_logprob_agreement(ckpts):
+    _, run = ckpts
+    policy = load_qwen_oft(_cfg(run, unnorm_key="libero_spatial", value_head=True))
+    inputs = policy.prepare(_obs(), CPU)
+    with torch.no_grad():
+        out = policy.act(inputs, False, 1.3)
+        again = policy.evaluate(inputs, out.actions, 1.3)
+        mode = policy.act(inputs, True, 1.0)
+    assert out.actions.shape == out.logprobs.shape == (3, 8, 7) and out.values.shape == (3,)
+    # The learner's recomputation at the same weights equals the server's, in fp32.
+    assert (again.logprobs - out.logprobs).abs().max().item() <= 1e-5
+    assert torch.equal(again.values, out.values)
+    # Env units: the gripper binarised to {0,1}; other dims inside the q01/q99 bounds.
+    assert set(out.actions[..., 6].unique().tolist()) <= {0.0, 1.0}
+    low, high = torch.tensor(STATS["action"]["q01"]), torch.tensor(STATS["action"]["q99"])
+    assert bool(((out.actions[..., :6] >= low[:6]) & (out.actions[..., :6] <= high[:6])).all())
+    # Deterministic mode acts the mean: the same twice, and rows differ with their inputs.
+    with torch.no_grad():
+        assert torch.equal(mode.actions, policy.act(inputs, True, 1.0).actions)
+    assert not torch.equal(mode.actions[0], mode.actions[1])
+    assert out.logprobs.dtype == torch.float32
+
+
+def test_gradients_reach_backbone_head_and_log_std(ckpts):
+    _, run = ckpts
+    policy = load_qwen_oft(_cfg(run))
+    inputs = policy.prepare(_obs(2), CPU)
+    with torch.no_grad():
+        out = policy.act(inputs, False, 1.0)
+    policy.evaluate(inputs, out.actions, 1.0).logprobs.sum().backward()
+    for name in ("log_std", "action_model.model.fc2.weight"):
+        assert dict(policy.named_parameters())[name].grad.abs().sum() > 0
+    backbone = [p.grad for n, p in policy.named_parameters() if "layers.0.self_attn.q_proj" in n]
+    assert backbone and backbone[0].abs().sum() > 0
+    assert torch.allclose(policy.log_std.detach(), torch.full((7,), -0.5))  # config default
+
+
+def test_prompt_holds_images_and_action_queries(ckpts):
+    _, run = ckpts
+    policy = load_qwen_oft(_cfg(run))
+    inputs = policy.prepare(_obs(2), CPU)
+    ids = inputs["input_ids"]
+    tok = policy.tokenizer
+    assert (ids == policy.action_token_id).sum(1).tolist() == [8, 8]
+    pad = tok.convert_tokens_to_ids("<|image_pad|>")
+    per_image = (inputs["image_grid_thw"].prod(-1) // 4).tolist()  # merge_size 2
+    assert (ids == pad).sum(1).tolist() == [per_image[0] + per_image[1]] * 2
+    text = tok.decode(ids[0][inputs["attention_mask"][0].bool()])
+    assert text.startswith("<|im_start|>system\n") and "pick up the black bowl Please " \
+        "predict the next 8 robot actions: <action>" in text
+    assert text.endswith("<|im_start|>assistant\n")
+    no_wrist = dataclasses.replace(_obs(2), wrist_images=None)
+    with pytest.raises(ValueError, match="wrist"):
+        policy.prepare(no_wrist, CPU)
+
+
+def test_unnormalisation_by_hand(tmp_path):
+    (tmp_path / "dataset_statistics.json").write_text(json.dumps({
+        "libero_spatial_no_noops": STATS}))
+    norm = ActionNorm.from_statistics(tmp_path / "dataset_statistics.json", "libero_spatial",
+                                      binarize_gripper=True)
+    a = torch.tensor([[-1.0, 0.0, 1.0, 2.0, -0.5, 0.5, 0.7]])
+    env = norm.to_env(a)
+    # 0.5*(a+1)*(q99-q01)+q01 on the masked dims; the gripper binarised and passed through.
+    expected = torch.tensor([[-0.5, 0.0, 0.9, 0.2, -0.05, 0.1, 1.0]])
+    torch.testing.assert_close(env, expected)
+    torch.testing.assert_close(norm.to_policy(env), torch.tensor(
+        [[-1.0, 0.0, 1.0, 1.0, -0.5, 0.5, 1.0]]))  # the projection: clipped, binarised
+    minmax = ActionNorm.from_statistics(tmp_path / "dataset_statistics.json",
+                                        "libero_spatial_no_noops", kind="minmax")
+    torch.testing.assert_close(minmax.to_env(torch.tensor([[0.3] * 7])),
+                               torch.tensor([[0.3] * 7]))
+    with pytest.raises(ValueError, match="'bridge' is not in .*libero_spatial_no_noops"):
+        ActionNorm.from_statistics(tmp_path / "dataset_statistics.json", "bridge")
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        ActionNorm.from_statistics(tmp_path / "nope.json", "x")
+
+
+def test_plain_hf_directory_gets_a_fresh_head_with_a_warning(ckpts, caplog):
+    base, run = ckpts
+    with caplog.at_level(logging.WARNING):
+        plain = load_qwen_oft(_cfg(base))
+    assert "freshly initialised" in caplog.text
+    starvla = load_qwen_oft(_cfg(run))
+    saved = torch.load(next((run / "checkpoints").glob("*.pt")), weights_only=True)
+    for key, value in starvla.action_model.state_dict().items():
+        assert torch.equal(value, saved[HEAD_PREFIX + key])
+    assert not torch.equal(plain.action_model.model.fc2.weight,
+                           starvla.action_model.model.fc2.weight)
+    # A .pt file inside the run is a valid model_path too.
+    direct = load_qwen_oft(_cfg(next((run / "checkpoints").glob("*.pt"))))
+    assert torch.equal(direct.action_model.model.fc1.weight, starvla.action_model.model.fc1.weight)
+
+
+def test_loading_errors_name_the_problem(ckpts, tmp_path):
+    base, run = ckpts
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_qwen_oft(_cfg(tmp_path / "missing"))
+    with pytest.raises(CheckpointError, match="num_action_chunks=8 but model.num_action_chunks=4"):
+        load_qwen_oft(_cfg(run, num_action_chunks=4))
+    other = make_starvla_run(tmp_path / "six", base, action_dim=6)
+    with pytest.raises(CheckpointError, match="action_dim=6 but model.action_dim=7"):
+        load_qwen_oft(_cfg(other))
+    cfg_file = other / "config.yaml"
+    conf = yaml.safe_load(cfg_file.read_text())
+    conf["framework"]["name"] = "QwenGR00T"
+    cfg_file.write_text(yaml.safe_dump(conf))
+    with pytest.raises(CheckpointError, match="'QwenGR00T'.*builds \\['QwenOFT'\\]"):
+        load_qwen_oft(_cfg(other, action_dim=6))
+    with pytest.raises(ValueError, match="'bridge' is not in"):
+        load_qwen_oft(_cfg(run, unnorm_key="bridge"))
+    (tmp_path / "notqwen").mkdir()
+    (tmp_path / "notqwen" / "config.json").write_text('{"model_type": "llama"}')
+    (tmp_path / "notqwen" / "preprocessor_config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="model_type 'llama'"):
+        load_qwen_oft(_cfg(tmp_path / "notqwen"))
+
+
+def test_rlinf_style_keys(tmp_path, ckpts):
+    _, run = ckpts
+    base = [f"run.log_dir={tmp_path}", "model.kind=qwen_oft"]
+    cfg = load_config(None, base + [f"actor.model.model_path={run}",
+                                    f"rollout.model.model_path={run}",
+                                    "actor.model.unnorm_key=libero_spatial",
+                                    "actor.model.starvla.framework_name=QwenOFT",
+                                    "actor.model.expected_action_dim=7",
+                                    "actor.model.expected_num_action_chunks=8"])
+    assert cfg.model.model_path == str(run) and cfg.model.unnorm_key == "libero_spatial"
+    with pytest.raises(ConfigError, match="rollout.model.model_path.*differs"):
+        load_config(None, base + [f"actor.model.model_path={run}",
+                                  "rollout.model.model_path=/elsewhere"])
+    with pytest.raises(ConfigError, match="expected_num_action_chunks=16"):
+        load_config(None, base + [f"model.model_path={run}",
+                                  "actor.model.expected_num_action_chunks=16"])
+
+
+def test_build_policy_then_chunkrl_checkpoint(ckpts, tmp_path):
+    _, run = ckpts
+    cfg = _cfg(run, init_log_std=-2.5)
+    policy = build_policy(cfg)
+    assert torch.allclose(policy.log_std.detach(), torch.full((7,), -2.5))
+    with torch.no_grad():
+        policy.log_std.fill_(-1.0)
+    torch.save({"model": policy.state_dict()}, tmp_path / "checkpoint.pt")
+    again = build_policy(dataclasses.replace(cfg, checkpoint=str(tmp_path / "checkpoint.pt")))
+    assert torch.allclose(again.log_std.detach(), torch.full((7,), -1.0))
+
+
+@pytest.mark.slow
+def test_launch_trains_tiny_qwen_oft_on_the_synthetic_task(ckpts, tmp_path):
+    import subprocess
+    import sys
+
+    _, run = ckpts
+    overrides = small_overrides(tmp_path, **{
+        "model.kind": "qwen_oft", "model.model_path": run, "model.use_wrist_image": False,
+        "model.init_log_std": -2.5, "run.total_updates": 2, "actor.num_actors": 1,
+        "actor.envs_per_actor": 4, "actor.group_size": 2, "learner.groups_per_update": 1,
+        "env.image_size": 56, "learner.micro_batch_size": 8})
+    result = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--config",
+                             str(ROOT / "configs/synthetic_grpo.yaml"), *overrides],
+                            capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    summary = json.loads((tmp_path / "run" / "learner_summary.json").read_text())
+    assert summary["updates"] == 2 and summary["duplicates"] == 0
+    server = json.loads((tmp_path / "run" / "inference-0.json").read_text())
+    assert server["policy_version"] == 2 and server["rows"] > 0
