@@ -56,6 +56,9 @@ def setup_logging(level: str, log_file: Path | None, tag: str) -> None:
         h.setFormatter(fmt)
         root.addHandler(h)
     root.setLevel(level.upper())
+    # Models load from local directories only; no progress bars in the role logs.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL's start-up chatter
     # robosuite warns at every import that it has no private macro file: not our concern.
     logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
@@ -252,11 +255,14 @@ class MemorySampler:
 
 
 def check_env(cfg) -> None:
-    """Unknown suite/task names fail here, before any role starts; for simulators, the GL
-    backend is chosen once and inherited by every child (MUJOCO_GL)."""
+    """Unknown suite/task names and a missing model fail here, before any role starts;
+    for simulators, the GL backend is chosen once and inherited by every child."""
     from envs import check_env_config, prepare_rendering
 
     check_env_config(cfg.env)
+    if cfg.model.model_path and not Path(cfg.model.model_path).exists():
+        raise ValueError(f"model.model_path {cfg.model.model_path!r} does not exist; give a "
+                         "local checkpoint directory (nothing is downloaded)")
     try:
         backend = prepare_rendering(cfg.env)
     except RuntimeError as exc:  # envs.render.RenderError

@@ -96,6 +96,9 @@ class StarVLAConfig:
     """StarVLA checkpoints (RLinf's ``actor.model.starvla``)."""
 
     framework_name: str = opt("QwenOFT", "the StarVLA framework; only QwenOFT is built")
+    expected_action_dim: int = opt(0, "must equal model.action_dim (0: not checked)")
+    expected_num_action_chunks: int = opt(0, "must equal model.num_action_chunks (0: not "
+                                          "checked)")
 
 
 @dataclass(frozen=True)
@@ -128,8 +131,6 @@ class ModelConfig:
     binarize_gripper: bool = opt(True, "qwen_oft: threshold the gripper dim at 0.5 to "
                                  "{0,1}, as StarVLA's LIBERO evaluation does")
     use_wrist_image: bool = opt(True, "qwen_oft: the prompt holds the wrist camera too")
-    expected_action_dim: int = opt(0, "checked against the checkpoint (0: not checked)")
-    expected_num_action_chunks: int = opt(0, "checked against the checkpoint (0: not checked)")
     starvla: StarVLAConfig = field(default_factory=StarVLAConfig,
                                    metadata={"doc": "StarVLA checkpoint settings"})
     lora_rank: int = opt(0, "qwen_oft: LoRA rank on the backbone via peft (0: full model)")
@@ -251,12 +252,12 @@ def validate(cfg: Config) -> list[str]:
          "actor.max_unacked_episodes must hold at least one group"),
         (m.num_action_chunks >= 1 and m.action_dim >= 2, "model needs T >= 1 and D >= 2"),
         (m.kind != "qwen_oft" or m.model_path, "model.kind=qwen_oft needs model.model_path"),
-        (m.expected_action_dim in (0, m.action_dim),
-         f"model.expected_action_dim={m.expected_action_dim} but model.action_dim="
-         f"{m.action_dim}"),
-        (m.expected_num_action_chunks in (0, m.num_action_chunks),
-         f"model.expected_num_action_chunks={m.expected_num_action_chunks} but "
-         f"model.num_action_chunks={m.num_action_chunks}"),
+        (m.starvla.expected_action_dim in (0, m.action_dim),
+         f"model.starvla.expected_action_dim={m.starvla.expected_action_dim} but "
+         f"model.action_dim={m.action_dim}"),
+        (m.starvla.expected_num_action_chunks in (0, m.num_action_chunks),
+         f"model.starvla.expected_num_action_chunks={m.starvla.expected_num_action_chunks} "
+         f"but model.num_action_chunks={m.num_action_chunks}"),
         (m.lora_rank >= 0, "model.lora_rank must be >= 0"),
         (m.image_resolution >= 8 and m.image_resolution % 2 == 0,
          "model.image_resolution must be even and >= 8"),

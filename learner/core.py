@@ -72,7 +72,12 @@ class Learner:
             valid = torch.cat([valid, torch.zeros_like(valid[:1]).repeat(pad, 1)])
         inputs = self.policy.prepare(take(batch.obs, idx.numpy()), self.device)
         mask = valid.to(self.device)
-        ev = self.policy.evaluate(inputs, batch.actions[idx].to(self.device), self.temperature)
+        # bf16 autocast on CUDA for the model; the policies return fp32 log-probs, so the
+        # ratio and loss below are computed in fp32.
+        with torch.autocast("cuda", dtype=torch.bfloat16,
+                            enabled=cfg.bf16 and self.device.type == "cuda"):
+            ev = self.policy.evaluate(inputs, batch.actions[idx].to(self.device),
+                                      self.temperature)
         pg_loss, m = ppo_actor_loss(
             ev.logprobs, batch.old_logprobs[idx].to(self.device),
             batch.advantages[idx].to(self.device), mask, cfg.clip_ratio_low,

@@ -166,15 +166,15 @@ def test_rlinf_style_keys(tmp_path, ckpts):
                                     f"rollout.model.model_path={run}",
                                     "actor.model.unnorm_key=libero_spatial",
                                     "actor.model.starvla.framework_name=QwenOFT",
-                                    "actor.model.expected_action_dim=7",
-                                    "actor.model.expected_num_action_chunks=8"])
+                                    "actor.model.starvla.expected_action_dim=7",
+                                    "actor.model.starvla.expected_num_action_chunks=8"])
     assert cfg.model.model_path == str(run) and cfg.model.unnorm_key == "libero_spatial"
     with pytest.raises(ConfigError, match="rollout.model.model_path.*differs"):
         load_config(None, base + [f"actor.model.model_path={run}",
                                   "rollout.model.model_path=/elsewhere"])
     with pytest.raises(ConfigError, match="expected_num_action_chunks=16"):
         load_config(None, base + [f"model.model_path={run}",
-                                  "actor.model.expected_num_action_chunks=16"])
+                                  "actor.model.starvla.expected_num_action_chunks=16"])
 
 
 def test_build_policy_then_chunkrl_checkpoint(ckpts, tmp_path):
