@@ -109,8 +109,9 @@ class ModelConfig:
     ``rollout.model.model_path`` must equal ``actor.model.model_path`` (see the loader).
     """
 
-    kind: Literal["cnn_gaussian", "qwen_oft"] = opt(
-        "cnn_gaussian", "policy family: cnn_gaussian (small CPU policy) or qwen_oft")
+    kind: Literal["cnn_gaussian", "qwen_oft", "openvla_oft"] = opt(
+        "cnn_gaussian", "policy family: cnn_gaussian (small CPU policy), qwen_oft or "
+        "openvla_oft")
     num_action_chunks: int = opt(8, "T: actions per chunk")
     action_dim: int = opt(7, "D: action dimension")
     state_dim: int = opt(8, "dimension of the state vector the policy reads")
@@ -133,7 +134,12 @@ class ModelConfig:
     use_wrist_image: bool = opt(True, "qwen_oft: the prompt holds the wrist camera too")
     starvla: StarVLAConfig = field(default_factory=StarVLAConfig,
                                    metadata={"doc": "StarVLA checkpoint settings"})
-    lora_rank: int = opt(0, "qwen_oft: LoRA rank on the backbone via peft (0: full model)")
+    lora_rank: int = opt(0, "VLAs: a new LoRA of this rank on the backbone via peft (0: "
+                         "train the full model)")
+    lora_path: str = opt("", "VLAs: a peft LoRA adapter directory to load (and train)")
+    top_k: int = opt(0, "openvla_oft: sample among the k likeliest bins (0: all 256)")
+    action_vocab_size: int = opt(0, "openvla_oft: the action bins are the 256 ids below this "
+                                 "(0: the LM's vocab_size; OpenVLA's Llama: 32000)")
     gradient_checkpointing: bool = opt(False, "qwen_oft: recompute backbone activations "
                                        "in the learner's backward pass (saves GPU memory)")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = opt(
@@ -251,7 +257,9 @@ def validate(cfg: Config) -> list[str]:
         (a.max_unacked_episodes >= a.group_size,
          "actor.max_unacked_episodes must hold at least one group"),
         (m.num_action_chunks >= 1 and m.action_dim >= 2, "model needs T >= 1 and D >= 2"),
-        (m.kind != "qwen_oft" or m.model_path, "model.kind=qwen_oft needs model.model_path"),
+        (m.kind == "cnn_gaussian" or m.model_path, f"model.kind={m.kind} needs model.model_path"),
+        (m.top_k >= 0 and not (m.lora_rank and m.lora_path),
+         "model.top_k >= 0; set model.lora_rank or model.lora_path, not both"),
         (m.starvla.expected_action_dim in (0, m.action_dim),
          f"model.starvla.expected_action_dim={m.starvla.expected_action_dim} but "
          f"model.action_dim={m.action_dim}"),

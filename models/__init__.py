@@ -37,6 +37,10 @@ def _fresh_policy(cfg: ModelConfig) -> Policy:
         from models.vla_loading import load_qwen_oft
 
         return load_qwen_oft(cfg)
+    if cfg.kind == "openvla_oft":
+        from models.vla_loading import load_openvla_oft
+
+        return load_openvla_oft(cfg)
     if cfg.kind == "cnn_gaussian":
         from models.cnn_policy import CNNGaussianPolicy
 
@@ -46,7 +50,8 @@ def _fresh_policy(cfg: ModelConfig) -> Policy:
             conv_channels=cfg.conv_channels, embed_dim=cfg.embed_dim,
             vocab_size=cfg.vocab_size, init_log_std=cfg.init_log_std,
             value_head=cfg.value_head, image_resolution=cfg.image_resolution)
-    raise ValueError(f"unknown model.kind {cfg.kind!r}; valid: ['cnn_gaussian', 'qwen_oft']")
+    raise ValueError(f"unknown model.kind {cfg.kind!r}; valid: ['cnn_gaussian', 'qwen_oft', "
+                     "'openvla_oft']")
 
 
 def pick_device(name: str) -> torch.device:

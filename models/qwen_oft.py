@@ -89,6 +89,48 @@ def build_prompt(instruction: str, num_images: int, chunk: int) -> str:
             f"<|im_end|>\n<|im_start|>assistant\n")
 
 
+def camera_views(obs: EnvObs, use_wrist: bool) -> list[np.ndarray]:
+    """The image batches a prompt shows: main, and wrist when ``use_wrist``."""
+    if not use_wrist:
+        return [obs.main_images]
+    if obs.wrist_images is None:
+        raise ValueError("the policy reads the wrist camera (model.use_wrist_image) but "
+                         "the env sends none")
+    return [obs.main_images, obs.wrist_images]
+
+
+def encode_batch(tokenizer, image_processor, prompts: list[str], views: list[np.ndarray],
+                 device: torch.device) -> dict:
+    """Token ids (left-padded) and pixel patches for Qwen2.5-VL; prompt i shows image i of
+    every view, in order, each as one ``<|image_pad|>`` expanded to its token count."""
+    images = [np.ascontiguousarray(v[i]) for i in range(len(prompts)) for v in views]
+    pix = image_processor(images=images, return_tensors="pt")
+    grid = pix["image_grid_thw"]
+    merge = int(getattr(image_processor, "merge_size", 2))
+    counts = (grid.prod(-1) // (merge ** 2)).tolist()
+    texts = []
+    for i, prompt in enumerate(prompts):
+        for n in counts[i * len(views):(i + 1) * len(views)]:
+            prompt = prompt.replace(IMAGE_PAD, "\0" * n, 1)
+        texts.append(prompt.replace("\0", IMAGE_PAD))
+    tok = tokenizer(texts, padding=True, padding_side="left", return_tensors="pt",
+                    add_special_tokens=False)
+    return {"input_ids": tok["input_ids"].to(device),
+            "attention_mask": tok["attention_mask"].to(device),
+            "pixel_values": pix["pixel_values"].to(device),
+            "image_grid_thw": grid.to(device)}
+
+
+def backbone_states(vlm, inputs: dict) -> torch.Tensor:
+    """Last hidden states [B,L,H] of the Qwen2.5-VL (after the final norm, no LM head),
+    under LoRA's wrapper if any."""
+    base = vlm.get_base_model() if hasattr(vlm, "get_base_model") else vlm
+    out = base.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                     pixel_values=inputs["pixel_values"].to(base.dtype),
+                     image_grid_thw=inputs["image_grid_thw"])
+    return out.last_hidden_state
+
+
 class QwenOFTPolicy(Policy):
     """Qwen2.5-VL backbone + chunk regression head + Gaussian; see the module docstring."""
 
@@ -108,45 +150,17 @@ class QwenOFTPolicy(Policy):
         if self.action_token_id is None or self.action_token_id == tokenizer.unk_token_id:
             ids = tokenizer(ACTION_TOKEN, add_special_tokens=False)["input_ids"]
             self.action_token_id = ids[0]  # as StarVLA: the first id of the query string
-        self.merge = int(getattr(image_processor, "merge_size", 2))
 
     # --- inputs ------------------------------------------------------------------------
     def prepare(self, obs: EnvObs, device: torch.device) -> dict:
-        views = [obs.main_images]
-        if self.use_wrist:
-            if obs.wrist_images is None:
-                raise ValueError("the QwenOFT policy reads the wrist camera "
-                                 "(model.use_wrist_image) but the env sends none")
-            views.append(obs.wrist_images)
-        images = [np.ascontiguousarray(v[i]) for i in range(len(obs)) for v in views]
-        pix = self.image_processor(images=images, return_tensors="pt")
-        grid = pix["image_grid_thw"]
-        counts = (grid.prod(-1) // (self.merge ** 2)).tolist()
-        texts = []
-        for i, instruction in enumerate(obs.task_descriptions):
-            prompt = build_prompt(instruction, len(views), self.num_action_chunks)
-            for n in counts[i * len(views):(i + 1) * len(views)]:
-                prompt = prompt.replace(IMAGE_PAD, "\0" * n, 1)
-            texts.append(prompt.replace("\0", IMAGE_PAD))
-        tok = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt",
-                             add_special_tokens=False)
-        return {"input_ids": tok["input_ids"].to(device),
-                "attention_mask": tok["attention_mask"].to(device),
-                "pixel_values": pix["pixel_values"].to(device),
-                "image_grid_thw": grid.to(device)}
+        views = camera_views(obs, self.use_wrist)
+        prompts = [build_prompt(text, len(views), self.num_action_chunks)
+                   for text in obs.task_descriptions]
+        return encode_batch(self.tokenizer, self.image_processor, prompts, views, device)
 
     # --- the model ---------------------------------------------------------------------
-    def _backbone(self):
-        """The Qwen2_5_VLModel (hidden states, no LM head), under LoRA's wrapper if any."""
-        base = self.vlm.get_base_model() if hasattr(self.vlm, "get_base_model") else self.vlm
-        return base.model
-
     def _query_states(self, inputs: dict) -> torch.Tensor:
-        out = self._backbone()(input_ids=inputs["input_ids"],
-                             attention_mask=inputs["attention_mask"],
-                             pixel_values=inputs["pixel_values"].to(self.vlm.dtype),
-                             image_grid_thw=inputs["image_grid_thw"])
-        h = out.last_hidden_state  # after the final norm: StarVLA's hidden_states[-1]
+        h = backbone_states(self.vlm, inputs)  # StarVLA's hidden_states[-1]
         is_query = inputs["input_ids"] == self.action_token_id
         counts = is_query.sum(1)
         t = self.num_action_chunks

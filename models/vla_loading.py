@@ -13,12 +13,17 @@
   qwen2_5_vl``, tokenizer, ``preprocessor_config.json``): the backbone is loaded and the
   action head is freshly initialised, with a warning.
 
+OpenVLA-OFT (:func:`load_openvla_oft`) reads a Hugging Face VLM directory with its
+``dataset_statistics.json``, and a peft LoRA adapter directory (``model.lora_path``, as
+RLinf publishes ``lora_XXXXXX/``) on top.
+
 A missing file, a mismatched action dimension or chunk length, or an unknown framework
 name fails with a message that names it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -163,8 +168,42 @@ def _load_starvla_weights(policy, ckpt: Path) -> None:
                                   f"({str(exc).splitlines()[0]} ...)") from exc
 
 
+def load_openvla_oft(cfg: ModelConfig):
+    """OpenVLA-OFT decoding over the VLM of ``cfg.model_path`` (a Hugging Face directory
+    with ``dataset_statistics.json``), with the LoRA adapter of ``cfg.lora_path`` if set."""
+    from models.openvla_oft import OpenVLAOFTPolicy
+
+    path = Path(cfg.model_path)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"model.model_path {str(path)!r} has no config.json: give a "
+                              "Hugging Face model directory")
+    if "auto_map" in json.loads((path / "config.json").read_text()):
+        raise CheckpointError(f"{path} is a remote-code checkpoint (OpenVLA's Prismatic); "
+                              "chunkrl runs OpenVLA-OFT decoding on transformers' own VLMs "
+                              "(Qwen2.5-VL) and does not execute checkpoint code")
+    vlm, tokenizer, image_processor = _load_backbone(path, cfg)
+    # The gripper stays a bin centre: the env's ``openvla`` convention binarises it.
+    norm = dataclasses.replace(_statistics(path, cfg), binarize_gripper=False)
+    if norm.dim is not None and norm.dim != cfg.action_dim:
+        raise CheckpointError(f"dataset_statistics.json[{cfg.unnorm_key!r}] has {norm.dim}-D "
+                              f"actions but model.action_dim={cfg.action_dim}")
+    policy = OpenVLAOFTPolicy(vlm, tokenizer, image_processor, cfg.num_action_chunks,
+                              cfg.action_dim, cfg.action_vocab_size, cfg.use_wrist_image,
+                              cfg.top_k, cfg.value_head, norm)
+    _finish(policy, cfg)
+    return policy
+
+
 def _finish(policy, cfg: ModelConfig) -> None:
     """LoRA and gradient checkpointing on the backbone, as configured."""
+    if cfg.lora_path:
+        from peft import PeftModel
+
+        adapter = Path(cfg.lora_path)
+        if not (adapter / "adapter_config.json").is_file():
+            raise CheckpointError(f"model.lora_path {str(adapter)!r} has no "
+                                  "adapter_config.json: give a peft adapter directory")
+        policy.vlm = PeftModel.from_pretrained(policy.vlm, str(adapter), is_trainable=True)
     if cfg.lora_rank:
         from peft import LoraConfig, get_peft_model
 

@@ -208,3 +208,24 @@ def test_launch_trains_tiny_qwen_oft_on_the_synthetic_task(ckpts, tmp_path):
     assert summary["updates"] == 2 and summary["duplicates"] == 0
     server = json.loads((tmp_path / "run" / "inference-0.json").read_text())
     assert server["policy_version"] == 2 and server["rows"] > 0
+
+
+@pytest.mark.slow
+def test_launch_trains_tiny_qwen_oft_on_libero(ckpts, tmp_path):
+    import subprocess
+    import sys
+
+    _, run = ckpts
+    overrides = small_overrides(tmp_path, **{
+        "model.kind": "qwen_oft", "model.model_path": run, "model.use_wrist_image": True,
+        "model.unnorm_key": "libero_spatial", "model.init_log_std": -2.5,
+        "env.gripper_convention": "starvla", "env.image_size": 64,
+        "env.max_episode_steps": 16, "env.progress_reward": 0.0, "run.total_updates": 2,
+        "actor.num_actors": 1, "actor.envs_per_actor": 4, "actor.group_size": 2,
+        "learner.groups_per_update": 1, "learner.micro_batch_size": 8})
+    result = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--config",
+                             str(ROOT / "configs/libero_spatial_grpo_tiny.yaml"), *overrides],
+                            capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    summary = json.loads((tmp_path / "run" / "learner_summary.json").read_text())
+    assert summary["updates"] == 2 and summary["episodes_received"] >= 4

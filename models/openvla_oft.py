@@ -1,0 +1,122 @@
+"""OpenVLA-OFT's parallel action decoding on a transformers VLM.
+
+The prompt is OpenVLA's (``In: What action should the robot take to <instruction>?
+Out: ``) after the images, followed by T*D placeholder tokens. One forward pass gives,
+at the last prompt token and the first T*D-1 placeholders, the logits of the T*D action
+tokens (as OFT decodes them in parallel). Only the last 256 vocabulary ids are action
+bins (:mod:`models.action_tokens`), so only those rows of the LM head are applied.
+
+Sampling: logits / temperature, then top-k (``model.top_k``; 0 = off), softmax; the mode
+in deterministic mode. Log-probs are per token ([B,T,D]) under that processed
+distribution, of the token the action encodes back to (the two top ids decode alike).
+Tokens decode to normalised actions, un-normalised with the q01/q99 statistics of
+``unnorm_key``; the learner maps stored env actions back to tokens.
+An optional value head (an MLP, as RLinf's) reads the last prompt token.
+
+The backbone here is transformers' Qwen2.5-VL (the VLM this project builds on); OpenVLA's
+own Prismatic checkpoints need their remote code and are refused with a clear message.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from envs.base import EnvObs
+from models.action_norm import ActionNorm
+from models.action_tokens import NUM_BINS, actions_to_tokens, bin_index, tokens_to_actions
+from models.base import Evaluation, Policy, PolicyOutput
+from models.qwen_oft import (IMAGE_PAD, VISION_END, VISION_START, backbone_states,
+                             camera_views, encode_batch)
+
+PLACEHOLDER = "<|endoftext|>"
+
+
+def build_prompt(instruction: str, num_images: int, num_tokens: int) -> str:
+    """OpenVLA's question after the images, then ``num_tokens`` action placeholders."""
+    images = f"{VISION_START}{IMAGE_PAD}{VISION_END}" * num_images
+    return (f"{images}In: What action should the robot take to {instruction.lower()}?\n"
+            f"Out: {PLACEHOLDER * num_tokens}")
+
+
+class OpenVLAOFTPolicy(Policy):
+    """Parallel-decoded action tokens over a VLM; see the module docstring."""
+
+    def __init__(self, vlm, tokenizer, image_processor, num_action_chunks: int,
+                 action_dim: int, vocab_size: int = 0, use_wrist: bool = False,
+                 top_k: int = 0, value_head: bool = False, norm: Optional[ActionNorm] = None):
+        super().__init__()
+        self.vlm, self.tokenizer, self.image_processor = vlm, tokenizer, image_processor
+        self.num_action_chunks, self.action_dim = num_action_chunks, action_dim
+        self.vocab_size = vocab_size or vlm.config.get_text_config().vocab_size
+        if self.vocab_size < NUM_BINS:
+            raise ValueError(f"a vocabulary of {self.vocab_size} ids cannot end with "
+                             f"{NUM_BINS} action bins")
+        self.use_wrist, self.top_k, self.norm = use_wrist, top_k, norm or ActionNorm()
+        hidden = vlm.config.get_text_config().hidden_size
+        self.has_value_head = value_head
+        self.value_head = nn.Sequential(
+            nn.Linear(hidden, 512), nn.GELU(), nn.Linear(512, 128), nn.GELU(),
+            nn.Linear(128, 1, bias=False)) if value_head else None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_action_chunks * self.action_dim
+
+    def prepare(self, obs: EnvObs, device: torch.device) -> dict:
+        views = camera_views(obs, self.use_wrist)
+        prompts = [build_prompt(text, len(views), self.num_tokens)
+                   for text in obs.task_descriptions]
+        return encode_batch(self.tokenizer, self.image_processor, prompts, views, device)
+
+    def _logits(self, inputs: dict) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Processed action-bin logits [B,T*D,256] (temperature, top-k applied later)."""
+        h = backbone_states(self.vlm, inputs)
+        n = self.num_tokens
+        # Left padding puts every row's placeholders at the end: position p predicts p+1.
+        states = h[:, -n - 1:-1]
+        base = self.vlm.get_base_model() if hasattr(self.vlm, "get_base_model") else self.vlm
+        head = base.lm_head.weight[self.vocab_size - NUM_BINS:self.vocab_size]
+        logits = (states @ head.T.to(states.dtype)).float()
+        value = None
+        if self.value_head is not None:
+            value = self.value_head(h[:, -n - 1]).squeeze(-1).float()
+        return logits, value
+
+    def _process(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        logits = logits / temperature
+        if self.top_k and self.top_k < NUM_BINS:
+            kth = logits.topk(self.top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return logits.log_softmax(-1)
+
+    def _shape(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], self.num_action_chunks, self.action_dim)
+
+    def act(self, inputs: dict, deterministic: bool, temperature: float) -> PolicyOutput:
+        logits, value = self._logits(inputs)
+        logp = self._process(logits, temperature)
+        if deterministic:
+            choice = logp.argmax(-1)
+        else:
+            choice = torch.multinomial(logp.exp().flatten(0, 1), 1).view(logp.shape[:2])
+        tokens = choice + (self.vocab_size - NUM_BINS)
+        normalised = tokens_to_actions(tokens, self.vocab_size)
+        actions = self.norm.to_env(self._shape(normalised))
+        # Ids vocab-256 and vocab-255 decode to the same action, which encodes back to
+        # vocab-255: score that token, the one the learner will recover from the action.
+        scored = bin_index(actions_to_tokens(normalised, self.vocab_size), self.vocab_size)
+        logprobs = logp.gather(-1, scored.unsqueeze(-1)).squeeze(-1)
+        return PolicyOutput(actions, self._shape(logprobs), value)
+
+    def evaluate(self, inputs: dict, actions: torch.Tensor, temperature: float) -> Evaluation:
+        logits, value = self._logits(inputs)
+        logp = self._process(logits, temperature)
+        normalised = self.norm.to_policy(actions.to(logits.device)).flatten(1)
+        choice = bin_index(actions_to_tokens(normalised, self.vocab_size), self.vocab_size)
+        logprobs = logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+        probs = logp.exp()
+        entropy = -(probs * logp.masked_fill(probs == 0, 0.0)).sum(-1)
+        return Evaluation(self._shape(logprobs), self._shape(entropy), value)

@@ -1,0 +1,152 @@
+"""OpenVLA-OFT: the token<->action mapping, parallel decoding, LoRA adapters, a launch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from configs import ModelConfig
+from envs.base import EnvObs
+from models.action_tokens import CENTRES, actions_to_tokens, tokens_to_actions
+from models.vla_loading import CheckpointError, load_openvla_oft
+from tests.conftest import ROOT, small_overrides
+from tests.vla_factory import STATS, make_qwen_vl
+
+CPU = torch.device("cpu")
+
+
+def test_token_action_mapping_on_known_pairs():
+    v = 32000  # OpenVLA's Llama vocabulary
+    ids = torch.tensor([v - 256, v - 255, v - 129, v - 128, v - 1, v - 300])
+    got = tokens_to_actions(ids, v)
+    want = [0.99608, 0.99608, 0.00784, 0.0, -0.99608, 0.99608]  # v-300: k clipped to 254
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
+    assert actions_to_tokens(torch.tensor([-1.0, 1.0, 0.0, 5.0]), v).tolist() == [
+        v - 1, v - 256, v - 128, v - 256]
+    # Every bin centre encodes to the token that decodes to it.
+    tokens = torch.arange(v - 255, v)
+    assert torch.equal(actions_to_tokens(tokens_to_actions(tokens, v), v), tokens)
+    assert len(CENTRES) == 255 and CENTRES[0] == pytest.approx(-0.99608, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    folder = make_qwen_vl(tmp_path_factory.mktemp("ovla") / "openvla-oft-tiny")
+    (folder / "dataset_statistics.json").write_text(json.dumps(
+        {"libero_spatial_no_noops": STATS}))
+    return folder
+
+
+def _obs(b=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return EnvObs(rng.integers(0, 255, (b, 48, 48, 3), dtype=np.uint8),
+                  np.zeros((b, 8), np.float32), ["Pick up the bowl", "open it", "go"][:b])
+
+
+def _cfg(path, **kw):
+    return ModelConfig(**{"kind": "openvla_oft", "model_path": str(path),
+                          "use_wrist_image": False, "unnorm_key": "libero_spatial", **kw})
+
+
+def test_parallel_decoding_shapes_and_logprob_agreement(base):
+    policy = load_openvla_oft(_cfg(base, value_head=True))
+    inputs = policy.prepare(_obs(), CPU)
+    with torch.no_grad():
+        out = policy.act(inputs, False, 1.6)
+        again = policy.evaluate(inputs, out.actions, 1.6)
+        mode = policy.act(inputs, True, 1.0)
+        logits = policy._logits(inputs)[0]
+    assert out.actions.shape == out.logprobs.shape == (3, 8, 7) and out.values.shape == (3,)
+    assert logits.shape == (3, 56, 256)
+    assert (again.logprobs - out.logprobs).abs().max().item() <= 1e-5
+    assert bool((out.logprobs <= 0).all()) and bool(torch.isfinite(out.logprobs).all())
+    # Deterministic: each token is the argmax bin, un-normalised with q01/q99.
+    expected = tokens_to_actions(logits.argmax(-1) + policy.vocab_size - 256,
+                                 policy.vocab_size).view(3, 8, 7)
+    torch.testing.assert_close(mode.actions, policy.norm.to_env(expected))
+    low, high = torch.tensor(STATS["action"]["q01"]), torch.tensor(STATS["action"]["q99"])
+    assert bool(((out.actions[..., :6] >= low[:6]) & (out.actions[..., :6] <= high[:6])).all())
+    assert again.entropy.shape == (3, 8, 7) and bool((again.entropy > 0).all())
+    # The prompt ends with the T*D placeholders.
+    placeholder = policy.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert bool((inputs["input_ids"][:, -56:] == placeholder).all())
+
+
+def test_top_k_limits_the_sampled_bins(base):
+    policy = load_openvla_oft(_cfg(base, top_k=3))
+    inputs = policy.prepare(_obs(2), CPU)
+    with torch.no_grad():
+        logits = policy._logits(inputs)[0]
+        top3 = logits.topk(3, -1).indices + policy.vocab_size - 256
+        top3 = actions_to_tokens(tokens_to_actions(top3, policy.vocab_size), policy.vocab_size)
+        for seed in range(3):
+            torch.manual_seed(seed)
+            out = policy.act(inputs, False, 2.0)
+            normalised = policy.norm.to_policy(out.actions).flatten(1)
+            chosen = actions_to_tokens(normalised, policy.vocab_size)
+            assert bool((chosen.unsqueeze(-1) == top3).any(-1).all())
+
+
+def test_lora_adapter_directory(base, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    policy = load_openvla_oft(_cfg(base))
+    inputs = policy.prepare(_obs(2), CPU)
+    with torch.no_grad():
+        plain = policy._logits(inputs)[0]
+    adapted = get_peft_model(policy.vlm, LoraConfig(r=4, lora_alpha=4,
+                                                    target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a trained adapter is not the identity
+    adapted.save_pretrained(tmp_path / "lora_004000")
+    policy.vlm = adapted
+    with torch.no_grad():
+        want = policy._logits(inputs)[0]
+    loaded = load_openvla_oft(_cfg(base, lora_path=str(tmp_path / "lora_004000")))
+    with torch.no_grad():
+        got = loaded._logits(inputs)[0]
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, plain)
+    trainable = [n for n, p in loaded.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable if n.startswith("vlm."))
+
+
+def test_loading_errors(base, tmp_path):
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        load_openvla_oft(_cfg(tmp_path))
+    remote = tmp_path / "prismatic"
+    shutil.copytree(base, remote)
+    conf = json.loads((remote / "config.json").read_text())
+    conf["auto_map"] = {"AutoModelForVision2Seq": "modeling_prismatic.OpenVLAForActionPrediction"}
+    (remote / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(CheckpointError, match="remote-code checkpoint"):
+        load_openvla_oft(_cfg(remote))
+    with pytest.raises(CheckpointError, match="no adapter_config.json"):
+        load_openvla_oft(_cfg(base, lora_path=str(tmp_path)))
+    with pytest.raises(ValueError, match="'bridge' is not in"):
+        load_openvla_oft(_cfg(base, unnorm_key="bridge"))
+
+
+@pytest.mark.slow
+def test_launch_trains_tiny_openvla_oft(base, tmp_path):
+    import subprocess
+    import sys
+
+    overrides = small_overrides(tmp_path, **{
+        "model.kind": "openvla_oft", "model.model_path": base, "model.use_wrist_image": False,
+        "model.unnorm_key": "", "run.total_updates": 2, "actor.num_actors": 1,
+        "actor.envs_per_actor": 4, "actor.group_size": 2, "learner.groups_per_update": 1,
+        "env.image_size": 56, "learner.micro_batch_size": 8, "inference.temperature": 1.6})
+    result = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--config",
+                             str(ROOT / "configs/synthetic_grpo.yaml"), *overrides],
+                            capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    summary = json.loads((tmp_path / "run" / "learner_summary.json").read_text())
+    assert summary["updates"] == 2 and summary["duplicates"] == 0
