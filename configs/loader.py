@@ -59,6 +59,7 @@ def _rlinf_aliases(raw: dict) -> None:
                 raise ConfigError(f"actor.model.{key}={value!r} contradicts "
                                   f"model.{key}={model[key]!r}; set one of them")
             model[key] = value
+        _rlinf_model_keys(model)
     if "rollout" not in raw:
         return
     rollout = raw.pop("rollout")
@@ -74,6 +75,22 @@ def _rlinf_aliases(raw: dict) -> None:
                           "the learner run one model")
     if path:
         model["model_path"] = path
+
+
+def _rlinf_model_keys(model: dict) -> None:
+    """RLinf's names for model fields: model_type is kind, num_images_in_input (1 or 2)
+    says whether the wrist camera is shown, use_proprio must be false (not read)."""
+    if "model_type" in model:
+        model.setdefault("kind", model.pop("model_type"))
+    if "num_images_in_input" in model:
+        n = model.pop("num_images_in_input")
+        if n not in (1, 2):
+            raise ConfigError(f"actor.model.num_images_in_input={n!r}: 1 (main camera) or 2 "
+                              "(main and wrist)")
+        model["use_wrist_image"] = n == 2
+    if model.pop("use_proprio", False):
+        raise ConfigError("actor.model.use_proprio=true: chunkrl's VLA policies do not read "
+                          "the robot state; set it to false")
 
 
 def to_dict(cfg) -> dict:

@@ -150,3 +150,15 @@ def test_launch_trains_tiny_openvla_oft(base, tmp_path):
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     summary = json.loads((tmp_path / "run" / "learner_summary.json").read_text())
     assert summary["updates"] == 2 and summary["duplicates"] == 0
+
+
+def test_rlinf_openvla_keys(tmp_path):
+    from configs import ConfigError, load_config
+
+    cfg = load_config(ROOT / "configs/libero_spatial_grpo_openvlaoft.yaml",
+                      ["actor.model.num_images_in_input=2"])
+    assert cfg.model.kind == "openvla_oft" and cfg.model.use_wrist_image
+    assert cfg.model.model_path.endswith("Openvla-oft-SFT-libero-spatial-traj1")
+    with pytest.raises(ConfigError, match="use_proprio=true"):
+        load_config(ROOT / "configs/libero_spatial_grpo_openvlaoft.yaml",
+                    ["actor.model.use_proprio=true"])
