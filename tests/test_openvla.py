@@ -162,3 +162,23 @@ def test_rlinf_openvla_keys(tmp_path):
     with pytest.raises(ConfigError, match="use_proprio=true"):
         load_config(ROOT / "configs/libero_spatial_grpo_openvlaoft.yaml",
                     ["actor.model.use_proprio=true"])
+
+
+@pytest.mark.slow
+def test_launch_trains_tiny_openvla_oft_on_libero(base, tmp_path):
+    import subprocess
+    import sys
+
+    overrides = small_overrides(tmp_path, **{
+        "model.kind": "openvla_oft", "model.model_path": base, "model.use_wrist_image": False,
+        "model.unnorm_key": "libero_spatial", "env.gripper_convention": "openvla",
+        "env.wrist_camera": False, "env.image_size": 64, "env.max_episode_steps": 16,
+        "env.progress_reward": 0.0, "run.total_updates": 2, "actor.num_actors": 1,
+        "actor.envs_per_actor": 4, "actor.group_size": 2, "learner.groups_per_update": 1,
+        "learner.micro_batch_size": 8, "inference.temperature": 1.6})
+    result = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--config",
+                             str(ROOT / "configs/libero_spatial_grpo_tiny.yaml"), *overrides],
+                            capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    summary = json.loads((tmp_path / "run" / "learner_summary.json").read_text())
+    assert summary["updates"] == 2 and summary["episodes_received"] >= 4
