@@ -1,39 +1,36 @@
 """Policy throughput: inference action-chunks/s and learner samples/s, each with a baseline.
 
 What it measures
-    Models (--models): ``cnn``, the small CPU policy (``build_policy(ModelConfig())``), and
-    ``qwen_oft_tiny``, QwenOFT loaded by ``load_qwen_oft`` from a StarVLA run made in a
-    temporary folder around tests/vla_factory's tiny random Qwen2.5-VL (hidden 64, 2
-    layers, byte-level tokenizer; its image processor shrinks images to at most 112x112,
-    16 tokens an image). Both on --device (cpu).
+    ``cnn``: the small CPU policy (``build_policy(ModelConfig())``). ``qwen_oft_tiny``:
+    QwenOFT loaded by ``load_qwen_oft`` from a StarVLA run, made in a temporary folder
+    around tests/vla_factory's tiny random Qwen2.5-VL (hidden 64, 2 layers, byte-level
+    tokenizer, images shrunk to <= 112x112: 16 tokens each). Both on --device (cpu).
+    ``qwen_oft_3b`` (--full-size, CUDA): QwenOFT on the Qwen2.5-VL-3B architecture from its
+    published config values, random weights, all bf16, batch --full-batch. Its tokenizer
+    would need a download, so its ``prepare`` runs the real image processor and builds the
+    ids itself: StarVLA's prompt shape, 64 image pads a 224x224 image, T query tokens.
 
-    inference, for each batch B (--batches) of random observations (main and wrist uint8
-    images S x S, 8-D states, instructions), under no_grad, side by side in one run:
-      end to end  ``policy.act(policy.prepare(obs), deterministic=False, temperature=1)``,
-                  an inference server's pass (InferenceCore)
-      forward     the baseline: the model alone on inputs prepared beforehand (QwenOFT:
+    inference, per batch B (--batches) of random observations (main + wrist uint8 images
+    S x S, 8-D states, instructions), under no_grad:
+      end to end  ``policy.act(policy.prepare(obs), False, 1.0)``: an InferenceCore pass
+      forward     baseline: the model alone on inputs prepared beforehand (QwenOFT:
                   backbone + head, ``policy._heads``; CNN: ``policy.act``)
       chunks/s = B / seconds a call; end/forward < 1 is the cost of ``prepare`` (prompts,
-      tokenizer, image processor).
-    learner: a real TrainBatch of --learner-batch chunks from synthetic-env episodes that
-    the policy itself acted (QwenOFT's wrist image: a copy of the main camera), micro-
-    batches of --micro-batch:
-      step        ``Learner.step(batch)``: prepare, evaluate, PPO loss, backward, clip, Adam
-      fwd+bwd     the baseline: ``policy.evaluate`` + backward of the log-probs' sum on the
-                  same micro-batches, prepared beforehand; no loss, no optimiser
-    full size (--full-size, CUDA only): the Qwen2.5-VL-3B architecture from its published
-    config values, random weights, bf16, QwenOFT's head, 224x224 images (64 tokens each,
-    main + wrist), ids built directly (its tokenizer would need a download): forward vs
-    image processor + forward chunks/s at --full-batch, and forward+backward samples/s in
-    micro-batches of --full-micro-batch. The GPU is named in the output.
-
-    Each figure is the median of --repeats rounds of --seconds (at least one call) after
-    one warm-up call; the rounds alternate the order of the two paths against drift.
+      tokenizer, image processor, copies to the device).
+    learner, on a TrainBatch of --learner-batch chunks from synthetic-env episodes that
+    the policy itself acted (QwenOFT's wrist image: a flipped copy of the main one):
+      step        ``Learner.step(batch)``, micro-batches of --micro-batch: prepare,
+                  evaluate, PPO loss, backward; clip, Adam
+      fwd+bwd     baseline: ``policy.evaluate`` + backward of the log-probs' sum on the same
+                  micro-batches, prepared beforehand; no loss, no optimiser
+    Figures: median of --repeats rounds of --seconds (>= one call) after a warm-up call,
+    the two paths in alternating order, side by side in one run; --threads torch threads
+    (1, as run.torch_threads: steady on a shared machine). Default run: ~2.5 min, 2 cores.
 
 How to run
-    .venv/bin/python benchmarks/models.py                 # CPU, both tiny models
-    .venv/bin/python benchmarks/models.py --batches 1,8 --seconds 0.5 --repeats 1
-    .venv/bin/python benchmarks/models.py --models qwen_oft_tiny --full-size --json m.json
+    .venv/bin/python benchmarks/models.py                 # CPU: both tiny models
+    .venv/bin/python benchmarks/models.py --batches 1,8 --seconds 0.5 --repeats 1  # smoke
+    .venv/bin/python benchmarks/models.py --models cnn --full-size --json m.json  # a GPU
 Figures go to benchmarks/RESULTS.md by hand, with the command that produced them.
 """
 
@@ -59,7 +56,7 @@ import torch  # noqa: E402
 
 MODELS = ("cnn", "qwen_oft_tiny")
 COLOURS = ("red", "green", "blue", "yellow")
-# Qwen2.5-VL-3B-Instruct's published config.json values (no download).
+# Qwen2.5-VL-3B-Instruct's published config.json values (nothing is downloaded).
 QWEN25_VL_3B = dict(
     text_config=dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
                      num_attention_heads=16, num_key_value_heads=2, vocab_size=151936,
@@ -72,7 +69,7 @@ QWEN25_VL_3B = dict(
                        fullatt_block_indexes=[7, 15, 23, 31]),
     image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
     vision_end_token_id=151653, tie_word_embeddings=True)
-ACTION_ID = 145000  # stands in for the id of StarVLA's query token (any ordinary id)
+ACTION_ID = 145000  # stands in for the id of StarVLA's query token (an ordinary id)
 
 
 def measure(paths: dict, args, device: torch.device) -> dict:
@@ -86,38 +83,78 @@ def measure(paths: dict, args, device: torch.device) -> dict:
             fn, units = paths[name]
             sync()
             calls, start = 0, time.perf_counter()
-            while True:
+            while calls == 0 or elapsed < args.seconds:
                 fn()
                 sync()
-                calls += 1
-                elapsed = time.perf_counter() - start
-                if elapsed >= args.seconds:
-                    break
+                calls, elapsed = calls + 1, time.perf_counter() - start
             rates[name].append(units * calls / elapsed)
     return {name: statistics.median(v) for name, v in rates.items()}
 
 
-def random_obs(batch: int, size: int, seed: int = 0):
+def random_obs(batch: int, size: int):
     from envs.base import EnvObs
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)
     image = (lambda: rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
     return EnvObs(image(), rng.standard_normal((batch, 8), dtype=np.float32),
                   [f"put the {COLOURS[i % 4]} block in the basket" for i in range(batch)],
                   wrist_images=image())
 
 
-def build(name: str, tmp: Path):
+def build(name: str, tmp: Path, args):
     from configs import ModelConfig
     from models import build_policy
 
     if name == "cnn":
         return build_policy(ModelConfig())
+    if name == "qwen_oft_3b":
+        return full_size_policy(torch.device("cuda"), args.attn)
     from tests.vla_factory import make_qwen_vl, make_starvla_run
 
     run = make_starvla_run(tmp / "run", make_qwen_vl(tmp / "vlm"))
     return build_policy(ModelConfig(kind="qwen_oft", model_path=str(run),
                                     unnorm_key="libero_spatial"))
+
+
+def full_size_policy(device: torch.device, attn: str, config: dict = QWEN25_VL_3B):
+    """QwenOFT (T=8, D=7) on a random bf16 Qwen2.5-VL of ``config``, with a ``prepare``
+    that needs no tokenizer (see the module docstring)."""
+    from types import SimpleNamespace
+
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                              Qwen2VLImageProcessorPil)
+
+    from models.qwen_oft import QwenOFTPolicy
+
+    cfg = Qwen2_5_VLConfig(**config)
+    with device:  # random init straight on the device
+        vlm = Qwen2_5_VLForConditionalGeneration._from_config(
+            cfg, dtype=torch.bfloat16, attn_implementation=attn)
+    tokenizer = SimpleNamespace(convert_tokens_to_ids=lambda _: ACTION_ID, unk_token_id=None)
+    processor = Qwen2VLImageProcessorPil()  # its defaults keep 224x224 images as they are
+    policy = QwenOFTPolicy(vlm, tokenizer, processor, num_action_chunks=8, action_dim=7)
+    policy.to(device, torch.bfloat16)
+
+    def prepare(obs, dev: torch.device) -> dict:
+        b = len(obs)
+        pix = processor(images=[im for i in range(b) for im in (obs.main_images[i],
+                                                                obs.wrist_images[i])],
+                        return_tensors="pt")
+        grid = pix["image_grid_thw"]
+        per_image = int(grid[0].prod()) // cfg.vision_config.spatial_merge_size ** 2
+        assert bool((grid == grid[0]).all()), "images of one size give one grid"
+        image = [cfg.vision_start_token_id] + [cfg.image_token_id] * per_image + \
+            [cfg.vision_end_token_id]
+        rng = np.random.default_rng(0)
+        text = (lambda k: rng.integers(100, 100_000, (b, k)))  # system, task, suffix ids
+        ids = torch.from_numpy(np.concatenate(
+            [text(20), np.tile(image * 2, (b, 1)), text(24),
+             np.full((b, policy.num_action_chunks), ACTION_ID), text(8)], 1))
+        return {"input_ids": ids.to(dev), "attention_mask": torch.ones_like(ids).to(dev),
+                "pixel_values": pix["pixel_values"].to(dev), "image_grid_thw": grid.to(dev)}
+
+    policy.prepare = prepare
+    return policy
 
 
 def bench_inference(name: str, policy, args, device) -> list[dict]:
@@ -126,45 +163,44 @@ def bench_inference(name: str, policy, args, device) -> list[dict]:
     for b in args.batches:
         obs = random_obs(b, args.image_size)
         prepared = policy.prepare(obs, device)
-        model = (lambda: policy._heads(prepared)) if name != "cnn" else \
-            (lambda: policy.act(prepared, False, 1.0))
+        forward = (lambda: policy.act(prepared, False, 1.0)) if name == "cnn" else \
+            (lambda: policy._heads(prepared))
         with torch.no_grad():
             r = measure({"end_to_end": (lambda: policy.act(policy.prepare(obs, device),
                                                            False, 1.0), b),
-                         "forward": (model, b)}, args, device)
-        rows.append({"model": name, "batch": b, "image_size": args.image_size, **r,
-                     "ratio": r["end_to_end"] / r["forward"]})
+                         "forward": (forward, b)}, args, device)
+        rows.append({"model": name, "batch": b, **r, "ratio": r["end_to_end"] / r["forward"]})
         print(f"{name} inference B={b}: end to end {r['end_to_end']:.1f}, forward "
               f"{r['forward']:.1f} chunks/s", flush=True)
     return rows
 
 
-def learner_batch(policy, n: int, size: int, wrist: bool):
+def learner_batch(policy, n: int, size: int, device, wrist: bool):
     """A TrainBatch of exactly ``n`` chunks from episodes ``policy`` acted in the synthetic
-    env (8 chunks-long episodes at most; one episode per env gives >= n chunks)."""
+    env: 8-env groups, episodes of at most 3 chunks, one episode an env (>= n chunks)."""
     from actors.executor import IdSource, StageExecutor
     from configs import EnvConfig
     from envs import make_env, take
     from learner.batch import TrainBatch, build_batch
 
-    g, num_groups = 8, -(-n // 8)
+    g, groups = 8, -(-n // 8)
     env = make_env(EnvConfig(kind="synthetic", image_size=size, max_episode_steps=24),
-                   num_groups * g, g, policy.action_dim)
+                   groups * g, g, policy.action_dim)
     seeds = iter(range(10**6))
-    stage = StageExecutor(env, list(range(num_groups)), policy.num_action_chunks,
-                          IdSource(0), lambda group: next(seeds))
+    stage = StageExecutor(env, list(range(groups)), policy.num_action_chunks, IdSource(0),
+                          lambda group: next(seeds))
     done: dict = {}
     policy.eval()
-    while len(done) < num_groups or any(len(v) < g for v in done.values()):
+    while len(done) < groups or any(len(v) < g for v in done.values()):
         obs = stage.observe()
         if wrist:
-            obs = dataclasses.replace(obs, wrist_images=obs.main_images.copy())
+            obs = dataclasses.replace(obs, wrist_images=obs.main_images)
         with torch.no_grad():
-            out = policy.act(policy.prepare(obs, torch.device("cpu")), False, 1.0)
-        for ep in stage.execute(out.actions.float().numpy(), out.logprobs.float().numpy(),
-                                None, 0):
+            out = policy.act(policy.prepare(obs, device), False, 1.0)
+        for ep in stage.execute(out.actions.float().cpu().numpy(),
+                                out.logprobs.float().cpu().numpy(), None, 0):
             done.setdefault(ep.group_id, []).append(ep)
-    full = build_batch(list(done.values())[:num_groups])
+    full = build_batch(list(done.values())[:groups])
     obs = take(full.obs, np.arange(n))
     if wrist:
         obs = dataclasses.replace(obs, wrist_images=obs.main_images[:, ::-1].copy())
@@ -172,15 +208,13 @@ def learner_batch(policy, n: int, size: int, wrist: bool):
                       full.mask[:n], full.versions[:n])
 
 
-def bench_learner(name: str, policy, args, device) -> dict:
+def bench_learner(name: str, policy, args, device) -> list[dict]:
     from configs import LearnerConfig
     from envs import take
     from learner.core import Learner
 
-    batch = learner_batch(policy.cpu(), args.learner_batch, args.image_size, name != "cnn")
-    policy.to(device)
-    cfg = LearnerConfig(micro_batch_size=args.micro_batch)
-    learner = Learner(policy, cfg, 1.0, device)
+    batch = learner_batch(policy, args.learner_batch, args.image_size, device, name != "cnn")
+    learner = Learner(policy, LearnerConfig(micro_batch_size=args.micro_batch), 1.0, device)
     micro = [(policy.prepare(take(batch.obs, idx), device), batch.actions[idx].to(device))
              for idx in np.array_split(np.arange(len(batch)),
                                        -(-len(batch) // args.micro_batch))]
@@ -196,106 +230,114 @@ def bench_learner(name: str, policy, args, device) -> dict:
                  "fwd_bwd": (fwd_bwd, len(batch))}, args, device)
     print(f"{name} learner: step {r['step']:.1f}, fwd+bwd {r['fwd_bwd']:.1f} samples/s",
           flush=True)
-    return {"model": name, "batch": len(batch), "micro_batch": args.micro_batch,
-            "image_size": args.image_size, **r, "ratio": r["step"] / r["fwd_bwd"]}
+    return [{"model": name, "batch": len(batch), "micro_batch": args.micro_batch, **r,
+             "ratio": r["step"] / r["fwd_bwd"]}]
 
 
-# --- full size: Qwen2.5-VL-3B architecture, random bf16 weights (a GPU) ------------------
-
-def full_size_policy(device: torch.device, attn: str, config: dict = QWEN25_VL_3B):
-    from types import SimpleNamespace
-
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    from models.qwen_oft import QwenOFTPolicy
-
-    cfg = Qwen2_5_VLConfig(**config)
-    with device:  # random init straight on the device
-        vlm = Qwen2_5_VLForConditionalGeneration._from_config(
-            cfg, dtype=torch.bfloat16, attn_implementation=attn)
-    tokenizer = SimpleNamespace(convert_tokens_to_ids=lambda _: ACTION_ID, unk_token_id=None)
-    policy = QwenOFTPolicy(vlm, tokenizer, None, num_action_chunks=8, action_dim=7)
-    return policy.to(device, torch.bfloat16)
+def table(title: str, rows: list[dict], cols: dict) -> None:
+    """A Markdown table of ``rows``; ``cols`` maps headers to keys (a missing key: blank)."""
+    def cell(v):
+        return f"{v:,.{2 if abs(v) < 10 else 1}f}" if isinstance(v, float) else str(v)
+    cols = {h: k for h, k in cols.items() if any(k in r for r in rows)}
+    print(f"\n{title}\n\n| " + " | ".join(cols) + " |\n|---|" + "---:|" * (len(cols) - 1))
+    for r in rows:
+        print("| " + " | ".join(cell(r.get(k, "")) for k in cols.values()) + " |")
 
 
-def full_size_ids(batch: int, size: int, policy) -> torch.Tensor:
-    """StarVLA's prompt shape: system, 2 x (vision start, image pads, vision end), the
-    instruction and query suffix with T action tokens, the assistant tag."""
-    cfg, vis = policy.vlm.config, policy.vlm.config.vision_config
-    per_image = (size // vis.patch_size) ** 2 // vis.spatial_merge_size ** 2
-    rng = np.random.default_rng(0)
-    text = (lambda k: rng.integers(100, 100_000, (batch, k)))
-    image = np.array([cfg.vision_start_token_id] + [cfg.image_token_id] * per_image
-                     + [cfg.vision_end_token_id])
-    parts = [text(20), *[np.broadcast_to(image, (batch, len(image)))] * 2, text(24),
-             np.full((batch, policy.num_action_chunks), ACTION_ID), text(8)]
-    return torch.from_numpy(np.concatenate(parts, 1))
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(MODELS), help="subset of %(default)s")
+    p.add_argument("--batches", default="1,8,32,64", help="inference batches (1,8,32,64)")
+    p.add_argument("--image-size", type=int, default=224, help="H = W of images (224)")
+    p.add_argument("--learner-batch", type=int, default=64, help="chunks a step (64)")
+    p.add_argument("--micro-batch", type=int, default=32, help="learner micro-batch (32)")
+    p.add_argument("--device", default="cpu", help="for the tiny models (cpu)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1)")
+    p.add_argument("--seconds", type=float, default=2.0, help="per measurement (2)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds; median (3)")
+    p.add_argument("--full-size", action="store_true", help="also qwen_oft_3b (CUDA)")
+    p.add_argument("--full-batch", type=int, default=64, help="qwen_oft_3b batch (64)")
+    p.add_argument("--full-micro-batch", type=int, default=16,
+                   help="qwen_oft_3b learner micro-batch (16)")
+    p.add_argument("--attn", default="sdpa", help="qwen_oft_3b attention kernel (sdpa)")
+    p.add_argument("--json", metavar="PATH", help="also write the results here")
+    args = p.parse_args(argv)
+    args.models = [m for m in args.models.split(",") if m]
+    if set(args.models) - set(MODELS):
+        p.error(f"--models: a comma-separated subset of {','.join(MODELS)}")
+    parts = [b.strip() for b in args.batches.split(",") if b.strip()]
+    args.batches = [int(b) for b in parts if b.isdigit()]
+    sizes = [args.image_size, args.learner_batch, args.micro_batch, args.threads,
+             args.repeats, args.full_batch, args.full_micro_batch]
+    if len(args.batches) != len(parts) or min(args.batches + sizes + [0] * (not parts)) < 1 \
+            or args.seconds <= 0:
+        p.error("--batches: comma-separated integers >= 1; sizes, --threads, --repeats "
+                ">= 1; --seconds > 0")
+    if args.full_size and not torch.cuda.is_available():
+        p.error("--full-size needs a CUDA GPU (torch.cuda.is_available() is False)")
+    return args
 
 
-def bench_full_size(args) -> list[dict]:
-    from transformers import Qwen2VLImageProcessorPil
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import logging
 
-    device, b = torch.device("cuda"), args.full_batch
-    gpu = torch.cuda.get_device_name(device)
-    policy = full_size_policy(device, args.attn)
-    params = sum(p.numel() for p in policy.parameters())
-    print(f"# full size: Qwen2.5-VL-3B architecture + QwenOFT head, {params / 1e9:.2f} B "
-          f"params, random bf16, attn {args.attn}, on {gpu}", flush=True)
-    processor = Qwen2VLImageProcessorPil()  # its defaults keep 224x224 as it is
-    obs = random_obs(b, args.full_image_size)
-    ids = full_size_ids(b, args.full_image_size, policy)
+    import transformers
 
-    def prepare(o):
-        images = [im for i in range(b) for im in (o.main_images[i], o.wrist_images[i])]
-        pix = processor(images=images, return_tensors="pt")
-        return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
-                "pixel_values": pix["pixel_values"].to(device),
-                "image_grid_thw": pix["image_grid_thw"].to(device)}
+    transformers.logging.set_verbosity_error()  # no load reports or progress bars
+    transformers.logging.disable_progress_bar()
+    logging.getLogger("models.vla_loading").setLevel(logging.ERROR)  # "head initialised"
+    torch.set_num_threads(args.threads)
+    meta = {"torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "machine": platform.machine()}
+    print(f"# chunkrl model benchmark: {args.image_size}x{args.image_size} images (main + "
+          f"wrist), {args.seconds:g} s per measurement, median of {args.repeats}; "
+          f"{args.threads} torch threads; " + ", ".join(f"{k} {v}" for k, v in meta.items()),
+          flush=True)
+    runs = [(m, args, torch.device(args.device)) for m in args.models]
+    if args.full_size:
+        full = argparse.Namespace(**{**vars(args), "batches": [args.full_batch],
+                                     "learner_batch": args.full_batch,
+                                     "micro_batch": args.full_micro_batch})
+        runs.append(("qwen_oft_3b", full, torch.device("cuda")))
+        meta["gpu"] = torch.cuda.get_device_name(0)
+    inference, learner = [], []
+    with tempfile.TemporaryDirectory(prefix="chunkrl-bench-models-") as tmp:
+        for name, a, device in runs:
+            torch.manual_seed(0)
+            policy = build(name, Path(tmp), a).to(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+            for fn, rows in ((bench_inference, inference), (bench_learner, learner)):
+                try:
+                    got = fn(name, policy, a, device)
+                except torch.OutOfMemoryError:  # the 3B model at too large a batch
+                    print(f"{name}: out of memory on {device} in {fn.__name__}", flush=True)
+                    got = [{"model": name, "error": "out of memory"}]
+                    torch.cuda.empty_cache()
+                rows += [{**row, "device": where} for row in got]
+            if device.type == "cuda":
+                meta[f"{name}_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            del policy
+    table(f"Inference ({args.image_size}x{args.image_size} main + wrist images)", inference,
+          {"model": "model", "device": "device", "batch": "batch",
+           "end to end chunks/s": "end_to_end",
+           "forward chunks/s": "forward", "end/forward": "ratio", "note": "error"})
+    table("Learner (synthetic-env batch)", learner,
+          {"model": "model", "device": "device", "batch": "batch", "micro": "micro_batch",
+           "Learner.step samples/s": "step", "fwd+bwd samples/s": "fwd_bwd",
+           "step/fwd+bwd": "ratio", "note": "error"})
+    if "qwen_oft_3b_peak_gib" in meta:
+        print(f"\nqwen_oft_3b: peak {meta['qwen_oft_3b_peak_gib']:.1f} GiB allocated on "
+              f"{meta['gpu']}")
+    if args.json:
+        meta.update({k: v for k, v in vars(args).items() if k != "json"})
+        Path(args.json).write_text(json.dumps(
+            {"meta": meta, "inference": inference, "learner": learner}, indent=2))
+    return 0
 
-    prepared = prepare(obs)
-    assert int((prepared["input_ids"] == policy.vlm.config.image_token_id).sum()) == \
-        int(prepared["image_grid_thw"].prod(-1).sum()) // 4, "image tokens != patches / 4"
-    policy.eval()
-    with torch.no_grad():
-        r = measure({"end_to_end": (lambda: policy._heads(prepare(obs)), b),
-                     "forward": (lambda: policy._heads(prepared), b)}, args, device)
-    rows = [{"what": "inference", "batch": b, **r, "ratio": r["end_to_end"] / r["forward"]}]
-    print(f"full size inference B={b}: image processor + forward {r['end_to_end']:.2f}, "
-          f"forward {r['forward']:.2f} chunks/s", flush=True)
-    policy.train()
-    actions = torch.zeros(b, policy.num_action_chunks, policy.action_dim, device=device)
-    m = args.full_micro_batch
-    micro = [({k: (v[i:i + m] if k in ("input_ids", "attention_mask") else v)
-               for k, v in prepared.items()}, actions[i:i + m]) for i in range(0, b, m)]
-    for inputs, _ in micro:  # the rows' own patches and grids
-        rows_ = slice(inputs is None, None)  # placeholder replaced below
-    micro = []
-    patches = int(prepared["image_grid_thw"][0].prod())  # every image has the same grid
-    for i in range(0, b, m):
-        j = min(i + m, b)
-        micro.append(({"input_ids": prepared["input_ids"][i:j],
-                       "attention_mask": prepared["attention_mask"][i:j],
-                       "pixel_values": prepared["pixel_values"][2 * i * patches:2 * j * patches],
-                       "image_grid_thw": prepared["image_grid_thw"][2 * i:2 * j]},
-                      actions[i:j]))
 
-    def fwd_bwd():
-        policy.zero_grad(set_to_none=True)
-        for inputs, act in micro:
-            policy.evaluate(inputs, act, 1.0).logprobs.sum().backward()
-
-    torch.cuda.reset_peak_memory_stats(device)
-    try:
-        t = measure({"fwd_bwd": (fwd_bwd, b)}, args, device)["fwd_bwd"]
-        rows.append({"what": "fwd+bwd", "batch": b, "micro_batch": m, "fwd_bwd": t,
-                     "ratio": t / r["forward"],
-                     "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30})
-        print(f"full size fwd+bwd B={b} (micro {m}): {t:.2f} samples/s", flush=True)
-    except torch.cuda.OutOfMemoryError:
-        rows.append({"what": "fwd+bwd", "batch": b, "micro_batch": m, "fwd_bwd": None,
-                     "ratio": None, "error": f"out of memory at micro-batch {m}"})
-        print(f"full size fwd+bwd: out of memory at micro-batch {m}; try a smaller "
-              "--full-micro-batch", flush=True)
-    for row in rows:
-        row["device"] = gpu
-    return rows
+if __name__ == "__main__":
+    sys.exit(main())
