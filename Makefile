@@ -32,6 +32,7 @@ test-fast: install
 bench: install
 	$(PY) benchmarks/transport.py --repeats 5 --seconds 4
 	$(PY) benchmarks/envs.py
+	$(PY) benchmarks/models.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

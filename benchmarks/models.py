@@ -4,7 +4,9 @@ What it measures
     ``cnn``: the small CPU policy (``build_policy(ModelConfig())``). ``qwen_oft_tiny``:
     QwenOFT loaded by ``load_qwen_oft`` from a StarVLA run, made in a temporary folder
     around tests/vla_factory's tiny random Qwen2.5-VL (hidden 64, 2 layers, byte-level
-    tokenizer, images shrunk to <= 112x112: 16 tokens each). Both on --device (cpu).
+    tokenizer, images shrunk to <= 112x112: 16 tokens each). ``openvla_oft_tiny``:
+    OpenVLA-OFT decoding (56 action tokens, 256 bins) on the same tiny VLM, loaded by
+    ``load_openvla_oft``. All on --device (cpu).
     ``qwen_oft_3b`` (--full-size, CUDA): QwenOFT on the Qwen2.5-VL-3B architecture from its
     published config values, random weights, all bf16, batch --full-batch. Its tokenizer
     would need a download, so its ``prepare`` runs the real image processor and builds the
@@ -14,7 +16,8 @@ What it measures
     S x S, 8-D states, instructions), under no_grad:
       end to end  ``policy.act(policy.prepare(obs), False, 1.0)``: an InferenceCore pass
       forward     baseline: the model alone on inputs prepared beforehand (QwenOFT:
-                  backbone + head, ``policy._heads``; CNN: ``policy.act``)
+                  backbone + head, ``policy._heads``; OpenVLA-OFT:
+                  the action-bin logits, ``policy._logits``; CNN: ``policy.act``)
       chunks/s = B / seconds a call; end/forward < 1 is the cost of ``prepare`` (prompts,
       tokenizer, image processor, copies to the device).
     learner, on a TrainBatch of --learner-batch chunks from synthetic-env episodes that
@@ -54,7 +57,7 @@ sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolv
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-MODELS = ("cnn", "qwen_oft_tiny")
+MODELS = ("cnn", "qwen_oft_tiny", "openvla_oft_tiny")
 COLOURS = ("red", "green", "blue", "yellow")
 # Qwen2.5-VL-3B-Instruct's published config.json values (nothing is downloaded).
 QWEN25_VL_3B = dict(
@@ -109,8 +112,13 @@ def build(name: str, tmp: Path, args):
         return build_policy(ModelConfig())
     if name == "qwen_oft_3b":
         return full_size_policy(torch.device("cuda"), args.attn)
-    from tests.vla_factory import make_qwen_vl, make_starvla_run
+    from tests.vla_factory import STATS, make_qwen_vl, make_starvla_run
 
+    if name == "openvla_oft_tiny":
+        vlm = make_qwen_vl(tmp / "ovla")
+        (vlm / "dataset_statistics.json").write_text(json.dumps({"libero_spatial": STATS}))
+        return build_policy(ModelConfig(kind="openvla_oft", model_path=str(vlm),
+                                        unnorm_key="libero_spatial"))
     run = make_starvla_run(tmp / "run", make_qwen_vl(tmp / "vlm"))
     return build_policy(ModelConfig(kind="qwen_oft", model_path=str(run),
                                     unnorm_key="libero_spatial"))
@@ -163,8 +171,9 @@ def bench_inference(name: str, policy, args, device) -> list[dict]:
     for b in args.batches:
         obs = random_obs(b, args.image_size)
         prepared = policy.prepare(obs, device)
-        forward = (lambda: policy.act(prepared, False, 1.0)) if name == "cnn" else \
-            (lambda: policy._heads(prepared))
+        forward = {"cnn": lambda: policy.act(prepared, False, 1.0),
+                   "openvla_oft_tiny": lambda: policy._logits(prepared)}.get(
+                       name, lambda: policy._heads(prepared))
         with torch.no_grad():
             r = measure({"end_to_end": (lambda: policy.act(policy.prepare(obs, device),
                                                            False, 1.0), b),
