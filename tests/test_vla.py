@@ -229,3 +229,22 @@ def test_launch_trains_tiny_qwen_oft_on_libero(ckpts, tmp_path):
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     summary = json.loads((tmp_path / "run" / "learner_summary.json").read_text())
     assert summary["updates"] == 2 and summary["episodes_received"] >= 4
+
+
+def test_lora_rank_and_gradient_checkpointing_train_the_adapter_only(ckpts):
+    _, run = ckpts
+    policy = load_qwen_oft(_cfg(run, lora_rank=4, gradient_checkpointing=True))
+    policy.train()
+    inputs = policy.prepare(_obs(2), CPU)
+    with torch.no_grad():
+        out = policy.act(inputs, False, 1.0)
+    policy.evaluate(inputs, out.actions, 1.0).logprobs.sum().backward()
+    params = dict(policy.named_parameters())
+    lora = [n for n in params if "lora_" in n]
+    frozen = [n for n in params if n.startswith("vlm.") and "lora_" not in n]
+    assert lora and frozen
+    assert all(not params[n].requires_grad and params[n].grad is None for n in frozen)
+    assert any(params[n].grad is not None and params[n].grad.abs().sum() > 0 for n in lora)
+    assert params["action_model.model.fc2.weight"].grad.abs().sum() > 0
+    base = policy.vlm.get_base_model()
+    assert base.is_activation_checkpointing
