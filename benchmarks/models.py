@@ -4,7 +4,7 @@ What it measures
     ``cnn``: the small CPU policy (``build_policy(ModelConfig())``). ``qwen_oft_tiny``:
     QwenOFT loaded by ``load_qwen_oft`` from a StarVLA run, made in a temporary folder
     around tests/vla_factory's tiny random Qwen2.5-VL (hidden 64, 2 layers, byte-level
-    tokenizer, images shrunk to <= 112x112: 16 tokens each). ``openvla_oft_tiny``:
+    tokenizer; a 224x224 image stays 224x224: 64 tokens, as with the real processor). ``openvla_oft_tiny``:
     OpenVLA-OFT decoding (56 action tokens, 256 bins) on the same tiny VLM, loaded by
     ``load_openvla_oft``. All on --device (cpu).
     ``qwen_oft_3b`` (--full-size, CUDA): QwenOFT on the Qwen2.5-VL-3B architecture from its
@@ -58,6 +58,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 MODELS = ("cnn", "qwen_oft_tiny", "openvla_oft_tiny")
+MAX_PIXELS = 224 * 224  # as the real processor: a 224x224 image stays 224x224, 64 tokens
 COLOURS = ("red", "green", "blue", "yellow")
 # Qwen2.5-VL-3B-Instruct's published config.json values (nothing is downloaded).
 QWEN25_VL_3B = dict(
@@ -115,11 +116,11 @@ def build(name: str, tmp: Path, args):
     from tests.vla_factory import STATS, make_qwen_vl, make_starvla_run
 
     if name == "openvla_oft_tiny":
-        vlm = make_qwen_vl(tmp / "ovla")
+        vlm = make_qwen_vl(tmp / "ovla", max_pixels=MAX_PIXELS)
         (vlm / "dataset_statistics.json").write_text(json.dumps({"libero_spatial": STATS}))
         return build_policy(ModelConfig(kind="openvla_oft", model_path=str(vlm),
                                         unnorm_key="libero_spatial"))
-    run = make_starvla_run(tmp / "run", make_qwen_vl(tmp / "vlm"))
+    run = make_starvla_run(tmp / "run", make_qwen_vl(tmp / "vlm", max_pixels=MAX_PIXELS))
     return build_policy(ModelConfig(kind="qwen_oft", model_path=str(run),
                                     unnorm_key="libero_spatial"))
 

@@ -248,3 +248,19 @@ def test_lora_rank_and_gradient_checkpointing_train_the_adapter_only(ckpts):
     assert params["action_model.model.fc2.weight"].grad.abs().sum() > 0
     base = policy.vlm.get_base_model()
     assert base.is_activation_checkpointing
+
+
+def test_on_device_patchify_equals_the_image_processor(ckpts):
+    from models.qwen_oft import patchify_on_device
+
+    _, run = ckpts
+    processor = load_qwen_oft(_cfg(run)).image_processor
+    images = np.random.default_rng(3).integers(0, 255, (3, 2, 56, 56, 3), dtype=np.uint8)
+    fast = patchify_on_device(images, processor, CPU)
+    ref = processor(images=[images[i, j] for i in range(3) for j in range(2)],
+                    return_tensors="pt")
+    assert fast["pixel_values"].shape == ref["pixel_values"].shape == (6 * 16, 1176)
+    torch.testing.assert_close(fast["pixel_values"], ref["pixel_values"], atol=1e-5, rtol=0)
+    assert torch.equal(fast["image_grid_thw"], ref["image_grid_thw"])
+    # A size the processor resizes (48 is not a multiple of 28) is left to the processor.
+    assert patchify_on_device(images[:, :, :48, :48], processor, CPU) is None

@@ -37,7 +37,8 @@ def tiny_tokenizer():
     return tok
 
 
-def make_qwen_vl(folder: Path, hidden: int = 64, layers: int = 2) -> Path:
+def make_qwen_vl(folder: Path, hidden: int = 64, layers: int = 2,
+                 max_pixels: int = 112 * 112) -> Path:
     """A tiny random Qwen2.5-VL saved as a Hugging Face directory."""
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
                               Qwen2VLImageProcessorPil)
@@ -65,8 +66,8 @@ def make_qwen_vl(folder: Path, hidden: int = 64, layers: int = 2) -> Path:
     torch.manual_seed(0)
     Qwen2_5_VLForConditionalGeneration(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
-    # Small images: 56x56 to 112x112 pixels, 4 to 16 tokens per image.
-    Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112).save_pretrained(folder)
+    # Small images by default: 56x56 to 112x112 pixels, 4 to 16 tokens per image.
+    Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=max_pixels).save_pretrained(folder)
     return folder
 
 
