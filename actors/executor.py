@@ -12,6 +12,7 @@ the group retires; a stage whose groups have all retired is ``idle``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -19,6 +20,9 @@ import numpy as np
 
 from envs.base import EnvObs, VectorEnv
 from protocol.messages import Trajectory
+
+log = logging.getLogger(__name__)
+RESET_ATTEMPTS = 3
 
 
 @dataclass
@@ -83,8 +87,11 @@ class StageExecutor:
 
     def __init__(self, env: VectorEnv, groups: list[int], actions_per_chunk: int,
                  ids: IdSource, next_init_state: Callable[[int], Optional[int]],
-                 recorder=None):
+                 recorder=None, resample_failed_resets: bool = True):
         self.env, self.groups, self.n = env, groups, actions_per_chunk
+        # Training may start a group elsewhere when a reset fails; evaluation may not
+        # (each trial's initial state is fixed), so there the failure propagates.
+        self.resample_failed_resets = resample_failed_resets
         self.g = env.group_size
         self.ids, self.next_init_state, self.recorder = ids, next_init_state, recorder
         self.env_ids = np.concatenate([np.arange(k * self.g, (k + 1) * self.g) for k in groups])
@@ -108,7 +115,15 @@ class StageExecutor:
             for e in envs:
                 self.records[e] = EpisodeRecord(-1, -1, -1, finished=True)
             return
-        self.env.reset_group(group, init_state)
+        for attempt in range(RESET_ATTEMPTS):
+            try:
+                self.env.reset_group(group, init_state)
+                break
+            except RuntimeError as err:  # the env already retried with a rebuilt simulator
+                if not self.resample_failed_resets or attempt == RESET_ATTEMPTS - 1:
+                    raise
+                log.warning("group %d: %s; trying another initial state", group, err)
+                init_state = self.next_init_state(group)
         gid = self.ids.group()
         for e in envs:
             self.records[e] = EpisodeRecord(self.ids.episode(), gid, init_state)
@@ -171,6 +186,10 @@ class StageExecutor:
                 if self.recorder is not None:
                     for e in envs:
                         rec = self.records[e]
-                        self.recorder.on_end(e, rec.task_description, rec.success_once)
+                        try:
+                            self.recorder.on_end(e, rec.task_description, rec.success_once)
+                        except (OSError, ValueError, RuntimeError) as err:  # disk, ffmpeg
+                            log.error("video of episode %d not written: %s", rec.episode_id,
+                                      err)
                 self._reset_group(k)
         return out

@@ -51,21 +51,28 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None,
     learn = Endpoint(wiring.connect_actor_to_learner(ctx, cfg, index), name, cfg.run.run_id,
                      max_bytes, expected=(TrajectoryAck, StopActors, ErrorReply))
     groups = a.envs_per_actor // a.group_size
-    env = make_env(cfg.env, a.envs_per_actor, a.group_size, cfg.model.action_dim,
-                   group_offset=index * groups)
-    if env.state_dim != cfg.model.state_dim:
-        raise ActorError(f"env.kind={cfg.env.kind} has {env.state_dim}-D states but "
-                         f"model.state_dim={cfg.model.state_dim}; set model.state_dim")
-    actor = Actor(cfg, index, env, infer, learn)
+    env = actor = None
     try:
-        actor.act(stop)
+        env = make_env(cfg.env, a.envs_per_actor, a.group_size, cfg.model.action_dim,
+                       group_offset=index * groups)
+        if env.state_dim != cfg.model.state_dim:
+            raise ActorError(f"env.kind={cfg.env.kind} has {env.state_dim}-D states but "
+                             f"model.state_dim={cfg.model.state_dim}; set model.state_dim")
+        actor = Actor(cfg, index, env, infer, learn)
+        try:
+            actor.act(stop)
+        except Exception:
+            actor.flush(raise_on_timeout=False)  # what was finished still gets delivered
+            raise
         actor.flush()
         return 0
     finally:
-        actor.write_summary(Path(cfg.run.log_dir) / f"{name}.json")
+        if actor is not None:
+            actor.write_summary(Path(cfg.run.log_dir) / f"{name}.json")
         infer.close()
         learn.close()
-        env.close()
+        if env is not None:
+            env.close()
         if own_ctx:
             ctx.term()
 
@@ -85,7 +92,8 @@ class Actor:
         next_init_state = self._init_states(cfg, index, env)
         self.stages = [
             StageExecutor(env, list(range(s * per_stage, (s + 1) * per_stage)),
-                          cfg.actions_per_chunk, ids, next_init_state, self.recorder)
+                          cfg.actions_per_chunk, ids, next_init_state, self.recorder,
+                          resample_failed_resets=cfg.run.mode == "train")
             for s in range(a.pipeline_stages)]
         self.outbox = Outbox(a.max_unacked_episodes, a.resend_after_s)
         self.inflight: dict[int, tuple[int, float]] = {}  # request_id -> (stage, sent at)
@@ -154,8 +162,13 @@ class Actor:
             log.warning("actor %d: reply to unknown request %d ignored", self.index,
                         reply.request_id)
             return
-        for ep in self.stages[stage].execute(reply.actions, reply.logprobs, reply.values,
-                                             reply.policy_version):
+        began = time.monotonic()
+        episodes = self.stages[stage].execute(reply.actions, reply.logprobs, reply.values,
+                                              reply.policy_version)
+        # Time spent stepping here (simulator rebuilds, videos) is not the servers' delay.
+        spent = time.monotonic() - began
+        self.inflight = {rid: (s, t + spent) for rid, (s, t) in self.inflight.items()}
+        for ep in episodes:
             if ep.env_error:
                 log.warning("actor %d: episode %d ended by a simulator error: %s",
                             self.index, ep.episode_id, ep.env_error)
@@ -192,11 +205,15 @@ class Actor:
                 log.error("actor %d: learner rejected a message: %s", self.index, msg.message)
         self._send_due()
 
-    def flush(self) -> None:
+    def flush(self, raise_on_timeout: bool = True) -> None:
         """Deliver every finished episode, then report done; bounded by flush_timeout_s."""
         deadline = time.monotonic() + self.cfg.actor.flush_timeout_s
         while self.outbox.pending and time.monotonic() < deadline:
             self._service_learner(50)
+        if self.outbox.pending and not raise_on_timeout:
+            log.error("actor %d: %d episodes unacknowledged at exit", self.index,
+                      len(self.outbox.pending))
+            return
         if self.outbox.pending:
             raise ActorError(f"{len(self.outbox.pending)} episodes still unacknowledged after "
                              f"actor.flush_timeout_s={self.cfg.actor.flush_timeout_s:.0f}s; "

@@ -78,10 +78,14 @@ def _rlinf_aliases(raw: dict) -> None:
 
 
 def _rlinf_model_keys(model: dict) -> None:
-    """RLinf's names for model fields: model_type is kind, num_images_in_input (1 or 2)
+    """RLinf's names for model fields: model_type is kind (starvla: qwen_oft; a starvla
+    section alone means qwen_oft too), num_images_in_input (1 or 2)
     says whether the wrist camera is shown, use_proprio must be false (not read)."""
     if "model_type" in model:
-        model.setdefault("kind", model.pop("model_type"))
+        kind = model.pop("model_type")
+        model.setdefault("kind", "qwen_oft" if kind == "starvla" else kind)
+    if "starvla" in model and "kind" not in model:
+        model["kind"] = "qwen_oft"  # RLinf's StarVLA configs name the model by this section
     if "num_images_in_input" in model:
         n = model.pop("num_images_in_input")
         if n not in (1, 2):

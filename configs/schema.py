@@ -129,8 +129,9 @@ class ModelConfig:
                           "actions (empty: actions are not un-normalised)")
     action_stats: Literal["q01q99", "minmax"] = opt(
         "q01q99", "which statistics bound the actions: q01/q99 or min/max")
-    binarize_gripper: bool = opt(True, "qwen_oft: threshold the gripper dim at 0.5 to "
-                                 "{0,1}, as StarVLA's LIBERO evaluation does")
+    binarize_gripper: bool = opt(False, "qwen_oft: threshold the gripper dim at 0.5 to "
+                                 "{0,1} in the model (off: the env's starvla convention "
+                                 "thresholds it, and log-probs stay those of the sample)")
     use_wrist_image: bool = opt(True, "qwen_oft: the prompt holds the wrist camera too")
     starvla: StarVLAConfig = field(default_factory=StarVLAConfig,
                                    metadata={"doc": "StarVLA checkpoint settings"})
@@ -258,6 +259,13 @@ def validate(cfg: Config) -> list[str]:
          "actor.max_unacked_episodes must hold at least one group"),
         (m.num_action_chunks >= 1 and m.action_dim >= 2, "model needs T >= 1 and D >= 2"),
         (m.kind == "cnn_gaussian" or m.model_path, f"model.kind={m.kind} needs model.model_path"),
+        (m.kind != "cnn_gaussian" or not m.model_path,
+         "model.model_path is set but model.kind=cnn_gaussian; set model.kind (RLinf: "
+         "actor.model.model_type) to qwen_oft or openvla_oft"),
+        (e.kind == "synthetic" or m.kind == "cnn_gaussian" or e.gripper_convention ==
+         {"qwen_oft": "starvla", "openvla_oft": "openvla"}[m.kind],
+         f"model.kind={m.kind} emits its gripper in [0,1] with 1 = open: set "
+         f"env.gripper_convention={ {'qwen_oft': 'starvla'}.get(m.kind, 'openvla') }"),
         (m.top_k >= 0 and not (m.lora_rank and m.lora_path),
          "model.top_k >= 0; set model.lora_rank or model.lora_path, not both"),
         (m.starvla.expected_action_dim in (0, m.action_dim),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -28,6 +29,7 @@ from envs.render import ModelAssets, SharedGL, SimRenderer
 from envs.robot_io import libero_state, orient, state_8_to_7, to_env_action
 
 log = logging.getLogger(__name__)
+_GLOBAL_RNG = threading.Lock()
 NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], np.float64)
 
 
@@ -38,12 +40,13 @@ def numpy_seeded(seed: int):
     robosuite and LIBERO draw object sizes (at build), placements and joint noise (at
     reset) from the global generator; seeding it makes those a function of ``seed``.
     """
-    saved = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(saved)
+    with _GLOBAL_RNG:  # actors as threads (--single-process) share the generator
+        saved = np.random.get_state()
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(saved)
 
 
 def seeded_reset(sim_env, seed: int) -> dict:

@@ -55,7 +55,13 @@ class ActionNorm:
         if key not in stats:
             raise ValueError(f"model.unnorm_key {unnorm_key!r} is not in {path}; it has: "
                              f"{sorted(stats)}")
-        action = stats[key]["action"]
+        entry = stats[key]
+        # {key: {"action": ...}} (OpenVLA, StarVLA), {key: {"abs": {"action": ...}}} (newer
+        # StarVLA), or the statistics themselves under the key.
+        entry = entry.get("abs", entry) if isinstance(entry, dict) else {}
+        action = entry.get("action", entry)
+        if not isinstance(action, dict):
+            raise ValueError(f"{path}: {key} holds no action statistics")
         lo, hi = ("q01", "q99") if kind == "q01q99" else ("min", "max")
         missing = [k for k in (lo, hi) if k not in action]
         if missing:

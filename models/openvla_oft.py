@@ -8,7 +8,7 @@ bins (:mod:`models.action_tokens`), so only those rows of the LM head are applie
 
 Sampling: logits / temperature, then top-k (``model.top_k``; 0 = off), softmax; the mode
 in deterministic mode. Log-probs are per token ([B,T,D]) under that processed
-distribution, of the token the action encodes back to (the two top ids decode alike).
+distribution, of the action (the two top ids decode to one action: their mass is summed).
 Tokens decode to normalised actions, un-normalised with the q01/q99 statistics of
 ``unnorm_key``; the learner maps stored env actions back to tokens.
 An optional value head (an MLP, as RLinf's) reads the last prompt token.
@@ -92,6 +92,13 @@ class OpenVLAOFTPolicy(Policy):
             logits = logits.masked_fill(logits < kth, float("-inf"))
         return logits.log_softmax(-1)
 
+    @staticmethod
+    def _action_logprobs(logp: torch.Tensor) -> torch.Tensor:
+        """Log-probs by action rather than by token: bins 0 and 1 (ids vocab-256 and
+        vocab-255) decode to the same action, so bin 1 carries the mass of both."""
+        merged = torch.logaddexp(logp[..., 0], logp[..., 1])
+        return torch.cat([logp[..., :1], merged.unsqueeze(-1), logp[..., 2:]], dim=-1)
+
     def _shape(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.shape[0], self.num_action_chunks, self.action_dim)
 
@@ -105,10 +112,10 @@ class OpenVLAOFTPolicy(Policy):
         tokens = choice + (self.vocab_size - NUM_BINS)
         normalised = tokens_to_actions(tokens, self.vocab_size)
         actions = self.norm.to_env(self._shape(normalised))
-        # Ids vocab-256 and vocab-255 decode to the same action, which encodes back to
-        # vocab-255: score that token, the one the learner will recover from the action.
+        # The action encodes back to bin 1 when bin 0 was drawn: score the action's
+        # probability, which the learner recovers from the action alone.
         scored = bin_index(actions_to_tokens(normalised, self.vocab_size), self.vocab_size)
-        logprobs = logp.gather(-1, scored.unsqueeze(-1)).squeeze(-1)
+        logprobs = self._action_logprobs(logp).gather(-1, scored.unsqueeze(-1)).squeeze(-1)
         return PolicyOutput(actions, self._shape(logprobs), value)
 
     def evaluate(self, inputs: dict, actions: torch.Tensor, temperature: float) -> Evaluation:
@@ -116,7 +123,7 @@ class OpenVLAOFTPolicy(Policy):
         logp = self._process(logits, temperature)
         normalised = self.norm.to_policy(actions.to(logits.device)).flatten(1)
         choice = bin_index(actions_to_tokens(normalised, self.vocab_size), self.vocab_size)
-        logprobs = logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+        logprobs = self._action_logprobs(logp).gather(-1, choice.unsqueeze(-1)).squeeze(-1)
         probs = logp.exp()
         entropy = -(probs * logp.masked_fill(probs == 0, 0.0)).sum(-1)
         return Evaluation(self._shape(logprobs), self._shape(entropy), value)

@@ -56,3 +56,22 @@ def test_finished_envs_wait_for_their_group():
     stage.records[1].finished = True  # env 1 is done; env 0 still acts
     obs = stage.observe()
     assert len(obs) == 1
+
+
+def test_a_failed_reset_draws_another_state_in_training_and_raises_in_eval():
+    import pytest
+
+    class Flaky(SyntheticReachEnv):
+        def reset_group(self, group, init_state_id):
+            if init_state_id == 101:
+                raise RuntimeError("cannot reset an env to initial state 101")
+            super().reset_group(group, init_state_id)
+
+    env = Flaky(num_envs=2, group_size=2, image_size=32)
+    seeds = iter([101, 102])
+    stage = StageExecutor(env, [0], 4, IdSource(0), lambda group: next(seeds))
+    assert stage.records[0].init_state_id == 102
+    seeds = iter([101, 102])
+    with pytest.raises(RuntimeError, match="initial state 101"):
+        StageExecutor(env, [0], 4, IdSource(0), lambda group: next(seeds),
+                      resample_failed_resets=False)

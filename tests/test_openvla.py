@@ -182,3 +182,16 @@ def test_launch_trains_tiny_openvla_oft_on_libero(base, tmp_path):
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     summary = json.loads((tmp_path / "run" / "learner_summary.json").read_text())
     assert summary["updates"] == 2 and summary["episodes_received"] >= 4
+
+
+def test_the_two_top_bins_are_one_action():
+    from models.openvla_oft import OpenVLAOFTPolicy
+
+    logp = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.5] + [-1.0] * 253]), -1)
+    merged = OpenVLAOFTPolicy._action_logprobs(logp)
+    assert merged[0, 1] == pytest.approx(torch.logaddexp(logp[0, 0], logp[0, 1]).item())
+    assert torch.equal(merged[0, 2:], logp[0, 2:])
+    # Bin 0 and bin 1 decode alike; the action encodes to bin 1.
+    v = 300
+    ids = torch.tensor([v - 256, v - 255])
+    assert torch.equal(actions_to_tokens(tokens_to_actions(ids, v), v), torch.tensor([v - 255] * 2))

@@ -43,7 +43,8 @@ def _cfg(path, **kw) -> ModelConfig:
 
 def test_shapes_and_logprob_agreement(ckpts):
     _, run = ckpts
-    policy = load_qwen_oft(_cfg(run, unnorm_key="libero_spatial", value_head=True))
+    policy = load_qwen_oft(_cfg(run, unnorm_key="libero_spatial", value_head=True,
+                                binarize_gripper=True))
     inputs = policy.prepare(_obs(), CPU)
     with torch.no_grad():
         out = policy.act(inputs, False, 1.3)
@@ -264,3 +265,25 @@ def test_on_device_patchify_equals_the_image_processor(ckpts):
     assert torch.equal(fast["image_grid_thw"], ref["image_grid_thw"])
     # A size the processor resizes (48 is not a multiple of 28) is left to the processor.
     assert patchify_on_device(images[:, :, :48, :48], processor, CPU) is None
+
+
+def test_rlinf_starvla_section_names_the_model_and_conventions_are_checked(tmp_path, ckpts):
+    _, run = ckpts
+    base = [f"run.log_dir={tmp_path}", f"actor.model.model_path={run}"]
+    cfg = load_config(None, base + ["actor.model.starvla.framework_name=QwenOFT"])
+    assert cfg.model.kind == "qwen_oft"
+    assert load_config(None, base + ["actor.model.model_type=starvla"]).model.kind == "qwen_oft"
+    with pytest.raises(ConfigError, match="model.kind=cnn_gaussian"):
+        load_config(None, base)
+    with pytest.raises(ConfigError, match="env.gripper_convention=starvla"):
+        load_config(None, base + ["model.kind=qwen_oft", "env.kind=libero"])
+
+
+@pytest.mark.parametrize("layout", ["action", "abs", "flat"])
+def test_statistics_layouts(tmp_path, layout):
+    entry = {"action": STATS, "abs": {"action": STATS["action"]},
+             "flat": STATS["action"]}[layout]
+    entry = STATS if layout == "action" else entry
+    (tmp_path / "dataset_statistics.json").write_text(json.dumps({"franka": entry}))
+    norm = ActionNorm.from_statistics(tmp_path / "dataset_statistics.json", "franka")
+    assert norm.high[2].item() == pytest.approx(0.9)
