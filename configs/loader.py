@@ -88,9 +88,12 @@ def _rlinf_model_keys(model: dict) -> None:
         model["kind"] = "qwen_oft"  # RLinf's StarVLA configs name the model by this section
     if "num_images_in_input" in model:
         n = model.pop("num_images_in_input")
-        if n not in (1, 2):
+        if isinstance(n, bool) or n not in (1, 2):
             raise ConfigError(f"actor.model.num_images_in_input={n!r}: 1 (main camera) or 2 "
                               "(main and wrist)")
+        if model.get("use_wrist_image", n == 2) != (n == 2):
+            raise ConfigError(f"actor.model.num_images_in_input={n} contradicts "
+                              f"model.use_wrist_image={model['use_wrist_image']}")
         model["use_wrist_image"] = n == 2
     if model.pop("use_proprio", False):
         raise ConfigError("actor.model.use_proprio=true: chunkrl's VLA policies do not read "

@@ -295,7 +295,7 @@ def validate(cfg: Config) -> list[str]:
         (e.settle_steps >= 0, "env.settle_steps must be >= 0"),
         (cfg.run.mode == "train" or a.group_size == 1,
          "run.mode=eval runs each task x trial once: set actor.group_size=1"),
-        (cfg.eval.num_trials >= 1, "eval.num_trials must be >= 1"),
+        (1 <= cfg.eval.num_trials <= 1000, "eval.num_trials must be in 1..1000"),
         (cfg.video.train_every >= 0 and cfg.video.eval_per_task >= 0 and cfg.video.fps >= 1
          and cfg.video.max_frames >= 1, "video: train_every, eval_per_task >= 0; fps, "
          "max_frames >= 1"),
