@@ -80,11 +80,16 @@ class L1RegressionActionHead(nn.Module):
         return self.model(h)
 
 
-def build_prompt(instruction: str, num_images: int, chunk: int) -> str:
-    """Qwen2.5-VL's chat format with StarVLA's action-query suffix (image pads unexpanded)."""
+def build_prompt(instruction: str, num_images: int, chunk: int,
+                 template: str = "{instruction}") -> str:
+    """Qwen2.5-VL's chat format with StarVLA's action-query suffix (image pads unexpanded).
+
+    ``template`` is the run's ``datasets.vla_data.CoT_prompt`` when it has one: StarVLA
+    puts the instruction, suffix included, where ``{instruction}`` stands."""
     images = f"{VISION_START}{IMAGE_PAD}{VISION_END}" * num_images
-    text = (f"{instruction} Please predict the next {chunk} robot actions: "
-            f"<action>{ACTION_TOKEN * chunk}<action>.")
+    text = template.replace("{instruction}", (
+        f"{instruction} Please predict the next {chunk} robot actions: "
+        f"<action>{ACTION_TOKEN * chunk}<action>."))
     return (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{images}{text}"
             f"<|im_end|>\n<|im_start|>assistant\n")
 
@@ -168,10 +173,12 @@ class QwenOFTPolicy(Policy):
 
     def __init__(self, vlm, tokenizer, image_processor, num_action_chunks: int,
                  action_dim: int, use_wrist: bool = True, init_log_std: float = -2.5,
-                 value_head: bool = False, norm: Optional[ActionNorm] = None):
+                 value_head: bool = False, norm: Optional[ActionNorm] = None,
+                 prompt_template: str = "{instruction}"):
         super().__init__()
         self.vlm, self.tokenizer, self.image_processor = vlm, tokenizer, image_processor
         self.num_action_chunks, self.action_dim = num_action_chunks, action_dim
+        self.prompt_template = prompt_template
         self.use_wrist, self.norm = use_wrist, norm or ActionNorm()
         hidden = vlm.config.get_text_config().hidden_size
         self.action_model = L1RegressionActionHead(hidden, action_dim)
@@ -186,8 +193,8 @@ class QwenOFTPolicy(Policy):
     # --- inputs ------------------------------------------------------------------------
     def prepare(self, obs: EnvObs, device: torch.device) -> dict:
         views = camera_views(obs, self.use_wrist)
-        prompts = [build_prompt(text, len(views), self.num_action_chunks)
-                   for text in obs.task_descriptions]
+        prompts = [build_prompt(text, len(views), self.num_action_chunks,
+                                self.prompt_template) for text in obs.task_descriptions]
         return encode_batch(self.tokenizer, self.image_processor, prompts, views, device)
 
     # --- the model ---------------------------------------------------------------------

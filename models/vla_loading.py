@@ -8,7 +8,8 @@
   ``future_action_window_size``), ``dataset_statistics.json`` and
   ``checkpoints/steps_<N>_pytorch_model.pt`` (the newest is taken), or one such ``.pt``
   file. Its state dict holds the backbone under ``qwen_vl_interface.model.`` and the head
-  under ``action_model.``; both are loaded strictly.
+  under ``action_model.``; both are loaded strictly. ``datasets.vla_data.CoT_prompt``,
+  when set, wraps the instruction as in StarVLA's training.
 * a **Hugging Face Qwen2.5-VL directory** (``config.json`` of ``model_type
   qwen2_5_vl``, tokenizer, ``preprocessor_config.json``): the backbone is loaded and the
   action head is freshly initialised, with a warning.
@@ -55,10 +56,16 @@ def _newest_checkpoint(run_dir: Path) -> Path:
     raise CheckpointError(f"{run_dir} has no checkpoints/*.pt nor final_model/pytorch_model.pt")
 
 
-def _starvla_config(run_dir: Path, cfg: ModelConfig) -> tuple[Path, int, int]:
-    """(base VLM dir, action_dim, chunk length) from a StarVLA run's config.yaml."""
+def _starvla_config(run_dir: Path, cfg: ModelConfig) -> tuple[Path, int, int, str]:
+    """(base VLM dir, action_dim, chunk length, prompt template) from a StarVLA run's
+    config.yaml; the template is ``datasets.vla_data.CoT_prompt`` when set."""
     file = run_dir / "config.yaml"
-    framework = (yaml.safe_load(file.read_text()) or {}).get("framework", {})
+    conf = yaml.safe_load(file.read_text()) or {}
+    framework = conf.get("framework", {})
+    template = (conf.get("datasets") or {}).get("vla_data", {}).get("CoT_prompt") or \
+        "{instruction}"
+    if "{instruction}" not in template:
+        raise CheckpointError(f"{file}: datasets.vla_data.CoT_prompt has no {{instruction}}")
     name = framework.get("name", "")
     if name not in FRAMEWORKS or name != cfg.starvla.framework_name:
         raise CheckpointError(f"{file}: framework.name is {name!r} and model.starvla."
@@ -73,7 +80,7 @@ def _starvla_config(run_dir: Path, cfg: ModelConfig) -> tuple[Path, int, int]:
     action_dim = int(head.get("action_dim", cfg.action_dim))
     chunk = int(head.get("action_horizon", head.get("future_action_window_size", 7) + 1
                          + head.get("past_action_window_size", 0)))
-    return base_dir, action_dim, chunk
+    return base_dir, action_dim, chunk, template
 
 
 def _check_shape(where: str, action_dim: int, chunk: int, cfg: ModelConfig) -> None:
@@ -121,11 +128,12 @@ def load_qwen_oft(cfg: ModelConfig):
     if path.is_file() or (path / "config.yaml").is_file():
         ckpt = path if path.is_file() else _newest_checkpoint(path)
         run_dir = path.parents[1] if path.is_file() else path
-        base_dir, action_dim, chunk = _starvla_config(run_dir, cfg)
+        base_dir, action_dim, chunk, template = _starvla_config(run_dir, cfg)
         _check_shape(str(run_dir / "config.yaml"), action_dim, chunk, cfg)
         vlm, tokenizer, image_processor = _load_backbone(base_dir, cfg)
         policy = _policy(QwenOFTPolicy, vlm, tokenizer, image_processor, cfg,
                          _statistics(run_dir, cfg))
+        policy.prompt_template = template
         _load_starvla_weights(policy, ckpt)
     else:
         vlm, tokenizer, image_processor = _load_backbone(path, cfg)

@@ -287,3 +287,14 @@ def test_statistics_layouts(tmp_path, layout):
     (tmp_path / "dataset_statistics.json").write_text(json.dumps({"franka": entry}))
     norm = ActionNorm.from_statistics(tmp_path / "dataset_statistics.json", "franka")
     assert norm.high[2].item() == pytest.approx(0.9)
+
+
+def test_starvla_cot_prompt_wraps_the_instruction(ckpts, tmp_path):
+    base, _ = ckpts
+    run = make_starvla_run(tmp_path / "cot", base,
+                           cot_prompt="Your task is {instruction} Think about the objects.")
+    policy = load_qwen_oft(_cfg(run))
+    inputs = policy.prepare(_obs(1), CPU)
+    text = policy.tokenizer.decode(inputs["input_ids"][0])
+    assert "Your task is pick up the black bowl Please predict the next 8 robot actions: " \
+        "<action>" in text and text.count("Think about the objects.") == 1

@@ -72,7 +72,8 @@ def make_qwen_vl(folder: Path, hidden: int = 64, layers: int = 2,
 
 
 def make_starvla_run(folder: Path, base_vlm: Path, action_dim: int = 7, chunk: int = 8,
-                     unnorm_key: str = "libero_spatial", seed: int = 1) -> Path:
+                     unnorm_key: str = "libero_spatial", seed: int = 1,
+                     cot_prompt: str = "") -> Path:
     """A StarVLA QwenOFT run directory whose weights are a fresh policy on ``base_vlm``."""
     from configs import ModelConfig
     from models.vla_loading import HEAD_PREFIX, VLM_PREFIX, load_qwen_oft
@@ -81,7 +82,8 @@ def make_starvla_run(folder: Path, base_vlm: Path, action_dim: int = 7, chunk: i
     (folder / "config.yaml").write_text(yaml.safe_dump({"framework": {
         "name": "QwenOFT", "qwenvl": {"base_vlm": str(base_vlm)},
         "action_model": {"action_dim": action_dim, "future_action_window_size": chunk - 1,
-                         "past_action_window_size": 0}}}))
+                         "past_action_window_size": 0}},
+        **({"datasets": {"vla_data": {"CoT_prompt": cot_prompt}}} if cot_prompt else {})}))
     (folder / "dataset_statistics.json").write_text(json.dumps({unnorm_key: STATS}))
     torch.manual_seed(seed)
     policy = load_qwen_oft(ModelConfig(kind="qwen_oft", model_path=str(base_vlm),
