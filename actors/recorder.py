@@ -28,11 +28,6 @@ class EpisodeRecorder:
         self.folder = Path(cfg.run.log_dir) / "videos" / ("eval" if self.eval else "train")
         self.videos: dict[int, tuple[EpisodeVideo, str]] = {}  # env id -> video, file stem
         self.episodes = 0
-        self.written: list[Path] = []
-
-    @property
-    def active(self) -> bool:
-        return bool(self.videos)
 
     def on_reset(self, env_id: int, episode_id: int, init_state_id: int) -> None:
         """A new episode starts in ``env_id``: film it if it is chosen."""
@@ -64,5 +59,4 @@ class EpisodeRecorder:
         video.instruction = instruction
         path = video.finish(self.folder / f"{stem}_{'success' if success else 'failure'}.mp4",
                             success)
-        self.written.append(path)
         log.info("video: %s", path)

@@ -241,6 +241,10 @@ class Config:
         return self.actor.actions_per_chunk or self.model.num_action_chunks
 
 
+# The simulator gripper mapping each VLA family's output needs (envs/robot_io.py).
+VLA_GRIPPER_CONVENTION = {"qwen_oft": "starvla", "openvla_oft": "openvla"}
+
+
 def validate(cfg: Config) -> list[str]:
     """Every rule the values must obey across sections; returns the broken ones."""
     a, m, L, i, e, n = cfg.actor, cfg.model, cfg.learner, cfg.inference, cfg.env, cfg.network
@@ -262,10 +266,10 @@ def validate(cfg: Config) -> list[str]:
         (m.kind != "cnn_gaussian" or not m.model_path,
          "model.model_path is set but model.kind=cnn_gaussian; set model.kind (RLinf: "
          "actor.model.model_type) to qwen_oft or openvla_oft"),
-        (e.kind == "synthetic" or m.kind == "cnn_gaussian" or e.gripper_convention ==
-         {"qwen_oft": "starvla", "openvla_oft": "openvla"}[m.kind],
+        (e.kind == "synthetic" or e.gripper_convention ==
+         VLA_GRIPPER_CONVENTION.get(m.kind, e.gripper_convention),
          f"model.kind={m.kind} emits its gripper in [0,1] with 1 = open: set "
-         f"env.gripper_convention={ {'qwen_oft': 'starvla'}.get(m.kind, 'openvla') }"),
+         f"env.gripper_convention={VLA_GRIPPER_CONVENTION.get(m.kind)}"),
         (m.top_k >= 0 and not (m.lora_rank and m.lora_path),
          "model.top_k >= 0; set model.lora_rank or model.lora_path, not both"),
         (m.starvla.expected_action_dim in (0, m.action_dim),

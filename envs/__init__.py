@@ -30,10 +30,7 @@ def max_episode_steps(cfg: EnvConfig) -> int:
 def check_env_config(cfg: EnvConfig) -> None:
     """Fail fast on names the simulators do not know, listing the valid ones."""
     if cfg.kind == "libero":
-        from envs.libero import LiberoSuite, check_suite
-
-        check_suite(cfg.suite)
-        LiberoSuite(cfg.suite).check_task_ids(cfg.task_ids)
+        task_ids(cfg)  # the suite's name, then the task ids
     elif cfg.kind == "robosuite":
         from envs.robosuite_tasks import check_task
 

@@ -22,12 +22,9 @@ import zmq
 from configs import Config, to_dict
 from envs import eval_init_states
 from envs.base import split_init_state
-from learner.receiver import TrajectoryReceiver
+from learner.link import TrajectoryLink, close_weights, weight_sender
 from models import build_policy, pick_device
-from protocol import wiring
-from protocol.endpoint import Endpoint
-from protocol.messages import ActorDone, ActorHello, Trajectory
-from protocol.weights import DistWeightSender, join_group
+from protocol.messages import Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -113,32 +110,21 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
     table = EvalTable(set(eval_init_states(cfg.env, cfg.eval.num_trials)))
     own_ctx = ctx is None
     ctx = ctx or zmq.Context()
-    endpoint = Endpoint(wiring.bind_learner(ctx, cfg), "evaluator", cfg.run.run_id,
-                        cfg.network.max_message_mb << 20,
-                        expected=(ActorHello, Trajectory, ActorDone), routed=True)
-    ready: queue.Queue = queue.Queue(maxsize=cfg.learner.max_ready_groups)
-    receiver = TrajectoryReceiver(endpoint, ready, cfg.actor.num_actors)
-    receiver.start()
+    link = TrajectoryLink(cfg, ctx, "evaluator")
     try:
-        if weights is None:
-            weights = DistWeightSender(join_group(cfg, 0, device), device)
+        weights = weight_sender(cfg, device, weights)
         weights.send(0, policy)
         log.info("evaluating %d episodes (%s, %d trials per task), weights from %s",
                  len(table.expected), cfg.env.kind, cfg.eval.num_trials,
                  cfg.model.checkpoint or "a fresh policy")
-        _collect(cfg, table, ready, receiver, stop)
+        _collect(cfg, table, link.ready, link.receiver, stop)
         return 0 if table.complete else 1
     finally:
-        receiver.drain("evaluation finished" if table.complete else "stopped")
-        receiver.all_done.wait(cfg.actor.flush_timeout_s + 10)
-        receiver.halt.set()
-        receiver.join()
-        try:
-            weights.close()
-        except Exception as exc:  # a server already gone must not hide the results
-            log.warning("could not tell the inference servers to stop: %s", exc)
+        link.stop_actors("evaluation finished" if table.complete else "stopped")
+        if weights is not None:
+            close_weights(weights)
         _write_results(cfg, table)
-        endpoint.close()
+        link.close()
         if own_ctx:
             ctx.term()
 

@@ -17,12 +17,8 @@ from torch.utils.tensorboard import SummaryWriter
 from configs import Config, to_dict
 from learner.batch import build_batch, group_lag, informative_groups
 from learner.core import Learner
-from learner.receiver import TrajectoryReceiver
+from learner.link import TrajectoryLink, close_weights, weight_sender
 from models import build_policy, pick_device
-from protocol import wiring
-from protocol.endpoint import Endpoint
-from protocol.messages import ActorDone, ActorHello, Trajectory
-from protocol.weights import DistWeightSender, join_group
 
 log = logging.getLogger(__name__)
 
@@ -43,37 +39,26 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
     log_dir.mkdir(parents=True, exist_ok=True)
     own_ctx = ctx is None
     ctx = ctx or zmq.Context()
-    endpoint = Endpoint(wiring.bind_learner(ctx, cfg), "learner", cfg.run.run_id,
-                        cfg.network.max_message_mb << 20,
-                        expected=(ActorHello, Trajectory, ActorDone), routed=True)
-    ready: queue.Queue = queue.Queue(maxsize=cfg.learner.max_ready_groups)
-    receiver = TrajectoryReceiver(endpoint, ready, cfg.actor.num_actors)
-    receiver.start()
+    link = TrajectoryLink(cfg, ctx, "learner")
     writer = SummaryWriter(str(log_dir))
     try:
-        if weights is None:
-            weights = DistWeightSender(join_group(cfg, 0, device), device)
+        weights = weight_sender(cfg, device, weights)
         weights.send(learner.version, policy)
         log.info("learner ready: logging to %s", log_dir)
-        _train(cfg, learner, weights, ready, receiver, writer, stop)
+        _train(cfg, learner, weights, link.ready, link.receiver, writer, stop)
         return 0
     finally:
-        reason = "training finished" if learner.version >= cfg.run.total_updates else "stopped"
-        receiver.drain(reason)
-        receiver.all_done.wait(cfg.actor.flush_timeout_s + 10)
-        receiver.halt.set()
-        receiver.join()
-        try:
-            weights.close()
-        except Exception as exc:  # a server already gone must not hide the summary
-            log.warning("could not tell the inference servers to stop: %s", exc)
+        link.stop_actors("training finished" if learner.version >= cfg.run.total_updates
+                         else "stopped")
+        if weights is not None:
+            close_weights(weights)
         if cfg.learner.checkpoint:
             torch.save({"model": policy.state_dict(), "optimizer": learner.optimizer.state_dict(),
                         "version": learner.version, "config": to_dict(cfg)},
                        log_dir / "checkpoint.pt")
-        _write_summary(log_dir, learner, receiver, endpoint)
+        _write_summary(log_dir, learner, link.receiver, link.endpoint)
         writer.close()
-        endpoint.close()
+        link.close()
         if own_ctx:
             ctx.term()
 

@@ -104,9 +104,10 @@ def camera_views(obs: EnvObs, use_wrist: bool) -> list[np.ndarray]:
     return [obs.main_images, obs.wrist_images]
 
 
-def patchify_on_device(images: np.ndarray, image_processor,
+def patchify_on_device(views: list[np.ndarray], image_processor,
                        device: torch.device) -> Optional[dict]:
-    """Qwen2-VL's image preprocessing for a batch [B,V,H,W,3] in one set of tensor ops on
+    """Qwen2-VL's image preprocessing for views of a batch (each [B,H,W,3]; row i shows
+    image i of every view, in order) in one set of tensor ops on
     ``device``, when the processor would keep the size (it then only rescales,
     normalises and cuts patches, which this reproduces); None otherwise.
 
@@ -115,13 +116,13 @@ def patchify_on_device(images: np.ndarray, image_processor,
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
     p = image_processor
-    b, v, h, w, c = images.shape
+    (b, h, w, c), v = views[0].shape, len(views)
     patch, merge, temporal = p.patch_size, p.merge_size, p.temporal_patch_size
     lo, hi = p.size.shortest_edge, p.size.longest_edge  # pixel-count bounds
     if not (p.do_resize and p.do_rescale and p.do_normalize and lo and hi) or \
             smart_resize(h, w, patch * merge, lo, hi) != (h, w):
         return None
-    x = torch.from_numpy(images).to(device).reshape(b * v, h, w, c).float()
+    x = torch.from_numpy(np.stack(views, axis=1)).to(device).reshape(b * v, h, w, c).float()
     mean = torch.tensor(p.image_mean, device=device)
     std = torch.tensor(p.image_std, device=device)
     x = ((x * p.rescale_factor - mean) / std).permute(0, 3, 1, 2)  # [N,C,H,W]
@@ -138,7 +139,7 @@ def encode_batch(tokenizer, image_processor, prompts: list[str], views: list[np.
                  device: torch.device) -> dict:
     """Token ids (left-padded) and pixel patches for Qwen2.5-VL; prompt i shows image i of
     every view, in order, each as one ``<|image_pad|>`` expanded to its token count."""
-    pix = patchify_on_device(np.stack(views, axis=1), image_processor, device)
+    pix = patchify_on_device(views, image_processor, device)
     if pix is None:  # a size the processor would resize: let it
         images = [np.ascontiguousarray(v[i]) for i in range(len(prompts)) for v in views]
         pix = image_processor(images=images, return_tensors="pt")

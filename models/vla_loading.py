@@ -24,7 +24,6 @@ name fails with a message that names it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
@@ -111,17 +110,19 @@ def _load_backbone(vlm_dir: Path, cfg: ModelConfig):
     return vlm, tokenizer, image_processor
 
 
-def _statistics(folder: Path, cfg: ModelConfig) -> ActionNorm:
+def _statistics(folder: Path, cfg: ModelConfig, binarize_gripper: bool) -> ActionNorm:
     if not cfg.unnorm_key:
         return ActionNorm()
-    return ActionNorm.from_statistics(folder / "dataset_statistics.json", cfg.unnorm_key,
-                                      cfg.action_stats, cfg.binarize_gripper)
+    norm = ActionNorm.from_statistics(folder / "dataset_statistics.json", cfg.unnorm_key,
+                                      cfg.action_stats, binarize_gripper)
+    if norm.dim != cfg.action_dim:
+        raise CheckpointError(f"dataset_statistics.json[{cfg.unnorm_key!r}] has {norm.dim}-D "
+                              f"actions but model.action_dim={cfg.action_dim}")
+    return norm
 
 
 def load_qwen_oft(cfg: ModelConfig):
     """The QwenOFT policy of ``cfg.model_path`` in whichever supported layout it is."""
-    from models.qwen_oft import QwenOFTPolicy
-
     path = Path(cfg.model_path)
     if not path.exists():
         raise CheckpointError(f"model.model_path {str(path)!r} does not exist")
@@ -130,28 +131,26 @@ def load_qwen_oft(cfg: ModelConfig):
         run_dir = path.parents[1] if path.is_file() else path
         base_dir, action_dim, chunk, template = _starvla_config(run_dir, cfg)
         _check_shape(str(run_dir / "config.yaml"), action_dim, chunk, cfg)
-        vlm, tokenizer, image_processor = _load_backbone(base_dir, cfg)
-        policy = _policy(QwenOFTPolicy, vlm, tokenizer, image_processor, cfg,
-                         _statistics(run_dir, cfg))
-        policy.prompt_template = template
+        policy = _qwen_oft(base_dir, run_dir, cfg, template)
         _load_starvla_weights(policy, ckpt)
     else:
-        vlm, tokenizer, image_processor = _load_backbone(path, cfg)
-        policy = _policy(QwenOFTPolicy, vlm, tokenizer, image_processor, cfg,
-                         _statistics(path, cfg))
+        policy = _qwen_oft(path, path, cfg)
         log.warning("%s is a plain Qwen2.5-VL: the QwenOFT action head is freshly "
                     "initialised (train it, or load a StarVLA checkpoint)", path)
     _finish(policy, cfg)
     return policy
 
 
-def _policy(cls, vlm, tokenizer, image_processor, cfg: ModelConfig, norm: ActionNorm):
-    if norm.dim is not None and norm.dim != cfg.action_dim:
-        raise CheckpointError(f"dataset_statistics.json[{cfg.unnorm_key!r}] has {norm.dim}-D "
-                              f"actions but model.action_dim={cfg.action_dim}")
-    return cls(vlm, tokenizer, image_processor, cfg.num_action_chunks, cfg.action_dim,
-               use_wrist=cfg.use_wrist_image, init_log_std=cfg.init_log_std,
-               value_head=cfg.value_head, norm=norm)
+def _qwen_oft(vlm_dir: Path, stats_dir: Path, cfg: ModelConfig,
+              template: str = "{instruction}"):
+    from models.qwen_oft import QwenOFTPolicy
+
+    vlm, tokenizer, image_processor = _load_backbone(vlm_dir, cfg)
+    return QwenOFTPolicy(vlm, tokenizer, image_processor, cfg.num_action_chunks,
+                         cfg.action_dim, use_wrist=cfg.use_wrist_image,
+                         init_log_std=cfg.init_log_std, value_head=cfg.value_head,
+                         norm=_statistics(stats_dir, cfg, cfg.binarize_gripper),
+                         prompt_template=template)
 
 
 def _load_starvla_weights(policy, ckpt: Path) -> None:
@@ -191,10 +190,7 @@ def load_openvla_oft(cfg: ModelConfig):
                               "(Qwen2.5-VL) and does not execute checkpoint code")
     vlm, tokenizer, image_processor = _load_backbone(path, cfg)
     # The gripper stays a bin centre: the env's ``openvla`` convention binarises it.
-    norm = dataclasses.replace(_statistics(path, cfg), binarize_gripper=False)
-    if norm.dim is not None and norm.dim != cfg.action_dim:
-        raise CheckpointError(f"dataset_statistics.json[{cfg.unnorm_key!r}] has {norm.dim}-D "
-                              f"actions but model.action_dim={cfg.action_dim}")
+    norm = _statistics(path, cfg, binarize_gripper=False)
     policy = OpenVLAOFTPolicy(vlm, tokenizer, image_processor, cfg.num_action_chunks,
                               cfg.action_dim, cfg.action_vocab_size, cfg.use_wrist_image,
                               cfg.top_k, cfg.value_head, norm)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -39,6 +40,15 @@ def small_overrides(tmp_path: Path, **extra) -> list[str]:
     }
     items.update(extra)
     return [f"{k}={v}" for k, v in items.items()]
+
+
+def launch(tmp_path: Path, config: str, *args: str, timeout: float = 240,
+           **overrides) -> subprocess.CompletedProcess:
+    """``launch.py --config <config>`` with the small overrides plus ``overrides``, run to
+    the end; ``config`` is relative to the repository."""
+    cmd = [sys.executable, str(ROOT / "launch.py"), "--config", str(ROOT / config),
+           *small_overrides(tmp_path, **overrides), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 @pytest.fixture

@@ -12,16 +12,14 @@ import psutil
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import ROOT, small_overrides
+from tests.conftest import ROOT, launch, small_overrides
 
 pytestmark = pytest.mark.slow
 
 
 def _launch(tmp_path, *extra_args, timeout=240, **overrides):
-    args = [sys.executable, str(ROOT / "launch.py"), "--config",
-            str(ROOT / "configs/synthetic_grpo.yaml"), *small_overrides(tmp_path, **overrides),
-            *extra_args]
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return launch(tmp_path, "configs/synthetic_grpo.yaml", *extra_args, timeout=timeout,
+                  **overrides)
 
 
 def _no_process_of(run_dir: Path) -> bool:

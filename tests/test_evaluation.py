@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import imageio.v3 as iio
 import numpy as np
@@ -14,7 +12,7 @@ import torch
 
 from learner.evaluator import EvalTable
 from models import build_policy, load_checkpoint
-from tests.conftest import ROOT, small_overrides
+from tests.conftest import ROOT, launch, small_overrides
 from tests.messages_factory import trajectory
 
 
@@ -61,12 +59,6 @@ def test_checkpoint_loading_and_errors(small_cfg, tmp_path):
         load_checkpoint(loaded, str(tmp_path / "bad.pt"))
 
 
-def _launch(tmp_path, config, overrides, timeout):
-    args = [sys.executable, str(ROOT / "launch.py"), "--config", str(ROOT / config),
-            *small_overrides(tmp_path, **overrides)]
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-
-
 def _playable(path) -> int:
     data = path.read_bytes()
     assert data[4:8] == b"ftyp"
@@ -84,11 +76,8 @@ def test_synthetic_eval_of_a_checkpoint(tmp_path):
     cfg = load_config(ROOT / "configs/synthetic_grpo.yaml", small_overrides(
         tmp_path, **overrides, **{"actor.group_size": 1}))
     torch.save({"model": build_policy(cfg.model).state_dict()}, tmp_path / "checkpoint.pt")
-    args = [sys.executable, str(ROOT / "launch.py"), "--config",
-            str(ROOT / "configs/synthetic_grpo.yaml"), "--eval",
-            *small_overrides(tmp_path, **overrides, **{
-                "model.checkpoint": tmp_path / "checkpoint.pt"})]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    result = launch(tmp_path, "configs/synthetic_grpo.yaml", "--eval", timeout=120,
+                    **overrides, **{"model.checkpoint": tmp_path / "checkpoint.pt"})
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     run = tmp_path / "run" / "eval"  # --eval writes beside the training run's logs
@@ -101,11 +90,11 @@ def test_synthetic_eval_of_a_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_libero_eval_writes_table_and_videos(tmp_path):
-    result = _launch(tmp_path, "configs/libero_spatial_eval.yaml", {
+    result = launch(tmp_path, "configs/libero_spatial_eval.yaml", **{
         "env.task_ids": "[0,1]", "eval.num_trials": 2, "env.max_episode_steps": 12,
         "env.image_size": 64, "env.fast_render": True, "actor.num_actors": 1,
         "actor.envs_per_actor": 2, "actor.group_size": 1, "env.progress_reward": 0.0,
-        "model.image_resolution": 32}, 240)
+        "model.image_resolution": 32})
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     run = tmp_path / "run"
@@ -123,12 +112,11 @@ def test_libero_eval_writes_table_and_videos(tmp_path):
 
 @pytest.mark.slow
 def test_libero_training_all_roles(tmp_path):
-    result = _launch(tmp_path, "configs/libero_spatial_grpo_tiny.yaml", {
+    result = launch(tmp_path, "configs/libero_spatial_grpo_tiny.yaml", **{
         "run.total_updates": 2, "env.max_episode_steps": 16, "env.image_size": 64,
         "actor.num_actors": 1, "actor.envs_per_actor": 4, "actor.group_size": 2,
         "learner.groups_per_update": 1, "learner.max_ready_groups": 2,
-        "video.train_every": 2, "env.progress_reward": 0.0, "model.image_resolution": 32},
-        240)
+        "video.train_every": 2, "env.progress_reward": 0.0, "model.image_resolution": 32})
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     run = tmp_path / "run"

@@ -13,7 +13,7 @@ from configs import ModelConfig
 from envs.base import EnvObs
 from models.action_tokens import CENTRES, actions_to_tokens, tokens_to_actions
 from models.vla_loading import CheckpointError, load_openvla_oft
-from tests.conftest import ROOT, small_overrides
+from tests.conftest import ROOT, launch
 from tests.vla_factory import STATS, make_qwen_vl
 
 CPU = torch.device("cpu")
@@ -136,17 +136,11 @@ def test_loading_errors(base, tmp_path):
 
 @pytest.mark.slow
 def test_launch_trains_tiny_openvla_oft(base, tmp_path):
-    import subprocess
-    import sys
-
-    overrides = small_overrides(tmp_path, **{
+    result = launch(tmp_path, "configs/synthetic_grpo.yaml", **{
         "model.kind": "openvla_oft", "model.model_path": base, "model.use_wrist_image": False,
         "model.unnorm_key": "", "run.total_updates": 2, "actor.num_actors": 1,
         "actor.envs_per_actor": 4, "actor.group_size": 2, "learner.groups_per_update": 1,
         "env.image_size": 56, "learner.micro_batch_size": 8, "inference.temperature": 1.6})
-    result = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--config",
-                             str(ROOT / "configs/synthetic_grpo.yaml"), *overrides],
-                            capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     summary = json.loads((tmp_path / "run" / "learner_summary.json").read_text())
     assert summary["updates"] == 2 and summary["duplicates"] == 0
@@ -166,19 +160,13 @@ def test_rlinf_openvla_keys(tmp_path):
 
 @pytest.mark.slow
 def test_launch_trains_tiny_openvla_oft_on_libero(base, tmp_path):
-    import subprocess
-    import sys
-
-    overrides = small_overrides(tmp_path, **{
+    result = launch(tmp_path, "configs/libero_spatial_grpo_tiny.yaml", **{
         "model.kind": "openvla_oft", "model.model_path": base, "model.use_wrist_image": False,
         "model.unnorm_key": "libero_spatial", "env.gripper_convention": "openvla",
         "env.wrist_camera": False, "env.image_size": 64, "env.max_episode_steps": 16,
         "env.progress_reward": 0.0, "run.total_updates": 2, "actor.num_actors": 1,
         "actor.envs_per_actor": 4, "actor.group_size": 2, "learner.groups_per_update": 1,
         "learner.micro_batch_size": 8, "inference.temperature": 1.6})
-    result = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--config",
-                             str(ROOT / "configs/libero_spatial_grpo_tiny.yaml"), *overrides],
-                            capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     summary = json.loads((tmp_path / "run" / "learner_summary.json").read_text())
     assert summary["updates"] == 2 and summary["episodes_received"] >= 4

@@ -16,7 +16,7 @@ from envs.base import EnvObs
 from models import build_policy
 from models.action_norm import ActionNorm
 from models.vla_loading import HEAD_PREFIX, CheckpointError, load_qwen_oft
-from tests.conftest import ROOT, small_overrides
+from tests.conftest import launch
 from tests.vla_factory import STATS, make_qwen_vl, make_starvla_run
 
 CPU = torch.device("cpu")
@@ -192,18 +192,12 @@ def test_build_policy_then_chunkrl_checkpoint(ckpts, tmp_path):
 
 @pytest.mark.slow
 def test_launch_trains_tiny_qwen_oft_on_the_synthetic_task(ckpts, tmp_path):
-    import subprocess
-    import sys
-
     _, run = ckpts
-    overrides = small_overrides(tmp_path, **{
+    result = launch(tmp_path, "configs/synthetic_grpo.yaml", **{
         "model.kind": "qwen_oft", "model.model_path": run, "model.use_wrist_image": False,
         "model.init_log_std": -2.5, "run.total_updates": 2, "actor.num_actors": 1,
         "actor.envs_per_actor": 4, "actor.group_size": 2, "learner.groups_per_update": 1,
         "env.image_size": 56, "learner.micro_batch_size": 8})
-    result = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--config",
-                             str(ROOT / "configs/synthetic_grpo.yaml"), *overrides],
-                            capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     summary = json.loads((tmp_path / "run" / "learner_summary.json").read_text())
     assert summary["updates"] == 2 and summary["duplicates"] == 0
@@ -213,20 +207,14 @@ def test_launch_trains_tiny_qwen_oft_on_the_synthetic_task(ckpts, tmp_path):
 
 @pytest.mark.slow
 def test_launch_trains_tiny_qwen_oft_on_libero(ckpts, tmp_path):
-    import subprocess
-    import sys
-
     _, run = ckpts
-    overrides = small_overrides(tmp_path, **{
+    result = launch(tmp_path, "configs/libero_spatial_grpo_tiny.yaml", **{
         "model.kind": "qwen_oft", "model.model_path": run, "model.use_wrist_image": True,
         "model.unnorm_key": "libero_spatial", "model.init_log_std": -2.5,
         "env.gripper_convention": "starvla", "env.image_size": 64,
         "env.max_episode_steps": 16, "env.progress_reward": 0.0, "run.total_updates": 2,
         "actor.num_actors": 1, "actor.envs_per_actor": 4, "actor.group_size": 2,
         "learner.groups_per_update": 1, "learner.micro_batch_size": 8})
-    result = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--config",
-                             str(ROOT / "configs/libero_spatial_grpo_tiny.yaml"), *overrides],
-                            capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     summary = json.loads((tmp_path / "run" / "learner_summary.json").read_text())
     assert summary["updates"] == 2 and summary["episodes_received"] >= 4
@@ -257,14 +245,14 @@ def test_on_device_patchify_equals_the_image_processor(ckpts):
     _, run = ckpts
     processor = load_qwen_oft(_cfg(run)).image_processor
     images = np.random.default_rng(3).integers(0, 255, (3, 2, 56, 56, 3), dtype=np.uint8)
-    fast = patchify_on_device(images, processor, CPU)
+    fast = patchify_on_device([images[:, 0], images[:, 1]], processor, CPU)
     ref = processor(images=[images[i, j] for i in range(3) for j in range(2)],
                     return_tensors="pt")
     assert fast["pixel_values"].shape == ref["pixel_values"].shape == (6 * 16, 1176)
     torch.testing.assert_close(fast["pixel_values"], ref["pixel_values"], atol=1e-5, rtol=0)
     assert torch.equal(fast["image_grid_thw"], ref["image_grid_thw"])
     # A size the processor resizes (48 is not a multiple of 28) is left to the processor.
-    assert patchify_on_device(images[:, :, :48, :48], processor, CPU) is None
+    assert patchify_on_device([images[:, 0, :48, :48]], processor, CPU) is None
 
 
 def test_rlinf_starvla_section_names_the_model_and_conventions_are_checked(tmp_path, ckpts):
