@@ -4,8 +4,11 @@ What it measures
     ``cnn``: the small CPU policy (``build_policy(ModelConfig())``). ``qwen_oft_tiny``:
     QwenOFT loaded by ``load_qwen_oft`` from a StarVLA run, made in a temporary folder
     around tests/vla_factory's tiny random Qwen2.5-VL (hidden 64, 2 layers, byte-level
-    tokenizer; a 224x224 image stays 224x224: 64 tokens, as with the real processor). ``openvla_oft_tiny``:
-    OpenVLA-OFT decoding (56 action tokens, 256 bins) on the same tiny VLM, loaded by
+    tokenizer; a 224x224 image stays 224x224: 64 tokens, as with the real processor).
+    ``openvla_oft_tiny``: OpenVLA-OFT decoding (56 action tokens, 256 bins) on
+    tests/prismatic_factory's tiny random OpenVLA (Prismatic: DINOv2 + SigLIP widths 64/48,
+    3 blocks each, a 2-layer Llama of width 64) at OpenVLA's 224 px, so the main image is
+    the real 256 patches; one image, as RLinf's LIBERO configs. Loaded by
     ``load_openvla_oft``. All on --device (cpu).
     ``qwen_oft_3b`` (--full-size, CUDA): QwenOFT on the Qwen2.5-VL-3B architecture from its
     published config values, random weights, all bf16, batch --full-batch. Its tokenizer
@@ -113,13 +116,14 @@ def build(name: str, tmp: Path, args):
         return build_policy(ModelConfig())
     if name == "qwen_oft_3b":
         return full_size_policy(torch.device("cuda"), args.attn)
-    from tests.vla_factory import STATS, make_qwen_vl, make_starvla_run
+    from tests.vla_factory import make_qwen_vl, make_starvla_run
 
     if name == "openvla_oft_tiny":
-        vlm = make_qwen_vl(tmp / "ovla", max_pixels=MAX_PIXELS)
-        (vlm / "dataset_statistics.json").write_text(json.dumps({"libero_spatial": STATS}))
+        from tests.prismatic_factory import make_prismatic
+
+        vlm = make_prismatic(tmp / "openvla", image_size=224).path
         return build_policy(ModelConfig(kind="openvla_oft", model_path=str(vlm),
-                                        unnorm_key="libero_spatial"))
+                                        unnorm_key="libero_spatial", use_wrist_image=False))
     run = make_starvla_run(tmp / "run", make_qwen_vl(tmp / "vlm", max_pixels=MAX_PIXELS))
     return build_policy(ModelConfig(kind="qwen_oft", model_path=str(run),
                                     unnorm_key="libero_spatial"))

@@ -124,7 +124,8 @@ class ModelConfig:
     image_resolution: int = opt(64, "cnn_gaussian: images are resized to this square")
     checkpoint: str = opt("", "a chunkrl checkpoint.pt to start from (empty: fresh weights)")
     model_path: str = opt("", "qwen_oft: a local StarVLA run dir / .pt, or a Hugging Face "
-                          "Qwen2.5-VL dir (head freshly initialised)")
+                          "Qwen2.5-VL dir (head freshly initialised); openvla_oft: an "
+                          "OpenVLA (Prismatic) or Qwen2.5-VL Hugging Face dir")
     unnorm_key: str = opt("", "dataset key in dataset_statistics.json for un-normalising "
                           "actions (empty: actions are not un-normalised)")
     action_stats: Literal["q01q99", "minmax"] = opt(
@@ -132,7 +133,8 @@ class ModelConfig:
     binarize_gripper: bool = opt(False, "qwen_oft: threshold the gripper dim at 0.5 to "
                                  "{0,1} in the model (off: the env's starvla convention "
                                  "thresholds it, and log-probs stay those of the sample)")
-    use_wrist_image: bool = opt(True, "qwen_oft: the prompt holds the wrist camera too")
+    use_wrist_image: bool = opt(True, "VLAs: the prompt holds the wrist camera too (RLinf: "
+                                "num_images_in_input 2)")
     starvla: StarVLAConfig = field(default_factory=StarVLAConfig,
                                    metadata={"doc": "StarVLA checkpoint settings"})
     lora_rank: int = opt(0, "VLAs: a new LoRA of this rank on the backbone via peft (0: "
@@ -140,11 +142,12 @@ class ModelConfig:
     lora_path: str = opt("", "VLAs: a peft LoRA adapter directory to load (and train)")
     top_k: int = opt(0, "openvla_oft: sample among the k likeliest bins (0: all 256)")
     action_vocab_size: int = opt(0, "openvla_oft: the action bins are the 256 ids below this "
-                                 "(0: the LM's vocab_size; OpenVLA's Llama: 32000)")
-    gradient_checkpointing: bool = opt(False, "qwen_oft: recompute backbone activations "
+                                 "(0: OpenVLA's text vocab_size - pad_to_multiple_of, "
+                                 "32000; a Qwen2.5-VL's vocab_size)")
+    gradient_checkpointing: bool = opt(False, "VLAs: recompute backbone activations "
                                        "in the learner's backward pass (saves GPU memory)")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = opt(
-        "sdpa", "qwen_oft: transformers attention kernel")
+        "sdpa", "VLAs: transformers attention kernel of the language model")
 
 
 @dataclass(frozen=True)

@@ -43,12 +43,18 @@ class ActionNorm:
     def from_statistics(cls, path: Path, unnorm_key: str, kind: str = "q01q99",
                         binarize_gripper: bool = False) -> "ActionNorm":
         """Read ``path`` (a dataset_statistics.json); errors name the file and the keys."""
-        if kind not in STAT_KINDS:
-            raise ValueError(f"unknown action statistics {kind!r}; valid: {list(STAT_KINDS)}")
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: the checkpoint needs its "
                                     "dataset_statistics.json to un-normalise actions")
-        stats = json.loads(path.read_text())
+        return cls.from_stats(json.loads(path.read_text()), str(path), unnorm_key, kind,
+                              binarize_gripper)
+
+    @classmethod
+    def from_stats(cls, stats: dict, path: str, unnorm_key: str, kind: str = "q01q99",
+                   binarize_gripper: bool = False) -> "ActionNorm":
+        """The statistics of ``unnorm_key`` in ``stats`` (read from ``path``)."""
+        if kind not in STAT_KINDS:
+            raise ValueError(f"unknown action statistics {kind!r}; valid: {list(STAT_KINDS)}")
         key = unnorm_key
         if key not in stats and f"{key}_no_noops" in stats:
             key = f"{key}_no_noops"  # OpenVLA's LIBERO keys carry this suffix

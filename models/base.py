@@ -16,6 +16,10 @@ from torch import nn
 
 from envs.base import EnvObs
 
+# The linear layers of a Llama/Qwen decoder that LoRA adapts by default.
+LLM_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                    "down_proj"]
+
 
 @dataclass(frozen=True)
 class PolicyOutput:
@@ -54,3 +58,8 @@ class Policy(nn.Module, abc.ABC):
     @abc.abstractmethod
     def evaluate(self, inputs: dict, actions: torch.Tensor, temperature: float) -> Evaluation:
         """Log-probs and entropy of ``actions`` [B,T,D]; gradients flow."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model under peft's LoRA wrapper, if any."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -13,8 +13,10 @@ Tokens decode to normalised actions, un-normalised with the q01/q99 statistics o
 ``unnorm_key``; the learner maps stored env actions back to tokens.
 An optional value head (an MLP, as RLinf's) reads the last prompt token.
 
-The backbone here is transformers' Qwen2.5-VL (the VLM this project builds on); OpenVLA's
-own Prismatic checkpoints need their remote code and are refused with a clear message.
+Two backbones, each behind an inputs adapter (``encode`` and ``hidden_states``): OpenVLA's
+own Prismatic (DINOv2 + SigLIP + Llama-2, :mod:`models.prismatic`), which the published
+OpenVLA-OFT, SimpleVLA-RL and RLinf checkpoints are, and transformers' Qwen2.5-VL
+(:class:`QwenVLInputs`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torch import nn
 from envs.base import EnvObs
 from models.action_norm import ActionNorm
 from models.action_tokens import NUM_BINS, actions_to_tokens, bin_index, tokens_to_actions
-from models.base import Evaluation, Policy, PolicyOutput
+from models.base import Evaluation, Policy, PolicyOutput, unwrap
 from models.qwen_oft import (IMAGE_PAD, VISION_END, VISION_START, backbone_states,
                              camera_views, encode_batch)
 
@@ -41,14 +43,33 @@ def build_prompt(instruction: str, num_images: int, num_tokens: int) -> str:
             f"Out: {PLACEHOLDER * num_tokens}")
 
 
-class OpenVLAOFTPolicy(Policy):
-    """Parallel-decoded action tokens over a VLM; see the module docstring."""
+class QwenVLInputs:
+    """OpenVLA's prompt on a Qwen2.5-VL: the images, the question, the placeholders."""
 
-    def __init__(self, vlm, tokenizer, image_processor, num_action_chunks: int,
-                 action_dim: int, vocab_size: int = 0, use_wrist: bool = False,
-                 top_k: int = 0, value_head: bool = False, norm: Optional[ActionNorm] = None):
+    def __init__(self, tokenizer, image_processor):
+        self.tokenizer, self.image_processor = tokenizer, image_processor
+
+    def encode(self, obs: EnvObs, views: list, num_tokens: int, device: torch.device) -> dict:
+        prompts = [build_prompt(text, len(views), num_tokens) for text in obs.task_descriptions]
+        return encode_batch(self.tokenizer, self.image_processor, prompts, views, device)
+
+    def hidden_states(self, vlm, inputs: dict) -> torch.Tensor:
+        return backbone_states(vlm, inputs)
+
+
+class OpenVLAOFTPolicy(Policy):
+    """Parallel-decoded action tokens over a VLM; see the module docstring.
+
+    ``inputs`` turns observations into the VLM's inputs (``encode``) and runs it to its
+    last hidden states (``hidden_states``), whose sequence ends with the T*D placeholders.
+    """
+
+    def __init__(self, vlm, inputs, num_action_chunks: int, action_dim: int,
+                 vocab_size: int = 0, use_wrist: bool = False, top_k: int = 0,
+                 value_head: bool = False, norm: Optional[ActionNorm] = None):
         super().__init__()
-        self.vlm, self.tokenizer, self.image_processor = vlm, tokenizer, image_processor
+        self.vlm, self.inputs = vlm, inputs
+        self.tokenizer = inputs.tokenizer
         self.num_action_chunks, self.action_dim = num_action_chunks, action_dim
         self.vocab_size = vocab_size or vlm.config.get_text_config().vocab_size
         if self.vocab_size < NUM_BINS:
@@ -67,18 +88,15 @@ class OpenVLAOFTPolicy(Policy):
 
     def prepare(self, obs: EnvObs, device: torch.device) -> dict:
         views = camera_views(obs, self.use_wrist)
-        prompts = [build_prompt(text, len(views), self.num_tokens)
-                   for text in obs.task_descriptions]
-        return encode_batch(self.tokenizer, self.image_processor, prompts, views, device)
+        return self.inputs.encode(obs, views, self.num_tokens, device)
 
     def _logits(self, inputs: dict) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Processed action-bin logits [B,T*D,256] (temperature, top-k applied later)."""
-        h = backbone_states(self.vlm, inputs)
+        h = self.inputs.hidden_states(self.vlm, inputs)
         n = self.num_tokens
-        # Left padding puts every row's placeholders at the end: position p predicts p+1.
+        # Every row's placeholders are at the end: position p predicts token p+1.
         states = h[:, -n - 1:-1]
-        base = self.vlm.get_base_model() if hasattr(self.vlm, "get_base_model") else self.vlm
-        head = base.lm_head.weight[self.vocab_size - NUM_BINS:self.vocab_size]
+        head = unwrap(self.vlm).lm_head.weight[self.vocab_size - NUM_BINS:self.vocab_size]
         logits = (states @ head.T.to(states.dtype)).float()
         value = None
         if self.value_head is not None:

@@ -30,7 +30,7 @@ from torch import nn
 
 from envs.base import EnvObs
 from models.action_norm import ActionNorm
-from models.base import Evaluation, Policy, PolicyOutput
+from models.base import Evaluation, Policy, PolicyOutput, unwrap
 
 ACTION_TOKEN = "🔍"
 IMAGE_PAD, VISION_START, VISION_END = "<|image_pad|>", "<|vision_start|>", "<|vision_end|>"
@@ -162,7 +162,7 @@ def encode_batch(tokenizer, image_processor, prompts: list[str], views: list[np.
 def backbone_states(vlm, inputs: dict) -> torch.Tensor:
     """Last hidden states [B,L,H] of the Qwen2.5-VL (after the final norm, no LM head),
     under LoRA's wrapper if any."""
-    base = vlm.get_base_model() if hasattr(vlm, "get_base_model") else vlm
+    base = unwrap(vlm)
     out = base.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                      pixel_values=inputs["pixel_values"].to(base.dtype),
                      image_grid_thw=inputs["image_grid_thw"])

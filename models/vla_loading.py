@@ -14,9 +14,11 @@
   qwen2_5_vl``, tokenizer, ``preprocessor_config.json``): the backbone is loaded and the
   action head is freshly initialised, with a warning.
 
-OpenVLA-OFT (:func:`load_openvla_oft`) reads a Hugging Face VLM directory with its
-``dataset_statistics.json``, and a peft LoRA adapter directory (``model.lora_path``, as
-RLinf publishes ``lora_XXXXXX/``) on top.
+OpenVLA-OFT (:func:`load_openvla_oft`) reads an OpenVLA (Prismatic) Hugging Face directory
+as OpenVLA-OFT, SimpleVLA-RL and RLinf publish it (:mod:`models.prismatic_loading`, no
+remote code run), or a Qwen2.5-VL one, with its ``dataset_statistics.json`` (or the
+``norm_stats`` of OpenVLA's config.json), and a peft LoRA adapter directory
+(``model.lora_path``, as RLinf publishes ``lora_XXXXXX/``) on top.
 
 A missing file, a mismatched action dimension or chunk length, or an unknown framework
 name fails with a message that names it.
@@ -28,12 +30,14 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import Optional
 
 import torch
 import yaml
 
 from configs import ModelConfig
 from models.action_norm import ActionNorm
+from models.base import LLM_LORA_TARGETS
 
 log = logging.getLogger(__name__)
 FRAMEWORKS = ("QwenOFT",)
@@ -110,11 +114,19 @@ def _load_backbone(vlm_dir: Path, cfg: ModelConfig):
     return vlm, tokenizer, image_processor
 
 
-def _statistics(folder: Path, cfg: ModelConfig, binarize_gripper: bool) -> ActionNorm:
+def _statistics(folder: Path, cfg: ModelConfig, binarize_gripper: bool,
+                config: Optional[dict] = None) -> ActionNorm:
+    """The action statistics of ``dataset_statistics.json`` in ``folder``, or, failing
+    that file, of the ``norm_stats`` an OpenVLA ``config.json`` carries."""
     if not cfg.unnorm_key:
         return ActionNorm()
-    norm = ActionNorm.from_statistics(folder / "dataset_statistics.json", cfg.unnorm_key,
-                                      cfg.action_stats, binarize_gripper)
+    file = folder / "dataset_statistics.json"
+    if not file.is_file() and config and config.get("norm_stats"):
+        norm = ActionNorm.from_stats(config["norm_stats"], f"{folder}/config.json:norm_stats",
+                                     cfg.unnorm_key, cfg.action_stats, binarize_gripper)
+    else:
+        norm = ActionNorm.from_statistics(file, cfg.unnorm_key, cfg.action_stats,
+                                          binarize_gripper)
     if norm.dim != cfg.action_dim:
         raise CheckpointError(f"dataset_statistics.json[{cfg.unnorm_key!r}] has {norm.dim}-D "
                               f"actions but model.action_dim={cfg.action_dim}")
@@ -176,23 +188,34 @@ def _load_starvla_weights(policy, ckpt: Path) -> None:
 
 
 def load_openvla_oft(cfg: ModelConfig):
-    """OpenVLA-OFT decoding over the VLM of ``cfg.model_path`` (a Hugging Face directory
-    with ``dataset_statistics.json``), with the LoRA adapter of ``cfg.lora_path`` if set."""
-    from models.openvla_oft import OpenVLAOFTPolicy
+    """OpenVLA-OFT decoding over the VLM of ``cfg.model_path``: an OpenVLA (Prismatic)
+    directory as OpenVLA-OFT, SimpleVLA-RL and RLinf publish it, or a Qwen2.5-VL one;
+    ``dataset_statistics.json`` beside it, and the LoRA adapter of ``cfg.lora_path``."""
+    from models.openvla_oft import OpenVLAOFTPolicy, QwenVLInputs
+    from models.prismatic_loading import PrismaticCheckpointError, is_prismatic, load_prismatic
 
     path = Path(cfg.model_path)
     if not (path / "config.json").is_file():
         raise CheckpointError(f"model.model_path {str(path)!r} has no config.json: give a "
                               "Hugging Face model directory")
-    if "auto_map" in json.loads((path / "config.json").read_text()):
-        raise CheckpointError(f"{path} is a remote-code checkpoint (OpenVLA's Prismatic); "
-                              "chunkrl runs OpenVLA-OFT decoding on transformers' own VLMs "
-                              "(Qwen2.5-VL) and does not execute checkpoint code")
-    vlm, tokenizer, image_processor = _load_backbone(path, cfg)
+    conf = json.loads((path / "config.json").read_text())
+    if is_prismatic(conf):
+        try:
+            vlm, inputs, vocab = load_prismatic(path, 2 if cfg.use_wrist_image else 1,
+                                                cfg.attn_implementation)
+        except PrismaticCheckpointError as exc:
+            raise CheckpointError(str(exc)) from exc
+    elif conf.get("model_type") == "qwen2_5_vl":
+        vlm, tokenizer, image_processor = _load_backbone(path, cfg)
+        inputs, vocab = QwenVLInputs(tokenizer, image_processor), 0
+    else:
+        raise CheckpointError(f"{path}/config.json has model_type {conf.get('model_type')!r}; "
+                              "OpenVLA-OFT runs on OpenVLA's Prismatic (openvla) or "
+                              "Qwen2.5-VL (qwen2_5_vl)")
     # The gripper stays a bin centre: the env's ``openvla`` convention binarises it.
-    norm = _statistics(path, cfg, binarize_gripper=False)
-    policy = OpenVLAOFTPolicy(vlm, tokenizer, image_processor, cfg.num_action_chunks,
-                              cfg.action_dim, cfg.action_vocab_size, cfg.use_wrist_image,
+    norm = _statistics(path, cfg, binarize_gripper=False, config=conf)
+    policy = OpenVLAOFTPolicy(vlm, inputs, cfg.num_action_chunks, cfg.action_dim,
+                              cfg.action_vocab_size or vocab, cfg.use_wrist_image,
                               cfg.top_k, cfg.value_head, norm)
     _finish(policy, cfg)
     return policy
@@ -207,13 +230,18 @@ def _finish(policy, cfg: ModelConfig) -> None:
         if not (adapter / "adapter_config.json").is_file():
             raise CheckpointError(f"model.lora_path {str(adapter)!r} has no "
                                   "adapter_config.json: give a peft adapter directory")
-        policy.vlm = PeftModel.from_pretrained(policy.vlm, str(adapter), is_trainable=True)
+        from peft import LoraConfig
+
+        # As a plain peft model: a task type (CAUSAL_LM) would ask for generation hooks.
+        config = LoraConfig.from_pretrained(str(adapter))
+        config.task_type = None
+        policy.vlm = PeftModel.from_pretrained(policy.vlm, str(adapter), config=config,
+                                               is_trainable=True)
     if cfg.lora_rank:
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, lora_dropout=0.0,
-                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                          "gate_proj", "up_proj", "down_proj"])
+                          target_modules=getattr(policy.vlm, "lora_targets", LLM_LORA_TARGETS))
         policy.vlm = get_peft_model(policy.vlm, lora)
     if cfg.gradient_checkpointing:
         policy.vlm.gradient_checkpointing_enable()
