@@ -5,6 +5,7 @@ one process (``--single-process``).
     python launch.py --config CONFIG --role inference --index 0     # one role, this host
     python launch.py --config CONFIG --single-process               # debugging, tests
     python launch.py --config CONFIG --eval model.checkpoint=runs/X/checkpoint.pt
+    python launch.py --config CONFIG --profile profile.duration_s=60  # where time goes
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval", action="store_true",
                    help="evaluate instead of training: every task x trial once (run.mode=eval, "
                         "actor.group_size=1), results under <run.log_dir>/eval")
+    p.add_argument("--profile", action="store_true",
+                   help="profile the pipeline for profile.duration_s (60) seconds, then print "
+                        "the bottleneck; report and Chrome trace in <run.log_dir>")
     p.add_argument("--single-process", action="store_true",
                    help="all roles as threads of one process, in-process transport")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
@@ -73,9 +77,12 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 def run_role(cfg, role: str, index: int) -> int:
     """Run one role in this process until it ends; returns its exit code."""
-    import torch
+    if role == "actor":  # actors need no torch: skip its import (many actors, one host)
+        os.environ.setdefault("OMP_NUM_THREADS", str(cfg.run.torch_threads))
+    else:
+        import torch
 
-    torch.set_num_threads(cfg.run.torch_threads)
+        torch.set_num_threads(cfg.run.torch_threads)
     stop = threading.Event()
     _stop_on_signals(stop)
     try:
@@ -254,6 +261,23 @@ class MemorySampler:
             csv.writer(f).writerows(rows)
 
 
+def report_profile(cfg, code: int) -> int:
+    """After a profiled run: merge the roles' profiles, print the table, keep ``code``."""
+    if not cfg.profile.enabled:
+        return code
+    from profiling.report import write_report
+
+    try:
+        _, table = write_report(Path(cfg.run.log_dir))
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        log.error("no profile report: %s", exc)
+        return code or 1
+    print(table, flush=True)
+    log.info("profile report %s/profile_report.json, trace %s/trace.json (chrome://tracing "
+             "or ui.perfetto.dev)", cfg.run.log_dir, cfg.run.log_dir)
+    return code
+
+
 def check_env(cfg) -> None:
     """Unknown suite/task names and a missing model fail here, before any role starts;
     for simulators, the GL backend is chosen once and inherited by every child."""
@@ -282,6 +306,8 @@ def main(argv=None) -> int:
         overrides.append("network.transport=inproc")
     if args.eval:
         overrides += ["run.mode=eval", "actor.group_size=1"]
+    if args.profile:
+        overrides.insert(0, "profile.enabled=true")  # before the user's profile.* keys
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as exc:
@@ -315,14 +341,16 @@ def main(argv=None) -> int:
         return 2
     log.info("run %s: config %s, logs in %s", cfg.run.run_id, args.config or "(defaults)",
              log_dir)
+    if cfg.profile.enabled:  # a report merges every file there: none from an older run
+        shutil.rmtree(log_dir / "profile", ignore_errors=True)
     if args.single_process:
-        return run_single_process(cfg)
+        return report_profile(cfg, run_single_process(cfg))
     launcher = Launcher(cfg, args, overrides)
     interrupted = threading.Event()
     _stop_on_signals(interrupted)  # Ctrl-C reaches the children too; SIGTERM is passed on
     try:
         launcher.start()
-        return launcher.watch(interrupted)
+        return report_profile(cfg, launcher.watch(interrupted))
     finally:
         launcher.stop_all(grace_s=5)
         if cfg.network.transport == "ipc":

@@ -31,12 +31,14 @@ class Outbox:
         """Queue ``ep``; it is due to be sent at once."""
         self.pending[ep.episode_id] = [ep, None]
 
-    def due(self, now: float) -> list[Trajectory]:
-        """Episodes never sent, or sent longer than ``resend_after_s`` ago; marks them sent."""
+    def due(self, now: float, resend_after_s: float | None = None) -> list[Trajectory]:
+        """Episodes never sent, or sent longer than ``resend_after_s`` (by default the
+        outbox's) ago; marks them sent."""
+        after = self.resend_after_s if resend_after_s is None else resend_after_s
         out = []
         for entry in self.pending.values():
             ep, sent = entry
-            if sent is None or now - sent >= self.resend_after_s:
+            if sent is None or now - sent >= after:
                 self.resends += sent is not None
                 entry[1] = now
                 out.append(ep)

@@ -26,11 +26,13 @@ from envs import eval_init_states, make_env
 from protocol import wiring
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint
+from profiling.recorder import make_profiler
 from protocol.messages import (
     ActionReply, ActorDone, ActorHello, ErrorReply, ObsRequest, StopActors, TrajectoryAck,
 )
 
 log = logging.getLogger(__name__)
+FLUSH_RESEND_S = 2.0
 
 
 class ActorError(RuntimeError):
@@ -69,6 +71,7 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None,
     finally:
         if actor is not None:
             actor.write_summary(Path(cfg.run.log_dir) / f"{name}.json")
+            actor.write_profile()
         infer.close()
         learn.close()
         if env is not None:
@@ -100,6 +103,8 @@ class Actor:
         self.next_request = 0
         self.learner_stopped = False
         self.done_acked = False
+        self.prof = make_profiler(cfg, f"actor-{index}")
+        self.started_at = self.stopped_at = 0.0  # wall clock: first request, end of acting
 
     @staticmethod
     def _init_states(cfg: Config, index: int, env):
@@ -117,20 +122,33 @@ class Actor:
         """Step the stages until the learner says stop."""
         a = self.cfg.actor
         self.learn.send(ActorHello(self.index, self.env.num_envs, a.group_size))
+        self.started_at = time.time()
         for s in range(len(self.stages)):
             self._request(s)
+        try:
+            self._loop(stop)
+        finally:
+            self.stopped_at = time.time()
+
+    def _loop(self, stop: threading.Event) -> None:
+        a, prof = self.cfg.actor, self.prof
         while not (stop.is_set() or self.learner_stopped):
             if not self.inflight:  # every stage idle: evaluation trials all done
                 self._service_learner(50)
                 continue
             self._service_learner(0)
             if self.outbox.full:  # backpressure: wait for the learner instead of stepping
+                began = time.time()
                 self._service_learner(50)
+                prof.add("blocked_by_learner", began, time.time())
                 # Replies wait unread meanwhile; that time is not the servers' fault.
                 now = time.monotonic()
                 self.inflight = {rid: (stage, now) for rid, (stage, _) in self.inflight.items()}
                 continue
-            if self.infer.poll(50):
+            began = time.time()  # every stage waits for its chunk: the actor is idle
+            ready = self.infer.poll(50)
+            prof.add("wait_action", began, time.time())
+            if ready:
                 self._on_reply()
             oldest = min((t for _, t in self.inflight.values()), default=time.monotonic())
             if time.monotonic() - oldest > a.request_timeout_s:
@@ -140,13 +158,14 @@ class Actor:
     def _request(self, stage: int) -> None:
         if self.stages[stage].idle:
             return
-        obs = self.stages[stage].observe()
-        rid = self.next_request
-        self.next_request += 1
-        self.inflight[rid] = (stage, time.monotonic())
-        self.infer.send(ObsRequest(rid, self.cfg.actor.deterministic, obs.task_descriptions,
-                                   obs.main_images, obs.states, obs.wrist_images,
-                                   obs.extra_view_images))
+        with self.prof.span("observe_send", stage=stage):  # rendering + encoding
+            obs = self.stages[stage].observe()
+            rid = self.next_request
+            self.next_request += 1
+            self.inflight[rid] = (stage, time.monotonic())
+            self.infer.send(ObsRequest(rid, self.cfg.actor.deterministic,
+                                       obs.task_descriptions, obs.main_images, obs.states,
+                                       obs.wrist_images, obs.extra_view_images))
 
     def _on_reply(self) -> None:
         try:
@@ -157,16 +176,21 @@ class Actor:
         if isinstance(reply, ErrorReply):
             raise ActorError(f"inference server rejected request {reply.request_id}: "
                              f"{reply.code}: {reply.message}")
-        stage, _ = self.inflight.pop(reply.request_id, (None, 0.0))
+        stage, sent = self.inflight.pop(reply.request_id, (None, 0.0))
         if stage is None:
             log.warning("actor %d: reply to unknown request %d ignored", self.index,
                         reply.request_id)
             return
-        began = time.monotonic()
+        began, wall = time.monotonic(), time.time()
+        self.prof.sample("action_rtt_ms", (began - sent) * 1e3, wall)
+        steps_before = self.stages[stage].env_steps
         episodes = self.stages[stage].execute(reply.actions, reply.logprobs, reply.values,
                                               reply.policy_version)
         # Time spent stepping here (simulator rebuilds, videos) is not the servers' delay.
         spent = time.monotonic() - began
+        steps = self.stages[stage].env_steps - steps_before
+        self.prof.add("env_step", wall, wall + spent, stage=stage, envs=len(reply.actions))
+        self.prof.sample("env_steps", steps, wall + spent)
         self.inflight = {rid: (s, t + spent) for rid, (s, t) in self.inflight.items()}
         for ep in episodes:
             if ep.env_error:
@@ -177,12 +201,14 @@ class Actor:
         self._request(stage)
 
     # --- delivery -------------------------------------------------------------------
-    def _send_due(self) -> None:
-        for ep in self.outbox.due(time.monotonic()):
+    def _send_due(self, resend_after_s: float | None = None) -> None:
+        due = self.outbox.due(time.monotonic(), resend_after_s)
+        for k, ep in enumerate(due):
             try:
                 self.learn.send(ep, flags=zmq.NOBLOCK)
-            except zmq.Again:
-                self.outbox.unsend(ep.episode_id)
+            except zmq.Again:  # the socket is full: this one and the rest go out later
+                for rest in due[k:]:
+                    self.outbox.unsend(rest.episode_id)
                 break
 
     def _service_learner(self, timeout_ms: float) -> None:
@@ -210,6 +236,9 @@ class Actor:
         deadline = time.monotonic() + self.cfg.actor.flush_timeout_s
         while self.outbox.pending and time.monotonic() < deadline:
             self._service_learner(50)
+            # An ack that has not come within FLUSH_RESEND_S will not: resend now rather
+            # than after resend_after_s (the learner acks a duplicate, never counts it).
+            self._send_due(FLUSH_RESEND_S)
         if self.outbox.pending and not raise_on_timeout:
             log.error("actor %d: %d episodes unacknowledged at exit", self.index,
                       len(self.outbox.pending))
@@ -226,6 +255,13 @@ class Actor:
     def env_steps(self) -> int:
         return sum(s.env_steps for s in self.stages)
 
+    def write_profile(self) -> None:
+        """The profile of this actor, with the bytes each of its links carried."""
+        for link, ep in (("actor->inference", self.infer), ("actor->learner", self.learn)):
+            self.prof.count(f"bytes_sent:{link}", ep.bytes_sent)
+            self.prof.count(f"bytes_received:{link}", ep.bytes_received)
+        self.prof.write(self.cfg.run.log_dir)
+
     def write_summary(self, path: Path) -> None:
         """Delivered episode ids and counters, for the run's records and tests."""
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,4 +269,5 @@ class Actor:
             "episodes_delivered": len(self.outbox.acked),
             "episode_id_ranges": self.outbox.acked.ranges(),
             "unacknowledged": sorted(self.outbox.pending), "resends": self.outbox.resends,
-            "env_steps": self.env_steps, "rejected": dict(self.infer.rejected)}))
+            "env_steps": self.env_steps, "rejected": dict(self.infer.rejected),
+            "acting_s": max(0.0, self.stopped_at - self.started_at)}))

@@ -30,6 +30,8 @@ class RunConfig:
     total_updates: int = opt(100, "learner updates before the run ends")
     torch_threads: int = opt(1, "torch intra-op threads per process")
     progress_every_s: float = opt(5.0, "seconds between progress lines on the terminal")
+    max_duration_s: float = opt(0.0, "also stop training after this many seconds once the "
+                                "learner is ready (0: no time limit)")
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,20 @@ class VideoConfig:
 
 
 @dataclass(frozen=True)
+class ProfileConfig:
+    """Throughput profiling (``launch.py --profile``): spans and samples from every role."""
+
+    enabled: bool = opt(False, "record spans in every role; the run lasts duration_s and "
+                        "ends with a report, a table and a Chrome trace (--profile)")
+    duration_s: float = opt(60.0, "profiled run: seconds of training, then stop")
+    warmup_s: float = opt(5.0, "rates and fractions leave out this long after every actor "
+                          "has started stepping")
+    max_events: int = opt(200_000, "spans (and samples of each kind) kept per role; the "
+                          "rest are counted as dropped")
+    min_span_us: float = opt(50.0, "shorter spans count in the totals but not in the trace")
+
+
+@dataclass(frozen=True)
 class Config:
     """The root: one section per role, plus the run and network."""
 
@@ -237,11 +253,24 @@ class Config:
     learner: LearnerConfig = field(default_factory=LearnerConfig, metadata={"doc": "learner"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"doc": "evaluation"})
     video: VideoConfig = field(default_factory=VideoConfig, metadata={"doc": "videos"})
+    profile: ProfileConfig = field(default_factory=ProfileConfig,
+                                   metadata={"doc": "throughput profiling"})
 
     @property
     def actions_per_chunk(self) -> int:
         """N, with 0 resolved to T."""
         return self.actor.actions_per_chunk or self.model.num_action_chunks
+
+    @property
+    def time_limit_s(self) -> float:
+        """Seconds of training before the learner stops (0: none); a profiled run lasts
+        ``profile.duration_s`` whatever ``run.total_updates`` says."""
+        return self.profile.duration_s if self.profile.enabled else self.run.max_duration_s
+
+    @property
+    def update_limit(self) -> float:
+        """Updates before the learner stops (unbounded in a profiled run)."""
+        return float("inf") if self.profile.enabled else self.run.total_updates
 
 
 # The simulator gripper mapping each VLA family's output needs (envs/robot_io.py).
@@ -308,5 +337,9 @@ def validate(cfg: Config) -> list[str]:
          "max_frames >= 1"),
         (1 <= e.num_targets <= 6, "env.num_targets must be in 1..6"),
         (n.max_message_mb >= 1 and n.high_water_mark >= 1, "network limits must be >= 1"),
+        (cfg.run.max_duration_s >= 0, "run.max_duration_s must be >= 0"),
+        (cfg.profile.duration_s > 0 and cfg.profile.warmup_s >= 0 and
+         cfg.profile.max_events >= 1 and cfg.profile.min_span_us >= 0,
+         "profile.duration_s > 0, warmup_s >= 0, max_events >= 1, min_span_us >= 0"),
     ]
     return [msg for ok, msg in checks if not ok]

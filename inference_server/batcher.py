@@ -13,6 +13,7 @@ class Pending:
 
     peer: bytes
     request: ObsRequest
+    arrived: float = 0.0  # wall clock, for the profile's queueing time
 
     @property
     def rows(self) -> int:

@@ -15,6 +15,7 @@ from configs import Config
 from inference_server.batcher import Batcher, Pending
 from inference_server.core import InferenceCore
 from models import build_policy, pick_device
+from profiling.recorder import OFF, make_profiler
 from protocol import wiring
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint
@@ -37,12 +38,13 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None, weights_bus
     endpoint = Endpoint(wiring.bind_inference_server(ctx, cfg, index), f"inference-{index}",
                         cfg.run.run_id, cfg.network.max_message_mb << 20,
                         expected=(ObsRequest,), routed=True)
-    server = InferenceServer(cfg, core, endpoint)
+    server = InferenceServer(cfg, core, endpoint, make_profiler(cfg, f"inference-{index}"))
     try:
         if weights_bus is not None:
             receiver = weights_bus.receiver(policy, device)
         else:
-            receiver = DistWeightReceiver(policy, device, join_group(cfg, 1 + index, device))
+            receiver = DistWeightReceiver(policy, device, join_group(cfg, 1 + index, device),
+                                          server.prof)
         core.load(*receiver.wait_first(cfg.network.weights_timeout_s))
         log.info("inference server %d serving on %s (%s), weights version %d", index,
                  wiring.inference_address(cfg, index, bind=True), device, core.version)
@@ -50,6 +52,7 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None, weights_bus
         return 0
     finally:
         server.write_stats(Path(cfg.run.log_dir) / f"inference-{index}.json")
+        server.write_profile(cfg.run.log_dir)
         endpoint.close()
         if own_ctx:
             ctx.term()
@@ -58,10 +61,11 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None, weights_bus
 class InferenceServer:
     """The serving loop: receive, batch, forward, reply; new weights between batches."""
 
-    def __init__(self, cfg: Config, core: InferenceCore, endpoint: Endpoint):
+    def __init__(self, cfg: Config, core: InferenceCore, endpoint: Endpoint, prof=None):
         self.core, self.endpoint = core, endpoint
         self.batcher = Batcher(cfg.inference.max_batch, cfg.inference.max_wait_ms / 1e3)
         self.requests = self.errors = 0
+        self.prof = OFF if prof is None else prof
 
     def serve(self, receiver, stop: threading.Event, grace_s: float = 60.0) -> None:
         """Serve until the learner signals the end.
@@ -71,29 +75,55 @@ class InferenceServer:
         ``grace_s`` does the server leave on its own.
         """
         deadline = None
+        poller = zmq.Poller()
+        poller.register(self.endpoint.sock, zmq.POLLIN)
+        poller.register(receiver.wake_fd, zmq.POLLIN)  # new weights wake an idle server
         while deadline is None or time.monotonic() < deadline:
             if deadline is None and stop.is_set():
                 deadline = time.monotonic() + grace_s
+            receiver.clear_wake()
             update = receiver.poll()
             if update is not None:  # between two batches: never mid-batch
-                self.core.load(*update)
+                with self.prof.span("weights_apply", version=update[0]):  # serving pauses
+                    self.core.load(*update)
             if receiver.finished.is_set() and receiver.poll() is None:
                 if receiver.error is not None:
                     raise RuntimeError(f"weight receiver failed: {receiver.error}")
                 log.info("learner finished; inference server stopping")
                 return
-            self.step(timeout_s=self.batcher.wait_s(time.monotonic(), 0.1))
+            self.step(self.batcher.wait_s(time.monotonic(), 0.1), poller)
 
-    def step(self, timeout_s: float) -> None:
-        """Wait up to ``timeout_s`` for requests, then run a batch if one is due."""
-        if self.endpoint.poll(timeout_s * 1e3):
+    def step(self, timeout_s: float, poller: zmq.Poller | None = None) -> None:
+        """Wait up to ``timeout_s`` for requests (or what else ``poller`` watches), then
+        run a batch if one is due."""
+        if poller is None:
+            ready = self.endpoint.poll(timeout_s * 1e3)
+        else:
+            ready = self.endpoint.sock in dict(poller.poll(max(0, int(timeout_s * 1e3))))
+        if ready:
             while self.endpoint.poll(0):  # take everything already queued
                 self._receive()
                 if self.batcher.rows >= self.batcher.max_batch:
                     break
         if self.batcher.due(time.monotonic()):
-            for peer, reply in self.core.answer(self.batcher.take()):
-                self.endpoint.send(reply, peer)
+            self._run_batch()
+
+    def _run_batch(self) -> None:
+        prof, waiting = self.prof, len(self.batcher.queue)
+        batch = self.batcher.take()
+        start = time.time()
+        replies = self.core.answer(batch)
+        for peer, reply in replies:
+            self.endpoint.send(reply, peer)
+        if prof.enabled:
+            end = time.time()
+            rows = sum(p.rows for p in batch)
+            prof.add("forward", start, end, rows=rows, requests=len(batch))
+            prof.sample("batch_rows", rows, end)
+            prof.sample("queue_requests", waiting, start)  # waiting when the batch began
+            for item in batch:
+                prof.sample("queue_ms", (start - item.arrived) * 1e3, start)
+                prof.sample("compute_ms", (end - start) * 1e3, end)
 
     def _receive(self) -> None:
         try:
@@ -110,7 +140,12 @@ class InferenceServer:
             self.endpoint.send(ErrorReply(got.msg.request_id, "bad_request", problem), got.peer)
             return
         self.requests += 1
-        self.batcher.add(Pending(got.peer, got.msg), time.monotonic())
+        self.batcher.add(Pending(got.peer, got.msg, time.time()), time.monotonic())
+
+    def write_profile(self, log_dir: str) -> None:
+        self.prof.count("bytes_received:actor->inference", self.endpoint.bytes_received)
+        self.prof.count("bytes_sent:inference->actor", self.endpoint.bytes_sent)
+        self.prof.write(log_dir)
 
     def write_stats(self, path: Path) -> None:
         """Served counts and the final policy version, for the run's records and tests."""

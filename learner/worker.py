@@ -19,6 +19,7 @@ from learner.batch import build_batch, group_lag, informative_groups
 from learner.core import Learner
 from learner.link import TrajectoryLink, close_weights, weight_sender
 from models import build_policy, pick_device
+from profiling.recorder import OFF, make_profiler
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,17 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
     ctx = ctx or zmq.Context()
     link = TrajectoryLink(cfg, ctx, "learner")
     writer = SummaryWriter(str(log_dir))
+    prof = make_profiler(cfg, "learner")
+    finished = False
     try:
         weights = weight_sender(cfg, device, weights)
         weights.send(learner.version, policy)
         log.info("learner ready: logging to %s", log_dir)
-        _train(cfg, learner, weights, link.ready, link.receiver, writer, stop)
+        finished = _train(cfg, learner, weights, link.ready, link.receiver, writer, stop, prof)
         return 0
     finally:
-        link.stop_actors("training finished" if learner.version >= cfg.run.total_updates
-                         else "stopped")
+        prof.meta["trained_until"] = time.time()  # the profile's window ends here
+        link.stop_actors("training finished" if finished else "stopped")
         if weights is not None:
             close_weights(weights)
         if cfg.learner.checkpoint:
@@ -57,6 +60,9 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
                         "version": learner.version, "config": to_dict(cfg)},
                        log_dir / "checkpoint.pt")
         _write_summary(log_dir, learner, link.receiver, link.endpoint)
+        prof.count("bytes_received:actor->learner", link.endpoint.bytes_received)
+        prof.count("bytes_sent:learner->actor", link.endpoint.bytes_sent)
+        prof.write(log_dir)
         writer.close()
         link.close()
         if own_ctx:
@@ -112,19 +118,31 @@ class Tally:
         }
 
 
-def _train(cfg: Config, learner: Learner, weights, ready, receiver, writer, stop) -> None:
+def _train(cfg: Config, learner: Learner, weights, ready, receiver, writer, stop,
+           prof=OFF) -> bool:
+    """Train until ``cfg.update_limit`` updates or ``cfg.time_limit_s`` seconds; True
+    when a limit was reached (False: stopped)."""
     L = cfg.learner
     update, shown = Tally(), Tally()  # since the last update / the last progress line
     stale_total, groups = 0, []
-    while learner.version < cfg.run.total_updates and not stop.is_set():
+    weight_bytes = sum(t.numel() * t.element_size() for t in learner.policy.state_dict().values())
+    deadline = time.monotonic() + cfg.time_limit_s if cfg.time_limit_s else float("inf")
+    while not stop.is_set():
+        if learner.version >= cfg.update_limit or time.monotonic() >= deadline:
+            return True
         if receiver.error is not None:
             raise RuntimeError(f"trajectory receiver failed: {receiver.error}")
+        began = time.time()
         try:
             group = ready.get(timeout=0.2)
         except queue.Empty:
+            prof.add("wait_data", began, time.time())
             continue
+        prof.add("wait_data", began, time.time())
         update.add_group(group)
         shown.add_group(group)
+        for ep in group:
+            prof.sample("policy_lag", learner.version - int(ep.policy_versions.min()))
         if any(ep.env_error for ep in group):
             # A simulator failure cut an episode short: its score says nothing about the
             # policy, and GRPO compares within the group, so the group is not trained on.
@@ -142,11 +160,14 @@ def _train(cfg: Config, learner: Learner, weights, ready, receiver, writer, stop
             continue
         batch = build_batch(groups)
         groups = []
-        metrics = learner.step(batch)
+        with prof.span("update", samples=len(batch)):
+            metrics = learner.step(batch)
+        prof.sample("samples", len(batch))
         update.samples += len(batch)
         shown.samples += len(batch)
-        if learner.version % L.sync_every == 0 or learner.version == cfg.run.total_updates:
-            weights.send(learner.version, learner.policy)
+        if learner.version % L.sync_every == 0 or learner.version == cfg.update_limit:
+            with prof.span("broadcast", version=learner.version, bytes=weight_bytes):
+                weights.send(learner.version, learner.policy)
         metrics.update(update.metrics())
         for key, value in metrics.items():
             writer.add_scalar(key, value, learner.version)
@@ -154,14 +175,21 @@ def _train(cfg: Config, learner: Learner, weights, ready, receiver, writer, stop
         if learner.version % 10 == 0:
             release_free_memory()
         if time.monotonic() - shown.start >= cfg.run.progress_every_s or \
-                learner.version == cfg.run.total_updates:
+                learner.version == cfg.update_limit:
             m = shown.metrics()
-            log.info("update %d/%d | success_once %.2f | return %.2f | env steps/s %.0f | "
+            log.info("update %d/%s | success_once %.2f | return %.2f | env steps/s %.0f | "
                      "samples/s %.0f | policy lag %.2f | stale dropped %d",
-                     learner.version, cfg.run.total_updates, m["env/success_once"],
+                     learner.version, _limit_text(cfg), m["env/success_once"],
                      m["env/return"], m["perf/env_steps_per_s"], m["perf/samples_per_s"],
                      metrics["rollout/policy_lag"], stale_total)
             shown.reset()
+    return False
+
+
+def _limit_text(cfg: Config) -> str:
+    if cfg.profile.enabled:
+        return f"({cfg.time_limit_s:.0f} s profile)"
+    return str(cfg.run.total_updates)
 
 
 def _write_summary(log_dir: Path, learner: Learner, receiver, endpoint) -> None:

@@ -33,11 +33,14 @@ class Endpoint:
     routed: bool = False
     seq: int = 0
     rejected: dict = field(default_factory=dict)
+    bytes_sent: int = 0  # payload bytes (header + arrays) of every message, for profiles
+    bytes_received: int = 0
 
     def send(self, msg, peer: bytes = b"", flags: int = 0) -> None:
         """Send ``msg`` (to ``peer`` on a ROUTER) without copying its arrays."""
         self.seq += 1
         frames = encode(msg, self.name, self.run, self.seq)
+        self.bytes_sent += sum(len(f) for f in frames)
         if self.routed:
             frames = [peer, *frames]
         self.sock.send_multipart(frames, copy=False, flags=flags)
@@ -55,6 +58,7 @@ class Endpoint:
         peer = b""
         if self.routed:
             peer, frames = frames[0].bytes, frames[1:]
+        self.bytes_received += sum(len(f) for f in frames)
         try:
             env, msg = decode(frames, self.max_bytes, self.expected)
         except ProtocolError as err:

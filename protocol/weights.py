@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import queue
 import threading
+import time
 from typing import Optional
 
 import torch
@@ -109,6 +111,11 @@ class WeightReceiver:
         self._lock = threading.Lock()
         self.finished = threading.Event()
         self.error: Optional[BaseException] = None
+        # A byte on this pipe wakes a server waiting for requests (poll ``wake_fd``), so
+        # an idle server applies new weights at once rather than at its next timeout.
+        self.wake_fd, self._wake_w = os.pipe()
+        os.set_blocking(self.wake_fd, False)
+        os.set_blocking(self._wake_w, False)
 
     def _publish(self, version: int, buffers: list[torch.Tensor]) -> None:
         with self._lock:  # keep only the newest update: a slow server skips versions
@@ -117,6 +124,21 @@ class WeightReceiver:
             except queue.Empty:
                 pass
             self._slot.put((version, unflatten(self.layout, buffers)))
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"w")
+        except BlockingIOError:  # the pipe is full of wake-ups already
+            pass
+
+    def clear_wake(self) -> None:
+        """Empty the wake pipe (the server has seen it)."""
+        try:
+            while os.read(self.wake_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
 
     def poll(self) -> Optional[tuple[int, dict]]:
         """The newest (version, state) received since the last poll, else None."""
@@ -135,11 +157,12 @@ class WeightReceiver:
 
 
 class DistWeightReceiver(WeightReceiver):
-    """Receives broadcasts of a :class:`DistWeightSender` on a daemon thread."""
+    """Receives broadcasts of a :class:`DistWeightSender` on a daemon thread (each a
+    ``weights_recv`` span of ``prof``, from the header to the last buffer)."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, group):
+    def __init__(self, model: torch.nn.Module, device: torch.device, group, prof=None):
         super().__init__(model, device)
-        self.group = group
+        self.group, self.prof = group, prof
         self._thread = threading.Thread(target=self._loop, name="weights", daemon=True)
         self._thread.start()
 
@@ -150,6 +173,7 @@ class DistWeightReceiver(WeightReceiver):
                 header = torch.zeros(2, dtype=torch.int64, device=self.device)
                 _broadcast(self.group, header)
                 version, total = int(header[0]), int(header[1])
+                began = time.time()
                 if version == SHUTDOWN:
                     break
                 if total != expected:
@@ -164,10 +188,13 @@ class DistWeightReceiver(WeightReceiver):
                     _broadcast(self.group, buf)
                     buffers.append(buf)
                 self._publish(version, buffers)
+                if self.prof is not None:
+                    self.prof.add("weights_recv", began, time.time(), version=version)
         except BaseException as exc:  # surfaced to the server's main loop
             self.error = exc
         finally:
             self.finished.set()
+            self._wake()
 
 
 class InProcWeightBus:
@@ -197,3 +224,4 @@ class InProcWeightBus:
     def close(self) -> None:
         for r in self.receivers:
             r.finished.set()
+            r._wake()

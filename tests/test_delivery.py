@@ -35,6 +35,10 @@ def test_outbox_sends_once_resends_after_timeout_and_forgets_on_ack():
     box.ack(1)
     box.ack(1)  # a repeated ack is harmless
     assert not box.full and list(box.acked) == [1] and list(box.pending) == [2]
+    # At exit the actor resends sooner than resend_after_s (and never what is unsent twice).
+    assert [e.episode_id for e in box.due(now=11.0)] == [2]
+    assert box.due(now=12.0, resend_after_s=2.0) == []
+    assert [e.episode_id for e in box.due(now=13.0, resend_after_s=2.0)] == [2]
 
 
 def test_group_assembler_hands_out_complete_groups():
