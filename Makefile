@@ -28,11 +28,17 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -ra -m "not slow"
 
-## Benchmarks; figures go to benchmarks/RESULTS.md by hand, with the command.
+## Benchmarks (about 14 minutes on 2 cores), each printing its ratios; figures go to
+## benchmarks/RESULTS.md by hand, with the command. Shorter settings than each script's
+## defaults, to fit the time; run a script alone for its full figures.
 bench: install
-	$(PY) benchmarks/transport.py --repeats 5 --seconds 4
-	$(PY) benchmarks/envs.py
-	$(PY) benchmarks/models.py
+	$(PY) benchmarks/transport.py --repeats 3 --seconds 3
+	$(PY) benchmarks/pipeline.py --seconds 12 --warmup 4 --repeats 2
+	$(PY) benchmarks/batching.py --repeats 2
+	$(PY) benchmarks/weights.py
+	$(PY) benchmarks/scaling.py --seconds 12
+	$(PY) benchmarks/envs.py --seconds 1.5 --repeats 2
+	$(PY) benchmarks/models.py --seconds 1 --repeats 2
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -41,8 +41,9 @@ class InferenceCore:
         return ""
 
     def load(self, version: int, state: dict) -> None:
-        """Swap in new weights (called between batches only)."""
-        self.policy.load_state_dict(state)
+        """Swap in new weights (called between batches only). The model takes the
+        received tensors themselves (``assign``): no copy, so the pause is short."""
+        self.policy.load_state_dict(state, assign=True)
         self.version = version
 
     @torch.no_grad()

@@ -8,7 +8,7 @@ servers answering with chunks, the learner training. Read off the report:
 * **inference**: the servers compute > 85% of the time. Full batches (fill >= 90%) with
   requests left waiting want more servers, or a larger ``max_batch`` if the device has
   headroom; part-full batches want more servers.
-* **env**: actors step > 70% of the time and wait for actions < 20%: more actor
+* **env**: actors step (and render) > 70% of the time and wait for actions < 20%: more actor
   processes (while cores remain) or cheaper envs (``env.fast_render``).
 * **latency**: actors wait for actions > 30% of the time while the servers are not
   busy: too few requests in flight. More pipeline stages or envs per actor; a shorter
@@ -33,7 +33,9 @@ def diagnose(report: dict) -> dict:
     settings = report.get("settings", {})
     blocked, waiting = _f(a.get("blocked_by_learner_fraction")), \
         _f(a.get("wait_action_fraction"))
-    stepping, busy = _f(a.get("stepping_fraction")), _f(i.get("busy_fraction"))
+    # The env side of an actor: stepping, and rendering + sending the next request.
+    stepping = _f(a.get("stepping_fraction")) + _f(a.get("observe_fraction"))
+    busy = _f(i.get("busy_fraction"))
     fill, data_wait = _f(i.get("fill_ratio")), _f(L.get("wait_data_fraction"))
     queue = i.get("latency_ms", {}).get("queue", {}).get("p50")
     total = i.get("latency_ms", {}).get("total", {}).get("p50")
@@ -70,7 +72,7 @@ def diagnose(report: dict) -> dict:
                 "advice": advice}
     if stepping > 0.7 and waiting < 0.2:
         return {"stage": "env",
-                "reason": f"actors step envs {stepping:.0%} of the time and wait for "
+                "reason": f"actors step and render envs {stepping:.0%} of the time and wait for "
                           f"actions {waiting:.0%}; the servers are busy {busy:.0%}",
                 "advice": f"add actor processes (actor.num_actors="
                           f"{settings.get('num_actors')}) while CPU cores remain, or make "
@@ -87,6 +89,6 @@ def diagnose(report: dict) -> dict:
                           f"servers are busy only {busy:.0%}",
                 "advice": advice}
     return {"stage": "balanced",
-            "reason": f"actors step {stepping:.0%} and wait {waiting:.0%}; servers busy "
+            "reason": f"actors step and render {stepping:.0%} and wait {waiting:.0%}; servers busy "
                       f"{busy:.0%}; learner waits for data {data_wait:.0%}",
             "advice": "no stage holds the others back much; scale all of them together"}

@@ -89,6 +89,8 @@ def actor_stats(actors: list, t0: float, t1: float) -> dict:
         "count": len(actors),
         "env_steps_per_s": steps / span,
         "chunk_step_ms": _dist(durations, 50, 99),
+        "observe_send_ms": _dist([s[2] * 1e3 for p in actors for s in _spans(p, "observe_send")
+                                  if t0 <= s[1] <= t1], 50, 99),
         "ms_per_env_step": step_s * 1e3 / steps if steps else None,
         "stepping_fraction": _mean(_busy(p, "env_step", t0, t1) / span for p in actors),
         "observe_fraction": _mean(_busy(p, "observe_send", t0, t1) / span for p in actors),

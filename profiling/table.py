@@ -29,6 +29,7 @@ def rows(report: dict) -> list[tuple[str, str, str]]:
     out = [
         (f"actors ({a['count']})", "env steps/s", _n(a["env_steps_per_s"], ",.0f")),
         ("", "chunk step time p50 / p99 (ms)", _pair(a["chunk_step_ms"])),
+        ("", "render + send a request p50 / p99 (ms)", _pair(a["observe_send_ms"])),
         ("", "time per env step (ms)", _n(a["ms_per_env_step"], ".3f")),
         ("", "stepping / rendering+sending", f"{_pct(a['stepping_fraction'])} / "
                                              f"{_pct(a['observe_fraction'])}"),

@@ -34,10 +34,16 @@ def flat_layout(state: dict) -> dict:
     return dict(sorted(layout.items()))
 
 
-def flatten(state: dict) -> list[torch.Tensor]:
-    """One contiguous buffer per dtype, in :func:`flat_layout` order."""
-    return [torch.cat([state[k].detach().reshape(-1) for k, _, _ in entries])
-            for entries in flat_layout(state).values()]
+def flatten(state: dict, out: Optional[list[torch.Tensor]] = None) -> list[torch.Tensor]:
+    """One contiguous buffer per dtype, in :func:`flat_layout` order (written into
+    ``out`` when given: the same layout's buffers from an earlier call)."""
+    layout = flat_layout(state).values()
+    if out is None:
+        return [torch.cat([state[k].detach().reshape(-1) for k, _, _ in entries])
+                for entries in layout]
+    for entries, buf in zip(layout, out):
+        torch.cat([state[k].detach().reshape(-1) for k, _, _ in entries], out=buf)
+    return out
 
 
 def unflatten(layout: dict, buffers: list[torch.Tensor]) -> dict:
@@ -75,10 +81,11 @@ def join_group(cfg, rank: int, device: torch.device):
                       backend, cfg.network.weights_timeout_s)
 
 
-def _broadcast(group, tensor: torch.Tensor) -> None:
+def _broadcast(group, tensor: torch.Tensor, wait: bool = True):
     opts = dist.BroadcastOptions()
     opts.rootRank = 0
-    group.broadcast([tensor], opts).wait()
+    work = group.broadcast([tensor], opts)
+    return work.wait() if wait else work
 
 
 class DistWeightSender:
@@ -86,15 +93,22 @@ class DistWeightSender:
 
     def __init__(self, group, device: torch.device):
         self.group, self.device = group, device
+        self._out: Optional[list[torch.Tensor]] = None  # CPU: buffers kept between sends
 
     def send(self, version: int, model: torch.nn.Module) -> None:
         state = model.state_dict()
-        buffers = [b.to(self.device) for b in flatten(state)]
+        if self.device.type == "cpu":  # fresh buffers every send cost page faults on CPU
+            self._out = flatten(state, self._out) if self._out is not None else flatten(state)
+            buffers = self._out
+        else:  # CUDA's caching allocator reuses freed blocks; no extra copy kept
+            buffers = [b.to(self.device) for b in flatten(state)]
         total = sum(b.numel() for b in buffers)
-        _broadcast(self.group, torch.tensor([version, total], dtype=torch.int64,
-                                            device=self.device))
-        for buf in buffers:
-            _broadcast(self.group, buf)
+        header = torch.tensor([version, total], dtype=torch.int64, device=self.device)
+        # Queued back to back (a group runs its collectives in order): no round trip
+        # between the header and the buffers.
+        works = [_broadcast(self.group, t, wait=False) for t in [header, *buffers]]
+        for work in works:
+            work.wait()
 
     def close(self) -> None:
         _broadcast(self.group, torch.tensor([SHUTDOWN, 0], dtype=torch.int64,
@@ -102,13 +116,21 @@ class DistWeightSender:
 
 
 class WeightReceiver:
-    """Server side: a thread receives updates; ``poll`` returns the newest, if any."""
+    """Server side: a thread receives updates; ``poll`` returns the newest, if any.
+
+    The state ``poll`` returns is valid until the next ``poll``. On CPU the receiving
+    thread fills two sets of buffers in turn (never the one last handed out), so an
+    update allocates nothing; on CUDA each update gets fresh buffers from the caching
+    allocator instead of keeping a second copy of the model on the device.
+    """
 
     def __init__(self, model: torch.nn.Module, device: torch.device):
         self.layout = flat_layout(model.state_dict())
         self.device = device
         self._slot: "queue.Queue" = queue.Queue(maxsize=1)
         self._lock = threading.Lock()
+        self._sets: list[Optional[list[torch.Tensor]]] = [None, None]
+        self._lent: Optional[int] = None  # the set the last poll handed out
         self.finished = threading.Event()
         self.error: Optional[BaseException] = None
         # A byte on this pipe wakes a server waiting for requests (poll ``wake_fd``), so
@@ -117,14 +139,40 @@ class WeightReceiver:
         os.set_blocking(self.wake_fd, False)
         os.set_blocking(self._wake_w, False)
 
-    def _publish(self, version: int, buffers: list[torch.Tensor]) -> None:
+    def _publish(self, version: int, buffers: list[torch.Tensor],
+                 set_index: Optional[int] = None) -> None:
         with self._lock:  # keep only the newest update: a slow server skips versions
             try:
                 self._slot.get_nowait()
             except queue.Empty:
                 pass
-            self._slot.put((version, unflatten(self.layout, buffers)))
+            self._slot.put((version, unflatten(self.layout, buffers), set_index))
         self._wake()
+
+    def _next_buffers(self) -> tuple[Optional[int], list[torch.Tensor]]:
+        """Where the next update goes: (set index, buffers)."""
+        def empty():
+            return [torch.empty(sum(n for _, n, _ in entries),
+                                dtype=getattr(torch, name.replace("torch.", "")),
+                                device=self.device) for name, entries in self.layout.items()]
+        if self.device.type != "cpu":
+            return None, empty()
+        with self._lock:
+            k = 1 if self._lent == 0 else 0
+            try:  # an unpolled update in set k is superseded: take it out before writing
+                pending = self._slot.get_nowait()
+                if pending[2] != k:
+                    self._slot.put(pending)
+            except queue.Empty:
+                pass
+            if self._sets[k] is None:
+                self._sets[k] = empty()
+            return k, self._sets[k]
+
+    def _take(self, item) -> tuple[int, dict]:
+        version, state, set_index = item
+        self._lent = set_index
+        return version, state
 
     def _wake(self) -> None:
         try:
@@ -142,18 +190,24 @@ class WeightReceiver:
 
     def poll(self) -> Optional[tuple[int, dict]]:
         """The newest (version, state) received since the last poll, else None."""
-        try:
-            return self._slot.get_nowait()
-        except queue.Empty:
-            return None
+        with self._lock:
+            try:
+                return self._take(self._slot.get_nowait())
+            except queue.Empty:
+                return None
 
     def wait_first(self, timeout_s: float) -> tuple[int, dict]:
         """Block until the first update (the learner's initial weights) arrives."""
-        try:
-            return self._slot.get(timeout=timeout_s)
-        except queue.Empty:
-            raise RuntimeError(f"no initial weights from the learner within {timeout_s:.0f}s; "
-                               "is the learner running with the same config?") from None
+        deadline = time.monotonic() + timeout_s
+        while (got := self.poll()) is None:  # poll: the hand-out is under the lock
+            if self.error is not None:
+                raise RuntimeError(f"weight receiver failed: {self.error}")
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"no initial weights from the learner within "
+                                   f"{timeout_s:.0f}s; is the learner running with the "
+                                   "same config?")
+            time.sleep(0.005)
+        return got
 
 
 class DistWeightReceiver(WeightReceiver):
@@ -180,14 +234,10 @@ class DistWeightReceiver(WeightReceiver):
                     raise RuntimeError(
                         f"the learner sent {total} weight elements but this server's model "
                         f"has {expected}; run both roles with the same model config")
-                buffers = []
-                for dtype_name, entries in self.layout.items():
-                    dtype = getattr(torch, dtype_name.replace("torch.", ""))
-                    buf = torch.empty(sum(n for _, n, _ in entries), dtype=dtype,
-                                      device=self.device)
-                    _broadcast(self.group, buf)
-                    buffers.append(buf)
-                self._publish(version, buffers)
+                set_index, buffers = self._next_buffers()
+                for work in [_broadcast(self.group, b, wait=False) for b in buffers]:
+                    work.wait()
+                self._publish(version, buffers, set_index)
                 if self.prof is not None:
                     self.prof.add("weights_recv", began, time.time(), version=version)
         except BaseException as exc:  # surfaced to the server's main loop

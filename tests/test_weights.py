@@ -59,3 +59,45 @@ def test_inproc_bus_gives_late_receivers_the_last_weights(small_cfg):
     assert version == 3 and torch.equal(state["log_std"], model.state_dict()["log_std"])
     with pytest.raises(RuntimeError, match="no initial weights"):
         InProcWeightBus().receiver(model, torch.device("cpu")).wait_first(0.1)
+
+
+def test_updates_reuse_two_buffer_sets_and_never_touch_the_one_handed_out(small_cfg):
+    """On CPU the receiver alternates two sets of buffers: the state the server holds
+    stays intact while the next update arrives, and a third update allocates nothing."""
+    import select
+
+    cfg = small_cfg
+    model = build_policy(cfg.model)
+    groups = {}
+    joiner = threading.Thread(target=lambda: groups.update(
+        server=join_group(cfg, 1, torch.device("cpu"))))
+    joiner.start()
+    sender = DistWeightSender(join_group(cfg, 0, torch.device("cpu")), torch.device("cpu"))
+    joiner.join(timeout=60)
+    receiver = DistWeightReceiver(build_policy(cfg.model), torch.device("cpu"),
+                                  groups["server"])
+
+    def send_and_wait(version):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        sender.send(version, model)
+        assert select.select([receiver.wake_fd], [], [], 30)[0], "no wake-up"
+        receiver.clear_wake()
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    sent1 = send_and_wait(1)
+    v1, state1 = receiver.poll()
+    sent2 = send_and_wait(2)
+    assert all(torch.equal(state1[k], sent1[k]) for k in sent1)  # not overwritten
+    v2, state2 = receiver.poll()
+    sent3 = send_and_wait(3)
+    assert all(torch.equal(state2[k], sent2[k]) for k in sent2)
+    v3, state3 = receiver.poll()
+    assert (v1, v2, v3) == (1, 2, 3) and receiver.poll() is None
+    assert all(torch.equal(state3[k], sent3[k]) for k in sent3)
+    ptr = {k: state1[k].data_ptr() for k in state1}
+    assert all(state3[k].data_ptr() == ptr[k] for k in ptr)  # set 1 again
+    assert all(state2[k].data_ptr() != ptr[k] for k in ptr if state2[k].numel())
+    sender.close()
+    assert receiver.finished.wait(30) and receiver.error is None
