@@ -9,9 +9,10 @@ What it measures
             --rows rows in flight (random 224x224 images, 8-D states, instructions) and
             sending the next as soon as its reply arrives. Chunks/s = rows answered over
             --seconds after a warm-up; the server reports its mean batch (rows a pass).
-    bare    In this process, after the server has stopped: ``policy.act(policy.prepare(
-            obs), False, 1.0)`` on one batch of that mean size (rounded), same policy,
-            images and torch threads: the forward pass with nothing around it.
+    bare    In a fresh process of its own, after the server has stopped:
+            ``policy.act(policy.prepare(obs), False, 1.0)`` on one batch of that mean size
+            (rounded), same policy, images and torch threads: the forward pass with
+            nothing around it.
     ratio   served / bare: what batching, decoding, validation, replies and the serving
             loop cost on top of the forward pass. Goal >= 0.9 once the server is the
             bottleneck (N x rows well above max_batch); with fewer actors the server also
@@ -19,8 +20,11 @@ What it measures
     busy    the share of the measured window the server spent in its forward passes
             (its profile): the serving loop's overhead under the same CPU conditions,
             free of the run-to-run noise between the two measurements.
-    Each N: --repeats served/bare pairs, medians. This machine's run-to-run noise is
-    about +-10%.
+            Beside it, the rate of the server's forward passes alone: against the bare
+            rate, what sharing the two cores with the clients and the sockets' I/O
+            threads costs the forward pass itself.
+    Each N: --repeats rounds of bare, served, bare (the bare rate is the mean of the two
+    around the served one: this machine's speed drifts by +-15% between runs); medians.
 
 How to run
     .venv/bin/python benchmarks/batching.py              # N = 4, 8, 16; ~2.5 min
@@ -112,9 +116,9 @@ def clients_main(cfg_args: list[str], actors: int, rows: int, warmup_s: float,
     ctx.term()
 
 
-def serve_and_load(args, actors: int) -> tuple[float, float, float]:
+def serve_and_load(args, actors: int) -> tuple[float, float, float, float]:
     """(served chunks/s, the server's mean batch rows, the share of the time its forward
-    passes took) with ``actors`` simulated actors."""
+    passes took, their own chunks/s) with ``actors`` simulated actors."""
     import torch
 
     from configs import load_config
@@ -154,16 +158,39 @@ def serve_and_load(args, actors: int) -> tuple[float, float, float]:
     stats = json.loads((tmp / "run" / "inference-0.json").read_text())
     prof = json.loads((tmp / "run" / "profile" / "inference-0.json").read_text())
     forward = [sp for sp in prof["spans"] if sp[0] == "forward"]
-    # The share of the measured window the server spent in its forward passes.
+    # The share of the measured window the server spent in its forward passes, and the
+    # rate of those passes alone (rows over their time).
     t0 = forward[-1][1] + forward[-1][2] - elapsed
-    busy = sum(d for _, start, d, _, _ in forward if start >= t0) / elapsed
-    return answered / elapsed, stats["mean_batch_rows"], busy
+    window = [(d, a["rows"]) for _, start, d, _, a in forward if start >= t0]
+    busy = sum(d for d, _ in window) / elapsed
+    in_server = sum(r for _, r in window) / max(sum(d for d, _ in window), 1e-9)
+    return answered / elapsed, stats["mean_batch_rows"], busy, in_server
+
+
+def bare_main(args, rows: int, out) -> None:
+    """In a fresh process, as the server was: puts :func:`bare_forward`'s rate."""
+    sys.path.insert(0, str(ROOT))
+    out.put(bare_forward(args, rows))
+
+
+def bare_in_process(args, rows: int) -> float:
+    """:func:`bare_forward` in a spawned process of its own (a fresh interpreter, one torch
+    thread, nothing else of this benchmark's in it), once the server has gone."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=bare_main, args=(args, rows, out))
+    proc.start()
+    try:
+        return out.get(timeout=args.seconds + 120)
+    finally:
+        proc.join(30)
 
 
 def bare_forward(args, rows: int) -> float:
-    """Chunks/s of ``act(prepare(obs))`` on one batch of ``rows`` in this process."""
+    """Chunks/s of ``act(prepare(obs))`` on one batch of ``rows``."""
     import torch
 
+    torch.set_num_threads(1)  # as the server (run.torch_threads)
     from configs import load_config
     from models import build_policy
 
@@ -197,32 +224,34 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    import torch
-
     args = parse_args(argv)
-    torch.set_num_threads(1)  # as the server (run.torch_threads)
     print(f"# chunkrl batching benchmark: {stamp()}", flush=True)
     rows = []
     for n in args.actors:
-        served, bare, batches, busy = [], [], [], []
-        for _ in range(args.repeats):  # served, then bare at its batch: pairs in turn
-            rate, batch, share = serve_and_load(args, n)
+        served, bare, batches, busy, inside = [], [], [], [], []
+        for _ in range(args.repeats):  # bare, served, bare: the machine drifts
+            before = bare_in_process(args, args.max_batch)
+            rate, batch, share, fwd = serve_and_load(args, n)
+            after = bare_in_process(args, max(1, round(batch)))
             served.append(rate)
             batches.append(batch)
             busy.append(share)
-            bare.append(bare_forward(args, max(1, round(batch))))
-            print(f"N={n}: served {rate:,.0f} chunks/s at a mean batch of {batch:.1f}; bare "
-                  f"forward {bare[-1]:,.0f} chunks/s", flush=True)
+            inside.append(fwd)
+            bare.append((before + after) / 2)
+            print(f"N={n}: served {rate:,.0f} chunks/s at a mean batch of {batch:.1f} (its "
+                  f"forward passes alone {fwd:,.0f}); bare forward {before:,.0f} before, "
+                  f"{after:,.0f} after", flush=True)
         s, b = statistics.median(served), statistics.median(bare)
         rows.append({"actors": n, "rows": args.rows, "batch": statistics.median(batches),
                      "served": s, "bare": b, "ratio": s / b, "runs": args.repeats,
-                     "busy": statistics.median(busy)})
+                     "busy": statistics.median(busy), "inside": statistics.median(inside)})
     print(markdown(f"Batching: one server, N actors of {args.rows} rows a request, "
                    f"{args.image_size}px images, max_batch {args.max_batch}", rows,
                    {"actors N": "actors", "rows/request": "rows", "runs": "runs",
                     "mean batch": "batch",
                     "served chunks/s": "served", "bare forward chunks/s": "bare",
-                    "served/bare": "ratio", "server time in forward": "busy"}))
+                    "served/bare": "ratio", "server time in forward": "busy",
+                    "its forward passes, chunks/s": "inside"}))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

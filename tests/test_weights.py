@@ -12,6 +12,17 @@ from protocol.weights import (
 )
 
 
+def _pair(cfg, server_model):
+    """A sender (rank 0) and a receiver (rank 1) in a real gloo group of two."""
+    groups = {}
+    joiner = threading.Thread(target=lambda: groups.update(
+        server=join_group(cfg, 1, torch.device("cpu"))))
+    joiner.start()
+    sender = DistWeightSender(join_group(cfg, 0, torch.device("cpu")), torch.device("cpu"))
+    joiner.join(timeout=60)
+    return sender, DistWeightReceiver(server_model, torch.device("cpu"), groups["server"])
+
+
 def test_flatten_round_trip(small_cfg):
     model = build_policy(small_cfg.model)
     state = model.state_dict()
@@ -26,13 +37,7 @@ def test_gloo_broadcast_reaches_the_server_and_ends_with_shutdown(small_cfg):
     learner_model = build_policy(cfg.model)
     torch.manual_seed(2)
     server_model = build_policy(cfg.model)
-    groups = {}
-    joiner = threading.Thread(target=lambda: groups.update(
-        server=join_group(cfg, 1, torch.device("cpu"))))
-    joiner.start()
-    sender = DistWeightSender(join_group(cfg, 0, torch.device("cpu")), torch.device("cpu"))
-    joiner.join(timeout=60)
-    receiver = DistWeightReceiver(server_model, torch.device("cpu"), groups["server"])
+    sender, receiver = _pair(cfg, server_model)
     sender.send(0, learner_model)
     version, state = receiver.wait_first(30)
     server_model.load_state_dict(state)
@@ -66,16 +71,8 @@ def test_updates_reuse_two_buffer_sets_and_never_touch_the_one_handed_out(small_
     stays intact while the next update arrives, and a third update allocates nothing."""
     import select
 
-    cfg = small_cfg
-    model = build_policy(cfg.model)
-    groups = {}
-    joiner = threading.Thread(target=lambda: groups.update(
-        server=join_group(cfg, 1, torch.device("cpu"))))
-    joiner.start()
-    sender = DistWeightSender(join_group(cfg, 0, torch.device("cpu")), torch.device("cpu"))
-    joiner.join(timeout=60)
-    receiver = DistWeightReceiver(build_policy(cfg.model), torch.device("cpu"),
-                                  groups["server"])
+    model = build_policy(small_cfg.model)
+    sender, receiver = _pair(small_cfg, build_policy(small_cfg.model))
 
     def send_and_wait(version):
         with torch.no_grad():
