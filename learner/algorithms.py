@@ -101,3 +101,123 @@ def valid_elements(mask: torch.Tensor, action_dim: int, ratio_level: str) -> flo
     if ratio_level == "action":
         return float(mask.sum())
     return float((mask.sum(-1) > 0).sum())
+
+
+# --- PPO: advantages, value loss, aggregation, stale-data correction ------------------
+
+def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor,
+                   terminal: torch.Tensor, episode_end: torch.Tensor, gamma: float,
+                   lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over chunk steps, episodes concatenated in time
+    order (all 1-D, one entry per chunk).
+
+    ``next_values[t]`` is V of the state after step t: the next chunk's value inside an
+    episode, the bootstrap V(final observation) at a truncation; ignored where
+    ``terminal[t]`` (the episode ended by success or failure: no future). ``episode_end``
+    marks the last step of each episode, where the recursion restarts.
+        delta_t = r_t + gamma * (1 - terminal_t) * V'_t - V_t
+        A_t     = delta_t + gamma * lam * (1 - end_t) * A_{t+1}
+    Returns (advantages, returns = advantages + values).
+    """
+    not_terminal = 1.0 - terminal.float()
+    not_end = 1.0 - episode_end.float()
+    delta = rewards.float() + gamma * not_terminal * next_values.float() - values.float()
+    adv = torch.zeros_like(delta)
+    running = torch.zeros(())
+    for t in range(len(delta) - 1, -1, -1):
+        running = delta[t] + gamma * lam * not_end[t] * running
+        adv[t] = running
+    return adv, adv + values.float()
+
+
+def normalize_advantages(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(A - mean) / (unbiased std + eps) over the valid entries; invalid entries -> 0."""
+    valid = adv[mask.bool()]
+    if valid.numel() < 2:
+        return torch.where(mask.bool(), adv - valid.mean() if valid.numel() else adv,
+                           torch.zeros_like(adv))
+    out = (adv - valid.mean()) / (valid.std(unbiased=True) + EPS)
+    return torch.where(mask.bool(), out, torch.zeros_like(out))
+
+
+def huber(x: torch.Tensor, delta: float) -> torch.Tensor:
+    """0.5 x^2 for |x| <= delta, else delta (|x| - 0.5 delta)."""
+    a = x.abs()
+    return torch.where(a <= delta, 0.5 * x * x, delta * (a - 0.5 * delta))
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+               mask: torch.Tensor, clip: float, huber_delta: float,
+               denominator: float | None = None) -> tuple[torch.Tensor, dict]:
+    """PPO's clipped value loss with a Huber penalty, per chunk ([N] tensors):
+        v_c = v_old + clip(v - v_old, -clip, clip)
+        l   = max(huber(v - R), huber(v_c - R))
+    Mean over valid chunks (sum / ``denominator`` when given). Metric
+    ``value_clip_ratio``: share of chunks where the clipped term is the larger.
+    """
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    l1, l2 = huber(values - returns, huber_delta), huber(clipped - returns, huber_delta)
+    m = mask.float()
+    loss = masked_mean(torch.maximum(l1, l2), m, denominator)
+    with torch.no_grad():
+        ratio = masked_mean((l2 > l1).float(), m).item()
+    return loss, {"value_clip_ratio": ratio}
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor,
+                       mask: torch.Tensor) -> float:
+    """1 - Var(R - V) / Var(R) over valid chunks (nan when Var(R) is 0)."""
+    m = mask.bool()
+    r, v = returns[m].float(), values[m].float()
+    var = r.var(unbiased=True) if r.numel() > 1 else torch.tensor(0.0)
+    if float(var) == 0.0:
+        return float("nan")
+    return float(1.0 - (r - v).var(unbiased=True) / var)
+
+
+AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+
+
+def aggregate(losses: torch.Tensor, mask: torch.Tensor, mode: str,
+              denominator: float | None = None) -> torch.Tensor:
+    """Reduce per-element ``losses`` [N, ...] over the valid elements of ``mask`` (same
+    shape; dim 0 is the sequence, here a chunk):
+      token-mean          sum of all valid elements / their count
+      seq-mean-token-sum  per sequence the sum of its valid elements, mean over sequences
+      seq-mean-token-mean per sequence the mean of its valid elements, mean over sequences
+    A sequence without valid elements does not count. ``denominator`` replaces the
+    count (elements, or sequences) so that micro-batches add up to the global mean.
+    """
+    m = mask.to(losses.dtype)
+    if mode == "token-mean":
+        return masked_mean(losses, m, denominator)
+    flat_l, flat_m = (losses * m).flatten(1), m.flatten(1)
+    per_seq = flat_l.sum(1)
+    if mode == "seq-mean-token-mean":
+        per_seq = per_seq / flat_m.sum(1).clamp_min(1.0)
+    elif mode != "seq-mean-token-sum":
+        raise ValueError(f"unknown loss aggregation {mode!r}; valid: {list(AGGREGATIONS)}")
+    seqs = (flat_m.sum(1) > 0).to(losses.dtype)
+    return masked_mean(per_seq, seqs, denominator)
+
+
+def aggregation_units(mask: torch.Tensor, mode: str) -> float:
+    """The count :func:`aggregate` divides by for ``mask`` (for a global denominator)."""
+    if mode == "token-mean":
+        return float(mask.sum())
+    return float((mask.flatten(1).sum(1) > 0).sum())
+
+
+def behaviour_weights(prox_logprobs: torch.Tensor, behav_logprobs: torch.Tensor,
+                      cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoupled PPO's importance weight pi_prox / pi_behav per element, truncated at
+    ``cap`` (<= 0: not truncated); returns (weights, truncated mask). No gradient."""
+    w = torch.exp((prox_logprobs - behav_logprobs).clamp(-20.0, 20.0)).detach()
+    truncated = w > cap if cap > 0 else torch.zeros_like(w, dtype=torch.bool)
+    return (w.clamp(max=cap) if cap > 0 else w), truncated
+
+
+def kl_to_reference(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-element k3 estimate of KL(pi || pi_ref): exp(d) - d - 1, d = ref - new (>= 0)."""
+    d = (ref_logprobs - logprobs).clamp(-20.0, 20.0)
+    return torch.exp(d) - d - 1.0
