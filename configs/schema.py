@@ -199,6 +199,13 @@ class LearnerConfig:
     ratio_level: Literal["action_dim", "action", "chunk"] = opt(
         "action_dim", "importance ratio per action dimension, per action or per chunk")
     entropy_coef: float = opt(0.0, "weight of the entropy bonus")
+    loss_aggregation: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = opt(
+        "token-mean", "policy loss over valid elements: mean of all; or per chunk the sum / "
+        "mean of its elements, then the mean over chunks")
+    decoupled: bool = opt(False, "decoupled PPO for stale data: clip against the learner's "
+                          "weights at the update's start, weight by pi_prox / pi_behav")
+    behav_weight_cap: float = opt(2.0, "decoupled: truncate pi_prox / pi_behav at this "
+                                  "(<= 0: no truncation)")
     filter_equal_groups: bool = opt(True, "skip groups whose scores are all equal")
     max_staleness: int = opt(4, "drop episodes acted by weights older than this many versions")
     sync_every: int = opt(1, "K: broadcast weights every K updates")

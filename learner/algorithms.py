@@ -60,7 +60,9 @@ def ratio_level_view(logprobs: torch.Tensor, mask: torch.Tensor, level: str):
 def ppo_actor_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
                    advantages: torch.Tensor, mask: torch.Tensor, clip_ratio_low: float,
                    clip_ratio_high: float, clip_ratio_c: float, ratio_level: str,
-                   denominator: float | None = None) -> tuple[torch.Tensor, dict]:
+                   denominator: float | None = None,
+                   prox_logprobs: torch.Tensor | None = None, behav_weight_cap: float = 0.0,
+                   aggregation: str = "token-mean") -> tuple[torch.Tensor, dict]:
     """Clipped-ratio policy loss with dual clip.
 
     ``logprobs``/``old_logprobs`` [N,T,D]; ``advantages`` [N] (one per chunk, broadcast
@@ -68,11 +70,20 @@ def ppo_actor_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
     action dimension, per action or per chunk (``ratio_level``). Per element:
         l1 = -A r,  l2 = -A clip(r, 1 - low, 1 + high),  l = max(l1, l2)
         for A < 0 (dual clip): l = min(l, -A c)
-    Returns the mean of l over valid elements (sum / ``denominator`` when given, so that
-    micro-batches add up to the global mean) and float metrics.
+    With ``prox_logprobs`` (decoupled PPO, for stale data) the ratio is taken against the
+    proximal policy (the learner's weights when the update began) and each element's loss
+    is weighted by pi_prox / pi_behav (``old_logprobs`` are the behaviour's), truncated at
+    ``behav_weight_cap``. Returns the ``aggregation`` of l over valid elements (with
+    ``denominator`` as its count, so micro-batches add up to the global value) and
+    float metrics.
     """
     new, elem_mask = ratio_level_view(logprobs, mask, ratio_level)
     old, _ = ratio_level_view(old_logprobs, mask, ratio_level)
+    weight = truncated = None
+    if prox_logprobs is not None:
+        prox, _ = ratio_level_view(prox_logprobs, mask, ratio_level)
+        weight, truncated = behaviour_weights(prox, old, behav_weight_cap)
+        old = prox
     adv = advantages.view(-1, *([1] * (new.ndim - 1))).expand_as(new)
     log_ratio = (new - old).clamp(-20.0, 20.0)
     ratio = torch.exp(log_ratio)
@@ -81,7 +92,9 @@ def ppo_actor_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
     clip_loss = torch.maximum(loss1, loss2)
     dual = torch.minimum(clip_loss, -adv * clip_ratio_c)
     losses = torch.where(adv < 0, dual, clip_loss)
-    loss = masked_mean(losses, elem_mask, denominator)
+    if weight is not None:
+        losses = losses * weight
+    loss = aggregate(losses, elem_mask, aggregation, denominator)
     with torch.no_grad():
         metrics = {
             "clip_fraction": masked_mean((loss2 > loss1).float(), elem_mask).item(),
@@ -91,6 +104,10 @@ def ppo_actor_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
             "clipped_ratio": masked_mean(clipped, elem_mask).item(),
             "ratio_mean": masked_mean(ratio, elem_mask).item(),
         }
+        if weight is not None:
+            metrics["behav_weight_mean"] = masked_mean(weight, elem_mask).item()
+            metrics["behav_weight_truncated"] = masked_mean(truncated.float(),
+                                                            elem_mask).item()
     return loss, metrics
 
 

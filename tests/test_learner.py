@@ -138,3 +138,31 @@ def test_groups_with_a_simulator_error_are_not_trained_on(setup, tmp_path):
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     assert events.Scalars("learner/sim_error_groups_dropped")[0].value == 1
+
+
+def test_decoupled_step_corrects_a_stale_batch(tmp_path):
+    """Episodes acted by older weights: the decoupled loss clips against the learner's
+    weights at the update's start and weights by pi_prox / pi_behav (counted when
+    truncated); on fresh data the weights are exactly 1."""
+    import dataclasses
+
+    cfg = load_config(ROOT / "configs/synthetic_grpo.yaml", small_overrides(
+        tmp_path, **{"learner.decoupled": True, "learner.behav_weight_cap": 1.2,
+                     "learner.update_epochs": 2}))
+    torch.manual_seed(0)
+    policy = build_policy(cfg.model)
+    learner = Learner(policy, cfg.learner, 1.0, torch.device("cpu"))
+    fresh = build_batch(_collect(cfg, policy))
+    m = learner.step(fresh)  # epoch 1 at the behaviour's own weights
+    assert m["train/actor/behav_weight_truncated"] == 0.0
+    # Now the learner's weights differ from those that acted `fresh`: it is stale.
+    with torch.no_grad():
+        policy.log_std.add_(0.5)
+    m = learner.step(fresh)
+    assert m["train/actor/behav_weight_truncated"] > 0.0
+    assert m["train/actor/behav_weight_mean"] != pytest.approx(1.0)
+    # Loss aggregation modes run through the same step.
+    for mode in ("seq-mean-token-sum", "seq-mean-token-mean"):
+        other = Learner(policy, dataclasses.replace(cfg.learner, loss_aggregation=mode),
+                        1.0, torch.device("cpu"))
+        assert np.isfinite(other.step(fresh)["train/actor/policy_loss"])

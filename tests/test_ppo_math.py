@@ -103,3 +103,20 @@ def test_kl_k3_estimate():
     assert kl[0].item() == pytest.approx(0.0)
     d = math.log(0.5)  # ref - new
     assert kl[1].item() == pytest.approx(math.exp(d) - d - 1)
+
+
+def test_decoupled_loss_clips_against_proximal_and_weights_by_behaviour():
+    from learner.algorithms import ppo_actor_loss
+
+    # Behaviour p=0.2 (stale), proximal p=0.4, current p=0.6, A = 1, cap 1.5:
+    # ratio = .6/.4 = 1.5 -> clipped to 1.28; weight = .4/.2 = 2 -> truncated to 1.5.
+    args = dict(clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_c=3.0,
+                ratio_level="action_dim")
+    lp = lambda p: T([[[math.log(p)]]])  # noqa: E731
+    loss, m = ppo_actor_loss(lp(0.6), lp(0.2), T([1.0]), T([[True]]), **args,
+                             prox_logprobs=lp(0.4), behav_weight_cap=1.5)
+    assert loss.item() == pytest.approx(-1.28 * 1.5)
+    assert m["behav_weight_truncated"] == 1.0 and m["behav_weight_mean"] == pytest.approx(1.5)
+    # Without the correction the ratio .6/.2 = 3 is clipped against the behaviour.
+    loss, _ = ppo_actor_loss(lp(0.6), lp(0.2), T([1.0]), T([[True]]), **args)
+    assert loss.item() == pytest.approx(-1.28)
