@@ -207,6 +207,9 @@ class LearnerConfig:
     behav_weight_cap: float = opt(2.0, "decoupled: truncate pi_prox / pi_behav at this "
                                   "(<= 0: no truncation)")
     filter_equal_groups: bool = opt(True, "skip groups whose scores are all equal")
+    group_mean_bounds: list[float] = opt([], "[low, high]: train only on groups whose mean "
+                                         "score is inside (DAPO/RLinf: drop all-fail and "
+                                         "all-success groups); empty: off")
     max_staleness: int = opt(4, "drop episodes acted by weights older than this many versions")
     sync_every: int = opt(1, "K: broadcast weights every K updates")
     max_ready_groups: int = opt(16, "complete groups buffered before actors are held back")
@@ -345,6 +348,8 @@ def validate(cfg: Config) -> list[str]:
         (1 <= e.num_targets <= 6, "env.num_targets must be in 1..6"),
         (n.max_message_mb >= 1 and n.high_water_mark >= 1, "network limits must be >= 1"),
         (cfg.run.max_duration_s >= 0, "run.max_duration_s must be >= 0"),
+        (len(L.group_mean_bounds) in (0, 2) and list(L.group_mean_bounds) ==
+         sorted(L.group_mean_bounds), "learner.group_mean_bounds: [] or [low, high], low <= high"),
         (cfg.profile.duration_s > 0 and cfg.profile.warmup_s >= 0 and
          cfg.profile.max_events >= 1 and cfg.profile.min_span_us >= 0,
          "profile.duration_s > 0, warmup_s >= 0, max_events >= 1, min_span_us >= 0"),

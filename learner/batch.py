@@ -45,6 +45,14 @@ def informative_groups(groups: list[list[Trajectory]]) -> list[list[Trajectory]]
             if not bool(equal_score_groups(episode_scores(g), len(g))[0])]
 
 
+def within_mean_bounds(group: list[Trajectory], bounds) -> bool:
+    """Whether the group's mean score lies in [low, high] (always, with no bounds)."""
+    if not bounds:
+        return True
+    mean = float(episode_scores(group).mean())
+    return bounds[0] <= mean <= bounds[1]
+
+
 def build_batch(groups: list[list[Trajectory]]) -> TrainBatch:
     """Stack the chunks of every episode of ``groups``; advantages are group-relative."""
     episodes = [ep for g in groups for ep in g]

@@ -15,7 +15,7 @@ import zmq
 from torch.utils.tensorboard import SummaryWriter
 
 from configs import Config, to_dict
-from learner.batch import build_batch, group_lag, informative_groups
+from learner.batch import build_batch, group_lag, informative_groups, within_mean_bounds
 from learner.core import Learner
 from learner.link import TrajectoryLink, close_weights, weight_sender
 from models import build_policy, pick_device
@@ -88,7 +88,7 @@ class Tally:
         self.start = time.monotonic()
         self.episodes = self.successes = self.env_steps = self.samples = 0
         self.returns = self.rewards_per_step = self.chunk_rewards = 0.0
-        self.chunks = self.stale = self.filtered = self.sim_failed = 0
+        self.chunks = self.stale = self.filtered = self.sim_failed = self.out_of_bounds = 0
 
     def add_group(self, group: list[Trajectory]) -> None:
         for ep in group:
@@ -114,6 +114,7 @@ class Tally:
             "perf/samples_per_s": self.samples / elapsed,
             "learner/stale_episodes_dropped": self.stale,
             "learner/equal_groups_filtered": self.filtered,
+            "learner/out_of_bounds_groups_filtered": self.out_of_bounds,
             "learner/sim_error_groups_dropped": self.sim_failed,
         }
 
@@ -154,6 +155,9 @@ def _train(cfg: Config, learner: Learner, weights, ready, receiver, writer, stop
             continue
         if L.filter_equal_groups and not informative_groups([group]):
             update.filtered += 1
+            continue
+        if not within_mean_bounds(group, L.group_mean_bounds):
+            update.out_of_bounds += 1
             continue
         groups.append(group)
         if len(groups) < L.groups_per_update:

@@ -166,3 +166,23 @@ def test_decoupled_step_corrects_a_stale_batch(tmp_path):
         other = Learner(policy, dataclasses.replace(cfg.learner, loss_aggregation=mode),
                         1.0, torch.device("cpu"))
         assert np.isfinite(other.step(fresh)["train/actor/policy_loss"])
+
+
+def test_group_mean_bounds_drop_all_fail_and_all_success_groups(setup, tmp_path):
+    import dataclasses
+
+    from configs import ConfigError
+    from learner.batch import within_mean_bounds
+
+    cfg, policy, _ = setup
+    group = _collect(cfg, policy, groups=1)[0]
+    scored = lambda xs: [dataclasses.replace(ep, episode_return=x)  # noqa: E731
+                         for ep, x in zip(group, xs)]
+    bounds = [0.1, 0.9]
+    assert not within_mean_bounds(scored([0, 0, 0, 0]), bounds)  # all fail
+    assert not within_mean_bounds(scored([1, 1, 1, 1]), bounds)  # all succeed
+    assert within_mean_bounds(scored([1, 0, 0, 0]), bounds)      # mean .25
+    assert within_mean_bounds(scored([1, 1, 1, 1]), [])          # off
+    with pytest.raises(ConfigError, match="group_mean_bounds"):
+        load_config(ROOT / "configs/synthetic_grpo.yaml",
+                    small_overrides(tmp_path, **{"learner.group_mean_bounds": "[0.9,0.1]"}))
