@@ -194,7 +194,11 @@ def cpu_stats(profiles: dict) -> dict:
 
 def build_report(log_dir: Path, warmup_s: float | None = None) -> dict:
     """The merged report of the profiles under ``log_dir`` (see the module docstring)."""
-    profiles = load_profiles(log_dir)
+    return report_of(load_profiles(log_dir), warmup_s)
+
+
+def report_of(profiles: dict, warmup_s: float | None = None) -> dict:
+    """The merged report of loaded ``profiles`` (role -> profile)."""
     actors, servers, learner = _by_kind(profiles)
     meta = (learner or next(iter(profiles.values())))["meta"]
     warmup = meta.get("warmup_s", 0.0) if warmup_s is None else warmup_s
@@ -236,9 +240,10 @@ def write_report(log_dir: Path, warmup_s: float | None = None) -> tuple[dict, st
     from profiling.table import render
 
     log_dir = Path(log_dir)
-    report = build_report(log_dir, warmup_s)
+    profiles = load_profiles(log_dir)  # read once: each file holds every span of a role
+    report = report_of(profiles, warmup_s)
     (log_dir / "profile_report.json").write_text(json.dumps(report, indent=2))
-    (log_dir / "trace.json").write_text(json.dumps(chrome_trace(load_profiles(log_dir))))
+    (log_dir / "trace.json").write_text(json.dumps(chrome_trace(profiles)))
     return report, render(report)
 
 

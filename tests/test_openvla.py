@@ -14,8 +14,8 @@ from configs import ModelConfig
 from envs.base import EnvObs
 from models.action_tokens import CENTRES, actions_to_tokens, tokens_to_actions
 from models.vla_loading import CheckpointError, load_openvla_oft
-from tests.conftest import ROOT, launch
-from tests.vla_factory import STATS, make_qwen_vl
+from tests.conftest import ROOT
+from tests.vla_factory import STATS, check_oft_decoding, make_qwen_vl
 
 CPU = torch.device("cpu")
 
@@ -56,22 +56,7 @@ def _cfg(path, **kw):
 def test_parallel_decoding_shapes_and_logprob_agreement(base):
     policy = load_openvla_oft(_cfg(base, value_head=True))
     inputs = policy.prepare(_obs(), CPU)
-    with torch.no_grad():
-        out = policy.act(inputs, False, 1.6)
-        again = policy.evaluate(inputs, out.actions, 1.6)
-        mode = policy.act(inputs, True, 1.0)
-        logits = policy._logits(inputs)[0]
-    assert out.actions.shape == out.logprobs.shape == (3, 8, 7) and out.values.shape == (3,)
-    assert logits.shape == (3, 56, 256)
-    assert (again.logprobs - out.logprobs).abs().max().item() <= 1e-5
-    assert bool((out.logprobs <= 0).all()) and bool(torch.isfinite(out.logprobs).all())
-    # Deterministic: each token is the argmax bin, un-normalised with q01/q99.
-    expected = tokens_to_actions(logits.argmax(-1) + policy.vocab_size - 256,
-                                 policy.vocab_size).view(3, 8, 7)
-    torch.testing.assert_close(mode.actions, policy.norm.to_env(expected))
-    low, high = torch.tensor(STATS["action"]["q01"]), torch.tensor(STATS["action"]["q99"])
-    assert bool(((out.actions[..., :6] >= low[:6]) & (out.actions[..., :6] <= high[:6])).all())
-    assert again.entropy.shape == (3, 8, 7) and bool((again.entropy > 0).all())
+    check_oft_decoding(policy, inputs)
     # The prompt ends with the T*D placeholders.
     placeholder = policy.tokenizer.convert_tokens_to_ids("<|endoftext|>")
     assert bool((inputs["input_ids"][:, -56:] == placeholder).all())

@@ -93,3 +93,29 @@ def make_starvla_run(folder: Path, base_vlm: Path, action_dim: int = 7, chunk: i
     (folder / "checkpoints").mkdir(exist_ok=True)
     torch.save(state, folder / "checkpoints" / "steps_100_pytorch_model.pt")
     return folder
+
+
+def check_oft_decoding(policy, inputs: dict, rows: int = 3) -> dict:
+    """What every OpenVLA-OFT backbone must satisfy on ``inputs``: [B,T,D] chunks and
+    per-token log-probs that the learner's ``evaluate`` recomputes within 1e-5, the mode
+    = the argmax bins un-normalised with q01/q99, actions inside the statistics, positive
+    entropy. Returns the logits for further checks."""
+    from models.action_tokens import NUM_BINS, tokens_to_actions
+
+    with torch.no_grad():
+        out = policy.act(inputs, False, 1.6)
+        again = policy.evaluate(inputs, out.actions, 1.6)
+        mode = policy.act(inputs, True, 1.0)
+        logits = policy._logits(inputs)[0]
+    shape = (rows, policy.num_action_chunks, policy.action_dim)
+    assert out.actions.shape == out.logprobs.shape == shape and out.values.shape == (rows,)
+    assert logits.shape == (rows, shape[1] * shape[2], NUM_BINS)
+    assert (again.logprobs - out.logprobs).abs().max().item() <= 1e-5
+    assert bool((out.logprobs <= 0).all()) and bool(torch.isfinite(out.logprobs).all())
+    v = policy.vocab_size
+    expected = tokens_to_actions(logits.argmax(-1) + v - NUM_BINS, v).view(shape)
+    torch.testing.assert_close(mode.actions, policy.norm.to_env(expected))
+    low, high = torch.tensor(STATS["action"]["q01"]), torch.tensor(STATS["action"]["q99"])
+    assert bool(((out.actions[..., :6] >= low[:6]) & (out.actions[..., :6] <= high[:6])).all())
+    assert again.entropy.shape == shape and bool((again.entropy > 0).all())
+    return logits
