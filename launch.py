@@ -6,6 +6,7 @@ one process (``--single-process``).
     python launch.py --config CONFIG --single-process               # debugging, tests
     python launch.py --config CONFIG --eval model.checkpoint=runs/X/checkpoint.pt
     python launch.py --config CONFIG --profile profile.duration_s=60  # where time goes
+    python launch.py --config CONFIG --resume runs/NAME             # continue a run
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="profile the pipeline for profile.duration_s (60) seconds, then print "
                         "the bottleneck; report and Chrome trace in <run.log_dir>")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its checkpoint (run.log_dir=RUN_DIR): "
+                        "versions, optimizer, schedule and TensorBoard steps carry on")
     p.add_argument("--single-process", action="store_true",
                    help="all roles as threads of one process, in-process transport")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
@@ -308,6 +312,16 @@ def main(argv=None) -> int:
         overrides += ["run.mode=eval", "actor.group_size=1"]
     if args.profile:
         overrides.insert(0, "profile.enabled=true")  # before the user's profile.* keys
+    if args.resume:  # resolved once here; the children get the overrides
+        from learner.checkpoint import CheckpointError, read_meta
+        try:
+            meta = read_meta(Path(args.resume))
+        except CheckpointError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        # A new incarnation: the resumed actors' episode ids cannot repeat earlier ones.
+        overrides += [f"run.log_dir={args.resume}", "run.resume=true",
+                      f"run.incarnation={meta['incarnation'] + 1}"]
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as exc:

@@ -27,19 +27,25 @@ RESET_ATTEMPTS = 3
 
 @dataclass
 class IdSource:
-    """Episode and group ids of one actor: ``actor_index << 32 | counter``."""
+    """Episode and group ids of one actor:
+    ``incarnation << 48 | actor_index << 32 | counter``. The incarnation counts the run's
+    resumptions, so the ids of a resumed run never repeat those trained before."""
 
     actor_index: int
+    incarnation: int = 0
     episodes: int = 0
     groups: int = 0
 
+    def _id(self, counter: int) -> int:
+        return (self.incarnation << 48) | (self.actor_index << 32) | counter
+
     def episode(self) -> int:
         self.episodes += 1
-        return (self.actor_index << 32) | (self.episodes - 1)
+        return self._id(self.episodes - 1)
 
     def group(self) -> int:
         self.groups += 1
-        return (self.actor_index << 32) | (self.groups - 1)
+        return self._id(self.groups - 1)
 
 
 @dataclass
@@ -57,6 +63,7 @@ class EpisodeRecord:
     truncated: bool = False
     env_error: str = ""
     finished: bool = False
+    final_obs: Optional[EnvObs] = None  # one row: where a truncated episode stopped
 
     def append(self, **row) -> None:
         for key, value in row.items():
@@ -76,10 +83,20 @@ class EpisodeRecord:
             policy_versions=stack("policy_versions", np.int64),
             rewards=stack("rewards", np.float32), dones=stack("dones", bool),
             executed=stack("executed", np.int32),
+            action_rewards=stack("action_rewards", np.float32),
             wrist_images=stack("wrist_images", np.uint8) if "wrist_images" in self.rows
             else None,
             values=None if values is None or values[0] is None
-            else stack("values", np.float32))
+            else stack("values", np.float32),
+            **_final_fields(self.final_obs))
+
+
+def _final_fields(obs: Optional[EnvObs]) -> dict:
+    """The Trajectory's final_* arrays from a one-row observation (none: absent)."""
+    if obs is None:
+        return {}
+    return {"final_main_image": obs.main_images[0], "final_state": obs.states[0],
+            "final_wrist_image": None if obs.wrist_images is None else obs.wrist_images[0]}
 
 
 class StageExecutor:
@@ -87,8 +104,11 @@ class StageExecutor:
 
     def __init__(self, env: VectorEnv, groups: list[int], actions_per_chunk: int,
                  ids: IdSource, next_init_state: Callable[[int], Optional[int]],
-                 recorder=None, resample_failed_resets: bool = True):
+                 recorder=None, resample_failed_resets: bool = True,
+                 record_final_obs: bool = False):
         self.env, self.groups, self.n = env, groups, actions_per_chunk
+        # PPO bootstraps truncated episodes from V(final state): observe it before reset.
+        self.record_final_obs = record_final_obs
         # Training may start a group elsewhere when a reset fails; evaluation may not
         # (each trial's initial state is fixed), so there the failure propagates.
         self.resample_failed_resets = resample_failed_resets
@@ -144,6 +164,7 @@ class StageExecutor:
         self._inflight = None
         b = len(ids)
         reward, executed = np.zeros(b, np.float64), np.zeros(b, np.int32)
+        action_rewards = np.zeros((b, actions.shape[1]), np.float32)
         done = np.zeros(b, bool)
         for t in range(self.n):
             live = np.flatnonzero(~done)
@@ -154,6 +175,7 @@ class StageExecutor:
             if self.recorder is not None:
                 self.recorder.on_step(ids[live])
             reward[live] += res.rewards
+            action_rewards[live, t] = res.rewards
             executed[live] += 1
             for row, k in enumerate(live):
                 rec = self.records[ids[k]]
@@ -169,12 +191,14 @@ class StageExecutor:
                        actions=actions[row], logprobs=logprobs[row],
                        values=None if values is None else values[row],
                        policy_versions=version, rewards=reward[row], dones=done[row],
-                       executed=executed[row])
+                       executed=executed[row], action_rewards=action_rewards[row])
             if obs.wrist_images is not None:
                 rec.append(wrist_images=obs.wrist_images[row])
             rec.env_steps += int(executed[row])
             rec.episode_return += float(reward[row])
             rec.finished = bool(done[row])
+            if self.record_final_obs and rec.finished and rec.truncated and not rec.env_error:
+                rec.final_obs = self.env.observe(np.array([e]))
         return self._emit_finished_groups()
 
     def _emit_finished_groups(self) -> list[Trajectory]:

@@ -87,7 +87,7 @@ class Actor:
         a = cfg.actor
         self.cfg, self.index, self.env = cfg, index, env
         self.infer, self.learn = infer, learn
-        ids = IdSource(index)
+        ids = IdSource(index, cfg.run.incarnation)
         groups = env.num_envs // env.group_size
         per_stage = groups // a.pipeline_stages
         filming = cfg.video.eval_per_task if cfg.run.mode == "eval" else cfg.video.train_every
@@ -96,7 +96,8 @@ class Actor:
         self.stages = [
             StageExecutor(env, list(range(s * per_stage, (s + 1) * per_stage)),
                           cfg.actions_per_chunk, ids, next_init_state, self.recorder,
-                          resample_failed_resets=cfg.run.mode == "train")
+                          resample_failed_resets=cfg.run.mode == "train",
+                          record_final_obs=cfg.learner.algorithm == "ppo")
             for s in range(a.pipeline_stages)]
         self.outbox = Outbox(a.max_unacked_episodes, a.resend_after_s)
         self.inflight: dict[int, tuple[int, float]] = {}  # request_id -> (stage, sent at)

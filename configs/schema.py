@@ -32,6 +32,10 @@ class RunConfig:
     progress_every_s: float = opt(5.0, "seconds between progress lines on the terminal")
     max_duration_s: float = opt(0.0, "also stop training after this many seconds once the "
                                 "learner is ready (0: no time limit)")
+    resume: bool = opt(False, "continue the run in log_dir from its checkpoint (set by "
+                       "launch.py --resume)")
+    incarnation: int = opt(0, "how many times the run was resumed (set by --resume); part "
+                           "of every episode id, so resumed ids never repeat")
 
 
 @dataclass(frozen=True)
@@ -181,17 +185,32 @@ class InferenceConfig:
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    """The GRPO learner."""
+    """The learner: GRPO, or PPO with a value head and GAE."""
 
-    algorithm: Literal["grpo"] = opt("grpo", "policy-gradient algorithm")
+    algorithm: Literal["grpo", "ppo"] = opt(
+        "grpo", "grpo: group-relative advantages; ppo: GAE from a value head (set "
+        "model.value_head=true)")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto = cuda when present")
     bf16: bool = opt(True, "bf16 autocast of forward/backward on CUDA (ignored on CPU)")
-    lr: float = opt(3e-4, "Adam learning rate")
+    lr: float = opt(3e-4, "Adam learning rate (peak, after warmup)")
+    lr_schedule: Literal["constant", "cosine"] = opt(
+        "constant", "after warmup: constant, or cosine decay to min_lr_ratio * lr")
+    lr_warmup_steps: int = opt(0, "updates of linear warmup from 0 to lr")
+    lr_decay_steps: int = opt(0, "cosine: updates from the warmup's end to the minimum "
+                              "(0: run.total_updates)")
+    min_lr_ratio: float = opt(0.0, "cosine: the final lr as a share of lr")
+    critic_lr: float = opt(0.0, "ppo: learning rate of the value head (0: lr)")
+    critic_lr_warmup_steps: int = opt(0, "ppo: updates of linear warmup of critic_lr")
+    critic_warmup_updates: int = opt(0, "ppo: updates that train only the value loss "
+                                     "before the policy loss joins (veRL's critic_warmup)")
     adam_eps: float = opt(1e-8, "Adam epsilon")
     weight_decay: float = opt(0.0, "Adam weight decay")
     max_grad_norm: float = opt(1.0, "gradient clipping by global norm")
     groups_per_update: int = opt(4, "complete GRPO groups in one global batch")
-    micro_batch_size: int = opt(256, "chunks per forward/backward; grads accumulate")
+    global_batch_size: int = opt(0, "chunks per optimizer step (mini-batch); 0: all the "
+                                 "update's chunks in one step")
+    micro_batch_size: int = opt(256, "chunks per forward/backward; grads accumulate to "
+                                "global_batch_size")
     update_epochs: int = opt(1, "passes over each global batch")
     clip_ratio_low: float = opt(0.2, "ratio clipped below at 1 - clip_ratio_low")
     clip_ratio_high: float = opt(0.28, "ratio clipped above at 1 + clip_ratio_high")
@@ -199,6 +218,17 @@ class LearnerConfig:
     ratio_level: Literal["action_dim", "action", "chunk"] = opt(
         "action_dim", "importance ratio per action dimension, per action or per chunk")
     entropy_coef: float = opt(0.0, "weight of the entropy bonus")
+    kl_beta: float = opt(0.0, "weight of the KL penalty to a frozen copy of the starting "
+                         "policy (k3 estimate); 0: none, no copy is kept")
+    gamma: float = opt(0.99, "ppo: discount per chunk (reward_level=chunk) or per action")
+    gae_lambda: float = opt(0.95, "ppo: GAE lambda, per chunk step")
+    reward_level: Literal["chunk", "action"] = opt(
+        "chunk", "ppo: chunk: a chunk's reward is its actions' sum, discounted once per "
+        "chunk; action: each action's reward discounted per action")
+    normalize_advantages: bool = opt(True, "ppo: (A - mean) / (std + eps) over the batch")
+    value_coef: float = opt(0.5, "ppo: weight of the value loss")
+    value_clip: float = opt(0.2, "ppo: value clipping around the behaviour value")
+    huber_delta: float = opt(10.0, "ppo: Huber threshold of the value loss")
     loss_aggregation: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = opt(
         "token-mean", "policy loss over valid elements: mean of all; or per chunk the sum / "
         "mean of its elements, then the mean over chunks")
@@ -206,14 +236,18 @@ class LearnerConfig:
                           "weights at the update's start, weight by pi_prox / pi_behav")
     behav_weight_cap: float = opt(2.0, "decoupled: truncate pi_prox / pi_behav at this "
                                   "(<= 0: no truncation)")
-    filter_equal_groups: bool = opt(True, "skip groups whose scores are all equal")
-    group_mean_bounds: list[float] = opt([], "[low, high]: train only on groups whose mean "
-                                         "score is inside (DAPO/RLinf: drop all-fail and "
-                                         "all-success groups); empty: off")
+    filter_equal_groups: bool = opt(True, "grpo: skip groups whose scores are all equal")
+    group_mean_bounds: list[float] = opt([], "grpo: [low, high]: train only on groups whose "
+                                         "mean score is inside (DAPO/RLinf: drop all-fail "
+                                         "and all-success groups); empty: off")
     max_staleness: int = opt(4, "drop episodes acted by weights older than this many versions")
     sync_every: int = opt(1, "K: broadcast weights every K updates")
     max_ready_groups: int = opt(16, "complete groups buffered before actors are held back")
-    checkpoint: bool = opt(True, "save the final weights to log_dir/checkpoint.pt")
+    checkpoint: bool = opt(True, "save log_dir/checkpoint.pt (weights, optimizer, schedule, "
+                           "counters) at exit")
+    checkpoint_every: int = opt(0, "also save it every this many updates (0: at exit only)")
+    update_sleep_s: float = opt(0.0, "sleep this long after each update: a slow learner, "
+                                "to test stale-data handling")
 
 
 @dataclass(frozen=True)
@@ -332,6 +366,17 @@ def validate(cfg: Config) -> list[str]:
          "learner.lr > 0, micro_batch_size >= 1 and groups_per_update >= 1"),
         (L.sync_every >= 1 and L.max_staleness >= 0 and L.update_epochs >= 1,
          "learner.sync_every >= 1, max_staleness >= 0, update_epochs >= 1"),
+        (L.algorithm != "ppo" or m.value_head,
+         "learner.algorithm=ppo needs a value head: set model.value_head=true"),
+        (0 < L.gamma <= 1 and 0 <= L.gae_lambda <= 1 and L.value_clip > 0 and
+         L.huber_delta > 0 and L.value_coef >= 0, "learner: 0 < gamma <= 1, 0 <= gae_lambda "
+         "<= 1, value_clip > 0, huber_delta > 0, value_coef >= 0"),
+        (min(L.lr_warmup_steps, L.lr_decay_steps, L.critic_lr_warmup_steps,
+             L.critic_warmup_updates, L.global_batch_size, L.checkpoint_every) >= 0 and
+         L.critic_lr >= 0 and L.kl_beta >= 0 and 0 <= L.min_lr_ratio <= 1 and
+         L.update_sleep_s >= 0, "learner: steps, sizes, critic_lr, kl_beta and "
+         "update_sleep_s must be >= 0; min_lr_ratio in [0, 1]"),
+        (cfg.run.incarnation >= 0, "run.incarnation must be >= 0"),
         (L.max_ready_groups >= L.groups_per_update,
          "learner.max_ready_groups must be >= groups_per_update"),
         (e.image_size >= 16 and e.max_episode_steps >= 0,

@@ -123,26 +123,29 @@ def valid_elements(mask: torch.Tensor, action_dim: int, ratio_level: str) -> flo
 # --- PPO: advantages, value loss, aggregation, stale-data correction ------------------
 
 def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor,
-                   terminal: torch.Tensor, episode_end: torch.Tensor, gamma: float,
-                   lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+                   terminal: torch.Tensor, episode_end: torch.Tensor,
+                   gamma: float | torch.Tensor, lam: float) -> tuple[torch.Tensor,
+                                                                    torch.Tensor]:
     """Generalised advantage estimation over chunk steps, episodes concatenated in time
     order (all 1-D, one entry per chunk).
 
     ``next_values[t]`` is V of the state after step t: the next chunk's value inside an
     episode, the bootstrap V(final observation) at a truncation; ignored where
     ``terminal[t]`` (the episode ended by success or failure: no future). ``episode_end``
-    marks the last step of each episode, where the recursion restarts.
-        delta_t = r_t + gamma * (1 - terminal_t) * V'_t - V_t
-        A_t     = delta_t + gamma * lam * (1 - end_t) * A_{t+1}
+    marks the last step of each episode, where the recursion restarts. ``gamma`` is one
+    discount, or one per step (gamma ** actions executed, for action-level rewards).
+        delta_t = r_t + gamma_t * (1 - terminal_t) * V'_t - V_t
+        A_t     = delta_t + gamma_t * lam * (1 - end_t) * A_{t+1}
     Returns (advantages, returns = advantages + values).
     """
     not_terminal = 1.0 - terminal.float()
     not_end = 1.0 - episode_end.float()
-    delta = rewards.float() + gamma * not_terminal * next_values.float() - values.float()
+    discount = torch.as_tensor(gamma, dtype=torch.float32).expand(rewards.shape)
+    delta = rewards.float() + discount * not_terminal * next_values.float() - values.float()
     adv = torch.zeros_like(delta)
     running = torch.zeros(())
     for t in range(len(delta) - 1, -1, -1):
-        running = delta[t] + gamma * lam * not_end[t] * running
+        running = delta[t] + discount[t] * lam * not_end[t] * running
         adv[t] = running
     return adv, adv + values.float()
 

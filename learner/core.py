@@ -1,12 +1,22 @@
-"""The learner's pure core: one GRPO update on a batch (no sockets, no files)."""
+"""The learner's pure core: one GRPO or PPO update on a batch (no sockets, no files)."""
 
 from __future__ import annotations
+
+import copy
+import dataclasses
 
 import torch
 
 from configs import LearnerConfig
 from envs.base import take
-from learner.algorithms import masked_mean, ppo_actor_loss, valid_elements
+from learner.algorithms import (
+    aggregate, kl_to_reference, masked_mean, ppo_actor_loss, ratio_level_view, valid_elements,
+    value_loss,
+)
+from learner.batch import TrainBatch
+from learner.schedule import make_scheduler
+from learner.targets import ppo_advantages
+from models.base import Policy
 
 
 def loss_units(mask: torch.Tensor, action_dim: int, cfg: LearnerConfig) -> float:
@@ -14,103 +24,206 @@ def loss_units(mask: torch.Tensor, action_dim: int, cfg: LearnerConfig) -> float
     if cfg.loss_aggregation == "token-mean":
         return valid_elements(mask, action_dim, cfg.ratio_level)
     return float((mask.sum(-1) > 0).sum())
-from learner.batch import TrainBatch
-from models.base import Policy
+
+
+def param_groups(policy: Policy, cfg: LearnerConfig) -> list[dict]:
+    """The optimizer's groups: "actor" (everything but the value head) and, with a value
+    head, "critic" at ``critic_lr`` (0: lr)."""
+    head = getattr(policy, "value_head", None)
+    critic = [p for p in head.parameters() if p.requires_grad] if head is not None else []
+    ids = {id(p) for p in critic}
+    actor = [p for p in policy.parameters() if p.requires_grad and id(p) not in ids]
+    groups = [{"params": actor, "lr": cfg.lr, "name": "actor"}]
+    if critic:
+        groups.append({"params": critic, "lr": cfg.critic_lr or cfg.lr, "name": "critic"})
+    return groups
 
 
 class Learner:
-    """Owns the policy's optimiser; ``step(batch)`` does one update and returns metrics."""
+    """Owns the policy's optimiser and schedule; ``step(batch)`` does one update and
+    returns its metrics. ``version`` counts updates (the policy version)."""
 
     def __init__(self, policy: Policy, cfg: LearnerConfig, temperature: float,
-                 device: torch.device, seed: int = 0):
+                 device: torch.device, seed: int = 0, total_updates: int = 1):
         self.policy, self.cfg, self.device = policy, cfg, device
         self.temperature = temperature
-        self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps,
-                                          weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.Adam(param_groups(policy, cfg), lr=cfg.lr,
+                                          eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, cfg, total_updates)
+        # The KL penalty's anchor: the policy as it starts, frozen.
+        self.reference = None
+        if cfg.kl_beta > 0:
+            self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
         self.version = 0
         self.generator = torch.Generator().manual_seed(seed)
 
     def step(self, batch: TrainBatch) -> dict:
-        """One update: ``update_epochs`` passes of micro-batches accumulated to the batch."""
-        cfg, d = self.cfg, self.policy.action_dim
-        denom = loss_units(batch.mask, d, cfg)
-        ent_denom = float(batch.mask.sum()) * d
-        sums: dict = {}
+        """One update: ``update_epochs`` passes over the batch, each in mini-batches of
+        ``global_batch_size`` chunks (one optimizer step each), each mini-batch in
+        micro-batches whose gradients accumulate."""
+        cfg, n = self.cfg, len(batch)
+        rollout, self._returns = {}, None
+        if batch.targets is not None:
+            batch, rollout = self._with_ppo_advantages(batch)
+        size = min(cfg.global_batch_size or n, n)
+        steps_per_epoch = -(-n // size)
+        self._train_actor = self.version >= cfg.critic_warmup_updates
         self.policy.train()
-        # Decoupled PPO's proximal policy: these weights, before this update changes them.
-        # The first epoch's forward passes run at them, so their log-probs are kept.
-        self._prox = torch.zeros_like(batch.old_logprobs) if cfg.decoupled else None
-        self._epoch = 0
+        # Decoupled PPO's proximal policy: these weights, before this update changes
+        # them. With one optimizer step per epoch the first epoch runs at them, so its
+        # log-probs are kept; with more, a no-grad pass computes them first.
+        self._prox = self._fill_prox = None
+        if cfg.decoupled:
+            self._fill_prox = steps_per_epoch == 1
+            self._prox = torch.zeros_like(batch.old_logprobs) if self._fill_prox else \
+                self._logprobs_no_grad(batch)
+        sums: dict = {}
+        share = 1.0 / (cfg.update_epochs * steps_per_epoch)
         for self._epoch in range(cfg.update_epochs):
-            order = torch.randperm(len(batch), generator=self.generator)
-            self.optimizer.zero_grad(set_to_none=True)
-            for start in range(0, len(batch), cfg.micro_batch_size):
-                idx = order[start:start + cfg.micro_batch_size]
-                weight = loss_units(batch.mask[idx], d, cfg) / max(denom, 1)
-                pad = cfg.micro_batch_size - len(idx) if len(batch) > len(idx) else 0
-                for key, value in self._micro_step(batch, idx, denom, ent_denom, pad).items():
-                    sums[key] = sums.get(key, 0.0) + value * weight / cfg.update_epochs
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(),
-                                                       cfg.max_grad_norm)
-            self.optimizer.step()
-            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) / cfg.update_epochs
+            order = torch.randperm(n, generator=self.generator)
+            for start in range(0, n, size):
+                self._optimizer_step(batch, order[start:start + size], sums, share)
+        lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}  # this update's
+        self.scheduler.step()
         self.version += 1
-        adv = batch.advantages
-        return {
+        return self._metrics(batch, sums, rollout, lrs)
+
+    def _optimizer_step(self, batch: TrainBatch, rows: torch.Tensor, sums: dict,
+                        share: float) -> None:
+        """Accumulate the gradients of mini-batch ``rows`` over micro-batches, then step."""
+        cfg, d = self.cfg, self.policy.action_dim
+        denoms = {"policy": loss_units(batch.mask[rows], d, cfg),
+                  "entropy": float(batch.mask[rows].sum()) * d,
+                  "chunks": float((batch.mask[rows].sum(-1) > 0).sum())}
+        self.optimizer.zero_grad(set_to_none=True)
+        for start in range(0, len(rows), cfg.micro_batch_size):
+            idx = rows[start:start + cfg.micro_batch_size]
+            weight = loss_units(batch.mask[idx], d, cfg) / max(denoms["policy"], 1)
+            pad = cfg.micro_batch_size - len(idx) if len(rows) > len(idx) else 0
+            for key, value in self._micro_step(batch, idx, denoms, pad).items():
+                sums[key] = sums.get(key, 0.0) + value * weight * share
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * share
+
+    def _with_ppo_advantages(self, batch: TrainBatch) -> tuple[TrainBatch, dict]:
+        """GAE advantages and returns from the behaviour values, each truncated episode
+        bootstrapped from the current value of the state it stopped in."""
+        t = batch.targets
+        bootstrap = torch.zeros(0)
+        if t.final_obs is not None:
+            with torch.no_grad():
+                inputs = self.policy.prepare(t.final_obs, self.device)
+                bootstrap = self.policy.act(inputs, True, self.temperature).values.float().cpu()
+        valid = batch.mask.sum(-1) > 0
+        adv, self._returns, metrics = ppo_advantages(
+            t, bootstrap, valid, self.cfg.gae_lambda, self.cfg.normalize_advantages)
+        return dataclasses.replace(batch, advantages=adv), metrics
+
+    def _logprobs_no_grad(self, batch: TrainBatch) -> torch.Tensor:
+        """The current policy's log-probs of the batch's actions, without gradients."""
+        out = torch.zeros_like(batch.old_logprobs)
+        with torch.no_grad():
+            for start in range(0, len(batch), self.cfg.micro_batch_size):
+                idx = torch.arange(start, min(start + self.cfg.micro_batch_size, len(batch)))
+                out[idx] = self._evaluate(self.policy, batch, idx).logprobs.float().cpu()
+        return out
+
+    def _evaluate(self, policy: Policy, batch: TrainBatch, idx: torch.Tensor):
+        inputs = policy.prepare(take(batch.obs, idx.numpy()), self.device)
+        # bf16 autocast on CUDA for the model; the policies return fp32 log-probs, so the
+        # ratio and loss are computed in fp32.
+        with torch.autocast("cuda", dtype=torch.bfloat16,
+                            enabled=self.cfg.bf16 and self.device.type == "cuda"):
+            return policy.evaluate(inputs, batch.actions[idx].to(self.device), self.temperature)
+
+    def _micro_step(self, batch: TrainBatch, idx: torch.Tensor, denoms: dict,
+                    pad: int = 0) -> dict:
+        """Forward and backward of the chunks ``idx``; ``pad`` masked-out repeats of its
+        first rows keep every micro-batch of a step the same shape (steady allocations).
+        Returns this micro-batch's own means, for metrics."""
+        cfg, d = self.cfg, self.policy.action_dim
+        valid = batch.mask[idx]
+        if pad:
+            idx = torch.cat([idx, idx[:1].repeat(pad)])
+            valid = torch.cat([valid, torch.zeros_like(valid[:1]).repeat(pad, 1)])
+        mask = valid.to(self.device)
+        ev = self._evaluate(self.policy, batch, idx)
+        prox = None
+        if self._prox is not None:
+            real = idx[:len(idx) - pad] if pad else idx
+            if self._fill_prox and self._epoch == 0:
+                self._prox[real] = ev.logprobs[:len(real)].detach().float().cpu()
+            prox = self._prox[idx].to(self.device)
+        pg_loss, m = ppo_actor_loss(
+            ev.logprobs, batch.old_logprobs[idx].to(self.device),
+            batch.advantages[idx].to(self.device), mask, cfg.clip_ratio_low,
+            cfg.clip_ratio_high, cfg.clip_ratio_c, cfg.ratio_level,
+            denominator=denoms["policy"], prox_logprobs=prox,
+            behav_weight_cap=cfg.behav_weight_cap, aggregation=cfg.loss_aggregation)
+        entropy = masked_mean(ev.entropy, mask.unsqueeze(-1).expand_as(ev.entropy),
+                              denoms["entropy"])
+        # The step weights what this returns by ``own``, this micro-batch's share of the
+        # policy loss's units; a term that is already a share of a global mean (a sum
+        # over global counts) is returned divided by it, so that the weighted sum is exact.
+        own = max(loss_units(valid, d, cfg), 1) / max(denoms["policy"], 1)
+        loss = pg_loss - cfg.entropy_coef * entropy
+        out = {"policy_loss": pg_loss.item() / own, "entropy": entropy.item() / own, **m}
+        if self.reference is not None:
+            kl = self._kl_penalty(batch, idx, ev.logprobs, mask, denoms["policy"])
+            loss = loss + cfg.kl_beta * kl
+            out["kl_ref"] = kl.item() / own
+        if not self._train_actor:  # critic warmup: the value loss alone
+            loss = loss * 0.0
+        if self._returns is not None:
+            chunks = valid.sum(-1) > 0
+            v_loss, vm = value_loss(
+                ev.values.float(), batch.targets.values[idx].to(self.device),
+                self._returns[idx].to(self.device), chunks.to(self.device), cfg.value_clip,
+                cfg.huber_delta, denominator=denoms["chunks"])
+            loss = loss + cfg.value_coef * v_loss
+            chunk_share = float(chunks.sum()) / max(denoms["chunks"], 1)
+            out["value_loss"] = v_loss.item() / own
+            out["value_clip_ratio"] = vm["value_clip_ratio"] * chunk_share / own
+        loss.backward()
+        out["loss"] = loss.item() / own
+        return out
+
+    def _kl_penalty(self, batch: TrainBatch, idx: torch.Tensor, logprobs: torch.Tensor,
+                    mask: torch.Tensor, denominator: float) -> torch.Tensor:
+        """KL(pi || pi_ref) at the ratio level, aggregated like the policy loss."""
+        with torch.no_grad():
+            ref = self._evaluate(self.reference, batch, idx).logprobs.float()
+        new, elem_mask = ratio_level_view(logprobs, mask, self.cfg.ratio_level)
+        old, _ = ratio_level_view(ref, mask, self.cfg.ratio_level)
+        return aggregate(kl_to_reference(new, old), elem_mask, self.cfg.loss_aggregation,
+                         denominator)
+
+    def _metrics(self, batch: TrainBatch, sums: dict, rollout: dict, lrs: dict) -> dict:
+        adv, cfg = batch.advantages, self.cfg
+        metrics = {
             "train/actor/policy_loss": sums["policy_loss"],
             "train/actor/approx_kl": sums["approx_kl"],
             "train/actor/clip_fraction": sums["clip_fraction"],
             "train/actor/clipped_ratio": sums["clipped_ratio"],
             "train/actor/dual_clip_fraction": sums["dual_clip_fraction"],
             "train/actor/grad_norm": sums["grad_norm"],
-            "train/actor/lr": self.optimizer.param_groups[0]["lr"],
+            "train/actor/lr": lrs["actor"],
             "train/entropy_loss": sums["entropy"],
             "train/loss": sums["loss"],
             "rollout/advantages_max": float(adv.max()),
             "rollout/advantages_mean": float(adv.mean()),
             "rollout/advantages_min": float(adv.min()),
             "rollout/policy_lag": float((self.version - 1 - batch.versions).float().mean()),
-            **({"train/actor/behav_weight_mean": sums["behav_weight_mean"],
-                "train/actor/behav_weight_truncated": sums["behav_weight_truncated"]}
-               if cfg.decoupled else {}),
+            **rollout,
         }
-
-    def _micro_step(self, batch: TrainBatch, idx: torch.Tensor, denom: float,
-                    ent_denom: float, pad: int = 0) -> dict:
-        """Forward and backward of the chunks ``idx``; ``pad`` masked-out repeats of its
-        first rows keep every micro-batch of a step the same shape (steady allocations)."""
-        cfg = self.cfg
-        valid = batch.mask[idx]
-        if pad:
-            idx = torch.cat([idx, idx[:1].repeat(pad)])
-            valid = torch.cat([valid, torch.zeros_like(valid[:1]).repeat(pad, 1)])
-        inputs = self.policy.prepare(take(batch.obs, idx.numpy()), self.device)
-        mask = valid.to(self.device)
-        # bf16 autocast on CUDA for the model; the policies return fp32 log-probs, so the
-        # ratio and loss below are computed in fp32.
-        with torch.autocast("cuda", dtype=torch.bfloat16,
-                            enabled=cfg.bf16 and self.device.type == "cuda"):
-            ev = self.policy.evaluate(inputs, batch.actions[idx].to(self.device),
-                                      self.temperature)
-        prox = None
-        if self._prox is not None:
-            real = idx[:len(idx) - pad] if pad else idx
-            if self._epoch == 0:
-                self._prox[real] = ev.logprobs[:len(real)].detach().float().cpu()
-            prox = self._prox[idx].to(self.device)
-        pg_loss, m = ppo_actor_loss(
-            ev.logprobs, batch.old_logprobs[idx].to(self.device),
-            batch.advantages[idx].to(self.device), mask, cfg.clip_ratio_low,
-            cfg.clip_ratio_high, cfg.clip_ratio_c, cfg.ratio_level, denominator=denom,
-            prox_logprobs=prox, behav_weight_cap=cfg.behav_weight_cap,
-            aggregation=cfg.loss_aggregation)
-        entropy = masked_mean(ev.entropy, mask.unsqueeze(-1).expand_as(ev.entropy),
-                              ent_denom)
-        loss = pg_loss - cfg.entropy_coef * entropy
-        loss.backward()
-        # Per-micro-batch means, for metrics (the step re-weights them by valid share).
-        share = max(loss_units(valid, self.policy.action_dim, cfg), 1) / max(denom, 1)
-        ent_share = max(float(valid.sum()) * self.policy.action_dim, 1) / ent_denom
-        return {"policy_loss": pg_loss.item() / share, "entropy": entropy.item() / ent_share,
-                "loss": pg_loss.item() / share - cfg.entropy_coef * entropy.item() / ent_share,
-                **m}
+        if cfg.decoupled:
+            metrics["train/actor/behav_weight_mean"] = sums["behav_weight_mean"]
+            metrics["train/actor/behav_weight_truncated"] = sums["behav_weight_truncated"]
+        if self.reference is not None:
+            metrics["train/actor/kl_ref"] = sums["kl_ref"]
+        if self._returns is not None:
+            metrics["train/critic/value_loss"] = sums["value_loss"]
+            metrics["train/critic/value_clip_ratio"] = sums["value_clip_ratio"]
+            metrics["train/critic/lr"] = lrs.get("critic", lrs["actor"])
+        return metrics

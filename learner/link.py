@@ -13,6 +13,7 @@ from configs import Config
 from learner.receiver import TrajectoryReceiver
 from protocol import wiring
 from protocol.endpoint import Endpoint
+from protocol.idset import IdSet
 from protocol.messages import ActorDone, ActorHello, Trajectory
 from protocol.weights import DistWeightSender, join_group
 
@@ -21,15 +22,17 @@ log = logging.getLogger(__name__)
 
 class TrajectoryLink:
     """The bound learner socket, the thread that acknowledges episodes on it, and its
-    bounded queue of complete groups (``ready``)."""
+    bounded queue of complete groups (``ready``). ``known_ids``: episodes received before
+    a restart, acknowledged as duplicates if they come again."""
 
-    def __init__(self, cfg: Config, ctx: zmq.Context, name: str):
+    def __init__(self, cfg: Config, ctx: zmq.Context, name: str, known_ids: IdSet | None = None):
         self.cfg = cfg
         self.endpoint = Endpoint(wiring.bind_learner(ctx, cfg), name, cfg.run.run_id,
                                  cfg.network.max_message_mb << 20,
                                  expected=(ActorHello, Trajectory, ActorDone), routed=True)
         self.ready: queue.Queue = queue.Queue(maxsize=cfg.learner.max_ready_groups)
-        self.receiver = TrajectoryReceiver(self.endpoint, self.ready, cfg.actor.num_actors)
+        self.receiver = TrajectoryReceiver(self.endpoint, self.ready, cfg.actor.num_actors,
+                                           known_ids)
         self.receiver.start()
 
     def stop_actors(self, reason: str) -> None:

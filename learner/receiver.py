@@ -42,14 +42,16 @@ class GroupAssembler:
 class TrajectoryReceiver(threading.Thread):
     """Serves the learner's socket until ``halt`` is set."""
 
-    def __init__(self, endpoint: Endpoint, ready: "queue.Queue", expected_actors: int):
+    def __init__(self, endpoint: Endpoint, ready: "queue.Queue", expected_actors: int,
+                 known_ids: IdSet | None = None):
         super().__init__(name="trajectory-receiver", daemon=True)
         self.endpoint, self.ready = endpoint, ready
         self.expected_actors = expected_actors
         self.assembler = GroupAssembler()
         self.complete: collections.deque = collections.deque()
         self.peers: dict[int, bytes] = {}
-        self.received = IdSet()  # every episode id taken, each once
+        # Every episode id taken, each once (a resumed run's includes those of before).
+        self.received = known_ids if known_ids is not None else IdSet()
         self.done: dict[int, ActorDone] = {}
         self.duplicates = 0
         self.after_end = 0

@@ -15,11 +15,14 @@ import zmq
 from torch.utils.tensorboard import SummaryWriter
 
 from configs import Config, to_dict
+from learner import checkpoint
 from learner.batch import build_batch, group_lag, informative_groups, within_mean_bounds
 from learner.core import Learner
 from learner.link import TrajectoryLink, close_weights, weight_sender
 from models import build_policy, pick_device
 from profiling.recorder import OFF, make_profiler
+from protocol.idset import IdSet
+from protocol.messages import Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -29,26 +32,31 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
     """Train for ``run.total_updates`` updates, then stop the actors and servers.
 
     ``weights`` is a weight sender (an in-process bus in --single-process mode); by
-    default a torch.distributed group with the inference servers is formed.
+    default a torch.distributed group with the inference servers is formed. With
+    ``run.resume`` the learner continues from ``log_dir/checkpoint.pt``.
     """
     stop = stop or threading.Event()
     device = pick_device(cfg.learner.device)
     torch.manual_seed(cfg.run.seed)
     policy = build_policy(cfg.model).to(device)
-    learner = Learner(policy, cfg.learner, cfg.inference.temperature, device, cfg.run.seed)
+    learner = Learner(policy, cfg.learner, cfg.inference.temperature, device, cfg.run.seed,
+                      cfg.run.total_updates)
     log_dir = Path(cfg.run.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
+    books = Books.resumed(log_dir, learner) if cfg.run.resume else Books()
     own_ctx = ctx is None
     ctx = ctx or zmq.Context()
-    link = TrajectoryLink(cfg, ctx, "learner")
-    writer = SummaryWriter(str(log_dir))
+    link = TrajectoryLink(cfg, ctx, "learner", known_ids=books.received)
+    # On resume, events logged after the checkpoint's update are dropped from the view.
+    writer = SummaryWriter(str(log_dir), purge_step=learner.version + 1 if cfg.run.resume
+                           else None)
     prof = make_profiler(cfg, "learner")
     finished = False
     try:
         weights = weight_sender(cfg, device, weights)
-        weights.send(learner.version, policy)
-        log.info("learner ready: logging to %s", log_dir)
-        finished = _train(cfg, learner, weights, link.ready, link.receiver, writer, stop, prof)
+        weights.send(learner.version, policy)  # servers start from the resumed weights
+        log.info("learner ready at version %d: logging to %s", learner.version, log_dir)
+        finished = _train(cfg, learner, weights, link, books, writer, stop, prof)
         return 0
     finally:
         prof.meta["trained_until"] = time.time()  # the profile's window ends here
@@ -56,10 +64,8 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
         if weights is not None:
             close_weights(weights)
         if cfg.learner.checkpoint:
-            torch.save({"model": policy.state_dict(), "optimizer": learner.optimizer.state_dict(),
-                        "version": learner.version, "config": to_dict(cfg)},
-                       log_dir / "checkpoint.pt")
-        _write_summary(log_dir, learner, link.receiver, link.endpoint)
+            books.save(cfg, learner)
+        _write_summary(log_dir, learner, link.receiver, link.endpoint, books)
         prof.count("bytes_received:actor->learner", link.endpoint.bytes_received)
         prof.count("bytes_sent:learner->actor", link.endpoint.bytes_sent)
         prof.write(log_dir)
@@ -67,6 +73,42 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
         link.close()
         if own_ctx:
             ctx.term()
+
+
+class Books:
+    """What the learner keeps across updates and restarts: the ids of episodes received
+    (shared with the receiver) and trained, how often an id was trained twice (0 is the
+    contract), and the stale episodes dropped."""
+
+    def __init__(self, received: IdSet | None = None, trained: IdSet | None = None,
+                 counters: dict | None = None):
+        self.received = received if received is not None else IdSet()
+        self.trained = trained if trained is not None else IdSet()
+        counters = counters or {}
+        self.trained_twice = int(counters.get("trained_twice", 0))
+        self.stale_dropped = int(counters.get("stale_dropped", 0))
+
+    @classmethod
+    def resumed(cls, log_dir: Path, learner: Learner) -> "Books":
+        state = checkpoint.restore(log_dir, learner)
+        log.info("resumed from %s at version %d (incarnation %d): %d episodes received "
+                 "before", log_dir / checkpoint.CHECKPOINT, state.version, state.incarnation,
+                 sum(e - s for s, e in state.received))
+        return cls(IdSet.from_ranges(state.received), IdSet.from_ranges(state.trained),
+                   state.counters)
+
+    def mark_trained(self, groups: list[list[Trajectory]]) -> None:
+        for group in groups:
+            for ep in group:
+                self.trained_twice += not self.trained.add(ep.episode_id)
+
+    def counters(self) -> dict:
+        return {"trained_twice": self.trained_twice, "stale_dropped": self.stale_dropped}
+
+    def save(self, cfg: Config, learner: Learner) -> None:
+        path = checkpoint.save(Path(cfg.run.log_dir), learner, cfg.run.incarnation,
+                               self.counters(), self.received, self.trained, to_dict(cfg))
+        log.info("checkpoint: version %d in %s", learner.version, path)
 
 
 def release_free_memory() -> None:
@@ -119,23 +161,23 @@ class Tally:
         }
 
 
-def _train(cfg: Config, learner: Learner, weights, ready, receiver, writer, stop,
-           prof=OFF) -> bool:
+def _train(cfg: Config, learner: Learner, weights, link: TrajectoryLink, books: Books, writer,
+           stop, prof=OFF) -> bool:
     """Train until ``cfg.update_limit`` updates or ``cfg.time_limit_s`` seconds; True
     when a limit was reached (False: stopped)."""
     L = cfg.learner
     update, shown = Tally(), Tally()  # since the last update / the last progress line
-    stale_total, groups = 0, []
+    groups = []
     weight_bytes = sum(t.numel() * t.element_size() for t in learner.policy.state_dict().values())
     deadline = time.monotonic() + cfg.time_limit_s if cfg.time_limit_s else float("inf")
     while not stop.is_set():
         if learner.version >= cfg.update_limit or time.monotonic() >= deadline:
             return True
-        if receiver.error is not None:
-            raise RuntimeError(f"trajectory receiver failed: {receiver.error}")
+        if link.receiver.error is not None:
+            raise RuntimeError(f"trajectory receiver failed: {link.receiver.error}")
         began = time.time()
         try:
-            group = ready.get(timeout=0.2)
+            group = link.ready.get(timeout=0.2)
         except queue.Empty:
             prof.add("wait_data", began, time.time())
             continue
@@ -151,21 +193,25 @@ def _train(cfg: Config, learner: Learner, weights, ready, receiver, writer, stop
             continue
         if group_lag(group, learner.version) > L.max_staleness:
             update.stale += len(group)
-            stale_total += len(group)
+            books.stale_dropped += len(group)
             continue
-        if L.filter_equal_groups and not informative_groups([group]):
+        grpo = L.algorithm == "grpo"  # the group filters are GRPO's; PPO needs no groups
+        if grpo and L.filter_equal_groups and not informative_groups([group]):
             update.filtered += 1
             continue
-        if not within_mean_bounds(group, L.group_mean_bounds):
+        if grpo and not within_mean_bounds(group, L.group_mean_bounds):
             update.out_of_bounds += 1
             continue
         groups.append(group)
         if len(groups) < L.groups_per_update:
             continue
-        batch = build_batch(groups)
+        batch = build_batch(groups, L.algorithm, L.gamma, L.reward_level)
+        books.mark_trained(groups)
         groups = []
         with prof.span("update", samples=len(batch)):
             metrics = learner.step(batch)
+        if L.update_sleep_s:
+            time.sleep(L.update_sleep_s)  # a deliberately slow learner (stale-data tests)
         prof.sample("samples", len(batch))
         update.samples += len(batch)
         shown.samples += len(batch)
@@ -176,6 +222,9 @@ def _train(cfg: Config, learner: Learner, weights, ready, receiver, writer, stop
         for key, value in metrics.items():
             writer.add_scalar(key, value, learner.version)
         update.reset()
+        if L.checkpoint_every and learner.version % L.checkpoint_every == 0:
+            with prof.span("checkpoint", version=learner.version):
+                books.save(cfg, learner)
         if learner.version % 10 == 0:
             release_free_memory()
         if time.monotonic() - shown.start >= cfg.run.progress_every_s or \
@@ -185,7 +234,7 @@ def _train(cfg: Config, learner: Learner, weights, ready, receiver, writer, stop
                      "samples/s %.0f | policy lag %.2f | stale dropped %d",
                      learner.version, _limit_text(cfg), m["env/success_once"],
                      m["env/return"], m["perf/env_steps_per_s"], m["perf/samples_per_s"],
-                     metrics["rollout/policy_lag"], stale_total)
+                     metrics["rollout/policy_lag"], books.stale_dropped)
             shown.reset()
     return False
 
@@ -196,9 +245,13 @@ def _limit_text(cfg: Config) -> str:
     return str(cfg.run.total_updates)
 
 
-def _write_summary(log_dir: Path, learner: Learner, receiver, endpoint) -> None:
+def _write_summary(log_dir: Path, learner: Learner, receiver, endpoint, books: Books) -> None:
     summary = {
         "updates": learner.version,
+        "episodes_trained": len(books.trained),
+        "trained_episode_id_ranges": books.trained.ranges(),
+        "trained_twice": books.trained_twice,
+        "stale_episodes_dropped": books.stale_dropped,
         "episodes_received": len(receiver.received),
         "episode_id_ranges": receiver.received.ranges(),
         "duplicates": receiver.duplicates,

@@ -18,6 +18,21 @@ class IdSet:
         self._ends: list[int] = []
         self._count = 0
 
+    @classmethod
+    def from_ranges(cls, ranges: list[list[int]]) -> "IdSet":
+        """The set that ``ranges()`` described (from a checkpoint or summary)."""
+        ids = cls()
+        for start, end in sorted(ranges):
+            if end <= start or (ids._ends and start < ids._ends[-1]):
+                raise ValueError(f"id ranges must be ascending and disjoint: {ranges}")
+            if ids._ends and start == ids._ends[-1]:
+                ids._ends[-1] = end
+            else:
+                ids._starts.append(start)
+                ids._ends.append(end)
+            ids._count += end - start
+        return ids
+
     def __len__(self) -> int:
         return self._count
 

@@ -71,8 +71,10 @@ class ActorHello:
 class Trajectory:
     """One finished episode, one row per chunk (policy step)."""
 
-    episode_id: int = scalar(int, "globally unique: actor_index << 32 | actor's counter")
-    group_id: int = scalar(int, "GRPO group: actor_index << 32 | actor's group counter")
+    episode_id: int = scalar(
+        int, "globally unique: incarnation << 48 | actor_index << 32 | actor's counter")
+    group_id: int = scalar(
+        int, "GRPO group: incarnation << 48 | actor_index << 32 | actor's group counter")
     group_size: int = scalar(int, "G: episodes that make the group complete")
     init_state_id: int = scalar(int, "id of the initial state shared by the group")
     task_description: str = scalar(str, "the instruction of the episode")
@@ -89,9 +91,19 @@ class Trajectory:
     rewards: np.ndarray = array("float32", ("C",), "reward summed over executed actions")
     dones: np.ndarray = array("bool", ("C",), "the episode ended during this chunk")
     executed: np.ndarray = array("int32", ("C",), "actions of the chunk actually executed")
+    action_rewards: np.ndarray = array(
+        "float32", ("C", "T"), "reward of each action; 0 for actions not executed")
     wrist_images: Optional[np.ndarray] = array(
         "uint8", ("C", "H", "W", 3), "wrist camera at chunk start", optional=True)
     values: Optional[np.ndarray] = array("float32", ("C",), "behaviour value", optional=True)
+    # PPO bootstraps a truncated episode from V(the state its last step reached):
+    final_main_image: Optional[np.ndarray] = array(
+        "uint8", ("H", "W", 3), "main camera after the last step, when truncated", optional=True)
+    final_state: Optional[np.ndarray] = array(
+        "float32", ("S",), "state after the last step, when truncated", optional=True)
+    final_wrist_image: Optional[np.ndarray] = array(
+        "uint8", ("H", "W", 3), "wrist camera after the last step, when truncated",
+        optional=True)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,10 @@ def obs_request(b=3, size=8, wrist=True, extra=True, request_id=7) -> ObsRequest
         if extra else None)
 
 
-def trajectory(c=4, t=8, d=7) -> Trajectory:
+def trajectory(c=4, t=8, d=7, final=False) -> Trajectory:
+    rewards = np.array([0, 0, 0, 1], np.float32)[:c]
+    action_rewards = np.zeros((c, t), np.float32)
+    action_rewards[:, 0] = rewards
     return Trajectory(
         episode_id=(1 << 32) | 5, group_id=(1 << 32) | 2, group_size=4, init_state_id=99,
         task_description="move to the blue square", env_steps=30, episode_return=1.0,
@@ -32,9 +35,11 @@ def trajectory(c=4, t=8, d=7) -> Trajectory:
         actions=rng.standard_normal((c, t, d)).astype(np.float32),
         logprobs=rng.standard_normal((c, t, d)).astype(np.float32),
         policy_versions=np.arange(c, dtype=np.int64),
-        rewards=np.array([0, 0, 0, 1], np.float32)[:c], dones=np.arange(c) == c - 1,
-        executed=np.full(c, t, np.int32), wrist_images=None,
-        values=rng.standard_normal(c).astype(np.float32))
+        rewards=rewards, dones=np.arange(c) == c - 1,
+        executed=np.full(c, t, np.int32), action_rewards=action_rewards, wrist_images=None,
+        values=rng.standard_normal(c).astype(np.float32),
+        final_main_image=rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) if final else None,
+        final_state=rng.standard_normal(8).astype(np.float32) if final else None)
 
 
 def every_message() -> list:
@@ -45,6 +50,6 @@ def every_message() -> list:
         ActionReply(8, 4, np.zeros((1, 2, 2), np.float32), np.zeros((1, 2, 2), np.float32),
                     np.ones(1, np.float32)),
         ErrorReply(-1, "bad_shape", "states must be [B,S]"),
-        ActorHello(3, 16, 8), trajectory(), TrajectoryAck(12, True),
+        ActorHello(3, 16, 8), trajectory(), trajectory(final=True), TrajectoryAck(12, True),
         StopActors("training finished"), ActorDone(1, 100, 6400),
     ]

@@ -116,7 +116,7 @@ def test_groups_with_a_simulator_error_are_not_trained_on(setup, tmp_path):
 
     from torch.utils.tensorboard import SummaryWriter
 
-    from learner.worker import _train
+    from learner.worker import Books, _train
 
     cfg, policy, learner = setup
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, total_updates=1))
@@ -129,10 +129,13 @@ def test_groups_with_a_simulator_error_are_not_trained_on(setup, tmp_path):
     sent = []
     weights = SimpleNamespace(send=lambda version, policy: sent.append(version))
     writer = SummaryWriter(str(tmp_path / "tb"))
-    _train(cfg, learner, weights, ready, SimpleNamespace(error=None), writer,
-           threading.Event())
+    link = SimpleNamespace(ready=ready, receiver=SimpleNamespace(error=None))
+    books = Books()
+    _train(cfg, learner, weights, link, books, writer, threading.Event())
     writer.close()
     assert learner.version == 1 and sent == [1] and ready.empty()
+    # The test feeds the good group twice: the books notice.
+    assert len(books.trained) == len(good) and books.trained_twice == len(good)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tmp_path / "tb"))

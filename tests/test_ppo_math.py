@@ -2,6 +2,7 @@
 bootstraps, advantage normalisation, clipped Huber value loss, explained variance, the
 three loss aggregations, decoupled-PPO behaviour weights and the KL estimate."""
 
+import dataclasses
 import math
 
 import pytest
@@ -120,3 +121,55 @@ def test_decoupled_loss_clips_against_proximal_and_weights_by_behaviour():
     # Without the correction the ratio .6/.2 = 3 is clipped against the behaviour.
     loss, _ = ppo_actor_loss(lp(0.6), lp(0.2), T([1.0]), T([[True]]), **args)
     assert loss.item() == pytest.approx(-1.28)
+
+
+def test_gae_with_a_discount_per_step():
+    # Action-level rewards: chunk 0 ran 2 actions (discount .9^2 = .81 to chunk 1), chunk 1
+    # ran 1 before truncation (bootstrap 4, discount .9). lambda 1.
+    adv, _ = gae_advantages(T([1.0, 1.0]), T([0.0, 2.0]), T([2.0, 4.0]), T([False, False]),
+                            T([False, True]), T([0.81, 0.9]), 1.0)
+    d1 = 1.0 + 0.9 * 4.0 - 2.0            # 2.6
+    d0 = 1.0 + 0.81 * 2.0 - 0.0           # 2.62
+    assert adv.tolist() == pytest.approx([d0 + 0.81 * d1, d1])
+
+
+def test_chunk_and_action_level_rewards_by_hand():
+    import numpy as np
+
+    from learner.batch import chunk_rewards
+    from tests.messages_factory import trajectory
+
+    ep = trajectory(c=2, t=3, d=2)
+    ar = np.array([[1.0, 2.0, 0.0], [4.0, 0.0, 0.0]], np.float32)
+    ep = dataclasses.replace(ep, action_rewards=ar, rewards=ar.sum(1),
+                             executed=np.array([2, 1], np.int32))
+    r, d = chunk_rewards(ep, 0.5, "chunk")
+    assert r.tolist() == [3.0, 4.0] and d.tolist() == [0.5, 0.5]
+    r, d = chunk_rewards(ep, 0.5, "action")
+    assert r.tolist() == pytest.approx([1.0 + 0.5 * 2.0, 4.0])
+    assert d.tolist() == pytest.approx([0.25, 0.5])
+
+
+def test_next_values_bootstrap_only_truncated_episodes():
+    from learner.batch import ValueTargets
+    from learner.targets import next_values
+
+    # Three episodes: [c0 c1] terminal, [c2] truncated (bootstrap 7), [c3 c4] truncated (9).
+    t = ValueTargets(rewards=torch.zeros(5), discounts=torch.full((5,), 0.9),
+                     values=T([1.0, 2.0, 3.0, 4.0, 5.0]),
+                     terminal=T([False, True, False, False, False]),
+                     episode_end=T([False, True, True, False, True]), final_obs=None,
+                     final_rows=T([2, 4]))
+    assert next_values(t, T([7.0, 9.0])).tolist() == [2.0, 0.0, 7.0, 5.0, 9.0]
+
+
+def test_lr_warmup_then_constant_or_cosine():
+    from learner.schedule import lr_factor
+
+    assert [lr_factor(s, 4, "constant", 10, 0.0) for s in range(6)] == \
+        [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    # Cosine after 2 warmup updates over 4 updates down to 0.1, then flat.
+    got = [lr_factor(s, 2, "cosine", 4, 0.1) for s in range(2, 8)]
+    want = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)) for p in (0, .25, .5, .75, 1, 1)]
+    assert got == pytest.approx(want)
+    assert lr_factor(0, 0, "cosine", 4, 0.0) == 1.0

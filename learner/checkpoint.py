@@ -1,0 +1,106 @@
+"""The learner's checkpoint: everything a resumed run needs, written atomically.
+
+``log_dir/checkpoint.pt`` holds the weights, the optimizer and schedule, the policy
+version, the RNG states, the counters and the ids of every episode received; beside it
+``checkpoint.json`` says which version and incarnation it is, so the launcher can resume
+without loading the weights. Both are written to a temporary file and renamed into
+place, so a kill at any moment leaves the previous checkpoint whole; the .json is
+renamed last, so it never names a checkpoint that is not complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CHECKPOINT = "checkpoint.pt"
+META = "checkpoint.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable or not of this run."""
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """What a resumed learner restores: counters (``stale_dropped``...), the ids of
+    episodes received (``received``) and trained (``trained``) as id ranges."""
+
+    version: int
+    incarnation: int
+    counters: dict
+    received: list
+    trained: list
+
+
+def _write_atomically(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save(log_dir: Path, learner, incarnation: int, counters: dict, received, trained,
+         config: dict) -> Path:
+    """Write the learner's state to ``log_dir/checkpoint.pt`` (+ .json), atomically."""
+    import torch  # here, so that the launcher reads checkpoint.json without torch
+    state = {
+        "model": learner.policy.state_dict(),
+        "optimizer": learner.optimizer.state_dict(),
+        "scheduler": learner.scheduler.state_dict(),
+        "version": learner.version,
+        "incarnation": incarnation,
+        "rng": {"torch": torch.get_rng_state(), "learner": learner.generator.get_state()},
+        "counters": dict(counters),
+        "received": received.ranges(),
+        "trained": trained.ranges(),
+        "config": config,
+    }
+    path = Path(log_dir) / CHECKPOINT
+    _write_atomically(path, lambda f: torch.save(state, f))
+    meta = {"file": CHECKPOINT, "version": learner.version, "incarnation": incarnation,
+            "episodes_received": len(received), "saved_at": time.time()}
+    _write_atomically(Path(log_dir) / META, lambda f: f.write(json.dumps(meta).encode()))
+    return path
+
+
+def read_meta(log_dir: Path) -> dict:
+    """The run's checkpoint.json; a missing or corrupt one fails naming the file."""
+    path = Path(log_dir) / META
+    if not path.exists():
+        raise CheckpointError(f"cannot resume: {path} does not exist (the run saved no "
+                              "checkpoint; set learner.checkpoint_every to save during a run)")
+    try:
+        meta = json.loads(path.read_text())
+        return {"version": int(meta["version"]), "incarnation": int(meta["incarnation"])}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"cannot resume: {path} is corrupt ({exc}); restore it or "
+                              "start a new run") from exc
+
+
+def restore(log_dir: Path, learner) -> ResumeState:
+    """Load ``log_dir/checkpoint.pt`` into ``learner`` (weights, optimizer, schedule,
+    version, RNG); a missing, corrupt or mismatched file fails naming it."""
+    import torch
+    path = Path(log_dir) / CHECKPOINT
+    if not path.exists():
+        raise CheckpointError(f"cannot resume: {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        learner.policy.load_state_dict(state["model"])
+        learner.optimizer.load_state_dict(state["optimizer"])
+        learner.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        learner.generator.set_state(state["rng"]["learner"])
+        learner.version = int(state["version"])
+        return ResumeState(learner.version, int(state["incarnation"]), state["counters"],
+                           state["received"], state["trained"])
+    except Exception as exc:  # torch raises many kinds for a truncated or foreign file
+        raise CheckpointError(f"cannot resume from {path}: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''} (is it a "
+                              "chunkrl checkpoint of this config?)") from exc
