@@ -92,6 +92,16 @@ def test_resent_episode_is_acked_but_counted_once(receiver):
     assert list(rx.received) == [5, 6] and rx.duplicates == 1
 
 
+def test_episodes_received_before_a_restart_are_acked_as_duplicates(receiver):
+    from protocol.idset import IdSet
+
+    cfg, rx, ready, actor = receiver
+    rx.received = IdSet.from_ranges([[5, 7]])  # as a resumed learner restores them
+    _send(cfg, actor, ActorHello(0, 2, 2))
+    _send(cfg, actor, _episode(5))
+    assert _recv(actor).duplicate is True and ready.empty() and rx.duplicates == 1
+
+
 def test_full_queue_holds_back_and_drain_stops_actors(receiver):
     cfg, rx, ready, actor = receiver
     _send(cfg, actor, ActorHello(0, 2, 2))
@@ -129,3 +139,8 @@ def test_idset_keeps_ranges_and_rejects_repeats():
     ids.add(4)
     assert ids.ranges()[0] == [3, 11]
     assert list(ids) == [3, 4, 5, 6, 7, 8, 9, 10, 1 << 32, (1 << 32) + 1]
+    again = IdSet.from_ranges(ids.ranges())  # from a checkpoint
+    assert again.ranges() == ids.ranges() and len(again) == len(ids)
+    assert not again.add(9) and again.add(11)
+    with pytest.raises(ValueError, match="disjoint"):
+        IdSet.from_ranges([[0, 5], [3, 8]])
