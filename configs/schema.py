@@ -232,7 +232,8 @@ class LearnerConfig:
     loss_aggregation: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = opt(
         "token-mean", "policy loss over valid elements: mean of all; or per chunk the sum / "
         "mean of its elements, then the mean over chunks")
-    decoupled: bool = opt(False, "decoupled PPO for stale data: clip against the learner's "
+    decoupled: bool = opt(False, "decoupled PPO for stale data (experimental: unstable end to "
+                          "end so far, see RESULTS.md): clip against the learner's "
                           "weights at the update's start, weight by pi_prox / pi_behav")
     behav_weight_cap: float = opt(2.0, "decoupled: truncate pi_prox / pi_behav at this "
                                   "(<= 0: no truncation)")

@@ -115,3 +115,20 @@ def test_ctrl_c_stops_every_role(tmp_path):
     assert _no_process_of(tmp_path), "a role outlived Ctrl-C"
     summary = json.loads((tmp_path / "run" / "learner_summary.json").read_text())
     assert summary["updates"] >= 1
+
+
+def test_ppo_trains_with_bootstraps_from_final_observations(tmp_path):
+    result = launch(tmp_path, "configs/synthetic_ppo.yaml", timeout=240, **{
+        "actor.group_size": 1, "learner.groups_per_update": 8, "learner.max_ready_groups": 8,
+        "run.total_updates": 4})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = tmp_path / "run"
+    _check_exactly_once(run, num_actors=2)
+    events = EventAccumulator(str(run))
+    events.Reload()
+    for tag in ("train/critic/value_loss", "train/critic/value_clip_ratio",
+                "train/critic/explained_variance", "rollout/returns_mean"):
+        assert len(events.Scalars(tag)) == 4, tag
+    # The random policy runs out of steps: truncated episodes arrived with their final
+    # observation and were bootstrapped.
+    assert sum(e.value for e in events.Scalars("rollout/truncated_bootstraps")) > 0
