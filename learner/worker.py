@@ -41,6 +41,12 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
     policy = build_policy(cfg.model).to(device)
     learner = Learner(policy, cfg.learner, cfg.inference.temperature, device, cfg.run.seed,
                       cfg.run.total_updates)
+    L = cfg.learner
+    if L.decoupled and L.update_epochs == 1 and not L.global_batch_size:
+        log.warning("learner.decoupled with one optimizer step per update: the ratio to the "
+                    "proximal policy is always 1 and its clip never binds, so nothing limits "
+                    "the drift from the behaviour (collapsed end to end, see RESULTS.md); set "
+                    "learner.global_batch_size or update_epochs > 1")
     log_dir = Path(cfg.run.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     books = Books.resumed(log_dir, learner) if cfg.run.resume else Books()
