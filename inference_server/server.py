@@ -130,9 +130,7 @@ class InferenceServer:
             got = self.endpoint.recv()
         except ProtocolError as err:
             self.errors += 1
-            log.warning("rejected a request: %s", err)
-            if err.peer:
-                self.endpoint.send(ErrorReply(err.request_id, err.code, str(err)), err.peer)
+            self.endpoint.refuse(err, log)
             return
         problem = self.core.check(got.msg)
         if problem:

@@ -17,7 +17,7 @@ from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint
 from protocol.idset import IdSet
 from protocol.messages import (
-    ActorDone, ActorHello, ErrorReply, StopActors, Trajectory, TrajectoryAck,
+    ActorDone, ActorHello, StopActors, Trajectory, TrajectoryAck,
 )
 
 log = logging.getLogger(__name__)
@@ -93,9 +93,7 @@ class TrajectoryReceiver(threading.Thread):
             try:
                 got = self.endpoint.recv()
             except ProtocolError as err:
-                log.warning("rejected a message from %r: %s", err.peer, err)
-                if err.peer:
-                    self.endpoint.send(ErrorReply(err.request_id, err.code, str(err)), err.peer)
+                self.endpoint.refuse(err, log)
                 continue
             self._handle(got.peer, got.msg)
 

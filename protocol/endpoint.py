@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import zmq
 
 from protocol.codec import ProtocolError, decode, encode
+from protocol.messages import ErrorReply
+
+# A flood of bad messages (a stranger, a fuzzer) must not flood the log, whose writes can
+# block the serving thread: at most this many lines per window, the rest summed up.
+LOG_BURST = 10
+LOG_WINDOW_S = 10.0
+
+
+class LogLimiter:
+    """Allows ``burst`` lines per ``window_s`` seconds and counts the ones it holds back."""
+
+    def __init__(self, burst: int = LOG_BURST, window_s: float = LOG_WINDOW_S):
+        self.burst, self.window_s = burst, window_s
+        self.window_start, self.lines, self.held_back = -window_s, 0, 0
+
+    def allow(self) -> tuple[bool, int]:
+        """(whether to log this line, how many were held back since the last one)."""
+        now = time.monotonic()
+        if now - self.window_start >= self.window_s:
+            self.window_start, self.lines = now, 0
+        if self.lines >= self.burst:
+            self.held_back += 1
+            return False, 0
+        self.lines += 1
+        held, self.held_back = self.held_back, 0
+        return True, held
 
 
 @dataclass
@@ -35,6 +62,7 @@ class Endpoint:
     rejected: dict = field(default_factory=dict)
     bytes_sent: int = 0  # payload bytes (header + arrays) of every message, for profiles
     bytes_received: int = 0
+    log_limit: LogLimiter = field(default_factory=LogLimiter)
 
     def send(self, msg, peer: bytes = b"", flags: int = 0) -> None:
         """Send ``msg`` (to ``peer`` on a ROUTER) without copying its arrays."""
@@ -73,6 +101,16 @@ class Endpoint:
             err.peer = peer
             raise err
         return Received(peer, env.sender, msg)
+
+    def refuse(self, err: ProtocolError, logger) -> None:
+        """Answer a rejected message (already counted by ``recv``) with an ErrorReply to
+        its sender, and log it, rate-limited."""
+        allowed, held = self.log_limit.allow()
+        if allowed:
+            logger.warning("rejected a message from %r: %s%s", err.peer, err,
+                           f" ({held} more rejected, not logged)" if held else "")
+        if err.peer:
+            self.send(ErrorReply(err.request_id, err.code, str(err)), err.peer)
 
     def close(self) -> None:
         """Close the socket (pending sends get the socket's linger time)."""

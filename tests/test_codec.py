@@ -149,3 +149,15 @@ def test_odd_msgpack_types_are_protocol_errors():
     err = _rejects(_with_header(frames, fields=dict(h["fields"], request_id=True)),
                    "bad_field")
     assert err.request_id == -1  # a bool is no request id to echo back
+
+
+def test_log_limiter_holds_back_a_flood_and_reports_it():
+    import time
+
+    from protocol.endpoint import LogLimiter
+
+    limiter = LogLimiter(burst=3, window_s=0.2)
+    assert [limiter.allow()[0] for _ in range(10)] == [True] * 3 + [False] * 7
+    time.sleep(0.25)
+    assert limiter.allow() == (True, 7)  # the next window's first line says how many
+    assert limiter.allow() == (True, 0)
