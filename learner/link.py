@@ -31,8 +31,9 @@ class TrajectoryLink:
                                  cfg.network.max_message_mb << 20,
                                  expected=(ActorHello, Trajectory, ActorDone), routed=True)
         self.ready: queue.Queue = queue.Queue(maxsize=cfg.learner.max_ready_groups)
-        self.receiver = TrajectoryReceiver(self.endpoint, self.ready, cfg.actor.num_actors,
-                                           known_ids)
+        a = cfg.actor
+        self.receiver = TrajectoryReceiver(self.endpoint, self.ready, a.num_actors, known_ids,
+                                           a.num_actors * a.envs_per_actor // a.group_size)
         self.receiver.start()
 
     def stop_actors(self, reason: str) -> None:

@@ -14,7 +14,7 @@ import queue
 import threading
 
 from protocol.codec import ProtocolError
-from protocol.endpoint import Endpoint
+from protocol.endpoint import Endpoint, LogLimiter
 from protocol.idset import IdSet
 from protocol.messages import (
     ActorDone, ActorHello, StopActors, Trajectory, TrajectoryAck,
@@ -24,13 +24,27 @@ log = logging.getLogger(__name__)
 
 
 class GroupAssembler:
-    """Collects episodes by group id; hands out a group once all G have arrived."""
+    """Collects episodes by group id; hands out a group once all G have arrived.
 
-    def __init__(self):
+    Actors send a group's episodes together, so few groups are ever partial; at most
+    ``max_partial`` are kept (the oldest is evicted and counted), so a peer that sends
+    episodes of groups it never completes cannot grow the learner's memory."""
+
+    def __init__(self, max_partial: int = 1024):
         self.partial: dict[int, list[Trajectory]] = {}
+        self.max_partial = max_partial
+        self.evicted = 0  # episodes of evicted partial groups
+        self.log_limit = LogLimiter()
 
     def add(self, ep: Trajectory) -> list[Trajectory] | None:
         """Add ``ep``; returns its whole group when it is the last member."""
+        if ep.group_id not in self.partial and len(self.partial) >= self.max_partial:
+            oldest = next(iter(self.partial))
+            self.evicted += len(self.partial.pop(oldest))
+            if self.log_limit.allow()[0]:
+                log.warning("dropped the unfinished group %d: more than %d groups were "
+                            "incomplete at once (%d episodes dropped so far)", oldest,
+                            self.max_partial, self.evicted)
         members = self.partial.setdefault(ep.group_id, [])
         members.append(ep)
         if len(members) < ep.group_size:
@@ -43,11 +57,12 @@ class TrajectoryReceiver(threading.Thread):
     """Serves the learner's socket until ``halt`` is set."""
 
     def __init__(self, endpoint: Endpoint, ready: "queue.Queue", expected_actors: int,
-                 known_ids: IdSet | None = None):
+                 known_ids: IdSet | None = None, max_groups: int = 0):
         super().__init__(name="trajectory-receiver", daemon=True)
         self.endpoint, self.ready = endpoint, ready
         self.expected_actors = expected_actors
-        self.assembler = GroupAssembler()
+        # Every actor group could be in flight at once; twice that is never reached.
+        self.assembler = GroupAssembler(max(1024, 2 * max_groups))
         self.complete: collections.deque = collections.deque()
         self.peers: dict[int, bytes] = {}
         # Every episode id taken, each once (a resumed run's includes those of before).

@@ -262,6 +262,7 @@ def _write_summary(log_dir: Path, learner: Learner, receiver, endpoint, books: B
         "episode_id_ranges": receiver.received.ranges(),
         "duplicates": receiver.duplicates,
         "received_after_end": receiver.after_end,
+        "evicted_from_unfinished_groups": receiver.assembler.evicted,
         "actors_done": {str(k): v.episodes_sent for k, v in receiver.done.items()},
         "rejected_messages": dict(endpoint.rejected),
     }

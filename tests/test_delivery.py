@@ -49,6 +49,14 @@ def test_group_assembler_hands_out_complete_groups():
     assert [e.episode_id for e in group] == [1, 2] and 7 not in asm.partial
 
 
+def test_group_assembler_keeps_a_bounded_number_of_partial_groups():
+    asm = GroupAssembler(max_partial=3)
+    for gid in range(10):  # a peer that never completes its groups
+        asm.add(_episode(100 + gid, group_id=gid))
+    assert list(asm.partial) == [7, 8, 9] and asm.evicted == 7
+    assert [e.episode_id for e in asm.add(_episode(1, group_id=9))] == [1, 109]
+
+
 @pytest.fixture
 def receiver(small_cfg):
     ctx = zmq.Context()
