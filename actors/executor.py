@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from envs.base import EnvObs, VectorEnv
+from envs.base import EnvObs, VectorEnv, take
 from protocol.messages import Trajectory
 
 log = logging.getLogger(__name__)
@@ -197,9 +197,18 @@ class StageExecutor:
             rec.env_steps += int(executed[row])
             rec.episode_return += float(reward[row])
             rec.finished = bool(done[row])
-            if self.record_final_obs and rec.finished and rec.truncated and not rec.env_error:
-                rec.final_obs = self.env.observe(np.array([e]))
+        if self.record_final_obs:
+            self._observe_final_states(ids[done])
         return self._emit_finished_groups()
+
+    def _observe_final_states(self, ended: np.ndarray) -> None:
+        """Keep where each truncated episode of ``ended`` stopped (one observe call)."""
+        truncated = np.array([e for e in ended if self.records[e].truncated and
+                              not self.records[e].env_error], dtype=np.int64)
+        if len(truncated):
+            obs = self.env.observe(truncated)
+            for row, e in enumerate(truncated):
+                self.records[e].final_obs = take(obs, np.array([row]))
 
     def _emit_finished_groups(self) -> list[Trajectory]:
         out = []

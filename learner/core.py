@@ -10,7 +10,7 @@ import torch
 from configs import LearnerConfig
 from envs.base import take
 from learner.algorithms import (
-    aggregate, kl_to_reference, masked_mean, ppo_actor_loss, ratio_level_view, valid_elements,
+    aggregate, aggregation_units, kl_to_reference, masked_mean, ppo_actor_loss, ratio_level_view, valid_elements,
     value_loss,
 )
 from learner.batch import TrainBatch
@@ -23,7 +23,7 @@ def loss_units(mask: torch.Tensor, action_dim: int, cfg: LearnerConfig) -> float
     """What the policy loss is averaged over: valid elements (token-mean) or valid chunks."""
     if cfg.loss_aggregation == "token-mean":
         return valid_elements(mask, action_dim, cfg.ratio_level)
-    return float((mask.sum(-1) > 0).sum())
+    return aggregation_units(mask, cfg.loss_aggregation)
 
 
 def param_groups(policy: Policy, cfg: LearnerConfig) -> list[dict]:
@@ -126,16 +126,17 @@ class Learner:
         with torch.no_grad():
             for start in range(0, len(batch), self.cfg.micro_batch_size):
                 idx = torch.arange(start, min(start + self.cfg.micro_batch_size, len(batch)))
-                out[idx] = self._evaluate(self.policy, batch, idx).logprobs.float().cpu()
+                inputs = self.policy.prepare(take(batch.obs, idx.numpy()), self.device)
+                out[idx] = self._evaluate(self.policy, inputs, batch.actions[idx]).logprobs \
+                    .float().cpu()
         return out
 
-    def _evaluate(self, policy: Policy, batch: TrainBatch, idx: torch.Tensor):
-        inputs = policy.prepare(take(batch.obs, idx.numpy()), self.device)
+    def _evaluate(self, policy: Policy, inputs: dict, actions: torch.Tensor):
         # bf16 autocast on CUDA for the model; the policies return fp32 log-probs, so the
         # ratio and loss are computed in fp32.
         with torch.autocast("cuda", dtype=torch.bfloat16,
                             enabled=self.cfg.bf16 and self.device.type == "cuda"):
-            return policy.evaluate(inputs, batch.actions[idx].to(self.device), self.temperature)
+            return policy.evaluate(inputs, actions.to(self.device), self.temperature)
 
     def _micro_step(self, batch: TrainBatch, idx: torch.Tensor, denoms: dict,
                     pad: int = 0) -> dict:
@@ -148,7 +149,9 @@ class Learner:
             idx = torch.cat([idx, idx[:1].repeat(pad)])
             valid = torch.cat([valid, torch.zeros_like(valid[:1]).repeat(pad, 1)])
         mask = valid.to(self.device)
-        ev = self._evaluate(self.policy, batch, idx)
+        # Prepared once: the reference of the KL penalty reads the same inputs.
+        inputs = self.policy.prepare(take(batch.obs, idx.numpy()), self.device)
+        ev = self._evaluate(self.policy, inputs, batch.actions[idx])
         prox = None
         if self._prox is not None:
             real = idx[:len(idx) - pad] if pad else idx
@@ -170,7 +173,8 @@ class Learner:
         loss = pg_loss - cfg.entropy_coef * entropy
         out = {"policy_loss": pg_loss.item() / own, "entropy": entropy.item() / own, **m}
         if self.reference is not None:
-            kl = self._kl_penalty(batch, idx, ev.logprobs, mask, denoms["policy"])
+            kl = self._kl_penalty(inputs, batch.actions[idx], ev.logprobs, mask,
+                                  denoms["policy"])
             loss = loss + cfg.kl_beta * kl
             out["kl_ref"] = kl.item() / own
         if not self._train_actor:  # critic warmup: the value loss alone
@@ -189,11 +193,11 @@ class Learner:
         out["loss"] = loss.item() / own
         return out
 
-    def _kl_penalty(self, batch: TrainBatch, idx: torch.Tensor, logprobs: torch.Tensor,
+    def _kl_penalty(self, inputs: dict, actions: torch.Tensor, logprobs: torch.Tensor,
                     mask: torch.Tensor, denominator: float) -> torch.Tensor:
         """KL(pi || pi_ref) at the ratio level, aggregated like the policy loss."""
         with torch.no_grad():
-            ref = self._evaluate(self.reference, batch, idx).logprobs.float()
+            ref = self._evaluate(self.reference, inputs, actions).logprobs.float()
         new, elem_mask = ratio_level_view(logprobs, mask, self.cfg.ratio_level)
         old, _ = ratio_level_view(ref, mask, self.cfg.ratio_level)
         return aggregate(kl_to_reference(new, old), elem_mask, self.cfg.loss_aggregation,

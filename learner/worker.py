@@ -97,11 +97,12 @@ class Books:
     @classmethod
     def resumed(cls, log_dir: Path, learner: Learner) -> "Books":
         state = checkpoint.restore(log_dir, learner)
+        books = cls(IdSet.from_ranges(state.received), IdSet.from_ranges(state.trained),
+                    state.counters)
         log.info("resumed from %s at version %d (incarnation %d): %d episodes received "
                  "before", log_dir / checkpoint.CHECKPOINT, state.version, state.incarnation,
-                 sum(e - s for s, e in state.received))
-        return cls(IdSet.from_ranges(state.received), IdSet.from_ranges(state.trained),
-                   state.counters)
+                 len(books.received))
+        return books
 
     def mark_trained(self, groups: list[list[Trajectory]]) -> None:
         for group in groups:
@@ -174,6 +175,7 @@ def _train(cfg: Config, learner: Learner, weights, link: TrajectoryLink, books: 
     L = cfg.learner
     update, shown = Tally(), Tally()  # since the last update / the last progress line
     groups = []
+    grpo = L.algorithm == "grpo"  # the group filters are GRPO's; PPO needs no groups
     weight_bytes = sum(t.numel() * t.element_size() for t in learner.policy.state_dict().values())
     deadline = time.monotonic() + cfg.time_limit_s if cfg.time_limit_s else float("inf")
     while not stop.is_set():
@@ -201,7 +203,6 @@ def _train(cfg: Config, learner: Learner, weights, link: TrajectoryLink, books: 
             update.stale += len(group)
             books.stale_dropped += len(group)
             continue
-        grpo = L.algorithm == "grpo"  # the group filters are GRPO's; PPO needs no groups
         if grpo and L.filter_equal_groups and not informative_groups([group]):
             update.filtered += 1
             continue
