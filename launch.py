@@ -1,8 +1,9 @@
 """Start a chunkrl run: every role on this machine, one role (``--role``), or all roles in
-one process (``--single-process``).
+one process (``--single-process``). Role processes are supervised: a dead one restarts.
 
     python launch.py --config configs/synthetic_grpo.yaml learner.lr=3e-4
     python launch.py --config CONFIG --role inference --index 0     # one role, this host
+    python launch.py keys DIR                                       # CURVE key pairs
     python launch.py --config CONFIG --single-process               # debugging, tests
     python launch.py --config CONFIG --eval model.checkpoint=runs/X/checkpoint.pt
     python launch.py --config CONFIG --profile profile.duration_s=60  # where time goes
@@ -12,13 +13,10 @@ one process (``--single-process``).
 from __future__ import annotations
 
 import argparse
-import csv
-import ctypes
 import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -34,7 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML config (default: all defaults)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=1e-4")
-    p.add_argument("--role", choices=ROLES, help="start this role only")
+    p.add_argument("--role", choices=ROLES, help="start (and supervise) this role only")
+    p.add_argument("--worker", action="store_true",
+                   help=argparse.SUPPRESS)  # run the role in this process (the supervised child)
     p.add_argument("--index", type=int, default=0, help="index of the actor/server role")
     p.add_argument("--eval", action="store_true",
                    help="evaluate instead of training: every task x trial once (run.mode=eval, "
@@ -87,6 +87,9 @@ def run_role(cfg, role: str, index: int) -> int:
         import torch
 
         torch.set_num_threads(cfg.run.torch_threads)
+    from configs import ConfigError
+    from protocol.registration import EXIT_CONFIG_ERROR, EXIT_LEARNER_GONE, LearnerGone, Retired
+
     stop = threading.Event()
     _stop_on_signals(stop)
     try:
@@ -102,6 +105,15 @@ def run_role(cfg, role: str, index: int) -> int:
         else:
             from actors.worker import run
             code = run(cfg, index, stop=stop)
+    except ConfigError as exc:
+        log.error("%s %d: config error: %s", role, index, exc)
+        code = EXIT_CONFIG_ERROR
+    except LearnerGone as exc:
+        log.error("%s %d: %s", role, index, exc)
+        code = EXIT_LEARNER_GONE
+    except Retired as exc:
+        log.warning("%s", exc)
+        code = 1
     except Exception as exc:
         log.error("%s %d failed: %s: %s", role, index, type(exc).__name__, exc)
         log.debug("traceback", exc_info=True)
@@ -156,113 +168,55 @@ def run_single_process(cfg) -> int:
     return 1 if failures else 0
 
 
-def _die_with_parent() -> None:
-    # Linux: a child gets SIGTERM if the launcher dies, so no role is ever orphaned.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def supervise(cfg, args: argparse.Namespace, overrides: list[str],
+              slots: list[tuple[str, int]]) -> int:
+    """Run ``slots`` as supervised children until the learner finishes (or, on a host
+    without the learner, until its roles end); restart the ones that die."""
+    from launcher import MemorySampler, Supervisor
+    from launcher.supervisor import python_argv
 
+    log_dir = Path(cfg.run.log_dir)
 
-class Launcher:
-    """Starts every role as a child process and watches them."""
+    def command(slot) -> list[str]:
+        cmd = python_argv() + (["--config", args.config] if args.config else [])
+        extra = [f"run.start={slot.starts}"]
+        if slot.role == "learner" and slot.starts and (log_dir / "checkpoint.json").exists():
+            extra.append("run.resume=true")  # a restarted learner carries on from it
+        return cmd + [*overrides, *extra, "--worker", "--role", slot.role, "--index",
+                      str(slot.index), "--log-level", args.log_level]
 
-    def __init__(self, cfg, args: argparse.Namespace, overrides: list[str]):
-        self.cfg, self.args, self.overrides = cfg, args, overrides
-        self.children: dict[str, subprocess.Popen] = {}
-        self.log_dir = Path(cfg.run.log_dir)
-
-    def start(self) -> None:
-        roles = [("learner", 0)]
-        roles += [("inference", i) for i in range(self.cfg.inference.num_servers)]
-        roles += [("actor", k) for k in range(self.cfg.actor.num_actors)]
-        for role, index in roles:
-            cmd = [sys.executable, str(Path(__file__).resolve())]
-            if self.args.config:
-                cmd += ["--config", self.args.config]
-            cmd += [*self.overrides, "--role", role, "--index", str(index),
-                    "--log-level", self.args.log_level]
-            self.children[f"{role}-{index}"] = subprocess.Popen(
-                cmd, preexec_fn=_die_with_parent)
-
-    def watch(self, interrupted: threading.Event) -> int:
-        """Wait for the learner to finish; on any role's death stop all and say why."""
-        sampler = MemorySampler(self.log_dir / "memory.csv", self.children)
-        learner = self.children["learner-0"]
+    sup = Supervisor(cfg, slots, command, log_dir)
+    interrupted = threading.Event()
+    _stop_on_signals(interrupted)  # Ctrl-C reaches the children too; SIGTERM is passed on
+    has_learner = any(role == "learner" for role, _ in slots)
+    try:
+        sup.start_all()
+        sampler = MemorySampler(log_dir / ("memory.csv" if has_learner else
+                                           f"memory-{slots[0][0]}-{slots[0][1]}.csv"), sup)
         while True:
             if interrupted.is_set():
                 log.info("interrupted: stopping every role")
-                self.stop_all(grace_s=self.cfg.actor.flush_timeout_s + 40)
+                sup.stop_all(grace_s=cfg.actor.flush_timeout_s + 40)
                 return 130
             sampler.maybe_sample()
-            for name, proc in self.children.items():
-                code = proc.poll()
-                if code not in (None, 0):
-                    log.error("%s died with exit code %d: %s", name, code, self._last_error(name))
-                    self.stop_all(grace_s=10)
-                    return 1
-            if learner.poll() == 0:
+            state = sup.check()
+            if state.startswith("failed"):
+                log.error("%s; stopping", state[len("failed: "):])
+                sup.stop_all(grace_s=10)
+                return 1
+            if state == "learner finished" or (not has_learner and sup.all_ended()):
                 break
             time.sleep(0.5)
-        deadline = time.monotonic() + self.cfg.actor.flush_timeout_s + 15
-        for name, proc in self.children.items():
-            try:
-                code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.error("%s did not exit after the learner finished; killing it", name)
-                self.stop_all(grace_s=5)
-                return 1
-            if code != 0:
-                log.error("%s exited with code %d: %s", name, code, self._last_error(name))
-                return 1
-        log.info("run finished: TensorBoard logs in %s", self.log_dir)
+        bad = sup.wait_all(cfg.actor.flush_timeout_s + 15)
+        if bad:
+            sup.stop_all(grace_s=5)
+            return 1
+        if sup.restarts:
+            log.info("%d restarts during the run", sup.restarts)
+        log.info("run finished: TensorBoard logs in %s", log_dir)
         return 0
-
-    def _last_error(self, name: str) -> str:
-        path = self.log_dir / f"{name}.log"
-        lines = path.read_text().splitlines() if path.exists() else []
-        errors = [line for line in lines if " ERROR " in line]
-        return (errors or lines or ["(no log)"])[-1].strip()
-
-    def stop_all(self, grace_s: float) -> None:
-        """SIGTERM every child still running, then SIGKILL what is left after ``grace_s``."""
-        for proc in self.children.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for proc in self.children.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-class MemorySampler:
-    """Resident memory of every role every 5 s, to ``memory.csv`` (time_s, role, rss_mb)."""
-
-    def __init__(self, path: Path, children: dict, every_s: float = 5.0):
-        import psutil
-
-        self.path, self.every_s, self.next = path, every_s, 0.0
-        self.start = time.monotonic()
-        self.procs = {n: psutil.Process(p.pid) for n, p in children.items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            csv.writer(f).writerow(["time_s", "role", "rss_mb"])
-
-    def maybe_sample(self) -> None:
-        now = time.monotonic()
-        if now < self.next:
-            return
-        self.next = now + self.every_s
-        rows = []
-        for name, proc in self.procs.items():
-            try:
-                rows.append([f"{now - self.start:.1f}", name,
-                             f"{proc.memory_info().rss / 2**20:.1f}"])
-            except Exception:  # the process has exited
-                continue
-        with self.path.open("a", newline="") as f:
-            csv.writer(f).writerows(rows)
+    finally:
+        sup.stop_all(grace_s=5)
 
 
 def report_profile(cfg, code: int) -> int:
@@ -301,7 +255,27 @@ def check_env(cfg) -> None:
                  else "")
 
 
+def make_keys(argv: list[str]) -> int:
+    """``launch.py keys DIR``: the CURVE key pairs of a run."""
+    if len(argv) != 1:
+        print("usage: python launch.py keys DIR", file=sys.stderr)
+        return 2
+    from protocol.security import make_keys as make
+
+    try:
+        folder = make(argv[0])
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"CURVE keys in {folder} (server, client, authorized/): copy the folder to every "
+          f"host of the run and set network.curve_dir={folder}")
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["keys"]:
+        return make_keys(argv[1:])
     args = parse_args(argv)
     from configs import ConfigError, load_config
 
@@ -341,13 +315,20 @@ def main(argv=None) -> int:
         print("config error: network.transport=inproc needs --single-process", file=sys.stderr)
         return 2
     log_dir = Path(cfg.run.log_dir)
-    if args.role:
+    if args.worker:
+        if not args.role:
+            print("error: --worker needs --role", file=sys.stderr)
+            return 2
         setup_logging(args.log_level, log_dir / f"{args.role}-{args.index}.log",
                       f"{args.role}-{args.index}")
-    else:
-        setup_logging(args.log_level, log_dir / "launch.log", "launch")
-    if args.role:  # the actor checks its env itself when it builds it
-        return run_role(cfg, args.role, args.index)
+        return run_role(cfg, args.role, args.index)  # the actor checks its env itself
+    if args.role:  # one role on this host, supervised
+        name = f"{args.role}-{args.index}"
+        setup_logging(args.log_level, log_dir / f"launch-{name}.log", f"launch-{name}")
+        log.info("run %s: supervising %s on this host, logs in %s", cfg.run.run_id, name,
+                 log_dir)
+        return supervise(cfg, args, overrides, [(args.role, args.index)])
+    setup_logging(args.log_level, log_dir / "launch.log", "launch")
     try:
         check_env(cfg)
     except ValueError as exc:
@@ -359,14 +340,11 @@ def main(argv=None) -> int:
         shutil.rmtree(log_dir / "profile", ignore_errors=True)
     if args.single_process:
         return report_profile(cfg, run_single_process(cfg))
-    launcher = Launcher(cfg, args, overrides)
-    interrupted = threading.Event()
-    _stop_on_signals(interrupted)  # Ctrl-C reaches the children too; SIGTERM is passed on
+    slots = [("learner", 0)] + [("inference", i) for i in range(cfg.inference.num_servers)]
+    slots += [("actor", k) for k in range(cfg.actor.num_actors)]
     try:
-        launcher.start()
-        return report_profile(cfg, launcher.watch(interrupted))
+        return report_profile(cfg, supervise(cfg, args, overrides, slots))
     finally:
-        launcher.stop_all(grace_s=5)
         if cfg.network.transport == "ipc":
             from protocol.wiring import ipc_folder
             shutil.rmtree(ipc_folder(cfg), ignore_errors=True)

@@ -1,18 +1,23 @@
 """The actor process: E envs in S pipeline stages, talking to servers and the learner.
 
-Every stage always has one request in flight; while stage A waits for its chunk, the
-replies of the other stages are executed. Finished episodes go to the learner through
-an :class:`Outbox` and are resent until acknowledged; at exit the actor waits for the
-outstanding acks and reports how many episodes it delivered.
+The actor registers at the learner's rendezvous first: its Roster says where the
+learner's trajectory socket and the inference servers are (and heartbeats keep it
+current). Every stage always has one request in flight; while stage A waits for its
+chunk, the replies of the other stages are executed. A request unanswered for
+``actor.request_retry_s`` goes again to another server (:class:`ServerPool`). Finished
+episodes go to the learner through an :class:`Outbox` and are resent until acknowledged;
+at exit the actor waits for the outstanding acks and reports how many it delivered.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +26,17 @@ import zmq
 from actors.executor import IdSource, StageExecutor
 from actors.outbox import Outbox
 from actors.recorder import EpisodeRecorder
-from configs import Config
+from actors.servers import ServerPool
+from configs import Config, ConfigError
 from envs import eval_init_states, make_env
 from protocol import wiring
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint
 from profiling.recorder import make_profiler
 from protocol.messages import (
-    ActionReply, ActorDone, ActorHello, ErrorReply, ObsRequest, StopActors, TrajectoryAck,
+    ActorDone, ActorHello, ErrorReply, ObsRequest, StopActors, TrajectoryAck,
 )
+from protocol.registration import RegistrationClient, Retired
 
 log = logging.getLogger(__name__)
 FLUSH_RESEND_S = 2.0
@@ -39,6 +46,17 @@ class ActorError(RuntimeError):
     """The actor cannot go on (a server rejected its requests, or none answers)."""
 
 
+@dataclass
+class InFlight:
+    """A request awaiting its reply."""
+
+    stage: int
+    server: int
+    sent: float  # monotonic: last sent (to ``server``)
+    first_sent: float  # monotonic: first sent, to any server
+    request: ObsRequest
+
+
 def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None,
         stop: threading.Event | None = None) -> int:
     """Act until the learner says stop (or ``stop`` is set); deliver every finished episode."""
@@ -46,21 +64,28 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None,
     own_ctx = ctx is None
     ctx = ctx or zmq.Context()
     a = cfg.actor
-    max_bytes = cfg.network.max_message_mb << 20
     name = f"actor-{index}"
-    infer = Endpoint(wiring.connect_actor_to_inference(ctx, cfg, index), name,
-                     cfg.run.run_id, max_bytes, expected=(ActionReply, ErrorReply))
-    learn = Endpoint(wiring.connect_actor_to_learner(ctx, cfg, index), name, cfg.run.run_id,
-                     max_bytes, expected=(TrajectoryAck, StopActors, ErrorReply))
-    groups = a.envs_per_actor // a.group_size
-    env = actor = None
+    client = RegistrationClient(ctx, cfg, "actor", index)
+    servers = ServerPool(ctx, cfg, index)
+    learn = env = actor = None
     try:
+        roster = client.register(stop)
+        servers.update(roster)
+        while not servers.endpoints and not stop.is_set():  # until a server registers
+            got = client.tick(timeout_ms=100)
+            if got is not None:
+                servers.update(got)
+        learn = Endpoint(wiring.connect_actor_to_learner(ctx, cfg, index,
+                                                         roster.trajectory_address),
+                         name, cfg.run.run_id, cfg.network.max_message_mb << 20,
+                         expected=(TrajectoryAck, StopActors, ErrorReply))
+        groups = a.envs_per_actor // a.group_size
         env = make_env(cfg.env, a.envs_per_actor, a.group_size, cfg.model.action_dim,
                        group_offset=index * groups)
         if env.state_dim != cfg.model.state_dim:
-            raise ActorError(f"env.kind={cfg.env.kind} has {env.state_dim}-D states but "
+            raise ConfigError(f"env.kind={cfg.env.kind} has {env.state_dim}-D states but "
                              f"model.state_dim={cfg.model.state_dim}; set model.state_dim")
-        actor = Actor(cfg, index, env, infer, learn)
+        actor = Actor(cfg, index, env, servers, learn, client)
         try:
             actor.act(stop)
         except Exception:
@@ -72,8 +97,10 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None,
         if actor is not None:
             actor.write_summary(Path(cfg.run.log_dir) / f"{name}.json")
             actor.write_profile()
-        infer.close()
-        learn.close()
+        servers.close()
+        client.close()
+        if learn is not None:
+            learn.close()
         if env is not None:
             env.close()
         if own_ctx:
@@ -83,11 +110,12 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None,
 class Actor:
     """The actor's loop, with its stages, in-flight requests and outbox."""
 
-    def __init__(self, cfg: Config, index: int, env, infer: Endpoint, learn: Endpoint):
+    def __init__(self, cfg: Config, index: int, env, servers: ServerPool, learn: Endpoint,
+                 client: RegistrationClient | None = None):
         a = cfg.actor
         self.cfg, self.index, self.env = cfg, index, env
-        self.infer, self.learn = infer, learn
-        ids = IdSource(index, cfg.run.incarnation)
+        self.servers, self.learn, self.client = servers, learn, client
+        ids = IdSource(index, cfg.incarnation)
         groups = env.num_envs // env.group_size
         per_stage = groups // a.pipeline_stages
         filming = cfg.video.eval_per_task if cfg.run.mode == "eval" else cfg.video.train_every
@@ -100,8 +128,9 @@ class Actor:
                           record_final_obs=cfg.learner.algorithm == "ppo")
             for s in range(a.pipeline_stages)]
         self.outbox = Outbox(a.max_unacked_episodes, a.resend_after_s)
-        self.inflight: dict[int, tuple[int, float]] = {}  # request_id -> (stage, sent at)
+        self.inflight: dict[int, InFlight] = {}  # request_id -> what awaits its reply
         self.next_request = 0
+        self.retries = 0
         self.learner_stopped = False
         self.done_acked = False
         self.prof = make_profiler(cfg, f"actor-{index}")
@@ -121,8 +150,7 @@ class Actor:
     # --- acting -------------------------------------------------------------------------
     def act(self, stop: threading.Event) -> None:
         """Step the stages until the learner says stop."""
-        a = self.cfg.actor
-        self.learn.send(ActorHello(self.index, self.env.num_envs, a.group_size))
+        self._hello()
         self.started_at = time.time()
         for s in range(len(self.stages)):
             self._request(s)
@@ -132,8 +160,9 @@ class Actor:
             self.stopped_at = time.time()
 
     def _loop(self, stop: threading.Event) -> None:
-        a, prof = self.cfg.actor, self.prof
+        prof = self.prof
         while not (stop.is_set() or self.learner_stopped):
+            self._tick()
             if not self.inflight:  # every stage idle: evaluation trials all done
                 self._service_learner(50)
                 continue
@@ -143,47 +172,85 @@ class Actor:
                 self._service_learner(50)
                 prof.add("blocked_by_learner", began, time.time())
                 # Replies wait unread meanwhile; that time is not the servers' fault.
-                now = time.monotonic()
-                self.inflight = {rid: (stage, now) for rid, (stage, _) in self.inflight.items()}
+                self._defer(time.time() - began)
                 continue
             began = time.time()  # every stage waits for its chunk: the actor is idle
-            ready = self.infer.poll(50)
+            ready = self.servers.ready(50)
             prof.add("wait_action", began, time.time())
-            if ready:
-                self._on_reply()
-            oldest = min((t for _, t in self.inflight.values()), default=time.monotonic())
-            if time.monotonic() - oldest > a.request_timeout_s:
+            for server, endpoint in ready:
+                self._on_reply(server, endpoint)
+            self._retry_late()
+
+    def _tick(self) -> None:
+        if self.client is None:
+            return
+        registrations = self.client.registrations
+        roster = self.client.tick()
+        if roster is not None:
+            self.servers.update(roster)
+        if self.client.registrations > registrations:  # a restarted learner: introduce again
+            self._hello()
+
+    def _hello(self) -> None:
+        a = self.cfg.actor
+        self.learn.send(ActorHello(self.index, self.env.num_envs, a.group_size))
+
+    def _defer(self, seconds: float) -> None:
+        """Time the actor spent elsewhere does not count against the servers."""
+        for f in self.inflight.values():
+            f.sent += seconds
+            f.first_sent += seconds
+
+    def _retry_late(self) -> None:
+        a, now = self.cfg.actor, time.monotonic()
+        for rid, f in list(self.inflight.items()):
+            if now - f.first_sent > a.request_timeout_s:
                 raise ActorError(f"no action reply within actor.request_timeout_s="
                                  f"{a.request_timeout_s:.0f}s; is an inference server running?")
+            if now - f.sent > a.request_retry_s:
+                # Again, under a new id (a late answer to the old one is ignored), to
+                # another server when there is one.
+                self.servers.suspect(f.server)
+                del self.inflight[rid]
+                self.retries += 1
+                self._send_request(f.stage, f.request, f.first_sent, avoid=f.server)
 
     def _request(self, stage: int) -> None:
         if self.stages[stage].idle:
             return
         with self.prof.span("observe_send", stage=stage):  # rendering + encoding
             obs = self.stages[stage].observe()
-            rid = self.next_request
-            self.next_request += 1
-            self.inflight[rid] = (stage, time.monotonic())
-            self.infer.send(ObsRequest(rid, self.cfg.actor.deterministic,
-                                       obs.task_descriptions, obs.main_images, obs.states,
-                                       obs.wrist_images, obs.extra_view_images))
+            self._send_request(stage, ObsRequest(
+                -1, self.cfg.actor.deterministic, obs.task_descriptions, obs.main_images,
+                obs.states, obs.wrist_images, obs.extra_view_images), time.monotonic())
 
-    def _on_reply(self) -> None:
+    def _send_request(self, stage: int, request: ObsRequest, first_sent: float,
+                      avoid: int = -1) -> None:
+        rid = self.next_request
+        self.next_request += 1
+        request = dataclasses.replace(request, request_id=rid)
+        server = self.servers.choose(avoid)
+        self.servers.send(server, request)
+        self.inflight[rid] = InFlight(stage, server, time.monotonic(), first_sent, request)
+
+    def _on_reply(self, server: int, endpoint: Endpoint) -> None:
         try:
-            reply = self.infer.recv().msg
+            reply = endpoint.recv().msg
         except ProtocolError as err:
             log.warning("actor %d dropped a malformed reply: %s", self.index, err)
             return
         if isinstance(reply, ErrorReply):
-            raise ActorError(f"inference server rejected request {reply.request_id}: "
+            raise ActorError(f"inference server {server} rejected request {reply.request_id}: "
                              f"{reply.code}: {reply.message}")
-        stage, sent = self.inflight.pop(reply.request_id, (None, 0.0))
-        if stage is None:
-            log.warning("actor %d: reply to unknown request %d ignored", self.index,
-                        reply.request_id)
+        f = self.inflight.pop(reply.request_id, None)
+        if f is None:  # an answer to a request that was sent again meanwhile
+            log.debug("actor %d: late reply to request %d ignored", self.index,
+                      reply.request_id)
             return
+        self.servers.answered(server)
+        stage = f.stage
         began, wall = time.monotonic(), time.time()
-        self.prof.sample("action_rtt_ms", (began - sent) * 1e3, wall)
+        self.prof.sample("action_rtt_ms", (began - f.sent) * 1e3, wall)
         steps_before = self.stages[stage].env_steps
         episodes = self.stages[stage].execute(reply.actions, reply.logprobs, reply.values,
                                               reply.policy_version)
@@ -192,7 +259,7 @@ class Actor:
         steps = self.stages[stage].env_steps - steps_before
         self.prof.add("env_step", wall, wall + spent, stage=stage, envs=len(reply.actions))
         self.prof.sample("env_steps", steps, wall + spent)
-        self.inflight = {rid: (s, t + spent) for rid, (s, t) in self.inflight.items()}
+        self._defer(spent)
         for ep in episodes:
             if ep.env_error:
                 log.warning("actor %d: episode %d ended by a simulator error: %s",
@@ -228,6 +295,8 @@ class Actor:
             elif isinstance(msg, StopActors):
                 log.info("actor %d: learner says stop (%s)", self.index, msg.reason)
                 self.learner_stopped = True
+            elif isinstance(msg, ErrorReply) and msg.code == "retired":
+                raise Retired(f"actor {self.index}: {msg.message}")
             elif isinstance(msg, ErrorReply):
                 log.error("actor %d: learner rejected a message: %s", self.index, msg.message)
         self._send_due()
@@ -237,6 +306,7 @@ class Actor:
         deadline = time.monotonic() + self.cfg.actor.flush_timeout_s
         while self.outbox.pending and time.monotonic() < deadline:
             self._service_learner(50)
+            self._tick()
             # An ack that has not come within FLUSH_RESEND_S will not: resend now rather
             # than after resend_after_s (the learner acks a duplicate, never counts it).
             self._send_due(FLUSH_RESEND_S)
@@ -251,6 +321,7 @@ class Actor:
         self.learn.send(ActorDone(self.index, len(self.outbox.acked), self.env_steps))
         while not self.done_acked and time.monotonic() < deadline + 5:
             self._service_learner(50)
+            self._tick()
 
     @property
     def env_steps(self) -> int:
@@ -258,9 +329,11 @@ class Actor:
 
     def write_profile(self) -> None:
         """The profile of this actor, with the bytes each of its links carried."""
-        for link, ep in (("actor->inference", self.infer), ("actor->learner", self.learn)):
-            self.prof.count(f"bytes_sent:{link}", ep.bytes_sent)
-            self.prof.count(f"bytes_received:{link}", ep.bytes_received)
+        sent, received = self.servers.bytes
+        self.prof.count("bytes_sent:actor->inference", sent)
+        self.prof.count("bytes_received:actor->inference", received)
+        self.prof.count("bytes_sent:actor->learner", self.learn.bytes_sent)
+        self.prof.count("bytes_received:actor->learner", self.learn.bytes_received)
         self.prof.write(self.cfg.run.log_dir)
 
     def write_summary(self, path: Path) -> None:
@@ -270,5 +343,6 @@ class Actor:
             "episodes_delivered": len(self.outbox.acked),
             "episode_id_ranges": self.outbox.acked.ranges(),
             "unacknowledged": sorted(self.outbox.pending), "resends": self.outbox.resends,
-            "env_steps": self.env_steps, "rejected": dict(self.infer.rejected),
+            "env_steps": self.env_steps, "rejected": self.servers.rejected_counts(),
+            "request_retries": self.retries, "incarnation": self.cfg.incarnation,
             "acting_s": max(0.0, self.stopped_at - self.started_at)}))

@@ -36,6 +36,12 @@ class RunConfig:
                        "launch.py --resume)")
     incarnation: int = opt(0, "how many times the run was resumed (set by --resume); part "
                            "of every episode id, so resumed ids never repeat")
+    start: int = opt(0, "how many times this role's process was started before (set by the "
+                     "supervisor); with run.incarnation it makes the process's incarnation")
+    max_restarts: int = opt(10, "a dead actor, server or learner is restarted at most this "
+                            "many times (the learner from its checkpoint); 0: never")
+    restart_backoff_s: float = opt(1.0, "first restart delay; doubles with each restart of "
+                                   "the same process, at most 30 s")
 
 
 @dataclass(frozen=True)
@@ -44,16 +50,29 @@ class NetworkConfig:
 
     transport: Literal["ipc", "tcp", "inproc"] = opt(
         "ipc", "ipc (one host), tcp (any hosts) or inproc (--single-process only)")
-    learner_host: str = opt("127.0.0.1", "host of the learner (trajectories, weights)")
-    inference_hosts: list[str] = opt(["127.0.0.1"], "host of each inference server (one = all)")
-    bind_host: str = opt("127.0.0.1", "interface servers bind on; 0.0.0.0 for other hosts")
-    base_port: int = opt(5550, "tcp: learner=base, weights=base+1, server i=base+2+i")
+    learner_host: str = opt("127.0.0.1", "host of the learner: its rendezvous, trajectories "
+                            "and the weights store")
+    inference_hosts: list[str] = opt(["127.0.0.1"], "host of each inference server (one = "
+                                     "all), announced when network.bind_host is 0.0.0.0")
+    bind_host: str = opt("127.0.0.1", "the address this host's roles bind and announce; "
+                         "0.0.0.0: every interface")
+    base_port: int = opt(5550, "tcp: rendezvous=base, trajectories=base+1, weights "
+                         "store=base+2, server i=base+3+i")
     ipc_dir: str = opt("/tmp/chunkrl", "ipc: socket files go under ipc_dir/run_id/")
     max_message_mb: int = opt(512, "larger received messages are rejected")
     high_water_mark: int = opt(32, "messages queued per socket before senders block")
     weights_backend: Literal["auto", "gloo", "nccl"] = opt(
         "auto", "torch.distributed backend for weights: auto = nccl on CUDA, else gloo")
     weights_timeout_s: float = opt(300.0, "a weight broadcast slower than this fails")
+    join_timeout_s: float = opt(30.0, "forming a server's weights group slower than this "
+                                "fails (the server is taken for dead)")
+    heartbeat_s: float = opt(1.0, "actors and servers tell the rendezvous they live this often")
+    heartbeat_timeout_s: float = opt(10.0, "a registered process silent this long is taken "
+                                     "for dead (an actor's unfinished groups are discarded)")
+    learner_wait_s: float = opt(120.0, "actors and servers wait this long for a lost learner "
+                                "to come back, then exit with a message")
+    curve_dir: str = opt("", "CURVE authentication and encryption on every ZeroMQ link with "
+                         "the keys `launch.py keys DIR` made; empty: off")
 
 
 @dataclass(frozen=True)
@@ -167,6 +186,8 @@ class ActorConfig:
     actions_per_chunk: int = opt(0, "N: actions executed per chunk (1..T); 0 means T")
     deterministic: bool = opt(False, "ask the policy for its mean action (no sampling)")
     request_timeout_s: float = opt(120.0, "no action reply in this long is an error")
+    request_retry_s: float = opt(10.0, "a request unanswered this long goes again, to "
+                                 "another inference server when there is one")
     max_unacked_episodes: int = opt(64, "episodes awaiting the learner's ack before blocking")
     resend_after_s: float = opt(30.0, "resend an unacknowledged episode after this long")
     flush_timeout_s: float = opt(60.0, "at exit, wait this long for outstanding acks")
@@ -313,6 +334,12 @@ class Config:
         return self.profile.duration_s if self.profile.enabled else self.run.max_duration_s
 
     @property
+    def incarnation(self) -> int:
+        """This process start, unique within the run: ``run.incarnation << 8 | run.start``
+        (the top 16 bits of the ids of the episodes an actor makes)."""
+        return self.run.incarnation << 8 | self.run.start
+
+    @property
     def update_limit(self) -> float:
         """Updates before the learner stops (unbounded in a profiled run)."""
         return float("inf") if self.profile.enabled else self.run.total_updates
@@ -377,7 +404,15 @@ def validate(cfg: Config) -> list[str]:
          L.critic_lr >= 0 and L.kl_beta >= 0 and 0 <= L.min_lr_ratio <= 1 and
          L.update_sleep_s >= 0, "learner: steps, sizes, critic_lr, kl_beta and "
          "update_sleep_s must be >= 0; min_lr_ratio in [0, 1]"),
-        (cfg.run.incarnation >= 0, "run.incarnation must be >= 0"),
+        (0 <= cfg.run.incarnation < 256 and 0 <= cfg.run.start < 256,
+         "run.incarnation and run.start must be in 0..255 (start a new run directory)"),
+        (cfg.run.max_restarts >= 0 and cfg.run.restart_backoff_s >= 0,
+         "run.max_restarts and run.restart_backoff_s must be >= 0"),
+        (min(n.heartbeat_s, n.join_timeout_s, n.learner_wait_s) > 0 and
+         n.heartbeat_timeout_s > 2 * n.heartbeat_s, "network: heartbeat_s, join_timeout_s and "
+         "learner_wait_s > 0; heartbeat_timeout_s > 2 * heartbeat_s"),
+        (0 < a.request_retry_s <= a.request_timeout_s,
+         "actor.request_retry_s must be in (0, request_timeout_s]"),
         (L.max_ready_groups >= L.groups_per_update,
          "learner.max_ready_groups must be >= groups_per_update"),
         (e.image_size >= 16 and e.max_episode_steps >= 0,

@@ -16,18 +16,20 @@ from inference_server.batcher import Batcher, Pending
 from inference_server.core import InferenceCore
 from models import build_policy, pick_device
 from profiling.recorder import OFF, make_profiler
-from protocol import wiring
+from inference_server.weights_link import WeightsLink
+from protocol import security, wiring
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint
 from protocol.messages import ErrorReply, ObsRequest
-from protocol.weights import DistWeightReceiver, join_group
+from protocol.registration import RegistrationClient
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None, weights_bus=None,
         stop: threading.Event | None = None) -> int:
-    """Serve action chunks until the learner finishes (or ``stop`` is set)."""
+    """Register with the learner, receive its weights, then serve action chunks until the
+    learner finishes (or ``stop`` is set)."""
     stop = stop or threading.Event()
     device = pick_device(cfg.inference.device)
     torch.manual_seed(cfg.run.seed)
@@ -35,25 +37,29 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None, weights_bus
     core = InferenceCore(policy, device, cfg.inference.temperature, cfg.model.state_dim)
     own_ctx = ctx is None
     ctx = ctx or zmq.Context()
+    auth = security.start_authenticator(ctx, cfg) if own_ctx else None
     endpoint = Endpoint(wiring.bind_inference_server(ctx, cfg, index), f"inference-{index}",
                         cfg.run.run_id, cfg.network.max_message_mb << 20,
                         expected=(ObsRequest,), routed=True)
     server = InferenceServer(cfg, core, endpoint, make_profiler(cfg, f"inference-{index}"))
+    server.auth = auth
+    client = RegistrationClient(ctx, cfg, "inference", index,
+                                wiring.inference_address(cfg, index, bind=False))
+    link = WeightsLink(cfg, index, policy, device, client, weights_bus, server.prof)
     try:
-        if weights_bus is not None:
-            receiver = weights_bus.receiver(policy, device)
-        else:
-            receiver = DistWeightReceiver(policy, device, join_group(cfg, 1 + index, device),
-                                          server.prof)
-        core.load(*receiver.wait_first(cfg.network.weights_timeout_s))
+        link.start(stop)
+        core.load(*link.wait_first(stop))
         log.info("inference server %d serving on %s (%s), weights version %d", index,
                  wiring.inference_address(cfg, index, bind=True), device, core.version)
-        server.serve(receiver, stop, grace_s=cfg.actor.flush_timeout_s + 30)
+        server.serve(link, stop, grace_s=cfg.actor.flush_timeout_s + 30)
         return 0
     finally:
         server.write_stats(Path(cfg.run.log_dir) / f"inference-{index}.json")
         server.write_profile(cfg.run.log_dir)
+        client.close()
         endpoint.close()
+        if auth is not None:
+            auth.stop()
         if own_ctx:
             ctx.term()
 
@@ -66,29 +72,33 @@ class InferenceServer:
         self.batcher = Batcher(cfg.inference.max_batch, cfg.inference.max_wait_ms / 1e3)
         self.requests = self.errors = 0
         self.prof = OFF if prof is None else prof
+        self.auth = None  # the process's CURVE authenticator, when CURVE is on
 
-    def serve(self, receiver, stop: threading.Event, grace_s: float = 60.0) -> None:
-        """Serve until the learner signals the end.
+    def serve(self, link, stop: threading.Event, grace_s: float = 60.0) -> None:
+        """Serve until the learner signals the end; ``link`` (a :class:`WeightsLink`, or
+        anything with a ``receiver`` and a ``tick``) brings the weights.
 
         ``stop`` (a signal) does not end serving at once: the learner, stopping too, still
         drains the actors and then ends the weights link; only if it does not within
         ``grace_s`` does the server leave on its own.
         """
-        deadline = None
-        poller = zmq.Poller()
-        poller.register(self.endpoint.sock, zmq.POLLIN)
-        poller.register(receiver.wake_fd, zmq.POLLIN)  # new weights wake an idle server
+        deadline, receiver, poller = None, None, None
         while deadline is None or time.monotonic() < deadline:
             if deadline is None and stop.is_set():
                 deadline = time.monotonic() + grace_s
+            link.tick()
+            if link.receiver is not receiver:  # a new weights group after a lost learner
+                receiver = link.receiver
+                poller = zmq.Poller()
+                poller.register(self.endpoint.sock, zmq.POLLIN)
+                poller.register(receiver.wake_fd, zmq.POLLIN)  # new weights wake an idle server
             receiver.clear_wake()
             update = receiver.poll()
             if update is not None:  # between two batches: never mid-batch
                 with self.prof.span("weights_apply", version=update[0]):  # serving pauses
                     self.core.load(*update)
-            if receiver.finished.is_set() and receiver.poll() is None:
-                if receiver.error is not None:
-                    raise RuntimeError(f"weight receiver failed: {receiver.error}")
+            if receiver.finished.is_set() and receiver.error is None and \
+                    receiver.poll() is None:
                 log.info("learner finished; inference server stopping")
                 return
             self.step(self.batcher.wait_s(time.monotonic(), 0.1), poller)
@@ -154,4 +164,5 @@ class InferenceServer:
             "forward_passes": core.passes, "rows": core.rows,
             "mean_batch_rows": core.rows / max(core.passes, 1),
             "max_requests_per_pass": core.max_requests_per_pass,
-            "rejected": self.errors, "rejected_by_code": dict(self.endpoint.rejected)}))
+            "rejected": self.errors, "rejected_by_code": dict(self.endpoint.rejected),
+            "curve_refused_connections": self.auth.refused if self.auth else 0}))

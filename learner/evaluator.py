@@ -22,7 +22,7 @@ import zmq
 from configs import Config, to_dict
 from envs import eval_init_states
 from envs.base import split_init_state
-from learner.link import TrajectoryLink, close_weights, weight_sender
+from learner.link import LearnerLinks
 from models import build_policy, pick_device
 from protocol.messages import Trajectory
 
@@ -110,32 +110,29 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
     table = EvalTable(set(eval_init_states(cfg.env, cfg.eval.num_trials)))
     own_ctx = ctx is None
     ctx = ctx or zmq.Context()
-    link = TrajectoryLink(cfg, ctx, "evaluator")
+    links = LearnerLinks(cfg, ctx, "evaluator", device, weights=weights)
     try:
-        weights = weight_sender(cfg, device, weights)
-        weights.send(0, policy)
+        links.weights.send(0, policy)
         log.info("evaluating %d episodes (%s, %d trials per task), weights from %s",
                  len(table.expected), cfg.env.kind, cfg.eval.num_trials,
                  cfg.model.checkpoint or "a fresh policy")
-        _collect(cfg, table, link.ready, link.receiver, stop)
+        _collect(cfg, table, links, policy, stop)
         return 0 if table.complete else 1
     finally:
-        link.stop_actors("evaluation finished" if table.complete else "stopped")
-        if weights is not None:
-            close_weights(weights)
+        links.finish("evaluation finished" if table.complete else "stopped")
         _write_results(cfg, table)
-        link.close()
+        links.close()
         if own_ctx:
             ctx.term()
 
 
-def _collect(cfg: Config, table: EvalTable, ready, receiver, stop) -> None:
+def _collect(cfg: Config, table: EvalTable, links: LearnerLinks, policy, stop) -> None:
     shown = time.monotonic()
     while not table.complete and not stop.is_set():
-        if receiver.error is not None:
-            raise RuntimeError(f"trajectory receiver failed: {receiver.error}")
+        links.check()
+        links.admit(0, policy)
         try:
-            group = ready.get(timeout=0.2)
+            group = links.ready.get(timeout=0.2)
         except queue.Empty:
             continue
         for ep in group:

@@ -1,5 +1,6 @@
-"""The learner's ends of its links, shared by training and evaluation: the trajectory
-socket with its receiving thread, and the weight sender to the inference servers."""
+"""The learner's ends of its links, shared by training and evaluation: the rendezvous,
+the trajectory socket with its receiving thread, and the weights to the inference
+servers. :class:`LearnerLinks` opens them in order and closes them in reverse."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import zmq
 
 from configs import Config
 from learner.receiver import TrajectoryReceiver
-from protocol import wiring
+from learner.rendezvous import Registry, Rendezvous
+from learner.weight_hub import WeightHub
+from protocol import security, wiring
 from protocol.endpoint import Endpoint
 from protocol.idset import IdSet
 from protocol.messages import ActorDone, ActorHello, Trajectory
-from protocol.weights import DistWeightSender, join_group
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,8 @@ class TrajectoryLink:
     bounded queue of complete groups (``ready``). ``known_ids``: episodes received before
     a restart, acknowledged as duplicates if they come again."""
 
-    def __init__(self, cfg: Config, ctx: zmq.Context, name: str, known_ids: IdSet | None = None):
+    def __init__(self, cfg: Config, ctx: zmq.Context, name: str, known_ids: IdSet | None = None,
+                 registry: Registry | None = None):
         self.cfg = cfg
         self.endpoint = Endpoint(wiring.bind_learner(ctx, cfg), name, cfg.run.run_id,
                                  cfg.network.max_message_mb << 20,
@@ -33,7 +36,8 @@ class TrajectoryLink:
         self.ready: queue.Queue = queue.Queue(maxsize=cfg.learner.max_ready_groups)
         a = cfg.actor
         self.receiver = TrajectoryReceiver(self.endpoint, self.ready, a.num_actors, known_ids,
-                                           a.num_actors * a.envs_per_actor // a.group_size)
+                                           a.num_actors * a.envs_per_actor // a.group_size,
+                                           registry)
         self.receiver.start()
 
     def stop_actors(self, reason: str) -> None:
@@ -48,16 +52,59 @@ class TrajectoryLink:
         self.endpoint.close()
 
 
-def weight_sender(cfg: Config, device: torch.device, given=None):
-    """``given`` (an in-process bus in --single-process mode), else a torch.distributed
-    group with the inference servers, as rank 0."""
-    return given if given is not None else DistWeightSender(join_group(cfg, 0, device),
-                                                             device)
+class LearnerLinks:
+    """Rendezvous, trajectories and weights of the learner (or the evaluator).
 
+    ``weights`` given (an in-process bus in --single-process mode) replaces the
+    torch.distributed :class:`WeightHub`."""
 
-def close_weights(weights) -> None:
-    """End the weights link, which tells the inference servers to stop."""
-    try:
-        weights.close()
-    except Exception as exc:  # a server already gone must not hide the run's results
-        log.warning("could not tell the inference servers to stop: %s", exc)
+    def __init__(self, cfg: Config, ctx: zmq.Context, name: str, device: torch.device,
+                 known_ids: IdSet | None = None, weights=None):
+        self.auth = security.start_authenticator(ctx, cfg)  # before any socket binds
+        self.registry = Registry(cfg)
+        self.trajectories = TrajectoryLink(cfg, ctx, name, known_ids, self.registry)
+        self.weights = weights if weights is not None else WeightHub(cfg, device,
+                                                                     self.registry)
+        self.rendezvous = Rendezvous(cfg, ctx, self.registry, self._lost)
+        self.rendezvous.start()
+        log.info("rendezvous at %s", wiring.rendezvous_address(cfg, bind=True))
+
+    def _lost(self, role: str, index: int, incarnation: int) -> None:
+        if role == "actor":
+            self.trajectories.receiver.retire(index, incarnation)
+        else:
+            self.weights.lost(index, incarnation)
+
+    @property
+    def receiver(self) -> TrajectoryReceiver:
+        return self.trajectories.receiver
+
+    @property
+    def ready(self) -> queue.Queue:
+        return self.trajectories.ready
+
+    def check(self) -> None:
+        """Raise what a serving thread failed with."""
+        for name, thread in (("trajectory receiver", self.receiver),
+                             ("rendezvous", self.rendezvous)):
+            if thread.error is not None:
+                raise RuntimeError(f"{name} failed: {thread.error}")
+
+    def admit(self, version: int, model: torch.nn.Module) -> None:
+        """Join the servers that registered, giving them ``model`` as ``version``."""
+        self.weights.admit(version, model)
+
+    def finish(self, reason: str) -> None:
+        """Stop the actors (they deliver what is finished), then the servers."""
+        self.trajectories.stop_actors(reason)
+        try:
+            self.weights.close()
+        except Exception as exc:  # a server already gone must not hide the run's results
+            log.warning("could not tell the inference servers to stop: %s", exc)
+
+    def close(self) -> None:
+        self.rendezvous.halt.set()
+        self.rendezvous.join(timeout=5)
+        self.trajectories.close()
+        if self.auth is not None:
+            self.auth.stop()

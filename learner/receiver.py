@@ -4,6 +4,10 @@ It owns the learner's ROUTER socket. A new episode is recorded, acknowledged and
 to its group; a duplicate (an actor's resend whose ack was lost) is acknowledged again
 but not counted. Complete groups go to a bounded queue; while it is full the thread
 stops reading, so actors' unacknowledged outboxes fill and they wait (backpressure).
+With a rendezvous :class:`~learner.rendezvous.Registry`, only episodes of live actor
+incarnations are taken: a dead incarnation's unfinished groups are discarded (never
+trained) and its later episodes refused with ``ErrorReply("retired")``; an episode of an
+actor not registered yet is left unacknowledged (its actor sends it again).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import threading
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint, LogLimiter
 from protocol.idset import IdSet
+from learner.rendezvous import actor_of
 from protocol.messages import (
-    ActorDone, ActorHello, StopActors, Trajectory, TrajectoryAck,
+    ActorDone, ActorHello, ErrorReply, StopActors, Trajectory, TrajectoryAck,
 )
 
 log = logging.getLogger(__name__)
@@ -52,15 +57,22 @@ class GroupAssembler:
         del self.partial[ep.group_id]
         return sorted(members, key=lambda e: e.episode_id)
 
+    def discard(self, actor: int, incarnation: int) -> list[int]:
+        """Drop the partial groups of ``actor``'s ``incarnation``; returns their episode ids."""
+        dropped = []
+        for group_id in [g for g in self.partial if actor_of(g) == (actor, incarnation)]:
+            dropped += [ep.episode_id for ep in self.partial.pop(group_id)]
+        return dropped
+
 
 class TrajectoryReceiver(threading.Thread):
     """Serves the learner's socket until ``halt`` is set."""
 
     def __init__(self, endpoint: Endpoint, ready: "queue.Queue", expected_actors: int,
-                 known_ids: IdSet | None = None, max_groups: int = 0):
+                 known_ids: IdSet | None = None, max_groups: int = 0, registry=None):
         super().__init__(name="trajectory-receiver", daemon=True)
         self.endpoint, self.ready = endpoint, ready
-        self.expected_actors = expected_actors
+        self.expected_actors, self.registry = expected_actors, registry
         # Every actor group could be in flight at once; twice that is never reached.
         self.assembler = GroupAssembler(max(1024, 2 * max_groups))
         self.complete: collections.deque = collections.deque()
@@ -70,6 +82,10 @@ class TrajectoryReceiver(threading.Thread):
         self.done: dict[int, ActorDone] = {}
         self.duplicates = 0
         self.after_end = 0
+        self.discarded = IdSet()  # episodes of unfinished groups of dead incarnations
+        self.refused_retired = self.unregistered = 0
+        self._retire: "queue.SimpleQueue[tuple[int, int]]" = queue.SimpleQueue()
+        self.log_limit = LogLimiter()
         self.draining = threading.Event()
         self.all_done = threading.Event()
         self.halt = threading.Event()
@@ -82,6 +98,27 @@ class TrajectoryReceiver(threading.Thread):
         except BaseException as exc:  # surfaced by the learner's main loop
             self.error = exc
 
+    def retire(self, actor: int, incarnation: int) -> None:
+        """``actor``'s ``incarnation`` is dead: discard its unfinished groups (thread-safe;
+        done on the receiving thread)."""
+        self._retire.put((actor, incarnation))
+
+    def _discard_retired(self) -> None:
+        while not self._retire.empty():
+            actor, incarnation = self._retire.get()
+            dropped = self.assembler.discard(actor, incarnation)
+            for episode_id in dropped:
+                self.discarded.add(episode_id)
+            if dropped:
+                log.warning("actor %d incarnation %d is dead: %d episodes of its unfinished "
+                            "groups discarded", actor, incarnation, len(dropped))
+
+    def _check_done(self) -> None:
+        live = self.registry.live_actors() if self.registry is not None else None
+        if (live is not None and live <= set(self.done)) or \
+                len(self.done) >= self.expected_actors:
+            self.all_done.set()
+
     def drain(self, reason: str) -> None:
         """Tell every actor to stop; keep acknowledging until they report done."""
         self.stop_reason = reason
@@ -90,7 +127,9 @@ class TrajectoryReceiver(threading.Thread):
     def _serve(self) -> None:
         stopped: set[int] = set()
         while not self.halt.is_set():
+            self._discard_retired()
             if self.draining.is_set():
+                self._check_done()
                 for idx, peer in self.peers.items():
                     if idx not in stopped:
                         self.endpoint.send(StopActors(self.stop_reason), peer)
@@ -122,10 +161,21 @@ class TrajectoryReceiver(threading.Thread):
         elif isinstance(msg, ActorDone):
             self.done[msg.actor_index] = msg
             self.endpoint.send(TrajectoryAck(-1, False), peer)
-            if len(self.done) >= self.expected_actors:
-                self.all_done.set()
+            self._check_done()
 
     def _take(self, peer: bytes, ep: Trajectory) -> None:
+        status = self.registry.actor_status(ep.episode_id) if self.registry else "live"
+        if status == "retired":
+            self.refused_retired += 1
+            self.endpoint.send(ErrorReply(-1, "retired", f"episode {ep.episode_id} is of a "
+                                          "dead actor incarnation; that actor must exit"), peer)
+            return
+        if status == "unknown":  # not registered yet (a learner restart): sent again later
+            self.unregistered += 1
+            if self.log_limit.allow()[0]:
+                log.info("episode %d from actor %d incarnation %d before its registration: "
+                         "not acknowledged yet", ep.episode_id, *actor_of(ep.episode_id))
+            return
         duplicate = not self.received.add(ep.episode_id)
         if duplicate:
             self.duplicates += 1

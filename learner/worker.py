@@ -18,7 +18,7 @@ from configs import Config, to_dict
 from learner import checkpoint
 from learner.batch import build_batch, group_lag, informative_groups, within_mean_bounds
 from learner.core import Learner
-from learner.link import TrajectoryLink, close_weights, weight_sender
+from learner.link import LearnerLinks
 from models import build_policy, pick_device
 from profiling.recorder import OFF, make_profiler
 from protocol.idset import IdSet
@@ -32,7 +32,7 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
     """Train for ``run.total_updates`` updates, then stop the actors and servers.
 
     ``weights`` is a weight sender (an in-process bus in --single-process mode); by
-    default a torch.distributed group with the inference servers is formed. With
+    default each inference server that registers joins a torch.distributed group. With
     ``run.resume`` the learner continues from ``log_dir/checkpoint.pt``.
     """
     stop = stop or threading.Event()
@@ -52,31 +52,29 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
     books = Books.resumed(log_dir, learner) if cfg.run.resume else Books()
     own_ctx = ctx is None
     ctx = ctx or zmq.Context()
-    link = TrajectoryLink(cfg, ctx, "learner", known_ids=books.received)
+    links = LearnerLinks(cfg, ctx, "learner", device, books.received, weights)
     # On resume, events logged after the checkpoint's update are dropped from the view.
     writer = SummaryWriter(str(log_dir), purge_step=learner.version + 1 if cfg.run.resume
                            else None)
     prof = make_profiler(cfg, "learner")
     finished = False
     try:
-        weights = weight_sender(cfg, device, weights)
-        weights.send(learner.version, policy)  # servers start from the resumed weights
+        links.weights.send(learner.version, policy)  # servers start from the resumed weights
         log.info("learner ready at version %d: logging to %s", learner.version, log_dir)
-        finished = _train(cfg, learner, weights, link, books, writer, stop, prof)
+        finished = _train(cfg, learner, links, books, writer, stop, prof)
         return 0
     finally:
         prof.meta["trained_until"] = time.time()  # the profile's window ends here
-        link.stop_actors("training finished" if finished else "stopped")
-        if weights is not None:
-            close_weights(weights)
+        links.finish("training finished" if finished else "stopped")
         if cfg.learner.checkpoint:
             books.save(cfg, learner)
-        _write_summary(log_dir, learner, link.receiver, link.endpoint, books)
-        prof.count("bytes_received:actor->learner", link.endpoint.bytes_received)
-        prof.count("bytes_sent:learner->actor", link.endpoint.bytes_sent)
+        _write_summary(log_dir, learner, links, books)
+        endpoint = links.trajectories.endpoint
+        prof.count("bytes_received:actor->learner", endpoint.bytes_received)
+        prof.count("bytes_sent:learner->actor", endpoint.bytes_sent)
         prof.write(log_dir)
         writer.close()
-        link.close()
+        links.close()
         if own_ctx:
             ctx.term()
 
@@ -168,7 +166,7 @@ class Tally:
         }
 
 
-def _train(cfg: Config, learner: Learner, weights, link: TrajectoryLink, books: Books, writer,
+def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, writer,
            stop, prof=OFF) -> bool:
     """Train until ``cfg.update_limit`` updates or ``cfg.time_limit_s`` seconds; True
     when a limit was reached (False: stopped)."""
@@ -181,11 +179,11 @@ def _train(cfg: Config, learner: Learner, weights, link: TrajectoryLink, books: 
     while not stop.is_set():
         if learner.version >= cfg.update_limit or time.monotonic() >= deadline:
             return True
-        if link.receiver.error is not None:
-            raise RuntimeError(f"trajectory receiver failed: {link.receiver.error}")
+        links.check()
+        links.admit(learner.version, learner.policy)  # (re)started servers join here
         began = time.time()
         try:
-            group = link.ready.get(timeout=0.2)
+            group = links.ready.get(timeout=0.2)
         except queue.Empty:
             prof.add("wait_data", began, time.time())
             continue
@@ -224,7 +222,7 @@ def _train(cfg: Config, learner: Learner, weights, link: TrajectoryLink, books: 
         shown.samples += len(batch)
         if learner.version % L.sync_every == 0 or learner.version == cfg.update_limit:
             with prof.span("broadcast", version=learner.version, bytes=weight_bytes):
-                weights.send(learner.version, learner.policy)
+                links.weights.send(learner.version, learner.policy)
         metrics.update(update.metrics())
         for key, value in metrics.items():
             writer.add_scalar(key, value, learner.version)
@@ -252,7 +250,8 @@ def _limit_text(cfg: Config) -> str:
     return str(cfg.run.total_updates)
 
 
-def _write_summary(log_dir: Path, learner: Learner, receiver, endpoint, books: Books) -> None:
+def _write_summary(log_dir: Path, learner: Learner, links: LearnerLinks, books: Books) -> None:
+    receiver, registry = links.receiver, links.registry
     summary = {
         "updates": learner.version,
         "episodes_trained": len(books.trained),
@@ -264,7 +263,14 @@ def _write_summary(log_dir: Path, learner: Learner, receiver, endpoint, books: B
         "duplicates": receiver.duplicates,
         "received_after_end": receiver.after_end,
         "evicted_from_unfinished_groups": receiver.assembler.evicted,
+        "discarded_of_dead_incarnations": len(receiver.discarded),
+        "discarded_episode_id_ranges": receiver.discarded.ranges(),
+        "refused_of_dead_incarnations": receiver.refused_retired,
+        "unacknowledged_before_registration": receiver.unregistered,
+        "restarts_seen": registry.restarts,
         "actors_done": {str(k): v.episodes_sent for k, v in receiver.done.items()},
-        "rejected_messages": dict(endpoint.rejected),
+        "rejected_messages": dict(links.trajectories.endpoint.rejected),
+        "rendezvous_rejected_messages": dict(links.rendezvous.endpoint.rejected),
+        "curve_refused_connections": links.auth.refused if links.auth else 0,
     }
     (log_dir / "learner_summary.json").write_text(json.dumps(summary))

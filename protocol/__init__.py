@@ -13,7 +13,10 @@ from protocol.messages import (
     ActorDone,
     ActorHello,
     ErrorReply,
+    Heartbeat,
     ObsRequest,
+    Register,
+    Roster,
     StopActors,
     Trajectory,
     TrajectoryAck,
@@ -22,5 +25,5 @@ from protocol.messages import (
 __all__ = [
     "SCHEMA_VERSION", "Envelope", "ProtocolError", "decode", "encode", "MESSAGE_TYPES",
     "ActionReply", "ActorDone", "ActorHello", "ErrorReply", "ObsRequest", "StopActors",
-    "Trajectory", "TrajectoryAck",
+    "Trajectory", "TrajectoryAck", "Register", "Heartbeat", "Roster",
 ]

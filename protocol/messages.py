@@ -72,7 +72,8 @@ class Trajectory:
     """One finished episode, one row per chunk (policy step)."""
 
     episode_id: int = scalar(
-        int, "globally unique: incarnation << 48 | actor_index << 32 | actor's counter")
+        int, "globally unique: incarnation << 48 | actor_index << 32 | actor's counter "
+        "(incarnation: the actor process start, see Register)")
     group_id: int = scalar(
         int, "GRPO group: incarnation << 48 | actor_index << 32 | actor's group counter")
     group_size: int = scalar(int, "G: episodes that make the group complete")
@@ -130,8 +131,49 @@ class ActorDone:
     env_steps: int = scalar(int, "environment steps this actor executed in total")
 
 
+# --- inference server / actor <-> learner's rendezvous (DEALER <-> ROUTER) -------------
+
+@dataclass(frozen=True)
+class Register:
+    """A process announces itself to the learner's rendezvous, at its start and again
+    whenever the rendezvous does not know it (the learner restarted)."""
+
+    role: str = scalar(str, "'inference' or 'actor'")
+    index: int = scalar(int, "index of the server or actor, 0-based")
+    incarnation: int = scalar(
+        int, "this process start: run.incarnation << 8 | run.start (0..65535)")
+    address: str = scalar(str, "inference: the address actors connect to; actor: empty")
+    lost_generation: int = scalar(
+        int, "inference: the weights group it lost or failed to join, -1 if none; a "
+        "repeated Register without one gets the same group again")
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A registered process is alive (every network.heartbeat_s)."""
+
+    role: str = scalar(str, "'inference' or 'actor'")
+    index: int = scalar(int, "index of the server or actor, 0-based")
+    incarnation: int = scalar(int, "the incarnation it registered with")
+
+
+@dataclass(frozen=True)
+class Roster:
+    """The rendezvous' answer to Register and Heartbeat: where every role is now.
+    N = inference.num_servers."""
+
+    learner_start: int = scalar(int, "random id of the learner process; changes on restart")
+    trajectory_address: str = scalar(str, "where actors connect their learner DEALER")
+    inference_addresses: list = scalar(
+        list, "address of server i, empty while it is not registered", length="N")
+    inference_incarnations: np.ndarray = array(
+        "int64", ("N",), "incarnation of server i, -1 while it is not registered")
+    weights_generation: int = scalar(
+        int, "inference: the weights group to join (-1 in replies to actors)")
+
+
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (ObsRequest, ActionReply, ErrorReply, ActorHello, Trajectory,
-                TrajectoryAck, StopActors, ActorDone)
+                TrajectoryAck, StopActors, ActorDone, Register, Heartbeat, Roster)
 }

@@ -1,8 +1,9 @@
 """Weight broadcast from the learner to the inference servers.
 
-Over torch.distributed, in a process group of its own (rank 0 = learner, rank 1+i =
-server i; gloo on CPU, NCCL on GPU), so the learner's own data-parallel group is never
-involved. One update is: an int64 header [version, elements] broadcast from rank 0, then
+Over torch.distributed, one 2-rank process group per server (rank 0 = learner, rank 1 =
+the server; gloo on CPU, NCCL on GPU; learner/weight_hub.py forms them), so the learner's
+own data-parallel group is never involved and a server can die and rejoin. One update
+is: an int64 header [version, elements] broadcast from rank 0, then
 one flat buffer per dtype of the model's state_dict (dtypes in name order, tensors in
 state_dict order). Version -1 means "the learner has finished". Servers receive on a
 background thread and swap the weights in between two batches.
@@ -57,62 +58,52 @@ def unflatten(layout: dict, buffers: list[torch.Tensor]) -> dict:
     return out
 
 
-def make_group(store, rank: int, world: int, backend: str, timeout_s: float):
-    """A process group over ``store`` for the weights only."""
+def make_group(store, rank: int, world: int, backend: str, timeout_s: float, host: str = ""):
+    """A process group over ``store`` for the weights only; gloo binds ``host`` when given
+    (else the address of this machine's hostname)."""
     timeout = datetime.timedelta(seconds=timeout_s)
     if backend == "nccl":
-        return dist.ProcessGroupNCCL(store, rank, world)
-    return dist.ProcessGroupGloo(store, rank, world, timeout)
+        opts = dist.ProcessGroupNCCL.Options()
+        opts._timeout = timeout
+        return dist.ProcessGroupNCCL(store, rank, world, opts)
+    if not host:
+        return dist.ProcessGroupGloo(store, rank, world, timeout)
+    opts = dist.ProcessGroupGloo._Options()
+    opts._timeout = timeout
+    opts._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]
+    return dist.ProcessGroupGloo(store, rank, world, opts)
 
 
-def join_group(cfg, rank: int, device: torch.device):
-    """Join the weights group as ``rank`` (0 = learner); blocks until every rank has joined.
-
-    ``network.weights_backend=auto`` is NCCL when the weights live on CUDA, else gloo.
-    """
-    from protocol import wiring
-
+def weights_backend(cfg, device: torch.device) -> str:
+    """``network.weights_backend``, with ``auto`` resolved: NCCL when the weights live on
+    CUDA, else gloo."""
     backend = cfg.network.weights_backend
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
-    log.info("joining the weights group as rank %d of %d (%s)", rank,
-             1 + cfg.inference.num_servers, backend)
-    return make_group(wiring.weights_store(cfg, rank), rank, 1 + cfg.inference.num_servers,
-                      backend, cfg.network.weights_timeout_s)
+    return backend
 
 
-def _broadcast(group, tensor: torch.Tensor, wait: bool = True):
+def join_group(cfg, index: int, generation: int, device: torch.device):
+    """Server ``index``: join its weights group ``generation`` (rank 1 of 2; the learner,
+    rank 0, forms it when it has seen the server's registration, between two updates:
+    so the server waits for it up to ``network.learner_wait_s``)."""
+    from protocol import wiring
+
+    backend = weights_backend(cfg, device)
+    log.info("joining weights group %d (%s)", generation, backend)
+    wait_s = cfg.network.learner_wait_s
+    store = wiring.weights_group_store(cfg, wiring.weights_store(cfg, False, wait_s), index,
+                                       generation, wait_s)
+    return make_group(store, 1, 2, backend, cfg.network.weights_timeout_s,
+                      wiring.gloo_host(cfg))
+
+
+def broadcast(group, tensor: torch.Tensor, wait: bool = True):
+    """Broadcast ``tensor`` from rank 0 of ``group`` (the learner); the work if not ``wait``."""
     opts = dist.BroadcastOptions()
     opts.rootRank = 0
     work = group.broadcast([tensor], opts)
     return work.wait() if wait else work
-
-
-class DistWeightSender:
-    """Learner side: broadcast the policy's weights to every server."""
-
-    def __init__(self, group, device: torch.device):
-        self.group, self.device = group, device
-        self._out: Optional[list[torch.Tensor]] = None  # CPU: buffers kept between sends
-
-    def send(self, version: int, model: torch.nn.Module) -> None:
-        state = model.state_dict()
-        if self.device.type == "cpu":  # fresh buffers every send cost page faults on CPU
-            self._out = flatten(state, self._out) if self._out is not None else flatten(state)
-            buffers = self._out
-        else:  # CUDA's caching allocator reuses freed blocks; no extra copy kept
-            buffers = [b.to(self.device) for b in flatten(state)]
-        total = sum(b.numel() for b in buffers)
-        header = torch.tensor([version, total], dtype=torch.int64, device=self.device)
-        # Queued back to back (a group runs its collectives in order): no round trip
-        # between the header and the buffers.
-        works = [_broadcast(self.group, t, wait=False) for t in [header, *buffers]]
-        for work in works:
-            work.wait()
-
-    def close(self) -> None:
-        _broadcast(self.group, torch.tensor([SHUTDOWN, 0], dtype=torch.int64,
-                                            device=self.device))
 
 
 class WeightReceiver:
@@ -211,8 +202,10 @@ class WeightReceiver:
 
 
 class DistWeightReceiver(WeightReceiver):
-    """Receives broadcasts of a :class:`DistWeightSender` on a daemon thread (each a
-    ``weights_recv`` span of ``prof``, from the header to the last buffer)."""
+    """Receives the learner's broadcasts (learner/weight_hub.py) on a daemon thread (each a
+    ``weights_recv`` span of ``prof``, from the header to the last buffer). ``group`` is a
+    process group, or a function that joins one (called on the thread, so a server keeps
+    serving while it joins)."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, group, prof=None):
         super().__init__(model, device)
@@ -223,9 +216,11 @@ class DistWeightReceiver(WeightReceiver):
     def _loop(self) -> None:
         expected = sum(n for entries in self.layout.values() for _, n, _ in entries)
         try:
+            if callable(self.group):
+                self.group = self.group()
             while True:
                 header = torch.zeros(2, dtype=torch.int64, device=self.device)
-                _broadcast(self.group, header)
+                broadcast(self.group, header)
                 version, total = int(header[0]), int(header[1])
                 began = time.time()
                 if version == SHUTDOWN:
@@ -235,7 +230,7 @@ class DistWeightReceiver(WeightReceiver):
                         f"the learner sent {total} weight elements but this server's model "
                         f"has {expected}; run both roles with the same model config")
                 set_index, buffers = self._next_buffers()
-                for work in [_broadcast(self.group, b, wait=False) for b in buffers]:
+                for work in [broadcast(self.group, b, wait=False) for b in buffers]:
                     work.wait()
                 self._publish(version, buffers, set_index)
                 if self.prof is not None:
@@ -270,6 +265,12 @@ class InProcWeightBus:
             self.last = (version, buffers)
             for r in self.receivers:
                 r._publish(version, [b.to(r.device).clone() for b in buffers])
+
+    def admit(self, version: int, model: torch.nn.Module) -> None:
+        """Nothing to join: every receiver gets every send."""
+
+    def lost(self, index: int, incarnation: int) -> None:
+        """A server thread cannot die alone in one process."""
 
     def close(self) -> None:
         for r in self.receivers:

@@ -2,21 +2,30 @@
 
 Links (B = bind, C = connect):
 
-    actor k  DEALER --C--> ROUTER  inference server i   (every actor connects to every
-             (ObsRequest ->, <- ActionReply/ErrorReply)   server; DEALER round-robins)
+    server i DEALER --C--> ROUTER  learner's rendezvous  (Register/Heartbeat ->,
+    actor k  DEALER --C--> ROUTER                         <- Roster / ErrorReply)
+             Only the rendezvous address is configured everywhere; the rest is learnt
+             from its Roster: the trajectory address and every server's address.
+    actor k  DEALER --C--> ROUTER  inference server i   (one DEALER per server: the actor
+             (ObsRequest ->, <- ActionReply/ErrorReply)   chooses the server of a request)
     actor k  DEALER --C--> ROUTER  learner              (Trajectory/ActorHello/ActorDone
              (identity "actor-k")  (<- TrajectoryAck / StopActors)
-    learner  rank 0 ---- torch.distributed ---- inference server i = rank 1+i
-             (weights; a process group of its own, rendezvous at the learner)
+    learner  rank 0 ---- torch.distributed ---- server i rank 1, one 2-rank group per
+             server and generation (a restarted server joins a new one), rendezvous in a
+             store at the learner under the prefix "weights/{i}/{generation}/"
 
 Addresses by ``network.transport``:
-    ipc:    ipc://{ipc_dir}/{run_id}/learner.sock, .../inference-{i}.sock;
-            weights rendezvous through a FileStore in the same folder (one host)
-    tcp:    learner tcp://{learner_host}:{base_port}, server i tcp://{host_i}:{base_port+2+i};
-            weights rendezvous on a TCPStore at {learner_host}:{base_port+1}
-    inproc: inproc://learner, inproc://inference-{i}; weights handed over in memory
-            (--single-process: every role is a thread of one process sharing one context)
-Servers bind on ``network.bind_host`` (loopback unless configured).
+    ipc:    ipc://{ipc_dir}/{run_id}/rendezvous.sock, .../learner.sock, .../inference-{i}.sock;
+            weights groups meet in FileStores in the same folder (one host)
+    tcp:    rendezvous tcp://{learner_host}:{base_port}, trajectories {base_port+1}, weights
+            TCPStore {base_port+2} (unauthenticated: private networks only), server i
+            {base_port+3+i} on its own host
+    inproc: inproc://rendezvous, inproc://learner, inproc://inference-{i}; weights handed
+            over in memory (--single-process: every role a thread of one process)
+Every role binds on ``network.bind_host`` (loopback unless configured) and announces that
+address; with 0.0.0.0 it announces ``learner_host`` / ``inference_hosts[i]`` instead.
+With ``network.curve_dir`` every bound socket is a CURVE server and every connecting
+socket a CURVE client (protocol/security.py).
 """
 
 from __future__ import annotations
@@ -28,35 +37,55 @@ from pathlib import Path
 import zmq
 
 from configs import Config
+from protocol import security
+
+ANY_HOST = ("0.0.0.0", "*")
 
 
 def ipc_folder(cfg: Config) -> Path:
-    """The folder holding this run's ipc socket files and weight-rendezvous file."""
+    """The folder holding this run's ipc socket files and weight-rendezvous files."""
     return Path(cfg.network.ipc_dir) / cfg.run.run_id
 
 
+def _tcp(cfg: Config, announced_host: str, port_offset: int, bind: bool) -> str:
+    n = cfg.network
+    host = n.bind_host if bind or n.bind_host not in ANY_HOST else announced_host
+    return f"tcp://{host}:{n.base_port + port_offset}"
+
+
+def rendezvous_address(cfg: Config, bind: bool) -> str:
+    """The learner's rendezvous ROUTER: the one address every role is configured with."""
+    n = cfg.network
+    if n.transport == "ipc":
+        return f"ipc://{ipc_folder(cfg)}/rendezvous.sock"
+    if n.transport == "inproc":
+        return "inproc://rendezvous"
+    return f"tcp://{n.bind_host if bind else n.learner_host}:{n.base_port}"
+
+
 def learner_address(cfg: Config, bind: bool) -> str:
-    """Address of the learner's trajectory ROUTER (to bind, or to connect to)."""
+    """The learner's trajectory ROUTER (to bind, or as the Roster announces it)."""
     n = cfg.network
     if n.transport == "ipc":
         return f"ipc://{ipc_folder(cfg)}/learner.sock"
     if n.transport == "inproc":
         return "inproc://learner"
-    return f"tcp://{n.bind_host if bind else n.learner_host}:{n.base_port}"
+    return _tcp(cfg, n.learner_host, 1, bind)
 
 
 def inference_address(cfg: Config, index: int, bind: bool) -> str:
-    """Address of inference server ``index``'s ROUTER (to bind, or to connect to)."""
+    """Inference server ``index``'s ROUTER (to bind, or as it announces itself)."""
     n = cfg.network
     if n.transport == "ipc":
         return f"ipc://{ipc_folder(cfg)}/inference-{index}.sock"
     if n.transport == "inproc":
         return f"inproc://inference-{index}"
     host = n.inference_hosts[index] if len(n.inference_hosts) > 1 else n.inference_hosts[0]
-    return f"tcp://{n.bind_host if bind else host}:{n.base_port + 2 + index}"
+    return _tcp(cfg, host, 3 + index, bind)
 
 
-def _socket(ctx: zmq.Context, kind: int, cfg: Config, identity: str = "") -> zmq.Socket:
+def _socket(ctx: zmq.Context, kind: int, cfg: Config, server: bool,
+            identity: str = "") -> zmq.Socket:
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.SNDHWM, cfg.network.high_water_mark)
     sock.setsockopt(zmq.RCVHWM, cfg.network.high_water_mark)
@@ -64,14 +93,23 @@ def _socket(ctx: zmq.Context, kind: int, cfg: Config, identity: str = "") -> zmq
     # rogue peer cannot make us allocate it; the codec checks the total of all frames.
     sock.setsockopt(zmq.MAXMSGSIZE, cfg.network.max_message_mb << 20)
     sock.setsockopt(zmq.LINGER, 1000)
+    # ZMTP heartbeats: a peer whose host vanished (no TCP reset) is dropped, not waited on.
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
+    if kind == zmq.ROUTER:  # a restarted peer with the same identity takes its place
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     if identity:
         sock.setsockopt(zmq.IDENTITY, identity.encode())
+    if cfg.network.curve_dir and cfg.network.transport != "inproc":
+        security.apply_curve(sock, cfg.network.curve_dir, server)
     return sock
 
 
-def _bind(sock: zmq.Socket, address: str) -> zmq.Socket:
+def _bind(ctx: zmq.Context, cfg: Config, sock: zmq.Socket, address: str) -> zmq.Socket:
     if address.startswith("ipc://"):
         os.makedirs(os.path.dirname(address[len("ipc://"):]), exist_ok=True)
+    if cfg.network.curve_dir and cfg.network.transport != "inproc":
+        security.watch_bound(ctx, sock, address)
     try:
         sock.bind(address)
     except zmq.ZMQError as exc:
@@ -81,41 +119,79 @@ def _bind(sock: zmq.Socket, address: str) -> zmq.Socket:
     return sock
 
 
+def bind_rendezvous(ctx: zmq.Context, cfg: Config) -> zmq.Socket:
+    """Learner: the rendezvous ROUTER where servers and actors register."""
+    return _bind(ctx, cfg, _socket(ctx, zmq.ROUTER, cfg, server=True),
+                 rendezvous_address(cfg, True))
+
+
+def connect_to_rendezvous(ctx: zmq.Context, cfg: Config, role: str, index: int) -> zmq.Socket:
+    """Server or actor: a DEALER to the learner's rendezvous."""
+    sock = _socket(ctx, zmq.DEALER, cfg, server=False,
+                   identity=f"{role}-{index}-{cfg.incarnation}")
+    sock.connect(rendezvous_address(cfg, bind=False))
+    return sock
+
+
 def bind_inference_server(ctx: zmq.Context, cfg: Config, index: int) -> zmq.Socket:
     """Inference server ``index``: ROUTER bound at its address."""
-    return _bind(_socket(ctx, zmq.ROUTER, cfg), inference_address(cfg, index, bind=True))
+    return _bind(ctx, cfg, _socket(ctx, zmq.ROUTER, cfg, server=True),
+                 inference_address(cfg, index, bind=True))
 
 
-def connect_actor_to_inference(ctx: zmq.Context, cfg: Config, actor: int) -> zmq.Socket:
-    """Actor ``actor``: one DEALER connected to every inference server."""
-    sock = _socket(ctx, zmq.DEALER, cfg, identity=f"actor-{actor}")
-    for i in range(cfg.inference.num_servers):
-        sock.connect(inference_address(cfg, i, bind=False))
+def connect_actor_to_inference(ctx: zmq.Context, cfg: Config, actor: int,
+                               address: str) -> zmq.Socket:
+    """Actor ``actor``: a DEALER to the inference server at ``address`` (one per server)."""
+    sock = _socket(ctx, zmq.DEALER, cfg, server=False, identity=f"actor-{actor}")
+    sock.connect(address)
     return sock
 
 
 def bind_learner(ctx: zmq.Context, cfg: Config) -> zmq.Socket:
     """Learner: ROUTER bound for trajectories from every actor."""
-    return _bind(_socket(ctx, zmq.ROUTER, cfg), learner_address(cfg, bind=True))
+    return _bind(ctx, cfg, _socket(ctx, zmq.ROUTER, cfg, server=True),
+                 learner_address(cfg, bind=True))
 
 
-def connect_actor_to_learner(ctx: zmq.Context, cfg: Config, actor: int) -> zmq.Socket:
-    """Actor ``actor``: DEALER to the learner, identity ``actor-{k}`` so it can be addressed."""
-    sock = _socket(ctx, zmq.DEALER, cfg, identity=f"actor-{actor}")
-    sock.connect(learner_address(cfg, bind=False))
+def connect_actor_to_learner(ctx: zmq.Context, cfg: Config, actor: int,
+                             address: str) -> zmq.Socket:
+    """Actor ``actor``: DEALER to the learner's trajectory ``address``, identity
+    ``actor-{k}`` so it can be addressed."""
+    sock = _socket(ctx, zmq.DEALER, cfg, server=False, identity=f"actor-{actor}")
+    sock.connect(address)
     return sock
 
 
-def weights_store(cfg: Config, rank: int):
-    """The torch.distributed store where the learner (rank 0) and servers meet."""
+def weights_store(cfg: Config, learner: bool, timeout_s: float = 0.0):
+    """The torch.distributed store where the weights groups meet: the learner hosts it
+    (tcp), servers connect to it; on one host (ipc) it is a folder of FileStores, one per
+    group, opened by :func:`weights_group_store`. Waits on it give up after ``timeout_s``
+    (default ``network.join_timeout_s``)."""
     import torch.distributed as dist
 
-    world = 1 + cfg.inference.num_servers
-    timeout = datetime.timedelta(seconds=cfg.network.weights_timeout_s)
-    if cfg.network.transport == "ipc":
-        folder = ipc_folder(cfg)
-        folder.mkdir(parents=True, exist_ok=True)
-        return dist.FileStore(str(folder / "weights.store"), world)
     n = cfg.network
-    return dist.TCPStore(n.bind_host if rank == 0 else n.learner_host, n.base_port + 1,
-                         world, is_master=(rank == 0), timeout=timeout)
+    if n.transport == "ipc":
+        ipc_folder(cfg).mkdir(parents=True, exist_ok=True)
+        return None
+    timeout = datetime.timedelta(seconds=timeout_s or n.join_timeout_s)
+    return dist.TCPStore(n.bind_host if learner else n.learner_host, n.base_port + 2, None,
+                         is_master=learner, timeout=timeout, wait_for_workers=False)
+
+
+def weights_group_store(cfg: Config, store, index: int, generation: int,
+                        timeout_s: float = 0.0):
+    """The store of server ``index``'s weights group ``generation`` (two ranks)."""
+    import torch.distributed as dist
+
+    if store is None:  # ipc: a FileStore per group, removed when both ranks are done
+        path = ipc_folder(cfg) / f"weights-{index}-{generation}.store"
+        store = dist.FileStore(str(path), 2)
+        store.set_timeout(datetime.timedelta(seconds=timeout_s or cfg.network.join_timeout_s))
+        return store
+    return dist.PrefixStore(f"weights/{index}/{generation}/", store)
+
+
+def gloo_host(cfg: Config) -> str:
+    """The address gloo binds for the weights (empty: let gloo choose, from the hostname)."""
+    n = cfg.network
+    return "" if n.transport != "tcp" or n.bind_host in ANY_HOST else n.bind_host

@@ -87,8 +87,9 @@ def test_single_process_mode(tmp_path):
 def test_a_dying_role_is_named_and_everything_stops(tmp_path):
     result = _launch(tmp_path, timeout=120, **{"model.state_dim": 5})
     assert result.returncode == 1
-    assert "actor-0 died with exit code 1" in result.stdout or \
-        "actor-1 died with exit code 1" in result.stdout, result.stdout[-3000:]
+    assert "actor-0 died (exit code 2)" in result.stdout or \
+        "actor-1 died (exit code 2)" in result.stdout, result.stdout[-3000:]
+    assert "a configuration error is not restarted" in result.stdout
     assert "model.state_dim" in result.stdout
     assert _no_process_of(tmp_path)
 

@@ -13,6 +13,7 @@ import zmq
 from configs import load_config
 from envs.base import EnvObs
 from inference_server.server import run as run_server
+from learner.rendezvous import Registry, Rendezvous
 from models import build_policy
 from protocol import wiring
 from protocol.codec import decode, encode
@@ -23,10 +24,13 @@ from tests.messages_factory import obs_request
 
 
 class ServerThread:
-    """Inference server 0 of ``cfg`` on a thread, with version-0 weights handed over."""
+    """Inference server 0 of ``cfg`` on a thread, with version-0 weights handed over; it
+    registers at a real rendezvous (the learner's, without the learner)."""
 
     def __init__(self, cfg):
         self.cfg, self.ctx, self.stop = cfg, zmq.Context(), threading.Event()
+        self.rendezvous = Rendezvous(cfg, self.ctx, Registry(cfg))
+        self.rendezvous.start()
         torch.manual_seed(cfg.run.seed)
         self.policy = build_policy(cfg.model).eval()
         self.bus = InProcWeightBus()
@@ -36,12 +40,15 @@ class ServerThread:
         self.thread.start()
 
     def client(self, k: int) -> zmq.Socket:
-        return wiring.connect_actor_to_inference(self.ctx, self.cfg, k)
+        return wiring.connect_actor_to_inference(self.ctx, self.cfg, k,
+                                                 wiring.inference_address(self.cfg, 0, False))
 
     def close(self) -> dict:
         self.bus.close()  # the learner has finished: the server stops serving
         self.thread.join(timeout=20)
         assert not self.thread.is_alive()
+        self.rendezvous.halt.set()
+        self.rendezvous.join(timeout=5)
         stats = json.loads((Path(self.cfg.run.log_dir) / "inference-0.json").read_text())
         self.ctx.destroy(linger=0)
         return stats

@@ -129,9 +129,10 @@ def test_groups_with_a_simulator_error_are_not_trained_on(setup, tmp_path):
     sent = []
     weights = SimpleNamespace(send=lambda version, policy: sent.append(version))
     writer = SummaryWriter(str(tmp_path / "tb"))
-    link = SimpleNamespace(ready=ready, receiver=SimpleNamespace(error=None))
+    links = SimpleNamespace(ready=ready, weights=weights, check=lambda: None,
+                            admit=lambda version, policy: None)
     books = Books()
-    _train(cfg, learner, weights, link, books, writer, threading.Event())
+    _train(cfg, learner, links, books, writer, threading.Event())
     writer.close()
     assert learner.version == 1 and sent == [1] and ready.empty()
     # The test feeds the good group twice: the books notice.

@@ -92,7 +92,7 @@ def _wait_for_checkpoint(run, min_version, proc, timeout=150):
 def _learner_process(tmp_path):
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if "learner" in cmd and "--role" in cmd and any(str(tmp_path) in c for c in cmd):
+        if "learner" in cmd and "--worker" in cmd and any(str(tmp_path) in c for c in cmd):
             return proc
     raise AssertionError("no learner process found")
 
@@ -109,7 +109,8 @@ def test_resume_after_the_learner_is_sigkilled(tmp_path):
     cmd = [sys.executable, str(ROOT / "launch.py"), "--config",
            str(ROOT / "configs/synthetic_grpo.yaml"),
            *small_overrides(tmp_path, **{"run.total_updates": 1000,
-                                         "learner.checkpoint_every": 3})]
+                                         "learner.checkpoint_every": 3,
+                                         "run.max_restarts": 0})]  # no automatic restart
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, cwd=ROOT)
     try:
@@ -120,7 +121,8 @@ def test_resume_after_the_learner_is_sigkilled(tmp_path):
     finally:
         if first.poll() is None:
             first.kill()
-    assert first.returncode == 1 and "learner-0 died with exit code -9" in out, out[-2000:]
+    assert first.returncode == 1 and "learner-0 died (killed by SIGKILL)" in out, out[-2000:]
+    assert "restarted 0 times (run.max_restarts=0)" in out
     before = torch.load(run / "checkpoint.pt", weights_only=True)
     v0 = before["version"]
     trained_before = IdSet.from_ranges(before["trained"])
@@ -135,12 +137,44 @@ def test_resume_after_the_learner_is_sigkilled(tmp_path):
     # The inference servers started from the resumed weights.
     assert f"weights version {v0}" in (run / "inference-0.log").read_text()
     # Episodes: everything trained before is still on the books; everything new comes
-    # from incarnation 1, so no episode from before the restart can be trained again.
+    # from run incarnation 1 (the top 8 of the id's 16 incarnation bits), so no episode
+    # from before the restart can be trained again.
     trained = IdSet.from_ranges(summary["trained_episode_id_ranges"])
     assert all(i in trained for i in trained_before)
     new = [i for i in trained if i not in trained_before]
-    assert new and all(i >> 48 == 1 and i not in received_before for i in new)
+    assert new and all(i >> 56 == 1 and i not in received_before for i in new)
     assert checkpoint.read_meta(run)["incarnation"] == 1
     # TensorBoard continues at the right step: each update once, the killed run's updates
     # after its checkpoint purged.
     assert _scalar_steps(run, "train/actor/policy_loss") == list(range(1, v0 + 7))
+
+
+@pytest.mark.slow
+def test_a_killed_learner_is_restarted_from_its_checkpoint_and_the_run_goes_on(tmp_path):
+    """The supervisor restarts a SIGKILLed learner with run.resume=true; the servers and
+    actors wait for it (bounded), the servers rejoin with its weights, and the run ends
+    at its update count with every update logged once."""
+    run, total = tmp_path / "run", 30
+    cmd = [sys.executable, str(ROOT / "launch.py"), "--config",
+           str(ROOT / "configs/synthetic_grpo.yaml"),
+           *small_overrides(tmp_path, **{"run.total_updates": total,
+                                         "learner.checkpoint_every": 3,
+                                         "learner.update_sleep_s": 0.2})]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=ROOT)
+    try:
+        _wait_for_checkpoint(run, 6, proc)
+        _learner_process(tmp_path).send_signal(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert "learner-0 died (killed by SIGKILL)" in out and "starting learner-0 again" in out
+    summary = json.loads((run / "learner_summary.json").read_text())
+    assert summary["updates"] == total and summary["trained_twice"] == 0
+    assert "resumed from" in (run / "learner-0.log").read_text()
+    assert "the learner is back" in (run / "inference-0.log").read_text()
+    server = json.loads((run / "inference-0.json").read_text())
+    assert server["policy_version"] == total
+    assert _scalar_steps(run, "train/actor/policy_loss") == list(range(1, total + 1))

@@ -5,22 +5,33 @@ import threading
 import pytest
 import torch
 
+from learner.rendezvous import Registry
+from learner.weight_hub import WeightHub
 from models import build_policy
+from protocol.messages import Register
 from protocol.weights import (
-    DistWeightReceiver, DistWeightSender, InProcWeightBus, flatten, join_group, unflatten,
-    flat_layout,
+    DistWeightReceiver, InProcWeightBus, flatten, join_group, unflatten, flat_layout,
 )
 
+CPU = torch.device("cpu")
 
-def _pair(cfg, server_model):
-    """A sender (rank 0) and a receiver (rank 1) in a real gloo group of two."""
-    groups = {}
-    joiner = threading.Thread(target=lambda: groups.update(
-        server=join_group(cfg, 1, torch.device("cpu"))))
-    joiner.start()
-    sender = DistWeightSender(join_group(cfg, 0, torch.device("cpu")), torch.device("cpu"))
-    joiner.join(timeout=60)
-    return sender, DistWeightReceiver(server_model, torch.device("cpu"), groups["server"])
+
+def _join(cfg, registry, server_model, incarnation=0):
+    """Server 0 registers (incarnation ``incarnation``) and starts joining its group."""
+    problem, generation, _ = registry.register(Register("inference", 0, incarnation, "x", -1))
+    assert problem == "" and generation >= 1
+    return DistWeightReceiver(server_model, CPU,
+                              lambda: join_group(cfg, 0, generation, CPU))
+
+
+def _pair(cfg, server_model, learner_model):
+    """The learner's hub (rank 0) and a server's receiver (rank 1) in a real gloo group
+    of two, formed when the hub admits the registered server (it sends version 0)."""
+    registry = Registry(cfg)
+    hub = WeightHub(cfg, CPU, registry)
+    receiver = _join(cfg, registry, server_model)
+    hub.admit(0, learner_model)
+    return hub, registry, receiver
 
 
 def test_flatten_round_trip(small_cfg):
@@ -37,8 +48,7 @@ def test_gloo_broadcast_reaches_the_server_and_ends_with_shutdown(small_cfg):
     learner_model = build_policy(cfg.model)
     torch.manual_seed(2)
     server_model = build_policy(cfg.model)
-    sender, receiver = _pair(cfg, server_model)
-    sender.send(0, learner_model)
+    sender, _, receiver = _pair(cfg, server_model, learner_model)
     version, state = receiver.wait_first(30)
     server_model.load_state_dict(state)
     assert version == 0
@@ -53,6 +63,29 @@ def test_gloo_broadcast_reaches_the_server_and_ends_with_shutdown(small_cfg):
     version, state = receiver.poll()
     assert version == 7
     assert torch.equal(state["log_std"], learner_model.state_dict()["log_std"])
+
+
+def test_a_restarted_server_joins_a_new_group_and_gets_the_current_weights(small_cfg):
+    cfg = small_cfg
+    torch.manual_seed(1)
+    learner_model = build_policy(cfg.model)
+    hub, registry, first = _pair(cfg, build_policy(cfg.model), learner_model)
+    assert first.wait_first(30)[0] == 0 and hub.joined == 1
+    hub.send(1, learner_model)
+    assert first.finished.wait(0.2) is False  # still joined, waiting for more
+    with torch.no_grad():
+        learner_model.log_std.add_(0.5)
+    # The server restarts: its new incarnation registers and joins generation 2; the hub
+    # drops the old group and sends the newcomer the weights it has now (version 1).
+    torch.manual_seed(2)
+    restarted_model = build_policy(cfg.model)
+    second = _join(cfg, registry, restarted_model, incarnation=1)
+    hub.admit(1, learner_model)
+    version, state = second.wait_first(30)
+    assert version == 1 and hub.joined == 2 and list(hub.links) == [0]
+    assert torch.equal(state["log_std"], learner_model.state_dict()["log_std"])
+    hub.close()
+    assert second.finished.wait(30) and second.error is None
 
 
 def test_inproc_bus_gives_late_receivers_the_last_weights(small_cfg):
@@ -72,7 +105,9 @@ def test_updates_reuse_two_buffer_sets_and_never_touch_the_one_handed_out(small_
     import select
 
     model = build_policy(small_cfg.model)
-    sender, receiver = _pair(small_cfg, build_policy(small_cfg.model))
+    sender, _, receiver = _pair(small_cfg, build_policy(small_cfg.model), model)
+    assert receiver.wait_first(30)[0] == 0
+    receiver.clear_wake()
 
     def send_and_wait(version):
         with torch.no_grad():

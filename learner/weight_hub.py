@@ -1,0 +1,130 @@
+"""The learner's side of the weights: one 2-rank torch.distributed group per server.
+
+A server that registers gets a new *generation*; the learner forms that group with it
+(rank 0 = learner, rank 1 = server) between two updates and sends it the current
+weights before it serves. Every ``learner.sync_every`` updates the weights go to every
+joined server at once (the broadcasts are queued on all groups, then awaited). A group
+whose server died fails its next broadcast (or the rendezvous reports the death first):
+it is dropped, and the rest carry on; the server's next start joins a new group.
+Separate groups per server cost the learner one copy of the bytes per server (a shared
+group would broadcast once), and let a server die and return without stopping the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import torch
+
+from configs import Config
+from learner.rendezvous import Join, Registry
+from protocol import wiring
+from protocol.weights import SHUTDOWN, broadcast, flatten, make_group, weights_backend
+
+log = logging.getLogger(__name__)
+
+
+class WeightHub:
+    """Joins servers as they register and sends them the policy's weights."""
+
+    def __init__(self, cfg: Config, device: torch.device, registry: Registry):
+        self.cfg, self.device, self.registry = cfg, device, registry
+        self.store = wiring.weights_store(cfg, learner=True)
+        self.backend = weights_backend(cfg, device)
+        self.links: dict[int, tuple[Join, object]] = {}
+        self._lost: set[tuple[int, int]] = set()  # (index, incarnation) reported dead
+        self._lock = threading.Lock()
+        self._out: list[torch.Tensor] | None = None
+        self.joined = self.failed = 0
+
+    def lost(self, index: int, incarnation: int) -> None:
+        """The rendezvous found server ``index`` dead (called on its thread)."""
+        with self._lock:
+            self._lost.add((index, incarnation))
+
+    def admit(self, version: int, model: torch.nn.Module) -> None:
+        """Form the groups of the servers that registered, and send them ``model``."""
+        self._forget_lost()
+        while not self.registry.joins.empty():
+            join = self.registry.joins.get_nowait()
+            if not self.registry.current(join):
+                continue  # superseded by a newer registration of the same server
+            self.links.pop(join.index, None)
+            store = wiring.weights_group_store(self.cfg, self.store, join.index,
+                                               join.generation)
+            try:
+                group = make_group(store, 0, 2, self.backend, self.cfg.network.weights_timeout_s,
+                                   wiring.gloo_host(self.cfg))
+            except Exception as exc:  # the server died before it joined
+                log.warning("inference server %d did not join its weights group %d: %s",
+                            join.index, join.generation, str(exc).splitlines()[0])
+                continue
+            self.links[join.index] = (join, group)
+            self.joined += 1
+            if self._send([join.index], version, model):
+                log.info("inference server %d joined (weights group %d) and has version %d",
+                         join.index, join.generation, version)
+
+    def send(self, version: int, model: torch.nn.Module) -> None:
+        """Broadcast ``model`` as ``version`` to every joined server."""
+        self._forget_lost()
+        self._send(list(self.links), version, model)
+
+    def _forget_lost(self) -> None:
+        with self._lock:
+            lost, self._lost = self._lost, set()
+        for index, incarnation in lost:
+            link = self.links.get(index)
+            if link is not None and link[0].incarnation == incarnation:
+                del self.links[index]
+
+    def _buffers(self, model: torch.nn.Module) -> list[torch.Tensor]:
+        state = model.state_dict()
+        if self.device.type == "cpu":  # fresh buffers every send cost page faults on CPU
+            self._out = flatten(state, self._out) if self._out is not None else flatten(state)
+            return self._out
+        return [b.to(self.device) for b in flatten(state)]  # the caching allocator reuses
+
+    def _send(self, indices: list[int], version: int, model: torch.nn.Module) -> int:
+        if not indices:
+            return 0
+        buffers = self._buffers(model)
+        header = torch.tensor([version, sum(b.numel() for b in buffers)], dtype=torch.int64,
+                              device=self.device)
+        # Queued on every group first (each runs its collectives in order), then awaited:
+        # the servers receive at the same time, with no round trip between the tensors.
+        pending = {}
+        for i in indices:
+            try:
+                pending[i] = [broadcast(self.links[i][1], t, wait=False)
+                              for t in (header, *buffers)]
+            except Exception as exc:
+                self._drop(i, exc)
+        done = 0
+        for i, works in pending.items():
+            try:
+                for work in works:
+                    work.wait()
+                done += 1
+            except Exception as exc:
+                self._drop(i, exc)
+        return done
+
+    def _drop(self, index: int, exc: Exception) -> None:
+        self.failed += 1
+        self.links.pop(index, None)
+        log.warning("weights to inference server %d failed (%s): it is left out until it "
+                    "registers again", index, str(exc).splitlines()[0] if str(exc) else
+                    type(exc).__name__)
+
+    def close(self) -> None:
+        """Tell every joined server that the learner has finished."""
+        bye = torch.tensor([SHUTDOWN, 0], dtype=torch.int64, device=self.device)
+        for i in list(self.links):
+            try:
+                broadcast(self.links[i][1], bye)
+            except Exception as exc:
+                log.warning("could not tell inference server %d to stop: %s", i,
+                            str(exc).splitlines()[0])
+        self.links.clear()

@@ -1,0 +1,112 @@
+"""A server's or actor's side of the learner's rendezvous: register, heartbeat, roster.
+
+The process registers at start (retrying until the learner answers, for at most
+``network.learner_wait_s``), then ``tick`` sends a heartbeat every ``network.heartbeat_s``
+and reads the answers. A rendezvous that no longer knows the process (the learner
+restarted) makes it register again; one that says it was replaced raises
+:class:`Retired`; silence for ``learner_wait_s`` raises :class:`LearnerGone`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import zmq
+
+from configs import Config
+from protocol import wiring
+from protocol.codec import ProtocolError
+from protocol.endpoint import Endpoint
+from protocol.messages import ErrorReply, Heartbeat, Register, Roster
+
+# launch.py's exit code for a role that gave up on a lost learner: its supervisor does
+# not restart it (a new start could do no better).
+EXIT_LEARNER_GONE = 3
+# ... and for a configuration error: the same start would fail again.
+EXIT_CONFIG_ERROR = 2
+
+
+class LearnerGone(RuntimeError):
+    """The learner has not answered for ``network.learner_wait_s``."""
+
+
+class Retired(RuntimeError):
+    """The learner took this process for dead and replaced it; it must exit."""
+
+
+class RegistrationClient:
+    """The DEALER to the rendezvous and what it last said (``roster``)."""
+
+    def __init__(self, ctx: zmq.Context, cfg: Config, role: str, index: int, address: str = ""):
+        self.cfg, self.role, self.index = cfg, role, index
+        self.endpoint = Endpoint(wiring.connect_to_rendezvous(ctx, cfg, role, index),
+                                 f"{role}-{index}", cfg.run.run_id,
+                                 cfg.network.max_message_mb << 20,
+                                 expected=(Roster, ErrorReply))
+        self.hello = Register(role, index, cfg.incarnation, address, -1)
+        self.roster: Roster | None = None
+        self.last_contact = time.monotonic()
+        self.next_send = 0.0
+        self.registered = False
+        self.registrations = 0  # Rosters answering a Register (more than 1: learner restarted)
+
+    @property
+    def where(self) -> str:
+        return wiring.rendezvous_address(self.cfg, bind=False)
+
+    def reregister(self, lost_generation: int = -1) -> None:
+        """Register again at the next tick (a server: after losing ``lost_generation``)."""
+        self.hello = dataclasses.replace(self.hello, lost_generation=lost_generation)
+        self.registered = False
+        self.next_send = 0.0
+
+    def register(self, stop=None) -> Roster:
+        """Register, waiting for the learner at most ``network.learner_wait_s``."""
+        self.registered = False
+        while not self.registered:
+            if stop is not None and stop.is_set():
+                raise LearnerGone("stopped before the learner answered")
+            self.tick(timeout_ms=100)
+        return self.roster
+
+    def tick(self, timeout_ms: float = 0) -> Roster | None:
+        """Heartbeat when due, read what came; returns a Roster that arrived, else None."""
+        n, now = self.cfg.network, time.monotonic()
+        if now >= self.next_send:
+            msg = Heartbeat(self.role, self.index, self.hello.incarnation) if self.registered \
+                else self.hello
+            try:  # never block on a learner that is gone: the heartbeat is just skipped
+                self.endpoint.send(msg, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            self.next_send = now + n.heartbeat_s
+        got = None
+        while self.endpoint.poll(timeout_ms):
+            timeout_ms = 0
+            try:
+                msg = self.endpoint.recv().msg
+            except ProtocolError:
+                continue  # counted by the endpoint; the next heartbeat asks again
+            self.last_contact = time.monotonic()
+            if isinstance(msg, Roster):
+                self.roster = got = msg
+                if not self.registered and (msg.weights_generation >= 0 or
+                                            self.role == "actor"):
+                    self.registered = True
+                    self.registrations += 1
+            elif msg.code == "retired":
+                raise Retired(f"{self.role} {self.index}: the learner replaced this process "
+                              f"(incarnation {self.hello.incarnation}): {msg.message}")
+            elif msg.code == "not_registered":  # the learner restarted: register again
+                self.reregister()
+            else:
+                raise RuntimeError(f"the rendezvous refused {self.role} {self.index}: "
+                                   f"{msg.code}: {msg.message}")
+        if time.monotonic() - self.last_contact > n.learner_wait_s:
+            raise LearnerGone(f"no word from the learner's rendezvous at {self.where} for "
+                              f"{n.learner_wait_s:.0f} s (network.learner_wait_s); exiting")
+        return got
+
+    def close(self) -> None:
+        self.endpoint.close()

@@ -1,0 +1,97 @@
+"""Chaos: a 3-minute run on the synthetic task while actors and the server are SIGKILLed.
+
+A random actor is killed every 20 s and the inference server once; the supervisor
+restarts them (new incarnations), the actors send their requests again, the restarted
+server gets the current weights, and the learner discards what the dead left unfinished.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import ROOT, small_overrides
+
+pytestmark = pytest.mark.slow
+DURATION_S = 180
+KILL_EVERY_S = 20
+SERVER_KILL_AT_S = 70
+
+
+def _ids(ranges) -> set:
+    return {i for start, end in ranges for i in range(start, end)}
+
+
+def _wait_for(path, text, proc, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while text not in (path.read_text() if path.exists() else ""):
+        assert proc.poll() is None and time.monotonic() < deadline, f"no {text!r} in {path}"
+        time.sleep(0.2)
+
+
+def test_training_survives_killed_actors_and_server(tmp_path):
+    overrides = small_overrides(tmp_path, **{
+        "run.total_updates": 100000, "run.max_duration_s": DURATION_S,
+        "run.max_restarts": 20, "run.restart_backoff_s": 0.5,
+        "network.heartbeat_s": 0.5, "network.heartbeat_timeout_s": 5,
+        "actor.request_retry_s": 3, "actor.resend_after_s": 5,
+        "learner.checkpoint_every": 0})
+    run_dir = tmp_path / "run"
+    output = open(tmp_path / "output.txt", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--config",
+                             str(ROOT / "configs/synthetic_grpo.yaml"), *overrides],
+                            stdout=output, stderr=subprocess.STDOUT, cwd=ROOT)
+    rng, kills = random.Random(0), []
+    try:
+        _wait_for(run_dir / "learner-0.log", "update 1/", proc, 120)
+        began = time.monotonic()
+        server_killed = False
+        while time.monotonic() - began < DURATION_S - 15 and proc.poll() is None:
+            time.sleep(KILL_EVERY_S)
+            pids = json.loads((run_dir / "pids.json").read_text())
+            victims = [rng.choice([n for n in pids if n.startswith("actor")])]
+            if not server_killed and time.monotonic() - began >= SERVER_KILL_AT_S:
+                victims.append("inference-0")
+                server_killed = True
+            for name in victims:
+                if name in pids:
+                    os.kill(pids[name], signal.SIGKILL)
+                    kills.append(name)
+        proc.wait(timeout=DURATION_S + 180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        output.close()
+    out = (tmp_path / "output.txt").read_text()
+    assert proc.returncode == 0, out[-4000:]
+    assert "inference-0" in kills and len(kills) >= 8, kills
+    # Every kill was noticed and restarted, in the log.
+    for name in set(kills):
+        assert f"{name} died (killed by SIGKILL)" in out, name
+    assert out.count("killed by SIGKILL") == len(kills)
+    assert out.count("starting ") >= len(kills)
+
+    summary = json.loads((run_dir / "learner_summary.json").read_text())
+    trained = _ids(summary["trained_episode_id_ranges"])
+    assert summary["trained_twice"] == 0 and len(trained) == summary["episodes_trained"]
+    # Nothing of an unfinished group of a dead incarnation was trained on.
+    assert not trained & _ids(summary["discarded_episode_id_ranges"])
+    assert summary["restarts_seen"] >= len(kills) - 1  # a kill during a restart may merge
+    # Episodes came from several incarnations of each actor (bits 48+ of the id).
+    assert len({i >> 48 for i in trained}) >= 3
+    # The restarted server got the current weights and served on.
+    server = json.loads((run_dir / "inference-0.json").read_text())
+    assert server["policy_version"] == summary["updates"] and server["requests"] > 0
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    success = [e.value for e in events.Scalars("env/success_once")]
+    tenth = max(len(success) // 10, 3)
+    first, last = sum(success[:tenth]) / tenth, sum(success[-tenth:]) / tenth
+    assert last > first + 0.2, (first, last, len(success))
