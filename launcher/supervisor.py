@@ -3,7 +3,8 @@
 One :class:`Supervisor` per host: ``launch.py`` with no ``--role`` supervises every role of
 the run on this machine; ``launch.py --role R`` supervises that one role (one per host
 in a multi-host run). A child that dies (exit code not 0) is started again after a
-backoff (``run.restart_backoff_s``, doubling per restart of the same slot, at most 30 s),
+backoff (``run.restart_backoff_s``, doubling per quick restart of the same slot, at most
+30 s; one that ran 10 s or more starts the backoff over),
 at most ``run.max_restarts`` times; each start gets the next ``run.start``, so its
 incarnation (and its episode ids) are new. The learner restarts from its checkpoint
 (``run.resume=true``) when it has one. A role that gave up on a lost learner
@@ -29,6 +30,7 @@ from protocol.registration import EXIT_CONFIG_ERROR, EXIT_LEARNER_GONE
 
 log = logging.getLogger("launch")
 MAX_BACKOFF_S = 30.0
+STEADY_S = 10.0
 
 
 def _die_with_parent() -> None:
@@ -107,6 +109,7 @@ class Supervisor:
             if code is None:
                 continue
             slot.codes.append(code)
+            self._write_pids()
             if code == 0:
                 slot.ended = 0
                 if slot.role == "learner":
@@ -126,8 +129,9 @@ class Supervisor:
                 slot.ended = code
                 return f"failed: {why}; it was restarted {restarts_done} times " \
                        f"(run.max_restarts={self.cfg.run.max_restarts})"
-            # A process that ran a good while before dying starts the backoff over.
-            steady = now - slot.started_at > 120
+            # A process that ran a while before dying is not crash-looping: the backoff
+            # starts over.
+            steady = now - slot.started_at > STEADY_S
             backoff = min(self.cfg.run.restart_backoff_s * 2 ** (0 if steady else
                                                                   restarts_done), MAX_BACKOFF_S)
             self.restarts += 1

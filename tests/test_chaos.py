@@ -35,6 +35,20 @@ def _wait_for(path, text, proc, timeout_s):
         time.sleep(0.2)
 
 
+def _kill(run_dir, name) -> list:
+    """SIGKILL the live process of ``name`` (from the supervisor's pids.json)."""
+    for _ in range(50):
+        pid = json.loads((run_dir / "pids.json").read_text()).get(name)
+        try:
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                return [name]
+        except ProcessLookupError:  # it died just now; pids.json is being rewritten
+            pass
+        time.sleep(0.2)  # still restarting
+    return []
+
+
 def test_training_survives_killed_actors_and_server(tmp_path):
     overrides = small_overrides(tmp_path, **{
         "run.total_updates": 100000, "run.max_duration_s": DURATION_S,
@@ -54,15 +68,12 @@ def test_training_survives_killed_actors_and_server(tmp_path):
         server_killed = False
         while time.monotonic() - began < DURATION_S - 15 and proc.poll() is None:
             time.sleep(KILL_EVERY_S)
-            pids = json.loads((run_dir / "pids.json").read_text())
-            victims = [rng.choice([n for n in pids if n.startswith("actor")])]
+            victims = [rng.choice(["actor-0", "actor-1"])]
             if not server_killed and time.monotonic() - began >= SERVER_KILL_AT_S:
                 victims.append("inference-0")
                 server_killed = True
             for name in victims:
-                if name in pids:
-                    os.kill(pids[name], signal.SIGKILL)
-                    kills.append(name)
+                kills += _kill(run_dir, name)
         proc.wait(timeout=DURATION_S + 180)
     finally:
         if proc.poll() is None:
