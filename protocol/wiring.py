@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from pathlib import Path
 
 import zmq
@@ -174,8 +175,23 @@ def weights_store(cfg: Config, learner: bool, timeout_s: float = 0.0):
         ipc_folder(cfg).mkdir(parents=True, exist_ok=True)
         return None
     timeout = datetime.timedelta(seconds=timeout_s or n.join_timeout_s)
-    return dist.TCPStore(n.bind_host if learner else n.learner_host, n.base_port + 2, None,
-                         is_master=learner, timeout=timeout, wait_for_workers=False)
+    if not learner:
+        return dist.TCPStore(n.learner_host, n.base_port + 2, None, is_master=False,
+                             timeout=timeout)
+    # TCPStore alone would listen on every interface: it gets a socket bound to bind_host.
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    address = ("" if n.bind_host in ANY_HOST else n.bind_host, n.base_port + 2)
+    try:
+        listener.bind(address)
+    except OSError as exc:
+        listener.close()
+        raise RuntimeError(f"cannot bind the weights store at {address}: {exc}; change "
+                           "network.base_port") from None
+    listener.listen()
+    return dist.TCPStore(n.bind_host, n.base_port + 2, None, is_master=True, timeout=timeout,
+                         wait_for_workers=False, master_listen_fd=listener.detach(),
+                         use_libuv=False)
 
 
 def weights_group_store(cfg: Config, store, index: int, generation: int,

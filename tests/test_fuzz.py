@@ -96,10 +96,12 @@ def test_fuzzed_sockets_reject_everything_and_training_continues(tmp_path):
         while "learner ready" not in (log.read_text() if log.exists() else ""):
             assert run.poll() is None and time.monotonic() < deadline, "the run did not start"
             time.sleep(0.2)
-        learner_msgs = _fuzz_frames(FRAMES // 2, seed=1)
-        server_msgs = _fuzz_frames(FRAMES // 2, seed=2)
+        learner_msgs = _fuzz_frames(FRAMES * 4 // 10, seed=1)
+        server_msgs = _fuzz_frames(FRAMES * 4 // 10, seed=2)
+        rendezvous_msgs = _fuzz_frames(FRAMES - len(learner_msgs) - len(server_msgs), seed=3)
         _send_all(wiring.learner_address(cfg, bind=False), learner_msgs)
         _send_all(wiring.inference_address(cfg, 0, bind=False), server_msgs)
+        _send_all(wiring.rendezvous_address(cfg, bind=False), rendezvous_msgs)
         run.wait(timeout=240)
     finally:
         if run.poll() is None:
@@ -109,12 +111,14 @@ def test_fuzzed_sockets_reject_everything_and_training_continues(tmp_path):
     assert run.returncode == 0, out[-3000:]
     # The flood was logged rate-limited (10 lines per 10 s and role), not line by line;
     # the counts below have every rejection.
-    assert 0 < out.count("rejected a message") <= 40
+    assert 0 < out.count("rejected a message") <= 60
     summary = json.loads((tmp_path / "run" / "learner_summary.json").read_text())
     assert summary["updates"] == 40 and summary["duplicates"] == 0
     # Every fuzzed message was refused and counted, by reason.
     assert sum(summary["rejected_messages"].values()) == len(learner_msgs), \
         summary["rejected_messages"]
+    assert sum(summary["rendezvous_rejected_messages"].values()) == len(rendezvous_msgs), \
+        summary["rendezvous_rejected_messages"]
     server = json.loads((tmp_path / "run" / "inference-0.json").read_text())
     assert sum(server["rejected_by_code"].values()) == len(server_msgs), server
     assert server["policy_version"] == 40
