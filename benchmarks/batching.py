@@ -83,7 +83,9 @@ def clients_main(cfg_args: list[str], actors: int, rows: int, warmup_s: float,
     cfg = load_config(BASE_CONFIG, cfg_args)
     ctx = zmq.Context()
     obs = random_obs(rows, cfg.env.image_size)
-    eps = [Endpoint(wiring.connect_actor_to_inference(ctx, cfg, k), f"actor-{k}",
+    eps = [Endpoint(wiring.connect_actor_to_inference(ctx, cfg, k,
+                                                     wiring.inference_address(cfg, 0, False)),
+                    f"actor-{k}",
                     cfg.run.run_id, 1 << 30, expected=(ActionReply, ErrorReply))
            for k in range(actors)]
     poller = zmq.Poller()
@@ -123,7 +125,7 @@ def serve_and_load(args, actors: int) -> tuple[float, float, float, float]:
 
     from configs import load_config
     from models import build_policy
-    from protocol.weights import DistWeightSender, join_group
+    from harness import LearnerStandIn
 
     tmp = Path(tempfile.mkdtemp(prefix="chunkrl-bench-batching-"))
     run_id = uuid.uuid4().hex[:8]
@@ -134,8 +136,7 @@ def serve_and_load(args, actors: int) -> tuple[float, float, float, float]:
                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         torch.manual_seed(0)
-        sender = DistWeightSender(join_group(cfg, 0, torch.device("cpu")), torch.device("cpu"))
-        sender.send(0, build_policy(cfg.model))
+        sender = LearnerStandIn(cfg, build_policy(cfg.model), servers=1)
         out = mp.get_context("spawn").Queue()
         client = mp.get_context("spawn").Process(
             target=clients_main, args=(cfg_args, actors, args.rows, args.warmup, args.seconds,

@@ -75,3 +75,34 @@ def stamp() -> str:
     return (f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, "
             f"{__import__('os').cpu_count()} CPUs, Python {platform.python_version()}, "
             f"numpy {numpy.__version__}, pyzmq {zmq.__version__}")
+
+
+class LearnerStandIn:
+    """The learner's real links (rendezvous, weights hub, trajectory socket) without its
+    training, for benchmarks that drive inference servers themselves: ``send`` is the
+    learner's weight broadcast, ``close`` its end of the run."""
+
+    def __init__(self, cfg, policy, servers: int, timeout_s: float = 120):
+        import torch
+        import zmq
+
+        from learner.link import LearnerLinks
+
+        self.ctx, self.policy = zmq.Context(), policy
+        self.links = LearnerLinks(cfg, self.ctx, "bench-learner", torch.device("cpu"))
+        deadline = time.monotonic() + timeout_s
+        while len(self.links.weights.links) < servers:  # each joins and gets version 0
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(self.links.weights.links)} of {servers} "
+                                   "inference servers joined")
+            self.links.admit(0, policy)
+            time.sleep(0.05)
+
+    def send(self, version: int, policy) -> None:
+        self.links.weights.send(version, policy)
+
+    def close(self) -> None:
+        self.links.weights.close()
+        self.links.close()
+        self.links.trajectories.receiver.halt.set()
+        self.ctx.destroy(linger=0)

@@ -3,8 +3,9 @@ torch.distributed broadcast of the same bytes, and the pause it causes in servin
 
 What it measures
     update  This process is the learner's end of the weights group (rank 0,
-            ``protocol.weights.DistWeightSender``); K real inference servers
-            (``launch.py --role inference``, idle, profiled) are the other ranks. One
+            ``learner.weight_hub.WeightHub``, one 2-rank group per server); K real
+            inference servers (``launch.py --role inference``, idle, profiled) are the
+            other ranks. One
             update = ``sender.send(version, policy)``: flatten the state dict per dtype,
             broadcast a header and the buffers; each server's receiving thread rebuilds
             the state dict and wakes the serving loop, which loads it between batches.
@@ -94,7 +95,8 @@ def bench_size(args, hidden: int) -> dict:
 
     from configs import load_config
     from models import build_policy
-    from protocol.weights import DistWeightSender, flatten, join_group, make_group
+    from harness import LearnerStandIn
+    from protocol.weights import flatten, make_group
 
     tmp = Path(tempfile.mkdtemp(prefix="chunkrl-bench-weights-"))
     cfg_args = [f"run.log_dir={tmp / 'run'}", f"run.run_id={uuid.uuid4().hex[:8]}",
@@ -119,11 +121,10 @@ def bench_size(args, hidden: int) -> dict:
         p.start()
     try:
         device = torch.device("cpu")
-        sender = DistWeightSender(join_group(cfg, 0, device), device)
+        sender = LearnerStandIn(cfg, policy, args.servers)  # the servers' first weights
         raw = make_group(dist.FileStore(store, world), 0, world, "gloo", 120)
         opts = dist.BroadcastOptions()
         opts.rootRank = 0
-        sender.send(0, policy)  # the servers' first weights
         time.sleep(1.0)
         raw_sent, update_sent, send_ms = [], [], []
         payload = torch.randn(elements)
