@@ -100,6 +100,15 @@ def test_training_survives_killed_actors_and_server(tmp_path):
     server = json.loads((run_dir / "inference-0.json").read_text())
     assert server["policy_version"] == summary["updates"] and server["requests"] > 0
 
+    # Memory stays flat: every queue is bounded, the dead leave nothing behind.
+    rss = [(float(t), float(mb)) for t, role, mb in
+           (line.split(",") for line in (run_dir / "memory.csv").read_text().splitlines()[1:])
+           if role == "learner-0"]
+    end = rss[-1][0]
+    early = max(mb for t, mb in rss if 30 <= t <= end / 2)
+    late = max(mb for t, mb in rss if t > end / 2)
+    assert late <= 1.2 * early, (early, late)
+
     events = EventAccumulator(str(run_dir))
     events.Reload()
     success = [e.value for e in events.Scalars("env/success_once")]

@@ -1,8 +1,11 @@
-"""10,000 random and mutated frames at every listening socket of a running run: no role
-crashes, every rejected message is counted, and training continues to its end."""
+"""10,000 random and mutated frames at every listening ZeroMQ socket of a running run (the
+learner's rendezvous and trajectory sockets, the inference server), and random byte
+streams at the weights store: no role crashes, every rejected message is counted, and
+training continues to its end."""
 
 import json
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -64,6 +67,18 @@ def _fuzz_frames(n: int, seed: int) -> list[list[bytes]]:
     return out
 
 
+def _fuzz_store(host: str, port: int, streams: int = 500) -> None:
+    """Random byte streams at torch.distributed's weights store (not ZeroMQ: it counts
+    nothing, but it must not take the learner down)."""
+    rnd = random.Random(4)
+    for _ in range(streams):
+        with socket.create_connection((host, port), timeout=5) as conn:
+            try:
+                conn.sendall(rnd.randbytes(rnd.randint(0, 300)))
+            except OSError:  # the store closed a connection it could not parse
+                pass
+
+
 def _send_all(address: str, messages: list[list[bytes]]) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
@@ -102,6 +117,7 @@ def test_fuzzed_sockets_reject_everything_and_training_continues(tmp_path):
         _send_all(wiring.learner_address(cfg, bind=False), learner_msgs)
         _send_all(wiring.inference_address(cfg, 0, bind=False), server_msgs)
         _send_all(wiring.rendezvous_address(cfg, bind=False), rendezvous_msgs)
+        _fuzz_store(cfg.network.learner_host, cfg.network.base_port + 2)
         run.wait(timeout=240)
     finally:
         if run.poll() is None:
