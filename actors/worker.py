@@ -36,7 +36,7 @@ from profiling.recorder import make_profiler
 from protocol.messages import (
     ActorDone, ActorHello, ErrorReply, ObsRequest, StopActors, TrajectoryAck,
 )
-from protocol.registration import RegistrationClient, Retired
+from protocol.registration import Registration, Retired
 
 log = logging.getLogger(__name__)
 FLUSH_RESEND_S = 2.0
@@ -65,16 +65,17 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None,
     ctx = ctx or zmq.Context()
     a = cfg.actor
     name = f"actor-{index}"
-    client = RegistrationClient(ctx, cfg, "actor", index)
+    client = Registration(ctx, cfg, "actor", index)  # heartbeats from its own thread
     servers = ServerPool(ctx, cfg, index)
     learn = env = actor = None
     try:
-        roster = client.register(stop)
-        servers.update(roster)
+        servers.update(client.wait(stop))
         while not servers.endpoints and not stop.is_set():  # until a server registers
-            got = client.tick(timeout_ms=100)
+            got = client.poll()
             if got is not None:
                 servers.update(got)
+            time.sleep(0.05)
+        roster = client.roster
         learn = Endpoint(wiring.connect_actor_to_learner(ctx, cfg, index,
                                                          roster.trajectory_address),
                          name, cfg.run.run_id, cfg.network.max_message_mb << 20,
@@ -111,7 +112,7 @@ class Actor:
     """The actor's loop, with its stages, in-flight requests and outbox."""
 
     def __init__(self, cfg: Config, index: int, env, servers: ServerPool, learn: Endpoint,
-                 client: RegistrationClient | None = None):
+                 client: Registration | None = None):
         a = cfg.actor
         self.cfg, self.index, self.env = cfg, index, env
         self.servers, self.learn, self.client = servers, learn, client
@@ -131,6 +132,7 @@ class Actor:
         self.inflight: dict[int, InFlight] = {}  # request_id -> what awaits its reply
         self.next_request = 0
         self.retries = 0
+        self.registrations = 1  # registrations seen (the first was before acting)
         self.learner_stopped = False
         self.done_acked = False
         self.prof = make_profiler(cfg, f"actor-{index}")
@@ -184,11 +186,11 @@ class Actor:
     def _tick(self) -> None:
         if self.client is None:
             return
-        registrations = self.client.registrations
-        roster = self.client.tick()
+        roster = self.client.poll()
         if roster is not None:
             self.servers.update(roster)
-        if self.client.registrations > registrations:  # a restarted learner: introduce again
+        if self.client.registrations > self.registrations:  # a restarted learner: say hello
+            self.registrations = self.client.registrations
             self._hello()
 
     def _hello(self) -> None:

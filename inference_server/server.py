@@ -21,7 +21,7 @@ from protocol import security, wiring
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint
 from protocol.messages import ErrorReply, ObsRequest
-from protocol.registration import RegistrationClient
+from protocol.registration import Registration
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None, weights_bus
                         expected=(ObsRequest,), routed=True)
     server = InferenceServer(cfg, core, endpoint, make_profiler(cfg, f"inference-{index}"))
     server.auth = auth
-    client = RegistrationClient(ctx, cfg, "inference", index,
-                                wiring.inference_address(cfg, index, bind=False))
+    client = Registration(ctx, cfg, "inference", index,
+                          wiring.inference_address(cfg, index, bind=False))
     link = WeightsLink(cfg, index, policy, device, client, weights_bus, server.prof)
     try:
         link.start(stop)

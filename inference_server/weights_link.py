@@ -17,7 +17,7 @@ import time
 import torch
 
 from configs import Config
-from protocol.registration import LearnerGone, RegistrationClient
+from protocol.registration import LearnerGone, Registration
 from protocol.weights import DistWeightReceiver, WeightReceiver, join_group
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ class WeightsLink:
     """Registration plus the current weight receiver (``receiver``)."""
 
     def __init__(self, cfg: Config, index: int, policy: torch.nn.Module, device: torch.device,
-                 client: RegistrationClient, bus=None, prof=None):
+                 client: Registration, bus=None, prof=None):
         self.cfg, self.index, self.policy, self.device = cfg, index, policy, device
         self.client, self.bus, self.prof = client, bus, prof
         self.generation = -1
@@ -36,11 +36,11 @@ class WeightsLink:
 
     def start(self, stop: threading.Event) -> None:
         """Register and start receiving (the first weights arrive on ``receiver``)."""
-        roster = self.client.register(stop)
+        self.client.wait(stop)
         if self.bus is not None:
             self.receiver = self.bus.receiver(self.policy, self.device)
         else:
-            self._join(roster.weights_generation)
+            self._join(self.client.generation)
 
     def wait_first(self, stop: threading.Event) -> tuple[int, dict]:
         """The first weights (heartbeating meanwhile; a failed join registers again)."""
@@ -60,19 +60,19 @@ class WeightsLink:
 
     def tick(self) -> None:
         """Heartbeat; after a lost learner, register again and join the new group."""
-        roster = self.client.tick()
+        self.client.poll()  # raises LearnerGone / Retired
         if self.bus is not None:
             return
-        if roster is not None and roster.weights_generation >= 0 and \
-                roster.weights_generation != self.generation:
-            if self.lost_since_logged:
+        generation = self.client.generation
+        if generation >= 0 and generation != self.generation:
+            if self.lost_since_logged:  # it was lost: the learner answered a new Register
                 log.info("inference server %d: the learner is back (weights group %d)",
-                         self.index, roster.weights_generation)
+                         self.index, generation)
                 self.lost_since_logged = False
-            self._join(roster.weights_generation)
+            self._join(generation)
             return
         r = self.receiver
-        if r.finished.is_set() and r.error is not None and self.client.registered:
+        if r.finished.is_set() and r.error is not None and not self.lost_since_logged:
             log.warning("inference server %d: weights link lost (%s); serving the weights it "
                         "has, registering again", self.index,
                         str(r.error).splitlines()[0] if str(r.error) else type(r.error).__name__)

@@ -13,6 +13,7 @@ group would broadcast once), and let a server die and return without stopping th
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 
 import torch
@@ -36,6 +37,7 @@ class WeightHub:
         self._lost: set[tuple[int, int]] = set()  # (index, incarnation) reported dead
         self._lock = threading.Lock()
         self._out: list[torch.Tensor] | None = None
+        self._formed: "queue.SimpleQueue[tuple[Join, object]]" = queue.SimpleQueue()
         self.joined = self.failed = 0
 
     def lost(self, index: int, incarnation: int) -> None:
@@ -44,27 +46,35 @@ class WeightHub:
             self._lost.add((index, incarnation))
 
     def admit(self, version: int, model: torch.nn.Module) -> None:
-        """Form the groups of the servers that registered, and send them ``model``."""
+        """Start forming the groups of servers that registered (each on a thread: a server
+        that dies before it joins must not hold up training), and send ``model`` to the
+        ones whose group has formed."""
         self._forget_lost()
         while not self.registry.joins.empty():
             join = self.registry.joins.get_nowait()
+            if self.registry.current(join):
+                threading.Thread(target=self._form, args=(join,), daemon=True,
+                                 name=f"weights-join-{join.index}").start()
+        while not self._formed.empty():
+            join, group = self._formed.get_nowait()
             if not self.registry.current(join):
                 continue  # superseded by a newer registration of the same server
-            self.links.pop(join.index, None)
-            store = wiring.weights_group_store(self.cfg, self.store, join.index,
-                                               join.generation)
-            try:
-                group = make_group(store, 0, 2, self.backend, self.cfg.network.weights_timeout_s,
-                                   wiring.gloo_host(self.cfg))
-            except Exception as exc:  # the server died before it joined
-                log.warning("inference server %d did not join its weights group %d: %s",
-                            join.index, join.generation, str(exc).splitlines()[0])
-                continue
             self.links[join.index] = (join, group)
             self.joined += 1
             if self._send([join.index], version, model):
                 log.info("inference server %d joined (weights group %d) and has version %d",
                          join.index, join.generation, version)
+
+    def _form(self, join: Join) -> None:
+        store = wiring.weights_group_store(self.cfg, self.store, join.index, join.generation)
+        try:
+            group = make_group(store, 0, 2, self.backend, self.cfg.network.weights_timeout_s,
+                               wiring.gloo_host(self.cfg))
+        except Exception as exc:  # the server died before it joined
+            log.warning("inference server %d did not join its weights group %d: %s",
+                        join.index, join.generation, str(exc).splitlines()[0])
+            return
+        self._formed.put((join, group))
 
     def send(self, version: int, model: torch.nn.Module) -> None:
         """Broadcast ``model`` as ``version`` to every joined server."""

@@ -10,6 +10,8 @@ restarted) makes it register again; one that says it was replaced raises
 from __future__ import annotations
 
 import dataclasses
+import queue
+import threading
 import time
 
 import zmq
@@ -110,3 +112,75 @@ class RegistrationClient:
 
     def close(self) -> None:
         self.endpoint.close()
+
+
+class Registration(threading.Thread):
+    """A :class:`RegistrationClient` on a thread of its own, so heartbeats go out while the
+    process is busy (building simulators, a long forward pass). Its socket lives and dies
+    on that thread; the owner reads ``poll`` (the newest Roster, once) and gets the
+    client's failure (:class:`LearnerGone`, :class:`Retired`) raised from it."""
+
+    def __init__(self, ctx: zmq.Context, cfg: Config, role: str, index: int,
+                 address: str = ""):
+        super().__init__(name="registration", daemon=True)
+        self.args = (ctx, cfg, role, index, address)
+        self.lock = threading.Lock()
+        self.roster: Roster | None = None
+        self.fresh = False  # a Roster not yet polled
+        self.registrations = 0
+        self.registered = False
+        self.generation = -1  # inference: the weights group of the latest registration
+        self.error: BaseException | None = None
+        self.halt = threading.Event()
+        self._requests: "queue.SimpleQueue[int]" = queue.SimpleQueue()
+        self.start()
+
+    def run(self) -> None:
+        client = RegistrationClient(*self.args)
+        try:
+            while not self.halt.is_set():
+                while not self._requests.empty():
+                    client.reregister(self._requests.get())
+                got = client.tick(timeout_ms=50)
+                with self.lock:
+                    self.registered = client.registered
+                    self.registrations = client.registrations
+                    if got is not None:
+                        self.roster, self.fresh = got, True
+                        if got.weights_generation >= 0:
+                            self.generation = got.weights_generation
+        except BaseException as exc:  # raised to the owner by poll / wait
+            self.error = exc
+        finally:
+            client.close()
+
+    def poll(self) -> Roster | None:
+        """The Roster that came since the last poll, if any; raises the client's error."""
+        if self.error is not None:
+            raise self.error
+        with self.lock:
+            got, self.fresh = (self.roster if self.fresh else None), False
+            return got
+
+    def wait(self, stop: threading.Event) -> Roster:
+        """Block until registered (bounded by ``network.learner_wait_s``)."""
+        while not stop.is_set():
+            if self.error is not None:
+                raise self.error
+            with self.lock:
+                if self.registered and self.roster is not None and (
+                        self.generation >= 0 or self.args[2] == "actor"):
+                    self.fresh = False
+                    return self.roster
+            time.sleep(0.02)
+        raise LearnerGone("stopped before the learner answered")
+
+    def reregister(self, lost_generation: int = -1) -> None:
+        """Register again (a server: having lost ``lost_generation``)."""
+        with self.lock:
+            self.registered = False
+        self._requests.put(lost_generation)
+
+    def close(self) -> None:
+        self.halt.set()
+        self.join(timeout=5)

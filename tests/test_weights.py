@@ -1,6 +1,7 @@
 """Weight broadcast over a real gloo process group, and the in-memory bus."""
 
 import threading
+import time
 
 import pytest
 import torch
@@ -24,13 +25,23 @@ def _join(cfg, registry, server_model, incarnation=0):
                               lambda: join_group(cfg, 0, generation, CPU))
 
 
+def _admit(hub, version, model, joined: int) -> None:
+    """Admit until ``joined`` servers have joined (groups form on threads)."""
+    for _ in range(600):
+        hub.admit(version, model)
+        if hub.joined >= joined:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the server did not join")
+
+
 def _pair(cfg, server_model, learner_model):
     """The learner's hub (rank 0) and a server's receiver (rank 1) in a real gloo group
     of two, formed when the hub admits the registered server (it sends version 0)."""
     registry = Registry(cfg)
     hub = WeightHub(cfg, CPU, registry)
     receiver = _join(cfg, registry, server_model)
-    hub.admit(0, learner_model)
+    _admit(hub, 0, learner_model, 1)
     return hub, registry, receiver
 
 
@@ -80,7 +91,7 @@ def test_a_restarted_server_joins_a_new_group_and_gets_the_current_weights(small
     torch.manual_seed(2)
     restarted_model = build_policy(cfg.model)
     second = _join(cfg, registry, restarted_model, incarnation=1)
-    hub.admit(1, learner_model)
+    _admit(hub, 1, learner_model, 2)
     version, state = second.wait_first(30)
     assert version == 1 and hub.joined == 2 and list(hub.links) == [0]
     assert torch.equal(state["log_std"], learner_model.state_dict()["log_std"])

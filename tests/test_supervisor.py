@@ -1,0 +1,53 @@
+"""The supervisor restarts dying children with backoff up to the limit, and does not
+restart a configuration error or a role that gave up on the learner."""
+
+import dataclasses
+import sys
+import time
+
+from launcher.supervisor import Supervisor, describe_exit
+
+
+def _supervisor(cfg, tmp_path, code: int, max_restarts: int = 2):
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(
+        cfg.run, max_restarts=max_restarts, restart_backoff_s=0.05))
+    starts = tmp_path / "starts"
+
+    def command(slot):
+        # Each start appends its start number, then exits with ``code``.
+        return [sys.executable, "-c", f"open({str(starts)!r}, 'a').write('{slot.starts} ');"
+                f"raise SystemExit({code})"]
+    return Supervisor(cfg, [("actor", 0)], command, tmp_path), starts
+
+
+def _run(sup, timeout=20) -> str:
+    sup.start_all()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = sup.check()
+        if state or sup.all_ended():
+            return state
+        time.sleep(0.02)
+    raise AssertionError("the supervisor did not settle")
+
+
+def test_a_crashing_child_is_restarted_up_to_the_limit(small_cfg, tmp_path):
+    sup, starts = _supervisor(small_cfg, tmp_path, code=1)
+    state = _run(sup)
+    assert state.startswith("failed: actor-0 died (exit code 1)")
+    assert "restarted 2 times (run.max_restarts=2)" in state
+    assert starts.read_text().split() == ["0", "1", "2"]  # run.start of each start
+    assert sup.restarts == 2
+
+
+def test_config_errors_and_a_lost_learner_are_not_restarted(small_cfg, tmp_path):
+    sup, starts = _supervisor(small_cfg, tmp_path, code=2)
+    assert "a configuration error is not restarted" in _run(sup)
+    assert starts.read_text().split() == ["0"]
+    (tmp_path / "starts").unlink()
+    sup, starts = _supervisor(small_cfg, tmp_path, code=3)
+    assert _run(sup) == "" and sup.all_ended() and starts.read_text().split() == ["0"]
+
+
+def test_exit_descriptions():
+    assert describe_exit(-9) == "killed by SIGKILL" and describe_exit(1) == "exit code 1"
