@@ -185,7 +185,8 @@ def supervise(cfg, args: argparse.Namespace, overrides: list[str],
         return cmd + [*overrides, *extra, "--worker", "--role", slot.role, "--index",
                       str(slot.index), "--log-level", args.log_level]
 
-    sup = Supervisor(cfg, slots, command, log_dir)
+    sup = Supervisor(cfg, slots, command, log_dir, "pids.json" if len(slots) > 1 else
+                     f"pids-{slots[0][0]}-{slots[0][1]}.json")
     interrupted = threading.Event()
     _stop_on_signals(interrupted)  # Ctrl-C reaches the children too; SIGTERM is passed on
     has_learner = any(role == "learner" for role, _ in slots)
@@ -204,7 +205,13 @@ def supervise(cfg, args: argparse.Namespace, overrides: list[str],
                 log.error("%s; stopping", state[len("failed: "):])
                 sup.stop_all(grace_s=10)
                 return 1
-            if state == "learner finished" or (not has_learner and sup.all_ended()):
+            if state == "learner finished":
+                break
+            if not has_learner and sup.all_ended():  # this host's roles are done
+                codes = [s.ended for s in sup.slots.values()]
+                if any(codes):
+                    log.error("this host's roles ended with %s", codes)
+                    return 1
                 break
             time.sleep(0.5)
         bad = sup.wait_all(cfg.actor.flush_timeout_s + 15)

@@ -9,8 +9,8 @@ at most ``run.max_restarts`` times; each start gets the next ``run.start``, so i
 incarnation (and its episode ids) are new. The learner restarts from its checkpoint
 (``run.resume=true``) when it has one. A role that gave up on a lost learner
 (``EXIT_LEARNER_GONE``), or that met a configuration error (``EXIT_CONFIG_ERROR``), is not
-restarted. ``pids.json`` in the log folder names every
-live child's pid (tests and operators read it).
+restarted. ``pids.json`` (``pids-ROLE-I.json`` for a one-role supervisor, as hosts may
+share the log folder) names every live child's pid.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import csv
 import ctypes
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -70,8 +71,10 @@ class Slot:
 class Supervisor:
     """Runs ``slots`` as children of this process (``command(slot)`` builds each argv)."""
 
-    def __init__(self, cfg, slots: list[tuple[str, int]], command, log_dir: Path):
+    def __init__(self, cfg, slots: list[tuple[str, int]], command, log_dir: Path,
+                 pids_name: str = "pids.json"):
         self.cfg, self.command, self.log_dir = cfg, command, log_dir
+        self.pids_name = pids_name  # one file per supervisor (hosts may share log_dir)
         self.slots = {f"{r}-{i}": Slot(r, i) for r, i in slots}
         self.restarts = 0
 
@@ -90,9 +93,9 @@ class Supervisor:
         pids = {name: s.proc.pid for name, s in self.slots.items()
                 if s.proc is not None and s.proc.poll() is None}
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.log_dir / "pids.json.tmp"
+        tmp = self.log_dir / f"{self.pids_name}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(pids))
-        tmp.replace(self.log_dir / "pids.json")
+        tmp.replace(self.log_dir / self.pids_name)
 
     # --- watching -----------------------------------------------------------------------
     def check(self) -> str:

@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
-# System libraries for offscreen MuJoCo rendering on a CPU (Mesa EGL, and OSMesa as the
-# fallback). Installs only what is missing; needs root (or sudo) to install.
+# System packages: libraries for offscreen MuJoCo rendering on a CPU (Mesa EGL, and
+# OSMesa as the fallback), and iproute2 for the multi-host test's network namespaces.
+# Installs only what is missing; needs root (or sudo) to install.
 set -euo pipefail
-PACKAGES=(libegl1 libegl-mesa0 libgl1 libgl1-mesa-dri libosmesa6 libglib2.0-0)
+PACKAGES=(libegl1 libegl-mesa0 libgl1 libgl1-mesa-dri libosmesa6 libglib2.0-0 iproute2)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null; then
-  echo "warning: no apt-get; install Mesa EGL or OSMesa yourself (missing: ${missing[*]})" >&2
+  echo "warning: no apt-get; install these yourself: ${missing[*]}" >&2
   exit 0
 fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null; then SUDO="sudo"; else
-    echo "warning: not root; run: apt-get install ${missing[*]} (offscreen rendering)" >&2
+    echo "warning: not root; run: apt-get install ${missing[*]}" >&2
     exit 0
   fi
 fi

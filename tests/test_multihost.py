@@ -104,6 +104,10 @@ def test_four_hosts_train_with_weights_broadcast_across_them(tmp_path, hosts):
     # rendezvous (they were configured with the learner's address only).
     server_address = f"tcp://{hosts.addresses['inference-0']}:"
     assert server_address in learner_log
+    delivered = 0
     for k in (0, 1):
         assert server_address in (run / f"actor-{k}.log").read_text()
-        assert json.loads((run / f"actor-{k}.json").read_text())["episodes_delivered"] > 0
+        actor = json.loads((run / f"actor-{k}.json").read_text())
+        assert actor["env_steps"] > 0 and actor["unacknowledged"] == []  # it acted
+        delivered += actor["episodes_delivered"]
+    assert delivered == summary["episodes_received"] > 0

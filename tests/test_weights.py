@@ -125,18 +125,20 @@ def test_updates_reuse_two_buffer_sets_and_never_touch_the_one_handed_out(small_
             for p in model.parameters():
                 p.add_(1.0)
         sender.send(version, model)
-        assert select.select([receiver.wake_fd], [], [], 30)[0], "no wake-up"
-        receiver.clear_wake()
-        return {k: v.clone() for k, v in model.state_dict().items()}
+        for _ in range(100):  # a wake-up may be a late one of the update before
+            assert select.select([receiver.wake_fd], [], [], 30)[0], "no wake-up"
+            receiver.clear_wake()
+            got = receiver.poll()
+            if got is not None:
+                break
+        sent = {k: v.clone() for k, v in model.state_dict().items()}
+        return sent, got
 
-    sent1 = send_and_wait(1)
-    v1, state1 = receiver.poll()
-    sent2 = send_and_wait(2)
+    sent1, (v1, state1) = send_and_wait(1)
+    sent2, (v2, state2) = send_and_wait(2)
     assert all(torch.equal(state1[k], sent1[k]) for k in sent1)  # not overwritten
-    v2, state2 = receiver.poll()
-    sent3 = send_and_wait(3)
+    sent3, (v3, state3) = send_and_wait(3)
     assert all(torch.equal(state2[k], sent2[k]) for k in sent2)
-    v3, state3 = receiver.poll()
     assert (v1, v2, v3) == (1, 2, 3) and receiver.poll() is None
     assert all(torch.equal(state3[k], sent3[k]) for k in sent3)
     ptr = {k: state1[k].data_ptr() for k in state1}
