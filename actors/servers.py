@@ -34,7 +34,7 @@ class ServerPool:
         self.suspected: dict[int, float] = {}  # server -> when it was suspected
         self.poller = zmq.Poller()
         self.retired_bytes = [0, 0]  # traffic of endpoints closed (for the profile)
-        self.rejected: dict = {}
+        self.rejected: dict = {}  # rejections counted by endpoints since closed
 
     def update(self, roster: Roster) -> None:
         """Connect servers that appeared or moved; trust again those that restarted."""
@@ -63,6 +63,8 @@ class ServerPool:
             self.poller.unregister(ep.sock)
             self.retired_bytes[0] += ep.bytes_sent
             self.retired_bytes[1] += ep.bytes_received
+            for code, count in ep.rejected.items():
+                self.rejected[code] = self.rejected.get(code, 0) + count
             ep.sock.close(0)
 
     def choose(self, avoid: int = -1) -> int:

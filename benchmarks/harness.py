@@ -103,6 +103,8 @@ class LearnerStandIn:
 
     def close(self) -> None:
         self.links.weights.close()
+        receiver = self.links.receiver  # no actors to drain: just stop its thread
+        receiver.halt.set()
+        receiver.join(timeout=5)
         self.links.close()
-        self.links.trajectories.receiver.halt.set()
         self.ctx.destroy(linger=0)

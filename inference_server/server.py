@@ -41,8 +41,8 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None, weights_bus
     endpoint = Endpoint(wiring.bind_inference_server(ctx, cfg, index), f"inference-{index}",
                         cfg.run.run_id, cfg.network.max_message_mb << 20,
                         expected=(ObsRequest,), routed=True)
-    server = InferenceServer(cfg, core, endpoint, make_profiler(cfg, f"inference-{index}"))
-    server.auth = auth
+    server = InferenceServer(cfg, core, endpoint, make_profiler(cfg, f"inference-{index}"),
+                             auth)
     client = Registration(ctx, cfg, "inference", index,
                           wiring.inference_address(cfg, index, bind=False))
     link = WeightsLink(cfg, index, policy, device, client, weights_bus, server.prof)
@@ -67,12 +67,13 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None, weights_bus
 class InferenceServer:
     """The serving loop: receive, batch, forward, reply; new weights between batches."""
 
-    def __init__(self, cfg: Config, core: InferenceCore, endpoint: Endpoint, prof=None):
+    def __init__(self, cfg: Config, core: InferenceCore, endpoint: Endpoint, prof=None,
+                 auth=None):
         self.core, self.endpoint = core, endpoint
         self.batcher = Batcher(cfg.inference.max_batch, cfg.inference.max_wait_ms / 1e3)
         self.requests = self.errors = 0
         self.prof = OFF if prof is None else prof
-        self.auth = None  # the process's CURVE authenticator, when CURVE is on
+        self.auth = auth  # the process's CURVE authenticator, when CURVE is on
 
     def serve(self, link, stop: threading.Event, grace_s: float = 60.0) -> None:
         """Serve until the learner signals the end; ``link`` (a :class:`WeightsLink`, or

@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from protocol.registration import EXIT_CONFIG_ERROR, EXIT_LEARNER_GONE
@@ -61,7 +61,6 @@ class Slot:
     restart_at: float | None = None  # monotonic time of a scheduled restart
     started_at: float = 0.0
     ended: int | None = None  # final exit code once it is not coming back
-    codes: list = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -111,7 +110,6 @@ class Supervisor:
             code = slot.proc.poll()
             if code is None:
                 continue
-            slot.codes.append(code)
             self._write_pids()
             if code == 0:
                 slot.ended = 0

@@ -1,8 +1,8 @@
 """A server's or actor's side of the learner's rendezvous: register, heartbeat, roster.
 
-The process registers at start (retrying until the learner answers, for at most
-``network.learner_wait_s``), then ``tick`` sends a heartbeat every ``network.heartbeat_s``
-and reads the answers. A rendezvous that no longer knows the process (the learner
+``tick`` sends the process's Register until the learner answers (for at most
+``network.learner_wait_s``), then a heartbeat every ``network.heartbeat_s``, and reads the
+answers; :class:`Registration` runs it on a thread of its own. A rendezvous that no longer knows the process (the learner
 restarted) makes it register again; one that says it was replaced raises
 :class:`Retired`; silence for ``learner_wait_s`` raises :class:`LearnerGone`.
 """
@@ -62,15 +62,6 @@ class RegistrationClient:
         self.hello = dataclasses.replace(self.hello, lost_generation=lost_generation)
         self.registered = False
         self.next_send = 0.0
-
-    def register(self, stop=None) -> Roster:
-        """Register, waiting for the learner at most ``network.learner_wait_s``."""
-        self.registered = False
-        while not self.registered:
-            if stop is not None and stop.is_set():
-                raise LearnerGone("stopped before the learner answered")
-            self.tick(timeout_ms=100)
-        return self.roster
 
     def tick(self, timeout_ms: float = 0) -> Roster | None:
         """Heartbeat when due, read what came; returns a Roster that arrived, else None."""

@@ -48,6 +48,15 @@ def ipc_folder(cfg: Config) -> Path:
     return Path(cfg.network.ipc_dir) / cfg.run.run_id
 
 
+def _on_one_host(cfg: Config, name: str) -> str:
+    """The ipc or inproc address of the socket ``name`` (empty for tcp)."""
+    if cfg.network.transport == "ipc":
+        return f"ipc://{ipc_folder(cfg)}/{name}.sock"
+    if cfg.network.transport == "inproc":
+        return f"inproc://{name}"
+    return ""
+
+
 def _tcp(cfg: Config, announced_host: str, port_offset: int, bind: bool) -> str:
     n = cfg.network
     host = n.bind_host if bind or n.bind_host not in ANY_HOST else announced_host
@@ -57,32 +66,20 @@ def _tcp(cfg: Config, announced_host: str, port_offset: int, bind: bool) -> str:
 def rendezvous_address(cfg: Config, bind: bool) -> str:
     """The learner's rendezvous ROUTER: the one address every role is configured with."""
     n = cfg.network
-    if n.transport == "ipc":
-        return f"ipc://{ipc_folder(cfg)}/rendezvous.sock"
-    if n.transport == "inproc":
-        return "inproc://rendezvous"
-    return f"tcp://{n.bind_host if bind else n.learner_host}:{n.base_port}"
+    return _on_one_host(cfg, "rendezvous") or \
+        f"tcp://{n.bind_host if bind else n.learner_host}:{n.base_port}"
 
 
 def learner_address(cfg: Config, bind: bool) -> str:
     """The learner's trajectory ROUTER (to bind, or as the Roster announces it)."""
-    n = cfg.network
-    if n.transport == "ipc":
-        return f"ipc://{ipc_folder(cfg)}/learner.sock"
-    if n.transport == "inproc":
-        return "inproc://learner"
-    return _tcp(cfg, n.learner_host, 1, bind)
+    return _on_one_host(cfg, "learner") or _tcp(cfg, cfg.network.learner_host, 1, bind)
 
 
 def inference_address(cfg: Config, index: int, bind: bool) -> str:
     """Inference server ``index``'s ROUTER (to bind, or as it announces itself)."""
-    n = cfg.network
-    if n.transport == "ipc":
-        return f"ipc://{ipc_folder(cfg)}/inference-{index}.sock"
-    if n.transport == "inproc":
-        return f"inproc://inference-{index}"
-    host = n.inference_hosts[index] if len(n.inference_hosts) > 1 else n.inference_hosts[0]
-    return _tcp(cfg, host, 3 + index, bind)
+    hosts = cfg.network.inference_hosts
+    return _on_one_host(cfg, f"inference-{index}") or \
+        _tcp(cfg, hosts[index] if len(hosts) > 1 else hosts[0], 3 + index, bind)
 
 
 def _socket(ctx: zmq.Context, kind: int, cfg: Config, server: bool,

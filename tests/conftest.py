@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -55,3 +56,21 @@ def launch(tmp_path: Path, config: str, *args: str, timeout: float = 240,
 def small_cfg(tmp_path):
     """A validated tiny config (two actors of 8 envs, groups of 4, 32x32 images)."""
     return load_config(ROOT / "configs" / "synthetic_grpo.yaml", small_overrides(tmp_path))
+
+
+def start_run(tmp_path: Path, overrides: list[str],
+              config: str = "configs/synthetic_grpo.yaml") -> subprocess.Popen:
+    """``launch.py`` in the background with ``overrides``; its terminal output goes to
+    ``tmp_path/output.txt``."""
+    with open(tmp_path / "output.txt", "w") as output:  # the child keeps its own handle
+        return subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--config",
+                                 str(ROOT / config), *overrides],
+                                stdout=output, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def wait_for_text(path: Path, text: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    """Until ``text`` appears in the file ``path``; fails if ``proc`` ends first."""
+    deadline = time.monotonic() + timeout_s
+    while text not in (path.read_text() if path.exists() else ""):
+        assert proc.poll() is None and time.monotonic() < deadline, f"no {text!r} in {path}"
+        time.sleep(0.2)

@@ -9,14 +9,12 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import ROOT, small_overrides
+from tests.conftest import small_overrides, start_run, wait_for_text
 
 pytestmark = pytest.mark.slow
 DURATION_S = 180
@@ -26,13 +24,6 @@ SERVER_KILL_AT_S = 70
 
 def _ids(ranges) -> set:
     return {i for start, end in ranges for i in range(start, end)}
-
-
-def _wait_for(path, text, proc, timeout_s):
-    deadline = time.monotonic() + timeout_s
-    while text not in (path.read_text() if path.exists() else ""):
-        assert proc.poll() is None and time.monotonic() < deadline, f"no {text!r} in {path}"
-        time.sleep(0.2)
 
 
 def _kill(run_dir, name) -> list:
@@ -57,13 +48,10 @@ def test_training_survives_killed_actors_and_server(tmp_path):
         "actor.request_retry_s": 3, "actor.resend_after_s": 5,
         "learner.checkpoint_every": 0})
     run_dir = tmp_path / "run"
-    output = open(tmp_path / "output.txt", "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--config",
-                             str(ROOT / "configs/synthetic_grpo.yaml"), *overrides],
-                            stdout=output, stderr=subprocess.STDOUT, cwd=ROOT)
+    proc = start_run(tmp_path, overrides)
     rng, kills = random.Random(0), []
     try:
-        _wait_for(run_dir / "learner-0.log", "update 1/", proc, 120)
+        wait_for_text(run_dir / "learner-0.log", "update 1/", proc, 120)
         began = time.monotonic()
         server_killed = False
         while time.monotonic() - began < DURATION_S - 15 and proc.poll() is None:
@@ -78,7 +66,6 @@ def test_training_survives_killed_actors_and_server(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-        output.close()
     out = (tmp_path / "output.txt").read_text()
     assert proc.returncode == 0, out[-4000:]
     assert "inference-0" in kills and len(kills) >= 8, kills

@@ -6,8 +6,6 @@ training continues to its end."""
 import json
 import random
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
@@ -16,7 +14,7 @@ import zmq
 from configs import load_config
 from protocol import wiring
 from protocol.codec import encode
-from tests.conftest import ROOT, small_overrides
+from tests.conftest import ROOT, small_overrides, start_run, wait_for_text
 from tests.messages_factory import every_message
 
 pytestmark = pytest.mark.slow
@@ -101,16 +99,9 @@ def test_fuzzed_sockets_reject_everything_and_training_continues(tmp_path):
                                              "network.transport": "tcp",
                                              "env.step_sleep_ms": 5})
     cfg = load_config(ROOT / "configs/synthetic_grpo.yaml", overrides)
-    output = open(tmp_path / "output.txt", "w")
-    run = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--config",
-                            str(ROOT / "configs/synthetic_grpo.yaml"), *overrides],
-                           stdout=output, stderr=subprocess.STDOUT, cwd=ROOT)
+    run = start_run(tmp_path, overrides)
     try:
-        log = tmp_path / "run" / "learner-0.log"
-        deadline = time.monotonic() + 60
-        while "learner ready" not in (log.read_text() if log.exists() else ""):
-            assert run.poll() is None and time.monotonic() < deadline, "the run did not start"
-            time.sleep(0.2)
+        wait_for_text(tmp_path / "run" / "learner-0.log", "learner ready", run, 60)
         learner_msgs = _fuzz_frames(FRAMES * 4 // 10, seed=1)
         server_msgs = _fuzz_frames(FRAMES * 4 // 10, seed=2)
         rendezvous_msgs = _fuzz_frames(FRAMES - len(learner_msgs) - len(server_msgs), seed=3)
@@ -122,7 +113,6 @@ def test_fuzzed_sockets_reject_everything_and_training_continues(tmp_path):
     finally:
         if run.poll() is None:
             run.kill()
-        output.close()
     out = (tmp_path / "output.txt").read_text()
     assert run.returncode == 0, out[-3000:]
     # The flood was logged rate-limited (10 lines per 10 s and role), not line by line;

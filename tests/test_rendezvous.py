@@ -3,6 +3,7 @@ wait for a learner, and the discarding of a dead incarnation's unfinished groups
 
 import dataclasses
 import threading
+import time
 
 import pytest
 import zmq
@@ -10,7 +11,7 @@ import zmq
 from learner.receiver import GroupAssembler
 from learner.rendezvous import Registry, Rendezvous
 from protocol.messages import Heartbeat, Register
-from protocol.registration import LearnerGone, RegistrationClient
+from protocol.registration import LearnerGone, Registration
 from tests.messages_factory import trajectory
 
 
@@ -75,9 +76,9 @@ def test_a_process_without_a_learner_gives_up_after_learner_wait_s(small_cfg):
     cfg = dataclasses.replace(small_cfg, network=dataclasses.replace(
         small_cfg.network, learner_wait_s=0.5, heartbeat_s=0.1, heartbeat_timeout_s=1.0))
     ctx = zmq.Context()
-    client = RegistrationClient(ctx, cfg, "actor", 0)
+    client = Registration(ctx, cfg, "actor", 0)
     with pytest.raises(LearnerGone, match=r"rendezvous\.sock for 0 s \(network\.learner_wait_s\)"):
-        client.register(threading.Event())
+        client.wait(threading.Event())
     client.close()
     ctx.term()
 
@@ -89,16 +90,17 @@ def test_the_client_registers_again_when_the_learner_forgot_it(small_cfg):
     registry = Registry(cfg)
     rendezvous = Rendezvous(cfg, ctx, registry)
     rendezvous.start()
-    client = RegistrationClient(ctx, cfg, "actor", 1)
+    client = Registration(ctx, cfg, "actor", 1)
     try:
-        client.register(threading.Event())
+        client.wait(threading.Event())
         assert client.registrations == 1 and registry.live_actors() == {1}
         with registry.lock:  # the learner restarted: it knows nobody
             registry.members["actor"].clear()
         for _ in range(100):
-            client.tick(timeout_ms=20)
+            client.poll()
             if client.registrations == 2:
                 break
+            time.sleep(0.02)
         assert client.registrations == 2 and registry.live_actors() == {1}
     finally:
         rendezvous.halt.set()

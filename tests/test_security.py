@@ -4,7 +4,6 @@ no reply on any socket, and is logged and counted."""
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 import zmq
@@ -14,7 +13,7 @@ from configs import load_config
 from protocol import wiring
 from protocol.codec import encode
 from protocol.messages import Register
-from tests.conftest import ROOT, small_overrides
+from tests.conftest import ROOT, small_overrides, start_run, wait_for_text
 from tests.messages_factory import obs_request
 
 pytestmark = pytest.mark.slow
@@ -55,17 +54,10 @@ def test_with_curve_a_client_without_the_key_gets_nothing_and_the_run_is_unaffec
         "run.total_updates": 10, "network.transport": "tcp", "env.step_sleep_ms": 50,
         "network.curve_dir": str(tmp_path / "keys")})
     cfg = load_config(ROOT / "configs/synthetic_grpo.yaml", overrides)
-    output = open(tmp_path / "output.txt", "w")
-    run = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--config",
-                            str(ROOT / "configs/synthetic_grpo.yaml"), *overrides],
-                           stdout=output, stderr=subprocess.STDOUT, cwd=ROOT)
+    run = start_run(tmp_path, overrides)
     ctx = zmq.Context()
     try:
-        log = tmp_path / "run" / "inference-0.log"
-        deadline = time.monotonic() + 90
-        while "serving on" not in (log.read_text() if log.exists() else ""):
-            assert run.poll() is None and time.monotonic() < deadline, "the run did not start"
-            time.sleep(0.2)
+        wait_for_text(tmp_path / "run" / "inference-0.log", "serving on", run, 90)
         register = encode(Register("inference", 0, 9, "tcp://127.0.0.1:1", -1), "stranger",
                           cfg.run.run_id, 1)
         request = encode(obs_request(b=1, size=32, wrist=False, extra=False), "stranger",
@@ -85,7 +77,6 @@ def test_with_curve_a_client_without_the_key_gets_nothing_and_the_run_is_unaffec
         ctx.destroy(linger=0)
         if run.poll() is None:
             run.kill()
-        output.close()
     out = (tmp_path / "output.txt").read_text()
     assert run.returncode == 0, out[-3000:]
     assert "refused a CURVE connection from an unauthorised key" in out
