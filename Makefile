@@ -6,7 +6,9 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt scripts/
 CONFIG ?= configs/synthetic_grpo.yaml
 ARGS   ?=
 
-.PHONY: install run test test-fast bench clean
+EXP    ?= synthetic
+
+.PHONY: install run test test-fast bench reproduce clean
 
 $(STAMP): pyproject.toml constraints.txt scripts/install_system_deps.sh
 	bash scripts/install_system_deps.sh
@@ -39,6 +41,11 @@ bench: install
 	$(PY) benchmarks/scaling.py --seconds 12
 	$(PY) benchmarks/envs.py --seconds 1.5 --repeats 2
 	$(PY) benchmarks/models.py --seconds 1 --repeats 2
+
+## From demonstrations to RL: record -> SFT -> eval -> GRPO -> eval, and the table
+## (EXP = synthetic, lift or libero_spatial; see README "From demonstrations to RL").
+reproduce: install
+	$(PY) scripts/reproduce.py $(EXP) $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -6,6 +6,8 @@ one process (``--single-process``). Role processes are supervised: a dead one re
     python launch.py keys DIR                                       # CURVE key pairs
     python launch.py --config CONFIG --single-process               # debugging, tests
     python launch.py --config CONFIG --eval model.checkpoint=runs/X/checkpoint.pt
+    python launch.py --config CONFIG --record        # demonstrations (expert) to HDF5
+    python launch.py --config CONFIG --sft sft.datasets=[runs/X/dataset]  # behaviour cloning
     python launch.py --config CONFIG --profile profile.duration_s=60  # where time goes
     python launch.py --config CONFIG --resume runs/NAME             # continue a run
 """
@@ -39,6 +41,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval", action="store_true",
                    help="evaluate instead of training: every task x trial once (run.mode=eval, "
                         "actor.group_size=1), results under <run.log_dir>/eval")
+    p.add_argument("--record", action="store_true",
+                   help="record demonstrations: every task x episode once, each written with "
+                        "every simulator step to <run.log_dir>/dataset (run.mode=record)")
+    p.add_argument("--sft", action="store_true",
+                   help="behaviour cloning on sft.datasets in this process (run.mode=sft); "
+                        "checkpoint.pt and dataset_statistics.json in <run.log_dir>")
     p.add_argument("--profile", action="store_true",
                    help="profile the pipeline for profile.duration_s (60) seconds, then print "
                         "the bottleneck; report and Chrome trace in <run.log_dir>")
@@ -93,7 +101,7 @@ def run_role(cfg, role: str, index: int) -> int:
     stop = threading.Event()
     _stop_on_signals(stop)
     try:
-        if role == "learner" and cfg.run.mode == "eval":
+        if role == "learner" and cfg.run.mode in ("eval", "record"):
             from learner.evaluator import run
             code = run(cfg, stop=stop)
         elif role == "learner":
@@ -126,6 +134,24 @@ def run_role(cfg, role: str, index: int) -> int:
     os._exit(code)
 
 
+def run_sft(cfg) -> int:
+    """Behaviour cloning in this process (``run.mode: sft``)."""
+    import torch
+
+    from configs import ConfigError
+    from learner.checkpoint import CheckpointError
+    from sft.trainer import run
+
+    torch.set_num_threads(cfg.run.torch_threads)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    try:
+        return run(cfg, stop)
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        log.error("behaviour cloning failed: %s", exc)
+        return 2
+
+
 def run_single_process(cfg) -> int:
     """Every role as a thread of this process, over inproc sockets and in-memory weights."""
     import torch
@@ -152,12 +178,12 @@ def run_single_process(cfg) -> int:
                 stop.set()
         return threading.Thread(target=body, name=name, daemon=True)
 
-    run_learner = run_evaluator if cfg.run.mode == "eval" else run_trainer
+    run_learner = run_trainer if cfg.run.mode == "train" else run_evaluator
     threads = [guard("learner", run_learner, cfg, ctx, weights=bus, stop=stop)]
     threads += [guard(f"inference-{i}", run_server, cfg, i, ctx, weights_bus=bus, stop=stop)
-                for i in range(cfg.inference.num_servers)]
+                for i in range(cfg.inference.num_servers if cfg.inference_needed else 0)]
     threads += [guard(f"actor-{k}", run_actor, cfg, k, ctx, stop=stop)
-                for k in range(cfg.actor.num_actors)]
+                for k in range(cfg.total_actors)]
     for t in threads:
         t.start()
     threads[0].join()
@@ -289,8 +315,15 @@ def main(argv=None) -> int:
     overrides = list(args.overrides)
     if args.single_process:
         overrides.append("network.transport=inproc")
+    if sum((args.eval, args.record, args.sft)) > 1:
+        print("error: --eval, --record and --sft exclude each other", file=sys.stderr)
+        return 2
     if args.eval:
         overrides += ["run.mode=eval", "actor.group_size=1"]
+    if args.record:
+        overrides += ["run.mode=record", "actor.group_size=1"]
+    if args.sft:
+        overrides.append("run.mode=sft")
     if args.profile:
         overrides.insert(0, "profile.enabled=true")  # before the user's profile.* keys
     if args.resume:  # resolved once here; the children get the overrides
@@ -335,7 +368,8 @@ def main(argv=None) -> int:
         log.info("run %s: supervising %s on this host, logs in %s", cfg.run.run_id, name,
                  log_dir)
         return supervise(cfg, args, overrides, [(args.role, args.index)])
-    setup_logging(args.log_level, log_dir / "launch.log", "launch")
+    tag = "sft" if cfg.run.mode == "sft" else "launch"
+    setup_logging(args.log_level, log_dir / f"{tag}.log", tag)
     try:
         check_env(cfg)
     except ValueError as exc:
@@ -345,10 +379,14 @@ def main(argv=None) -> int:
              log_dir)
     if cfg.profile.enabled:  # a report merges every file there: none from an older run
         shutil.rmtree(log_dir / "profile", ignore_errors=True)
+    if cfg.run.mode == "sft":  # one process: no actors, servers or sockets
+        return run_sft(cfg)
     if args.single_process:
         return report_profile(cfg, run_single_process(cfg))
-    slots = [("learner", 0)] + [("inference", i) for i in range(cfg.inference.num_servers)]
-    slots += [("actor", k) for k in range(cfg.actor.num_actors)]
+    slots = [("learner", 0)]
+    if cfg.inference_needed:
+        slots += [("inference", i) for i in range(cfg.inference.num_servers)]
+    slots += [("actor", k) for k in range(cfg.total_actors)]
     try:
         return report_profile(cfg, supervise(cfg, args, overrides, slots))
     finally:

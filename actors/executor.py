@@ -8,21 +8,40 @@ An env whose episode has ended waits until its whole group has ended; then the g
 is reset to a fresh shared initial state and its episodes are emitted together. When
 ``next_init_state`` has no more states for a group (evaluation's fixed list of trials),
 the group retires; a stage whose groups have all retired is ``idle``.
+
+Hooks (videos, demonstration recording) see every reset, every simulator step -- with the
+observation before it when they ask for one -- and every episode's end. With an
+``expert`` (recording demonstrations), the chunk is not given: the expert chooses each of
+its N actions from the state just before it (closed loop). ``action_noise`` adds Gaussian
+noise to the arm dims of every executed action.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 
-from envs.base import EnvObs, VectorEnv, take
+from envs.base import EnvObs, StepResult, VectorEnv, take
 from protocol.messages import Trajectory
 
 log = logging.getLogger(__name__)
 RESET_ATTEMPTS = 3
+
+
+class EpisodeHook(Protocol):
+    """What follows episodes as they run (:mod:`actors.recorder`, :mod:`actors.demos`)."""
+
+    wants_observations: bool  # on_step gets the observation before each step
+
+    def on_reset(self, env_id: int, episode_id: int, init_state_id: int) -> None: ...
+
+    def on_step(self, env_ids: np.ndarray, obs: Optional[EnvObs], actions: np.ndarray,
+                result: StepResult) -> None: ...
+
+    def on_end(self, env_id: int, instruction: str, success: bool) -> None: ...
 
 
 @dataclass
@@ -104,16 +123,21 @@ class StageExecutor:
 
     def __init__(self, env: VectorEnv, groups: list[int], actions_per_chunk: int,
                  ids: IdSource, next_init_state: Callable[[int], Optional[int]],
-                 recorder=None, resample_failed_resets: bool = True,
-                 record_final_obs: bool = False):
+                 hooks: tuple = (), resample_failed_resets: bool = True,
+                 record_final_obs: bool = False, expert=None, action_noise: float = 0.0,
+                 seed: int = 0):
         self.env, self.groups, self.n = env, groups, actions_per_chunk
+        self.hooks = tuple(hooks)
+        self.want_obs = any(h.wants_observations for h in self.hooks)
+        self.expert, self.action_noise = expert, action_noise
+        self.noise_rng = np.random.default_rng(seed)
         # PPO bootstraps truncated episodes from V(final state): observe it before reset.
         self.record_final_obs = record_final_obs
         # Training may start a group elsewhere when a reset fails; evaluation may not
         # (each trial's initial state is fixed), so there the failure propagates.
         self.resample_failed_resets = resample_failed_resets
         self.g = env.group_size
-        self.ids, self.next_init_state, self.recorder = ids, next_init_state, recorder
+        self.ids, self.next_init_state = ids, next_init_state
         self.env_ids = np.concatenate([np.arange(k * self.g, (k + 1) * self.g) for k in groups])
         self.records: dict[int, EpisodeRecord] = {}
         self.retired: set[int] = set()
@@ -147,8 +171,10 @@ class StageExecutor:
         gid = self.ids.group()
         for e in envs:
             self.records[e] = EpisodeRecord(self.ids.episode(), gid, init_state)
-            if self.recorder is not None:
-                self.recorder.on_reset(e, self.records[e].episode_id, init_state)
+            if self.expert is not None:
+                self.expert.reset(e)
+            for hook in self.hooks:
+                hook.on_reset(e, self.records[e].episode_id, init_state)
 
     def observe(self) -> EnvObs:
         """Observations of this stage's live envs, to send to the policy."""
@@ -157,12 +183,16 @@ class StageExecutor:
         self._inflight = (live, obs)
         return obs
 
-    def execute(self, actions: np.ndarray, logprobs: np.ndarray,
+    def execute(self, actions: Optional[np.ndarray], logprobs: Optional[np.ndarray],
                 values: Optional[np.ndarray], version: int) -> list[Trajectory]:
-        """Run the first N actions of each chunk (rows match the last ``observe``)."""
+        """Run the first N actions of each chunk (rows match the last ``observe``); with
+        an expert, ``actions`` and ``logprobs`` are None: the expert fills the chunk."""
         ids, obs = self._inflight
         self._inflight = None
         b = len(ids)
+        if self.expert is not None:
+            actions = np.zeros((b, self.n, self.env.action_dim), np.float32)
+            logprobs = np.zeros_like(actions)
         reward, executed = np.zeros(b, np.float64), np.zeros(b, np.int32)
         action_rewards = np.zeros((b, actions.shape[1]), np.float32)
         done = np.zeros(b, bool)
@@ -170,10 +200,17 @@ class StageExecutor:
             live = np.flatnonzero(~done)
             if not len(live):
                 break
-            res = self.env.step(ids[live], actions[live, t])
+            stepping = ids[live]
+            seen = None
+            if self.want_obs:  # the chunk's first observation was just rendered
+                seen = take(obs, live) if t == 0 else self.env.observe(stepping)
+            if self.expert is not None:
+                actions[live, t] = self.expert.act(stepping)
+            executed_actions = self._perturb(actions[live, t])
+            res = self.env.step(stepping, executed_actions)
             self.env_steps += len(live)
-            if self.recorder is not None:
-                self.recorder.on_step(ids[live])
+            for hook in self.hooks:
+                hook.on_step(stepping, seen, executed_actions, res)
             reward[live] += res.rewards
             action_rewards[live, t] = res.rewards
             executed[live] += 1
@@ -201,6 +238,15 @@ class StageExecutor:
             self._observe_final_states(ids[done])
         return self._emit_finished_groups()
 
+    def _perturb(self, actions: np.ndarray) -> np.ndarray:
+        """``actions`` [B,D] plus Gaussian noise of std ``action_noise`` on the arm dims
+        (all but the last, the gripper), clipped to the action bounds."""
+        if not self.action_noise:
+            return actions
+        noisy = np.array(actions, np.float32, copy=True)
+        noisy[:, :-1] += self.noise_rng.normal(0.0, self.action_noise, noisy[:, :-1].shape)
+        return np.clip(noisy, -1.0, 1.0)
+
     def _observe_final_states(self, ended: np.ndarray) -> None:
         """Keep where each truncated episode of ``ended`` stopped (one observe call)."""
         truncated = np.array([e for e in ended if self.records[e].truncated and
@@ -216,13 +262,13 @@ class StageExecutor:
             envs = range(k * self.g, (k + 1) * self.g)
             if k not in self.retired and all(self.records[e].finished for e in envs):
                 out.extend(self.records[e].to_message(self.g) for e in envs)
-                if self.recorder is not None:
-                    for e in envs:
-                        rec = self.records[e]
+                for e in envs:
+                    rec = self.records[e]
+                    for hook in self.hooks:
                         try:
-                            self.recorder.on_end(e, rec.task_description, rec.success_once)
+                            hook.on_end(e, rec.task_description, rec.success_once)
                         except (OSError, ValueError, RuntimeError) as err:  # disk, ffmpeg
-                            log.error("video of episode %d not written: %s", rec.episode_id,
-                                      err)
+                            log.error("%s of episode %d failed: %s", type(hook).__name__,
+                                      rec.episode_id, err)
                 self._reset_group(k)
         return out

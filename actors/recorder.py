@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 class EpisodeRecorder:
     """Films chosen episodes of one actor's envs; the executor calls its three hooks."""
 
+    wants_observations = False  # it renders its own frame, one camera, after each step
+
     def __init__(self, cfg: Config, env: VectorEnv, actor_index: int):
         v = cfg.video
         self.env, self.actor_index, self.cfg = env, actor_index, v
@@ -44,7 +46,7 @@ class EpisodeRecorder:
             video.add(self.env.frame(env_id))
             self.videos[env_id] = (video, stem)
 
-    def on_step(self, env_ids) -> None:
+    def on_step(self, env_ids, obs=None, actions=None, result=None) -> None:
         """The envs of ``env_ids`` have just stepped."""
         for e in env_ids:
             if int(e) in self.videos:

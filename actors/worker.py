@@ -28,13 +28,13 @@ from actors.outbox import Outbox
 from actors.recorder import EpisodeRecorder
 from actors.servers import ServerPool
 from configs import Config, ConfigError
-from envs import eval_init_states, make_env
+from envs import eval_init_states, make_env, planned_init_states
 from protocol import wiring
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint
 from profiling.recorder import make_profiler
 from protocol.messages import (
-    ActorDone, ActorHello, ErrorReply, ObsRequest, StopActors, TrajectoryAck,
+    ActorDone, ActorHello, ErrorReply, EvalRound, ObsRequest, StopActors, TrajectoryAck,
 )
 from protocol.registration import Registration, Retired
 
@@ -70,7 +70,7 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None,
     learn = env = actor = None
     try:
         servers.update(client.wait(stop))
-        while not servers.endpoints and not stop.is_set():  # until a server registers
+        while cfg.inference_needed and not servers.endpoints and not stop.is_set():
             got = client.poll()
             if got is not None:
                 servers.update(got)
@@ -79,10 +79,11 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None,
         learn = Endpoint(wiring.connect_actor_to_learner(ctx, cfg, index,
                                                          roster.trajectory_address),
                          name, cfg.run.run_id, cfg.network.max_message_mb << 20,
-                         expected=(TrajectoryAck, StopActors, ErrorReply))
-        groups = a.envs_per_actor // a.group_size
-        env = make_env(cfg.env, a.envs_per_actor, a.group_size, cfg.model.action_dim,
-                       group_offset=index * groups)
+                         expected=(TrajectoryAck, StopActors, EvalRound, ErrorReply))
+        envs, group_size = ((cfg.eval.envs_per_actor, 1) if cfg.is_eval_actor(index)
+                            else (a.envs_per_actor, a.group_size))
+        env = make_env(cfg.env, envs, group_size, cfg.model.action_dim,
+                       group_offset=index * (envs // group_size))
         if env.state_dim != cfg.model.state_dim:
             raise ConfigError(f"env.kind={cfg.env.kind} has {env.state_dim}-D states but "
                              f"model.state_dim={cfg.model.state_dim}; set model.state_dim")
@@ -96,6 +97,7 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None,
         return 0
     finally:
         if actor is not None:
+            actor.close_hooks()
             actor.write_summary(Path(cfg.run.log_dir) / f"{name}.json")
             actor.write_profile()
         servers.close()
@@ -109,25 +111,32 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None,
 
 
 class Actor:
-    """The actor's loop, with its stages, in-flight requests and outbox."""
+    """The actor's loop, with its stages, in-flight requests and outbox.
+
+    A training actor runs random initial states forever; an eval or record actor runs its
+    share of a fixed plan once; an evaluation actor (``cfg.is_eval_actor``) waits for the
+    learner's :class:`EvalRound` and then runs its share of the evaluation trials,
+    deterministically, with weights of at least the round's version. With a scripted
+    expert (recording) no server is asked: the expert acts in this process."""
 
     def __init__(self, cfg: Config, index: int, env, servers: ServerPool, learn: Endpoint,
                  client: Registration | None = None):
         a = cfg.actor
         self.cfg, self.index, self.env = cfg, index, env
         self.servers, self.learn, self.client = servers, learn, client
-        ids = IdSource(index, cfg.incarnation)
-        groups = env.num_envs // env.group_size
-        per_stage = groups // a.pipeline_stages
-        filming = cfg.video.eval_per_task if cfg.run.mode == "eval" else cfg.video.train_every
-        self.recorder = EpisodeRecorder(cfg, env, index) if filming else None
-        next_init_state = self._init_states(cfg, index, env)
-        self.stages = [
-            StageExecutor(env, list(range(s * per_stage, (s + 1) * per_stage)),
-                          cfg.actions_per_chunk, ids, next_init_state, self.recorder,
-                          resample_failed_resets=cfg.run.mode == "train",
-                          record_final_obs=cfg.learner.algorithm == "ppo")
-            for s in range(a.pipeline_stages)]
+        self.ids = IdSource(index, cfg.incarnation)
+        self.eval_actor = cfg.is_eval_actor(index)
+        self.deterministic = a.deterministic or self.eval_actor
+        self.hooks, self.writer = self._hooks(cfg, env, index)
+        self.expert = None
+        if cfg.run.mode == "record" and cfg.record.source == "expert":
+            from experts import make_expert
+
+            self.expert = make_expert(cfg.env, env)
+        self.round_key, self.rounds, self.min_version, self.stale_replies = None, 0, 0, 0
+        self.stages: list[StageExecutor] = []
+        if not self.eval_actor:  # an evaluation actor builds its stages for each round
+            self._build_stages(self._init_states(cfg, index, env))
         self.outbox = Outbox(a.max_unacked_episodes, a.resend_after_s)
         self.inflight: dict[int, InFlight] = {}  # request_id -> what awaits its reply
         self.next_request = 0
@@ -139,27 +148,103 @@ class Actor:
         self.started_at = self.stopped_at = 0.0  # wall clock: first request, end of acting
 
     @staticmethod
+    def _hooks(cfg: Config, env, index: int) -> tuple[list, object]:
+        """Videos of chosen episodes; in a record run, every episode to disk."""
+        hooks, writer = [], None
+        filming = cfg.video.train_every if cfg.run.mode == "train" else cfg.video.eval_per_task
+        if filming and not cfg.is_eval_actor(index):
+            hooks.append(EpisodeRecorder(cfg, env, index))
+        if cfg.run.mode == "record":
+            from actors.demos import make_demo_recorder
+
+            recorder, writer = make_demo_recorder(cfg, env)
+            hooks.append(recorder)
+        return hooks, writer
+
+    def _build_stages(self, next_init_state) -> None:
+        cfg, env = self.cfg, self.env
+        per_stage = env.num_envs // env.group_size // cfg.actor.pipeline_stages
+        self.stages = [
+            StageExecutor(env, list(range(s * per_stage, (s + 1) * per_stage)),
+                          cfg.actions_per_chunk, self.ids, next_init_state, self.hooks,
+                          resample_failed_resets=cfg.run.mode == "train" and not self.eval_actor,
+                          record_final_obs=cfg.learner.algorithm == "ppo" and
+                          not self.eval_actor,
+                          expert=self.expert, action_noise=cfg.record.action_noise
+                          if cfg.run.mode == "record" else 0.0,
+                          seed=cfg.run.seed * 1000 + self.index * 10 + s)
+            for s in range(cfg.actor.pipeline_stages)]
+
+    @staticmethod
     def _init_states(cfg: Config, index: int, env):
-        """Training: random states from the env. Eval: this actor's share of the trials,
-        in task order (a LIBERO env slot then builds each task's simulator once)."""
-        if cfg.run.mode == "train":
+        """Training: random states from the env. Eval and record: this actor's share of
+        the plan, in task order (a LIBERO env slot then builds each task's simulator
+        once); an evaluation actor's share of the evaluation trials."""
+        if cfg.is_eval_actor(index):
+            trials = cfg.eval.trials_during_training or cfg.eval.num_trials
+            share = eval_init_states(cfg.env, trials)[index - cfg.actor.num_actors::
+                                                      cfg.eval.actors]
+        elif cfg.run.mode == "train":
             rng = np.random.default_rng([cfg.run.seed, index])
             return lambda group: env.sample_init_state(group, rng)
-        jobs = collections.deque(
-            eval_init_states(cfg.env, cfg.eval.num_trials)[index::cfg.actor.num_actors])
+        else:
+            share = planned_init_states(cfg)[index::cfg.actor.num_actors]
+        jobs = collections.deque(share)
         return lambda group: jobs.popleft() if jobs else None
+
+    def _start_round(self, msg: EvalRound) -> None:
+        """An evaluation round: every trial of this actor's share, from now on."""
+        # The learner resends its order after every hello; a restarted learner counts
+        # its rounds from 0 again, so a round is known by the learner's start too.
+        key = (self.client.roster.learner_start if self.client else 0, msg.round)
+        if key == self.round_key:
+            return
+        if any(not s.idle for s in self.stages):
+            log.warning("actor %d: round %d starts before the previous one finished here",
+                        self.index, msg.round)
+        self.round_key, self.min_version = key, msg.policy_version
+        self.rounds += 1
+        self.inflight.clear()  # replies to the old round's requests are ignored
+        self._build_stages(self._init_states(self.cfg, self.index, self.env))
+        log.info("actor %d: evaluation round %d (weights >= version %d)", self.index,
+                 msg.round, msg.policy_version)
+        for s in range(len(self.stages)):
+            self._request(s)
+
+    def close_hooks(self) -> None:
+        """Finish writing demonstrations (a record run)."""
+        if self.writer is not None:
+            self.writer.close()
 
     # --- acting -------------------------------------------------------------------------
     def act(self, stop: threading.Event) -> None:
         """Step the stages until the learner says stop."""
         self._hello()
         self.started_at = time.time()
-        for s in range(len(self.stages)):
-            self._request(s)
+        if self.expert is None:
+            for s in range(len(self.stages)):
+                self._request(s)
         try:
-            self._loop(stop)
+            (self._loop if self.expert is None else self._loop_expert)(stop)
         finally:
             self.stopped_at = time.time()
+
+    def _loop_expert(self, stop: threading.Event) -> None:
+        """Recording with a scripted expert: each stage in turn runs a chunk, no server."""
+        while not (stop.is_set() or self.learner_stopped):
+            self._tick()
+            self._service_learner(0)
+            if self.outbox.full:
+                self._service_learner(50)
+                continue
+            live = [stage for stage in self.stages if not stage.idle]
+            if not live:
+                self._service_learner(50)
+            for stage in live:
+                stage.observe()
+                began = time.time()
+                self._deliver(stage.execute(None, None, None, 0))
+                self.prof.add("env_step", began, time.time())
 
     def _loop(self, stop: threading.Event) -> None:
         prof = self.prof
@@ -223,7 +308,7 @@ class Actor:
         with self.prof.span("observe_send", stage=stage):  # rendering + encoding
             obs = self.stages[stage].observe()
             self._send_request(stage, ObsRequest(
-                -1, self.cfg.actor.deterministic, obs.task_descriptions, obs.main_images,
+                -1, self.deterministic, obs.task_descriptions, obs.main_images,
                 obs.states, obs.wrist_images, obs.extra_view_images), time.monotonic())
 
     def _send_request(self, stage: int, request: ObsRequest, first_sent: float,
@@ -250,6 +335,10 @@ class Actor:
                       reply.request_id)
             return
         self.servers.answered(server)
+        if reply.policy_version < self.min_version:  # the round's weights not there yet
+            self.stale_replies += 1
+            self._send_request(f.stage, f.request, f.first_sent)
+            return
         stage = f.stage
         began, wall = time.monotonic(), time.time()
         self.prof.sample("action_rtt_ms", (began - f.sent) * 1e3, wall)
@@ -262,13 +351,16 @@ class Actor:
         self.prof.add("env_step", wall, wall + spent, stage=stage, envs=len(reply.actions))
         self.prof.sample("env_steps", steps, wall + spent)
         self._defer(spent)
+        self._deliver(episodes)
+        self._request(stage)
+
+    def _deliver(self, episodes) -> None:
         for ep in episodes:
             if ep.env_error:
                 log.warning("actor %d: episode %d ended by a simulator error: %s",
                             self.index, ep.episode_id, ep.env_error)
             self.outbox.add(ep)
         self._send_due()
-        self._request(stage)
 
     # --- delivery -------------------------------------------------------------------
     def _send_due(self, resend_after_s: float | None = None) -> None:
@@ -294,6 +386,8 @@ class Actor:
                     self.done_acked = True
                 else:
                     self.outbox.ack(msg.episode_id)
+            elif isinstance(msg, EvalRound) and self.eval_actor:
+                self._start_round(msg)
             elif isinstance(msg, StopActors):
                 log.info("actor %d: learner says stop (%s)", self.index, msg.reason)
                 self.learner_stopped = True
@@ -347,4 +441,8 @@ class Actor:
             "unacknowledged": sorted(self.outbox.pending), "resends": self.outbox.resends,
             "env_steps": self.env_steps, "rejected": self.servers.rejected_counts(),
             "request_retries": self.retries, "incarnation": self.cfg.incarnation,
+            "eval_rounds": self.rounds, "stale_replies_asked_again": self.stale_replies,
+            "demos_written": self.writer.written if self.writer else 0,
+            "demos_failed": self.writer.failed if self.writer else 0,
+            "demo_writer_waited_s": self.writer.waited_s if self.writer else 0.0,
             "acting_s": max(0.0, self.stopped_at - self.started_at)}))

@@ -9,6 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+# Initial-state ids are ``task_index * INIT_STRIDE + state_index`` (state_index < STRIDE):
+# one integer names the task and the start, for group resets and evaluation trials.
+INIT_STRIDE = 1000
+# State indices below this are evaluation trials (trial k starts from state k). With
+# ``env.held_out_eval_states`` training draws stay above it, and demonstrations are
+# recorded there (``record.first_state``).
+EVAL_STATES = 100
+
 
 def opt(default, doc: str):
     """A config field with its default and its one-line documentation."""
@@ -22,8 +30,10 @@ class RunConfig:
     """What this run is called, where it logs and how long it trains."""
 
     name: str = opt("chunkrl", "run name, used in the log directory")
-    mode: Literal["train", "eval"] = opt(
-        "train", "train: GRPO; eval: every task x trial once, success table (see eval)")
+    mode: Literal["train", "eval", "record", "sft"] = opt(
+        "train", "train: RL (GRPO/PPO); eval: every task x trial once, success table (see "
+        "eval); record: demonstrations to HDF5 (see record); sft: behaviour cloning on "
+        "recorded demonstrations (see sft)")
     log_dir: str = opt("runs/chunkrl", "TensorBoard logs, checkpoint and role logs go here")
     run_id: str = opt("", "shared by all processes of a run; empty: a fresh id (--role: run.name)")
     seed: int = opt(0, "base seed; each actor and env derives its own from it")
@@ -100,6 +110,10 @@ class EnvConfig:
     task_assignment: Literal["per_group", "random"] = opt(
         "per_group", "libero: per_group = each group keeps one task (simulators built once); "
         "random = a random task per reset (a simulator rebuild, seconds, on each change)")
+    held_out_eval_states: bool = opt(
+        False, "training never starts from an evaluation trial's initial state (state "
+        "indices 0..99): LIBERO trains on generated placements instead of its 50 official "
+        "states, robosuite and synthetic on seeds >= 100")
     task: str = opt("Lift", "robosuite: Lift, Stack, PickPlaceCan, PickPlaceBread, Door, "
                     "NutAssemblySquare or NutAssemblyRound")
     settle_steps: int = opt(10, "libero/robosuite: no-op steps after each reset, uncounted")
@@ -274,10 +288,78 @@ class LearnerConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation (run.mode=eval): every task x trial once, spread over the actors."""
+    """Evaluation: every task x trial once, deterministic (run.mode=eval), and rounds of it
+    during training (every_updates), by actors set aside for it."""
 
     num_trials: int = opt(50, "trials per task; trial k starts from init state k")
     results_name: str = opt("eval_results", "log_dir/<name>.json and .md hold the table")
+    every_updates: int = opt(0, "training: every this many updates (and before the first "
+                             "and after the last) evaluation actors run every task x "
+                             "trial once with the current weights, logged as eval/* (0: "
+                             "never)")
+    actors: int = opt(1, "training with every_updates: actor processes set aside for "
+                      "evaluation (actor indices after actor.num_actors)")
+    envs_per_actor: int = opt(4, "training with every_updates: envs of each evaluation actor")
+    trials_during_training: int = opt(0, "training with every_updates: trials per task of "
+                                      "each round (0: num_trials)")
+    pause_training: bool = opt(True, "training with every_updates: no update while a round "
+                               "runs, so it evaluates exactly the round's weights (false: "
+                               "training goes on; a round may see several versions)")
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    """Recording demonstrations (run.mode=record): every task x episode once, each episode
+    written with every simulator step to LIBERO's HDF5 layout (demos/layout.py)."""
+
+    source: Literal["expert", "policy"] = opt(
+        "expert", "expert: the scripted expert of the task (experts/, privileged state; no "
+        "inference server); policy: the configured model (model.checkpoint) via the "
+        "inference servers")
+    episodes_per_task: int = opt(50, "episodes recorded per task")
+    first_state: int = opt(100, "state index of each task's first episode; episode k "
+                           "starts from state first_state + k (>= 100: never an "
+                           "evaluation trial's)")
+    action_noise: float = opt(0.0, "std of Gaussian noise added to the arm dims of every "
+                              "executed action (weaker, more varied demonstrations)")
+    dataset_dir: str = opt("", "where the episode files go (empty: log_dir/dataset)")
+    compression: int = opt(1, "gzip level of the image datasets (0: uncompressed)")
+    max_pending: int = opt(16, "finished episodes waiting for the writer thread before "
+                           "the actor waits for it")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Behaviour cloning (run.mode=sft) on recorded demonstrations: action chunks of T
+    from every step; validation on held-out episodes; checkpoint + dataset statistics."""
+
+    datasets: list[str] = opt([], "HDF5 files or folders of them (chunkrl's recordings or "
+                              "LIBERO's released files)")
+    only_successes: bool = opt(True, "train on successful episodes only")
+    max_episodes: int = opt(0, "use at most this many episodes per task (0: all), drawn "
+                            "with run.seed: fewer demonstrations, a weaker policy")
+    val_fraction: float = opt(0.1, "share of episodes held out for the validation loss")
+    steps: int = opt(2000, "optimizer steps")
+    batch_size: int = opt(64, "samples (one step's observation and its chunk) per step")
+    lr: float = opt(1e-3, "AdamW peak learning rate")
+    lr_warmup_steps: int = opt(100, "linear warmup from 0")
+    min_lr_ratio: float = opt(0.1, "cosine decay to this share of lr at the last step")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    max_grad_norm: float = opt(1.0, "gradient clipping by global norm")
+    loss: Literal["auto", "nll", "mse"] = opt(
+        "auto", "auto: the model's own (cnn_gaussian: Gaussian NLL, qwen_oft: L1 on the "
+        "chunk, openvla_oft: cross-entropy on the action tokens); cnn_gaussian: nll or mse")
+    final_log_std: float = opt(0.0, "cnn_gaussian: set the log-std to this after training "
+                               "(the RL exploration noise; 0: keep the learned one)")
+    random_shift: int = opt(4, "image augmentation: random shifts of up to this many "
+                            "pixels (0: none)")
+    pad_chunks: bool = opt(True, "a chunk that runs past the episode's end is padded with "
+                           "its last action and trained on (as if the demonstrator held "
+                           "it); false: the padding is masked out of the loss")
+    val_every: int = opt(200, "steps between validation losses")
+    checkpoint_every: int = opt(500, "steps between checkpoints (resumable)")
+    unnorm_key: str = opt("", "the key of dataset_statistics.json (empty: the env's "
+                          "suite or task, e.g. libero_spatial, robosuite_lift)")
 
 
 @dataclass(frozen=True)
@@ -318,6 +400,9 @@ class Config:
                                        metadata={"doc": "inference servers"})
     learner: LearnerConfig = field(default_factory=LearnerConfig, metadata={"doc": "learner"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"doc": "evaluation"})
+    record: RecordConfig = field(default_factory=RecordConfig,
+                                 metadata={"doc": "recording demonstrations"})
+    sft: SFTConfig = field(default_factory=SFTConfig, metadata={"doc": "behaviour cloning"})
     video: VideoConfig = field(default_factory=VideoConfig, metadata={"doc": "videos"})
     profile: ProfileConfig = field(default_factory=ProfileConfig,
                                    metadata={"doc": "throughput profiling"})
@@ -340,6 +425,25 @@ class Config:
         return self.run.incarnation << 8 | self.run.start
 
     @property
+    def eval_rounds(self) -> bool:
+        """Training with evaluation rounds by actors set aside for them."""
+        return self.run.mode == "train" and self.eval.every_updates > 0
+
+    @property
+    def total_actors(self) -> int:
+        """Actor processes of the run: ``actor.num_actors``, then the evaluation actors."""
+        return self.actor.num_actors + (self.eval.actors if self.eval_rounds else 0)
+
+    def is_eval_actor(self, index: int) -> bool:
+        """Actor ``index`` runs evaluation rounds (indices after ``actor.num_actors``)."""
+        return self.eval_rounds and index >= self.actor.num_actors
+
+    @property
+    def inference_needed(self) -> bool:
+        """Whether the run has inference servers (an expert's recording needs none)."""
+        return not (self.run.mode == "record" and self.record.source == "expert")
+
+    @property
     def update_limit(self) -> float:
         """Updates before the learner stops (unbounded in a profiled run)."""
         return float("inf") if self.profile.enabled else self.run.total_updates
@@ -352,6 +456,7 @@ VLA_GRIPPER_CONVENTION = {"qwen_oft": "starvla", "openvla_oft": "openvla"}
 def validate(cfg: Config) -> list[str]:
     """Every rule the values must obey across sections; returns the broken ones."""
     a, m, L, i, e, n = cfg.actor, cfg.model, cfg.learner, cfg.inference, cfg.env, cfg.network
+    s, r, ev = cfg.sft, cfg.record, cfg.eval
     checks = [
         (cfg.run.total_updates >= 1, "run.total_updates must be >= 1"),
         (a.num_actors >= 1, "actor.num_actors must be >= 1"),
@@ -420,8 +525,8 @@ def validate(cfg: Config) -> list[str]:
         (e.state_dim in (7, 8) and (e.kind != "synthetic" or e.state_dim == 8),
          "env.state_dim must be 8 or 7 (7 only for libero/robosuite)"),
         (e.settle_steps >= 0, "env.settle_steps must be >= 0"),
-        (cfg.run.mode == "train" or a.group_size == 1,
-         "run.mode=eval runs each task x trial once: set actor.group_size=1"),
+        (cfg.run.mode in ("train", "sft") or a.group_size == 1,
+         f"run.mode={cfg.run.mode} runs each task x episode once: set actor.group_size=1"),
         (1 <= cfg.eval.num_trials <= 1000, "eval.num_trials must be in 1..1000"),
         (cfg.video.train_every >= 0 and cfg.video.eval_per_task >= 0 and cfg.video.fps >= 1
          and cfg.video.max_frames >= 1, "video: train_every, eval_per_task >= 0; fps, "
@@ -431,6 +536,28 @@ def validate(cfg: Config) -> list[str]:
         (cfg.run.max_duration_s >= 0, "run.max_duration_s must be >= 0"),
         (len(L.group_mean_bounds) in (0, 2) and list(L.group_mean_bounds) ==
          sorted(L.group_mean_bounds), "learner.group_mean_bounds: [] or [low, high], low <= high"),
+        (cfg.run.mode != "sft" or bool(cfg.sft.datasets),
+         "run.mode=sft needs sft.datasets: HDF5 files or folders (a record run's dataset)"),
+        (s.steps >= 1 and s.batch_size >= 1 and s.lr > 0 and 0 <= s.val_fraction < 1 and
+         s.val_every >= 1 and s.checkpoint_every >= 1 and s.random_shift >= 0 and
+         s.max_episodes >= 0 and s.lr_warmup_steps >= 0 and 0 <= s.min_lr_ratio <= 1,
+         "sft: steps, batch_size, val_every, checkpoint_every >= 1; lr > 0; val_fraction in "
+         "[0, 1); random_shift, max_episodes, lr_warmup_steps >= 0; min_lr_ratio in [0, 1]"),
+        (s.loss == "auto" or m.kind == "cnn_gaussian",
+         f"sft.loss={s.loss} is for cnn_gaussian; {m.kind} trains with its own (auto)"),
+        (r.episodes_per_task >= 1 and r.first_state >= 0 and
+         r.first_state + r.episodes_per_task <= INIT_STRIDE and r.action_noise >= 0 and
+         0 <= r.compression <= 9 and r.max_pending >= 1,
+         f"record: episodes_per_task >= 1, first_state >= 0 and their sum <= {INIT_STRIDE}, "
+         "action_noise >= 0, compression in 0..9, max_pending >= 1"),
+        (ev.every_updates >= 0 and ev.trials_during_training >= 0 and
+         (not ev.every_updates or (ev.actors >= 1 and ev.envs_per_actor >= 1 and
+                                   ev.envs_per_actor % a.pipeline_stages == 0)),
+         "eval: every_updates, trials_during_training >= 0; with every_updates, actors >= 1 "
+         "and envs_per_actor a multiple of actor.pipeline_stages"),
+        (not e.held_out_eval_states or max(ev.num_trials, ev.trials_during_training)
+         <= EVAL_STATES, f"env.held_out_eval_states keeps state indices below {EVAL_STATES} "
+         f"for evaluation: eval.num_trials must be <= {EVAL_STATES}"),
         (cfg.profile.duration_s > 0 and cfg.profile.warmup_s >= 0 and
          cfg.profile.max_events >= 1 and cfg.profile.min_span_us >= 0,
          "profile.duration_s > 0, warmup_s >= 0, max_events >= 1, min_span_us >= 0"),

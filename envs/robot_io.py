@@ -73,8 +73,27 @@ def to_env_action(action: np.ndarray, convention: str) -> np.ndarray:
 
 def orient(raw: np.ndarray, orientation: str) -> np.ndarray:
     """An OpenGL image [H,W,3] (bottom row first) in the requested orientation, copied."""
+    return orient_batch(raw, orientation)
+
+
+def orient_batch(raw: np.ndarray, orientation: str) -> np.ndarray:
+    """OpenGL images [...,H,W,3] in the requested orientation, copied (an involution:
+    applied to oriented images it gives the OpenGL rows back)."""
     if orientation == "upright":
-        return np.ascontiguousarray(raw[::-1])
+        return np.ascontiguousarray(raw[..., ::-1, :, :])
     if orientation == "libero":
-        return np.ascontiguousarray(raw[::-1, ::-1])
+        return np.ascontiguousarray(raw[..., ::-1, ::-1, :])
     raise ValueError(f"unknown image orientation {orientation!r}; valid: {list(ORIENTATIONS)}")
+
+
+def policy_gripper(actions: np.ndarray, convention: str) -> np.ndarray:
+    """Env-convention actions [...,7] (gripper -1 open, +1 close) -> the policy's
+    convention (the target of behaviour cloning): ``env`` unchanged; ``openvla`` and
+    ``starvla`` have the gripper in [0, 1] with 1 = open, so -1 -> 1 and +1 -> 0."""
+    out = np.array(actions, np.float32, copy=True)
+    if convention in ("openvla", "starvla"):
+        out[..., -1] = 0.5 * (1.0 - np.clip(out[..., -1], -1.0, 1.0))
+    elif convention != "env":
+        raise ValueError(f"unknown gripper_convention {convention!r}; valid: "
+                         f"{list(GRIPPER_CONVENTIONS)}")
+    return out

@@ -100,6 +100,7 @@ class MujocoVectorEnv(VectorEnv):
         self.num_envs, self.group_size, self.opts = num_envs, group_size, opts
         self.state_dim, self.action_dim = opts.state_dim, 7
         self.max_episode_steps = opts.max_episode_steps
+        self.image_orientation = opts.orientation
         self.gl = SharedGL(opts.image_size)
         self.slots = [Slot() for _ in range(num_envs)]
         self.assets: dict[tuple, ModelAssets] = {}  # by build key: one GL upload per scene
@@ -218,6 +219,21 @@ class MujocoVectorEnv(VectorEnv):
             states = state_8_to_7(states)
         return EnvObs(main, states.astype(np.float32, copy=False),
                       [self.slots[int(e)].instruction for e in env_ids], wrist)
+
+    def record_extras(self, env_ids: np.ndarray) -> dict:
+        """The simulator's state (MuJoCo's flattened time, qpos, qvel, as LIBERO's
+        ``states``), the arm's joint positions and LIBERO's eef/gripper observations."""
+        rows = []
+        for e in env_ids:
+            slot = self.slots[int(e)]
+            sim, robot = slot.sim_env.sim, slot.sim_env.robots[0]
+            state = slot.state.astype(np.float64)
+            rows.append({"states": np.asarray(sim.get_state().flatten(), np.float64),
+                         "joint_states": np.array(sim.data.qpos[robot._ref_joint_pos_indexes],
+                                                  np.float64),
+                         "ee_states": state[:6], "gripper_states": state[6:8],
+                         "ee_pos": state[:3], "ee_ori": state[3:6]})
+        return {k: np.stack([r[k] for r in rows]) for k in rows[0]} if rows else {}
 
     def frame(self, env_id: int) -> np.ndarray:
         """The main camera of one env now, upright (for videos)."""

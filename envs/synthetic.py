@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from envs.base import EnvObs, StepResult, VectorEnv
+from envs.base import EVAL_STATES, EnvObs, StepResult, VectorEnv
 
 COLOURS = {
     "red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 235),
@@ -36,7 +36,8 @@ class SyntheticReachEnv(VectorEnv):
                  num_targets: int = 3, max_episode_steps: int = 64,
                  target_radius: float = 0.12, agent_speed: float = 0.05,
                  progress_reward: float = 0.0, goal_in_state: bool = False,
-                 step_busy_ms: float = 0.0, step_sleep_ms: float = 0.0, action_dim: int = 7):
+                 step_busy_ms: float = 0.0, step_sleep_ms: float = 0.0, action_dim: int = 7,
+                 held_out: bool = False):
         if num_envs % group_size:
             raise ValueError(f"num_envs {num_envs} is not a multiple of group_size "
                              f"{group_size}")
@@ -56,10 +57,12 @@ class SyntheticReachEnv(VectorEnv):
         self.goal = np.zeros(num_envs, np.int64)
         self.steps = np.zeros(num_envs, np.int64)
         self.names = list(COLOURS)
+        self.held_out = held_out
 
     def sample_init_state(self, group: int, rng: np.random.Generator) -> int:
-        # Any integer seeds a layout: training draws from 2**31 of them.
-        return int(rng.integers(2**31))
+        # Any integer seeds a layout: training draws from 2**31 of them (held out: none
+        # of the evaluation trials' seeds, 0..EVAL_STATES-1).
+        return int(rng.integers(EVAL_STATES if self.held_out else 0, 2**31))
 
     def reset_group(self, group: int, init_state_id: int) -> None:
         rng = np.random.default_rng(init_state_id)

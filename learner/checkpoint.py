@@ -61,10 +61,17 @@ def save(log_dir: Path, learner, incarnation: int, counters: dict, received, tra
         "trained": trained.ranges(),
         "config": config,
     }
+    return save_state(log_dir, state, {"version": learner.version, "incarnation": incarnation,
+                                       "episodes_received": len(received)})
+
+
+def save_state(log_dir: Path, state: dict, meta: dict) -> Path:
+    """Write ``state`` to ``log_dir/checkpoint.pt`` and ``meta`` (with ``version`` and
+    ``incarnation``) to ``checkpoint.json``, each atomically, the .json last."""
+    import torch
     path = Path(log_dir) / CHECKPOINT
     _write_atomically(path, lambda f: torch.save(state, f))
-    meta = {"file": CHECKPOINT, "version": learner.version, "incarnation": incarnation,
-            "episodes_received": len(received), "saved_at": time.time()}
+    meta = dict(meta, file=CHECKPOINT, saved_at=time.time())
     _write_atomically(Path(log_dir) / META, lambda f: f.write(json.dumps(meta).encode()))
     return path
 

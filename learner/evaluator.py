@@ -1,9 +1,12 @@
-"""Evaluation (``run.mode: eval``): the learner's place, without training.
+"""Evaluation and recording (``run.mode: eval`` / ``record``): the learner's place,
+without training.
 
 It sends the policy's weights (``model.checkpoint``, or fresh ones) to the inference
-servers as version 0, receives every evaluation episode exactly once (the same
-acknowledged delivery as training), and when every task x trial has arrived stops the
-actors and writes the per-task success table as JSON and Markdown, and prints it.
+servers as version 0 (a scripted expert's recording has no servers and no policy),
+receives every planned episode exactly once (the same acknowledged delivery as
+training), and when every task x trial has arrived stops the actors and writes the
+per-task success table as JSON and Markdown, and prints it (``eval_results`` or, for a
+recording, ``record_results``: the expert's own success per task).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 import zmq
 
 from configs import Config, to_dict
-from envs import eval_init_states
+from envs import planned_init_states
 from envs.base import split_init_state
 from learner.link import LearnerLinks
 from models import build_policy, pick_device
@@ -104,22 +107,24 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
     stop = stop or threading.Event()
     device = pick_device(cfg.learner.device)
     torch.manual_seed(cfg.run.seed)
-    policy = build_policy(cfg.model).to(device)
+    policy = build_policy(cfg.model).to(device) if cfg.inference_needed else None
     log_dir = Path(cfg.run.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    table = EvalTable(set(eval_init_states(cfg.env, cfg.eval.num_trials)))
+    table = EvalTable(set(planned_init_states(cfg)))
     own_ctx = ctx is None
     ctx = ctx or zmq.Context()
     links = LearnerLinks(cfg, ctx, "evaluator", device, weights=weights)
     try:
-        links.weights.send(0, policy)
-        log.info("evaluating %d episodes (%s, %d trials per task), weights from %s",
-                 len(table.expected), cfg.env.kind, cfg.eval.num_trials,
-                 cfg.model.checkpoint or "a fresh policy")
+        if policy is not None:
+            links.weights.send(0, policy)
+        acting = "the scripted expert" if policy is None else \
+            f"weights from {cfg.model.checkpoint or 'a fresh policy'}"
+        log.info("%s %d episodes (%s, %d tasks), %s", cfg.run.mode, len(table.expected),
+                 cfg.env.kind, len({split_init_state(i)[0] for i in table.expected}), acting)
         _collect(cfg, table, links, policy, stop)
         return 0 if table.complete else 1
     finally:
-        links.finish("evaluation finished" if table.complete else "stopped")
+        links.finish(f"{cfg.run.mode} finished" if table.complete else "stopped")
         _write_results(cfg, table)
         links.close()
         if own_ctx:
@@ -130,7 +135,8 @@ def _collect(cfg: Config, table: EvalTable, links: LearnerLinks, policy, stop) -
     shown = time.monotonic()
     while not table.complete and not stop.is_set():
         links.check()
-        links.admit(0, policy)
+        if policy is not None:
+            links.admit(0, policy)
         try:
             group = links.ready.get(timeout=0.2)
         except queue.Empty:
@@ -139,18 +145,28 @@ def _collect(cfg: Config, table: EvalTable, links: LearnerLinks, policy, stop) -
             table.add(ep)
         if time.monotonic() - shown >= cfg.run.progress_every_s or table.complete:
             shown = time.monotonic()
-            log.info("eval %d/%d episodes | mean success so far %.3f",
+            log.info("%s %d/%d episodes | mean success so far %.3f", cfg.run.mode,
                      len(table.seen), len(table.expected), table.mean_success)
 
 
 def _write_results(cfg: Config, table: EvalTable) -> None:
-    log_dir, name = Path(cfg.run.log_dir), cfg.eval.results_name
-    title = (f"{cfg.env.suite if cfg.env.kind == 'libero' else cfg.env.kind} evaluation: "
-             f"{cfg.eval.num_trials} trials per task, "
-             f"{'deterministic' if cfg.actor.deterministic else 'sampled'} actions")
+    log_dir = Path(cfg.run.log_dir)
+    env = cfg.env.suite if cfg.env.kind == "libero" else \
+        (cfg.env.task if cfg.env.kind == "robosuite" else cfg.env.kind)
+    if cfg.run.mode == "record":
+        name = "record_results"
+        r = cfg.record
+        who = "scripted expert" if r.source == "expert" else \
+            f"policy ({'deterministic' if cfg.actor.deterministic else 'sampled'})"
+        title = (f"{env} recording: {r.episodes_per_task} episodes per task from state "
+                 f"{r.first_state}, {who}, action noise {r.action_noise}")
+    else:
+        name = cfg.eval.results_name
+        title = (f"{env} evaluation: {cfg.eval.num_trials} trials per task, "
+                 f"{'deterministic' if cfg.actor.deterministic else 'sampled'} actions")
     results = dict(table.to_json(), title=title, checkpoint=cfg.model.checkpoint,
                    config=to_dict(cfg))
     (log_dir / f"{name}.json").write_text(json.dumps(results, indent=1))
     markdown = table.to_markdown(title)
     (log_dir / f"{name}.md").write_text(markdown)
-    log.info("evaluation results in %s\n%s", log_dir / f"{name}.md", markdown)
+    log.info("%s results in %s\n%s", cfg.run.mode, log_dir / f"{name}.md", markdown)

@@ -35,9 +35,10 @@ class TrajectoryLink:
                                  expected=(ActorHello, Trajectory, ActorDone), routed=True)
         self.ready: queue.Queue = queue.Queue(maxsize=cfg.learner.max_ready_groups)
         a = cfg.actor
-        self.receiver = TrajectoryReceiver(self.endpoint, self.ready, a.num_actors, known_ids,
-                                           a.num_actors * a.envs_per_actor // a.group_size,
-                                           registry)
+        groups = a.num_actors * a.envs_per_actor // a.group_size + \
+            (cfg.total_actors - a.num_actors) * cfg.eval.envs_per_actor
+        self.receiver = TrajectoryReceiver(self.endpoint, self.ready, cfg.total_actors,
+                                           known_ids, groups, registry)
         self.receiver.start()
 
     def stop_actors(self, reason: str) -> None:

@@ -85,6 +85,8 @@ class TrajectoryReceiver(threading.Thread):
         self.discarded = IdSet()  # episodes of unfinished groups of dead incarnations
         self.refused_retired = self.unregistered = 0
         self._retire: "queue.SimpleQueue[tuple[int, int]]" = queue.SimpleQueue()
+        self._orders: "queue.SimpleQueue[tuple[tuple, object]]" = queue.SimpleQueue()
+        self.standing: dict[int, object] = {}  # actor -> its latest order, resent on hello
         self.log_limit = LogLimiter()
         self.draining = threading.Event()
         self.all_done = threading.Event()
@@ -102,6 +104,20 @@ class TrajectoryReceiver(threading.Thread):
         """``actor``'s ``incarnation`` is dead: discard its unfinished groups (thread-safe;
         done on the receiving thread)."""
         self._retire.put((actor, incarnation))
+
+    def order(self, actors: list[int], msg) -> None:
+        """Send ``msg`` (an EvalRound) to each of ``actors`` now or when it says hello,
+        and again after each later hello (thread-safe; sent by the receiving thread, the
+        socket's owner)."""
+        self._orders.put((tuple(actors), msg))
+
+    def _send_orders(self) -> None:
+        while not self._orders.empty():
+            actors, msg = self._orders.get()
+            for index in actors:
+                self.standing[index] = msg
+                if index in self.peers:
+                    self.endpoint.send(msg, self.peers[index])
 
     def _discard_retired(self) -> None:
         while not self._retire.empty():
@@ -128,6 +144,7 @@ class TrajectoryReceiver(threading.Thread):
         stopped: set[int] = set()
         while not self.halt.is_set():
             self._discard_retired()
+            self._send_orders()
             if self.draining.is_set():
                 self._check_done()
                 for idx, peer in self.peers.items():
@@ -156,6 +173,8 @@ class TrajectoryReceiver(threading.Thread):
             self.peers[msg.actor_index] = peer
             log.info("actor %d connected (%d envs, groups of %d)", msg.actor_index,
                      msg.num_envs, msg.group_size)
+            if msg.actor_index in self.standing and not self.draining.is_set():
+                self.endpoint.send(self.standing[msg.actor_index], peer)
         elif isinstance(msg, Trajectory):
             self._take(peer, msg)
         elif isinstance(msg, ActorDone):

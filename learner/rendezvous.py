@@ -226,7 +226,7 @@ class Rendezvous(threading.Thread):
 
     def _slots(self, role: str) -> int:
         cfg = self.registry.cfg
-        return cfg.inference.num_servers if role == "inference" else cfg.actor.num_actors
+        return cfg.inference.num_servers if role == "inference" else cfg.total_actors
 
     def _refuse(self, peer: bytes, code: str, text: str) -> None:
         self.endpoint.send(ErrorReply(-1, code, text), peer)

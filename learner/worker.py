@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import json
 import logging
@@ -18,6 +19,7 @@ from configs import Config, to_dict
 from learner import checkpoint
 from learner.batch import build_batch, group_lag, informative_groups, within_mean_bounds
 from learner.core import Learner
+from learner.eval_rounds import EvalRounds
 from learner.link import LearnerLinks
 from models import build_policy, pick_device
 from profiling.recorder import OFF, make_profiler
@@ -39,6 +41,8 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
     device = pick_device(cfg.learner.device)
     torch.manual_seed(cfg.run.seed)
     policy = build_policy(cfg.model).to(device)
+    if cfg.model.checkpoint:
+        log.info("weights from model.checkpoint %s", cfg.model.checkpoint)
     learner = Learner(policy, cfg.learner, cfg.inference.temperature, device, cfg.run.seed,
                       cfg.run.total_updates)
     L = cfg.learner
@@ -74,6 +78,7 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
         prof.count("bytes_sent:learner->actor", endpoint.bytes_sent)
         prof.write(log_dir)
         writer.close()
+        _plot(log_dir)
         links.close()
         if own_ctx:
             ctx.term()
@@ -91,6 +96,9 @@ class Books:
         counters = counters or {}
         self.trained_twice = int(counters.get("trained_twice", 0))
         self.stale_dropped = int(counters.get("stale_dropped", 0))
+        self.env_steps = int(counters.get("env_steps", 0))  # of training episodes received
+        self.after_training = int(counters.get("after_training", 0))
+        self.dropped_while_evaluating = int(counters.get("dropped_while_evaluating", 0))
 
     @classmethod
     def resumed(cls, log_dir: Path, learner: Learner) -> "Books":
@@ -108,7 +116,9 @@ class Books:
                 self.trained_twice += not self.trained.add(ep.episode_id)
 
     def counters(self) -> dict:
-        return {"trained_twice": self.trained_twice, "stale_dropped": self.stale_dropped}
+        return {"trained_twice": self.trained_twice, "stale_dropped": self.stale_dropped,
+                "env_steps": self.env_steps, "after_training": self.after_training,
+                "dropped_while_evaluating": self.dropped_while_evaluating}
 
     def save(self, cfg: Config, learner: Learner) -> None:
         path = checkpoint.save(Path(cfg.run.log_dir), learner, cfg.run.incarnation,
@@ -176,18 +186,47 @@ def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, wri
     grpo = L.algorithm == "grpo"  # the group filters are GRPO's; PPO needs no groups
     weight_bytes = sum(t.numel() * t.element_size() for t in learner.policy.state_dict().values())
     deadline = time.monotonic() + cfg.time_limit_s if cfg.time_limit_s else float("inf")
+    rounds = EvalRounds(cfg, links.receiver, writer, Path(cfg.run.log_dir)) \
+        if cfg.eval_rounds else None
+    sent_version = learner.version  # run() sent these weights before training
+    held: collections.deque = collections.deque()  # training groups held during a round
     while not stop.is_set():
-        if learner.version >= cfg.update_limit or time.monotonic() >= deadline:
+        ended = learner.version >= cfg.update_limit or time.monotonic() >= deadline
+        if ended and (rounds is None or rounds.finished_at(learner.version)):
             return True
         links.check()
         links.admit(learner.version, learner.policy)  # (re)started servers join here
-        began = time.time()
-        try:
-            group = links.ready.get(timeout=0.2)
-        except queue.Empty:
+        if rounds is not None:
+            if ended and sent_version != learner.version:  # the final round's weights
+                links.weights.send(learner.version, learner.policy)
+                sent_version = learner.version
+            rounds.tick(learner.version, books.env_steps, final=ended)
+        # While a round runs with eval.pause_training (and after the last update) the
+        # weights hold still: training groups wait (up to max_ready_groups, the rest are
+        # dropped and counted), but the queue keeps moving for the evaluation episodes.
+        paused = ended or (rounds is not None and rounds.running and cfg.eval.pause_training)
+        if held and not paused:
+            group = held.popleft()
+        else:
+            began = time.time()
+            try:
+                group = links.ready.get(timeout=0.2)
+            except queue.Empty:
+                prof.add("wait_data", began, time.time())
+                continue
             prof.add("wait_data", began, time.time())
-            continue
-        prof.add("wait_data", began, time.time())
+            if rounds is not None and rounds.owns(group):
+                rounds.add(group)
+                continue
+            if paused:
+                if ended:
+                    books.after_training += len(group)
+                elif len(held) < L.max_ready_groups:
+                    held.append(group)
+                else:
+                    books.dropped_while_evaluating += len(group)
+                continue
+        books.env_steps += sum(ep.env_steps for ep in group)
         update.add_group(group)
         shown.add_group(group)
         for ep in group:
@@ -223,7 +262,9 @@ def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, wri
         if learner.version % L.sync_every == 0 or learner.version == cfg.update_limit:
             with prof.span("broadcast", version=learner.version, bytes=weight_bytes):
                 links.weights.send(learner.version, learner.policy)
+            sent_version = learner.version
         metrics.update(update.metrics())
+        metrics["perf/total_env_steps"] = books.env_steps
         for key, value in metrics.items():
             writer.add_scalar(key, value, learner.version)
         update.reset()
@@ -244,6 +285,17 @@ def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, wri
     return False
 
 
+def _plot(log_dir: Path) -> None:
+    """``curves.png`` beside the TensorBoard logs; a failure costs only the picture."""
+    from learner.curves import plot_runs
+
+    try:
+        log.info("learning curves: %s", plot_runs({log_dir.name: log_dir},
+                                                  log_dir / "curves.png"))
+    except Exception as exc:  # noqa: BLE001 -- a plot must never fail a finished run
+        log.warning("no learning-curve plot: %s: %s", type(exc).__name__, exc)
+
+
 def _limit_text(cfg: Config) -> str:
     if cfg.profile.enabled:
         return f"({cfg.time_limit_s:.0f} s profile)"
@@ -258,6 +310,9 @@ def _write_summary(log_dir: Path, learner: Learner, links: LearnerLinks, books: 
         "trained_episode_id_ranges": books.trained.ranges(),
         "trained_twice": books.trained_twice,
         "stale_episodes_dropped": books.stale_dropped,
+        "received_during_final_eval_round": books.after_training,
+        "dropped_while_evaluating": books.dropped_while_evaluating,
+        "training_env_steps": books.env_steps,
         "episodes_received": len(receiver.received),
         "episode_id_ranges": receiver.received.ranges(),
         "duplicates": receiver.duplicates,

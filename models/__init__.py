@@ -11,12 +11,15 @@ def build_policy(cfg: ModelConfig) -> Policy:
     ``cfg.checkpoint``'s weights when set (a chunkrl checkpoint of the same config)."""
     policy = _fresh_policy(cfg)
     if cfg.checkpoint:
-        load_checkpoint(policy, cfg.checkpoint)
+        load_checkpoint(policy, cfg.checkpoint, cfg)
     return policy
 
 
-def load_checkpoint(policy: Policy, path: str) -> None:
-    """Load the weights of a chunkrl ``checkpoint.pt`` (as the learner writes it)."""
+def load_checkpoint(policy: Policy, path: str, cfg: ModelConfig | None = None) -> None:
+    """Load the weights of a chunkrl ``checkpoint.pt`` (the learner's or behaviour
+    cloning's). A value head the checkpoint lacks (PPO after behaviour cloning) starts
+    fresh. A ``dataset_statistics.json`` beside it (behaviour cloning writes one) becomes
+    a VLA's action normalisation, under ``model.unnorm_key`` or else the checkpoint's."""
     from pathlib import Path
 
     file = Path(path)
@@ -25,11 +28,22 @@ def load_checkpoint(policy: Policy, path: str) -> None:
                                 "checkpoint.pt of a finished run (runs/<name>/checkpoint.pt)")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
-        policy.load_state_dict(state["model"])
+        missing, unexpected = policy.load_state_dict(state["model"], strict=False)
+        missing = [k for k in missing if not k.startswith("value_head.")]
+        if missing or unexpected:
+            raise KeyError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     except Exception as exc:
         raise ValueError(f"model.checkpoint {path!r} cannot be loaded into model.kind's "
                          f"policy ({type(exc).__name__}: {str(exc).splitlines()[0]}); is "
                          "it a chunkrl checkpoint.pt of the same model config?") from exc
+    stats = file.parent / "dataset_statistics.json"
+    if hasattr(policy, "norm") and stats.is_file():
+        from models.action_norm import ActionNorm
+
+        key = (cfg.unnorm_key if cfg else "") or state.get("unnorm_key", "")
+        policy.norm = ActionNorm.from_statistics(
+            stats, key, cfg.action_stats if cfg else "q01q99",
+            bool(cfg and cfg.kind == "qwen_oft" and cfg.binarize_gripper))
 
 
 def _fresh_policy(cfg: ModelConfig) -> Policy:

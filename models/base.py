@@ -59,6 +59,21 @@ class Policy(nn.Module, abc.ABC):
     def evaluate(self, inputs: dict, actions: torch.Tensor, temperature: float) -> Evaluation:
         """Log-probs and entropy of ``actions`` [B,T,D]; gradients flow."""
 
+    def bc_loss(self, inputs: dict, actions: torch.Tensor, mask: torch.Tensor,
+                kind: str = "auto") -> torch.Tensor:
+        """Behaviour cloning: the loss of target chunks ``actions`` [B,T,D] (env units,
+        the policy's gripper convention), averaged over the steps where ``mask`` [B,T] is
+        true. ``kind``: ``auto`` is the model family's own training loss."""
+        raise NotImplementedError(f"{type(self).__name__} has no behaviour-cloning loss")
+
+
+def masked_chunk_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` [B,T,D] (or [B,T]) over the steps where ``mask`` [B,T] is true."""
+    m = mask.to(values.dtype)
+    if values.dim() == 3:
+        return (values * m.unsqueeze(-1)).sum() / (m.sum() * values.shape[-1]).clamp_min(1)
+    return (values * m).sum() / m.sum().clamp_min(1)
+
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The model under peft's LoRA wrapper, if any."""

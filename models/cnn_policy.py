@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from envs.base import EnvObs
-from models.base import Evaluation, Policy, PolicyOutput
+from models.base import Evaluation, Policy, PolicyOutput, masked_chunk_mean
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -123,3 +123,14 @@ class CNNGaussianPolicy(Policy):
         mean, log_std, values = self._distribution(inputs, temperature)
         entropy = (0.5 + LOG_SQRT_2PI + log_std).expand_as(mean)
         return Evaluation(self._log_prob(actions, mean, log_std), entropy, values)
+
+    def bc_loss(self, inputs: dict, actions: torch.Tensor, mask: torch.Tensor,
+                kind: str = "auto") -> torch.Tensor:
+        """``nll`` (``auto``): the Gaussian's negative log-likelihood, which fits the mean
+        and the log-std; ``mse``: squared error of the mean (the log-std untouched)."""
+        mean, log_std, _ = self._distribution(inputs, 1.0)
+        if kind in ("auto", "nll"):
+            return masked_chunk_mean(-self._log_prob(actions, mean, log_std), mask)
+        if kind == "mse":
+            return masked_chunk_mean((actions - mean) ** 2, mask)
+        raise ValueError(f"sft.loss={kind!r} is not a loss of cnn_gaussian; use nll or mse")

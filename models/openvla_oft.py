@@ -29,7 +29,7 @@ from torch import nn
 from envs.base import EnvObs
 from models.action_norm import ActionNorm
 from models.action_tokens import NUM_BINS, actions_to_tokens, bin_index, tokens_to_actions
-from models.base import Evaluation, Policy, PolicyOutput, unwrap
+from models.base import Evaluation, Policy, PolicyOutput, masked_chunk_mean, unwrap
 from models.qwen_oft import (IMAGE_PAD, VISION_END, VISION_START, backbone_states,
                              camera_views, encode_batch)
 
@@ -145,3 +145,17 @@ class OpenVLAOFTPolicy(Policy):
         probs = logp.exp()
         entropy = -(probs * logp.masked_fill(probs == 0, 0.0)).sum(-1)
         return Evaluation(self._shape(logprobs), self._shape(entropy), value)
+
+    def bc_loss(self, inputs: dict, actions: torch.Tensor, mask: torch.Tensor,
+                kind: str = "auto") -> torch.Tensor:
+        """OpenVLA-OFT's discrete objective: cross-entropy of each action token (the
+        target's bin among the 256) from the one parallel pass over the placeholders."""
+        if kind != "auto":
+            raise ValueError(f"sft.loss={kind!r}: openvla_oft trains with cross-entropy on "
+                             "its action tokens; set sft.loss=auto")
+        logits, _ = self._logits(inputs)
+        logp = logits.log_softmax(-1)
+        normalised = self.norm.to_policy(actions.to(logits.device)).flatten(1)
+        target = bin_index(actions_to_tokens(normalised, self.vocab_size), self.vocab_size)
+        nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        return masked_chunk_mean(self._shape(nll), mask.to(logits.device))

@@ -30,7 +30,7 @@ from torch import nn
 
 from envs.base import EnvObs
 from models.action_norm import ActionNorm
-from models.base import Evaluation, Policy, PolicyOutput, unwrap
+from models.base import Evaluation, Policy, PolicyOutput, masked_chunk_mean, unwrap
 
 ACTION_TOKEN = "🔍"
 IMAGE_PAD, VISION_START, VISION_END = "<|image_pad|>", "<|vision_start|>", "<|vision_end|>"
@@ -239,3 +239,14 @@ class QwenOFTPolicy(Policy):
         logprobs = self._logprob(self.norm.to_policy(actions.to(mean.device)), mean, std)
         entropy = (0.5 + LOG_SQRT_2PI + std.log()).expand_as(mean)
         return Evaluation(logprobs, entropy, value)
+
+    def bc_loss(self, inputs: dict, actions: torch.Tensor, mask: torch.Tensor,
+                kind: str = "auto") -> torch.Tensor:
+        """StarVLA's QwenOFT objective: L1 between the head's chunk and the target chunk,
+        in the normalised action space."""
+        if kind != "auto":
+            raise ValueError(f"sft.loss={kind!r}: qwen_oft trains with its own L1 loss; "
+                             "set sft.loss=auto")
+        mean, _ = self._heads(inputs)
+        target = self.norm.to_policy(actions.to(mean.device))
+        return masked_chunk_mean((mean - target).abs(), mask.to(mean.device))

@@ -13,6 +13,7 @@ from protocol.messages import (
     ActorDone,
     ActorHello,
     ErrorReply,
+    EvalRound,
     Heartbeat,
     ObsRequest,
     Register,
@@ -24,6 +25,7 @@ from protocol.messages import (
 
 __all__ = [
     "SCHEMA_VERSION", "Envelope", "ProtocolError", "decode", "encode", "MESSAGE_TYPES",
-    "ActionReply", "ActorDone", "ActorHello", "ErrorReply", "ObsRequest", "StopActors",
+    "ActionReply", "ActorDone", "ActorHello", "ErrorReply", "EvalRound", "ObsRequest",
+    "StopActors",
     "Trajectory", "TrajectoryAck", "Register", "Heartbeat", "Roster",
 ]

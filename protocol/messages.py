@@ -123,6 +123,15 @@ class StopActors:
 
 
 @dataclass(frozen=True)
+class EvalRound:
+    """Learner -> an evaluation actor: run every evaluation trial once, deterministically,
+    with weights of at least ``policy_version`` (resent when the actor says hello again)."""
+
+    round: int = scalar(int, "the round's number, from 0; a repeated number is ignored")
+    policy_version: int = scalar(int, "replies acted by older weights are asked again")
+
+
+@dataclass(frozen=True)
 class ActorDone:
     """An actor has delivered everything and is exiting."""
 
@@ -175,5 +184,5 @@ class Roster:
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (ObsRequest, ActionReply, ErrorReply, ActorHello, Trajectory,
-                TrajectoryAck, StopActors, ActorDone, Register, Heartbeat, Roster)
+                TrajectoryAck, StopActors, EvalRound, ActorDone, Register, Heartbeat, Roster)
 }

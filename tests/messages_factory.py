@@ -3,8 +3,8 @@
 import numpy as np
 
 from protocol.messages import (
-    ActionReply, ActorDone, ActorHello, ErrorReply, Heartbeat, ObsRequest, Register, Roster,
-    StopActors, Trajectory, TrajectoryAck,
+    ActionReply, ActorDone, ActorHello, ErrorReply, EvalRound, Heartbeat, ObsRequest, Register,
+    Roster, StopActors, Trajectory, TrajectoryAck,
 )
 
 rng = np.random.default_rng(0)
@@ -51,7 +51,7 @@ def every_message() -> list:
                     np.ones(1, np.float32)),
         ErrorReply(-1, "bad_shape", "states must be [B,S]"),
         ActorHello(3, 16, 8), trajectory(), trajectory(final=True), TrajectoryAck(12, True),
-        StopActors("training finished"), ActorDone(1, 100, 6400),
+        StopActors("training finished"), EvalRound(2, 150), ActorDone(1, 100, 6400),
         Register("inference", 1, 257, "tcp://10.0.0.2:5553", 3),
         Register("actor", 0, 0, "", -1),
         Heartbeat("actor", 0, 3),

@@ -45,6 +45,13 @@ def test_dotted_overrides_are_typed():
     ("actor.envs_per_actor=12", ["multiple of pipeline_stages*group_size"]),
     ("run.log_dir=${run.nope}", ["${run.nope}"]),
     ("learner", ["must look like section.key=value"]),
+    ("run.mode=sft", ["run.mode=sft needs sft.datasets"]),
+    ("run.mode=record", ["set actor.group_size=1"]),
+    ("record.episodes_per_task=950", ["record:", "sum <= 1000"]),
+    ("record.action_noise=-1", ["action_noise >= 0"]),
+    ("sft.val_fraction=1.0", ["val_fraction in [0, 1)"]),
+    ("sft.loss=l1", ["choose one of", "nll"]),
+    ("eval.every_updates=-1", ["every_updates"]),
 ])
 def test_bad_values_fail_with_a_message_naming_them(override, words):
     with pytest.raises(ConfigError) as info:
@@ -78,6 +85,22 @@ def test_every_field_is_documented():
                 walk(f.type)
     from configs import schema
     for cls in (schema.RunConfig, schema.NetworkConfig, schema.EnvConfig, schema.ModelConfig,
-                schema.ActorConfig, schema.InferenceConfig, schema.LearnerConfig, Config):
+                schema.ActorConfig, schema.InferenceConfig, schema.LearnerConfig,
+                schema.EvalConfig, schema.RecordConfig, schema.SFTConfig, Config):
         walk(cls)
     assert Path(ROOT / "configs" / "synthetic_grpo.yaml").exists()
+
+
+def test_cross_field_rules_of_the_demonstration_chain():
+    base = ROOT / "configs/synthetic_nogoal.yaml"
+    with pytest.raises(ConfigError, match="multiple of actor.pipeline_stages"):
+        load_config(base, ["eval.envs_per_actor=3"])
+    with pytest.raises(ConfigError, match="held_out_eval_states keeps state indices below 100"):
+        load_config(base, ["eval.num_trials=200"])
+    with pytest.raises(ConfigError, match="cnn_gaussian"):
+        load_config(base, ["sft.loss=mse", "model.kind=qwen_oft", "model.model_path=x"])
+    cfg = load_config(base, ["eval.actors=2"])
+    assert cfg.total_actors == cfg.actor.num_actors + 2 and cfg.is_eval_actor(3)
+    assert not cfg.is_eval_actor(1) and cfg.inference_needed
+    record = load_config(base, ["run.mode=record", "actor.group_size=1"])
+    assert record.total_actors == record.actor.num_actors and not record.inference_needed

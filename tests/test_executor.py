@@ -75,3 +75,57 @@ def test_a_failed_reset_draws_another_state_in_training_and_raises_in_eval():
     with pytest.raises(RuntimeError, match="initial state 101"):
         StageExecutor(env, [0], 4, IdSource(0), lambda group: next(seeds),
                       resample_failed_resets=False)
+
+
+class _Hook:
+    """Keeps what the executor shows a hook."""
+
+    wants_observations = True
+
+    def __init__(self):
+        self.steps, self.resets, self.ends = [], [], []
+
+    def on_reset(self, env_id, episode_id, init_state_id):
+        self.resets.append((env_id, init_state_id))
+
+    def on_step(self, env_ids, obs, actions, result):
+        self.steps.append((env_ids.copy(), obs, actions.copy(), result))
+
+    def on_end(self, env_id, instruction, success):
+        self.ends.append((env_id, success))
+
+
+def test_an_expert_acts_closed_loop_and_hooks_see_each_step_before_it():
+    from experts.synthetic import ReachExpert
+
+    env = SyntheticReachEnv(num_envs=2, group_size=2, image_size=32, max_episode_steps=40,
+                            agent_speed=0.02, target_radius=0.05)
+    hook, seeds = _Hook(), iter(range(100, 200))
+    stage = StageExecutor(env, [0], 4, IdSource(0), lambda group: next(seeds), [hook],
+                          expert=ReachExpert(env))
+    first = stage.observe()
+    stage.execute(None, None, None, 0)
+    assert len(hook.steps) == 4 and hook.resets == [(0, 100), (1, 100)]
+    # step 0 is shown the observation the chunk was asked with; later ones a fresh one
+    np.testing.assert_array_equal(hook.steps[0][1].main_images, first.main_images)
+    for k, (ids, obs, actions, _) in enumerate(hook.steps):
+        goal = env.targets[ids, env.goal[ids]]
+        # each action heads for the goal from where the agent was just before it
+        before = obs.states[:, :2]
+        expected = np.clip((goal - before) / env.speed, -1, 1)
+        np.testing.assert_allclose(actions[:, :2], expected, atol=1e-5)
+    rec = stage.records[0]
+    np.testing.assert_allclose(rec.rows["actions"][0][:, :2],
+                               np.stack([s[2][0, :2] for s in hook.steps]), atol=1e-6)
+
+
+def test_action_noise_perturbs_the_arm_dims_only_within_bounds():
+    env, _ = _stage(2)
+    seeds = iter(range(100, 200))
+    stage = StageExecutor(env, [0], 2, IdSource(0), lambda group: next(seeds),
+                          action_noise=0.5, seed=1)
+    actions = np.zeros((64, 7), np.float32)
+    actions[:, -1] = 1.0
+    noisy = stage._perturb(actions)
+    assert noisy[:, :-1].std() > 0.3 and np.abs(noisy).max() <= 1.0
+    np.testing.assert_array_equal(noisy[:, -1], 1.0)  # the gripper is not jittered

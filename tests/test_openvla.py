@@ -12,7 +12,7 @@ import torch
 
 from configs import ModelConfig
 from envs.base import EnvObs
-from models.action_tokens import CENTRES, actions_to_tokens, tokens_to_actions
+from models.action_tokens import CENTRES, actions_to_tokens, bin_index, tokens_to_actions
 from models.vla_loading import CheckpointError, load_openvla_oft
 from tests.conftest import ROOT
 from tests.vla_factory import STATS, check_oft_decoding, make_qwen_vl
@@ -143,3 +143,28 @@ def test_the_two_top_bins_are_one_action():
     v = 300
     ids = torch.tensor([v - 256, v - 255])
     assert torch.equal(actions_to_tokens(tokens_to_actions(ids, v), v), torch.tensor([v - 255] * 2))
+
+
+def test_behaviour_cloning_loss_is_token_cross_entropy_and_falls(base):
+    torch.manual_seed(0)
+    policy = load_openvla_oft(_cfg(base))
+    inputs = policy.prepare(_obs(2), CPU)
+    target = policy.norm.to_env(torch.rand(2, 8, 7) * 1.6 - 0.8)
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    mask[1, 5:] = False
+    with torch.no_grad():  # by hand: -log p(target bin), over the unmasked tokens
+        logp = policy._logits(inputs)[0].log_softmax(-1)
+        bins = bin_index(actions_to_tokens(policy.norm.to_policy(target).flatten(1),
+                                           policy.vocab_size), policy.vocab_size)
+        nll = -logp.gather(-1, bins.unsqueeze(-1)).squeeze(-1).view(2, 8, 7)
+        want = nll[mask].mean()
+        assert float(policy.bc_loss(inputs, target, mask)) == pytest.approx(float(want), rel=1e-5)
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        loss = policy.bc_loss(inputs, target, mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0] - 0.5

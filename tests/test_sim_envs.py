@@ -279,3 +279,36 @@ def test_a_failed_reset_rebuilds_the_simulator(lift):
     obs = lift.observe(np.array([0, 1]))
     assert np.array_equal(obs.main_images[0], obs.main_images[1])  # still a group
     assert lift.step(np.array([0, 1]), np.repeat(NOOP, 2, 0)).errors == ["", ""]
+
+
+def test_generated_libero_states_are_seeded_new_placements(libero):
+    """State index >= 50: the task's own sampler, seeded by the id, never an official state."""
+    from envs.libero import LiberoSuite
+
+    official = LiberoSuite("libero_spatial").init_states(0)
+    sims = []
+    for state in (150, 150, 151):
+        libero.reset_group(0, state)
+        sims.append(libero.record_extras(np.array([0, 1]))["states"])
+    np.testing.assert_array_equal(sims[0][0], sims[0][1])  # a group starts alike
+    np.testing.assert_array_equal(sims[0], sims[1])  # the same id, the same placement
+    assert not np.array_equal(sims[0][0], sims[2][0])
+    libero.reset_group(0, 3)  # an official state, after settling
+    settled = libero.record_extras(np.array([0]))["states"][0]
+    qpos = slice(1, 1 + libero.slots[0].sim_env.sim.model.nq)
+    # an official state and a generated one put the objects in different places
+    assert np.abs(settled[qpos] - sims[0][0][qpos]).max() > 1e-3
+    assert official.shape[1] == settled.shape[0]
+
+
+def test_held_out_training_never_draws_an_evaluation_state(libero):
+    from envs.base import EVAL_STATES
+
+    rng = np.random.default_rng(0)
+    libero.held_out = True
+    try:
+        draws = [libero.sample_init_state(g, rng) % INIT_STRIDE for g in range(200)]
+    finally:
+        libero.held_out = False
+    assert min(draws) >= EVAL_STATES
+    assert max(libero.sample_init_state(0, rng) % INIT_STRIDE for _ in range(100)) < 50

@@ -286,3 +286,27 @@ def test_starvla_cot_prompt_wraps_the_instruction(ckpts, tmp_path):
     text = policy.tokenizer.decode(inputs["input_ids"][0])
     assert "Your task is pick up the black bowl Please predict the next 8 robot actions: " \
         "<action>" in text and text.count("Think about the objects.") == 1
+
+
+def test_behaviour_cloning_loss_is_l1_in_the_normalised_space_and_falls(ckpts):
+    torch.manual_seed(0)
+    _, run = ckpts
+    policy = build_policy(_cfg(run, unnorm_key="libero_spatial"))
+    inputs = policy.prepare(_obs(2), CPU)
+    target = policy.norm.to_env(torch.rand(2, 8, 7) * 1.6 - 0.8)
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    with torch.no_grad():
+        mean = policy._heads(inputs)[0]  # the head's chunk, normalised (before clamping)
+        want = (mean - policy.norm.to_policy(target)).abs().mean()
+        assert float(policy.bc_loss(inputs, target, mask)) == pytest.approx(float(want), rel=1e-4)
+    with pytest.raises(ValueError, match="own L1"):
+        policy.bc_loss(inputs, target, mask, "mse")
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        loss = policy.bc_loss(inputs, target, mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.7 * losses[0]

@@ -1,0 +1,125 @@
+"""One command per experiment: record -> SFT -> eval -> RL -> eval, and the table.
+
+    python scripts/reproduce.py synthetic        # or: lift, libero_spatial
+    python scripts/reproduce.py lift --ppo       # PPO instead of GRPO for the RL stage
+    python scripts/reproduce.py synthetic --scratch   # also RL from scratch, for comparison
+
+Each stage is one ``launch.py`` run of the experiment's config with its own log folder
+under ``runs/<experiment>/`` (``record``, ``sft``, ``eval_sft``, ``rl``, ``eval_rl``,
+``scratch``). A stage whose result is already there is skipped (delete its folder to run
+it again), so an interrupted chain continues where it stopped. At the end the before/after
+table (evaluation of the SFT checkpoint, then of the RL one: the same initial states,
+deterministic) is printed and written to ``runs/<experiment>/results.md`` with each
+stage's wall-clock time, and ``curves.png`` (success against env steps and time) beside it.
+Extra ``key=value`` arguments go to every stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from learner.curves import plot_runs  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """The config every stage of an experiment runs."""
+
+    config: str
+
+
+EXPERIMENTS = {
+    "synthetic": Experiment("configs/synthetic_nogoal.yaml"),
+    "lift": Experiment("configs/robosuite_lift.yaml"),
+    "libero_spatial": Experiment("configs/libero_spatial_sft.yaml"),
+}
+PPO = ("learner.algorithm=ppo", "model.value_head=true", "learner.critic_warmup_updates=5",
+       "learner.update_epochs=2", "learner.global_batch_size=64")
+
+
+def stage(name: str, root: Path, config: str, args: list[str], done_file: str,
+          times: dict) -> Path:
+    """Run ``launch.py --config config *args`` with its log folder ``root/name``, unless
+    ``done_file`` is there already; returns the folder."""
+    folder = root / name
+    if (folder / done_file).exists():
+        print(f"== {name}: done before ({folder / done_file}), skipped", flush=True)
+        return folder
+    cmd = [sys.executable, str(ROOT / "launch.py"), "--config", str(ROOT / config), *args,
+           f"run.log_dir={folder}"]
+    print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+    began = time.monotonic()
+    code = subprocess.call(cmd, cwd=ROOT)
+    times[name] = time.monotonic() - began
+    if code != 0 or not (folder / done_file).exists():
+        raise SystemExit(f"stage {name} failed (exit {code}); see {folder}")
+    return folder
+
+
+def table(before: dict, after: dict, times: dict) -> str:
+    """Markdown: per task, success before (SFT) and after (RL), and the change."""
+    rows = ["| task | instruction | SFT | RL | change |", "|---:|---|---:|---:|---:|"]
+    after_tasks = {t["task_id"]: t for t in after["tasks"]}
+    for t in before["tasks"]:
+        a = after_tasks.get(t["task_id"], {}).get("success_rate", float("nan"))
+        rows.append(f"| {t['task_id']} | {t['instruction']} | {100 * t['success_rate']:.1f}% "
+                    f"| {100 * a:.1f}% | {100 * (a - t['success_rate']):+.1f} |")
+    b, a = before["mean_success_rate"], after["mean_success_rate"]
+    rows.append(f"| **mean** | ({before['episodes']} / {after['episodes']} episodes) | "
+                f"**{100 * b:.1f}%** | **{100 * a:.1f}%** | **{100 * (a - b):+.1f}** |")
+    rows += ["", "| stage | wall-clock |", "|---|---:|"]
+    rows += [f"| {k} | {v / 60:.1f} min |" for k, v in times.items()]
+    return "\n".join(rows) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    p.add_argument("overrides", nargs="*", help="key=value for every stage")
+    p.add_argument("--ppo", action="store_true", help="PPO (value head, GAE) for the RL stage")
+    p.add_argument("--scratch", action="store_true",
+                   help="also run the RL stage from a fresh policy, for comparison")
+    p.add_argument("--root", default=None, help="folder of the stages (runs/<experiment>)")
+    args = p.parse_args(argv)
+    exp = EXPERIMENTS[args.experiment]
+    root = Path(args.root or ROOT / "runs" / args.experiment).resolve()
+    extra = list(args.overrides)
+    rl = extra + (list(PPO) if args.ppo else [])
+    times: dict = {}
+    record = stage("record", root, exp.config, ["--record", *extra], "record_results.json",
+                   times)
+    sft = stage("sft", root, exp.config, ["--sft", f"sft.datasets=[{record / 'dataset'}]",
+                                          *extra], "sft_summary.json", times)
+    ckpt = f"model.checkpoint={sft / 'checkpoint.pt'}"
+    evaluate = ["--eval", "actor.deterministic=true"]
+    before = stage("eval_sft", root, exp.config, [*evaluate, ckpt, *extra],
+                   "eval/eval_results.json", times)
+    trained = stage("rl", root, exp.config, [ckpt, *rl], "learner_summary.json", times)
+    after = stage("eval_rl", root, exp.config,
+                  [*evaluate, f"model.checkpoint={trained / 'checkpoint.pt'}", *extra],
+                  "eval/eval_results.json", times)
+    runs = {"SFT -> RL": trained}
+    if args.scratch:
+        runs["RL from scratch"] = stage("scratch", root, exp.config, rl,
+                                        "learner_summary.json", times)
+    results = table(json.loads((before / "eval" / "eval_results.json").read_text()),
+                    json.loads((after / "eval" / "eval_results.json").read_text()), times)
+    header = f"# {args.experiment}: SFT then {'PPO' if args.ppo else 'GRPO'}\n\n"
+    (root / "results.md").write_text(header + results)
+    print("\n" + header + results, flush=True)
+    print(f"curves: {plot_runs(runs, root / 'curves.png')}")
+    print(f"results: {root / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""From demonstrations to RL through launch.py: record -> SFT -> eval -> RL with
+evaluation rounds, on the synthetic task without the goal in the state; recording a
+policy on a real simulator; resuming behaviour cloning."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from demos import read_demos
+from tests.conftest import launch
+
+pytestmark = pytest.mark.slow
+CONFIG = "configs/synthetic_nogoal.yaml"
+SMALL = {"sft.batch_size": 16, "sft.val_every": 10, "sft.checkpoint_every": 20,
+         "actor.num_actors": 1, "actor.envs_per_actor": 8}
+
+
+def _scalars(folder, tag):
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] \
+        else []
+
+
+def _ok(proc):
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_record_sft_eval_rl_chain(tmp_path):
+    rec, sft, rl = tmp_path / "record", tmp_path / "sft", tmp_path / "rl"
+    _ok(launch(tmp_path, CONFIG, "--record", **SMALL, **{
+        "run.log_dir": rec, "record.episodes_per_task": 24}))
+    results = json.loads((rec / "record_results.json").read_text())
+    assert results["complete"] and results["episodes"] == 24
+    assert results["mean_success_rate"] >= 0.9  # the expert, with action noise 0.3
+    demos, report = read_demos([rec / "dataset"])
+    assert len(demos) == 24 and not report.bad
+    assert sorted(d.init_state_id for d in demos) == list(range(100, 124))
+    assert all(d.source == "expert" and len(d) == len(d.main_images) for d in demos)
+
+    _ok(launch(tmp_path, CONFIG, "--sft", **SMALL, **{
+        "run.log_dir": sft, "sft.datasets": f"[{rec / 'dataset'}]", "sft.steps": 40}))
+    for name in ("checkpoint.pt", "checkpoint.json", "dataset_statistics.json",
+                 "sft_summary.json"):
+        assert (sft / name).exists(), name
+    train = [v for _, v in _scalars(sft, "sft/train_loss")]
+    assert len(train) == 40 and np.mean(train[-10:]) < np.mean(train[:10])
+    assert len(_scalars(sft, "sft/val_loss")) == 4 and _scalars(sft, "sft/lr")
+    stats = json.loads((sft / "dataset_statistics.json").read_text())
+    assert stats["synthetic"]["action"]["mask"] == [True] * 6 + [False]
+
+    ckpt = f"{sft / 'checkpoint.pt'}"
+    _ok(launch(tmp_path, CONFIG, "--eval", **SMALL, **{
+        "run.log_dir": tmp_path / "eval_sft", "model.checkpoint": ckpt,
+        "eval.num_trials": 8, "actor.deterministic": True}))
+    assert json.loads((tmp_path / "eval_sft" / "eval" / "eval_results.json").read_text())[
+        "complete"]
+
+    proc = launch(tmp_path, CONFIG, **SMALL, **{
+        "run.log_dir": rl, "model.checkpoint": ckpt, "run.total_updates": 6,
+        "eval.every_updates": 3, "eval.num_trials": 6, "eval.envs_per_actor": 2})
+    _ok(proc)
+    summary = json.loads((rl / "learner_summary.json").read_text())
+    assert summary["updates"] == 6 and summary["trained_twice"] == 0
+    rounds = [json.loads(x) for x in (rl / "eval_rounds.jsonl").read_text().splitlines()]
+    assert [r["policy_version"] for r in rounds] == [0, 3, 6]
+    assert all(r["complete"] and r["episodes"] == 6 for r in rounds)
+    # training waits during a round: every round acted by its own version only
+    assert all(r["policy_version_spread"] == 0 for r in rounds)
+    assert [s for s, _ in _scalars(rl, "eval/success")] == [0, 3, 6]
+    assert _scalars(rl, "eval/success_task0") and _scalars(rl, "perf/total_env_steps")
+    assert (rl / "curves.png").stat().st_size > 10_000
+    assert f"weights from model.checkpoint {ckpt}" in (rl / "learner-0.log").read_text()
+
+    ppo = tmp_path / "ppo"  # PPO from the same checkpoint: its value head starts fresh
+    _ok(launch(tmp_path, CONFIG, **SMALL, **{
+        "run.log_dir": ppo, "model.checkpoint": ckpt, "run.total_updates": 3,
+        "learner.algorithm": "ppo", "model.value_head": True}))
+    assert json.loads((ppo / "learner_summary.json").read_text())["updates"] == 3
+    assert _scalars(ppo, "train/critic/value_loss")
+
+
+def test_behaviour_cloning_resumes_where_it_stopped(tmp_path):
+    rec, sft = tmp_path / "record", tmp_path / "sft"
+    _ok(launch(tmp_path, CONFIG, "--record", **SMALL, **{
+        "run.log_dir": rec, "record.episodes_per_task": 8}))
+    args = {"run.log_dir": sft, "sft.datasets": f"[{rec / 'dataset'}]"}
+    _ok(launch(tmp_path, CONFIG, "--sft", **SMALL, **args, **{"sft.steps": 20}))
+    proc = launch(tmp_path, CONFIG, "--sft", "--resume", str(sft), **SMALL, **args,
+                  **{"sft.steps": 30})
+    _ok(proc)
+    assert "resumed behaviour cloning" in proc.stdout and "at step 20" in proc.stdout
+    assert json.loads((sft / "sft_summary.json").read_text())["steps"] == 30
+    assert [s for s, _ in _scalars(sft, "sft/train_loss")] == list(range(1, 31))
+
+
+def test_recording_a_policy_on_robosuite_keeps_every_step_and_the_simulator_state(tmp_path):
+    rec = tmp_path / "record"
+    _ok(launch(tmp_path, "configs/robosuite_lift_grpo_tiny.yaml", "--record", **{
+        "run.log_dir": rec, "record.source": "policy", "record.episodes_per_task": 2,
+        "record.action_noise": 0.1, "env.max_episode_steps": 12, "env.image_size": 32,
+        "actor.num_actors": 1, "actor.envs_per_actor": 2, "actor.pipeline_stages": 2}))
+    demos, report = read_demos([rec / "dataset"], "upright", ("main", "wrist"))
+    assert len(demos) == 2 and not report.bad
+    for d in demos:
+        assert len(d) == 12 and d.wrist_images.shape == (12, 32, 32, 3)
+        assert d.dones[-1] and not d.dones[:-1].any() and d.source.startswith("policy")
+    import h5py
+
+    for d in demos:
+        path = next((rec / "dataset").rglob(f"ep_{d.episode_id:016x}.hdf5"))
+        with h5py.File(path) as f:
+            g = f["data/demo_0"]
+            assert g["states"].shape[0] == 12 and g["obs/joint_states"].shape == (12, 7)
+            np.testing.assert_array_equal(g.attrs["init_state"], g["states"][0])
+            assert f["data"].attrs["env_name"] == "Lift"
+            # the policy's state is LIBERO's: eef pos + axis-angle, then the two fingers
+            both = np.concatenate([g["obs/ee_states"][:], g["obs/gripper_states"][:]], 1)
+            np.testing.assert_allclose(both, d.states, rtol=1e-6)
