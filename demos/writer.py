@@ -1,10 +1,12 @@
 """Writing finished episodes to disk on a thread of their own, one file each, atomically.
 
-Each episode becomes ``folder/<instruction>/ep_<episode id>.hdf5``, a complete file in
-LIBERO's layout with one demo (:mod:`demos.layout`). It is written to a hidden
+Each episode becomes ``folder/<instruction>/state_<initial-state id>.hdf5``, a complete
+file in LIBERO's layout with one demo (:mod:`demos.layout`). It is written to a hidden
 temporary file, flushed to disk and renamed into place, so a crash (of the writer, the
 actor or the machine) loses at most the episodes not yet renamed, and never corrupts one
-that was: the reader reports a leftover temporary file by its path.
+that was: the reader reports a leftover temporary file by its path. A record run plays
+each initial state once, so the name is the episode's: an actor restarted after a crash
+records its share again, and a state recorded twice keeps one file, the newer.
 
 The actor hands an episode over with :meth:`DemoWriter.put` and goes on stepping; the
 writer thread compresses and writes. At most ``max_pending`` episodes wait; beyond that
@@ -63,7 +65,7 @@ class DemoWriter:
         self._thread.start()
 
     def path_for(self, demo: Demo) -> Path:
-        return self.folder / slug(demo.instruction) / f"ep_{demo.episode_id:016x}.hdf5"
+        return self.folder / slug(demo.instruction) / f"state_{demo.init_state_id:06d}.hdf5"
 
     def put(self, demo: Demo) -> None:
         """Queue ``demo`` for writing (waits only while ``max_pending`` are queued)."""

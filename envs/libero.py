@@ -79,6 +79,19 @@ class LiberoSuite:
         return self._init_states[task_id]
 
 
+def fixture_home(env) -> tuple[list, np.ndarray, np.ndarray]:
+    """The body ids of a LIBERO env's fixtures and their poses in the scene's XML (none in
+    LIBERO-Object's scenes: empty arrays of the right shape)."""
+    from robosuite.utils.mjcf_utils import string_to_array
+
+    fixtures = list(env.fixtures_dict.values())
+    return ([env.sim.model.body_name2id(f.root_body) for f in fixtures],
+            np.array([string_to_array(f.get_obj().get("pos", "0 0 0")) for f in fixtures],
+                     dtype=np.float64).reshape(-1, 3),
+            np.array([string_to_array(f.get_obj().get("quat", "1 0 0 0")) for f in fixtures],
+                     dtype=np.float64).reshape(-1, 4))
+
+
 class LiberoVectorEnv(MujocoVectorEnv):
     """E LIBERO envs of one suite; see the module docstring for ids and task choice."""
 
@@ -114,11 +127,18 @@ class LiberoVectorEnv(MujocoVectorEnv):
         env = ControlEnv(bddl_file_name=self.suite.bddl_file(task), has_renderer=False,
                          has_offscreen_renderer=False, use_camera_obs=False,
                          ignore_done=True, hard_reset=False, horizon=10**6)
+        env.fixture_home = fixture_home(env.env)
         return env, self.suite.instruction(task)
 
     def _reset_sim(self, sim_env, init_state_id: int) -> dict:
         task, index = split_init_state(init_state_id)
         states = self.suite.init_states(task)
+        # Fixtures (stove, cabinet) go back to their scene poses first: a soft reset keeps
+        # where the last one put them, and placements "on the stove" or "in the drawer"
+        # add the fixture's position to it, which would count it twice.
+        ids, pos, quat = sim_env.fixture_home
+        model = sim_env.env.sim.model._model
+        model.body_pos[ids], model.body_quat[ids] = pos, quat
         # The reset also places the fixtures (cabinets, stoves) at random, as every hard
         # reset of LIBERO's own evaluation does: seeded by the id, so a group shares them.
         obs = seeded_reset(sim_env, init_state_id)

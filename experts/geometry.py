@@ -50,7 +50,8 @@ class BodyShape:
     def corners(self) -> np.ndarray:
         """Points bounding every geom, in the world, [G,24,3]."""
         rot = self.data.geom_xmat[self.geoms].reshape(-1, 3, 3)
-        return np.einsum("gij,gkj->gki", rot, self._local) + self.data.geom_xpos[self.geoms][:, None]
+        at = self.data.geom_xpos[self.geoms][:, None]
+        return np.einsum("gij,gkj->gki", rot, self._local) + at
 
     def boxes(self) -> np.ndarray:
         """World-aligned boxes of the geoms, [G,2,3] (low, high)."""

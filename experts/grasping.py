@@ -2,8 +2,9 @@
 
 A grasp is planned from the object's current shape and its neighbours: every candidate
 yaw (and side, for a rim) is scored by the room the open gripper would have there (a
-hand that lands on a neighbour blocks the descent), the arm's reach at the pick and at
-the place, the width across the fingers and the turn of the wrist. A candidate close to
+hand that lands on a neighbour blocks the descent), how far beyond easy reach the hand
+would be at the pick and at the place (near the edge of its reach the arm straightens
+and stops short), the width across the fingers and the turn of the wrist. A candidate close to
 one that already failed is tried again only once every other one has been.
 """
 
@@ -27,6 +28,8 @@ _HAND = [[a, b, c] for a in np.linspace(-0.1, 0.1, 9) for b in (-0.03, 0.0, 0.03
          for c in (-0.03, -0.07)]
 GRIPPER_POINTS = np.array(_FINGERS + _HAND)
 ROOM = 0.015  # more room around the gripper than this counts for nothing more
+EASY_REACH = 0.65  # m from the arm's base (xy): beyond, every cm counts against a grasp
+TURN_COST = 0.05  # per radian of wrist turn away from home, in metres of reach
 MAX_WIDTH = 0.068  # what the open fingers (7.8 cm apart) take with a margin
 SAME = 0.2  # radians: a candidate this near a failed one counts as the same
 
@@ -85,9 +88,10 @@ def plan_grasp(scene: Scene, failed: Sequence[Grasp] = ()) -> Grasp:
         point, _ = grasp_point(pts, scene.grasp, grasp)
         room = scene.clearance(point + GRIPPER_POINTS @ down_rotation(grasp.yaw).T)
         hand = point[:2] - anchor[:2]  # where the hand holds the object
-        reach = (np.linalg.norm(point[:2] - scene.base_xy)
-                 + np.linalg.norm(place + hand - scene.base_xy))
-        score = 20 * min(room, ROOM) - reach - width - 0.01 * abs(grasp.yaw - scene.home_yaw)
+        reach = sum(max(0.0, np.linalg.norm(at - scene.base_xy) - EASY_REACH)
+                    for at in (point[:2], place + hand))
+        score = (20 * min(room, ROOM) - reach - width
+                 - TURN_COST * abs(grasp.yaw - scene.home_yaw))
         if score > best:
             best, choice = score, grasp
     return choice

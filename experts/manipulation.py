@@ -8,8 +8,10 @@ a grasp that comes up empty, an object dropped on the way, or one that lands off
 sends it back to the approach.
 
 Actions follow robosuite's OSC_POSE: position = clip(gain x error, +-1), where 1 moves
-the controller's goal 5 cm; rotation = the axis-angle error x ``rot_gain`` (1 = 0.5 rad),
-keeping the gripper pointing down at the grasp's yaw; gripper -1 opens, +1 closes.
+the arm controller's own goal 5 cm, so the default gain 20 sets that goal on the target
+when within 5 cm and saturates beyond; rotation = the axis-angle error x ``rot_gain``
+(1 = 0.5 rad: 2 sets the goal on the target orientation), keeping the gripper pointing
+down at the grasp's yaw; gripper -1 opens, +1 closes.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ HOVER = 0.05  # above the object's top before descending
 CLEARANCE = 0.03  # between a carried object's bottom and whatever it passes over
 RETREAT = 0.08  # straight up after letting go
 LOST = 0.02  # the hand this far off the object's bounding box: it is no longer held
-EMPTY = 0.002  # a finger opening below this holds nothing
+EMPTY = 0.003  # a finger opening below this holds nothing (closed fingers: 0.002)
 
 
 class Phase(enum.Enum):
@@ -57,7 +59,8 @@ class PickPlaceController:
         self.phase, self.steps = Phase.APPROACH, 0
         self.hold = np.zeros(3)  # a position kept through a phase
         self.trace: deque = deque(maxlen=6)  # a scalar watched for stalls, this phase
-        self.failed: list = []  # grasps that failed, tried again only after the others
+        self.failed: list = []  # grasps that missed, tried again only after the others
+        self.closed_on = scene.open_width  # the finger opening when the last close ended
         self._plan_grasp()
 
     # --- the action --------------------------------------------------------------------
@@ -119,6 +122,7 @@ class PickPlaceController:
         # Close until the fingers stop moving: on the object, or on nothing at all.
         self.trace.append(width)
         if (len(self.trace) >= 3 and abs(self.trace[-3] - width) < 5e-4) or self.steps > 30:
+            self.closed_on = width
             self._start_lift(pos)
         return self.hold, CLOSE
 
@@ -149,9 +153,10 @@ class PickPlaceController:
     def _lift(self, pos, width):
         rise, bottom = pos[2] - self.hold[2], self._bottom()
         goal = np.array([self.hold[0], self.hold[1], pos[2] + self.carry_bottom - bottom])
-        if self._lost(pos, width) or (rise > 0.03 and bottom - self.start_bottom < 0.5 * rise):
-            if self.phase is not Phase.RETRY:  # came up without it
-                self._start_retry(pos)
+        if self._lost(pos, width):
+            return pos, OPEN
+        if rise > 0.03 and bottom - self.start_bottom < 0.5 * rise:  # came up without it
+            self._start_retry(pos)
             return pos, OPEN
         if self.scene.target() is not None and bottom > self.carry_bottom - 0.01:
             self._enter(Phase.CARRY)
@@ -181,14 +186,14 @@ class PickPlaceController:
         if self._lost(pos, width):
             return pos, OPEN
         rest = target.support_z + self.scene.grasp.release_gap
-        goal, miss = self._over_target(pos, target, self.carry_bottom - rest)
+        goal, _ = self._over_target(pos, target, self.carry_bottom - rest)
         bottom = self._bottom()
-        if miss > 0.5 * target.tolerance:  # re-aim in the air: resting, it would drag
+        if not target.holds(self.scene.object_anchor()[:2]):
+            # Drifted off the target: re-aim in the air (resting, the object would drag).
             goal[2] = max(goal[2], pos[2] + rest + HOVER / 2 - bottom)
-        if bottom - rest < 0.004 or self._stalled(bottom):
-            # Let go only over the target; resting anywhere else, go back up and re-aim.
-            over = target.holds(self.scene.object_anchor()[:2])
-            self._enter(Phase.RELEASE if over else Phase.CARRY, hold=pos)
+            self.trace.clear()
+        elif bottom - rest < 0.004 or self._stalled(bottom):
+            self._enter(Phase.RELEASE, hold=pos)
         return goal, CLOSE
 
     def _release(self, pos, width):
@@ -213,7 +218,8 @@ class PickPlaceController:
     def _start_retry(self, pos) -> None:
         """Open and rise above the object, then approach it afresh."""
         self.attempts += 1
-        self.failed.append(self.grasp)
+        if self.phase is Phase.LIFT and self.closed_on < EMPTY:
+            self.failed.append(self.grasp)  # closed on nothing: try elsewhere
         top = self.scene.object_corners()[:, 2].max()
         self._enter(Phase.RETRY, hold=[pos[0], pos[1], max(pos[2], top + HOVER)])
 

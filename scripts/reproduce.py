@@ -3,6 +3,7 @@
     python scripts/reproduce.py synthetic        # or: lift, libero_spatial
     python scripts/reproduce.py lift --ppo       # PPO instead of GRPO for the RL stage
     python scripts/reproduce.py synthetic --scratch   # also RL from scratch, for comparison
+    python scripts/reproduce.py lift --sampled   # also evaluate with sampled actions
 
 Each stage is one ``launch.py`` run of the experiment's config with its own log folder
 under ``runs/<experiment>/`` (``record``, ``sft``, ``eval_sft``, ``rl``, ``eval_rl``,
@@ -60,14 +61,16 @@ def stage(name: str, root: Path, config: str, args: list[str], done_file: str,
     began = time.monotonic()
     code = subprocess.call(cmd, cwd=ROOT)
     times[name] = time.monotonic() - began
+    (root / "stage_times.json").write_text(json.dumps(times))
     if code != 0 or not (folder / done_file).exists():
         raise SystemExit(f"stage {name} failed (exit {code}); see {folder}")
     return folder
 
 
-def table(before: dict, after: dict, times: dict) -> str:
+def table(title: str, before: dict, after: dict) -> str:
     """Markdown: per task, success before (SFT) and after (RL), and the change."""
-    rows = ["| task | instruction | SFT | RL | change |", "|---:|---|---:|---:|---:|"]
+    rows = [f"{title}:", "", "| task | instruction | SFT | RL | change |",
+            "|---:|---|---:|---:|---:|"]
     after_tasks = {t["task_id"]: t for t in after["tasks"]}
     for t in before["tasks"]:
         a = after_tasks.get(t["task_id"], {}).get("success_rate", float("nan"))
@@ -76,9 +79,17 @@ def table(before: dict, after: dict, times: dict) -> str:
     b, a = before["mean_success_rate"], after["mean_success_rate"]
     rows.append(f"| **mean** | ({before['episodes']} / {after['episodes']} episodes) | "
                 f"**{100 * b:.1f}%** | **{100 * a:.1f}%** | **{100 * (a - b):+.1f}** |")
-    rows += ["", "| stage | wall-clock |", "|---|---:|"]
-    rows += [f"| {k} | {v / 60:.1f} min |" for k, v in times.items()]
-    return "\n".join(rows) + "\n"
+    return "\n".join(rows) + "\n\n"
+
+
+def stage_times(times: dict) -> str:
+    rows = ["| stage | wall-clock |", "|---|---:|"]
+    return "\n".join(rows + [f"| {k} | {v / 60:.1f} min ({v:.0f} s) |"
+                             for k, v in times.items()]) + "\n"
+
+
+def results(folder: Path) -> dict:
+    return json.loads((folder / "eval" / "eval_results.json").read_text())
 
 
 def main(argv=None) -> int:
@@ -88,13 +99,17 @@ def main(argv=None) -> int:
     p.add_argument("--ppo", action="store_true", help="PPO (value head, GAE) for the RL stage")
     p.add_argument("--scratch", action="store_true",
                    help="also run the RL stage from a fresh policy, for comparison")
+    p.add_argument("--sampled", action="store_true",
+                   help="also evaluate both checkpoints with sampled actions")
     p.add_argument("--root", default=None, help="folder of the stages (runs/<experiment>)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may follow the flags
     exp = EXPERIMENTS[args.experiment]
     root = Path(args.root or ROOT / "runs" / args.experiment).resolve()
     extra = list(args.overrides)
     rl = extra + (list(PPO) if args.ppo else [])
-    times: dict = {}
+    root.mkdir(parents=True, exist_ok=True)
+    times_file = root / "stage_times.json"  # kept across runs of an interrupted chain
+    times: dict = json.loads(times_file.read_text()) if times_file.exists() else {}
     record = stage("record", root, exp.config, ["--record", *extra], "record_results.json",
                    times)
     sft = stage("sft", root, exp.config, ["--sft", f"sft.datasets=[{record / 'dataset'}]",
@@ -107,15 +122,22 @@ def main(argv=None) -> int:
     after = stage("eval_rl", root, exp.config,
                   [*evaluate, f"model.checkpoint={trained / 'checkpoint.pt'}", *extra],
                   "eval/eval_results.json", times)
+    text = table("Deterministic actions (the mean)", results(before), results(after))
+    if args.sampled:
+        sampled = ["--eval", "actor.deterministic=false"]
+        s_before = stage("eval_sft_sampled", root, exp.config, [*sampled, ckpt, *extra],
+                         "eval/eval_results.json", times)
+        s_after = stage("eval_rl_sampled", root, exp.config,
+                        [*sampled, f"model.checkpoint={trained / 'checkpoint.pt'}", *extra],
+                        "eval/eval_results.json", times)
+        text += table("Sampled actions", results(s_before), results(s_after))
     runs = {"SFT -> RL": trained}
     if args.scratch:
         runs["RL from scratch"] = stage("scratch", root, exp.config, rl,
                                         "learner_summary.json", times)
-    results = table(json.loads((before / "eval" / "eval_results.json").read_text()),
-                    json.loads((after / "eval" / "eval_results.json").read_text()), times)
     header = f"# {args.experiment}: SFT then {'PPO' if args.ppo else 'GRPO'}\n\n"
-    (root / "results.md").write_text(header + results)
-    print("\n" + header + results, flush=True)
+    (root / "results.md").write_text(header + text + stage_times(times))
+    print("\n" + header + text + stage_times(times), flush=True)
     print(f"curves: {plot_runs(runs, root / 'curves.png')}")
     print(f"results: {root / 'results.md'}")
     return 0

@@ -22,6 +22,21 @@ from envs.render import select_gl_backend  # noqa: E402
 select_gl_backend("auto")
 
 
+def fit(loss_fn, params, steps: int, lr: float) -> list[float]:
+    """``steps`` Adam steps on ``loss_fn()``; the loss before each step."""
+    import torch
+
+    opt = torch.optim.Adam(params, lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -112,7 +112,7 @@ def test_recording_a_policy_on_robosuite_keeps_every_step_and_the_simulator_stat
     import h5py
 
     for d in demos:
-        path = next((rec / "dataset").rglob(f"ep_{d.episode_id:016x}.hdf5"))
+        path = next((rec / "dataset").rglob(f"state_{d.init_state_id:06d}.hdf5"))
         with h5py.File(path) as f:
             g = f["data/demo_0"]
             assert g["states"].shape[0] == 12 and g["obs/joint_states"].shape == (12, 7)
@@ -121,3 +121,35 @@ def test_recording_a_policy_on_robosuite_keeps_every_step_and_the_simulator_stat
             # the policy's state is LIBERO's: eef pos + axis-angle, then the two fingers
             both = np.concatenate([g["obs/ee_states"][:], g["obs/gripper_states"][:]], 1)
             np.testing.assert_allclose(both, d.states, rtol=1e-6)
+
+
+def test_a_killed_recording_actor_records_its_share_again_and_nothing_is_lost(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import small_overrides, start_run, wait_for_text
+
+    rec = tmp_path / "record"
+    overrides = small_overrides(tmp_path, **SMALL, **{
+        "run.log_dir": rec, "record.episodes_per_task": 120, "env.step_sleep_ms": 40,
+        "run.restart_backoff_s": 0.2, "run.progress_every_s": 1})
+    proc = start_run(tmp_path, ["--record", *overrides], CONFIG)
+    try:
+        wait_for_text(rec / "learner-0.log", "record ", proc, 120)  # episodes arriving
+        time.sleep(1.0)
+        os.kill(json.loads((rec / "pids.json").read_text())["actor-0"], signal.SIGKILL)
+        assert proc.wait(timeout=240) == 0, (tmp_path / "output.txt").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = (tmp_path / "output.txt").read_text()
+    assert "actor-0 died (killed by SIGKILL)" in out
+    results = json.loads((rec / "record_results.json").read_text())
+    assert results["complete"] and results["episodes"] == 120
+    demos, report = read_demos([rec / "dataset"])
+    assert sorted(d.init_state_id for d in demos) == list(range(100, 220))
+    assert not report.bad  # no half-written file: a kill leaves only whole ones
+    assert not subprocess.run(["find", str(rec), "-name", ".*.tmp"], capture_output=True,
+                              text=True).stdout

@@ -133,14 +133,15 @@ def test_bad_files_are_reported_by_path_and_the_rest_read(tmp_path):
 
 def test_writer_thread_writes_every_episode_once(tmp_path):
     writer = DemoWriter(tmp_path, lambda d: file_attributes(d, "e", {}, "p"), 1, max_pending=2)
-    for k in range(5):
+    for k in range(6):
         demo = _demo(seed=k, wrist=False)
-        demo.episode_id = k
+        demo.episode_id, demo.init_state_id = k, 100 + k % 5  # state 100 twice
         writer.put(demo)
     writer.close()
-    assert writer.written == 5 and writer.failed == 0
+    assert writer.written == 6 and writer.failed == 0
     demos, report = read_demos([tmp_path])
-    assert sorted(d.episode_id for d in demos) == list(range(5)) and not report.bad
+    # one file per initial state: the second recording of state 100 replaced the first
+    assert sorted(d.episode_id for d in demos) == [1, 2, 3, 4, 5] and not report.bad
 
 
 def test_dataset_statistics_by_hand():

@@ -51,8 +51,12 @@ def _check_exactly_once(run: Path, num_actors: int) -> dict:
 
 @pytest.mark.parametrize("transport, servers", [("ipc", 1), ("tcp", 2)])
 def test_all_roles_train_and_deliver_every_episode_once(tmp_path, transport, servers):
+    # A server that registers after the actors is announced to them with the next roster
+    # (heartbeat_s, 1 s); the updates are slowed so the run outlasts that and each server
+    # is asked.
     result = _launch(tmp_path, **{"network.transport": transport,
-                                  "inference.num_servers": servers, "run.total_updates": 4})
+                                  "inference.num_servers": servers, "run.total_updates": 4,
+                                  "learner.update_sleep_s": 0.5 * (servers - 1)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run = tmp_path / "run"
     summary = _check_exactly_once(run, num_actors=2)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experts.geometry import corridor_top, down_rotation, rotation_error, support_height
-from experts.grasping import Grasp, plan_grasp
+from experts.grasping import plan_grasp
 from experts.manipulation import Phase, PickPlaceController
 from experts.scene import GraspSpec, Target
 
@@ -31,8 +31,9 @@ def test_support_and_corridor_heights():
     boxes = np.array([floor, wall])
     assert support_height(boxes, np.zeros(2)) == pytest.approx(0.02)
     assert support_height(boxes, np.array([1.0, 1.0])) == -np.inf
-    assert corridor_top(boxes, np.array([-0.5, 0.0]), np.array([0.0, 0.0]), 0.02) == pytest.approx(0.02)
-    assert corridor_top(boxes, np.array([0.0, 0.0]), np.array([0.5, 0.0]), 0.02) == pytest.approx(0.15)
+    left, centre, right = np.array([-0.5, 0.0]), np.zeros(2), np.array([0.5, 0.0])
+    assert corridor_top(boxes, left, centre, 0.02) == pytest.approx(0.02)  # floor only
+    assert corridor_top(boxes, centre, right, 0.02) == pytest.approx(0.15)  # over the wall
 
 
 def box_distance(points, lo, hi) -> float:
@@ -82,7 +83,8 @@ class KinematicScene:
         between = np.linalg.norm(self.pos[:2] - self.center[:2]) < 0.01 and \
             abs(self.pos[2] - self.center[2]) < self.half[2]
         floor = narrow if between or self.held is not None else 0.0
-        self.width = min(0.08, self.width + 0.01) if action[6] < 0 else max(floor, self.width - 0.01)
+        opening = action[6] < 0
+        self.width = min(0.08, self.width + 0.01) if opening else max(floor, self.width - 0.01)
         if action[6] > 0 and between and self.width == narrow and self.held is None:
             self.held = self.center - self.pos
         if self.held is not None and (action[6] < 0 or (self.drops and self.pos[2] > 0.12)):

@@ -14,7 +14,7 @@ from configs import ModelConfig
 from envs.base import EnvObs
 from models.action_tokens import CENTRES, actions_to_tokens, bin_index, tokens_to_actions
 from models.vla_loading import CheckpointError, load_openvla_oft
-from tests.conftest import ROOT
+from tests.conftest import ROOT, fit
 from tests.vla_factory import STATS, check_oft_decoding, make_qwen_vl
 
 CPU = torch.device("cpu")
@@ -159,12 +159,5 @@ def test_behaviour_cloning_loss_is_token_cross_entropy_and_falls(base):
         nll = -logp.gather(-1, bins.unsqueeze(-1)).squeeze(-1).view(2, 8, 7)
         want = nll[mask].mean()
         assert float(policy.bc_loss(inputs, target, mask)) == pytest.approx(float(want), rel=1e-5)
-    opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(8):
-        loss = policy.bc_loss(inputs, target, mask)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = fit(lambda: policy.bc_loss(inputs, target, mask), policy.parameters(), 8, 1e-3)
     assert losses[-1] < losses[0] - 0.5

@@ -12,6 +12,7 @@ from demos import Demo
 from models.cnn_policy import CNNGaussianPolicy
 from sft.data import ChunkSamples, random_shift, split_by_episode
 from sft.trainer import lr_factor
+from tests.conftest import fit
 
 
 def _demo(n, instruction="reach", value=0.0, size=16) -> Demo:
@@ -110,15 +111,8 @@ def test_cnn_loss_falls_with_training():
     batch = samples.batch(np.arange(len(samples)))
     inputs = policy.prepare(batch.obs, torch.device("cpu"))
     actions, mask = torch.from_numpy(batch.actions) / 20, torch.from_numpy(batch.mask)
-    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
     mse_before = float(policy.bc_loss(inputs, actions, mask, "mse").detach())
-    losses = []
-    for _ in range(60):
-        loss = policy.bc_loss(inputs, actions, mask)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = fit(lambda: policy.bc_loss(inputs, actions, mask), policy.parameters(), 60, 3e-3)
     assert losses[-1] < losses[0] - 0.2
     assert float(policy.bc_loss(inputs, actions, mask, "mse").detach()) < 0.5 * mse_before
 

@@ -16,7 +16,7 @@ from envs.base import EnvObs
 from models import build_policy
 from models.action_norm import ActionNorm
 from models.vla_loading import HEAD_PREFIX, CheckpointError, load_qwen_oft
-from tests.conftest import launch
+from tests.conftest import fit, launch
 from tests.vla_factory import STATS, make_qwen_vl, make_starvla_run
 
 CPU = torch.device("cpu")
@@ -301,12 +301,5 @@ def test_behaviour_cloning_loss_is_l1_in_the_normalised_space_and_falls(ckpts):
         assert float(policy.bc_loss(inputs, target, mask)) == pytest.approx(float(want), rel=1e-4)
     with pytest.raises(ValueError, match="own L1"):
         policy.bc_loss(inputs, target, mask, "mse")
-    opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(8):
-        loss = policy.bc_loss(inputs, target, mask)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = fit(lambda: policy.bc_loss(inputs, target, mask), policy.parameters(), 8, 1e-3)
     assert losses[-1] < 0.7 * losses[0]

@@ -15,9 +15,9 @@ What it measures
     demonstrations k >= 100.
 
 How to run
-    .venv/bin/python benchmarks/experts.py --suite robosuite --task Lift --states 100:120
-    .venv/bin/python benchmarks/experts.py --suite libero_spatial --tasks all --states 0:50
-    .venv/bin/python benchmarks/experts.py --suite libero_object --tasks 0,3 --noise 0.2
+    .venv/bin/python benchmarks/expert_success.py --suite robosuite --task Lift --states 100:120
+    .venv/bin/python benchmarks/expert_success.py --suite libero_spatial --tasks all --states 0:50
+    .venv/bin/python benchmarks/expert_success.py --suite libero_object --tasks 0,3 --noise 0.2
 Figures go to benchmarks/experts_results.md by hand, with the command that produced them.
 """
 
@@ -30,10 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-# This file shares its name with chunkrl's `experts` package: keep its own folder off the
-# path (python puts it first) so `import experts` finds the package, from the checkout.
-sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python benchmarks/expert_success.py` from a plain checkout
+    sys.path.insert(0, str(ROOT))
 
 from configs import EnvConfig  # noqa: E402
 from envs import make_env  # noqa: E402
