@@ -4,6 +4,7 @@
     python scripts/reproduce.py lift --ppo       # PPO instead of GRPO for the RL stage
     python scripts/reproduce.py synthetic --scratch   # also RL from scratch, for comparison
     python scripts/reproduce.py lift --sampled   # also evaluate with sampled actions
+    python scripts/reproduce.py libero_spatial --stop-after eval_sft   # the first stages only
 
 Each stage is one ``launch.py`` run of the experiment's config with its own log folder
 under ``runs/<experiment>/`` (``record``, ``sft``, ``eval_sft``, ``rl``, ``eval_rl``,
@@ -43,6 +44,7 @@ EXPERIMENTS = {
     "lift": Experiment("configs/robosuite_lift.yaml"),
     "libero_spatial": Experiment("configs/libero_spatial_sft.yaml"),
 }
+STAGES = ("record", "sft", "eval_sft", "rl")
 PPO = ("learner.algorithm=ppo", "model.value_head=true", "learner.critic_warmup_updates=5",
        "learner.update_epochs=2", "learner.global_batch_size=64")
 
@@ -101,6 +103,8 @@ def main(argv=None) -> int:
                    help="also run the RL stage from a fresh policy, for comparison")
     p.add_argument("--sampled", action="store_true",
                    help="also evaluate both checkpoints with sampled actions")
+    p.add_argument("--stop-after", choices=STAGES, default=None,
+                   help="stop after this stage (the rest runs next time the command does)")
     p.add_argument("--root", default=None, help="folder of the stages (runs/<experiment>)")
     args = p.parse_intermixed_args(argv)  # overrides may follow the flags
     exp = EXPERIMENTS[args.experiment]
@@ -112,13 +116,22 @@ def main(argv=None) -> int:
     times: dict = json.loads(times_file.read_text()) if times_file.exists() else {}
     record = stage("record", root, exp.config, ["--record", *extra], "record_results.json",
                    times)
+    if args.stop_after == "record":
+        return 0
     sft = stage("sft", root, exp.config, ["--sft", f"sft.datasets=[{record / 'dataset'}]",
                                           *extra], "sft_summary.json", times)
+    if args.stop_after == "sft":
+        return 0
     ckpt = f"model.checkpoint={sft / 'checkpoint.pt'}"
     evaluate = ["--eval", "actor.deterministic=true"]
     before = stage("eval_sft", root, exp.config, [*evaluate, ckpt, *extra],
                    "eval/eval_results.json", times)
+    if args.stop_after == "eval_sft":
+        print(f"\nSFT evaluation: {results(before)['mean_success_rate']:.1%}", flush=True)
+        return 0
     trained = stage("rl", root, exp.config, [ckpt, *rl], "learner_summary.json", times)
+    if args.stop_after == "rl":
+        return 0
     after = stage("eval_rl", root, exp.config,
                   [*evaluate, f"model.checkpoint={trained / 'checkpoint.pt'}", *extra],
                   "eval/eval_results.json", times)

@@ -153,3 +153,34 @@ def test_a_killed_recording_actor_records_its_share_again_and_nothing_is_lost(tm
     assert not report.bad  # no half-written file: a kill leaves only whole ones
     assert not subprocess.run(["find", str(rec), "-name", ".*.tmp"], capture_output=True,
                               text=True).stdout
+
+
+def test_reproduce_runs_the_chain_by_stages_and_prints_the_table(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, small_overrides
+
+    root = tmp_path / "chain"
+    overrides = small_overrides(tmp_path, **SMALL, **{
+        "record.episodes_per_task": 8, "sft.steps": 10, "eval.num_trials": 4,
+        "eval.every_updates": 0, "run.total_updates": 2})
+    cmd = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "synthetic",
+           "--root", str(root), *overrides]
+
+    def run(*extra):
+        proc = subprocess.run([*cmd, *extra], capture_output=True, text=True, timeout=400,
+                              cwd=ROOT)
+        _ok(proc)
+        return proc.stdout
+
+    run("--stop-after", "sft")
+    assert (root / "sft" / "sft_summary.json").exists() and not (root / "eval_sft").exists()
+    out = run()  # carries on from the stages already done
+    assert "== record: done before" in out and "== sft: done before" in out
+    assert "== eval_sft: " in out and "== rl: " in out
+    times = json.loads((root / "stage_times.json").read_text())
+    assert list(times) == ["record", "sft", "eval_sft", "rl", "eval_rl"]
+    table = (root / "results.md").read_text()
+    assert "| **mean** | (4 / 4 episodes) |" in table and "| eval_rl |" in table
+    assert (root / "curves.png").stat().st_size > 10_000
