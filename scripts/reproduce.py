@@ -45,6 +45,7 @@ EXPERIMENTS = {
     "libero_spatial": Experiment("configs/libero_spatial_sft.yaml"),
 }
 STAGES = ("record", "sft", "eval_sft", "rl")
+TIMES = "stage_times.json"  # in the experiment folder: kept across runs of a chain
 PPO = ("learner.algorithm=ppo", "model.value_head=true", "learner.critic_warmup_updates=5",
        "learner.update_epochs=2", "learner.global_batch_size=64")
 
@@ -63,7 +64,7 @@ def stage(name: str, root: Path, config: str, args: list[str], done_file: str,
     began = time.monotonic()
     code = subprocess.call(cmd, cwd=ROOT)
     times[name] = time.monotonic() - began
-    (root / "stage_times.json").write_text(json.dumps(times))
+    (root / TIMES).write_text(json.dumps(times))
     if code != 0 or not (folder / done_file).exists():
         raise SystemExit(f"stage {name} failed (exit {code}); see {folder}")
     return folder
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
     extra = list(args.overrides)
     rl = extra + (list(PPO) if args.ppo else [])
     root.mkdir(parents=True, exist_ok=True)
-    times_file = root / "stage_times.json"  # kept across runs of an interrupted chain
+    times_file = root / TIMES
     times: dict = json.loads(times_file.read_text()) if times_file.exists() else {}
     record = stage("record", root, exp.config, ["--record", *extra], "record_results.json",
                    times)
