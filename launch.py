@@ -206,8 +206,12 @@ def supervise(cfg, args: argparse.Namespace, overrides: list[str],
     def command(slot) -> list[str]:
         cmd = python_argv() + (["--config", args.config] if args.config else [])
         extra = [f"run.start={slot.starts}"]
-        if slot.role == "learner" and slot.starts and (log_dir / "checkpoint.json").exists():
-            extra.append("run.resume=true")  # a restarted learner carries on from it
+        if slot.role == "learner" and slot.starts:
+            if (log_dir / "checkpoint.json").exists():
+                extra.append("run.resume=true")  # a restarted learner carries on from it
+            else:
+                log.warning("the learner restarts from version 0: %s has no checkpoint yet "
+                            "(learner.checkpoint_every=%d)", log_dir, cfg.learner.checkpoint_every)
         return cmd + [*overrides, *extra, "--worker", "--role", slot.role, "--index",
                       str(slot.index), "--log-level", args.log_level]
 

@@ -25,6 +25,7 @@ from typing import Callable, Optional, Protocol
 import numpy as np
 
 from envs.base import EnvObs, StepResult, VectorEnv, take
+from protocol.ids import IdSource
 from protocol.messages import Trajectory
 
 log = logging.getLogger(__name__)
@@ -42,29 +43,6 @@ class EpisodeHook(Protocol):
                 result: StepResult) -> None: ...
 
     def on_end(self, env_id: int, instruction: str, success: bool) -> None: ...
-
-
-@dataclass
-class IdSource:
-    """Episode and group ids of one actor:
-    ``incarnation << 48 | actor_index << 32 | counter``. The incarnation counts the run's
-    resumptions, so the ids of a resumed run never repeat those trained before."""
-
-    actor_index: int
-    incarnation: int = 0
-    episodes: int = 0
-    groups: int = 0
-
-    def _id(self, counter: int) -> int:
-        return (self.incarnation << 48) | (self.actor_index << 32) | counter
-
-    def episode(self) -> int:
-        self.episodes += 1
-        return self._id(self.episodes - 1)
-
-    def group(self) -> int:
-        self.groups += 1
-        return self._id(self.groups - 1)
 
 
 @dataclass

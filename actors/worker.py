@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from actors.executor import IdSource, StageExecutor
+from actors.executor import StageExecutor
+from protocol.ids import IdSource
 from actors.outbox import Outbox
 from actors.recorder import EpisodeRecorder
 from actors.servers import ServerPool

@@ -24,7 +24,7 @@ from pathlib import Path
 from configs import Config
 from envs import eval_init_states
 from learner.evaluator import EvalTable
-from learner.rendezvous import actor_of
+from protocol.ids import actor_of
 from protocol.messages import EvalRound, Trajectory
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import threading
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint, LogLimiter
 from protocol.idset import IdSet
-from learner.rendezvous import actor_of
+from protocol.ids import actor_of
 from protocol.messages import (
     ActorDone, ActorHello, ErrorReply, StopActors, Trajectory, TrajectoryAck,
 )

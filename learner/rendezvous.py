@@ -26,6 +26,7 @@ from configs import Config
 from protocol import wiring
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint
+from protocol.ids import actor_of
 from protocol.messages import ErrorReply, Heartbeat, Register, Roster
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,6 @@ class Join:
     index: int
     generation: int
     incarnation: int
-
-
-def actor_of(episode_id: int) -> tuple[int, int]:
-    """(actor index, incarnation) of an episode or group id."""
-    return (episode_id >> 32) & 0xFFFF, episode_id >> 48
 
 
 class Registry:

@@ -73,7 +73,7 @@ class Trajectory:
 
     episode_id: int = scalar(
         int, "globally unique: incarnation << 48 | actor_index << 32 | actor's counter "
-        "(incarnation: the actor process start, see Register)")
+        "(incarnation: the actor process start, see Register; layout: protocol/ids.py)")
     group_id: int = scalar(
         int, "GRPO group: incarnation << 48 | actor_index << 32 | actor's group counter")
     group_size: int = scalar(int, "G: episodes that make the group complete")
@@ -150,7 +150,7 @@ class Register:
     role: str = scalar(str, "'inference' or 'actor'")
     index: int = scalar(int, "index of the server or actor, 0-based")
     incarnation: int = scalar(
-        int, "this process start: run.incarnation << 8 | run.start (0..65535)")
+        int, "this process start: run.incarnation << 8 | run.start (0..32767)")
     address: str = scalar(str, "inference: the address actors connect to; actor: empty")
     lost_generation: int = scalar(
         int, "inference: the weights group it lost or failed to join, -1 if none; a "

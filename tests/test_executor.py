@@ -2,7 +2,9 @@
 
 import numpy as np
 
-from actors.executor import IdSource, StageExecutor
+from actors.executor import StageExecutor
+
+from protocol.ids import IdSource
 from envs.synthetic import SyntheticReachEnv
 
 

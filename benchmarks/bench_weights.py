@@ -23,8 +23,8 @@ What it measures
     wider MLP (``model.hidden_dim``): 18 and 70 MB.
 
 How to run
-    .venv/bin/python benchmarks/weights.py                 # ~1 min
-    .venv/bin/python benchmarks/weights.py --servers 1 --updates 5
+    .venv/bin/python benchmarks/bench_weights.py                 # ~1 min
+    .venv/bin/python benchmarks/bench_weights.py --servers 1 --updates 5
 Figures go to benchmarks/RESULTS.md by hand, with the command that produced them.
 """
 
@@ -42,8 +42,7 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import BASE_CONFIG, ROOT, markdown, stamp  # noqa: E402
+from harness import BASE_CONFIG, ROOT, markdown, stamp
 
 
 def raw_receiver(store_path: str, rank: int, world: int, out_path: str) -> None:
@@ -51,7 +50,6 @@ def raw_receiver(store_path: str, rank: int, world: int, out_path: str) -> None:
     import torch
     import torch.distributed as dist
 
-    sys.path.insert(0, str(ROOT))
     from protocol.weights import make_group
 
     group = make_group(dist.FileStore(store_path, world), rank, world, "gloo", 120)

@@ -3,10 +3,10 @@
 What it measures
     ``cnn``: the small CPU policy (``build_policy(ModelConfig())``). ``qwen_oft_tiny``:
     QwenOFT loaded by ``load_qwen_oft`` from a StarVLA run, made in a temporary folder
-    around tests/vla_factory's tiny random Qwen2.5-VL (hidden 64, 2 layers, byte-level
+    around models/tiny_vla.py's tiny random Qwen2.5-VL (hidden 64, 2 layers, byte-level
     tokenizer; a 224x224 image stays 224x224: 64 tokens, as with the real processor).
     ``openvla_oft_tiny``: OpenVLA-OFT decoding (56 action tokens, 256 bins) on
-    tests/prismatic_factory's tiny random OpenVLA (Prismatic: DINOv2 + SigLIP widths 64/48,
+    models/tiny_prismatic.py's tiny random OpenVLA (Prismatic: DINOv2 + SigLIP widths 64/48,
     3 blocks each, a 2-layer Llama of width 64) at OpenVLA's 224 px, so the main image is
     the real 256 patches; one image, as RLinf's LIBERO configs. Loaded by
     ``load_openvla_oft``. All on --device (cpu).
@@ -34,9 +34,9 @@ What it measures
     (1, as run.torch_threads: steady on a shared machine). Default run: ~2.5 min, 2 cores.
 
 How to run
-    .venv/bin/python benchmarks/models.py                 # CPU: both tiny models
-    .venv/bin/python benchmarks/models.py --batches 1,8 --seconds 0.5 --repeats 1  # smoke
-    .venv/bin/python benchmarks/models.py --models cnn --full-size --json m.json  # a GPU
+    .venv/bin/python benchmarks/bench_models.py                 # CPU: both tiny models
+    .venv/bin/python benchmarks/bench_models.py --batches 1,8 --seconds 0.5 --repeats 1  # smoke
+    .venv/bin/python benchmarks/bench_models.py --models cnn --full-size --json m.json  # a GPU
 Figures go to benchmarks/RESULTS.md by hand, with the command that produced them.
 """
 
@@ -53,12 +53,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# This file shares its name with chunkrl's `models` package: keep its own folder off the
-# path (python puts it first) so `import models` finds the package, from the checkout.
-sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 MODELS = ("cnn", "qwen_oft_tiny", "openvla_oft_tiny")
 MAX_PIXELS = 224 * 224  # as the real processor: a 224x224 image stays 224x224, 64 tokens
@@ -116,10 +112,10 @@ def build(name: str, tmp: Path, args):
         return build_policy(ModelConfig())
     if name == "qwen_oft_3b":
         return full_size_policy(torch.device("cuda"), args.attn)
-    from tests.vla_factory import make_qwen_vl, make_starvla_run
+    from models.tiny_vla import make_qwen_vl, make_starvla_run
 
     if name == "openvla_oft_tiny":
-        from tests.prismatic_factory import make_prismatic
+        from models.tiny_prismatic import make_prismatic
 
         vlm = make_prismatic(tmp / "openvla", image_size=224).path
         return build_policy(ModelConfig(kind="openvla_oft", model_path=str(vlm),
@@ -192,7 +188,8 @@ def bench_inference(name: str, policy, args, device) -> list[dict]:
 def learner_batch(policy, n: int, size: int, device, wrist: bool):
     """A TrainBatch of exactly ``n`` chunks from episodes ``policy`` acted in the synthetic
     env: 8-env groups, episodes of at most 3 chunks, one episode an env (>= n chunks)."""
-    from actors.executor import IdSource, StageExecutor
+    from actors.executor import StageExecutor
+    from protocol.ids import IdSource
     from configs import EnvConfig
     from envs import make_env, take
     from learner.batch import TrainBatch, build_batch
