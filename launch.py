@@ -30,6 +30,7 @@ log = logging.getLogger("launch")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The command line of a run: ``--config``, dotted overrides, role and mode flags."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML config (default: all defaults)")
@@ -310,6 +311,8 @@ def make_keys(argv: list[str]) -> int:
 
 
 def main(argv=None) -> int:
+    """The ``launch.py`` command line (``argv``: default ``sys.argv[1:]``); returns the exit
+    status (2 for a bad command line or config)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["keys"]:
         return make_keys(argv[1:])

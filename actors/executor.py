@@ -37,12 +37,16 @@ class EpisodeHook(Protocol):
 
     wants_observations: bool  # on_step gets the observation before each step
 
-    def on_reset(self, env_id: int, episode_id: int, init_state_id: int) -> None: ...
+    def on_reset(self, env_id: int, episode_id: int, init_state_id: int) -> None:
+        """A new episode ``episode_id`` starts in ``env_id``, from ``init_state_id``."""
 
     def on_step(self, env_ids: np.ndarray, obs: Optional[EnvObs], actions: np.ndarray,
-                result: StepResult) -> None: ...
+                result: StepResult) -> None:
+        """The envs of ``env_ids`` just stepped with ``actions``; ``obs``: the observation
+        before the step when a hook ``wants_observations``, else None."""
 
-    def on_end(self, env_id: int, instruction: str, success: bool) -> None: ...
+    def on_end(self, env_id: int, instruction: str, success: bool) -> None:
+        """The episode in ``env_id`` ended; ``success``: whether it achieved the task."""
 
 
 @dataclass
@@ -63,11 +67,16 @@ class EpisodeRecord:
     final_obs: Optional[EnvObs] = None  # one row: where a truncated episode stopped
 
     def append(self, **row) -> None:
+        """Add one chunk's row: each keyword's value goes on its column's list."""
         for key, value in row.items():
             self.rows.setdefault(key, []).append(value)
 
     def to_message(self, group_size: int) -> Trajectory:
-        stack = (lambda k, dtype: np.stack(self.rows[k]).astype(dtype, copy=False))
+        """The finished episode as a Trajectory message, its rows stacked into arrays."""
+
+        def stack(k, dtype):
+            return np.stack(self.rows[k]).astype(dtype, copy=False)
+
         values = self.rows.get("values")
         return Trajectory(
             episode_id=self.episode_id, group_id=self.group_id, group_size=group_size,

@@ -422,6 +422,7 @@ class Actor:
 
     @property
     def env_steps(self) -> int:
+        """Simulator steps taken so far by all of this actor's stages."""
         return sum(s.env_steps for s in self.stages)
 
     def write_profile(self) -> None:

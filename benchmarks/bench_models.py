@@ -52,7 +52,6 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
 import numpy as np
 import torch
 
@@ -85,7 +84,7 @@ def measure(paths: dict, args, device: torch.device) -> dict:
         for name in (list(paths) if r % 2 == 0 else list(paths)[::-1]):
             fn, units = paths[name]
             sync()
-            calls, start = 0, time.perf_counter()
+            calls, elapsed, start = 0, 0.0, time.perf_counter()
             while calls == 0 or elapsed < args.seconds:
                 fn()
                 sync()
@@ -98,7 +97,10 @@ def random_obs(batch: int, size: int):
     from envs.base import EnvObs
 
     rng = np.random.default_rng(0)
-    image = (lambda: rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
+
+    def image():
+        return rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+
     return EnvObs(image(), rng.standard_normal((batch, 8), dtype=np.float32),
                   [f"put the {COLOURS[i % 4]} block in the basket" for i in range(batch)],
                   wrist_images=image())
@@ -155,7 +157,10 @@ def full_size_policy(device: torch.device, attn: str, config: dict = QWEN25_VL_3
         image = [cfg.vision_start_token_id] + [cfg.image_token_id] * per_image + \
             [cfg.vision_end_token_id]
         rng = np.random.default_rng(0)
-        text = (lambda k: rng.integers(100, 100_000, (b, k)))  # system, task, suffix ids
+
+        def text(k):  # system, task, suffix ids
+            return rng.integers(100, 100_000, (b, k))
+
         ids = torch.from_numpy(np.concatenate(
             [text(20), np.tile(image * 2, (b, 1)), text(24),
              np.full((b, policy.num_action_chunks), ACTION_ID), text(8)], 1))

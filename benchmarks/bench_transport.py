@@ -46,9 +46,7 @@ import struct
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 import numpy as np
 import zmq
 

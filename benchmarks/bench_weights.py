@@ -31,7 +31,6 @@ Figures go to benchmarks/RESULTS.md by hand, with the command that produced them
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import multiprocessing as mp
 import statistics
@@ -118,7 +117,6 @@ def bench_size(args, hidden: int) -> dict:
     for p in raws:
         p.start()
     try:
-        device = torch.device("cpu")
         sender = LearnerStandIn(cfg, policy, args.servers)  # the servers' first weights
         raw = make_group(dist.FileStore(store, world), 0, world, "gloo", 120)
         opts = dist.BroadcastOptions()

@@ -152,6 +152,7 @@ class InferenceServer:
         self.batcher.add(Pending(got.peer, got.msg, time.time()), time.monotonic())
 
     def write_profile(self, log_dir: str) -> None:
+        """The profile of this server, with the bytes its actor link carried, into ``log_dir``."""
         self.prof.count("bytes_received:actor->inference", self.endpoint.bytes_received)
         self.prof.count("bytes_sent:inference->actor", self.endpoint.bytes_sent)
         self.prof.write(log_dir)

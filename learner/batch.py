@@ -94,7 +94,10 @@ def build_batch(groups: list[list[Trajectory]], algorithm: str = "grpo", gamma: 
         adv_per_episode = grpo_advantages(episode_scores(episodes), sizes.pop())
         advantages = torch.repeat_interleave(adv_per_episode, torch.tensor(chunks))
         targets = None
-    cat = (lambda name: np.concatenate([getattr(ep, name) for ep in episodes]))
+
+    def cat(name):
+        return np.concatenate([getattr(ep, name) for ep in episodes])
+
     t = episodes[0].actions.shape[1]
     executed = torch.from_numpy(cat("executed").astype(np.int64))
     wrist = cat("wrist_images") if episodes[0].wrist_images is not None else None
@@ -150,7 +153,10 @@ def value_targets(episodes: list[Trajectory], gamma: float, reward_level: str) -
                            np.stack([ep.final_state for ep in finals]),
                            [ep.task_description for ep in finals],
                            wrist_images=np.stack(wrist) if wrist[0] is not None else None)
-    t = (lambda parts: torch.from_numpy(np.concatenate(parts)))
+
+    def t(parts):
+        return torch.from_numpy(np.concatenate(parts))
+
     return ValueTargets(
         rewards=t(rewards), discounts=t(discounts),
         values=t([ep.values for ep in episodes]).float(), terminal=t(terminal),

@@ -50,6 +50,7 @@ class EvalRounds:
 
     @property
     def running(self) -> bool:
+        """Whether a round is in progress (ordered and not yet complete)."""
         return self.table is not None
 
     def owns(self, group: list[Trajectory]) -> bool:

@@ -17,6 +17,8 @@ import logging
 import queue
 import threading
 
+from typing_extensions import override
+
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint, LogLimiter
 from protocol.idset import IdSet
@@ -94,6 +96,7 @@ class TrajectoryReceiver(threading.Thread):
         self.stop_reason = ""
         self.error: BaseException | None = None
 
+    @override
     def run(self) -> None:
         try:
             self._serve()

@@ -102,6 +102,7 @@ class Books:
 
     @classmethod
     def resumed(cls, log_dir: Path, learner: Learner) -> "Books":
+        """The books kept in the checkpoint in ``log_dir``; restores ``learner`` from it too."""
         state = checkpoint.restore(log_dir, learner)
         books = cls(IdSet.from_ranges(state.received), IdSet.from_ranges(state.trained),
                     state.counters)
@@ -111,16 +112,19 @@ class Books:
         return books
 
     def mark_trained(self, groups: list[list[Trajectory]]) -> None:
+        """Mark the groups' episodes trained; one trained before counts in ``trained_twice``."""
         for group in groups:
             for ep in group:
                 self.trained_twice += not self.trained.add(ep.episode_id)
 
     def counters(self) -> dict:
+        """The counters a checkpoint keeps (``Books(counters=...)`` reads them back)."""
         return {"trained_twice": self.trained_twice, "stale_dropped": self.stale_dropped,
                 "env_steps": self.env_steps, "after_training": self.after_training,
                 "dropped_while_evaluating": self.dropped_while_evaluating}
 
     def save(self, cfg: Config, learner: Learner) -> None:
+        """Checkpoint ``learner`` with these books into ``run.log_dir``."""
         path = checkpoint.save(Path(cfg.run.log_dir), learner, cfg.run.incarnation,
                                self.counters(), self.received, self.trained, to_dict(cfg))
         log.info("checkpoint: version %d in %s", learner.version, path)
@@ -142,12 +146,14 @@ class Tally:
         self.reset()
 
     def reset(self) -> None:
+        """Zero the sums and restart the clock."""
         self.start = time.monotonic()
         self.episodes = self.successes = self.env_steps = self.samples = 0
         self.returns = self.rewards_per_step = self.chunk_rewards = 0.0
         self.chunks = self.stale = self.filtered = self.sim_failed = self.out_of_bounds = 0
 
     def add_group(self, group: list[Trajectory]) -> None:
+        """Add the episodes of ``group`` to the sums."""
         for ep in group:
             self.episodes += 1
             self.successes += ep.success_once

@@ -260,6 +260,7 @@ class InProcWeightBus:
         return r
 
     def send(self, version: int, model: torch.nn.Module) -> None:
+        """Hand ``model``'s state as ``version`` to every receiver (a copy each, on its device)."""
         buffers = flatten(model.state_dict())
         with self._lock:
             self.last = (version, buffers)
@@ -273,6 +274,7 @@ class InProcWeightBus:
         """A server thread cannot die alone in one process."""
 
     def close(self) -> None:
+        """Tell every receiver that the learner has finished."""
         for r in self.receivers:
             r.finished.set()
             r._wake()

@@ -2,7 +2,6 @@
 or corrupt one, and a run whose learner is SIGKILLed mid-run, then resumed."""
 
 import json
-import os
 import random
 import signal
 import subprocess

@@ -1,6 +1,5 @@
 """Weight broadcast over a real gloo process group, and the in-memory bus."""
 
-import threading
 import time
 
 import pytest
