@@ -83,7 +83,6 @@ def set_rng_states(rng: dict, generator) -> None:
 def save(log_dir: Path, learner, incarnation: int, counters: dict, received, trained,
          config: dict) -> Path:
     """Write the learner's state to ``log_dir/checkpoint.pt`` (+ .json), atomically."""
-    import torch  # here, so that the launcher reads checkpoint.json without torch
     state = {
         "model": learner.policy.state_dict(),
         "optimizer": learner.optimizer.state_dict(),
