@@ -24,6 +24,7 @@ from typing import Callable, Optional, Protocol
 
 import numpy as np
 
+from envs import observation_fields
 from envs.base import EnvObs, StepResult, VectorEnv, take
 from protocol.ids import IdSource
 from protocol.messages import Trajectory
@@ -83,26 +84,16 @@ class EpisodeRecord:
             init_state_id=self.init_state_id, task_description=self.task_description,
             env_steps=self.env_steps, episode_return=float(self.episode_return),
             success_once=self.success_once, truncated=self.truncated,
-            env_error=self.env_error, main_images=stack("main_images", np.uint8),
-            states=stack("states", np.float32), actions=stack("actions", np.float32),
+            env_error=self.env_error, actions=stack("actions", np.float32),
             logprobs=stack("logprobs", np.float32),
             policy_versions=stack("policy_versions", np.int64),
             rewards=stack("rewards", np.float32), dones=stack("dones", bool),
             executed=stack("executed", np.int32),
             action_rewards=stack("action_rewards", np.float32),
-            wrist_images=stack("wrist_images", np.uint8) if "wrist_images" in self.rows
-            else None,
             values=None if values is None or values[0] is None
             else stack("values", np.float32),
-            **_final_fields(self.final_obs))
-
-
-def _final_fields(obs: Optional[EnvObs]) -> dict:
-    """The Trajectory's final_* arrays from a one-row observation (none: absent)."""
-    if obs is None:
-        return {}
-    return {"final_main_image": obs.main_images[0], "final_state": obs.states[0],
-            "final_wrist_image": None if obs.wrist_images is None else obs.wrist_images[0]}
+            **observation_fields.stacked(self.rows),
+            **observation_fields.final_fields(self.final_obs))
 
 
 class StageExecutor:
@@ -211,13 +202,11 @@ class StageExecutor:
         for row, e in enumerate(ids):
             rec = self.records[e]
             rec.task_description = obs.task_descriptions[row]
-            rec.append(main_images=obs.main_images[row], states=obs.states[row],
-                       actions=actions[row], logprobs=logprobs[row],
+            rec.append(actions=actions[row], logprobs=logprobs[row],
                        values=None if values is None else values[row],
                        policy_versions=version, rewards=reward[row], dones=done[row],
-                       executed=executed[row], action_rewards=action_rewards[row])
-            if obs.wrist_images is not None:
-                rec.append(wrist_images=obs.wrist_images[row])
+                       executed=executed[row], action_rewards=action_rewards[row],
+                       **observation_fields.row(obs, row))
             rec.env_steps += int(executed[row])
             rec.episode_return += float(reward[row])
             rec.finished = bool(done[row])

@@ -18,7 +18,7 @@ import msgpack
 import numpy as np
 import zmq
 
-SCHEMA = 4  # protocol/README.md, section 3
+SCHEMA = 5  # protocol/README.md, section 3
 
 
 def frames_of(type_name: str, fields: dict, arrays: dict, run: str, seq: int,

@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from envs import observation_fields
 from envs.base import EnvObs
 from learner.algorithms import equal_score_groups, grpo_advantages
 from protocol.messages import Trajectory
@@ -100,12 +101,8 @@ def build_batch(groups: list[list[Trajectory]], algorithm: str = "grpo", gamma: 
 
     t = episodes[0].actions.shape[1]
     executed = torch.from_numpy(cat("executed").astype(np.int64))
-    wrist = cat("wrist_images") if episodes[0].wrist_images is not None else None
-    obs = EnvObs(cat("main_images"), cat("states"),
-                 [ep.task_description for ep, n in zip(episodes, chunks) for _ in range(n)],
-                 wrist_images=wrist)
     return TrainBatch(
-        obs=obs,
+        obs=observation_fields.from_trajectories(episodes),
         actions=torch.from_numpy(cat("actions")),
         old_logprobs=torch.from_numpy(cat("logprobs")),
         advantages=advantages,
@@ -146,13 +143,7 @@ def value_targets(episodes: list[Trajectory], gamma: float, reward_level: str) -
         if ep.truncated and ep.final_main_image is not None:
             finals.append(ep)
             final_rows.append(row - 1)
-    final_obs = None
-    if finals:
-        wrist = [ep.final_wrist_image for ep in finals]
-        final_obs = EnvObs(np.stack([ep.final_main_image for ep in finals]),
-                           np.stack([ep.final_state for ep in finals]),
-                           [ep.task_description for ep in finals],
-                           wrist_images=np.stack(wrist) if wrist[0] is not None else None)
+    final_obs = observation_fields.final_observations(finals) if finals else None
 
     def t(parts):
         return torch.from_numpy(np.concatenate(parts))

@@ -107,6 +107,8 @@ class Trajectory:
         "float32", ("C", "T"), "reward of each action; 0 for actions not executed")
     wrist_images: Optional[np.ndarray] = array(
         "uint8", ("C", "H", "W", 3), "wrist camera at chunk start", optional=True)
+    extra_view_images: Optional[np.ndarray] = array(
+        "uint8", ("C", "V", "H", "W", 3), "further camera views at chunk start", optional=True)
     values: Optional[np.ndarray] = array("float32", ("C",), "behaviour value", optional=True)
     # PPO bootstraps a truncated episode from V(the state its last step reached):
     final_main_image: Optional[np.ndarray] = array(
@@ -115,6 +117,9 @@ class Trajectory:
         "float32", ("S",), "state after the last step, when truncated", optional=True)
     final_wrist_image: Optional[np.ndarray] = array(
         "uint8", ("H", "W", 3), "wrist camera after the last step, when truncated",
+        optional=True)
+    final_extra_view_images: Optional[np.ndarray] = array(
+        "uint8", ("V", "H", "W", 3), "further views after the last step, when truncated",
         optional=True)
 
 

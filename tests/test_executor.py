@@ -3,9 +3,8 @@
 import numpy as np
 
 from actors.executor import StageExecutor
-
-from protocol.ids import IdSource
 from envs.synthetic import SyntheticReachEnv
+from protocol.ids import IdSource
 
 
 def _stage(n, max_steps=100, speed=0.01):
