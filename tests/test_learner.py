@@ -1,16 +1,18 @@
 """The learner core on real episodes from the real env and policy."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from actors.executor import StageExecutor
-from protocol.ids import IdSource
 from configs import load_config
 from envs import make_env
 from learner.batch import build_batch, group_lag, informative_groups
 from learner.core import Learner
 from models import build_policy
+from protocol.ids import IdSource
 from tests.conftest import ROOT, small_overrides
 
 
@@ -191,3 +193,21 @@ def test_group_mean_bounds_drop_all_fail_and_all_success_groups(setup, tmp_path)
     with pytest.raises(ConfigError, match="group_mean_bounds"):
         load_config(ROOT / "configs/synthetic_grpo.yaml",
                     small_overrides(tmp_path, **{"learner.group_mean_bounds": "[0.9,0.1]"}))
+
+
+@pytest.mark.parametrize("coef", [0.0, 0.05])
+def test_the_entropy_bonus_raises_the_entropy_and_nothing_else_moves_it(tmp_path, coef):
+    cfg = load_config(ROOT / "configs/synthetic_grpo.yaml", small_overrides(
+        tmp_path, **{"learner.entropy_coef": coef, "learner.lr": 0.01}))
+    torch.manual_seed(0)
+    policy = build_policy(cfg.model)
+    learner = Learner(policy, cfg.learner, 1.0, torch.device("cpu"))
+    batch = build_batch(_collect(cfg, policy))
+    batch = dataclasses.replace(batch, advantages=torch.zeros_like(batch.advantages))
+    before = policy.log_std.detach().clone()
+    metrics = learner.step(batch)  # zero advantages: the policy loss has no gradient
+    change = (policy.log_std.detach() - before).mean().item()
+    if coef:
+        assert change > 0 and metrics["train/entropy_loss"] > 0
+    else:
+        assert change == 0
