@@ -24,7 +24,11 @@ import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
-SHUTDOWN = -1
+SHUTDOWN = -1  # header version: the learner has finished
+# Header version of a keepalive: nothing follows. The learner sends one on a link idle for
+# a quarter of network.weights_timeout_s, so a slow update (minutes, when most GRPO groups
+# are filtered out) does not time out the server's waiting receive.
+KEEPALIVE = -2
 
 
 def flat_layout(state: dict) -> dict:
@@ -225,6 +229,8 @@ class DistWeightReceiver(WeightReceiver):
                 began = time.time()
                 if version == SHUTDOWN:
                     break
+                if version == KEEPALIVE:
+                    continue
                 if total != expected:
                     raise RuntimeError(
                         f"the learner sent {total} weight elements but this server's model "
