@@ -107,3 +107,9 @@ def test_a_client_written_from_the_doc_gets_chunks_and_the_documented_codes(tmp_
         "missing_states": {"type": "ErrorReply", "code": "missing_array", "request_id": 10}}
     assert got["after_errors"] == {"type": "ActionReply", "request_id": 11}
     assert stats["rejected"] == 5 and stats["requests"] == 2
+
+
+def test_the_weights_headers_are_the_codes():
+    from protocol.weights import KEEPALIVE, SHUTDOWN
+    section8 = DOC.read_text().split("## 8.")[1].split("## 9.")[0]
+    assert f"`[{SHUTDOWN}, 0]`" in section8 and f"`[{KEEPALIVE}, 0]`" in section8
