@@ -97,7 +97,7 @@ def run_role(cfg, role: str, index: int) -> int:
 
         torch.set_num_threads(cfg.run.torch_threads)
     from configs import ConfigError
-    from protocol.registration import EXIT_CONFIG_ERROR, EXIT_LEARNER_GONE, LearnerGone, Retired
+    from links.registration import EXIT_CONFIG_ERROR, EXIT_LEARNER_GONE, LearnerGone, Retired
 
     stop = threading.Event()
     _stop_on_signals(stop)
@@ -162,7 +162,7 @@ def run_single_process(cfg) -> int:
     from inference_server.server import run as run_server
     from learner.evaluator import run as run_evaluator
     from learner.worker import run as run_trainer
-    from protocol.weights import InProcWeightBus
+    from links.weights import InProcWeightBus
 
     torch.set_num_threads(cfg.run.torch_threads)
     ctx, bus, stop = zmq.Context(), InProcWeightBus(), threading.Event()
@@ -298,7 +298,7 @@ def make_keys(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python launch.py keys DIR", file=sys.stderr)
         return 2
-    from protocol.security import make_keys as make
+    from links.security import make_keys as make
 
     try:
         folder = make(argv[0])
@@ -398,7 +398,7 @@ def main(argv=None) -> int:
         return report_profile(cfg, supervise(cfg, args, overrides, slots))
     finally:
         if cfg.network.transport == "ipc":
-            from protocol.wiring import ipc_folder
+            from links.wiring import ipc_folder
             shutil.rmtree(ipc_folder(cfg), ignore_errors=True)
 
 

@@ -15,7 +15,7 @@ import time
 import zmq
 
 from configs import Config
-from protocol import wiring
+from links import wiring
 from protocol.endpoint import Endpoint
 from protocol.messages import ActionReply, ErrorReply, Roster
 

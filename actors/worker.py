@@ -30,14 +30,14 @@ from actors.servers import ServerPool
 from configs import Config, ConfigError
 from envs import eval_init_states, make_env, observation_fields, planned_init_states
 from profiling.recorder import make_profiler
-from protocol import wiring
+from links import wiring
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint
 from protocol.ids import IdSource
 from protocol.messages import (
     ActorDone, ActorHello, ErrorReply, EvalRound, ObsRequest, StopActors, TrajectoryAck,
 )
-from protocol.registration import Registration, Retired
+from links.registration import Registration, Retired
 
 log = logging.getLogger(__name__)
 FLUSH_RESEND_S = 2.0

@@ -74,7 +74,7 @@ def clients_main(cfg_args: list[str], actors: int, rows: int, warmup_s: float,
     import zmq
 
     from configs import load_config
-    from protocol import wiring
+    from links import wiring
     from protocol.endpoint import Endpoint
     from protocol.messages import ActionReply, ErrorReply, ObsRequest
 

@@ -3,7 +3,7 @@ torch.distributed broadcast of the same bytes, and the pause it causes in servin
 
 What it measures
     update  This process is the learner's end of the weights group (rank 0,
-            ``learner.weight_hub.WeightHub``, one 2-rank group per server); K real
+            ``links.weight_hub.WeightHub``, one 2-rank group per server); K real
             inference servers (``launch.py --role inference``, idle, profiled) are the
             other ranks. One
             update = ``sender.send(version, policy)``: flatten the state dict per dtype,
@@ -49,7 +49,7 @@ def raw_receiver(store_path: str, rank: int, world: int, out_path: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from protocol.weights import make_group
+    from links.weights import make_group
 
     group = make_group(dist.FileStore(store_path, world), rank, world, "gloo", 120)
     opts = dist.BroadcastOptions()
@@ -93,7 +93,7 @@ def bench_size(args, hidden: int) -> dict:
     from configs import load_config
     from models import build_policy
     from harness import LearnerStandIn
-    from protocol.weights import flatten, make_group
+    from links.weights import flatten, make_group
 
     tmp = Path(tempfile.mkdtemp(prefix="chunkrl-bench-weights-"))
     cfg_args = [f"run.log_dir={tmp / 'run'}", f"run.run_id={uuid.uuid4().hex[:8]}",

@@ -58,7 +58,7 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """Where the roles listen; see protocol/wiring.py for which socket connects where."""
+    """Where the roles listen; see links/wiring.py for which socket connects where."""
 
     transport: Literal["ipc", "tcp", "inproc"] = opt(
         "ipc", "ipc (one host), tcp (any hosts) or inproc (--single-process only)")

@@ -17,11 +17,11 @@ from inference_server.core import InferenceCore
 from models import build_policy, pick_device
 from profiling.recorder import OFF, make_profiler
 from inference_server.weights_link import WeightsLink
-from protocol import security, wiring
+from links import security, wiring
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint
 from protocol.messages import ErrorReply, ObsRequest
-from protocol.registration import Registration
+from links.registration import Registration
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.registration import EXIT_CONFIG_ERROR, EXIT_LEARNER_GONE
+from links.registration import EXIT_CONFIG_ERROR, EXIT_LEARNER_GONE
 
 log = logging.getLogger("launch")
 MAX_BACKOFF_S = 30.0

@@ -12,9 +12,9 @@ import zmq
 
 from configs import Config
 from learner.receiver import TrajectoryReceiver
-from learner.rendezvous import Registry, Rendezvous
-from learner.weight_hub import WeightHub
-from protocol import security, wiring
+from links.rendezvous import Registry, Rendezvous
+from links.weight_hub import WeightHub
+from links import security, wiring
 from protocol.endpoint import Endpoint
 from protocol.idset import IdSet
 from protocol.messages import ActorDone, ActorHello, Trajectory

@@ -4,7 +4,7 @@ It owns the learner's ROUTER socket. A new episode is recorded, acknowledged and
 to its group; a duplicate (an actor's resend whose ack was lost) is acknowledged again
 but not counted. Complete groups go to a bounded queue; while it is full the thread
 stops reading, so actors' unacknowledged outboxes fill and they wait (backpressure).
-With a rendezvous :class:`~learner.rendezvous.Registry`, only episodes of live actor
+With a rendezvous :class:`~links.rendezvous.Registry`, only episodes of live actor
 incarnations are taken: a dead incarnation's unfinished groups are discarded (never
 trained) and its later episodes refused with ``ErrorReply("retired")``; an episode of an
 actor not registered yet is left unacknowledged (its actor sends it again).

@@ -1,6 +1,5 @@
 """Config loading: types, unknown keys, interpolation, overrides, cross-field rules."""
 
-from pathlib import Path
 
 import pytest
 

@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from configs import load_config
-from protocol import wiring
+from links import wiring
 from protocol.codec import encode
 from tests.conftest import ROOT, small_overrides, start_run, wait_for_text
 from tests.messages_factory import every_message

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from configs import load_config
-from protocol import wiring
+from links import wiring
 from protocol.codec import SCHEMA_VERSION
 from tests.conftest import ROOT, small_overrides
 from tests.test_inference import ServerThread
@@ -110,6 +110,6 @@ def test_a_client_written_from_the_doc_gets_chunks_and_the_documented_codes(tmp_
 
 
 def test_the_weights_headers_are_the_codes():
-    from protocol.weights import KEEPALIVE, SHUTDOWN
+    from links.weights import KEEPALIVE, SHUTDOWN
     section8 = DOC.read_text().split("## 8.")[1].split("## 9.")[0]
     assert f"`[{SHUTDOWN}, 0]`" in section8 and f"`[{KEEPALIVE}, 0]`" in section8

@@ -9,10 +9,10 @@ import pytest
 import zmq
 
 from learner.receiver import GroupAssembler
-from learner.rendezvous import Registry, Rendezvous
+from links.rendezvous import Registry, Rendezvous
 from protocol import ids
 from protocol.messages import Heartbeat, Register
-from protocol.registration import LearnerGone, Registration
+from links.registration import LearnerGone, Registration
 from tests.messages_factory import trajectory
 
 

@@ -5,11 +5,11 @@ import time
 import pytest
 import torch
 
-from learner.rendezvous import Registry
-from learner.weight_hub import WeightHub
+from links.rendezvous import Registry
+from links.weight_hub import WeightHub
 from models import build_policy
 from protocol.messages import Register
-from protocol.weights import (
+from links.weights import (
     DistWeightReceiver, InProcWeightBus, flatten, join_group, unflatten, flat_layout,
 )
 

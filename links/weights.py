@@ -1,7 +1,7 @@
 """Weight broadcast from the learner to the inference servers.
 
 Over torch.distributed, one 2-rank process group per server (rank 0 = learner, rank 1 =
-the server; gloo on CPU, NCCL on GPU; learner/weight_hub.py forms them), so the learner's
+the server; gloo on CPU, NCCL on GPU; links/weight_hub.py forms them), so the learner's
 own data-parallel group is never involved and a server can die and rejoin. One update
 is: an int64 header [version, elements] broadcast from rank 0, then
 one flat buffer per dtype of the model's state_dict (dtypes in name order, tensors in
@@ -91,7 +91,7 @@ def join_group(cfg, index: int, generation: int, device: torch.device):
     """Server ``index``: join its weights group ``generation`` (rank 1 of 2; the learner,
     rank 0, forms it when it has seen the server's registration, between two updates:
     so the server waits for it up to ``network.learner_wait_s``)."""
-    from protocol import wiring
+    from links import wiring
 
     backend = weights_backend(cfg, device)
     log.info("joining weights group %d (%s)", generation, backend)
@@ -206,7 +206,7 @@ class WeightReceiver:
 
 
 class DistWeightReceiver(WeightReceiver):
-    """Receives the learner's broadcasts (learner/weight_hub.py) on a daemon thread (each a
+    """Receives the learner's broadcasts (links/weight_hub.py) on a daemon thread (each a
     ``weights_recv`` span of ``prof``, from the header to the last buffer). ``group`` is a
     process group, or a function that joins one (called on the thread, so a server keeps
     serving while it joins)."""

@@ -24,7 +24,7 @@ import numpy as np
 from typing_extensions import override
 
 from configs import Config
-from protocol import wiring
+from links import wiring
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint
 from protocol.ids import actor_of

@@ -18,7 +18,7 @@ import zmq
 from typing_extensions import override
 
 from configs import Config
-from protocol import wiring
+from links import wiring
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint
 from protocol.messages import ErrorReply, Heartbeat, Register, Roster

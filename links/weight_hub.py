@@ -20,9 +20,9 @@ import time
 import torch
 
 from configs import Config
-from learner.rendezvous import Join, Registry
-from protocol import wiring
-from protocol.weights import (
+from links.rendezvous import Join, Registry
+from links import wiring
+from links.weights import (
     KEEPALIVE, SHUTDOWN, broadcast, flatten, make_group, weights_backend,
 )
 
