@@ -41,7 +41,7 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -ra -m "not slow"
 
-## Benchmarks (about 11 minutes on 2 cores), each printing its ratios; figures go to
+## Benchmarks (about 13 minutes on 2 cores), each printing its ratios; figures go to
 ## benchmarks/RESULTS.md by hand, with the command. Shorter settings than each script's
 ## defaults, to fit the time; run a script alone for its full figures.
 bench: install
