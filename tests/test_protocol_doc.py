@@ -54,7 +54,8 @@ def test_the_prose_states_the_codes_schema_version():
 
 
 def _sources() -> str:
-    return "\n".join(p.read_text() for d in ("protocol", "inference_server", "learner", "actors")
+    return "\n".join(p.read_text() for d in ("protocol", "links", "inference_server", "learner",
+                                            "actors")
                      for p in (ROOT / d).glob("*.py"))
 
 
