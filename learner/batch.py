@@ -71,6 +71,28 @@ def informative_groups(groups: list[list[Trajectory]]) -> list[list[Trajectory]]
             if not bool(equal_score_groups(episode_scores(g), len(g))[0])]
 
 
+def group_verdict(group: list[Trajectory], version: int, cfg) -> str:
+    """Why the learner (``cfg``: its LearnerConfig, at policy ``version``) does not train
+    on ``group``, checked in this order; "" when it does:
+
+    * ``sim_failed``: a simulator error cut an episode short, so its score says nothing
+      about the policy (and GRPO compares within the group);
+    * ``stale``: acted more than ``max_staleness`` versions ago;
+    * ``filtered`` (GRPO, ``filter_equal_groups``): every score equal, no signal;
+    * ``out_of_bounds`` (GRPO): the mean score outside ``group_mean_bounds``.
+    """
+    grpo = cfg.algorithm == "grpo"  # the score filters are GRPO's; PPO needs no groups
+    if any(ep.env_error for ep in group):
+        return "sim_failed"
+    if group_lag(group, version) > cfg.max_staleness:
+        return "stale"
+    if grpo and cfg.filter_equal_groups and not informative_groups([group]):
+        return "filtered"
+    if grpo and not within_mean_bounds(group, cfg.group_mean_bounds):
+        return "out_of_bounds"
+    return ""
+
+
 def within_mean_bounds(group: list[Trajectory], bounds) -> bool:
     """Whether the group's mean score lies in [low, high] (always, with no bounds)."""
     if not bounds:

@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from configs import Config, to_dict
 from learner import checkpoint
-from learner.batch import build_batch, group_lag, informative_groups, within_mean_bounds
+from learner.batch import build_batch, group_verdict
 from learner.core import Learner
 from learner.eval_rounds import EvalRounds
 from learner.link import LearnerLinks
@@ -163,6 +163,14 @@ class Tally:
             self.chunk_rewards += float(ep.rewards.sum())
             self.chunks += len(ep.rewards)
 
+    def drop(self, verdict: str, episodes: int) -> None:
+        """Count a group not trained on (:func:`learner.batch.group_verdict`): stale ones
+        by episode, the others by group."""
+        if verdict == "stale":
+            self.stale += episodes
+        else:
+            setattr(self, verdict, getattr(self, verdict) + 1)
+
     def metrics(self) -> dict:
         """The ``env/*`` scalars and throughput since the last reset."""
         elapsed = max(time.monotonic() - self.start, 1e-6)
@@ -189,7 +197,6 @@ def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, wri
     L = cfg.learner
     update, shown = Tally(), Tally()  # since the last update / the last progress line
     groups = []
-    grpo = L.algorithm == "grpo"  # the group filters are GRPO's; PPO needs no groups
     weight_bytes = sum(t.numel() * t.element_size() for t in learner.policy.state_dict().values())
     deadline = time.monotonic() + cfg.time_limit_s if cfg.time_limit_s else float("inf")
     rounds = EvalRounds(cfg, links.receiver, writer, Path(cfg.run.log_dir)) \
@@ -237,20 +244,11 @@ def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, wri
         shown.add_group(group)
         for ep in group:
             prof.sample("policy_lag", learner.version - int(ep.policy_versions.min()))
-        if any(ep.env_error for ep in group):
-            # A simulator failure cut an episode short: its score says nothing about the
-            # policy, and GRPO compares within the group, so the group is not trained on.
-            update.sim_failed += 1
-            continue
-        if group_lag(group, learner.version) > L.max_staleness:
-            update.stale += len(group)
-            books.stale_dropped += len(group)
-            continue
-        if grpo and L.filter_equal_groups and not informative_groups([group]):
-            update.filtered += 1
-            continue
-        if grpo and not within_mean_bounds(group, L.group_mean_bounds):
-            update.out_of_bounds += 1
+        verdict = group_verdict(group, learner.version, L)
+        if verdict:
+            update.drop(verdict, len(group))
+            if verdict == "stale":
+                books.stale_dropped += len(group)
             continue
         groups.append(group)
         if len(groups) < L.groups_per_update:
