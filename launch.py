@@ -30,6 +30,7 @@ log = logging.getLogger("launch")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The command line of a run: ``--config``, dotted overrides, role and mode flags."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML config (default: all defaults)")
@@ -96,7 +97,7 @@ def run_role(cfg, role: str, index: int) -> int:
 
         torch.set_num_threads(cfg.run.torch_threads)
     from configs import ConfigError
-    from protocol.registration import EXIT_CONFIG_ERROR, EXIT_LEARNER_GONE, LearnerGone, Retired
+    from links.registration import EXIT_CONFIG_ERROR, EXIT_LEARNER_GONE, LearnerGone, Retired
 
     stop = threading.Event()
     _stop_on_signals(stop)
@@ -161,7 +162,7 @@ def run_single_process(cfg) -> int:
     from inference_server.server import run as run_server
     from learner.evaluator import run as run_evaluator
     from learner.worker import run as run_trainer
-    from protocol.weights import InProcWeightBus
+    from links.weights import InProcWeightBus
 
     torch.set_num_threads(cfg.run.torch_threads)
     ctx, bus, stop = zmq.Context(), InProcWeightBus(), threading.Event()
@@ -206,8 +207,12 @@ def supervise(cfg, args: argparse.Namespace, overrides: list[str],
     def command(slot) -> list[str]:
         cmd = python_argv() + (["--config", args.config] if args.config else [])
         extra = [f"run.start={slot.starts}"]
-        if slot.role == "learner" and slot.starts and (log_dir / "checkpoint.json").exists():
-            extra.append("run.resume=true")  # a restarted learner carries on from it
+        if slot.role == "learner" and slot.starts:
+            if (log_dir / "checkpoint.json").exists():
+                extra.append("run.resume=true")  # a restarted learner carries on from it
+            else:
+                log.warning("the learner restarts from version 0: %s has no checkpoint yet "
+                            "(learner.checkpoint_every=%d)", log_dir, cfg.learner.checkpoint_every)
         return cmd + [*overrides, *extra, "--worker", "--role", slot.role, "--index",
                       str(slot.index), "--log-level", args.log_level]
 
@@ -293,7 +298,7 @@ def make_keys(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python launch.py keys DIR", file=sys.stderr)
         return 2
-    from protocol.security import make_keys as make
+    from links.security import make_keys as make
 
     try:
         folder = make(argv[0])
@@ -306,6 +311,8 @@ def make_keys(argv: list[str]) -> int:
 
 
 def main(argv=None) -> int:
+    """The ``launch.py`` command line (``argv``: default ``sys.argv[1:]``); returns the exit
+    status (2 for a bad command line or config)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["keys"]:
         return make_keys(argv[1:])
@@ -391,7 +398,7 @@ def main(argv=None) -> int:
         return report_profile(cfg, supervise(cfg, args, overrides, slots))
     finally:
         if cfg.network.transport == "ipc":
-            from protocol.wiring import ipc_folder
+            from links.wiring import ipc_folder
             shutil.rmtree(ipc_folder(cfg), ignore_errors=True)
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from typing_extensions import override
 
+from actors.executor import EpisodeHook
 from configs import Config, to_dict
 from demos import Demo, DemoWriter
 from demos.layout import file_attributes
@@ -35,7 +37,7 @@ class _Steps:
             self.rows.setdefault(key, []).append(value)
 
 
-class DemoRecorder:
+class DemoRecorder(EpisodeHook):
     """Collects every step of each episode of ``env``; finished episodes go to ``writer``."""
 
     wants_observations = True
@@ -45,11 +47,13 @@ class DemoRecorder:
         self.orientation, self.source = orientation, source
         self.running: dict[int, _Steps] = {}
 
+    @override
     def on_reset(self, env_id: int, episode_id: int, init_state_id: int) -> None:
         extras = self.env.record_extras(np.array([env_id]))
         self.running[env_id] = _Steps(episode_id, init_state_id,
                                       {k: v[0] for k, v in extras.items()})
 
+    @override
     def on_step(self, env_ids: np.ndarray, obs: Optional[EnvObs], actions: np.ndarray,
                 result: StepResult) -> None:
         after = self.env.record_extras(env_ids)
@@ -64,6 +68,7 @@ class DemoRecorder:
                       **{f"extra:{k}": v for k, v in steps.extras_now.items()})
             steps.extras_now = {k: v[row] for k, v in after.items()}
 
+    @override
     def on_end(self, env_id: int, instruction: str, success: bool) -> None:
         steps = self.running.pop(env_id, None)
         if steps is None or not steps.rows:

@@ -24,7 +24,9 @@ from typing import Callable, Optional, Protocol
 
 import numpy as np
 
+from envs import observation_fields
 from envs.base import EnvObs, StepResult, VectorEnv, take
+from protocol.ids import IdSource
 from protocol.messages import Trajectory
 
 log = logging.getLogger(__name__)
@@ -36,35 +38,16 @@ class EpisodeHook(Protocol):
 
     wants_observations: bool  # on_step gets the observation before each step
 
-    def on_reset(self, env_id: int, episode_id: int, init_state_id: int) -> None: ...
+    def on_reset(self, env_id: int, episode_id: int, init_state_id: int) -> None:
+        """A new episode ``episode_id`` starts in ``env_id``, from ``init_state_id``."""
 
     def on_step(self, env_ids: np.ndarray, obs: Optional[EnvObs], actions: np.ndarray,
-                result: StepResult) -> None: ...
+                result: StepResult) -> None:
+        """The envs of ``env_ids`` just stepped with ``actions``; ``obs``: the observation
+        before the step when a hook ``wants_observations``, else None."""
 
-    def on_end(self, env_id: int, instruction: str, success: bool) -> None: ...
-
-
-@dataclass
-class IdSource:
-    """Episode and group ids of one actor:
-    ``incarnation << 48 | actor_index << 32 | counter``. The incarnation counts the run's
-    resumptions, so the ids of a resumed run never repeat those trained before."""
-
-    actor_index: int
-    incarnation: int = 0
-    episodes: int = 0
-    groups: int = 0
-
-    def _id(self, counter: int) -> int:
-        return (self.incarnation << 48) | (self.actor_index << 32) | counter
-
-    def episode(self) -> int:
-        self.episodes += 1
-        return self._id(self.episodes - 1)
-
-    def group(self) -> int:
-        self.groups += 1
-        return self._id(self.groups - 1)
+    def on_end(self, env_id: int, instruction: str, success: bool) -> None:
+        """The episode in ``env_id`` ended; ``success``: whether it achieved the task."""
 
 
 @dataclass
@@ -85,37 +68,32 @@ class EpisodeRecord:
     final_obs: Optional[EnvObs] = None  # one row: where a truncated episode stopped
 
     def append(self, **row) -> None:
+        """Add one chunk's row: each keyword's value goes on its column's list."""
         for key, value in row.items():
             self.rows.setdefault(key, []).append(value)
 
     def to_message(self, group_size: int) -> Trajectory:
-        stack = (lambda k, dtype: np.stack(self.rows[k]).astype(dtype, copy=False))
+        """The finished episode as a Trajectory message, its rows stacked into arrays."""
+
+        def stack(k, dtype):
+            return np.stack(self.rows[k]).astype(dtype, copy=False)
+
         values = self.rows.get("values")
         return Trajectory(
             episode_id=self.episode_id, group_id=self.group_id, group_size=group_size,
             init_state_id=self.init_state_id, task_description=self.task_description,
             env_steps=self.env_steps, episode_return=float(self.episode_return),
             success_once=self.success_once, truncated=self.truncated,
-            env_error=self.env_error, main_images=stack("main_images", np.uint8),
-            states=stack("states", np.float32), actions=stack("actions", np.float32),
+            env_error=self.env_error, actions=stack("actions", np.float32),
             logprobs=stack("logprobs", np.float32),
             policy_versions=stack("policy_versions", np.int64),
             rewards=stack("rewards", np.float32), dones=stack("dones", bool),
             executed=stack("executed", np.int32),
             action_rewards=stack("action_rewards", np.float32),
-            wrist_images=stack("wrist_images", np.uint8) if "wrist_images" in self.rows
-            else None,
             values=None if values is None or values[0] is None
             else stack("values", np.float32),
-            **_final_fields(self.final_obs))
-
-
-def _final_fields(obs: Optional[EnvObs]) -> dict:
-    """The Trajectory's final_* arrays from a one-row observation (none: absent)."""
-    if obs is None:
-        return {}
-    return {"final_main_image": obs.main_images[0], "final_state": obs.states[0],
-            "final_wrist_image": None if obs.wrist_images is None else obs.wrist_images[0]}
+            **observation_fields.stacked(self.rows),
+            **observation_fields.final_fields(self.final_obs))
 
 
 class StageExecutor:
@@ -224,13 +202,11 @@ class StageExecutor:
         for row, e in enumerate(ids):
             rec = self.records[e]
             rec.task_description = obs.task_descriptions[row]
-            rec.append(main_images=obs.main_images[row], states=obs.states[row],
-                       actions=actions[row], logprobs=logprobs[row],
+            rec.append(actions=actions[row], logprobs=logprobs[row],
                        values=None if values is None else values[row],
                        policy_versions=version, rewards=reward[row], dones=done[row],
-                       executed=executed[row], action_rewards=action_rewards[row])
-            if obs.wrist_images is not None:
-                rec.append(wrist_images=obs.wrist_images[row])
+                       executed=executed[row], action_rewards=action_rewards[row],
+                       **observation_fields.row(obs, row))
             rec.env_steps += int(executed[row])
             rec.episode_return += float(reward[row])
             rec.finished = bool(done[row])

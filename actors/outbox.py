@@ -25,6 +25,7 @@ class Outbox:
 
     @property
     def full(self) -> bool:
+        """Whether ``capacity`` episodes are waiting for their acknowledgement."""
         return len(self.pending) >= self.capacity
 
     def add(self, ep: Trajectory) -> None:

@@ -15,7 +15,7 @@ import time
 import zmq
 
 from configs import Config
-from protocol import wiring
+from links import wiring
 from protocol.endpoint import Endpoint
 from protocol.messages import ActionReply, ErrorReply, Roster
 
@@ -78,14 +78,18 @@ class ServerPool:
         return min(others, key=lambda i: self.suspected.get(i, 0.0))  # longest suspected
 
     def send(self, server: int, msg) -> None:
+        """Send ``msg`` to ``server`` and count it in flight there."""
         self.endpoints[server].send(msg)
         self.outstanding[server] += 1
 
     def answered(self, server: int) -> None:
+        """``server`` answered a request: one fewer in flight, and no longer suspected."""
         self.outstanding[server] = max(0, self.outstanding.get(server, 0) - 1)
         self.suspected.pop(server, None)
 
     def suspect(self, server: int) -> None:
+        """``server`` left a request unanswered: one fewer in flight, and suspected from now
+        (logged when it was not already)."""
         self.outstanding[server] = max(0, self.outstanding.get(server, 0) - 1)
         if server not in self.suspected:
             log.warning("actor %d: inference server %d did not answer within "
@@ -105,6 +109,7 @@ class ServerPool:
                 self.retired_bytes[1] + sum(e.bytes_received for e in self.endpoints.values()))
 
     def rejected_counts(self) -> dict:
+        """Messages rejected so far by every endpoint, closed ones too, by reason code."""
         out = dict(self.rejected)
         for ep in self.endpoints.values():
             for k, v in ep.rejected.items():
@@ -112,5 +117,6 @@ class ServerPool:
         return out
 
     def close(self) -> None:
+        """Close every server endpoint."""
         for i in list(self.endpoints):
             self._close(i)

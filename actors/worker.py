@@ -23,20 +23,21 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from actors.executor import IdSource, StageExecutor
+from actors.executor import StageExecutor
 from actors.outbox import Outbox
 from actors.recorder import EpisodeRecorder
 from actors.servers import ServerPool
 from configs import Config, ConfigError
-from envs import eval_init_states, make_env, planned_init_states
-from protocol import wiring
+from envs import eval_init_states, make_env, observation_fields, planned_init_states
+from profiling.recorder import make_profiler
+from links import wiring
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint
-from profiling.recorder import make_profiler
+from protocol.ids import IdSource
 from protocol.messages import (
     ActorDone, ActorHello, ErrorReply, EvalRound, ObsRequest, StopActors, TrajectoryAck,
 )
-from protocol.registration import Registration, Retired
+from links.registration import Registration, Retired
 
 log = logging.getLogger(__name__)
 FLUSH_RESEND_S = 2.0
@@ -307,9 +308,8 @@ class Actor:
             return
         with self.prof.span("observe_send", stage=stage):  # rendering + encoding
             obs = self.stages[stage].observe()
-            self._send_request(stage, ObsRequest(
-                -1, self.deterministic, obs.task_descriptions, obs.main_images,
-                obs.states, obs.wrist_images, obs.extra_view_images), time.monotonic())
+            self._send_request(stage, observation_fields.to_request(obs, -1, self.deterministic),
+                               time.monotonic())
 
     def _send_request(self, stage: int, request: ObsRequest, first_sent: float,
                       avoid: int = -1) -> None:
@@ -421,6 +421,7 @@ class Actor:
 
     @property
     def env_steps(self) -> int:
+        """Simulator steps taken so far by all of this actor's stages."""
         return sum(s.env_steps for s in self.stages)
 
     def write_profile(self) -> None:

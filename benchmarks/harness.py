@@ -16,8 +16,6 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from a plain checkout
-    sys.path.insert(0, str(ROOT))
 BASE_CONFIG = ROOT / "configs" / "synthetic_grpo.yaml"
 
 

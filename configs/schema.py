@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from protocol import ids
+
 # Initial-state ids are ``task_index * INIT_STRIDE + state_index`` (state_index < STRIDE):
 # one integer names the task and the start, for group resets and evaluation trials.
 INIT_STRIDE = 1000
@@ -56,7 +58,7 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """Where the roles listen; see protocol/wiring.py for which socket connects where."""
+    """Where the roles listen; see links/wiring.py for which socket connects where."""
 
     transport: Literal["ipc", "tcp", "inproc"] = opt(
         "ipc", "ipc (one host), tcp (any hosts) or inproc (--single-process only)")
@@ -281,7 +283,8 @@ class LearnerConfig:
     max_ready_groups: int = opt(16, "complete groups buffered before actors are held back")
     checkpoint: bool = opt(True, "save log_dir/checkpoint.pt (weights, optimizer, schedule, "
                            "counters) at exit")
-    checkpoint_every: int = opt(0, "also save it every this many updates (0: at exit only)")
+    checkpoint_every: int = opt(100, "also save it every this many updates (0: at exit "
+                                "only, and a learner that dies restarts from version 0)")
     update_sleep_s: float = opt(0.0, "sleep this long after each update: a slow learner, "
                                 "to test stale-data handling")
 
@@ -421,7 +424,7 @@ class Config:
     @property
     def incarnation(self) -> int:
         """This process start, unique within the run: ``run.incarnation << 8 | run.start``
-        (the top 16 bits of the ids of the episodes an actor makes)."""
+        (the top bits of the ids of the episodes an actor makes, :mod:`protocol.ids`)."""
         return self.run.incarnation << 8 | self.run.start
 
     @property
@@ -509,8 +512,9 @@ def validate(cfg: Config) -> list[str]:
          L.critic_lr >= 0 and L.kl_beta >= 0 and 0 <= L.min_lr_ratio <= 1 and
          L.update_sleep_s >= 0, "learner: steps, sizes, critic_lr, kl_beta and "
          "update_sleep_s must be >= 0; min_lr_ratio in [0, 1]"),
-        (0 <= cfg.run.incarnation < 256 and 0 <= cfg.run.start < 256,
-         "run.incarnation and run.start must be in 0..255 (start a new run directory)"),
+        (0 <= cfg.run.incarnation <= ids.MAX_INCARNATION >> 8 and 0 <= cfg.run.start < 256,
+         f"run.incarnation must be in 0..{ids.MAX_INCARNATION >> 8} and run.start in "
+         "0..255 (start a new run directory)"),
         (cfg.run.max_restarts >= 0 and cfg.run.restart_backoff_s >= 0,
          "run.max_restarts and run.restart_backoff_s must be >= 0"),
         (min(n.heartbeat_s, n.join_timeout_s, n.learner_wait_s) > 0 and

@@ -67,6 +67,7 @@ class Demo:
 
     @property
     def succeeded(self) -> bool:
+        """Whether the task was achieved at some step."""
         return bool(self.success.any())
 
 

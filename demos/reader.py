@@ -34,6 +34,7 @@ class ReadReport:
     bad: list = field(default_factory=list)  # (path, reason)
 
     def summary(self) -> str:
+        """One line: demos and files read, and the first five unreadable files with why."""
         text = f"{self.demos} demos from {self.files} files"
         if self.bad:
             text += f"; {len(self.bad)} unreadable: " + "; ".join(

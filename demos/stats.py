@@ -37,5 +37,6 @@ def dataset_statistics(actions: list[np.ndarray], states: list[np.ndarray],
 
 
 def write_statistics(path: Path, stats: dict) -> Path:
+    """Write ``stats`` to ``path`` as JSON; returns ``path``."""
     path.write_text(json.dumps(stats, indent=1))
     return path

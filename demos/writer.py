@@ -65,6 +65,7 @@ class DemoWriter:
         self._thread.start()
 
     def path_for(self, demo: Demo) -> Path:
+        """Where ``demo`` goes: ``<folder>/<instruction slug>/state_<init_state_id>.hdf5``."""
         return self.folder / slug(demo.instruction) / f"state_{demo.init_state_id:06d}.hdf5"
 
     def put(self, demo: Demo) -> None:

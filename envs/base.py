@@ -104,7 +104,10 @@ class VectorEnv(abc.ABC):
 
 def take(obs: EnvObs, rows: np.ndarray) -> EnvObs:
     """The rows ``rows`` of a batch."""
-    pick = (lambda a: None if a is None else a[rows])
+
+    def pick(a):
+        return None if a is None else a[rows]
+
     return EnvObs(obs.main_images[rows], obs.states[rows],
                   [obs.task_descriptions[i] for i in rows],
                   pick(obs.wrist_images), pick(obs.extra_view_images))

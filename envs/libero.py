@@ -25,6 +25,7 @@ import io
 from typing import Sequence
 
 import numpy as np
+from typing_extensions import override
 
 from envs.base import EVAL_STATES, INIT_STRIDE, split_init_state
 from envs.sim import MujocoVectorEnv, SimOptions, seeded_reset
@@ -67,9 +68,11 @@ class LiberoSuite:
         return self._bench.get_task(task_id).name
 
     def instruction(self, task_id: int) -> str:
+        """The task's language instruction."""
         return self._bench.get_task(task_id).language
 
     def bddl_file(self, task_id: int) -> str:
+        """The path of the task's BDDL file."""
         return self._bench.get_task_bddl_file_path(task_id)
 
     def init_states(self, task_id: int) -> np.ndarray:
@@ -107,6 +110,7 @@ class LiberoVectorEnv(MujocoVectorEnv):
         self.held_out = held_out
         super().__init__(num_envs, group_size, opts)
 
+    @override
     def sample_init_state(self, group: int, rng: np.random.Generator) -> int:
         if self.task_assignment == "per_group":
             task = self.task_ids[(self.group_offset + group) % len(self.task_ids)]
@@ -146,6 +150,7 @@ class LiberoVectorEnv(MujocoVectorEnv):
             return obs
         return sim_env.set_init_state(states[index])
 
+    @override
     def task_info(self, init_state_id: int) -> dict:
         task = split_init_state(init_state_id)[0]
         return {"env_name": f"LIBERO/{self.suite.name}", "problem_name": self.suite.task_name(task),

@@ -93,6 +93,7 @@ class SharedGL:
         self._ctx = None
 
     def make_current(self) -> None:
+        """Make the context current on this thread, creating it on first use."""
         import mujoco
 
         if self._ctx is None:
@@ -100,6 +101,7 @@ class SharedGL:
         self._ctx.make_current()
 
     def free(self) -> None:
+        """Free the context, if created (the next ``make_current`` creates a new one)."""
         if self._ctx is not None:
             self._ctx.free()
             self._ctx = None
@@ -126,6 +128,7 @@ class ModelAssets:
         self.users = 0
 
     def free(self) -> None:
+        """Free the uploaded meshes and textures (the ``MjrContext``)."""
         self.gl.make_current()
         self.con.free()
 
@@ -156,6 +159,7 @@ class SimRenderer:
         self.viewport = mujoco.MjrRect(0, 0, size, size)
 
     def camera_id(self, name: str) -> int:
+        """The id of the model's camera ``name``; ValueError when it has none."""
         cid = self._mj.mj_name2id(self.model, self._mj.mjtObj.mjOBJ_CAMERA, name)
         if cid < 0:
             raise ValueError(f"the model has no camera named {name!r}")

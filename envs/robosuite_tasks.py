@@ -8,6 +8,8 @@ is seed k, and with ``held_out`` training draws seeds >= 100 only. Success is th
 
 from __future__ import annotations
 
+from typing_extensions import override
+
 from envs.base import split_init_state
 from envs.sim import MujocoVectorEnv, SimOptions, seeded_reset
 
@@ -55,6 +57,7 @@ class RobosuiteVectorEnv(MujocoVectorEnv):
     def _reset_sim(self, sim_env, init_state_id: int) -> dict:
         return seeded_reset(sim_env, split_init_state(init_state_id)[1])
 
+    @override
     def task_info(self, init_state_id: int) -> dict:
         return {"env_name": self.task, "problem_name": self.task, "bddl_file_name": ""}
 

@@ -13,7 +13,7 @@ Actions are 7-D: a 6-D end-effector delta for robosuite's OSC_POSE controller, e
   1 = open. As their evaluation does: rescale to [-1, 1] (``2g - 1``), binarise by sign,
   then invert, so 1 (open) -> -1 and 0 (closed) -> +1 (and exactly 0.5 -> 0).
 * ``starvla``: StarVLA's QwenOFT emits the gripper in [0, 1] with 1 = open; its LIBERO
-  evaluation binarises it: ``g > 0.5`` -> -1 (open), else +1 (close).
+  evaluation (RLinf's) binarises it: ``g >= 0.5`` -> -1 (open), else +1 (close).
 
 Images come out of OpenGL bottom row first. ``upright`` flips them vertically (the
 camera's true view); ``libero`` also mirrors them left-right, i.e. rotates the raw
@@ -64,7 +64,7 @@ def to_env_action(action: np.ndarray, convention: str) -> np.ndarray:
     if convention == "openvla":
         out[-1] = -np.sign(2.0 * g - 1.0)  # exactly 0.5 gives 0, as OpenVLA's own
     elif convention == "starvla":
-        out[-1] = -1.0 if g > 0.5 else 1.0
+        out[-1] = -1.0 if g >= 0.5 else 1.0
     elif convention != "env":
         raise ValueError(f"unknown gripper_convention {convention!r}; valid: "
                          f"{list(GRIPPER_CONVENTIONS)}")

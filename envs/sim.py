@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+from typing_extensions import override
 
 from envs.base import EnvObs, StepResult, VectorEnv
 from envs.render import ModelAssets, SharedGL, SimRenderer
@@ -132,6 +133,7 @@ class MujocoVectorEnv(VectorEnv):
         slot.sim_env, slot.renderer, slot.key = None, None, None
 
     # --- VectorEnv ---------------------------------------------------------------------
+    @override
     def reset_group(self, group: int, init_state_id: int) -> None:
         for e in range(group * self.group_size, (group + 1) * self.group_size):
             self._reset_slot(self.slots[e], init_state_id)
@@ -180,6 +182,7 @@ class MujocoVectorEnv(VectorEnv):
         slot.state = self._state(obs)
         return problem
 
+    @override
     def step(self, env_ids: np.ndarray, actions: np.ndarray) -> StepResult:
         b = len(env_ids)
         rewards, success = np.zeros(b, np.float32), np.zeros(b, bool)
@@ -202,6 +205,7 @@ class MujocoVectorEnv(VectorEnv):
             truncated[row] = not success[row] and slot.steps >= self.max_episode_steps
         return StepResult(rewards, terminated, truncated, success, errors)
 
+    @override
     def observe(self, env_ids: np.ndarray) -> EnvObs:
         size, b = self.opts.image_size, len(env_ids)
         main = np.empty((b, size, size, 3), np.uint8)
@@ -240,6 +244,7 @@ class MujocoVectorEnv(VectorEnv):
         slot = self.slots[env_id]
         return orient(slot.renderer.render(slot.cameras[0]), self.opts.orientation)
 
+    @override
     def close(self) -> None:
         for slot in self.slots:
             self._release(slot)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from typing_extensions import override
 
 from envs.base import EVAL_STATES, EnvObs, StepResult, VectorEnv
 
@@ -59,11 +60,13 @@ class SyntheticReachEnv(VectorEnv):
         self.names = list(COLOURS)
         self.held_out = held_out
 
+    @override
     def sample_init_state(self, group: int, rng: np.random.Generator) -> int:
         # Any integer seeds a layout: training draws from 2**31 of them (held out: none
         # of the evaluation trials' seeds, 0..EVAL_STATES-1).
         return int(rng.integers(EVAL_STATES if self.held_out else 0, 2**31))
 
+    @override
     def reset_group(self, group: int, init_state_id: int) -> None:
         rng = np.random.default_rng(init_state_id)
         rows = slice(group * self.group_size, (group + 1) * self.group_size)
@@ -82,6 +85,7 @@ class SyntheticReachEnv(VectorEnv):
         self.goal[rows] = rng.integers(self.num_targets)
         self.agent[rows], self.last_move[rows], self.steps[rows] = start, 0.0, 0
 
+    @override
     def step(self, env_ids: np.ndarray, actions: np.ndarray) -> StepResult:
         self._spend_cost(len(env_ids))
         move = np.clip(actions[:, :2], -1.0, 1.0).astype(np.float32) * self.speed
@@ -97,6 +101,7 @@ class SyntheticReachEnv(VectorEnv):
         return StepResult(rewards.astype(np.float32), success.copy(), truncated, success,
                           [""] * len(env_ids))
 
+    @override
     def observe(self, env_ids: np.ndarray) -> EnvObs:
         images = np.empty((len(env_ids), self.size, self.size, 3), np.uint8)
         for row, e in enumerate(env_ids):

@@ -21,6 +21,7 @@ from collections import deque
 from typing import Callable
 
 import numpy as np
+from typing_extensions import override
 
 from experts.base import Expert
 from experts.geometry import corridor_top, down_rotation, rotation_error
@@ -242,9 +243,11 @@ class PickPlaceExpert(Expert):
         self.env, self.scene_of, self.gains = env, scene_of, gains
         self.controllers: dict[int, PickPlaceController] = {}
 
+    @override
     def reset(self, env_id: int) -> None:
         scene = self.scene_of(self.env.slots[env_id].sim_env)
         self.controllers[env_id] = PickPlaceController(scene, **self.gains)
 
+    @override
     def act(self, env_ids: np.ndarray) -> np.ndarray:
         return np.stack([self.controllers[int(e)].act() for e in env_ids]).astype(np.float32)

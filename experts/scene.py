@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
+from typing_extensions import override
 
 from experts.geometry import BodyShape, yaw_of
 
@@ -97,7 +98,7 @@ class Scene(Protocol):
         """Where the object goes now; None for a task that only lifts it."""
 
 
-class SimScene:
+class SimScene(Scene):
     """:class:`Scene` over a robosuite env (single arm) and the bodies a task names."""
 
     def __init__(self, sim_env, object_body: int, obstacle_bodies: Sequence[int],
@@ -113,25 +114,31 @@ class SimScene:
         _, rot, self.open_width = self.gripper()
         self.home_yaw = yaw_of(rot)
 
+    @override
     def gripper(self) -> tuple[np.ndarray, np.ndarray, float]:
         q = self._data.qpos[self._fingers]
         # The two finger joints move in opposite directions: their difference is the gap.
         return (self._data.site_xpos[self._eef].copy(),
                 self._data.site_xmat[self._eef].reshape(3, 3).copy(), float(q[0] - q[1]))
 
+    @override
     def object_corners(self) -> np.ndarray:
         return self.object.corners().reshape(-1, 3)
 
+    @override
     def object_anchor(self) -> np.ndarray:
         return self.object.anchor()
 
+    @override
     def obstacle_boxes(self) -> np.ndarray:
         if not self.obstacles:
             return np.zeros((0, 2, 3))
         return np.concatenate([shape.boxes() for shape in self.obstacles])
 
+    @override
     def clearance(self, points: np.ndarray) -> float:
         return min((shape.distance(points) for shape in self.obstacles), default=np.inf)
 
+    @override
     def target(self) -> Optional[Target]:
         return self._target()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from typing_extensions import override
 
 from envs.synthetic import SyntheticReachEnv
 from experts.base import Expert
@@ -14,9 +15,11 @@ class ReachExpert(Expert):
     def __init__(self, env: SyntheticReachEnv, gain: float = 1.0):
         self.env, self.gain = env, gain
 
+    @override
     def reset(self, env_id: int) -> None:
         pass  # stateless: the action is a function of the current positions
 
+    @override
     def act(self, env_ids: np.ndarray) -> np.ndarray:
         env = self.env
         goal = env.targets[env_ids, env.goal[env_ids]]

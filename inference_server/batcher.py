@@ -17,6 +17,7 @@ class Pending:
 
     @property
     def rows(self) -> int:
+        """Observation rows of the request (one per env)."""
         return len(self.request.task_descriptions)
 
 
@@ -30,12 +31,14 @@ class Batcher:
     first_at: float = 0.0
 
     def add(self, item: Pending, now: float) -> None:
+        """Queue ``item``, arrived at ``now``; the first of a batch starts its wait."""
         if not self.queue:
             self.first_at = now
         self.queue.append(item)
 
     @property
     def rows(self) -> int:
+        """Rows queued, over every request."""
         return sum(p.rows for p in self.queue)
 
     def due(self, now: float) -> bool:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from envs.base import EnvObs
+from envs import observation_fields
 from inference_server.batcher import Pending
 from models.base import Policy
 from protocol.messages import ActionReply, ErrorReply, ObsRequest
@@ -13,14 +12,7 @@ from protocol.messages import ActionReply, ErrorReply, ObsRequest
 
 def _key(req: ObsRequest) -> tuple:
     """Requests that can share a forward pass have equal keys."""
-    return (req.deterministic, req.main_images.shape[1:], req.states.shape[1:],
-            None if req.wrist_images is None else req.wrist_images.shape[1:],
-            None if req.extra_view_images is None else req.extra_view_images.shape[1:])
-
-
-def _cat(reqs: list[ObsRequest], name: str):
-    arrays = [getattr(r, name) for r in reqs]
-    return None if arrays[0] is None else np.concatenate(arrays)
+    return (req.deterministic, *observation_fields.batch_key(req))
 
 
 class InferenceCore:
@@ -59,9 +51,7 @@ class InferenceCore:
 
     def _forward(self, items: list[Pending]) -> list[tuple[bytes, object]]:
         reqs = [i.request for i in items]
-        obs = EnvObs(_cat(reqs, "main_images"), _cat(reqs, "states"),
-                     [t for r in reqs for t in r.task_descriptions],
-                     _cat(reqs, "wrist_images"), _cat(reqs, "extra_view_images"))
+        obs = observation_fields.from_requests(reqs)
         try:
             result = self.policy.act(self.policy.prepare(obs, self.device),
                                      reqs[0].deterministic, self.temperature)

@@ -17,11 +17,11 @@ from inference_server.core import InferenceCore
 from models import build_policy, pick_device
 from profiling.recorder import OFF, make_profiler
 from inference_server.weights_link import WeightsLink
-from protocol import security, wiring
+from links import security, wiring
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint
 from protocol.messages import ErrorReply, ObsRequest
-from protocol.registration import Registration
+from links.registration import Registration
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,7 @@ class InferenceServer:
         self.batcher.add(Pending(got.peer, got.msg, time.time()), time.monotonic())
 
     def write_profile(self, log_dir: str) -> None:
+        """The profile of this server, with the bytes its actor link carried, into ``log_dir``."""
         self.prof.count("bytes_received:actor->inference", self.endpoint.bytes_received)
         self.prof.count("bytes_sent:inference->actor", self.endpoint.bytes_sent)
         self.prof.write(log_dir)

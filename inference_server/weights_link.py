@@ -5,7 +5,7 @@ Roster names and receives the current weights before it serves. If the learner g
 (the weights group breaks), the server keeps serving the weights it has and registers
 again; a learner that comes back (resumed from its checkpoint) answers with a new group.
 The learner's end-of-run message ends serving; silence longer than
-``network.learner_wait_s`` raises :class:`~protocol.registration.LearnerGone`.
+``network.learner_wait_s`` raises :class:`~links.registration.LearnerGone`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import time
 import torch
 
 from configs import Config
-from protocol.registration import LearnerGone, Registration
-from protocol.weights import DistWeightReceiver, WeightReceiver, join_group
+from links.registration import LearnerGone, Registration
+from links.weights import DistWeightReceiver, WeightReceiver, join_group
 
 log = logging.getLogger(__name__)
 

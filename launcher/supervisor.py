@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.registration import EXIT_CONFIG_ERROR, EXIT_LEARNER_GONE
+from links.registration import EXIT_CONFIG_ERROR, EXIT_LEARNER_GONE
 
 log = logging.getLogger("launch")
 MAX_BACKOFF_S = 30.0
@@ -64,6 +64,7 @@ class Slot:
 
     @property
     def name(self) -> str:
+        """``role-index``, e.g. ``actor-0``: the slot's name in logs and ``pids.json``."""
         return f"{self.role}-{self.index}"
 
 
@@ -79,6 +80,7 @@ class Supervisor:
 
     # --- starting -----------------------------------------------------------------------
     def start_all(self) -> None:
+        """Start every slot's process."""
         for slot in self.slots.values():
             self._start(slot)
 
@@ -142,15 +144,18 @@ class Supervisor:
         return ""
 
     def all_ended(self) -> bool:
+        """Whether every slot has ended for good (none is coming back)."""
         return all(s.ended is not None for s in self.slots.values())
 
     def last_error(self, name: str) -> str:
+        """The last ERROR line of ``name``'s log, else its last line (or ``(no log)``)."""
         path = self.log_dir / f"{name}.log"
         lines = path.read_text(errors="replace").splitlines() if path.exists() else []
         errors = [line for line in lines if " ERROR " in line]
         return (errors or lines or ["(no log)"])[-1].strip()
 
     def running(self) -> dict[str, subprocess.Popen]:
+        """The children still running, by slot name."""
         return {n: s.proc for n, s in self.slots.items()
                 if s.proc is not None and s.proc.poll() is None}
 
@@ -201,6 +206,7 @@ class MemorySampler:
             csv.writer(f).writerow(["time_s", "role", "rss_mb"])
 
     def maybe_sample(self) -> None:
+        """Append every running child's resident memory, at most once per ``every_s``."""
         import psutil
 
         now = time.monotonic()

@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from envs import observation_fields
 from envs.base import EnvObs
 from learner.algorithms import equal_score_groups, grpo_advantages
 from protocol.messages import Trajectory
@@ -70,6 +71,28 @@ def informative_groups(groups: list[list[Trajectory]]) -> list[list[Trajectory]]
             if not bool(equal_score_groups(episode_scores(g), len(g))[0])]
 
 
+def group_verdict(group: list[Trajectory], version: int, cfg) -> str:
+    """Why the learner (``cfg``: its LearnerConfig, at policy ``version``) does not train
+    on ``group``, checked in this order; "" when it does:
+
+    * ``sim_failed``: a simulator error cut an episode short, so its score says nothing
+      about the policy (and GRPO compares within the group);
+    * ``stale``: acted more than ``max_staleness`` versions ago;
+    * ``filtered`` (GRPO, ``filter_equal_groups``): every score equal, no signal;
+    * ``out_of_bounds`` (GRPO): the mean score outside ``group_mean_bounds``.
+    """
+    grpo = cfg.algorithm == "grpo"  # the score filters are GRPO's; PPO needs no groups
+    if any(ep.env_error for ep in group):
+        return "sim_failed"
+    if group_lag(group, version) > cfg.max_staleness:
+        return "stale"
+    if grpo and cfg.filter_equal_groups and not informative_groups([group]):
+        return "filtered"
+    if grpo and not within_mean_bounds(group, cfg.group_mean_bounds):
+        return "out_of_bounds"
+    return ""
+
+
 def within_mean_bounds(group: list[Trajectory], bounds) -> bool:
     """Whether the group's mean score lies in [low, high] (always, with no bounds)."""
     if not bounds:
@@ -94,15 +117,14 @@ def build_batch(groups: list[list[Trajectory]], algorithm: str = "grpo", gamma: 
         adv_per_episode = grpo_advantages(episode_scores(episodes), sizes.pop())
         advantages = torch.repeat_interleave(adv_per_episode, torch.tensor(chunks))
         targets = None
-    cat = (lambda name: np.concatenate([getattr(ep, name) for ep in episodes]))
+
+    def cat(name):
+        return np.concatenate([getattr(ep, name) for ep in episodes])
+
     t = episodes[0].actions.shape[1]
     executed = torch.from_numpy(cat("executed").astype(np.int64))
-    wrist = cat("wrist_images") if episodes[0].wrist_images is not None else None
-    obs = EnvObs(cat("main_images"), cat("states"),
-                 [ep.task_description for ep, n in zip(episodes, chunks) for _ in range(n)],
-                 wrist_images=wrist)
     return TrainBatch(
-        obs=obs,
+        obs=observation_fields.from_trajectories(episodes),
         actions=torch.from_numpy(cat("actions")),
         old_logprobs=torch.from_numpy(cat("logprobs")),
         advantages=advantages,
@@ -143,14 +165,11 @@ def value_targets(episodes: list[Trajectory], gamma: float, reward_level: str) -
         if ep.truncated and ep.final_main_image is not None:
             finals.append(ep)
             final_rows.append(row - 1)
-    final_obs = None
-    if finals:
-        wrist = [ep.final_wrist_image for ep in finals]
-        final_obs = EnvObs(np.stack([ep.final_main_image for ep in finals]),
-                           np.stack([ep.final_state for ep in finals]),
-                           [ep.task_description for ep in finals],
-                           wrist_images=np.stack(wrist) if wrist[0] is not None else None)
-    t = (lambda parts: torch.from_numpy(np.concatenate(parts)))
+    final_obs = observation_fields.final_observations(finals) if finals else None
+
+    def t(parts):
+        return torch.from_numpy(np.concatenate(parts))
+
     return ValueTargets(
         rewards=t(rewards), discounts=t(discounts),
         values=t([ep.values for ep in episodes]).float(), terminal=t(terminal),

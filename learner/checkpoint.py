@@ -45,17 +45,51 @@ def _write_atomically(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def rng_states(generator) -> dict:
+    """Every random state a resumed learner continues: torch (CPU and each CUDA device),
+    the learner's own generator, numpy's global one and Python's. Tensors and plain
+    numbers only, so ``torch.load(weights_only=True)`` reads them."""
+    import random
+
+    import numpy as np
+    import torch
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "learner": generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
+                      "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python": random.getstate()}
+
+
+def set_rng_states(rng: dict, generator) -> None:
+    """Restore what :func:`rng_states` saved (a checkpoint without numpy, Python or CUDA
+    states, from before they were saved, leaves those as they are)."""
+    import random
+
+    import numpy as np
+    import torch
+    torch.set_rng_state(rng["torch"])
+    generator.set_state(rng["learner"])
+    if rng.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    if "numpy" in rng:
+        n = rng["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                             n["has_gauss"], n["gauss"]))
+    if "python" in rng:
+        random.setstate(rng["python"])
+
+
 def save(log_dir: Path, learner, incarnation: int, counters: dict, received, trained,
          config: dict) -> Path:
     """Write the learner's state to ``log_dir/checkpoint.pt`` (+ .json), atomically."""
-    import torch  # here, so that the launcher reads checkpoint.json without torch
     state = {
         "model": learner.policy.state_dict(),
         "optimizer": learner.optimizer.state_dict(),
         "scheduler": learner.scheduler.state_dict(),
         "version": learner.version,
         "incarnation": incarnation,
-        "rng": {"torch": torch.get_rng_state(), "learner": learner.generator.get_state()},
+        "rng": rng_states(learner.generator),
         "counters": dict(counters),
         "received": received.ranges(),
         "trained": trained.ranges(),
@@ -102,8 +136,7 @@ def restore(log_dir: Path, learner) -> ResumeState:
         learner.policy.load_state_dict(state["model"])
         learner.optimizer.load_state_dict(state["optimizer"])
         learner.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        learner.generator.set_state(state["rng"]["learner"])
+        set_rng_states(state["rng"], learner.generator)
         learner.version = int(state["version"])
         return ResumeState(learner.version, int(state["incarnation"]), state["counters"],
                            state["received"], state["trained"])

@@ -10,8 +10,8 @@ import torch
 from configs import LearnerConfig
 from envs.base import take
 from learner.algorithms import (
-    aggregate, aggregation_units, kl_to_reference, masked_mean, ppo_actor_loss, ratio_level_view, valid_elements,
-    value_loss,
+    aggregate, aggregation_units, kl_to_reference, masked_mean, ppo_actor_loss, ratio_level_view,
+    valid_elements, value_loss,
 )
 from learner.batch import TrainBatch
 from learner.schedule import make_scheduler

@@ -86,6 +86,7 @@ def plot_runs(runs: dict[str, Path], out: Path, smooth_window: int = 20) -> Path
 
 
 def main(argv=None) -> int:
+    """The command line: plot the runs' success curves into a PNG; returns 0."""
     p = argparse.ArgumentParser(description="Plot success against env steps and time.")
     p.add_argument("runs", nargs="+", help="training run folders (run.log_dir)")
     p.add_argument("--out", default=None, help="PNG file (default: <first run>/curves.png)")

@@ -24,7 +24,7 @@ from pathlib import Path
 from configs import Config
 from envs import eval_init_states
 from learner.evaluator import EvalTable
-from learner.rendezvous import actor_of
+from protocol.ids import actor_of
 from protocol.messages import EvalRound, Trajectory
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class EvalRounds:
 
     @property
     def running(self) -> bool:
+        """Whether a round is in progress (ordered and not yet complete)."""
         return self.table is not None
 
     def owns(self, group: list[Trajectory]) -> bool:

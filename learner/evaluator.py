@@ -43,6 +43,7 @@ class TaskResult:
 
     @property
     def success_rate(self) -> float:
+        """Successes over trials (0 before any trial)."""
         return self.successes / max(self.trials, 1)
 
 
@@ -57,6 +58,8 @@ class EvalTable:
     unexpected: int = 0
 
     def add(self, ep: Trajectory) -> None:
+        """Count ``ep`` in its task's results; an initial state not expected, or seen
+        before, only counts as ``unexpected``."""
         if ep.init_state_id not in self.expected or ep.init_state_id in self.seen:
             self.unexpected += 1
             return
@@ -70,6 +73,7 @@ class EvalTable:
 
     @property
     def complete(self) -> bool:
+        """Whether every expected initial state has had its episode."""
         return self.seen == self.expected
 
     @property
@@ -79,6 +83,7 @@ class EvalTable:
         return sum(rates) / max(len(rates), 1)
 
     def to_json(self) -> dict:
+        """The table as JSON: the mean success rate, counts, and a row per task."""
         return {
             "mean_success_rate": self.mean_success,
             "episodes": len(self.seen), "expected_episodes": len(self.expected),
@@ -89,6 +94,8 @@ class EvalTable:
                       for k, t in sorted(self.tasks.items())]}
 
     def to_markdown(self, title: str) -> str:
+        """The table in Markdown under the heading ``title``, with a mean row (and a note when
+        it is incomplete)."""
         lines = [f"# {title}", "", "| task | instruction | successes | trials | success |",
                  "|---:|---|---:|---:|---:|"]
         for k, t in sorted(self.tasks.items()):

@@ -12,9 +12,9 @@ import zmq
 
 from configs import Config
 from learner.receiver import TrajectoryReceiver
-from learner.rendezvous import Registry, Rendezvous
-from learner.weight_hub import WeightHub
-from protocol import security, wiring
+from links.rendezvous import Registry, Rendezvous
+from links.weight_hub import WeightHub
+from links import security, wiring
 from protocol.endpoint import Endpoint
 from protocol.idset import IdSet
 from protocol.messages import ActorDone, ActorHello, Trajectory
@@ -50,6 +50,7 @@ class TrajectoryLink:
         r.join()
 
     def close(self) -> None:
+        """Close the learner's trajectory socket."""
         self.endpoint.close()
 
 
@@ -78,10 +79,12 @@ class LearnerLinks:
 
     @property
     def receiver(self) -> TrajectoryReceiver:
+        """The thread that receives and acknowledges episodes."""
         return self.trajectories.receiver
 
     @property
     def ready(self) -> queue.Queue:
+        """Complete groups, ready for training (bounded)."""
         return self.trajectories.ready
 
     def check(self) -> None:
@@ -104,6 +107,7 @@ class LearnerLinks:
             log.warning("could not tell the inference servers to stop: %s", exc)
 
     def close(self) -> None:
+        """Stop the rendezvous thread, then close the trajectory socket and the authenticator."""
         self.rendezvous.halt.set()
         self.rendezvous.join(timeout=5)
         self.trajectories.close()

@@ -4,7 +4,7 @@ It owns the learner's ROUTER socket. A new episode is recorded, acknowledged and
 to its group; a duplicate (an actor's resend whose ack was lost) is acknowledged again
 but not counted. Complete groups go to a bounded queue; while it is full the thread
 stops reading, so actors' unacknowledged outboxes fill and they wait (backpressure).
-With a rendezvous :class:`~learner.rendezvous.Registry`, only episodes of live actor
+With a rendezvous :class:`~links.rendezvous.Registry`, only episodes of live actor
 incarnations are taken: a dead incarnation's unfinished groups are discarded (never
 trained) and its later episodes refused with ``ErrorReply("retired")``; an episode of an
 actor not registered yet is left unacknowledged (its actor sends it again).
@@ -17,10 +17,12 @@ import logging
 import queue
 import threading
 
+from typing_extensions import override
+
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint, LogLimiter
 from protocol.idset import IdSet
-from learner.rendezvous import actor_of
+from protocol.ids import actor_of
 from protocol.messages import (
     ActorDone, ActorHello, ErrorReply, StopActors, Trajectory, TrajectoryAck,
 )
@@ -94,6 +96,7 @@ class TrajectoryReceiver(threading.Thread):
         self.stop_reason = ""
         self.error: BaseException | None = None
 
+    @override
     def run(self) -> None:
         try:
             self._serve()

@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from configs import Config, to_dict
 from learner import checkpoint
-from learner.batch import build_batch, group_lag, informative_groups, within_mean_bounds
+from learner.batch import build_batch, group_verdict
 from learner.core import Learner
 from learner.eval_rounds import EvalRounds
 from learner.link import LearnerLinks
@@ -102,6 +102,7 @@ class Books:
 
     @classmethod
     def resumed(cls, log_dir: Path, learner: Learner) -> "Books":
+        """The books kept in the checkpoint in ``log_dir``; restores ``learner`` from it too."""
         state = checkpoint.restore(log_dir, learner)
         books = cls(IdSet.from_ranges(state.received), IdSet.from_ranges(state.trained),
                     state.counters)
@@ -111,16 +112,19 @@ class Books:
         return books
 
     def mark_trained(self, groups: list[list[Trajectory]]) -> None:
+        """Mark the groups' episodes trained; one trained before counts in ``trained_twice``."""
         for group in groups:
             for ep in group:
                 self.trained_twice += not self.trained.add(ep.episode_id)
 
     def counters(self) -> dict:
+        """The counters a checkpoint keeps (``Books(counters=...)`` reads them back)."""
         return {"trained_twice": self.trained_twice, "stale_dropped": self.stale_dropped,
                 "env_steps": self.env_steps, "after_training": self.after_training,
                 "dropped_while_evaluating": self.dropped_while_evaluating}
 
     def save(self, cfg: Config, learner: Learner) -> None:
+        """Checkpoint ``learner`` with these books into ``run.log_dir``."""
         path = checkpoint.save(Path(cfg.run.log_dir), learner, cfg.run.incarnation,
                                self.counters(), self.received, self.trained, to_dict(cfg))
         log.info("checkpoint: version %d in %s", learner.version, path)
@@ -142,12 +146,14 @@ class Tally:
         self.reset()
 
     def reset(self) -> None:
+        """Zero the sums and restart the clock."""
         self.start = time.monotonic()
         self.episodes = self.successes = self.env_steps = self.samples = 0
         self.returns = self.rewards_per_step = self.chunk_rewards = 0.0
         self.chunks = self.stale = self.filtered = self.sim_failed = self.out_of_bounds = 0
 
     def add_group(self, group: list[Trajectory]) -> None:
+        """Add the episodes of ``group`` to the sums."""
         for ep in group:
             self.episodes += 1
             self.successes += ep.success_once
@@ -156,6 +162,14 @@ class Tally:
             self.rewards_per_step += ep.episode_return / max(ep.env_steps, 1)
             self.chunk_rewards += float(ep.rewards.sum())
             self.chunks += len(ep.rewards)
+
+    def drop(self, verdict: str, episodes: int) -> None:
+        """Count a group not trained on (:func:`learner.batch.group_verdict`): stale ones
+        by episode, the others by group."""
+        if verdict == "stale":
+            self.stale += episodes
+        else:
+            setattr(self, verdict, getattr(self, verdict) + 1)
 
     def metrics(self) -> dict:
         """The ``env/*`` scalars and throughput since the last reset."""
@@ -183,7 +197,6 @@ def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, wri
     L = cfg.learner
     update, shown = Tally(), Tally()  # since the last update / the last progress line
     groups = []
-    grpo = L.algorithm == "grpo"  # the group filters are GRPO's; PPO needs no groups
     weight_bytes = sum(t.numel() * t.element_size() for t in learner.policy.state_dict().values())
     deadline = time.monotonic() + cfg.time_limit_s if cfg.time_limit_s else float("inf")
     rounds = EvalRounds(cfg, links.receiver, writer, Path(cfg.run.log_dir)) \
@@ -231,20 +244,11 @@ def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, wri
         shown.add_group(group)
         for ep in group:
             prof.sample("policy_lag", learner.version - int(ep.policy_versions.min()))
-        if any(ep.env_error for ep in group):
-            # A simulator failure cut an episode short: its score says nothing about the
-            # policy, and GRPO compares within the group, so the group is not trained on.
-            update.sim_failed += 1
-            continue
-        if group_lag(group, learner.version) > L.max_staleness:
-            update.stale += len(group)
-            books.stale_dropped += len(group)
-            continue
-        if grpo and L.filter_equal_groups and not informative_groups([group]):
-            update.filtered += 1
-            continue
-        if grpo and not within_mean_bounds(group, L.group_mean_bounds):
-            update.out_of_bounds += 1
+        verdict = group_verdict(group, learner.version, L)
+        if verdict:
+            update.drop(verdict, len(group))
+            if verdict == "stale":
+                books.stale_dropped += len(group)
             continue
         groups.append(group)
         if len(groups) < L.groups_per_update:

@@ -79,6 +79,7 @@ class ActionNorm:
 
     @property
     def dim(self) -> Optional[int]:
+        """The number of action dimensions, or None for the identity."""
         return None if self.low is None else len(self.low)
 
     def to_env(self, a: torch.Tensor) -> torch.Tensor:

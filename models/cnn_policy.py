@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 from envs.base import EnvObs
 from models.base import Evaluation, Policy, PolicyOutput, masked_chunk_mean
@@ -71,6 +72,7 @@ class CNNGaussianPolicy(Policy):
         self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
         self.value_head = nn.Linear(hidden_dim, 1) if value_head else None
 
+    @override
     def prepare(self, obs: EnvObs, device: torch.device) -> dict:
         if obs.states.shape[1] != self.state_dim:
             raise ValueError(f"observation state has {obs.states.shape[1]} dims but the "
@@ -113,12 +115,14 @@ class CNNGaussianPolicy(Policy):
     def _log_prob(actions, mean, log_std):
         return -0.5 * ((actions - mean) * torch.exp(-log_std)) ** 2 - log_std - LOG_SQRT_2PI
 
+    @override
     @torch.no_grad()
     def act(self, inputs: dict, deterministic: bool, temperature: float) -> PolicyOutput:
         mean, log_std, values = self._distribution(inputs, temperature)
         actions = mean if deterministic else mean + torch.randn_like(mean) * log_std.exp()
         return PolicyOutput(actions, self._log_prob(actions, mean, log_std), values)
 
+    @override
     def evaluate(self, inputs: dict, actions: torch.Tensor, temperature: float) -> Evaluation:
         mean, log_std, values = self._distribution(inputs, temperature)
         entropy = (0.5 + LOG_SQRT_2PI + log_std).expand_as(mean)

@@ -25,6 +25,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from envs.base import EnvObs
 from models.action_norm import ActionNorm
@@ -50,10 +51,13 @@ class QwenVLInputs:
         self.tokenizer, self.image_processor = tokenizer, image_processor
 
     def encode(self, obs: EnvObs, views: list, num_tokens: int, device: torch.device) -> dict:
+        """The VLM's inputs on ``device``: per row, the images of ``views`` and OpenVLA's
+        question, then ``num_tokens`` action placeholders."""
         prompts = [build_prompt(text, len(views), num_tokens) for text in obs.task_descriptions]
         return encode_batch(self.tokenizer, self.image_processor, prompts, views, device)
 
     def hidden_states(self, vlm, inputs: dict) -> torch.Tensor:
+        """The Qwen2.5-VL's last hidden states [B,L,H] for ``inputs``."""
         return backbone_states(vlm, inputs)
 
 
@@ -84,8 +88,10 @@ class OpenVLAOFTPolicy(Policy):
 
     @property
     def num_tokens(self) -> int:
+        """Action tokens a chunk: T*D."""
         return self.num_action_chunks * self.action_dim
 
+    @override
     def prepare(self, obs: EnvObs, device: torch.device) -> dict:
         views = camera_views(obs, self.use_wrist)
         return self.inputs.encode(obs, views, self.num_tokens, device)
@@ -120,6 +126,7 @@ class OpenVLAOFTPolicy(Policy):
     def _shape(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.shape[0], self.num_action_chunks, self.action_dim)
 
+    @override
     def act(self, inputs: dict, deterministic: bool, temperature: float) -> PolicyOutput:
         logits, value = self._logits(inputs)
         logp = self._process(logits, temperature)
@@ -136,6 +143,7 @@ class OpenVLAOFTPolicy(Policy):
         logprobs = self._action_logprobs(logp).gather(-1, scored.unsqueeze(-1)).squeeze(-1)
         return PolicyOutput(actions, self._shape(logprobs), value)
 
+    @override
     def evaluate(self, inputs: dict, actions: torch.Tensor, temperature: float) -> Evaluation:
         logits, value = self._logits(inputs)
         logp = self._process(logits, temperature)

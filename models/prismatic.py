@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 from envs.base import EnvObs
 from models.base import LLM_LORA_TARGETS, unwrap
@@ -65,11 +66,13 @@ class PrismaticVisionBackbone(nn.Module):
 
     @property
     def embed_dim(self) -> int:
+        """The width of a patch feature: the featurizer's, plus the fused featurizer's."""
         return self.featurizer.spec.embed_dim + (
             self.fused_featurizer.spec.embed_dim if self.fused else 0)
 
     @property
     def num_patches(self) -> int:
+        """Patches a row: the featurizer's per image, times ``num_images``."""
         return self.featurizer.num_patches * self.num_images
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -100,6 +103,7 @@ class PrismaticProjector(nn.Module):
             self.fc1 = nn.Linear(vision_dim, llm_dim)
             self.fc2 = nn.Linear(llm_dim, llm_dim)
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc2(F.gelu(self.fc1(x)))
         return self.fc3(F.gelu(x)) if self.fused else x
@@ -121,6 +125,7 @@ class PrismaticVLM(nn.Module):
 
     @property
     def lm_head(self) -> nn.Linear:
+        """The language model's output layer (OpenVLA-OFT reads its action bins off it)."""
         return self.language_model.lm_head
 
     def gradient_checkpointing_enable(self, **kwargs) -> None:
@@ -226,6 +231,8 @@ class PrismaticInputs:
         return torch.cat(out, dim=1)
 
     def prompt_ids(self, instruction: str) -> list[int]:
+        """Token ids of OpenVLA's prompt for ``instruction``: BOS first, and the empty ``▁``
+        token last when the tokenizer has one."""
         ids = self.tokenizer(build_prompt(instruction))["input_ids"]
         if ids[0] != self.tokenizer.bos_token_id:
             ids = [self.tokenizer.bos_token_id] + ids
@@ -253,4 +260,5 @@ class PrismaticInputs:
                 "pixel_values": self.pixels(views, device)}
 
     def hidden_states(self, vlm, inputs: dict) -> torch.Tensor:
+        """The VLM's last hidden states for ``inputs`` (:meth:`PrismaticVLM.hidden_states`)."""
         return unwrap(vlm).hidden_states(inputs)

@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 import torch
 from torch import nn
+from typing_extensions import override
 
 from envs.base import EnvObs
 from models.action_norm import ActionNorm
@@ -45,6 +46,7 @@ class MLPResNetBlock(nn.Module):
         super().__init__()
         self.ffn = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.ReLU())
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.ffn(x)
 
@@ -62,6 +64,7 @@ class MLPResNet(nn.Module):
         self.layer_norm2 = nn.LayerNorm(hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, output_dim)
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.fc1(self.layer_norm1(x)))
         for block in self.mlp_resnet_blocks:
@@ -76,6 +79,7 @@ class L1RegressionActionHead(nn.Module):
         super().__init__()
         self.model = MLPResNet(num_blocks, hidden_size, 2 * hidden_size, action_dim)
 
+    @override
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.model(h)
 
@@ -192,6 +196,7 @@ class QwenOFTPolicy(Policy):
             self.action_token_id = ids[0]  # as StarVLA: the first id of the query string
 
     # --- inputs ------------------------------------------------------------------------
+    @override
     def prepare(self, obs: EnvObs, device: torch.device) -> dict:
         views = camera_views(obs, self.use_wrist)
         prompts = [build_prompt(text, len(views), self.num_action_chunks,
@@ -225,6 +230,7 @@ class QwenOFTPolicy(Policy):
     def _logprob(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         return -((x - mean) ** 2) / (2 * std ** 2) - std.log() - LOG_SQRT_2PI
 
+    @override
     def act(self, inputs: dict, deterministic: bool, temperature: float) -> PolicyOutput:
         mean, value = self._heads(inputs)
         std = self._std(temperature)
@@ -233,6 +239,7 @@ class QwenOFTPolicy(Policy):
         logprobs = self._logprob(self.norm.to_policy(env_actions), mean, std)
         return PolicyOutput(env_actions, logprobs, value)
 
+    @override
     def evaluate(self, inputs: dict, actions: torch.Tensor, temperature: float) -> Evaluation:
         mean, value = self._heads(inputs)
         std = self._std(temperature)

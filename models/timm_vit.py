@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 # Heads by timm model family: shapes give the width, not how it is split.
 HEADS_BY_FAMILY = {"vit_small": 6, "vit_base": 12, "vit_large": 16, "vit_huge": 16,
@@ -58,6 +59,7 @@ class ViTSpec:
 
     @property
     def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: the class token, if any, and the registers."""
         return int(self.class_token) + self.reg_tokens
 
     @classmethod
@@ -103,26 +105,31 @@ class LayerScale(nn.Module):
         super().__init__()
         self.scale_factor = nn.Parameter(torch.ones(dim))
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale_factor
 
 
 class Mlp(nn.Module):
+    """timm's two-layer MLP: ``fc1``, the activation, ``fc2``."""
     def __init__(self, dim: int, hidden: int, act: Optional[str]):
         super().__init__()
         self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), ACTIVATIONS[act](), \
             nn.Linear(hidden, dim)
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
 
 
 class Attention(nn.Module):
+    """timm's multi-head self-attention: one ``qkv`` projection, then ``proj``."""
     def __init__(self, dim: int, heads: int, qkv_bias: bool):
         super().__init__()
         self.num_heads = heads
         self.qkv, self.proj = nn.Linear(dim, 3 * dim, bias=qkv_bias), nn.Linear(dim, dim)
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads) \
@@ -143,6 +150,7 @@ class Block(nn.Module):
         self.ls1 = LayerScale(d) if spec.layer_scale else nn.Identity()
         self.ls2 = LayerScale(d) if spec.layer_scale else nn.Identity()
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.ls1(self.attn(self.norm1(x)))
         return x + self.ls2(self.mlp(self.norm2(x)))
@@ -162,10 +170,12 @@ class AttentionPoolLatent(nn.Module):
 
 
 class PatchEmbed(nn.Module):
+    """Non-overlapping patches to tokens [B, grid*grid, D] (a strided convolution)."""
     def __init__(self, spec: ViTSpec):
         super().__init__()
         self.proj = nn.Conv2d(3, spec.embed_dim, spec.patch_size, stride=spec.patch_size)
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)
 
@@ -191,6 +201,7 @@ class TimmViT(nn.Module):
 
     @property
     def num_patches(self) -> int:
+        """Patch tokens an image: ``grid * grid``."""
         return self.spec.grid ** 2
 
     def _prefix(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -200,6 +211,7 @@ class TimmViT(nn.Module):
             out.append(self.reg_token.expand(b, -1, -1))
         return out
 
+    @override
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(pixels)
         if self.spec.embed_prefix:  # timm: cat the prefix, then add positions to all

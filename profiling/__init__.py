@@ -1,1 +1,3 @@
-"""Throughput profiling: per-role recorders (:mod:`profiling.recorder`) and the merged report, table and Chrome trace (:mod:`profiling.report`)."""
+"""Throughput profiling: per-role recorders (:mod:`profiling.recorder`) and the merged report,
+table and Chrome trace (:mod:`profiling.report`).
+"""

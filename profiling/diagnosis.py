@@ -60,8 +60,9 @@ def diagnose(report: dict) -> dict:
                           "learner.max_ready_groups)"}
     if busy > 0.85:
         if fill >= 0.9 and depth >= 1:
-            advice = (f"add inference servers (inference.num_servers={settings.get('num_servers')}) "
-                      f"or raise inference.max_batch (now {settings.get('max_batch')}; batches "
+            advice = ("add inference servers "
+                      f"(inference.num_servers={settings.get('num_servers')}) or raise "
+                      f"inference.max_batch (now {settings.get('max_batch')}; batches "
                       "are full and requests wait) if the device has headroom")
         else:
             advice = ("add inference servers (inference.num_servers="

@@ -45,6 +45,7 @@ class Profiler:
 
     @contextmanager
     def span(self, name: str, **args) -> Iterator[None]:
+        """Time the block as a span ``name`` (``args``: the trace event's arguments)."""
         start = time.time()
         try:
             yield

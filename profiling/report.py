@@ -81,6 +81,8 @@ def _mean(xs) -> float | None:
 
 
 def actor_stats(actors: list, t0: float, t1: float) -> dict:
+    """Env steps/s, chunk-step and observe times, busy fractions and action round trips
+    of ``actors`` between ``t0`` and ``t1``."""
     span = t1 - t0
     steps = sum(_values(p, "env_steps", t0, t1).sum() for p in actors)
     durations = [s[2] * 1e3 for p in actors for s in _spans(p, "env_step") if t0 <= s[1] <= t1]
@@ -103,6 +105,8 @@ def actor_stats(actors: list, t0: float, t1: float) -> dict:
 
 
 def server_stats(servers: list, t0: float, t1: float) -> dict:
+    """Batches and chunks/s, batch fill, queueing and compute latency, queue depth and
+    busy fraction of ``servers`` between ``t0`` and ``t1``."""
     span = t1 - t0
     rows = np.concatenate([_values(p, "batch_rows", t0, t1) for p in servers] or [[]])
     queue = np.concatenate([_values(p, "queue_ms", t0, t1) for p in servers] or [[]])
@@ -125,6 +129,9 @@ def server_stats(servers: list, t0: float, t1: float) -> dict:
 
 
 def learner_stats(learner: dict | None, t0: float, t1: float) -> dict:
+    """Samples and updates/s, update time and busy and waiting fractions of the learner
+    between ``t0`` and ``t1``, and its policy lag over the whole profile ({} without
+    a learner profile)."""
     if learner is None:
         return {}
     span = t1 - t0
@@ -145,6 +152,7 @@ def learner_stats(learner: dict | None, t0: float, t1: float) -> dict:
 
 
 def weight_stats(learner: dict | None, servers: list) -> dict:
+    """Weight broadcasts: their count and size, and send, receive and apply times (ms)."""
     sends = _spans(learner, "broadcast") if learner else []
     recv = [s[2] * 1e3 for p in servers for s in _spans(p, "weights_recv")]
     pause = [s[2] * 1e3 for p in servers for s in _spans(p, "weights_apply")]
@@ -248,6 +256,8 @@ def write_report(log_dir: Path, warmup_s: float | None = None) -> tuple[dict, st
 
 
 def main(argv=None) -> int:
+    """The command line: merge a profiled run's role profiles, write the report and trace,
+    print the table; returns the exit status."""
     p = argparse.ArgumentParser(description="Merge a profiled run's role profiles.")
     p.add_argument("log_dir", type=Path, help="the run's log directory (run.log_dir)")
     p.add_argument("--warmup-s", type=float, default=None, help="override profile.warmup_s")

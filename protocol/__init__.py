@@ -1,9 +1,10 @@
-"""chunkrl's wire format: message types, the codec, and the socket wiring.
+"""chunkrl's wire format: message types, the codec, episode ids (no config, no sockets made).
 
 Every message is a frozen dataclass in :mod:`protocol.messages`; :mod:`protocol.codec`
 turns one into ZeroMQ frames and back, validating everything it receives;
-:mod:`protocol.wiring` says which socket binds or connects where. The format is
-specified for other languages in ``protocol/README.md``.
+:mod:`protocol.ids` lays out episode ids. Which socket binds or connects where, and how
+processes register and get weights, is :mod:`links`. The format is specified for other
+languages in ``protocol/README.md``.
 """
 
 from protocol.codec import SCHEMA_VERSION, Envelope, ProtocolError, decode, encode

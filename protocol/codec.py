@@ -18,7 +18,7 @@ import numpy as np
 from protocol.messages import MESSAGE_TYPES
 from protocol.spec import ArraySpec, ScalarSpec, np_dtype, wire_fields
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 HEADER_KEYS = frozenset({"schema", "type", "sender", "run", "seq", "fields", "arrays"})
 MAX_HEADER_BYTES = 1 << 20
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30

@@ -1,8 +1,8 @@
 """A compact set of episode ids, for exactly-once delivery over long runs.
 
-Episode ids are ``actor_index << 32 | counter`` and arrive nearly in order, so the set is
-kept as sorted, disjoint half-open ranges ``[start, end)``: a run of a million consecutive
-episodes is one range, and memory stays flat however long the run.
+Episode ids (:mod:`protocol.ids`) count up per actor process and arrive nearly in order, so the
+set is kept as sorted, disjoint half-open ranges ``[start, end)``: a run of a million
+consecutive episodes is one range, and memory stays flat however long the run.
 """
 
 from __future__ import annotations

@@ -2,14 +2,15 @@
 
 Symbolic dimensions: B = environments in a request, C = chunks (policy steps) in an
 episode, T = actions per chunk (``num_action_chunks``), D = action dimension,
-S = state dimension, H/W = image height/width, V = extra camera views.
+S = state dimension, H/W = image height/width, V = extra camera views, N = inference
+servers (``inference.num_servers``).
 Optional arrays are ``None`` when absent and simply not sent.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 
@@ -21,6 +22,8 @@ from protocol.spec import array, scalar
 @dataclass(frozen=True)
 class ObsRequest:
     """A batch of observations from one pipeline stage of one actor, asking for chunks."""
+
+    direction: ClassVar[str] = "actor -> inference server"
 
     request_id: int = scalar(int, "actor-chosen id, echoed in the reply; unique per actor")
     deterministic: bool = scalar(bool, "true: the policy's mean/argmax action, no sampling")
@@ -39,6 +42,8 @@ class ObsRequest:
 class ActionReply:
     """The action chunks for one ObsRequest, row i answering row i of the request."""
 
+    direction: ClassVar[str] = "inference server -> actor"
+
     request_id: int = scalar(int, "the request_id of the ObsRequest answered")
     policy_version: int = scalar(int, "learner update count of the weights that acted")
     actions: np.ndarray = array("float32", ("B", "T", "D"), "action chunk, env units")
@@ -51,6 +56,8 @@ class ActionReply:
 class ErrorReply:
     """Sent instead of a reply when a received message was rejected."""
 
+    direction: ClassVar[str] = "inference server or learner -> actor"
+
     request_id: int = scalar(int, "request_id of the rejected message, -1 if unreadable")
     code: str = scalar(str, "machine-readable reason, e.g. 'bad_shape', 'too_large'")
     message: str = scalar(str, "one line for a human: what was wrong and how to fix it")
@@ -62,6 +69,8 @@ class ErrorReply:
 class ActorHello:
     """First message of an actor to the learner, so the learner can address it."""
 
+    direction: ClassVar[str] = "actor -> learner"
+
     actor_index: int = scalar(int, "index of the actor process, 0-based")
     num_envs: int = scalar(int, "environments this actor runs")
     group_size: int = scalar(int, "G: envs per GRPO group")
@@ -71,9 +80,11 @@ class ActorHello:
 class Trajectory:
     """One finished episode, one row per chunk (policy step)."""
 
+    direction: ClassVar[str] = "actor -> learner"
+
     episode_id: int = scalar(
         int, "globally unique: incarnation << 48 | actor_index << 32 | actor's counter "
-        "(incarnation: the actor process start, see Register)")
+        "(incarnation: the actor process start, see Register; layout: protocol/ids.py)")
     group_id: int = scalar(
         int, "GRPO group: incarnation << 48 | actor_index << 32 | actor's group counter")
     group_size: int = scalar(int, "G: episodes that make the group complete")
@@ -96,6 +107,8 @@ class Trajectory:
         "float32", ("C", "T"), "reward of each action; 0 for actions not executed")
     wrist_images: Optional[np.ndarray] = array(
         "uint8", ("C", "H", "W", 3), "wrist camera at chunk start", optional=True)
+    extra_view_images: Optional[np.ndarray] = array(
+        "uint8", ("C", "V", "H", "W", 3), "further camera views at chunk start", optional=True)
     values: Optional[np.ndarray] = array("float32", ("C",), "behaviour value", optional=True)
     # PPO bootstraps a truncated episode from V(the state its last step reached):
     final_main_image: Optional[np.ndarray] = array(
@@ -105,11 +118,16 @@ class Trajectory:
     final_wrist_image: Optional[np.ndarray] = array(
         "uint8", ("H", "W", 3), "wrist camera after the last step, when truncated",
         optional=True)
+    final_extra_view_images: Optional[np.ndarray] = array(
+        "uint8", ("V", "H", "W", 3), "further views after the last step, when truncated",
+        optional=True)
 
 
 @dataclass(frozen=True)
 class TrajectoryAck:
     """The learner has taken a Trajectory (or ActorDone); the actor may forget it."""
+
+    direction: ClassVar[str] = "learner -> actor"
 
     episode_id: int = scalar(int, "the episode acknowledged; -1 acknowledges ActorDone")
     duplicate: bool = scalar(bool, "it had been received before and was not counted again")
@@ -119,13 +137,18 @@ class TrajectoryAck:
 class StopActors:
     """The learner has finished: finish delivering what is done, then exit."""
 
+    direction: ClassVar[str] = "learner -> actor"
+
     reason: str = scalar(str, "why, for the log")
 
 
 @dataclass(frozen=True)
 class EvalRound:
-    """Learner -> an evaluation actor: run every evaluation trial once, deterministically,
-    with weights of at least ``policy_version`` (resent when the actor says hello again)."""
+    """Run every evaluation trial once, deterministically, with weights of at least
+    ``policy_version`` (resent when the actor says hello again). Only the actors set aside
+    for evaluation (``actor_index >= actor.num_actors``, with ``eval.every_updates``) get it."""
+
+    direction: ClassVar[str] = "learner -> evaluation actor"
 
     round: int = scalar(int, "the round's number, from 0; a repeated number is ignored")
     policy_version: int = scalar(int, "replies acted by older weights are asked again")
@@ -134,6 +157,8 @@ class EvalRound:
 @dataclass(frozen=True)
 class ActorDone:
     """An actor has delivered everything and is exiting."""
+
+    direction: ClassVar[str] = "actor -> learner"
 
     actor_index: int = scalar(int, "index of the actor process, 0-based")
     episodes_sent: int = scalar(int, "finished episodes this actor delivered (acked)")
@@ -147,10 +172,12 @@ class Register:
     """A process announces itself to the learner's rendezvous, at its start and again
     whenever the rendezvous does not know it (the learner restarted)."""
 
+    direction: ClassVar[str] = "server or actor -> rendezvous"
+
     role: str = scalar(str, "'inference' or 'actor'")
     index: int = scalar(int, "index of the server or actor, 0-based")
     incarnation: int = scalar(
-        int, "this process start: run.incarnation << 8 | run.start (0..65535)")
+        int, "this process start: run.incarnation << 8 | run.start (0..32767)")
     address: str = scalar(str, "inference: the address actors connect to; actor: empty")
     lost_generation: int = scalar(
         int, "inference: the weights group it lost or failed to join, -1 if none; a "
@@ -161,6 +188,8 @@ class Register:
 class Heartbeat:
     """A registered process is alive (every network.heartbeat_s)."""
 
+    direction: ClassVar[str] = "server or actor -> rendezvous"
+
     role: str = scalar(str, "'inference' or 'actor'")
     index: int = scalar(int, "index of the server or actor, 0-based")
     incarnation: int = scalar(int, "the incarnation it registered with")
@@ -168,8 +197,9 @@ class Heartbeat:
 
 @dataclass(frozen=True)
 class Roster:
-    """The rendezvous' answer to Register and Heartbeat: where every role is now.
-    N = inference.num_servers."""
+    """The rendezvous' answer to Register and Heartbeat: where every role is now."""
+
+    direction: ClassVar[str] = "rendezvous -> server or actor"
 
     learner_start: int = scalar(int, "random id of the learner process; changes on restart")
     trajectory_address: str = scalar(str, "where actors connect their learner DEALER")

@@ -9,7 +9,7 @@ import zmq
 from actors.outbox import Outbox
 from learner.receiver import GroupAssembler, TrajectoryReceiver
 from protocol.idset import IdSet
-from protocol import wiring
+from links import wiring
 from protocol.codec import decode, encode
 from protocol.endpoint import Endpoint
 from protocol.messages import (

@@ -17,7 +17,10 @@ from demos.writer import write_file
 
 def _demo(n=5, size=8, orientation="upright", seed=0, success=True, wrist=True) -> Demo:
     rng = np.random.default_rng(seed)
-    img = (lambda: rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8))
+
+    def img():
+        return rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
+
     flags = np.zeros(n, bool)
     flags[-1] = success
     return Demo(instruction="pick up the black bowl", actions=rng.uniform(-1, 1, (n, 7)).astype(

@@ -6,7 +6,6 @@ import dataclasses
 import json
 
 import imageio.v3 as iio
-import numpy as np
 import pytest
 import torch
 

@@ -2,8 +2,9 @@
 
 import numpy as np
 
-from actors.executor import IdSource, StageExecutor
+from actors.executor import StageExecutor
 from envs.synthetic import SyntheticReachEnv
+from protocol.ids import IdSource
 
 
 def _stage(n, max_steps=100, speed=0.01):

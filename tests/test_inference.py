@@ -13,12 +13,12 @@ import zmq
 from configs import load_config
 from envs.base import EnvObs
 from inference_server.server import run as run_server
-from learner.rendezvous import Registry, Rendezvous
+from links.rendezvous import Registry, Rendezvous
 from models import build_policy
-from protocol import wiring
+from links import wiring
 from protocol.codec import decode, encode
 from protocol.messages import ActionReply, ErrorReply, ObsRequest
-from protocol.weights import InProcWeightBus
+from links.weights import InProcWeightBus
 from tests.conftest import ROOT, small_overrides
 from tests.messages_factory import obs_request
 

@@ -1,16 +1,20 @@
 """The learner core on real episodes from the real env and policy."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from actors.executor import IdSource, StageExecutor
+from actors.executor import StageExecutor
 from configs import load_config
 from envs import make_env
-from learner.batch import build_batch, group_lag, informative_groups
+from learner.batch import build_batch, group_lag, group_verdict, informative_groups
 from learner.core import Learner
 from models import build_policy
+from protocol.ids import IdSource
 from tests.conftest import ROOT, small_overrides
+from tests.messages_factory import trajectory
 
 
 def _collect(cfg, policy, groups=2, version=0):
@@ -190,3 +194,47 @@ def test_group_mean_bounds_drop_all_fail_and_all_success_groups(setup, tmp_path)
     with pytest.raises(ConfigError, match="group_mean_bounds"):
         load_config(ROOT / "configs/synthetic_grpo.yaml",
                     small_overrides(tmp_path, **{"learner.group_mean_bounds": "[0.9,0.1]"}))
+
+
+@pytest.mark.parametrize("coef", [0.0, 0.05])
+def test_the_entropy_bonus_raises_the_entropy_and_nothing_else_moves_it(tmp_path, coef):
+    cfg = load_config(ROOT / "configs/synthetic_grpo.yaml", small_overrides(
+        tmp_path, **{"learner.entropy_coef": coef, "learner.lr": 0.01}))
+    torch.manual_seed(0)
+    policy = build_policy(cfg.model)
+    learner = Learner(policy, cfg.learner, 1.0, torch.device("cpu"))
+    batch = build_batch(_collect(cfg, policy))
+    batch = dataclasses.replace(batch, advantages=torch.zeros_like(batch.advantages))
+    before = policy.log_std.detach().clone()
+    metrics = learner.step(batch)  # zero advantages: the policy loss has no gradient
+    change = (policy.log_std.detach() - before).mean().item()
+    if coef:
+        assert change > 0 and metrics["train/entropy_loss"] > 0
+    else:
+        assert change == 0
+
+
+def _group(returns, version=10, error=""):
+    return [dataclasses.replace(trajectory(), episode_return=float(r), env_error=error if not k
+                                else "", policy_versions=np.full(4, version, np.int64))
+            for k, r in enumerate(returns)]
+
+
+@pytest.mark.parametrize("returns,acted,error,overrides,verdict", [
+    ([1, 0, 0, 1], 10, "", {}, ""),
+    ([1, 0, 0, 1], 10, "mujoco: unstable", {}, "sim_failed"),
+    ([1, 0, 0, 1], 5, "sim error", {}, "sim_failed"),        # the first reason wins
+    ([1, 0, 0, 1], 5, "", {"learner.max_staleness": 4}, "stale"),
+    ([1, 0, 0, 1], 6, "", {"learner.max_staleness": 4}, ""),  # 4 behind: still fresh
+    ([1, 1, 1, 1], 10, "", {"learner.filter_equal_groups": True}, "filtered"),
+    ([1, 1, 1, 1], 10, "", {"learner.filter_equal_groups": False}, ""),
+    ([1, 1, 1, 1], 10, "", {"learner.filter_equal_groups": True, "learner.algorithm": "ppo",
+                            "model.value_head": True}, ""),
+    ([1, 0, 0, 0], 10, "", {"learner.group_mean_bounds": [0.3, 0.9]}, "out_of_bounds"),
+    ([1, 1, 0, 0], 10, "", {"learner.group_mean_bounds": [0.3, 0.9]}, ""),
+])
+def test_group_verdict_says_why_a_group_is_not_trained_on(tmp_path, returns, acted, error,
+                                                          overrides, verdict):
+    cfg = load_config(ROOT / "configs/synthetic_grpo.yaml",
+                      small_overrides(tmp_path, **overrides))
+    assert group_verdict(_group(returns, acted, error), 10, cfg.learner) == verdict

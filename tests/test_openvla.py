@@ -15,7 +15,7 @@ from envs.base import EnvObs
 from models.action_tokens import CENTRES, actions_to_tokens, bin_index, tokens_to_actions
 from models.vla_loading import CheckpointError, load_openvla_oft
 from tests.conftest import ROOT, fit
-from tests.vla_factory import STATS, check_oft_decoding, make_qwen_vl
+from models.tiny_vla import STATS, check_oft_decoding, make_qwen_vl
 
 CPU = torch.device("cpu")
 

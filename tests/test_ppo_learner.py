@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from actors.executor import IdSource, StageExecutor
+from actors.executor import StageExecutor
+
+from protocol.ids import IdSource
 from configs import load_config
 from envs import make_env
 from learner.batch import build_batch

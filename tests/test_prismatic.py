@@ -18,8 +18,8 @@ from models.action_tokens import NUM_BINS
 from models.prismatic import EMPTY_TOKEN, ImageTransform
 from models.vla_loading import CheckpointError, load_openvla_oft
 from tests.conftest import launch
-from tests.prismatic_factory import BASE_VOCAB, make_prismatic
-from tests.vla_factory import STATS, check_oft_decoding
+from models.tiny_prismatic import BASE_VOCAB, make_prismatic
+from models.tiny_vla import STATS, check_oft_decoding
 
 CPU = torch.device("cpu")
 TASKS = ["Pick up the black bowl", "open the drawer", "go"]

@@ -9,7 +9,7 @@ import pytest
 
 from profiling.diagnosis import diagnose
 from profiling.recorder import OFF, Profiler
-from profiling.report import build_report, chrome_trace, load_profiles, write_report
+from profiling.report import build_report, load_profiles, write_report
 from tests.conftest import launch
 
 T0 = 1_000.0  # wall-clock origin of the hand-built profiles

@@ -9,9 +9,10 @@ import pytest
 import zmq
 
 from learner.receiver import GroupAssembler
-from learner.rendezvous import Registry, Rendezvous
+from links.rendezvous import Registry, Rendezvous
+from protocol import ids
 from protocol.messages import Heartbeat, Register
-from protocol.registration import LearnerGone, Registration
+from links.registration import LearnerGone, Registration
 from tests.messages_factory import trajectory
 
 
@@ -24,7 +25,7 @@ class Clock:
 
 
 def _id(actor, incarnation, n=0):
-    return incarnation << 48 | actor << 32 | n
+    return ids.encode(incarnation, actor, n)
 
 
 def test_a_newer_incarnation_retires_the_older_and_its_episodes(small_cfg):

@@ -2,12 +2,13 @@
 or corrupt one, and a run whose learner is SIGKILLed mid-run, then resumed."""
 
 import json
-import os
+import random
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import psutil
 import pytest
 import torch
@@ -39,10 +40,13 @@ def test_round_trip_restores_everything_and_the_next_update_is_identical(tmp_pat
     received = IdSet.from_ranges([[0, 5], [1 << 32, (1 << 32) + 3]])
     books = Books(received, IdSet.from_ranges([[0, 4]]), {"stale_dropped": 7})
     checkpoint.save(tmp_path, a, 2, books.counters(), books.received, books.trained, {})
+    # numpy's and Python's global RNGs continue from the save, not from where they got to.
+    after_save = (np.random.rand(3).tolist(), random.random(), torch.rand(2).tolist())
     assert checkpoint.read_meta(tmp_path) == {"version": 1, "incarnation": 2}
     b = _learner(cfg, seed=5)  # other initial weights and RNG
     state = checkpoint.restore(tmp_path, b)
     assert (state.version, state.incarnation, b.version) == (1, 2, 1)
+    assert (np.random.rand(3).tolist(), random.random(), torch.rand(2).tolist()) == after_save
     assert state.received == received.ranges() and state.counters["stale_dropped"] == 7
     assert b.scheduler.last_epoch == a.scheduler.last_epoch == 1
     assert b.optimizer.param_groups[0]["lr"] == a.optimizer.param_groups[0]["lr"]

@@ -37,7 +37,7 @@ def test_state_8_to_7_by_hand():
     ("openvla", 1.0, -1.0), ("openvla", 0.8, -1.0), ("openvla", 0.1, 1.0),
     ("openvla", 0.5, 0.0),
     # StarVLA's LIBERO evaluation: > 0.5 open (-1), else close (+1).
-    ("starvla", 0.9, -1.0), ("starvla", 0.5, 1.0), ("starvla", 0.0, 1.0),
+    ("starvla", 0.9, -1.0), ("starvla", 0.5, -1.0), ("starvla", 0.49, 1.0), ("starvla", 0.0, 1.0),
 ])
 def test_gripper_conventions(convention, g, want):
     action = np.array([0.5, -2.0, 0, 0, 0, 0.1, g], np.float32)

@@ -10,7 +10,7 @@ import zmq
 import zmq.auth
 
 from configs import load_config
-from protocol import wiring
+from links import wiring
 from protocol.codec import encode
 from protocol.messages import Register
 from tests.conftest import ROOT, small_overrides, start_run, wait_for_text

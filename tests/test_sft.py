@@ -120,7 +120,8 @@ def test_cnn_loss_falls_with_training():
 def _record_synthetic(folder, episodes=6):
     """Expert demonstrations of the synthetic task, recorded through the actor's core."""
     from actors.demos import DemoRecorder
-    from actors.executor import IdSource, StageExecutor
+    from actors.executor import StageExecutor
+    from protocol.ids import IdSource
     from demos import DemoWriter
     from demos.layout import file_attributes
     from envs.synthetic import SyntheticReachEnv
@@ -146,7 +147,7 @@ def test_openvla_oft_behaviour_cloning_writes_statistics_its_checkpoint_loads(tm
     from configs import load_config
     from models import build_policy
     from sft.trainer import run
-    from tests.vla_factory import make_qwen_vl
+    from models.tiny_vla import make_qwen_vl
 
     assert _record_synthetic(tmp_path / "data") == 6
     base = make_qwen_vl(tmp_path / "tiny")

@@ -312,3 +312,21 @@ def test_held_out_training_never_draws_an_evaluation_state(libero):
         libero.held_out = False
     assert min(draws) >= EVAL_STATES
     assert max(libero.sample_init_state(0, rng) % INIT_STRIDE for _ in range(100)) < 50
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suite", ["libero_spatial", "libero_object", "libero_goal",
+                                   "libero_10", "libero_90"])
+def test_every_libero_suite_builds_and_steps(suite):
+    """The last task of each suite (the first is used everywhere else), from its first
+    official initial state: one observation and one step through the env layer."""
+    from envs.libero import SUITES, LiberoSuite
+    assert suite in SUITES
+    last = LiberoSuite(suite).num_tasks - 1
+    env = make_env(libero_cfg(suite=suite, task_ids=[last]), 1, 1, 7)
+    try:
+        env.reset_group(0, 0 * INIT_STRIDE + 0)
+        obs = _contract(env, 1)
+        assert obs.task_descriptions[0] == LiberoSuite(suite).instruction(last)
+    finally:
+        env.close()

@@ -17,7 +17,7 @@ from models import build_policy
 from models.action_norm import ActionNorm
 from models.vla_loading import HEAD_PREFIX, CheckpointError, load_qwen_oft
 from tests.conftest import fit, launch
-from tests.vla_factory import STATS, make_qwen_vl, make_starvla_run
+from models.tiny_vla import STATS, make_qwen_vl, make_starvla_run
 
 CPU = torch.device("cpu")
 

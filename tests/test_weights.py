@@ -1,16 +1,15 @@
 """Weight broadcast over a real gloo process group, and the in-memory bus."""
 
-import threading
 import time
 
 import pytest
 import torch
 
-from learner.rendezvous import Registry
-from learner.weight_hub import WeightHub
+from links.rendezvous import Registry
+from links.weight_hub import WeightHub
 from models import build_policy
 from protocol.messages import Register
-from protocol.weights import (
+from links.weights import (
     DistWeightReceiver, InProcWeightBus, flatten, join_group, unflatten, flat_layout,
 )
 
@@ -146,3 +145,32 @@ def test_updates_reuse_two_buffer_sets_and_never_touch_the_one_handed_out(small_
     assert all(state2[k].data_ptr() != ptr[k] for k in ptr if state2[k].numel())
     sender.close()
     assert receiver.finished.wait(30) and receiver.error is None
+
+
+@pytest.mark.parametrize("keepalive", [True, False])
+def test_a_long_wait_between_updates_keeps_the_link_with_keepalives(tmp_path, keepalive):
+    """Minutes between updates (most GRPO groups filtered) must not time out the server's
+    waiting receive: the learner keeps the idle link alive. Without the keepalives (the
+    learner not admitting while it waits) the receive times out: the control."""
+    from configs import load_config
+    from tests.conftest import ROOT, small_overrides
+    cfg = load_config(ROOT / "configs/synthetic_grpo.yaml",
+                      small_overrides(tmp_path, **{"network.weights_timeout_s": 4}))
+    torch.manual_seed(1)
+    learner_model = build_policy(cfg.model)
+    server_model = build_policy(cfg.model)
+    hub, _, receiver = _pair(cfg, server_model, learner_model)
+    assert receiver.wait_first(30)[0] == 0
+    waited = time.monotonic()
+    while time.monotonic() - waited < 3 * cfg.network.weights_timeout_s:
+        if keepalive:
+            hub.admit(0, learner_model)  # what the learner's loop does while it waits
+        time.sleep(0.2)
+    if not keepalive:
+        assert receiver.finished.wait(30) and "Timed out" in str(receiver.error)
+        return
+    assert receiver.error is None and hub.keepalives >= 4
+    hub.send(1, learner_model)
+    hub.close()
+    assert receiver.finished.wait(30) and receiver.error is None
+    assert receiver.poll()[0] == 1

@@ -26,8 +26,8 @@ What it measures
               the cores in use.
 
 How to run
-    .venv/bin/python benchmarks/pipeline.py                 # ~5 min on 2 cores
-    .venv/bin/python benchmarks/pipeline.py --seconds 8 --repeats 1   # a smoke run
+    .venv/bin/python benchmarks/bench_pipeline.py                 # ~5 min on 2 cores
+    .venv/bin/python benchmarks/bench_pipeline.py --seconds 8 --repeats 1   # a smoke run
 Figures go to benchmarks/RESULTS.md by hand, with the command that produced them.
 """
 
@@ -40,8 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import actor_rate, launch_run, markdown, profiled, stamp  # noqa: E402
+from harness import actor_rate, launch_run, markdown, profiled, stamp
 
 N = 8  # actions executed per chunk (= T, the synthetic config's)
 

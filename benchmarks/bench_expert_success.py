@@ -1,4 +1,4 @@
-"""Success rate and speed of the scripted experts (experts/) on their tasks.
+r"""Success rate and speed of the scripted experts (experts/) on their tasks.
 
 What it measures
     Each task's expert runs one episode per initial state through ``make_env`` (no
@@ -15,29 +15,26 @@ What it measures
     demonstrations k >= 100.
 
 How to run
-    .venv/bin/python benchmarks/expert_success.py --suite robosuite --task Lift --states 100:120
-    .venv/bin/python benchmarks/expert_success.py --suite libero_spatial --tasks all --states 0:50
-    .venv/bin/python benchmarks/expert_success.py --suite libero_object --tasks 0,3 --noise 0.2
+    .venv/bin/python benchmarks/bench_expert_success.py --suite robosuite --task Lift \
+        --states 100:120
+    .venv/bin/python benchmarks/bench_expert_success.py --suite libero_spatial --tasks all \
+        --states 0:50
+    .venv/bin/python benchmarks/bench_expert_success.py --suite libero_object --tasks 0,3 \
+        --noise 0.2
 Figures go to benchmarks/experts_results.md by hand, with the command that produced them.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `python benchmarks/expert_success.py` from a plain checkout
-    sys.path.insert(0, str(ROOT))
-
-from configs import EnvConfig  # noqa: E402
-from envs import make_env  # noqa: E402
-from envs.base import INIT_STRIDE  # noqa: E402
-from experts import make_expert  # noqa: E402
+from configs import EnvConfig
+from envs import make_env
+from envs.base import INIT_STRIDE
+from experts import make_expert
 
 LIBERO_SUITES = ("libero_spatial", "libero_object")
 

@@ -1,7 +1,7 @@
 """Weight broadcast from the learner to the inference servers.
 
 Over torch.distributed, one 2-rank process group per server (rank 0 = learner, rank 1 =
-the server; gloo on CPU, NCCL on GPU; learner/weight_hub.py forms them), so the learner's
+the server; gloo on CPU, NCCL on GPU; links/weight_hub.py forms them), so the learner's
 own data-parallel group is never involved and a server can die and rejoin. One update
 is: an int64 header [version, elements] broadcast from rank 0, then
 one flat buffer per dtype of the model's state_dict (dtypes in name order, tensors in
@@ -24,7 +24,11 @@ import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
-SHUTDOWN = -1
+SHUTDOWN = -1  # header version: the learner has finished
+# Header version of a keepalive: nothing follows. The learner sends one on a link idle for
+# a quarter of network.weights_timeout_s, so a slow update (minutes, when most GRPO groups
+# are filtered out) does not time out the server's waiting receive.
+KEEPALIVE = -2
 
 
 def flat_layout(state: dict) -> dict:
@@ -87,7 +91,7 @@ def join_group(cfg, index: int, generation: int, device: torch.device):
     """Server ``index``: join its weights group ``generation`` (rank 1 of 2; the learner,
     rank 0, forms it when it has seen the server's registration, between two updates:
     so the server waits for it up to ``network.learner_wait_s``)."""
-    from protocol import wiring
+    from links import wiring
 
     backend = weights_backend(cfg, device)
     log.info("joining weights group %d (%s)", generation, backend)
@@ -202,7 +206,7 @@ class WeightReceiver:
 
 
 class DistWeightReceiver(WeightReceiver):
-    """Receives the learner's broadcasts (learner/weight_hub.py) on a daemon thread (each a
+    """Receives the learner's broadcasts (links/weight_hub.py) on a daemon thread (each a
     ``weights_recv`` span of ``prof``, from the header to the last buffer). ``group`` is a
     process group, or a function that joins one (called on the thread, so a server keeps
     serving while it joins)."""
@@ -225,6 +229,8 @@ class DistWeightReceiver(WeightReceiver):
                 began = time.time()
                 if version == SHUTDOWN:
                     break
+                if version == KEEPALIVE:
+                    continue
                 if total != expected:
                     raise RuntimeError(
                         f"the learner sent {total} weight elements but this server's model "
@@ -260,6 +266,7 @@ class InProcWeightBus:
         return r
 
     def send(self, version: int, model: torch.nn.Module) -> None:
+        """Hand ``model``'s state as ``version`` to every receiver (a copy each, on its device)."""
         buffers = flatten(model.state_dict())
         with self._lock:
             self.last = (version, buffers)
@@ -273,6 +280,7 @@ class InProcWeightBus:
         """A server thread cannot die alone in one process."""
 
     def close(self) -> None:
+        """Tell every receiver that the learner has finished."""
         for r in self.receivers:
             r.finished.set()
             r._wake()

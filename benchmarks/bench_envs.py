@@ -31,8 +31,8 @@ What it measures
     are information only.
 
 How to run
-    .venv/bin/python benchmarks/envs.py          # every case, 5-6 min on 2 cores
-    .venv/bin/python benchmarks/envs.py --sims robosuite --sizes 128 --render fast \
+    .venv/bin/python benchmarks/bench_envs.py          # every case, 5-6 min on 2 cores
+    .venv/bin/python benchmarks/bench_envs.py --sims robosuite --sizes 128 --render fast \
         --seconds 1 --repeats 1 --json envs.json # a smoke run; results also as JSON
 Figures go to benchmarks/RESULTS.md by hand, with the command that produced them.
 """
@@ -54,10 +54,6 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# This file shares its name with chunkrl's `envs` package: keep its own folder off the
-# path (python puts it first) so `import envs` finds the package, from the checkout.
-sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
-
 CHUNK = 8
 CAMERAS = ["agentview", "robot0_eye_in_hand"]
 SIMS, SIZES, RENDERS = ("libero", "robosuite"), (224, 128), ("default", "fast")

@@ -29,9 +29,9 @@ What it measures
     is below ``--min-ratio`` (0.9).
 
 How to run
-    make bench                                    # = python benchmarks/transport.py
-    python benchmarks/transport.py --transports ipc --seconds 5 --repeats 3 --check
-    python benchmarks/transport.py --messages 5 --warmup 1    # a quick smoke run
+    make bench                                    # = python benchmarks/bench_transport.py
+    python benchmarks/bench_transport.py --transports ipc --seconds 5 --repeats 3 --check
+    python benchmarks/bench_transport.py --messages 5 --warmup 1    # a quick smoke run
 Figures go to benchmarks/RESULTS.md by hand, with the command that produced them.
 """
 
@@ -46,14 +46,9 @@ import struct
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python benchmarks/transport.py` from a plain checkout
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import zmq  # noqa: E402
+import numpy as np
+import zmq
 
 STOP = b"\x00STOP"  # never a msgpack map, so never mistaken for a protocol header
 RAW_HEADER = struct.Struct("<5I")  # B, H, W, S, length of the joined task descriptions

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
+from typing_extensions import override
 from zmq.auth.thread import ThreadAuthenticator
 
 from protocol.endpoint import LogLimiter
@@ -103,9 +104,11 @@ class HandshakeWatch(threading.Thread):
         self.failed = 0
 
     def watch(self, sock: zmq.Socket, name: str) -> None:
+        """Log failed handshakes on the bound socket ``sock`` (called ``name``) from now on."""
         with self.lock:
             self.monitors.append((sock.get_monitor_socket(FAILED_HANDSHAKES), name))
 
+    @override
     def run(self) -> None:
         from zmq.utils.monitor import recv_monitor_message
 
@@ -165,6 +168,7 @@ class Authenticator:
         return self.check.refused + self.handshakes.failed
 
     def stop(self) -> None:
+        """Stop the handshake watch and the ZAP handler (before ``ctx.term()``)."""
         _BY_CONTEXT.pop(self.thread.context, None)
         self.handshakes.halt.set()
         self.handshakes.join(timeout=5)

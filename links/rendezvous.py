@@ -21,11 +21,13 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from typing_extensions import override
 
 from configs import Config
-from protocol import wiring
+from links import wiring
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint
+from protocol.ids import actor_of
 from protocol.messages import ErrorReply, Heartbeat, Register, Roster
 
 log = logging.getLogger(__name__)
@@ -49,11 +51,6 @@ class Join:
     index: int
     generation: int
     incarnation: int
-
-
-def actor_of(episode_id: int) -> tuple[int, int]:
-    """(actor index, incarnation) of an episode or group id."""
-    return (episode_id >> 32) & 0xFFFF, episode_id >> 48
 
 
 class Registry:
@@ -127,6 +124,8 @@ class Registry:
         return gone
 
     def roster(self, generation: int = -1) -> Roster:
+        """The Roster now: the learner's trajectory address and every server's address and
+        incarnation; ``generation``: the weights group to join (-1 for an actor)."""
         n = self.cfg.inference.num_servers
         with self.lock:
             servers = [self.members["inference"].get(i) for i in range(n)]
@@ -149,6 +148,7 @@ class Registry:
             return "unknown"
 
     def live_actors(self) -> set[int]:
+        """The indices of the actors registered now."""
         with self.lock:
             return set(self.members["actor"])
 
@@ -172,6 +172,7 @@ class Rendezvous(threading.Thread):
         self.halt = threading.Event()
         self.error: BaseException | None = None
 
+    @override
     def run(self) -> None:
         try:
             while not self.halt.is_set():

@@ -6,15 +6,15 @@ What it measures
     and the learner, with the small CPU policy. The envs cost --sleep-ms of sleep a step
     (a simulator that waits, as one on another core or a GPU would), so actors add load
     without taking the CPU the server needs. The learner acknowledges and assembles every
-    episode but trains only on the first groups (as in benchmarks/pipeline.py), so its
+    episode but trains only on the first groups (as in benchmarks/bench_pipeline.py), so its
     training does not take a core from the server.
     Figures: env steps/s over the steady window; linear = n x the 1-actor rate;
     efficiency = measured / linear; the server's busy share and batch fill say where it
     saturates. Goal: efficiency >= 0.9 below saturation.
 
 How to run
-    .venv/bin/python benchmarks/scaling.py                  # 1..32 actors, ~3 min
-    .venv/bin/python benchmarks/scaling.py --actors 1,2,4 --seconds 8
+    .venv/bin/python benchmarks/bench_scaling.py                  # 1..32 actors, ~3 min
+    .venv/bin/python benchmarks/bench_scaling.py --actors 1,2,4 --seconds 8
 Figures go to benchmarks/RESULTS.md by hand, with the command that produced them.
 """
 
@@ -25,8 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import markdown, profiled, stamp  # noqa: E402
+from harness import markdown, profiled, stamp
 
 
 def overrides(actors: int, args) -> dict:

@@ -8,7 +8,7 @@ training step does not move); with ``--check`` it exits 1 when any role's growth
 ``--max-growth`` (10%).
 
     make run ARGS="run.total_updates=100000" & sleep 600; kill %1   # a 10-minute run
-    python benchmarks/memory.py runs/synthetic_grpo/memory.csv --check
+    python benchmarks/bench_memory.py runs/synthetic_grpo/memory.csv --check
 """
 
 from __future__ import annotations

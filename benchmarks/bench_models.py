@@ -3,10 +3,10 @@
 What it measures
     ``cnn``: the small CPU policy (``build_policy(ModelConfig())``). ``qwen_oft_tiny``:
     QwenOFT loaded by ``load_qwen_oft`` from a StarVLA run, made in a temporary folder
-    around tests/vla_factory's tiny random Qwen2.5-VL (hidden 64, 2 layers, byte-level
+    around models/tiny_vla.py's tiny random Qwen2.5-VL (hidden 64, 2 layers, byte-level
     tokenizer; a 224x224 image stays 224x224: 64 tokens, as with the real processor).
     ``openvla_oft_tiny``: OpenVLA-OFT decoding (56 action tokens, 256 bins) on
-    tests/prismatic_factory's tiny random OpenVLA (Prismatic: DINOv2 + SigLIP widths 64/48,
+    models/tiny_prismatic.py's tiny random OpenVLA (Prismatic: DINOv2 + SigLIP widths 64/48,
     3 blocks each, a 2-layer Llama of width 64) at OpenVLA's 224 px, so the main image is
     the real 256 patches; one image, as RLinf's LIBERO configs. Loaded by
     ``load_openvla_oft``. All on --device (cpu).
@@ -34,9 +34,9 @@ What it measures
     (1, as run.torch_threads: steady on a shared machine). Default run: ~2.5 min, 2 cores.
 
 How to run
-    .venv/bin/python benchmarks/models.py                 # CPU: both tiny models
-    .venv/bin/python benchmarks/models.py --batches 1,8 --seconds 0.5 --repeats 1  # smoke
-    .venv/bin/python benchmarks/models.py --models cnn --full-size --json m.json  # a GPU
+    .venv/bin/python benchmarks/bench_models.py                 # CPU: both tiny models
+    .venv/bin/python benchmarks/bench_models.py --batches 1,8 --seconds 0.5 --repeats 1  # smoke
+    .venv/bin/python benchmarks/bench_models.py --models cnn --full-size --json m.json  # a GPU
 Figures go to benchmarks/RESULTS.md by hand, with the command that produced them.
 """
 
@@ -52,13 +52,8 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-# This file shares its name with chunkrl's `models` package: keep its own folder off the
-# path (python puts it first) so `import models` finds the package, from the checkout.
-sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 MODELS = ("cnn", "qwen_oft_tiny", "openvla_oft_tiny")
 MAX_PIXELS = 224 * 224  # as the real processor: a 224x224 image stays 224x224, 64 tokens
@@ -89,7 +84,7 @@ def measure(paths: dict, args, device: torch.device) -> dict:
         for name in (list(paths) if r % 2 == 0 else list(paths)[::-1]):
             fn, units = paths[name]
             sync()
-            calls, start = 0, time.perf_counter()
+            calls, elapsed, start = 0, 0.0, time.perf_counter()
             while calls == 0 or elapsed < args.seconds:
                 fn()
                 sync()
@@ -102,7 +97,10 @@ def random_obs(batch: int, size: int):
     from envs.base import EnvObs
 
     rng = np.random.default_rng(0)
-    image = (lambda: rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
+
+    def image():
+        return rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+
     return EnvObs(image(), rng.standard_normal((batch, 8), dtype=np.float32),
                   [f"put the {COLOURS[i % 4]} block in the basket" for i in range(batch)],
                   wrist_images=image())
@@ -116,10 +114,10 @@ def build(name: str, tmp: Path, args):
         return build_policy(ModelConfig())
     if name == "qwen_oft_3b":
         return full_size_policy(torch.device("cuda"), args.attn)
-    from tests.vla_factory import make_qwen_vl, make_starvla_run
+    from models.tiny_vla import make_qwen_vl, make_starvla_run
 
     if name == "openvla_oft_tiny":
-        from tests.prismatic_factory import make_prismatic
+        from models.tiny_prismatic import make_prismatic
 
         vlm = make_prismatic(tmp / "openvla", image_size=224).path
         return build_policy(ModelConfig(kind="openvla_oft", model_path=str(vlm),
@@ -159,7 +157,10 @@ def full_size_policy(device: torch.device, attn: str, config: dict = QWEN25_VL_3
         image = [cfg.vision_start_token_id] + [cfg.image_token_id] * per_image + \
             [cfg.vision_end_token_id]
         rng = np.random.default_rng(0)
-        text = (lambda k: rng.integers(100, 100_000, (b, k)))  # system, task, suffix ids
+
+        def text(k):  # system, task, suffix ids
+            return rng.integers(100, 100_000, (b, k))
+
         ids = torch.from_numpy(np.concatenate(
             [text(20), np.tile(image * 2, (b, 1)), text(24),
              np.full((b, policy.num_action_chunks), ACTION_ID), text(8)], 1))
@@ -192,7 +193,8 @@ def bench_inference(name: str, policy, args, device) -> list[dict]:
 def learner_batch(policy, n: int, size: int, device, wrist: bool):
     """A TrainBatch of exactly ``n`` chunks from episodes ``policy`` acted in the synthetic
     env: 8-env groups, episodes of at most 3 chunks, one episode an env (>= n chunks)."""
-    from actors.executor import IdSource, StageExecutor
+    from actors.executor import StageExecutor
+    from protocol.ids import IdSource
     from configs import EnvConfig
     from envs import make_env, take
     from learner.batch import TrainBatch, build_batch

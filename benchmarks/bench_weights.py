@@ -3,7 +3,7 @@ torch.distributed broadcast of the same bytes, and the pause it causes in servin
 
 What it measures
     update  This process is the learner's end of the weights group (rank 0,
-            ``learner.weight_hub.WeightHub``, one 2-rank group per server); K real
+            ``links.weight_hub.WeightHub``, one 2-rank group per server); K real
             inference servers (``launch.py --role inference``, idle, profiled) are the
             other ranks. One
             update = ``sender.send(version, policy)``: flatten the state dict per dtype,
@@ -16,6 +16,8 @@ What it measures
             buffer allocated once, a size header queued before it as chunkrl's is);
             latency = from the broadcast to the last receiver holding the data.
     ratio   update / raw (medians over --updates of each, alternating). Goal <= 1.2.
+            Each size is measured --repeats times (fresh processes each time); the
+            table gives the median ratio and its range, so one slow run is not the record.
     pause   How long loading new weights holds a server's serving loop (the
             ``weights_apply`` span) against the latency of one batch of max_batch rows
             (the bare forward pass at that batch, in this process). Goal <= 1.
@@ -23,15 +25,14 @@ What it measures
     wider MLP (``model.hidden_dim``): 18 and 70 MB.
 
 How to run
-    .venv/bin/python benchmarks/weights.py                 # ~1 min
-    .venv/bin/python benchmarks/weights.py --servers 1 --updates 5
+    .venv/bin/python benchmarks/bench_weights.py                 # ~3 min (3 repeats)
+    .venv/bin/python benchmarks/bench_weights.py --servers 1 --updates 5
 Figures go to benchmarks/RESULTS.md by hand, with the command that produced them.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import multiprocessing as mp
 import statistics
@@ -42,8 +43,7 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import BASE_CONFIG, ROOT, markdown, stamp  # noqa: E402
+from harness import BASE_CONFIG, ROOT, markdown, stamp
 
 
 def raw_receiver(store_path: str, rank: int, world: int, out_path: str) -> None:
@@ -51,8 +51,7 @@ def raw_receiver(store_path: str, rank: int, world: int, out_path: str) -> None:
     import torch
     import torch.distributed as dist
 
-    sys.path.insert(0, str(ROOT))
-    from protocol.weights import make_group
+    from links.weights import make_group
 
     group = make_group(dist.FileStore(store_path, world), rank, world, "gloo", 120)
     opts = dist.BroadcastOptions()
@@ -96,7 +95,7 @@ def bench_size(args, hidden: int) -> dict:
     from configs import load_config
     from models import build_policy
     from harness import LearnerStandIn
-    from protocol.weights import flatten, make_group
+    from links.weights import flatten, make_group
 
     tmp = Path(tempfile.mkdtemp(prefix="chunkrl-bench-weights-"))
     cfg_args = [f"run.log_dir={tmp / 'run'}", f"run.run_id={uuid.uuid4().hex[:8]}",
@@ -120,7 +119,6 @@ def bench_size(args, hidden: int) -> dict:
     for p in raws:
         p.start()
     try:
-        device = torch.device("cpu")
         sender = LearnerStandIn(cfg, policy, args.servers)  # the servers' first weights
         raw = make_group(dist.FileStore(store, world), 0, world, "gloo", 120)
         opts = dist.BroadcastOptions()
@@ -177,6 +175,19 @@ def bench_size(args, hidden: int) -> dict:
             "pause_vs_batch": max(pauses) / batch_ms}
 
 
+def summarise(runs: list[dict]) -> dict:
+    """One row for the repeats of a size: medians, the ratio's range, the worst pause."""
+    ratios = sorted(r["ratio"] for r in runs)
+    row = {k: statistics.median(r[k] for r in runs)
+           for k in ("raw_ms", "update_ms", "send_ms", "pause_ms", "batch_ms")}
+    row.update(hidden=runs[0]["hidden"], mb=runs[0]["mb"], runs=ratios,
+               ratio=statistics.median(ratios),
+               ratio_text=f"{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})",
+               pause_max_ms=max(r["pause_max_ms"] for r in runs),
+               pause_vs_batch=max(r["pause_vs_batch"] for r in runs))
+    return row
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--servers", type=int, default=2, help="inference servers K (2)")
@@ -184,6 +195,7 @@ def parse_args(argv=None):
     p.add_argument("--hidden", default="128,2048,4096",
                    help="model.hidden_dim sizes (128,2048,4096)")
     p.add_argument("--gap-s", type=float, default=0.2, help="pause between sends (0.2)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each size (3)")
     p.add_argument("--json", metavar="PATH", help="also write the results here")
     args = p.parse_args(argv)
     args.hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
@@ -195,15 +207,20 @@ def main(argv=None) -> int:
     print(f"# chunkrl weights benchmark: {stamp()}", flush=True)
     rows = []
     for hidden in args.hidden:
-        rows.append(bench_size(args, hidden))
-        r = rows[-1]
-        print(f"{r['mb']:.1f} MB: update {r['update_ms']:.1f} ms, raw {r['raw_ms']:.1f} ms, "
-              f"pause {r['pause_ms']:.2f} ms (max {r['pause_max_ms']:.2f}), batch "
-              f"{r['batch_ms']:.1f} ms", flush=True)
+        runs = []
+        for k in range(args.repeats):
+            runs.append(bench_size(args, hidden))
+            r = runs[-1]
+            print(f"{r['mb']:.1f} MB, run {k + 1}/{args.repeats}: update {r['update_ms']:.1f} "
+                  f"ms, raw {r['raw_ms']:.1f} ms, ratio {r['ratio']:.2f}, pause "
+                  f"{r['pause_ms']:.2f} ms (max {r['pause_max_ms']:.2f}), batch "
+                  f"{r['batch_ms']:.1f} ms", flush=True)
+        rows.append(summarise(runs))
     print(markdown(f"Weights: learner -> {args.servers} inference servers (gloo, one host), "
-                   f"medians of {args.updates}", rows,
+                   f"medians of {args.updates} updates per run; ratio: median (range) of "
+                   f"{args.repeats} runs", rows,
                    {"model.hidden_dim": "hidden", "MB": "mb", "raw broadcast ms": "raw_ms",
-                    "update, applied ms": "update_ms", "update/raw": "ratio",
+                    "update, applied ms": "update_ms", "update/raw": "ratio_text",
                     "learner send ms": "send_ms", "pause p50 ms": "pause_ms",
                     "pause max ms": "pause_max_ms", "batch of max_batch ms": "batch_ms",
                     "max pause/batch": "pause_vs_batch"}))

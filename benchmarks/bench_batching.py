@@ -27,8 +27,8 @@ What it measures
     around the served one: this machine's speed drifts by +-15% between runs); medians.
 
 How to run
-    .venv/bin/python benchmarks/batching.py              # N = 4, 8, 16; ~2.5 min
-    .venv/bin/python benchmarks/batching.py --actors 8 --seconds 3   # one point
+    .venv/bin/python benchmarks/bench_batching.py              # N = 4, 8, 16; ~2.5 min
+    .venv/bin/python benchmarks/bench_batching.py --actors 8 --seconds 3   # one point
 Figures go to benchmarks/RESULTS.md by hand, with the command that produced them.
 """
 
@@ -46,10 +46,9 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import BASE_CONFIG, ROOT, markdown, stamp  # noqa: E402
+from harness import BASE_CONFIG, ROOT, markdown, stamp
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def overrides(tmp: Path, run_id: str, args) -> list[str]:
@@ -74,9 +73,8 @@ def clients_main(cfg_args: list[str], actors: int, rows: int, warmup_s: float,
     """N simulated actors, one request each in flight; puts (rows answered, seconds)."""
     import zmq
 
-    sys.path.insert(0, str(ROOT))
     from configs import load_config
-    from protocol import wiring
+    from links import wiring
     from protocol.endpoint import Endpoint
     from protocol.messages import ActionReply, ErrorReply, ObsRequest
 
@@ -170,7 +168,6 @@ def serve_and_load(args, actors: int) -> tuple[float, float, float, float]:
 
 def bare_main(args, rows: int, out) -> None:
     """In a fresh process, as the server was: puts :func:`bare_forward`'s rate."""
-    sys.path.insert(0, str(ROOT))
     out.put(bare_forward(args, rows))
 
 

@@ -2,9 +2,9 @@
 
 ``tick`` sends the process's Register until the learner answers (for at most
 ``network.learner_wait_s``), then a heartbeat every ``network.heartbeat_s``, and reads the
-answers; :class:`Registration` runs it on a thread of its own. A rendezvous that no longer knows the process (the learner
-restarted) makes it register again; one that says it was replaced raises
-:class:`Retired`; silence for ``learner_wait_s`` raises :class:`LearnerGone`.
+answers; :class:`Registration` runs it on a thread of its own. A rendezvous that no longer
+knows the process (the learner restarted) makes it register again; one that says it was
+replaced raises :class:`Retired`; silence for ``learner_wait_s`` raises :class:`LearnerGone`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import threading
 import time
 
 import zmq
+from typing_extensions import override
 
 from configs import Config
-from protocol import wiring
+from links import wiring
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint
 from protocol.messages import ErrorReply, Heartbeat, Register, Roster
@@ -55,6 +56,7 @@ class RegistrationClient:
 
     @property
     def where(self) -> str:
+        """The rendezvous' address, as this process connects to it."""
         return wiring.rendezvous_address(self.cfg, bind=False)
 
     def reregister(self, lost_generation: int = -1) -> None:
@@ -102,6 +104,7 @@ class RegistrationClient:
         return got
 
     def close(self) -> None:
+        """Close the DEALER to the rendezvous."""
         self.endpoint.close()
 
 
@@ -126,6 +129,7 @@ class Registration(threading.Thread):
         self._requests: "queue.SimpleQueue[int]" = queue.SimpleQueue()
         self.start()
 
+    @override
     def run(self) -> None:
         client = RegistrationClient(*self.args)
         try:
@@ -173,5 +177,6 @@ class Registration(threading.Thread):
         self._requests.put(lost_generation)
 
     def close(self) -> None:
+        """Stop the thread (which closes the client's socket); waits up to 5 s."""
         self.halt.set()
         self.join(timeout=5)

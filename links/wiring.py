@@ -25,7 +25,7 @@ Addresses by ``network.transport``:
 Every role binds on ``network.bind_host`` (loopback unless configured) and announces that
 address; with 0.0.0.0 it announces ``learner_host`` / ``inference_hosts[i]`` instead.
 With ``network.curve_dir`` every bound socket is a CURVE server and every connecting
-socket a CURVE client (protocol/security.py).
+socket a CURVE client (links/security.py).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pathlib import Path
 import zmq
 
 from configs import Config
-from protocol import security
+from links import security
 
 ANY_HOST = ("0.0.0.0", "*")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from tests.vla_factory import STATS
+from models.tiny_vla import STATS
 
 DINO_ID, SIGLIP_ID = "vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"
 BASE_VOCAB, PAD_TO = 640, 64  # tokenizer ids; the LM's vocabulary is padded to 704

@@ -15,13 +15,16 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 
 import torch
 
 from configs import Config
-from learner.rendezvous import Join, Registry
-from protocol import wiring
-from protocol.weights import SHUTDOWN, broadcast, flatten, make_group, weights_backend
+from links.rendezvous import Join, Registry
+from links import wiring
+from links.weights import (
+    KEEPALIVE, SHUTDOWN, broadcast, flatten, make_group, weights_backend,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,8 @@ class WeightHub:
         self._lock = threading.Lock()
         self._out: list[torch.Tensor] | None = None
         self._formed: "queue.SimpleQueue[tuple[Join, object]]" = queue.SimpleQueue()
-        self.joined = self.failed = 0
+        self._last_sent: dict[int, float] = {}  # server -> monotonic time of its last send
+        self.joined = self.failed = self.keepalives = 0
 
     def lost(self, index: int, incarnation: int) -> None:
         """The rendezvous found server ``index`` dead (called on its thread)."""
@@ -47,9 +51,10 @@ class WeightHub:
 
     def admit(self, version: int, model: torch.nn.Module) -> None:
         """Start forming the groups of servers that registered (each on a thread: a server
-        that dies before it joins must not hold up training), and send ``model`` to the
-        ones whose group has formed."""
+        that dies before it joins must not hold up training), send ``model`` to the
+        ones whose group has formed, and a keepalive on every link idle too long."""
         self._forget_lost()
+        self._keepalive()
         while not self.registry.joins.empty():
             join = self.registry.joins.get_nowait()
             if self.registry.current(join):
@@ -81,6 +86,14 @@ class WeightHub:
         self._forget_lost()
         self._send(list(self.links), version, model)
 
+    def _keepalive(self) -> None:
+        now = time.monotonic()
+        idle = [i for i in self.links
+                if now - self._last_sent.get(i, now) > self.cfg.network.weights_timeout_s / 4]
+        if idle:
+            header = torch.tensor([KEEPALIVE, 0], dtype=torch.int64, device=self.device)
+            self.keepalives += self._send_tensors(idle, [header])
+
     def _forget_lost(self) -> None:
         with self._lock:
             lost, self._lost = self._lost, set()
@@ -102,13 +115,15 @@ class WeightHub:
         buffers = self._buffers(model)
         header = torch.tensor([version, sum(b.numel() for b in buffers)], dtype=torch.int64,
                               device=self.device)
+        return self._send_tensors(indices, [header, *buffers])
+
+    def _send_tensors(self, indices: list[int], tensors: list[torch.Tensor]) -> int:
         # Queued on every group first (each runs its collectives in order), then awaited:
         # the servers receive at the same time, with no round trip between the tensors.
         pending = {}
         for i in indices:
             try:
-                pending[i] = [broadcast(self.links[i][1], t, wait=False)
-                              for t in (header, *buffers)]
+                pending[i] = [broadcast(self.links[i][1], t, wait=False) for t in tensors]
             except Exception as exc:
                 self._drop(i, exc)
         done = 0
@@ -117,6 +132,7 @@ class WeightHub:
                 for work in works:
                     work.wait()
                 done += 1
+                self._last_sent[i] = time.monotonic()
             except Exception as exc:
                 self._drop(i, exc)
         return done
