@@ -1,6 +1,7 @@
 """The environment contract: typed observation batches and a vectorised env with groups.
 
-``EnvObs`` is the ``env_obs`` of DESIGN.md, batch-first. A :class:`VectorEnv` holds E
+``EnvObs`` is the observation batch (batch-first); its arrays and their trips to the server
+and the learner are listed once, in :mod:`envs.observation_fields`. A :class:`VectorEnv` holds E
 envs split into groups of G consecutive envs; ``reset_group`` puts the G envs of a group
 into one initial state (GRPO compares episodes that start alike).
 """
