@@ -325,7 +325,7 @@ def test_every_libero_suite_builds_and_steps(suite):
     last = LiberoSuite(suite).num_tasks - 1
     env = make_env(libero_cfg(suite=suite, task_ids=[last]), 1, 1, 7)
     try:
-        env.reset_group(0, 0 * INIT_STRIDE + 0)
+        env.reset_group(0, last * INIT_STRIDE + 0)  # the task id, then the state index
         obs = _contract(env, 1)
         assert obs.task_descriptions[0] == LiberoSuite(suite).instruction(last)
     finally:
