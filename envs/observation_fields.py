@@ -43,11 +43,14 @@ def batch_key(request: ObsRequest) -> tuple:
     return tuple(None if a is None else a.shape[1:] for a in _arrays(request).values())
 
 
-def _concat(parts: Sequence, descriptions: list) -> EnvObs:
+def _concat(parts: Sequence, descriptions: list, fields: Optional[dict] = None,
+            join=np.concatenate) -> EnvObs:
+    """One batch from ``parts``: each array ``fields[name]`` (default: ``name``) of every
+    part joined by ``join``; absent (None) when the first part lacks it."""
     arrays = {}
     for name in ARRAYS:
-        values = [getattr(p, name) for p in parts]
-        arrays[name] = None if values[0] is None else np.concatenate(values)
+        values = [getattr(p, (fields or {}).get(name, name)) for p in parts]
+        arrays[name] = None if values[0] is None else join(values)
     return EnvObs(task_descriptions=descriptions, **arrays)
 
 
@@ -85,8 +88,4 @@ def from_trajectories(episodes: Sequence[Trajectory]) -> EnvObs:
 def final_observations(episodes: Sequence[Trajectory]) -> EnvObs:
     """The observation after the last step of each of ``episodes`` (all truncated with
     their ``final_*`` fields) as one batch."""
-    arrays = {}
-    for name in ARRAYS:
-        values = [getattr(ep, FINAL[name]) for ep in episodes]
-        arrays[name] = None if values[0] is None else np.stack(values)
-    return EnvObs(task_descriptions=[ep.task_description for ep in episodes], **arrays)
+    return _concat(episodes, [ep.task_description for ep in episodes], FINAL, np.stack)
