@@ -142,6 +142,9 @@ class Actor:
         self.inflight: dict[int, InFlight] = {}  # request_id -> what awaits its reply
         self.next_request = 0
         self.retries = 0
+        # Pipelining, counted: chunks executed, and those executed while another stage's
+        # request was in flight (its inference overlapping this stage's stepping).
+        self.chunks_executed = self.chunks_overlapped = 0
         self.registrations = 1  # registrations seen (the first was before acting)
         self.learner_stopped = False
         self.done_acked = False
@@ -340,6 +343,8 @@ class Actor:
             self._send_request(f.stage, f.request, f.first_sent)
             return
         stage = f.stage
+        self.chunks_executed += 1
+        self.chunks_overlapped += any(g.stage != stage for g in self.inflight.values())
         began, wall = time.monotonic(), time.time()
         self.prof.sample("action_rtt_ms", (began - f.sent) * 1e3, wall)
         steps_before = self.stages[stage].env_steps
@@ -441,7 +446,8 @@ class Actor:
             "episode_id_ranges": self.outbox.acked.ranges(),
             "unacknowledged": sorted(self.outbox.pending), "resends": self.outbox.resends,
             "env_steps": self.env_steps, "rejected": self.servers.rejected_counts(),
-            "request_retries": self.retries, "incarnation": self.cfg.incarnation,
+            "request_retries": self.retries, "chunks_executed": self.chunks_executed,
+            "chunks_overlapped": self.chunks_overlapped, "incarnation": self.cfg.incarnation,
             "eval_rounds": self.rounds, "stale_replies_asked_again": self.stale_replies,
             "demos_written": self.writer.written if self.writer else 0,
             "demos_failed": self.writer.failed if self.writer else 0,
