@@ -35,7 +35,7 @@ def param_groups(policy: Policy, cfg: LearnerConfig) -> list[dict]:
     actor = [p for p in policy.parameters() if p.requires_grad and id(p) not in ids]
     groups = [{"params": actor, "lr": cfg.lr, "name": "actor"}]
     if critic:
-        groups.append({"params": critic, "lr": cfg.critic_lr or cfg.lr, "name": "critic"})
+        groups.append({"params": critic, "lr": cfg.ppo.critic_lr or cfg.lr, "name": "critic"})
     return groups
 
 
@@ -67,7 +67,7 @@ class Learner:
             batch, rollout = self._with_ppo_advantages(batch)
         size = min(cfg.global_batch_size or n, n)
         steps_per_epoch = -(-n // size)
-        self._train_actor = self.version >= cfg.critic_warmup_updates
+        self._train_actor = self.version >= cfg.ppo.critic_warmup_updates
         self.policy.train()
         # Decoupled PPO's proximal policy: these weights, before this update changes
         # them. With one optimizer step per epoch the first epoch runs at them, so its
@@ -117,7 +117,7 @@ class Learner:
                 bootstrap = self.policy.act(inputs, True, self.temperature).values.float().cpu()
         valid = batch.mask.sum(-1) > 0
         adv, self._returns, metrics = ppo_advantages(
-            t, bootstrap, valid, self.cfg.gae_lambda, self.cfg.normalize_advantages)
+            t, bootstrap, valid, self.cfg.ppo.gae_lambda, self.cfg.ppo.normalize_advantages)
         return dataclasses.replace(batch, advantages=adv), metrics
 
     def _logprobs_no_grad(self, batch: TrainBatch) -> torch.Tensor:
@@ -183,9 +183,9 @@ class Learner:
             chunks = valid.sum(-1) > 0
             v_loss, vm = value_loss(
                 ev.values.float(), batch.targets.values[idx].to(self.device),
-                self._returns[idx].to(self.device), chunks.to(self.device), cfg.value_clip,
-                cfg.huber_delta, denominator=denoms["chunks"])
-            loss = loss + cfg.value_coef * v_loss
+                self._returns[idx].to(self.device), chunks.to(self.device), cfg.ppo.value_clip,
+                cfg.ppo.huber_delta, denominator=denoms["chunks"])
+            loss = loss + cfg.ppo.value_coef * v_loss
             chunk_share = float(chunks.sum()) / max(denoms["chunks"], 1)
             out["value_loss"] = v_loss.item() / own
             out["value_clip_ratio"] = vm["value_clip_ratio"] * chunk_share / own

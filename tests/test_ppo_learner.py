@@ -45,7 +45,7 @@ def ppo(tmp_path):
 
 
 def _batch(cfg, groups):
-    return build_batch(groups, "ppo", cfg.learner.gamma, cfg.learner.reward_level)
+    return build_batch(groups, "ppo", cfg.learner.ppo.gamma, cfg.learner.ppo.reward_level)
 
 
 def test_truncated_episodes_carry_their_final_observation(ppo):
