@@ -129,12 +129,13 @@ def test_mini_batches_step_the_optimizer_each_and_decoupled_prox_is_the_start(pp
         policy.log_std.add_(0.3)
         start = policy.evaluate(policy.prepare(batch.obs, torch.device("cpu")),
                                 batch.actions, 1.0).logprobs
-    steps = []
-    step = learner.optimizer.step
+    steps, proximal = [], []
+    step, no_grad = learner.optimizer.step, learner._logprobs_no_grad
     learner.optimizer.step = lambda: (steps.append(1), step())
+    learner._logprobs_no_grad = lambda b: proximal.append(no_grad(b)) or proximal[-1]
     m = learner.step(batch)
     assert len(steps) == 2 * 2  # two mini-batches, two epochs
-    assert torch.allclose(learner._prox, start, atol=1e-5)
+    assert len(proximal) == 1 and torch.allclose(proximal[0], start, atol=1e-5)
     assert m["train/actor/behav_weight_mean"] != pytest.approx(1.0)
 
 
