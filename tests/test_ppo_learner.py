@@ -79,7 +79,8 @@ def test_ppo_step_fits_the_value_and_reports_critic_metrics(ppo):
     # stay fixed, and the critic alone fits them.
     fixed = dataclasses.replace(batch, targets=dataclasses.replace(
         batch.targets, final_obs=None, final_rows=torch.zeros(0, dtype=torch.long)))
-    L = dataclasses.replace(cfg.learner, critic_warmup_updates=100, value_clip=0.05)
+    L = dataclasses.replace(cfg.learner, ppo=dataclasses.replace(
+        cfg.learner.ppo, critic_warmup_updates=100, value_clip=0.05))
     learner = Learner(policy, L, 1.0, torch.device("cpu"))
     losses = [learner.step(fixed)["train/critic/value_loss"] for _ in range(20)]
     assert losses[-1] < 0.5 * losses[0]
@@ -88,8 +89,8 @@ def test_ppo_step_fits_the_value_and_reports_critic_metrics(ppo):
 
 def test_critic_lr_and_warmup_train_only_the_value_at_first(ppo):
     cfg, policy = ppo
-    L = dataclasses.replace(cfg.learner, critic_lr=5e-2, critic_warmup_updates=1,
-                            critic_lr_warmup_steps=2)
+    L = dataclasses.replace(cfg.learner, ppo=dataclasses.replace(
+        cfg.learner.ppo, critic_lr=5e-2, critic_warmup_updates=1, critic_lr_warmup_steps=2))
     learner = Learner(policy, L, 1.0, torch.device("cpu"))
     groups = {g["name"]: g for g in learner.optimizer.param_groups}
     assert groups["critic"]["lr"] == pytest.approx(5e-2 / 2)   # its warmup: step 1 of 2
