@@ -200,19 +200,13 @@ def supervise(cfg, args: argparse.Namespace, overrides: list[str],
     """Run ``slots`` as supervised children until the learner finishes (or, on a host
     without the learner, until its roles end); restart the ones that die."""
     from launcher import MemorySampler, Supervisor
-    from launcher.supervisor import python_argv
+    from launcher.supervisor import python_argv, restart_overrides
 
     log_dir = Path(cfg.run.log_dir)
 
     def command(slot) -> list[str]:
         cmd = python_argv() + (["--config", args.config] if args.config else [])
-        extra = [f"run.start={slot.starts}"]
-        if slot.role == "learner" and slot.starts:
-            if (log_dir / "checkpoint.json").exists():
-                extra.append("run.resume=true")  # a restarted learner carries on from it
-            else:
-                log.warning("the learner restarts from version 0: %s has no checkpoint yet "
-                            "(learner.checkpoint_every=%d)", log_dir, cfg.learner.checkpoint_every)
+        extra = restart_overrides(slot.role, slot.starts, log_dir, cfg.learner.checkpoint_every)
         return cmd + [*overrides, *extra, "--worker", "--role", slot.role, "--index",
                       str(slot.index), "--log-level", args.log_level]
 

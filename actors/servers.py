@@ -17,7 +17,7 @@ import zmq
 from configs import Config
 from links import wiring
 from protocol.endpoint import Endpoint
-from protocol.messages import ActionReply, ErrorReply, Roster
+from protocol.messages import Roster
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,9 @@ class ServerPool:
                 continue
             if self.addresses.get(i) != address:
                 self._close(i)
-                sock = wiring.connect_actor_to_inference(self.ctx, self.cfg, self.actor,
-                                                         address)
-                self.endpoints[i] = Endpoint(sock, f"actor-{self.actor}", self.cfg.run.run_id,
-                                             self.cfg.network.max_message_mb << 20,
-                                             expected=(ActionReply, ErrorReply))
-                self.poller.register(sock, zmq.POLLIN)
+                self.endpoints[i] = wiring.actor_inference_endpoint(self.ctx, self.cfg,
+                                                                    self.actor, address)
+                self.poller.register(self.endpoints[i].sock, zmq.POLLIN)
                 self.addresses[i], self.outstanding[i] = address, 0
                 log.info("actor %d: inference server %d at %s", self.actor, i, address)
             if self.incarnations.get(i, int(incarnation)) != int(incarnation):

@@ -77,10 +77,7 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None,
                 servers.update(got)
             time.sleep(0.05)
         roster = client.roster
-        learn = Endpoint(wiring.connect_actor_to_learner(ctx, cfg, index,
-                                                         roster.trajectory_address),
-                         name, cfg.run.run_id, cfg.network.max_message_mb << 20,
-                         expected=(TrajectoryAck, StopActors, EvalRound, ErrorReply))
+        learn = wiring.actor_learner_endpoint(ctx, cfg, index, roster.trajectory_address)
         envs, group_size = ((cfg.eval.envs_per_actor, 1) if cfg.is_eval_actor(index)
                             else (a.envs_per_actor, a.group_size))
         env = make_env(cfg.env, envs, group_size, cfg.model.action_dim,

@@ -75,16 +75,12 @@ def clients_main(cfg_args: list[str], actors: int, rows: int, warmup_s: float,
 
     from configs import load_config
     from links import wiring
-    from protocol.endpoint import Endpoint
-    from protocol.messages import ActionReply, ErrorReply, ObsRequest
+    from protocol.messages import ErrorReply, ObsRequest
 
     cfg = load_config(BASE_CONFIG, cfg_args)
     ctx = zmq.Context()
     obs = random_obs(rows, cfg.env.image_size)
-    eps = [Endpoint(wiring.connect_actor_to_inference(ctx, cfg, k,
-                                                     wiring.inference_address(cfg, 0, False)),
-                    f"actor-{k}",
-                    cfg.run.run_id, 1 << 30, expected=(ActionReply, ErrorReply))
+    eps = [wiring.actor_inference_endpoint(ctx, cfg, k, wiring.inference_address(cfg, 0, False))
            for k in range(actors)]
     poller = zmq.Poller()
     for ep in eps:

@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from configs import EnvConfig
+from configs import EnvConfig, LiberoEnvConfig, RobosuiteEnvConfig
 from envs import make_env
 from envs.base import INIT_STRIDE
 from experts import make_expert
@@ -101,14 +101,15 @@ def main() -> None:
 
     states = parse_states(args.states)
     if args.suite == "robosuite":
-        runs = [(args.task, EnvConfig(kind="robosuite", task=args.task, image_size=32,
-                                      fast_render=True, wrist_camera=False), 0)]
+        runs = [(args.task, EnvConfig(kind="robosuite", robosuite=RobosuiteEnvConfig(args.task),
+                                      image_size=32, fast_render=True, wrist_camera=False), 0)]
     else:
         from envs.libero import LiberoSuite
 
         count = LiberoSuite(args.suite).num_tasks
         tasks = range(count) if args.tasks == "all" else [int(t) for t in args.tasks.split(",")]
-        runs = [(f"{args.suite} {t}", EnvConfig(kind="libero", suite=args.suite, task_ids=[t],
+        runs = [(f"{args.suite} {t}", EnvConfig(kind="libero",
+                                                libero=LiberoEnvConfig(args.suite, [t]),
                                                 image_size=32, fast_render=True,
                                                 wrist_camera=False), t) for t in tasks]
     print(f"states {args.states}, noise {args.noise}, {args.envs} envs at once\n")

@@ -54,8 +54,8 @@ def pipeline_overrides(envs: int, stages: int, sleep_ms: float, args) -> dict:
             "actor.pipeline_stages": stages, "actor.max_unacked_episodes": 256,
             "learner.max_ready_groups": 64, "learner.sync_every": 10**9,
             "learner.max_staleness": 0, "inference.max_wait_ms": 0,
-            "env.step_sleep_ms": sleep_ms, "env.image_size": args.image_size,
-            "model.conv_channels": args.conv_channels}
+            "env.synthetic.step_sleep_ms": sleep_ms, "env.image_size": args.image_size,
+            "model.cnn.conv_channels": args.conv_channels}
 
 
 def calibrate(envs: int, seconds: float, args, rounds: int = 2) -> float:
@@ -70,7 +70,7 @@ def calibrate(envs: int, seconds: float, args, rounds: int = 2) -> float:
         actor_ms = r["actors"]["chunk_step_ms"]["p50"] + r["actors"]["observe_send_ms"]["p50"]
         sleep_ms = max(0.0, sleep_ms + (inference_ms - actor_ms) / (envs * N))
         print(f"calibration {k + 1}: a sync cycle's inference {inference_ms:.2f} ms, env side "
-              f"{actor_ms:.2f} ms -> env.step_sleep_ms={sleep_ms:.4f}", flush=True)
+              f"{actor_ms:.2f} ms -> env.synthetic.step_sleep_ms={sleep_ms:.4f}", flush=True)
     return sleep_ms
 
 
@@ -143,7 +143,7 @@ def parse_args(argv=None):
     # A wider image encoder than the default 16 channels: more of a cycle is inference
     # and env sleep, less the actor's own CPU work (rendering, messages), which on 2 cores
     # competes with the server for a core instead of overlapping with it.
-    p.add_argument("--conv-channels", type=int, default=48, help="model.conv_channels (48)")
+    p.add_argument("--conv-channels", type=int, default=48, help="model.cnn.conv_channels (48)")
     p.add_argument("--seconds", type=float, default=20.0, help="each run's profile (20)")
     p.add_argument("--warmup", type=float, default=5.0, help="left out of rates (5)")
     p.add_argument("--calibration-s", type=float, default=10.0, help="each calibration run (10)")

@@ -34,7 +34,7 @@ def overrides(actors: int, args) -> dict:
             "actor.max_unacked_episodes": 64, "actor.flush_timeout_s": 30,
             "learner.groups_per_update": 2, "learner.max_ready_groups": 64,
             "learner.sync_every": 10**9, "learner.max_staleness": 0,
-            "env.image_size": args.image_size, "env.step_sleep_ms": args.sleep_ms,
+            "env.image_size": args.image_size, "env.synthetic.step_sleep_ms": args.sleep_ms,
             "inference.max_wait_ms": args.max_wait_ms}
 
 

@@ -22,7 +22,7 @@ What it measures
             ``weights_apply`` span) against the latency of one batch of max_batch rows
             (the bare forward pass at that batch, in this process). Goal <= 1.
     Three sizes: the default small CPU policy (0.27 MB), and the same policy with a
-    wider MLP (``model.hidden_dim``): 18 and 70 MB.
+    wider MLP (``model.cnn.hidden_dim``): 18 and 70 MB.
 
 How to run
     .venv/bin/python benchmarks/bench_weights.py                 # ~3 min (3 repeats)
@@ -100,7 +100,7 @@ def bench_size(args, hidden: int) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="chunkrl-bench-weights-"))
     cfg_args = [f"run.log_dir={tmp / 'run'}", f"run.run_id={uuid.uuid4().hex[:8]}",
                 f"network.ipc_dir={tmp / 'ipc'}", f"inference.num_servers={args.servers}",
-                f"model.hidden_dim={hidden}", "inference.device=cpu", "profile.enabled=true",
+                f"model.cnn.hidden_dim={hidden}", "inference.device=cpu", "profile.enabled=true",
                 "profile.duration_s=3600", "network.weights_timeout_s=120"]
     cfg = load_config(BASE_CONFIG, cfg_args)
     torch.manual_seed(0)
@@ -193,7 +193,7 @@ def parse_args(argv=None):
     p.add_argument("--servers", type=int, default=2, help="inference servers K (2)")
     p.add_argument("--updates", type=int, default=20, help="updates of each kind (20)")
     p.add_argument("--hidden", default="128,2048,4096",
-                   help="model.hidden_dim sizes (128,2048,4096)")
+                   help="model.cnn.hidden_dim sizes (128,2048,4096)")
     p.add_argument("--gap-s", type=float, default=0.2, help="pause between sends (0.2)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each size (3)")
     p.add_argument("--json", metavar="PATH", help="also write the results here")
@@ -219,7 +219,7 @@ def main(argv=None) -> int:
     print(markdown(f"Weights: learner -> {args.servers} inference servers (gloo, one host), "
                    f"medians of {args.updates} updates per run; ratio: median (range) of "
                    f"{args.repeats} runs", rows,
-                   {"model.hidden_dim": "hidden", "MB": "mb", "raw broadcast ms": "raw_ms",
+                   {"model.cnn.hidden_dim": "hidden", "MB": "mb", "raw broadcast ms": "raw_ms",
                     "update, applied ms": "update_ms", "update/raw": "ratio_text",
                     "learner send ms": "send_ms", "pause p50 ms": "pause_ms",
                     "pause max ms": "pause_max_ms", "batch of max_batch ms": "batch_ms",

@@ -2,13 +2,15 @@
 
 from configs.loader import ConfigError, load_config, to_dict
 from configs.schema import (
-    ActorConfig, Config, EnvConfig, EvalConfig, InferenceConfig, LearnerConfig, ModelConfig,
-    NetworkConfig, ProfileConfig, RunConfig, VideoConfig,
+    ActorConfig, CNNPolicyConfig, Config, EnvConfig, EvalConfig, GRPOConfig, InferenceConfig,
+    LearnerConfig, LiberoEnvConfig, ModelConfig, NetworkConfig, PPOConfig, ProfileConfig,
+    RobosuiteEnvConfig, RunConfig, SyntheticEnvConfig, VideoConfig,
 )
 
 __all__ = [
-    "ActorConfig", "Config", "ConfigError", "EnvConfig", "EvalConfig", "InferenceConfig",
-    "LearnerConfig", "ModelConfig", "NetworkConfig", "ProfileConfig", "RunConfig",
-    "VideoConfig",
+    "ActorConfig", "CNNPolicyConfig", "Config", "ConfigError", "EnvConfig", "EvalConfig",
+    "GRPOConfig", "InferenceConfig", "LearnerConfig", "LiberoEnvConfig", "ModelConfig",
+    "NetworkConfig", "PPOConfig", "ProfileConfig", "RobosuiteEnvConfig", "RunConfig",
+    "SyntheticEnvConfig", "VideoConfig",
     "load_config", "to_dict",
 ]

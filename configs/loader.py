@@ -15,7 +15,7 @@ from typing import Literal, get_args, get_origin
 
 import yaml
 
-from configs.schema import Config, validate
+from configs.schema import FAMILY_SECTIONS, Config, validate
 
 _REF = re.compile(r"\$\{([^}]+)\}")
 
@@ -38,11 +38,36 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         _apply_override(raw, item)
     raw = _interpolate(raw, raw, [])
     _rlinf_aliases(raw)
+    _refuse_moved_keys(raw)
     cfg = _build(Config, raw, "")
     problems = validate(cfg)
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
     return cfg
+
+
+def moved_keys() -> dict[str, str]:
+    """Old flat keys of the family sub-sections and where they live now, e.g.
+    ``env.num_targets`` -> ``env.synthetic.num_targets``."""
+    moved = {}
+    for section, families in FAMILY_SECTIONS.items():
+        hints = typing.get_type_hints(typing.get_type_hints(Config)[section])
+        for family in families:
+            for f in dataclasses.fields(hints[family]):
+                moved[f"{section}.{f.name}"] = f"{section}.{family}.{f.name}"
+    return moved
+
+
+def _refuse_moved_keys(raw: dict) -> None:
+    moved = moved_keys()
+    for section in FAMILY_SECTIONS:
+        keys = raw.get(section)
+        for key in sorted(keys) if isinstance(keys, dict) else ():
+            old = f"{section}.{key}"
+            if old in moved:
+                raise ConfigError(f"config key {old!r} moved to {moved[old]!r}: rename it "
+                                  f"(in YAML: {key} under {section}: "
+                                  f"{moved[old].split('.')[1]}:)")
 
 
 def _rlinf_aliases(raw: dict) -> None:

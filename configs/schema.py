@@ -20,6 +20,13 @@ INIT_STRIDE = 1000
 EVAL_STATES = 100
 
 
+# Sections whose fields for one family live in a sub-section of that name. Their fields
+# were flat in the parent section before: the loader refuses an old flat key, naming its
+# new place.
+FAMILY_SECTIONS = {"env": ("synthetic", "libero", "robosuite"), "learner": ("ppo", "grpo"),
+                   "model": ("cnn",)}
+
+
 def opt(default, doc: str):
     """A config field with its default and its one-line documentation."""
     if isinstance(default, list):
@@ -88,6 +95,41 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class SyntheticEnvConfig:
+    """env.kind=synthetic: the coloured-targets arena (envs/synthetic.py)."""
+
+    num_targets: int = opt(3, "coloured targets in the arena (1..6)")
+    target_radius: float = opt(0.12, "success distance, arena is [0,1]^2")
+    agent_speed: float = opt(0.05, "displacement per step at action 1.0")
+    progress_reward: float = opt(0.0, "reward per unit of distance closed toward "
+                                 "the named target, on top of 1 for success (0 = sparse)")
+    goal_in_state: bool = opt(False, "the named target's position is in the "
+                              "state (False: only the image and instruction say where)")
+    step_busy_ms: float = opt(0.0, "CPU busy time per env step (benchmarks)")
+    step_sleep_ms: float = opt(0.0, "sleep per env step (benchmarks)")
+
+
+@dataclass(frozen=True)
+class LiberoEnvConfig:
+    """env.kind=libero: which suite and tasks (envs/libero.py)."""
+
+    suite: str = opt("libero_spatial", "libero_spatial, libero_object, libero_goal, "
+                     "libero_10 or libero_90")
+    task_ids: list[int] = opt([], "task ids to run (empty: every task of the suite)")
+    task_assignment: Literal["per_group", "random"] = opt(
+        "per_group", "per_group = each group keeps one task (simulators built once); "
+        "random = a random task per reset (a simulator rebuild, seconds, on each change)")
+
+
+@dataclass(frozen=True)
+class RobosuiteEnvConfig:
+    """env.kind=robosuite: which task (envs/robosuite_tasks.py)."""
+
+    task: str = opt("Lift", "Lift, Stack, PickPlaceCan, PickPlaceBread, Door, "
+                    "NutAssemblySquare or NutAssemblyRound")
+
+
+@dataclass(frozen=True)
 class EnvConfig:
     """The environment every actor runs."""
 
@@ -97,27 +139,10 @@ class EnvConfig:
     max_episode_steps: int = opt(
         0, "env steps before truncation; 0: the family's default (synthetic 64, robosuite "
         "200, LIBERO per suite: spatial 220, object 280, goal 300, 10 520, 90 400)")
-    num_targets: int = opt(3, "synthetic: coloured targets in the arena (1..6)")
-    target_radius: float = opt(0.12, "synthetic: success distance, arena is [0,1]^2")
-    agent_speed: float = opt(0.05, "synthetic: displacement per step at action 1.0")
-    progress_reward: float = opt(0.0, "synthetic: reward per unit of distance closed toward "
-                                 "the named target, on top of 1 for success (0 = sparse)")
-    goal_in_state: bool = opt(False, "synthetic: the named target's position is in the "
-                              "state (False: only the image and instruction say where)")
-    step_busy_ms: float = opt(0.0, "synthetic: CPU busy time per env step (benchmarks)")
-    step_sleep_ms: float = opt(0.0, "synthetic: sleep per env step (benchmarks)")
-    suite: str = opt("libero_spatial", "libero: libero_spatial, libero_object, libero_goal, "
-                     "libero_10 or libero_90")
-    task_ids: list[int] = opt([], "libero: task ids to run (empty: every task of the suite)")
-    task_assignment: Literal["per_group", "random"] = opt(
-        "per_group", "libero: per_group = each group keeps one task (simulators built once); "
-        "random = a random task per reset (a simulator rebuild, seconds, on each change)")
     held_out_eval_states: bool = opt(
         False, "training never starts from an evaluation trial's initial state (state "
         "indices 0..99): LIBERO trains on generated placements instead of its 50 official "
         "states, robosuite and synthetic on seeds >= 100")
-    task: str = opt("Lift", "robosuite: Lift, Stack, PickPlaceCan, PickPlaceBread, Door, "
-                    "NutAssemblySquare or NutAssemblyRound")
     settle_steps: int = opt(10, "libero/robosuite: no-op steps after each reset, uncounted")
     state_dim: int = opt(8, "libero/robosuite: 8 (LIBERO's state) or 7 (grippers averaged)")
     wrist_camera: bool = opt(True, "libero/robosuite: also send the eye-in-hand camera")
@@ -130,6 +155,12 @@ class EnvConfig:
         "auto", "MuJoCo offscreen GL: auto tries egl, then osmesa")
     fast_render: bool = opt(False, "no multisampling, shadows or reflections: ~2x faster "
                             "rendering on CPU, and different images")
+    synthetic: SyntheticEnvConfig = field(default_factory=SyntheticEnvConfig,
+                                          metadata={"doc": "env.kind=synthetic only"})
+    libero: LiberoEnvConfig = field(default_factory=LiberoEnvConfig,
+                                    metadata={"doc": "env.kind=libero only"})
+    robosuite: RobosuiteEnvConfig = field(default_factory=RobosuiteEnvConfig,
+                                          metadata={"doc": "env.kind=robosuite only"})
 
 
 @dataclass(frozen=True)
@@ -140,6 +171,17 @@ class StarVLAConfig:
     expected_action_dim: int = opt(0, "must equal model.action_dim (0: not checked)")
     expected_num_action_chunks: int = opt(0, "must equal model.num_action_chunks (0: not "
                                           "checked)")
+
+
+@dataclass(frozen=True)
+class CNNPolicyConfig:
+    """model.kind=cnn_gaussian: the small CPU policy's sizes (models/cnn_policy.py)."""
+
+    hidden_dim: int = opt(128, "width of the MLP trunk")
+    conv_channels: int = opt(16, "channels of the image encoder")
+    embed_dim: int = opt(32, "instruction embedding width")
+    vocab_size: int = opt(1024, "hashed-word vocabulary of the instruction embedding")
+    image_resolution: int = opt(64, "images are resized to this square")
 
 
 @dataclass(frozen=True)
@@ -156,13 +198,8 @@ class ModelConfig:
     num_action_chunks: int = opt(8, "T: actions per chunk")
     action_dim: int = opt(7, "D: action dimension")
     state_dim: int = opt(8, "dimension of the state vector the policy reads")
-    hidden_dim: int = opt(128, "width of the MLP trunk")
-    conv_channels: int = opt(16, "channels of the image encoder")
-    embed_dim: int = opt(32, "instruction embedding width")
-    vocab_size: int = opt(1024, "hashed-word vocabulary of the instruction embedding")
     init_log_std: float = opt(-0.5, "initial state-independent log-std of every action dim")
     value_head: bool = opt(False, "add a value head (PPO)")
-    image_resolution: int = opt(64, "cnn_gaussian: images are resized to this square")
     checkpoint: str = opt("", "a chunkrl checkpoint.pt to start from (empty: fresh weights)")
     model_path: str = opt("", "qwen_oft: a local StarVLA run dir / .pt, or a Hugging Face "
                           "Qwen2.5-VL dir (head freshly initialised); openvla_oft: an "
@@ -189,6 +226,8 @@ class ModelConfig:
                                        "in the learner's backward pass (saves GPU memory)")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = opt(
         "sdpa", "VLAs: transformers attention kernel of the language model")
+    cnn: CNNPolicyConfig = field(default_factory=CNNPolicyConfig,
+                                 metadata={"doc": "model.kind=cnn_gaussian only"})
 
 
 @dataclass(frozen=True)
@@ -221,6 +260,35 @@ class InferenceConfig:
 
 
 @dataclass(frozen=True)
+class PPOConfig:
+    """learner.algorithm=ppo: the value head's optimisation, GAE and the value loss."""
+
+    critic_lr: float = opt(0.0, "learning rate of the value head (0: lr)")
+    critic_lr_warmup_steps: int = opt(0, "updates of linear warmup of critic_lr")
+    critic_warmup_updates: int = opt(0, "updates that train only the value loss "
+                                     "before the policy loss joins (veRL's critic_warmup)")
+    gamma: float = opt(0.99, "discount per chunk (reward_level=chunk) or per action")
+    gae_lambda: float = opt(0.95, "GAE lambda, per chunk step")
+    reward_level: Literal["chunk", "action"] = opt(
+        "chunk", "chunk: a chunk's reward is its actions' sum, discounted once per "
+        "chunk; action: each action's reward discounted per action")
+    normalize_advantages: bool = opt(True, "(A - mean) / (std + eps) over the batch")
+    value_coef: float = opt(0.5, "weight of the value loss")
+    value_clip: float = opt(0.2, "value clipping around the behaviour value")
+    huber_delta: float = opt(10.0, "Huber threshold of the value loss")
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """learner.algorithm=grpo: which groups are trained on."""
+
+    filter_equal_groups: bool = opt(True, "skip groups whose scores are all equal")
+    group_mean_bounds: list[float] = opt([], "[low, high]: train only on groups whose "
+                                         "mean score is inside (DAPO/RLinf: drop all-fail "
+                                         "and all-success groups); empty: off")
+
+
+@dataclass(frozen=True)
 class LearnerConfig:
     """The learner: GRPO, or PPO with a value head and GAE."""
 
@@ -236,10 +304,6 @@ class LearnerConfig:
     lr_decay_steps: int = opt(0, "cosine: updates from the warmup's end to the minimum "
                               "(0: run.total_updates)")
     min_lr_ratio: float = opt(0.0, "cosine: the final lr as a share of lr")
-    critic_lr: float = opt(0.0, "ppo: learning rate of the value head (0: lr)")
-    critic_lr_warmup_steps: int = opt(0, "ppo: updates of linear warmup of critic_lr")
-    critic_warmup_updates: int = opt(0, "ppo: updates that train only the value loss "
-                                     "before the policy loss joins (veRL's critic_warmup)")
     adam_eps: float = opt(1e-8, "Adam epsilon")
     weight_decay: float = opt(0.0, "Adam weight decay")
     max_grad_norm: float = opt(1.0, "gradient clipping by global norm")
@@ -257,15 +321,6 @@ class LearnerConfig:
     entropy_coef: float = opt(0.0, "weight of the entropy bonus")
     kl_beta: float = opt(0.0, "weight of the KL penalty to a frozen copy of the starting "
                          "policy (k3 estimate); 0: none, no copy is kept")
-    gamma: float = opt(0.99, "ppo: discount per chunk (reward_level=chunk) or per action")
-    gae_lambda: float = opt(0.95, "ppo: GAE lambda, per chunk step")
-    reward_level: Literal["chunk", "action"] = opt(
-        "chunk", "ppo: chunk: a chunk's reward is its actions' sum, discounted once per "
-        "chunk; action: each action's reward discounted per action")
-    normalize_advantages: bool = opt(True, "ppo: (A - mean) / (std + eps) over the batch")
-    value_coef: float = opt(0.5, "ppo: weight of the value loss")
-    value_clip: float = opt(0.2, "ppo: value clipping around the behaviour value")
-    huber_delta: float = opt(10.0, "ppo: Huber threshold of the value loss")
     loss_aggregation: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = opt(
         "token-mean", "policy loss over valid elements: mean of all; or per chunk the sum / "
         "mean of its elements, then the mean over chunks")
@@ -274,10 +329,6 @@ class LearnerConfig:
                           "weights at the update's start, weight by pi_prox / pi_behav")
     behav_weight_cap: float = opt(2.0, "decoupled: truncate pi_prox / pi_behav at this "
                                   "(<= 0: no truncation)")
-    filter_equal_groups: bool = opt(True, "grpo: skip groups whose scores are all equal")
-    group_mean_bounds: list[float] = opt([], "grpo: [low, high]: train only on groups whose "
-                                         "mean score is inside (DAPO/RLinf: drop all-fail "
-                                         "and all-success groups); empty: off")
     max_staleness: int = opt(4, "drop episodes acted by weights older than this many versions")
     sync_every: int = opt(1, "K: broadcast weights every K updates")
     max_ready_groups: int = opt(16, "complete groups buffered before actors are held back")
@@ -287,6 +338,10 @@ class LearnerConfig:
                                 "only, and a learner that dies restarts from version 0)")
     update_sleep_s: float = opt(0.0, "sleep this long after each update: a slow learner, "
                                 "to test stale-data handling")
+    ppo: PPOConfig = field(default_factory=PPOConfig,
+                           metadata={"doc": "learner.algorithm=ppo only"})
+    grpo: GRPOConfig = field(default_factory=GRPOConfig,
+                             metadata={"doc": "learner.algorithm=grpo only"})
 
 
 @dataclass(frozen=True)
@@ -491,8 +546,8 @@ def validate(cfg: Config) -> list[str]:
          f"model.starvla.expected_num_action_chunks={m.starvla.expected_num_action_chunks} "
          f"but model.num_action_chunks={m.num_action_chunks}"),
         (m.lora_rank >= 0, "model.lora_rank must be >= 0"),
-        (m.image_resolution >= 8 and m.image_resolution % 2 == 0,
-         "model.image_resolution must be even and >= 8"),
+        (m.cnn.image_resolution >= 8 and m.cnn.image_resolution % 2 == 0,
+         "model.cnn.image_resolution must be even and >= 8"),
         (i.num_servers >= 1, "inference.num_servers must be >= 1"),
         (i.max_batch >= 1 and i.max_wait_ms >= 0, "inference.max_batch >= 1, max_wait_ms >= 0"),
         (i.temperature > 0, "inference.temperature must be > 0"),
@@ -504,13 +559,13 @@ def validate(cfg: Config) -> list[str]:
          "learner.sync_every >= 1, max_staleness >= 0, update_epochs >= 1"),
         (L.algorithm != "ppo" or m.value_head,
          "learner.algorithm=ppo needs a value head: set model.value_head=true"),
-        (0 < L.gamma <= 1 and 0 <= L.gae_lambda <= 1 and L.value_clip > 0 and
-         L.huber_delta > 0 and L.value_coef >= 0, "learner: 0 < gamma <= 1, 0 <= gae_lambda "
-         "<= 1, value_clip > 0, huber_delta > 0, value_coef >= 0"),
-        (min(L.lr_warmup_steps, L.lr_decay_steps, L.critic_lr_warmup_steps,
-             L.critic_warmup_updates, L.global_batch_size, L.checkpoint_every) >= 0 and
-         L.critic_lr >= 0 and L.kl_beta >= 0 and 0 <= L.min_lr_ratio <= 1 and
-         L.update_sleep_s >= 0, "learner: steps, sizes, critic_lr, kl_beta and "
+        (0 < L.ppo.gamma <= 1 and 0 <= L.ppo.gae_lambda <= 1 and L.ppo.value_clip > 0 and
+         L.ppo.huber_delta > 0 and L.ppo.value_coef >= 0, "learner.ppo: 0 < gamma <= 1, "
+         "0 <= gae_lambda <= 1, value_clip > 0, huber_delta > 0, value_coef >= 0"),
+        (min(L.lr_warmup_steps, L.lr_decay_steps, L.ppo.critic_lr_warmup_steps,
+             L.ppo.critic_warmup_updates, L.global_batch_size, L.checkpoint_every) >= 0 and
+         L.ppo.critic_lr >= 0 and L.kl_beta >= 0 and 0 <= L.min_lr_ratio <= 1 and
+         L.update_sleep_s >= 0, "learner: steps, sizes, ppo.critic_lr, kl_beta and "
          "update_sleep_s must be >= 0; min_lr_ratio in [0, 1]"),
         (0 <= cfg.run.incarnation <= ids.MAX_INCARNATION >> 8 and 0 <= cfg.run.start < 256,
          f"run.incarnation must be in 0..{ids.MAX_INCARNATION >> 8} and run.start in "
@@ -535,11 +590,12 @@ def validate(cfg: Config) -> list[str]:
         (cfg.video.train_every >= 0 and cfg.video.eval_per_task >= 0 and cfg.video.fps >= 1
          and cfg.video.max_frames >= 1, "video: train_every, eval_per_task >= 0; fps, "
          "max_frames >= 1"),
-        (1 <= e.num_targets <= 6, "env.num_targets must be in 1..6"),
+        (1 <= e.synthetic.num_targets <= 6, "env.synthetic.num_targets must be in 1..6"),
         (n.max_message_mb >= 1 and n.high_water_mark >= 1, "network limits must be >= 1"),
         (cfg.run.max_duration_s >= 0, "run.max_duration_s must be >= 0"),
-        (len(L.group_mean_bounds) in (0, 2) and list(L.group_mean_bounds) ==
-         sorted(L.group_mean_bounds), "learner.group_mean_bounds: [] or [low, high], low <= high"),
+        (len(L.grpo.group_mean_bounds) in (0, 2) and list(L.grpo.group_mean_bounds) ==
+         sorted(L.grpo.group_mean_bounds),
+         "learner.grpo.group_mean_bounds: [] or [low, high], low <= high"),
         (cfg.run.mode != "sft" or bool(cfg.sft.datasets),
          "run.mode=sft needs sft.datasets: HDF5 files or folders (a record run's dataset)"),
         (s.steps >= 1 and s.batch_size >= 1 and s.lr > 0 and 0 <= s.val_fraction < 1 and

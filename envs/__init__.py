@@ -23,7 +23,7 @@ def max_episode_steps(cfg: EnvConfig) -> int:
     if cfg.kind == "libero":
         from envs.libero import MAX_EPISODE_STEPS
 
-        return MAX_EPISODE_STEPS[cfg.suite]
+        return MAX_EPISODE_STEPS[cfg.libero.suite]
     return DEFAULT_MAX_STEPS[cfg.kind]
 
 
@@ -34,7 +34,7 @@ def check_env_config(cfg: EnvConfig) -> None:
     elif cfg.kind == "robosuite":
         from envs.robosuite_tasks import check_task
 
-        check_task(cfg.task)
+        check_task(cfg.robosuite.task)
 
 
 def task_ids(cfg: EnvConfig) -> list[int]:
@@ -42,7 +42,7 @@ def task_ids(cfg: EnvConfig) -> list[int]:
     if cfg.kind == "libero":
         from envs.libero import LiberoSuite
 
-        return LiberoSuite(cfg.suite).check_task_ids(cfg.task_ids)
+        return LiberoSuite(cfg.libero.suite).check_task_ids(cfg.libero.task_ids)
     return [0]
 
 
@@ -85,12 +85,13 @@ def make_env(cfg: EnvConfig, num_envs: int, group_size: int, action_dim: int,
     if cfg.kind == "synthetic":
         from envs.synthetic import SyntheticReachEnv
 
+        syn = cfg.synthetic
         return SyntheticReachEnv(
-            num_envs, group_size, image_size=cfg.image_size, num_targets=cfg.num_targets,
-            max_episode_steps=steps, target_radius=cfg.target_radius,
-            agent_speed=cfg.agent_speed, progress_reward=cfg.progress_reward,
-            goal_in_state=cfg.goal_in_state, step_busy_ms=cfg.step_busy_ms,
-            step_sleep_ms=cfg.step_sleep_ms, action_dim=action_dim,
+            num_envs, group_size, image_size=cfg.image_size, num_targets=syn.num_targets,
+            max_episode_steps=steps, target_radius=syn.target_radius,
+            agent_speed=syn.agent_speed, progress_reward=syn.progress_reward,
+            goal_in_state=syn.goal_in_state, step_busy_ms=syn.step_busy_ms,
+            step_sleep_ms=syn.step_sleep_ms, action_dim=action_dim,
             held_out=cfg.held_out_eval_states)
     if cfg.kind not in KINDS:
         raise ValueError(f"unknown env.kind {cfg.kind!r}; valid: {list(KINDS)}")
@@ -111,11 +112,13 @@ def make_env(cfg: EnvConfig, num_envs: int, group_size: int, action_dim: int,
     if cfg.kind == "libero":
         from envs.libero import LiberoVectorEnv
 
-        return LiberoVectorEnv(num_envs, group_size, opts, cfg.suite, cfg.task_ids,
-                               cfg.task_assignment, group_offset, cfg.held_out_eval_states)
+        lib = cfg.libero
+        return LiberoVectorEnv(num_envs, group_size, opts, lib.suite, lib.task_ids,
+                               lib.task_assignment, group_offset, cfg.held_out_eval_states)
     from envs.robosuite_tasks import RobosuiteVectorEnv
 
-    return RobosuiteVectorEnv(num_envs, group_size, opts, cfg.task, cfg.held_out_eval_states)
+    return RobosuiteVectorEnv(num_envs, group_size, opts, cfg.robosuite.task,
+                              cfg.held_out_eval_states)
 
 
 __all__ = ["EnvObs", "StepResult", "VectorEnv", "check_env_config", "eval_init_states",

@@ -17,11 +17,11 @@ def make_expert(cfg: EnvConfig, env: VectorEnv) -> Expert:
     if cfg.kind == "robosuite":
         from experts.robosuite_experts import robosuite_expert
 
-        return robosuite_expert(env, cfg.task)
+        return robosuite_expert(env, cfg.robosuite.task)
     if cfg.kind == "libero":
         from experts.libero_experts import libero_expert
 
-        return libero_expert(env, cfg.suite)
+        return libero_expert(env, cfg.libero.suite)
     raise ValueError(f"no scripted expert for env.kind={cfg.kind!r}; experts exist for: "
                      "synthetic, robosuite, libero")
 

@@ -20,7 +20,7 @@ from inference_server.weights_link import WeightsLink
 from links import security, wiring
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint
-from protocol.messages import ErrorReply, ObsRequest
+from protocol.messages import ErrorReply
 from links.registration import Registration
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,7 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None, weights_bus
     own_ctx = ctx is None
     ctx = ctx or zmq.Context()
     auth = security.start_authenticator(ctx, cfg) if own_ctx else None
-    endpoint = Endpoint(wiring.bind_inference_server(ctx, cfg, index), f"inference-{index}",
-                        cfg.run.run_id, cfg.network.max_message_mb << 20,
-                        expected=(ObsRequest,), routed=True)
+    endpoint = wiring.inference_endpoint(ctx, cfg, index)
     server = InferenceServer(cfg, core, endpoint, make_profiler(cfg, f"inference-{index}"),
                              auth)
     client = Registration(ctx, cfg, "inference", index,

@@ -224,6 +224,21 @@ class MemorySampler:
             csv.writer(f).writerows(rows)
 
 
+def restart_overrides(role: str, starts: int, log_dir: Path,
+                      checkpoint_every: int) -> list[str]:
+    """The overrides a role's start number ``starts`` adds to its command: a restarted
+    learner resumes from the checkpoint in ``log_dir``; without one it starts again at
+    version 0, which is logged as a warning (every update so far is lost)."""
+    extra = [f"run.start={starts}"]
+    if role == "learner" and starts:
+        if (log_dir / "checkpoint.json").exists():
+            extra.append("run.resume=true")
+        else:
+            log.warning("the learner restarts from version 0: %s has no checkpoint yet "
+                        "(learner.checkpoint_every=%d)", log_dir, checkpoint_every)
+    return extra
+
+
 def python_argv() -> list[str]:
     """This interpreter and launch.py."""
     return [sys.executable, str(Path(__file__).resolve().parent.parent / "launch.py")]

@@ -86,9 +86,9 @@ def group_verdict(group: list[Trajectory], version: int, cfg) -> str:
         return "sim_failed"
     if group_lag(group, version) > cfg.max_staleness:
         return "stale"
-    if grpo and cfg.filter_equal_groups and not informative_groups([group]):
+    if grpo and cfg.grpo.filter_equal_groups and not informative_groups([group]):
         return "filtered"
-    if grpo and not within_mean_bounds(group, cfg.group_mean_bounds):
+    if grpo and not within_mean_bounds(group, cfg.grpo.group_mean_bounds):
         return "out_of_bounds"
     return ""
 

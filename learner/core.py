@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import Optional
 
 import torch
 
@@ -35,8 +36,22 @@ def param_groups(policy: Policy, cfg: LearnerConfig) -> list[dict]:
     actor = [p for p in policy.parameters() if p.requires_grad and id(p) not in ids]
     groups = [{"params": actor, "lr": cfg.lr, "name": "actor"}]
     if critic:
-        groups.append({"params": critic, "lr": cfg.critic_lr or cfg.lr, "name": "critic"})
+        groups.append({"params": critic, "lr": cfg.ppo.critic_lr or cfg.lr, "name": "critic"})
     return groups
+
+
+@dataclasses.dataclass
+class UpdateState:
+    """What one update carries through its passes, mini- and micro-batches (and nothing
+    outlives it): the batch, the PPO returns, whether the actor loss is on (critic warmup),
+    decoupled PPO's proximal log-probs (and whether the first pass fills them), the pass."""
+
+    batch: TrainBatch
+    returns: Optional[torch.Tensor] = None
+    train_actor: bool = True
+    prox: Optional[torch.Tensor] = None
+    fill_prox: bool = False
+    epoch: int = 0
 
 
 class Learner:
@@ -62,36 +77,36 @@ class Learner:
         ``global_batch_size`` chunks (one optimizer step each), each mini-batch in
         micro-batches whose gradients accumulate."""
         cfg, n = self.cfg, len(batch)
-        rollout, self._returns = {}, None
+        rollout, returns = {}, None
         if batch.targets is not None:
-            batch, rollout = self._with_ppo_advantages(batch)
+            batch, returns, rollout = self._with_ppo_advantages(batch)
         size = min(cfg.global_batch_size or n, n)
         steps_per_epoch = -(-n // size)
-        self._train_actor = self.version >= cfg.critic_warmup_updates
+        state = UpdateState(batch, returns,
+                            train_actor=self.version >= cfg.ppo.critic_warmup_updates)
         self.policy.train()
         # Decoupled PPO's proximal policy: these weights, before this update changes
         # them. With one optimizer step per epoch the first epoch runs at them, so its
         # log-probs are kept; with more, a no-grad pass computes them first.
-        self._prox = self._fill_prox = None
         if cfg.decoupled:
-            self._fill_prox = steps_per_epoch == 1
-            self._prox = torch.zeros_like(batch.old_logprobs) if self._fill_prox else \
+            state.fill_prox = steps_per_epoch == 1
+            state.prox = torch.zeros_like(batch.old_logprobs) if state.fill_prox else \
                 self._logprobs_no_grad(batch)
         sums: dict = {}
         share = 1.0 / (cfg.update_epochs * steps_per_epoch)
-        for self._epoch in range(cfg.update_epochs):
+        for state.epoch in range(cfg.update_epochs):
             order = torch.randperm(n, generator=self.generator)
             for start in range(0, n, size):
-                self._optimizer_step(batch, order[start:start + size], sums, share)
+                self._optimizer_step(state, order[start:start + size], sums, share)
         lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}  # this update's
         self.scheduler.step()
         self.version += 1
-        return self._metrics(batch, sums, rollout, lrs)
+        return self._metrics(state, sums, rollout, lrs)
 
-    def _optimizer_step(self, batch: TrainBatch, rows: torch.Tensor, sums: dict,
+    def _optimizer_step(self, state: UpdateState, rows: torch.Tensor, sums: dict,
                         share: float) -> None:
         """Accumulate the gradients of mini-batch ``rows`` over micro-batches, then step."""
-        cfg, d = self.cfg, self.policy.action_dim
+        cfg, d, batch = self.cfg, self.policy.action_dim, state.batch
         denoms = {"policy": loss_units(batch.mask[rows], d, cfg),
                   "entropy": float(batch.mask[rows].sum()) * d,
                   "chunks": float((batch.mask[rows].sum(-1) > 0).sum())}
@@ -100,15 +115,17 @@ class Learner:
             idx = rows[start:start + cfg.micro_batch_size]
             weight = loss_units(batch.mask[idx], d, cfg) / max(denoms["policy"], 1)
             pad = cfg.micro_batch_size - len(idx) if len(rows) > len(idx) else 0
-            for key, value in self._micro_step(batch, idx, denoms, pad).items():
+            for key, value in self._micro_step(state, idx, denoms, pad).items():
                 sums[key] = sums.get(key, 0.0) + value * weight * share
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
         self.optimizer.step()
         sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * share
 
-    def _with_ppo_advantages(self, batch: TrainBatch) -> tuple[TrainBatch, dict]:
+    def _with_ppo_advantages(self, batch: TrainBatch) -> tuple[TrainBatch, torch.Tensor,
+                                                                dict]:
         """GAE advantages and returns from the behaviour values, each truncated episode
-        bootstrapped from the current value of the state it stopped in."""
+        bootstrapped from the current value of the state it stopped in: (the batch with
+        its advantages, the returns, rollout metrics)."""
         t = batch.targets
         bootstrap = torch.zeros(0)
         if t.final_obs is not None:
@@ -116,9 +133,9 @@ class Learner:
                 inputs = self.policy.prepare(t.final_obs, self.device)
                 bootstrap = self.policy.act(inputs, True, self.temperature).values.float().cpu()
         valid = batch.mask.sum(-1) > 0
-        adv, self._returns, metrics = ppo_advantages(
-            t, bootstrap, valid, self.cfg.gae_lambda, self.cfg.normalize_advantages)
-        return dataclasses.replace(batch, advantages=adv), metrics
+        adv, returns, metrics = ppo_advantages(
+            t, bootstrap, valid, self.cfg.ppo.gae_lambda, self.cfg.ppo.normalize_advantages)
+        return dataclasses.replace(batch, advantages=adv), returns, metrics
 
     def _logprobs_no_grad(self, batch: TrainBatch) -> torch.Tensor:
         """The current policy's log-probs of the batch's actions, without gradients."""
@@ -138,12 +155,12 @@ class Learner:
                             enabled=self.cfg.bf16 and self.device.type == "cuda"):
             return policy.evaluate(inputs, actions.to(self.device), self.temperature)
 
-    def _micro_step(self, batch: TrainBatch, idx: torch.Tensor, denoms: dict,
+    def _micro_step(self, state: UpdateState, idx: torch.Tensor, denoms: dict,
                     pad: int = 0) -> dict:
         """Forward and backward of the chunks ``idx``; ``pad`` masked-out repeats of its
         first rows keep every micro-batch of a step the same shape (steady allocations).
         Returns this micro-batch's own means, for metrics."""
-        cfg, d = self.cfg, self.policy.action_dim
+        cfg, d, batch = self.cfg, self.policy.action_dim, state.batch
         valid = batch.mask[idx]
         if pad:
             idx = torch.cat([idx, idx[:1].repeat(pad)])
@@ -153,11 +170,11 @@ class Learner:
         inputs = self.policy.prepare(take(batch.obs, idx.numpy()), self.device)
         ev = self._evaluate(self.policy, inputs, batch.actions[idx])
         prox = None
-        if self._prox is not None:
+        if state.prox is not None:
             real = idx[:len(idx) - pad] if pad else idx
-            if self._fill_prox and self._epoch == 0:
-                self._prox[real] = ev.logprobs[:len(real)].detach().float().cpu()
-            prox = self._prox[idx].to(self.device)
+            if state.fill_prox and state.epoch == 0:
+                state.prox[real] = ev.logprobs[:len(real)].detach().float().cpu()
+            prox = state.prox[idx].to(self.device)
         pg_loss, m = ppo_actor_loss(
             ev.logprobs, batch.old_logprobs[idx].to(self.device),
             batch.advantages[idx].to(self.device), mask, cfg.clip_ratio_low,
@@ -177,15 +194,15 @@ class Learner:
                                   denoms["policy"])
             loss = loss + cfg.kl_beta * kl
             out["kl_ref"] = kl.item() / own
-        if not self._train_actor:  # critic warmup: the value loss alone
+        if not state.train_actor:  # critic warmup: the value loss alone
             loss = loss * 0.0
-        if self._returns is not None:
+        if state.returns is not None:
             chunks = valid.sum(-1) > 0
             v_loss, vm = value_loss(
                 ev.values.float(), batch.targets.values[idx].to(self.device),
-                self._returns[idx].to(self.device), chunks.to(self.device), cfg.value_clip,
-                cfg.huber_delta, denominator=denoms["chunks"])
-            loss = loss + cfg.value_coef * v_loss
+                state.returns[idx].to(self.device), chunks.to(self.device), cfg.ppo.value_clip,
+                cfg.ppo.huber_delta, denominator=denoms["chunks"])
+            loss = loss + cfg.ppo.value_coef * v_loss
             chunk_share = float(chunks.sum()) / max(denoms["chunks"], 1)
             out["value_loss"] = v_loss.item() / own
             out["value_clip_ratio"] = vm["value_clip_ratio"] * chunk_share / own
@@ -203,8 +220,9 @@ class Learner:
         return aggregate(kl_to_reference(new, old), elem_mask, self.cfg.loss_aggregation,
                          denominator)
 
-    def _metrics(self, batch: TrainBatch, sums: dict, rollout: dict, lrs: dict) -> dict:
-        adv, cfg = batch.advantages, self.cfg
+    def _metrics(self, state: UpdateState, sums: dict, rollout: dict, lrs: dict) -> dict:
+        batch, cfg = state.batch, self.cfg
+        adv = batch.advantages
         metrics = {
             "train/actor/policy_loss": sums["policy_loss"],
             "train/actor/approx_kl": sums["approx_kl"],
@@ -226,7 +244,7 @@ class Learner:
             metrics["train/actor/behav_weight_truncated"] = sums["behav_weight_truncated"]
         if self.reference is not None:
             metrics["train/actor/kl_ref"] = sums["kl_ref"]
-        if self._returns is not None:
+        if state.returns is not None:
             metrics["train/critic/value_loss"] = sums["value_loss"]
             metrics["train/critic/value_clip_ratio"] = sums["value_clip_ratio"]
             metrics["train/critic/lr"] = lrs.get("critic", lrs["actor"])

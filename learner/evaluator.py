@@ -158,8 +158,8 @@ def _collect(cfg: Config, table: EvalTable, links: LearnerLinks, policy, stop) -
 
 def _write_results(cfg: Config, table: EvalTable) -> None:
     log_dir = Path(cfg.run.log_dir)
-    env = cfg.env.suite if cfg.env.kind == "libero" else \
-        (cfg.env.task if cfg.env.kind == "robosuite" else cfg.env.kind)
+    env = cfg.env.libero.suite if cfg.env.kind == "libero" else \
+        (cfg.env.robosuite.task if cfg.env.kind == "robosuite" else cfg.env.kind)
     if cfg.run.mode == "record":
         name = "record_results"
         r = cfg.record

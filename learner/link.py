@@ -15,9 +15,7 @@ from learner.receiver import TrajectoryReceiver
 from links.rendezvous import Registry, Rendezvous
 from links.weight_hub import WeightHub
 from links import security, wiring
-from protocol.endpoint import Endpoint
 from protocol.idset import IdSet
-from protocol.messages import ActorDone, ActorHello, Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +28,7 @@ class TrajectoryLink:
     def __init__(self, cfg: Config, ctx: zmq.Context, name: str, known_ids: IdSet | None = None,
                  registry: Registry | None = None):
         self.cfg = cfg
-        self.endpoint = Endpoint(wiring.bind_learner(ctx, cfg), name, cfg.run.run_id,
-                                 cfg.network.max_message_mb << 20,
-                                 expected=(ActorHello, Trajectory, ActorDone), routed=True)
+        self.endpoint = wiring.learner_endpoint(ctx, cfg, name)
         self.ready: queue.Queue = queue.Queue(maxsize=cfg.learner.max_ready_groups)
         a = cfg.actor
         groups = a.num_actors * a.envs_per_actor // a.group_size + \

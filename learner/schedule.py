@@ -32,7 +32,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: LearnerConfig,
     """One LambdaLR over the optimizer's groups: the policy's ("actor") and, when
     present, the value head's ("critic", with its own warmup). Step it once per update."""
     decay = cfg.lr_decay_steps or max(total_updates - cfg.lr_warmup_steps, 1)
-    warmups = {"actor": cfg.lr_warmup_steps, "critic": cfg.critic_lr_warmup_steps}
+    warmups = {"actor": cfg.lr_warmup_steps, "critic": cfg.ppo.critic_lr_warmup_steps}
     lambdas = [
         (lambda step, w=warmups[group["name"]]:
          lr_factor(step, w, cfg.lr_schedule, decay, cfg.min_lr_ratio))

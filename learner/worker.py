@@ -253,7 +253,7 @@ def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, wri
         groups.append(group)
         if len(groups) < L.groups_per_update:
             continue
-        batch = build_batch(groups, L.algorithm, L.gamma, L.reward_level)
+        batch = build_batch(groups, L.algorithm, L.ppo.gamma, L.ppo.reward_level)
         books.mark_trained(groups)
         groups = []
         with prof.span("update", samples=len(batch)):

@@ -20,8 +20,7 @@ from typing_extensions import override
 from configs import Config
 from links import wiring
 from protocol.codec import ProtocolError
-from protocol.endpoint import Endpoint
-from protocol.messages import ErrorReply, Heartbeat, Register, Roster
+from protocol.messages import Heartbeat, Register, Roster
 
 # launch.py's exit code for a role that gave up on a lost learner: its supervisor does
 # not restart it (a new start could do no better).
@@ -43,10 +42,7 @@ class RegistrationClient:
 
     def __init__(self, ctx: zmq.Context, cfg: Config, role: str, index: int, address: str = ""):
         self.cfg, self.role, self.index = cfg, role, index
-        self.endpoint = Endpoint(wiring.connect_to_rendezvous(ctx, cfg, role, index),
-                                 f"{role}-{index}", cfg.run.run_id,
-                                 cfg.network.max_message_mb << 20,
-                                 expected=(Roster, ErrorReply))
+        self.endpoint = wiring.registration_endpoint(ctx, cfg, role, index)
         self.hello = Register(role, index, cfg.incarnation, address, -1)
         self.roster: Roster | None = None
         self.last_contact = time.monotonic()

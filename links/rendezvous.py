@@ -26,7 +26,6 @@ from typing_extensions import override
 from configs import Config
 from links import wiring
 from protocol.codec import ProtocolError
-from protocol.endpoint import Endpoint
 from protocol.ids import actor_of
 from protocol.messages import ErrorReply, Heartbeat, Register, Roster
 
@@ -166,9 +165,7 @@ class Rendezvous(threading.Thread):
     def __init__(self, cfg: Config, ctx, registry: Registry, on_lost=None):
         super().__init__(name="rendezvous", daemon=True)
         self.registry, self.on_lost = registry, on_lost
-        self.endpoint = Endpoint(wiring.bind_rendezvous(ctx, cfg), "rendezvous",
-                                 cfg.run.run_id, cfg.network.max_message_mb << 20,
-                                 expected=(Register, Heartbeat), routed=True)
+        self.endpoint = wiring.rendezvous_endpoint(ctx, cfg)
         self.halt = threading.Event()
         self.error: BaseException | None = None
 

@@ -5,7 +5,9 @@ the server; gloo on CPU, NCCL on GPU; links/weight_hub.py forms them), so the le
 own data-parallel group is never involved and a server can die and rejoin. One update
 is: an int64 header [version, elements] broadcast from rank 0, then
 one flat buffer per dtype of the model's state_dict (dtypes in name order, tensors in
-state_dict order). Version -1 means "the learner has finished". Servers receive on a
+state_dict order). Version -1 means "the learner has finished"; version -2 is a
+keepalive (nothing follows), sent on a link idle for a quarter of
+``network.weights_timeout_s``. Servers receive on a
 background thread and swap the weights in between two batches.
 In --single-process mode an :class:`InProcWeightBus` hands the tensors over in memory.
 """

@@ -1,4 +1,5 @@
-"""All of chunkrl's wiring in one place: every address, and which socket connects where.
+"""All of chunkrl's wiring in one place: every address, which socket connects where, and
+which messages each link's endpoint accepts (the ``*_endpoint`` functions return them ready).
 
 Links (B = bind, C = connect):
 
@@ -9,7 +10,7 @@ Links (B = bind, C = connect):
     actor k  DEALER --C--> ROUTER  inference server i   (one DEALER per server: the actor
              (ObsRequest ->, <- ActionReply/ErrorReply)   chooses the server of a request)
     actor k  DEALER --C--> ROUTER  learner              (Trajectory/ActorHello/ActorDone
-             (identity "actor-k")  (<- TrajectoryAck / StopActors)
+             (identity "actor-k")  (<- TrajectoryAck / StopActors / EvalRound / ErrorReply)
     learner  rank 0 ---- torch.distributed ---- server i rank 1, one 2-rank group per
              server and generation (a restarted server joins a new one), rendezvous in a
              store at the learner under the prefix "weights/{i}/{generation}/"
@@ -39,6 +40,11 @@ import zmq
 
 from configs import Config
 from links import security
+from protocol.endpoint import Endpoint
+from protocol.messages import (
+    ActionReply, ActorDone, ActorHello, ErrorReply, EvalRound, Heartbeat, ObsRequest, Register,
+    Roster, StopActors, Trajectory, TrajectoryAck,
+)
 
 ANY_HOST = ("0.0.0.0", "*")
 
@@ -158,6 +164,65 @@ def connect_actor_to_learner(ctx: zmq.Context, cfg: Config, actor: int,
     sock = _socket(ctx, zmq.DEALER, cfg, server=False, identity=f"actor-{actor}")
     sock.connect(address)
     return sock
+
+
+# --- ready endpoints: each link's socket with the messages it may receive ------------
+
+# What each endpoint accepts (anything else is refused with ``unexpected_type``); the
+# table in protocol/README.md is generated from this.
+ACCEPTS = {
+    "rendezvous ROUTER (learner)": (Register, Heartbeat),
+    "registration DEALER (server, actor)": (Roster, ErrorReply),
+    "inference server ROUTER": (ObsRequest,),
+    "actor's inference DEALER": (ActionReply, ErrorReply),
+    "learner ROUTER (trajectories)": (ActorHello, Trajectory, ActorDone),
+    "actor's learner DEALER": (TrajectoryAck, StopActors, EvalRound, ErrorReply),
+}
+
+
+def _endpoint(cfg: Config, sock: zmq.Socket, name: str, accepts: str,
+              routed: bool = False) -> Endpoint:
+    return Endpoint(sock, name, cfg.run.run_id, cfg.network.max_message_mb << 20,
+                    expected=ACCEPTS[accepts], routed=routed)
+
+
+def rendezvous_endpoint(ctx: zmq.Context, cfg: Config) -> Endpoint:
+    """Learner: the rendezvous, receiving Register and Heartbeat from every role."""
+    return _endpoint(cfg, bind_rendezvous(ctx, cfg), "rendezvous",
+                     "rendezvous ROUTER (learner)", routed=True)
+
+
+def registration_endpoint(ctx: zmq.Context, cfg: Config, role: str, index: int) -> Endpoint:
+    """Server or actor: its link to the rendezvous, receiving Roster and ErrorReply."""
+    return _endpoint(cfg, connect_to_rendezvous(ctx, cfg, role, index), f"{role}-{index}",
+                     "registration DEALER (server, actor)")
+
+
+def inference_endpoint(ctx: zmq.Context, cfg: Config, index: int) -> Endpoint:
+    """Inference server ``index``: bound, receiving ObsRequest from every actor."""
+    return _endpoint(cfg, bind_inference_server(ctx, cfg, index), f"inference-{index}",
+                     "inference server ROUTER", routed=True)
+
+
+def actor_inference_endpoint(ctx: zmq.Context, cfg: Config, actor: int,
+                             address: str) -> Endpoint:
+    """Actor ``actor``: its link to the server at ``address`` (ActionReply, ErrorReply)."""
+    return _endpoint(cfg, connect_actor_to_inference(ctx, cfg, actor, address),
+                     f"actor-{actor}", "actor's inference DEALER")
+
+
+def learner_endpoint(ctx: zmq.Context, cfg: Config, name: str = "learner") -> Endpoint:
+    """Learner: bound for trajectories, receiving ActorHello, Trajectory and ActorDone."""
+    return _endpoint(cfg, bind_learner(ctx, cfg), name, "learner ROUTER (trajectories)",
+                     routed=True)
+
+
+def actor_learner_endpoint(ctx: zmq.Context, cfg: Config, actor: int,
+                           address: str) -> Endpoint:
+    """Actor ``actor``: its link to the learner's trajectory ``address``, receiving
+    TrajectoryAck, StopActors, EvalRound and ErrorReply."""
+    return _endpoint(cfg, connect_actor_to_learner(ctx, cfg, actor, address),
+                     f"actor-{actor}", "actor's learner DEALER")
 
 
 def weights_store(cfg: Config, learner: bool, timeout_s: float = 0.0):

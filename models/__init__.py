@@ -58,12 +58,13 @@ def _fresh_policy(cfg: ModelConfig) -> Policy:
     if cfg.kind == "cnn_gaussian":
         from models.cnn_policy import CNNGaussianPolicy
 
+        cnn = cfg.cnn
         return CNNGaussianPolicy(
             num_action_chunks=cfg.num_action_chunks, action_dim=cfg.action_dim,
-            state_dim=cfg.state_dim, hidden_dim=cfg.hidden_dim,
-            conv_channels=cfg.conv_channels, embed_dim=cfg.embed_dim,
-            vocab_size=cfg.vocab_size, init_log_std=cfg.init_log_std,
-            value_head=cfg.value_head, image_resolution=cfg.image_resolution)
+            state_dim=cfg.state_dim, hidden_dim=cnn.hidden_dim,
+            conv_channels=cnn.conv_channels, embed_dim=cnn.embed_dim,
+            vocab_size=cnn.vocab_size, init_log_std=cfg.init_log_std,
+            value_head=cfg.value_head, image_resolution=cnn.image_resolution)
     raise ValueError(f"unknown model.kind {cfg.kind!r}; valid: ['cnn_gaussian', 'qwen_oft', "
                      "'openvla_oft']")
 

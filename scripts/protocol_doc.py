@@ -7,7 +7,8 @@ A generated block sits between ``<!-- generated: NAME -->`` and ``<!-- end: NAME
 ``messages`` (section 6: every message type, its direction and fields, from
 ``protocol/messages.py``) and ``example`` (section 9: a tiny ObsRequest encoded by
 ``protocol/codec.py``, its header as JSON, byte by byte and as hex, and its array
-frames). The prose around them is checked by ``tests/test_protocol_doc.py``.
+frames) and ``accepts`` (the types each endpoint accepts, from ``links.wiring.ACCEPTS``).
+The prose around them is checked by ``tests/test_protocol_doc.py``.
 """
 
 from __future__ import annotations
@@ -157,7 +158,17 @@ def example_block() -> str:
         "```", " ".join(f"{x:02x}" for x in frames[2]), "```"])
 
 
-BLOCKS = {"messages": messages_block, "example": example_block}
+def accepts_block() -> str:
+    """The types each endpoint accepts, from ``links.wiring.ACCEPTS``."""
+    from links.wiring import ACCEPTS
+
+    rows = ["| endpoint | accepts |", "|---|---|"]
+    rows += [f"| {name} | {', '.join(f'`{t.__name__}`' for t in types)} |"
+             for name, types in ACCEPTS.items()]
+    return "\n".join(rows)
+
+
+BLOCKS = {"messages": messages_block, "example": example_block, "accepts": accepts_block}
 
 
 def render(text: str) -> str:

@@ -46,7 +46,7 @@ EXPERIMENTS = {
 }
 STAGES = ("record", "sft", "eval_sft", "rl")
 TIMES = "stage_times.json"  # in the experiment folder: kept across runs of a chain
-PPO = ("learner.algorithm=ppo", "model.value_head=true", "learner.critic_warmup_updates=5",
+PPO = ("learner.algorithm=ppo", "model.value_head=true", "learner.ppo.critic_warmup_updates=5",
        "learner.update_epochs=2", "learner.global_batch_size=64")
 
 

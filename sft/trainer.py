@@ -45,8 +45,10 @@ def default_unnorm_key(cfg: Config) -> str:
     if cfg.sft.unnorm_key:
         return cfg.sft.unnorm_key
     if cfg.env.kind == "libero":
-        return cfg.env.suite
-    return f"robosuite_{cfg.env.task.lower()}" if cfg.env.kind == "robosuite" else cfg.env.kind
+        return cfg.env.libero.suite
+    if cfg.env.kind == "robosuite":
+        return f"robosuite_{cfg.env.robosuite.task.lower()}"
+    return cfg.env.kind
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:

@@ -133,7 +133,7 @@ def test_a_killed_recording_actor_records_its_share_again_and_nothing_is_lost(tm
 
     rec = tmp_path / "record"
     overrides = small_overrides(tmp_path, **SMALL, **{
-        "run.log_dir": rec, "record.episodes_per_task": 120, "env.step_sleep_ms": 40,
+        "run.log_dir": rec, "record.episodes_per_task": 120, "env.synthetic.step_sleep_ms": 40,
         "run.restart_backoff_s": 0.2, "run.progress_every_s": 1})
     proc = start_run(tmp_path, ["--record", *overrides], CONFIG)
     try:

@@ -26,10 +26,11 @@ def test_defaults_and_interpolation(tmp_path):
 
 def test_dotted_overrides_are_typed():
     cfg = load_config(ROOT / "configs/synthetic_grpo.yaml",
-                      ["learner.lr=1e-5", "actor.num_actors=3", "learner.filter_equal_groups=true",
+                      ["learner.lr=1e-5", "actor.num_actors=3",
+                       "learner.grpo.filter_equal_groups=true",
                        "network.inference_hosts=[a, b]", "inference.num_servers=2"])
     assert cfg.learner.lr == 1e-5 and cfg.actor.num_actors == 3
-    assert cfg.learner.filter_equal_groups is True
+    assert cfg.learner.grpo.filter_equal_groups is True
     assert cfg.network.inference_hosts == ["a", "b"]
 
 
@@ -57,6 +58,40 @@ def test_bad_values_fail_with_a_message_naming_them(override, words):
         load_config(ROOT / "configs/synthetic_grpo.yaml", [override])
     for w in words:
         assert w in str(info.value)
+
+
+@pytest.mark.parametrize("old, new", [
+    ("env.num_targets", "env.synthetic.num_targets"), ("env.suite", "env.libero.suite"),
+    ("env.task", "env.robosuite.task"), ("learner.gamma", "learner.ppo.gamma"),
+    ("learner.filter_equal_groups", "learner.grpo.filter_equal_groups"),
+    ("model.image_resolution", "model.cnn.image_resolution"),
+])
+def test_a_flat_key_of_a_family_names_its_new_place(tmp_path, old, new):
+    # The family sub-sections' fields were flat keys of their sections before: an old
+    # override or YAML key is refused with the new name, never silently ignored.
+    cfg = load_config(ROOT / "configs/synthetic_grpo.yaml")
+    value = cfg
+    for part in new.split("."):
+        value = getattr(value, part)
+    with pytest.raises(ConfigError, match=f"{old!r} moved to {new!r}"):
+        load_config(ROOT / "configs/synthetic_grpo.yaml", [f"{old}={value}"])
+    section, key = old.split(".")
+    path = tmp_path / "old.yaml"
+    path.write_text(f"{section}:\n  {key}: {value}\n")
+    with pytest.raises(ConfigError, match=f"{old!r} moved to {new!r}"):
+        load_config(path)
+    path.write_text(f"{section}:\n  {new.split('.')[1]}:\n    {key}: {value}\n")
+    assert load_config(path) == load_config(None, [f"{new}={value}"])  # the new place works
+
+
+def test_every_old_flat_key_is_refused():
+    from configs.loader import moved_keys
+
+    moved = moved_keys()
+    assert len(moved) >= 28 and all(new.count(".") == 2 for new in moved.values())
+    for old in moved:
+        with pytest.raises(ConfigError, match="moved to"):
+            load_config(None, [f"{old}=1"])
 
 
 def test_missing_file_and_cycles(tmp_path):

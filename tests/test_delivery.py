@@ -11,7 +11,6 @@ from learner.receiver import GroupAssembler, TrajectoryReceiver
 from protocol.idset import IdSet
 from links import wiring
 from protocol.codec import decode, encode
-from protocol.endpoint import Endpoint
 from protocol.messages import (
     ActorDone, ActorHello, ErrorReply, StopActors, Trajectory, TrajectoryAck,
 )
@@ -60,8 +59,7 @@ def test_group_assembler_keeps_a_bounded_number_of_partial_groups():
 @pytest.fixture
 def receiver(small_cfg):
     ctx = zmq.Context()
-    endpoint = Endpoint(wiring.bind_learner(ctx, small_cfg), "learner", small_cfg.run.run_id,
-                        1 << 24, expected=(ActorHello, Trajectory, ActorDone), routed=True)
+    endpoint = wiring.learner_endpoint(ctx, small_cfg)
     ready = queue.Queue(maxsize=1)
     rx = TrajectoryReceiver(endpoint, ready, expected_actors=1)
     rx.start()

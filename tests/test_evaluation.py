@@ -90,10 +90,10 @@ def test_synthetic_eval_of_a_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_libero_eval_writes_table_and_videos(tmp_path):
     result = launch(tmp_path, "configs/libero_spatial_eval.yaml", **{
-        "env.task_ids": "[0,1]", "eval.num_trials": 2, "env.max_episode_steps": 12,
+        "env.libero.task_ids": "[0,1]", "eval.num_trials": 2, "env.max_episode_steps": 12,
         "env.image_size": 64, "env.fast_render": True, "actor.num_actors": 1,
-        "actor.envs_per_actor": 2, "actor.group_size": 1, "env.progress_reward": 0.0,
-        "model.image_resolution": 32})
+        "actor.envs_per_actor": 2, "actor.group_size": 1, "env.synthetic.progress_reward": 0.0,
+        "model.cnn.image_resolution": 32})
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     run = tmp_path / "run"
@@ -115,7 +115,8 @@ def test_libero_training_all_roles(tmp_path):
         "run.total_updates": 2, "env.max_episode_steps": 16, "env.image_size": 64,
         "actor.num_actors": 1, "actor.envs_per_actor": 4, "actor.group_size": 2,
         "learner.groups_per_update": 1, "learner.max_ready_groups": 2,
-        "video.train_every": 2, "env.progress_reward": 0.0, "model.image_resolution": 32})
+        "video.train_every": 2, "env.synthetic.progress_reward": 0.0,
+        "model.cnn.image_resolution": 32})
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     run = tmp_path / "run"

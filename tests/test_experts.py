@@ -177,33 +177,36 @@ def expert_run(cfg, init_ids, noise: float = 0.0) -> list[bool]:
         env.close()
 
 
-def sim_cfg(**kw):
-    from configs import EnvConfig
+def sim_cfg(kind: str, name: str, task_ids=()):
+    """A small-image env config: robosuite task ``name``, or LIBERO suite ``name``."""
+    from configs import EnvConfig, LiberoEnvConfig, RobosuiteEnvConfig
 
-    return EnvConfig(image_size=32, fast_render=True, wrist_camera=False, **kw)
+    family = {"robosuite": RobosuiteEnvConfig(name)} if kind == "robosuite" else \
+        {"libero": LiberoEnvConfig(name, list(task_ids))}
+    return EnvConfig(kind=kind, image_size=32, fast_render=True, wrist_camera=False, **family)
 
 
 def test_make_expert_names_what_exists():
     from experts import make_expert
 
     with pytest.raises(ValueError, match="PickPlaceCan"):
-        make_expert(sim_cfg(kind="robosuite", task="Door"), None)
+        make_expert(sim_cfg("robosuite", "Door"), None)
     with pytest.raises(ValueError, match="libero_spatial"):
-        make_expert(sim_cfg(kind="libero", suite="libero_goal"), None)
+        make_expert(sim_cfg("libero", "libero_goal"), None)
 
 
 def test_robosuite_lift_expert_also_with_noise():
-    assert expert_run(sim_cfg(kind="robosuite", task="Lift"), [100, 101]) == [True, True]
-    assert expert_run(sim_cfg(kind="robosuite", task="Lift"), [102], noise=0.2) == [True]
+    assert expert_run(sim_cfg("robosuite", "Lift"), [100, 101]) == [True, True]
+    assert expert_run(sim_cfg("robosuite", "Lift"), [102], noise=0.2) == [True]
 
 
 def test_robosuite_pick_place_can_expert():
-    assert expert_run(sim_cfg(kind="robosuite", task="PickPlaceCan"), [100]) == [True]
+    assert expert_run(sim_cfg("robosuite", "PickPlaceCan"), [100]) == [True]
 
 
 @pytest.mark.parametrize("suite, tasks", [("libero_spatial", [0, 4]),
                                           ("libero_object", [0, 1])])
 def test_libero_experts(suite, tasks):
     # Two tasks side by side in one vector env; the official initial state 1 of each.
-    cfg = sim_cfg(kind="libero", suite=suite, task_ids=tasks)
+    cfg = sim_cfg("libero", suite, tasks)
     assert expert_run(cfg, [t * 1000 + 1 for t in tasks]) == [True, True]

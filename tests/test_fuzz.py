@@ -100,7 +100,7 @@ def test_fuzzed_sockets_reject_everything_and_training_continues(tmp_path):
     # reading (backpressure), which would throttle the fuzzer as it throttles actors.
     overrides = small_overrides(tmp_path, **{"run.total_updates": 40,
                                              "network.transport": "tcp",
-                                             "env.step_sleep_ms": 5})
+                                             "env.synthetic.step_sleep_ms": 5})
     cfg = load_config(ROOT / "configs/synthetic_grpo.yaml", overrides)
     run = start_run(tmp_path, overrides)
     try:

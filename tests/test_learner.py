@@ -193,7 +193,7 @@ def test_group_mean_bounds_drop_all_fail_and_all_success_groups(setup, tmp_path)
     assert within_mean_bounds(scored([1, 1, 1, 1]), [])          # off
     with pytest.raises(ConfigError, match="group_mean_bounds"):
         load_config(ROOT / "configs/synthetic_grpo.yaml",
-                    small_overrides(tmp_path, **{"learner.group_mean_bounds": "[0.9,0.1]"}))
+                    small_overrides(tmp_path, **{"learner.grpo.group_mean_bounds": "[0.9,0.1]"}))
 
 
 @pytest.mark.parametrize("coef", [0.0, 0.05])
@@ -226,12 +226,12 @@ def _group(returns, version=10, error=""):
     ([1, 0, 0, 1], 5, "sim error", {}, "sim_failed"),        # the first reason wins
     ([1, 0, 0, 1], 5, "", {"learner.max_staleness": 4}, "stale"),
     ([1, 0, 0, 1], 6, "", {"learner.max_staleness": 4}, ""),  # 4 behind: still fresh
-    ([1, 1, 1, 1], 10, "", {"learner.filter_equal_groups": True}, "filtered"),
-    ([1, 1, 1, 1], 10, "", {"learner.filter_equal_groups": False}, ""),
-    ([1, 1, 1, 1], 10, "", {"learner.filter_equal_groups": True, "learner.algorithm": "ppo",
+    ([1, 1, 1, 1], 10, "", {"learner.grpo.filter_equal_groups": True}, "filtered"),
+    ([1, 1, 1, 1], 10, "", {"learner.grpo.filter_equal_groups": False}, ""),
+    ([1, 1, 1, 1], 10, "", {"learner.grpo.filter_equal_groups": True, "learner.algorithm": "ppo",
                             "model.value_head": True}, ""),
-    ([1, 0, 0, 0], 10, "", {"learner.group_mean_bounds": [0.3, 0.9]}, "out_of_bounds"),
-    ([1, 1, 0, 0], 10, "", {"learner.group_mean_bounds": [0.3, 0.9]}, ""),
+    ([1, 0, 0, 0], 10, "", {"learner.grpo.group_mean_bounds": [0.3, 0.9]}, "out_of_bounds"),
+    ([1, 1, 0, 0], 10, "", {"learner.grpo.group_mean_bounds": [0.3, 0.9]}, ""),
 ])
 def test_group_verdict_says_why_a_group_is_not_trained_on(tmp_path, returns, acted, error,
                                                           overrides, verdict):

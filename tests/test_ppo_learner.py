@@ -45,7 +45,7 @@ def ppo(tmp_path):
 
 
 def _batch(cfg, groups):
-    return build_batch(groups, "ppo", cfg.learner.gamma, cfg.learner.reward_level)
+    return build_batch(groups, "ppo", cfg.learner.ppo.gamma, cfg.learner.ppo.reward_level)
 
 
 def test_truncated_episodes_carry_their_final_observation(ppo):
@@ -79,7 +79,8 @@ def test_ppo_step_fits_the_value_and_reports_critic_metrics(ppo):
     # stay fixed, and the critic alone fits them.
     fixed = dataclasses.replace(batch, targets=dataclasses.replace(
         batch.targets, final_obs=None, final_rows=torch.zeros(0, dtype=torch.long)))
-    L = dataclasses.replace(cfg.learner, critic_warmup_updates=100, value_clip=0.05)
+    L = dataclasses.replace(cfg.learner, ppo=dataclasses.replace(
+        cfg.learner.ppo, critic_warmup_updates=100, value_clip=0.05))
     learner = Learner(policy, L, 1.0, torch.device("cpu"))
     losses = [learner.step(fixed)["train/critic/value_loss"] for _ in range(20)]
     assert losses[-1] < 0.5 * losses[0]
@@ -88,8 +89,8 @@ def test_ppo_step_fits_the_value_and_reports_critic_metrics(ppo):
 
 def test_critic_lr_and_warmup_train_only_the_value_at_first(ppo):
     cfg, policy = ppo
-    L = dataclasses.replace(cfg.learner, critic_lr=5e-2, critic_warmup_updates=1,
-                            critic_lr_warmup_steps=2)
+    L = dataclasses.replace(cfg.learner, ppo=dataclasses.replace(
+        cfg.learner.ppo, critic_lr=5e-2, critic_warmup_updates=1, critic_lr_warmup_steps=2))
     learner = Learner(policy, L, 1.0, torch.device("cpu"))
     groups = {g["name"]: g for g in learner.optimizer.param_groups}
     assert groups["critic"]["lr"] == pytest.approx(5e-2 / 2)   # its warmup: step 1 of 2
@@ -129,12 +130,13 @@ def test_mini_batches_step_the_optimizer_each_and_decoupled_prox_is_the_start(pp
         policy.log_std.add_(0.3)
         start = policy.evaluate(policy.prepare(batch.obs, torch.device("cpu")),
                                 batch.actions, 1.0).logprobs
-    steps = []
-    step = learner.optimizer.step
+    steps, proximal = [], []
+    step, no_grad = learner.optimizer.step, learner._logprobs_no_grad
     learner.optimizer.step = lambda: (steps.append(1), step())
+    learner._logprobs_no_grad = lambda b: proximal.append(no_grad(b)) or proximal[-1]
     m = learner.step(batch)
     assert len(steps) == 2 * 2  # two mini-batches, two epochs
-    assert torch.allclose(learner._prox, start, atol=1e-5)
+    assert len(proximal) == 1 and torch.allclose(proximal[0], start, atol=1e-5)
     assert m["train/actor/behav_weight_mean"] != pytest.approx(1.0)
 
 

@@ -228,7 +228,7 @@ def test_launch_trains_tiny_openvla_oft_on_libero(tiny, tmp_path):
         "model.kind": "openvla_oft", "model.model_path": tiny.path,
         "model.use_wrist_image": False, "model.unnorm_key": "libero_spatial",
         "env.gripper_convention": "openvla", "env.wrist_camera": False,
-        "env.image_size": 64, "env.max_episode_steps": 16, "env.progress_reward": 0.0,
+        "env.image_size": 64, "env.max_episode_steps": 16, "env.synthetic.progress_reward": 0.0,
         "run.total_updates": 2, "actor.num_actors": 1, "actor.envs_per_actor": 4,
         "actor.group_size": 2, "learner.groups_per_update": 1,
         "learner.micro_batch_size": 8, "inference.temperature": 1.6})

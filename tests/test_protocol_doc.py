@@ -43,6 +43,11 @@ def test_a_stale_doc_is_caught_naming_the_block(tmp_path):
     stale.write_text(old)
     out = _check(stale)
     assert out.returncode == 1 and "'example' is stale" in out.stderr
+    # An endpoint's accepted types as they were before evaluation rounds.
+    stale.write_text(text.replace("`StopActors`, `EvalRound`, `ErrorReply`",
+                                  "`StopActors`, `ErrorReply`"))
+    out = _check(stale)
+    assert out.returncode == 1 and "'accepts' is stale" in out.stderr
 
 
 def test_the_prose_states_the_codes_schema_version():

@@ -51,7 +51,7 @@ def _stranger_gets_nothing(ctx, address: str, frames: list, curve_keys=None) -> 
 def test_with_curve_a_client_without_the_key_gets_nothing_and_the_run_is_unaffected(tmp_path):
     assert _keys(tmp_path / "keys").returncode == 0
     overrides = small_overrides(tmp_path, **{
-        "run.total_updates": 10, "network.transport": "tcp", "env.step_sleep_ms": 50,
+        "run.total_updates": 10, "network.transport": "tcp", "env.synthetic.step_sleep_ms": 50,
         "network.curve_dir": str(tmp_path / "keys")})
     cfg = load_config(ROOT / "configs/synthetic_grpo.yaml", overrides)
     run = start_run(tmp_path, overrides)

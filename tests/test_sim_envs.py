@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from configs import EnvConfig
+from configs import EnvConfig, LiberoEnvConfig, RobosuiteEnvConfig
 from envs import check_env_config, eval_init_states, make_env, max_episode_steps
 from envs.base import INIT_STRIDE
 
@@ -13,10 +13,14 @@ SIZE = 64
 NOOP = np.array([[0, 0, 0, 0, 0, 0, -1]], np.float32)
 
 
-def libero_cfg(**kw) -> EnvConfig:
-    base = dict(kind="libero", suite="libero_spatial", task_ids=[0, 1], image_size=SIZE,
+def libero_cfg(suite="libero_spatial", task_ids=(0, 1), **kw) -> EnvConfig:
+    base = dict(kind="libero", libero=LiberoEnvConfig(suite, list(task_ids)), image_size=SIZE,
                 max_episode_steps=40, fast_render=True)
     return EnvConfig(**{**base, **kw})
+
+
+def robosuite_cfg(task: str, **kw) -> EnvConfig:
+    return EnvConfig(kind="robosuite", robosuite=RobosuiteEnvConfig(task), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +35,8 @@ def libero():
 
 @pytest.fixture(scope="module")
 def lift():
-    env = make_env(EnvConfig(kind="robosuite", task="Lift", image_size=SIZE,
-                             max_episode_steps=30, fast_render=True), 4, 2, 7)
+    env = make_env(robosuite_cfg("Lift", image_size=SIZE, max_episode_steps=30,
+                                 fast_render=True), 4, 2, 7)
     env.reset_group(0, 11)
     env.reset_group(1, 12)
     yield env
@@ -60,8 +64,8 @@ def test_libero_contract_and_instruction(libero):
 
     assert obs.task_descriptions[0] == LiberoSuite("libero_spatial").instruction(0)
     assert libero.max_episode_steps == 40
-    assert max_episode_steps(EnvConfig(kind="libero", suite="libero_10")) == 520
-    assert max_episode_steps(EnvConfig(kind="libero", suite="libero_spatial")) == 220
+    assert max_episode_steps(libero_cfg("libero_10", max_episode_steps=0)) == 520
+    assert max_episode_steps(libero_cfg(max_episode_steps=0)) == 220
 
 
 def test_robosuite_lift_contract(lift):
@@ -218,17 +222,17 @@ def test_simulator_error_ends_only_that_episode(lift):
 
 def test_unknown_names_fail_with_the_valid_ones():
     with pytest.raises(ValueError, match="libero_spatial.*libero_90"):
-        check_env_config(EnvConfig(kind="libero", suite="libero_spatail"))
+        check_env_config(libero_cfg("libero_spatail"))
     with pytest.raises(ValueError, match=r"valid: 0\.\.9"):
-        check_env_config(EnvConfig(kind="libero", suite="libero_goal", task_ids=[3, 12]))
+        check_env_config(libero_cfg("libero_goal", [3, 12]))
     with pytest.raises(ValueError, match="Lift.*NutAssemblySquare|Door.*Lift"):
-        check_env_config(EnvConfig(kind="robosuite", task="Liftt"))
+        check_env_config(robosuite_cfg("Liftt"))
     with pytest.raises(ValueError, match="7-D actions"):
         make_env(libero_cfg(), 2, 2, 6)
 
 
 def test_eval_init_states_cover_every_task_and_trial():
-    ids = eval_init_states(EnvConfig(kind="libero", suite="libero_object"), 50)
+    ids = eval_init_states(libero_cfg("libero_object", []), 50)
     assert len(ids) == 500 and len(set(ids)) == 500
     assert {i // INIT_STRIDE for i in ids} == set(range(10))
     assert eval_init_states(EnvConfig(kind="robosuite"), 3) == [0, 1, 2]
@@ -243,7 +247,7 @@ def test_launch_refuses_an_unknown_suite_before_starting_roles(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "launch.py"), "--config",
          str(ROOT / "configs/libero_spatial_grpo_tiny.yaml"), f"run.log_dir={tmp_path}",
-         "env.suite=libero_spatail"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+         "env.libero.suite=libero_spatail"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 2
     assert "unknown LIBERO suite 'libero_spatail'; valid: ['libero_spatial'" in result.stdout
     assert not list(tmp_path.glob("learner-0.log"))  # no role was started
@@ -253,8 +257,8 @@ def test_launch_refuses_an_unknown_suite_before_starting_roles(tmp_path):
 def test_robosuite_tasks_build_and_step(task):
     from envs.robosuite_tasks import INSTRUCTIONS
 
-    env = make_env(EnvConfig(kind="robosuite", task=task, image_size=32, fast_render=True,
-                             max_episode_steps=10), 2, 2, 7)
+    env = make_env(robosuite_cfg(task, image_size=32, fast_render=True, max_episode_steps=10),
+                   2, 2, 7)
     try:
         env.reset_group(0, 1)
         obs = env.observe(np.arange(2))

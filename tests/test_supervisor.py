@@ -51,3 +51,20 @@ def test_config_errors_and_a_lost_learner_are_not_restarted(small_cfg, tmp_path)
 
 def test_exit_descriptions():
     assert describe_exit(-9) == "killed by SIGKILL" and describe_exit(1) == "exit code 1"
+
+
+def test_a_restarted_learner_resumes_or_says_it_starts_again_at_version_0(tmp_path, caplog):
+    from launcher.supervisor import restart_overrides
+
+    assert restart_overrides("actor", 3, tmp_path, 100) == ["run.start=3"]
+    assert restart_overrides("learner", 0, tmp_path, 100) == ["run.start=0"]  # first start
+    with caplog.at_level("WARNING", logger="launch"):
+        assert restart_overrides("learner", 1, tmp_path, 0) == ["run.start=1"]
+    assert "restarts from version 0" in caplog.text and "learner.checkpoint_every=0" in \
+        caplog.text and str(tmp_path) in caplog.text
+    caplog.clear()
+    (tmp_path / "checkpoint.json").write_text("{}")
+    with caplog.at_level("WARNING", logger="launch"):
+        assert restart_overrides("learner", 2, tmp_path, 10) == ["run.start=2",
+                                                                 "run.resume=true"]
+    assert not caplog.text

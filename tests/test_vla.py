@@ -212,7 +212,7 @@ def test_launch_trains_tiny_qwen_oft_on_libero(ckpts, tmp_path):
         "model.kind": "qwen_oft", "model.model_path": run, "model.use_wrist_image": True,
         "model.unnorm_key": "libero_spatial", "model.init_log_std": -2.5,
         "env.gripper_convention": "starvla", "env.image_size": 64,
-        "env.max_episode_steps": 16, "env.progress_reward": 0.0, "run.total_updates": 2,
+        "env.max_episode_steps": 16, "env.synthetic.progress_reward": 0.0, "run.total_updates": 2,
         "actor.num_actors": 1, "actor.envs_per_actor": 4, "actor.group_size": 2,
         "learner.groups_per_update": 1, "learner.micro_batch_size": 8})
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
