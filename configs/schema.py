@@ -22,7 +22,8 @@ EVAL_STATES = 100
 
 # Sections whose fields for one family live in a sub-section of that name. Their fields
 # were flat in the parent section before: the loader refuses an old flat key, naming its
-# new place.
+# new place. The VLA keys stay flat in ``model``: they are RLinf's ``actor.model.*``
+# names, which the loader takes as ``model.*`` so that RLinf's configs load unchanged.
 FAMILY_SECTIONS = {"env": ("synthetic", "libero", "robosuite"), "learner": ("ppo", "grpo"),
                    "model": ("cnn",)}
 
