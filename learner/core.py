@@ -117,6 +117,14 @@ class Learner:
             pad = cfg.micro_batch_size - len(idx) if len(rows) > len(idx) else 0
             for key, value in self._micro_step(state, idx, denoms, pad).items():
                 sums[key] = sums.get(key, 0.0) + value * weight * share
+        if not state.train_actor:
+            # Critic warmup: only the value head steps. The value loss's gradient also
+            # reaches the trunk it shares with the policy; stepping that would change the
+            # policy (from an SFT start, a fresh head's large errors wrecked it).
+            for group in self.optimizer.param_groups:
+                if group["name"] == "actor":
+                    for p in group["params"]:
+                        p.grad = None
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
         self.optimizer.step()
         sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * share

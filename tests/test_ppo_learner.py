@@ -97,8 +97,13 @@ def test_critic_lr_and_warmup_train_only_the_value_at_first(ppo):
     assert groups["actor"]["lr"] == pytest.approx(L.lr)
     batch = _batch(cfg, _episodes(cfg, policy))
     log_std, head = policy.log_std.detach().clone(), policy.value_head.weight.detach().clone()
+    inputs = policy.prepare(batch.obs, torch.device("cpu"))
+    with torch.no_grad():
+        before = policy.evaluate(inputs, batch.actions, 1.0).logprobs
     m = learner.step(batch)
     assert torch.equal(policy.log_std, log_std)  # the actor-only parameter did not move
+    with torch.no_grad():  # nor did the trunk the value head shares: the policy is the same
+        assert torch.equal(policy.evaluate(inputs, batch.actions, 1.0).logprobs, before)
     assert not torch.equal(policy.value_head.weight, head)
     assert m["train/critic/lr"] == pytest.approx(5e-2 / 2)
     learner.step(batch)
