@@ -202,8 +202,6 @@ class Learner:
                                   denoms["policy"])
             loss = loss + cfg.kl_beta * kl
             out["kl_ref"] = kl.item() / own
-        if not state.train_actor:  # critic warmup: the value loss alone
-            loss = loss * 0.0
         if state.returns is not None:
             chunks = valid.sum(-1) > 0
             v_loss, vm = value_loss(
