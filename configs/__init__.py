@@ -4,13 +4,13 @@ from configs.loader import ConfigError, load_config, to_dict
 from configs.schema import (
     ActorConfig, CNNPolicyConfig, Config, EnvConfig, EvalConfig, GRPOConfig, InferenceConfig,
     LearnerConfig, LiberoEnvConfig, ModelConfig, NetworkConfig, PPOConfig, ProfileConfig,
-    RobosuiteEnvConfig, RunConfig, SyntheticEnvConfig, VideoConfig,
+    RobosuiteEnvConfig, RunConfig, SyntheticEnvConfig, VideoConfig, VLLMConfig,
 )
 
 __all__ = [
     "ActorConfig", "CNNPolicyConfig", "Config", "ConfigError", "EnvConfig", "EvalConfig",
     "GRPOConfig", "InferenceConfig", "LearnerConfig", "LiberoEnvConfig", "ModelConfig",
     "NetworkConfig", "PPOConfig", "ProfileConfig", "RobosuiteEnvConfig", "RunConfig",
-    "SyntheticEnvConfig", "VideoConfig",
+    "SyntheticEnvConfig", "VideoConfig", "VLLMConfig",
     "load_config", "to_dict",
 ]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
+import numpy as np
 import torch
 
 from envs import observation_fields
+from envs.base import EnvObs
 from inference_server.batcher import Pending
 from models.base import Policy
 from protocol.messages import ActionReply, ErrorReply, ObsRequest
@@ -53,17 +57,13 @@ class InferenceCore:
         reqs = [i.request for i in items]
         obs = observation_fields.from_requests(reqs)
         try:
-            result = self.policy.act(self.policy.prepare(obs, self.device),
-                                     reqs[0].deterministic, self.temperature)
+            actions, logprobs, values = self.infer(obs, reqs[0].deterministic)
         except (ValueError, RuntimeError) as exc:
             return [(i.peer, ErrorReply(i.request.request_id, "policy_error", str(exc)))
                     for i in items]
         self.passes += 1
         self.rows += len(obs)
         self.max_requests_per_pass = max(self.max_requests_per_pass, len(items))
-        actions = result.actions.float().cpu().numpy()
-        logprobs = result.logprobs.float().cpu().numpy()
-        values = None if result.values is None else result.values.float().cpu().numpy()
         replies, start = [], 0
         for item in items:
             end = start + item.rows
@@ -72,3 +72,12 @@ class InferenceCore:
                 logprobs[start:end], None if values is None else values[start:end])))
             start = end
         return replies
+
+    def infer(self, obs: EnvObs, deterministic: bool) -> tuple[np.ndarray, np.ndarray,
+                                                                Optional[np.ndarray]]:
+        """Actions [B,T,D], their log-probs [B,T,D] and values [B] (or None) for ``obs``."""
+        result = self.policy.act(self.policy.prepare(obs, self.device), deterministic,
+                                 self.temperature)
+        values = None if result.values is None else result.values.float().cpu().numpy()
+        return (result.actions.float().cpu().numpy(), result.logprobs.float().cpu().numpy(),
+                values)

@@ -34,7 +34,7 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None, weights_bus
     device = pick_device(cfg.inference.device)
     torch.manual_seed(cfg.run.seed)
     policy = build_policy(cfg.model).to(device).eval()
-    core = InferenceCore(policy, device, cfg.inference.temperature, cfg.model.state_dim)
+    core = make_core(cfg, policy, device)
     own_ctx = ctx is None
     ctx = ctx or zmq.Context()
     auth = security.start_authenticator(ctx, cfg) if own_ctx else None
@@ -60,6 +60,18 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None, weights_bus
             auth.stop()
         if own_ctx:
             ctx.term()
+
+
+def make_core(cfg: Config, policy, device: torch.device) -> InferenceCore:
+    """The core of ``inference.backend``: the policy's own forward pass, or vLLM's."""
+    i = cfg.inference
+    if i.backend == "vllm":
+        from inference_server.vllm_core import VLLMCore
+
+        return VLLMCore(policy, cfg.model.model_path, i.temperature, cfg.model.state_dim,
+                        cfg.run.seed, i.vllm.max_model_len, i.vllm.kv_cache_mb,
+                        i.vllm.enforce_eager, i.vllm.block_size)
+    return InferenceCore(policy, device, i.temperature, cfg.model.state_dim)
 
 
 class InferenceServer:

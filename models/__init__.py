@@ -18,7 +18,8 @@ def build_policy(cfg: ModelConfig) -> Policy:
 def load_checkpoint(policy: Policy, path: str, cfg: ModelConfig | None = None) -> None:
     """Load the weights of a chunkrl ``checkpoint.pt`` (the learner's or behaviour
     cloning's). A value head the checkpoint lacks (PPO after behaviour cloning) starts
-    fresh. A ``dataset_statistics.json`` beside it (behaviour cloning writes one) becomes
+    fresh; one the policy lacks (evaluating a PPO checkpoint) is left out. A
+    ``dataset_statistics.json`` beside it (behaviour cloning writes one) becomes
     a VLA's action normalisation, under ``model.unnorm_key`` or else the checkpoint's."""
     from pathlib import Path
 
@@ -28,7 +29,10 @@ def load_checkpoint(policy: Policy, path: str, cfg: ModelConfig | None = None) -
                                 "checkpoint.pt of a finished run (runs/<name>/checkpoint.pt)")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
-        missing, unexpected = policy.load_state_dict(state["model"], strict=False)
+        weights = state["model"]
+        if getattr(policy, "value_head", None) is None:  # evaluating a PPO checkpoint
+            weights = {k: v for k, v in weights.items() if not k.startswith("value_head.")}
+        missing, unexpected = policy.load_state_dict(weights, strict=False)
         missing = [k for k in missing if not k.startswith("value_head.")]
         if missing or unexpected:
             raise KeyError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -55,6 +59,10 @@ def _fresh_policy(cfg: ModelConfig) -> Policy:
         from models.vla_loading import load_openvla_oft
 
         return load_openvla_oft(cfg)
+    if cfg.kind == "token_ar":
+        from models.vla_loading import load_token_ar
+
+        return load_token_ar(cfg)
     if cfg.kind == "cnn_gaussian":
         from models.cnn_policy import CNNGaussianPolicy
 
@@ -66,7 +74,7 @@ def _fresh_policy(cfg: ModelConfig) -> Policy:
             vocab_size=cnn.vocab_size, init_log_std=cfg.init_log_std,
             value_head=cfg.value_head, image_resolution=cnn.image_resolution)
     raise ValueError(f"unknown model.kind {cfg.kind!r}; valid: ['cnn_gaussian', 'qwen_oft', "
-                     "'openvla_oft']")
+                     "'openvla_oft', 'token_ar']")
 
 
 def pick_device(name: str) -> torch.device:

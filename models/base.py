@@ -75,6 +75,13 @@ def masked_chunk_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * m).sum() / m.sum().clamp_min(1)
 
 
+def rlinf_value_head(hidden: int) -> nn.Module:
+    """RLinf's value head for a language-model backbone: an MLP from one hidden state to
+    one value (the token-decoding VLAs read the last prompt token)."""
+    return nn.Sequential(nn.Linear(hidden, 512), nn.GELU(), nn.Linear(512, 128), nn.GELU(),
+                         nn.Linear(128, 1, bias=False))
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The model under peft's LoRA wrapper, if any."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -24,13 +24,13 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch import nn
 from typing_extensions import override
 
 from envs.base import EnvObs
 from models.action_norm import ActionNorm
 from models.action_tokens import NUM_BINS, actions_to_tokens, bin_index, tokens_to_actions
-from models.base import Evaluation, Policy, PolicyOutput, masked_chunk_mean, unwrap
+from models.base import (Evaluation, Policy, PolicyOutput, masked_chunk_mean,
+                         rlinf_value_head, unwrap)
 from models.qwen_oft import (IMAGE_PAD, VISION_END, VISION_START, backbone_states,
                              camera_views, encode_batch)
 
@@ -82,9 +82,7 @@ class OpenVLAOFTPolicy(Policy):
         self.use_wrist, self.top_k, self.norm = use_wrist, top_k, norm or ActionNorm()
         hidden = vlm.config.get_text_config().hidden_size
         self.has_value_head = value_head
-        self.value_head = nn.Sequential(
-            nn.Linear(hidden, 512), nn.GELU(), nn.Linear(512, 128), nn.GELU(),
-            nn.Linear(128, 1, bias=False)) if value_head else None
+        self.value_head = rlinf_value_head(hidden) if value_head else None
 
     @property
     def num_tokens(self) -> int:

@@ -2,7 +2,8 @@
 
 A Qwen2.5-VL of a few hundred thousand parameters with a byte-level tokenizer made from
 scratch (no download), saved with ``save_pretrained``; then a StarVLA run directory
-around it (config.yaml, dataset_statistics.json, checkpoints/steps_N_pytorch_model.pt).
+around it (config.yaml, dataset_statistics.json, checkpoints/steps_N_pytorch_model.pt);
+and a text-only Qwen2 causal LM for the autoregressive action-token policy.
 """
 
 from __future__ import annotations
@@ -68,6 +69,31 @@ def make_qwen_vl(folder: Path, hidden: int = 64, layers: int = 2,
     tok.save_pretrained(folder)
     # Small images by default: 56x56 to 112x112 pixels, 4 to 16 tokens per image.
     Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=max_pixels).save_pretrained(folder)
+    return folder
+
+
+def make_qwen2_lm(folder: Path, hidden: int = 128, layers: int = 2,
+                  with_statistics: bool = True) -> Path:
+    """A tiny random Qwen2 causal LM (text only) saved as a Hugging Face directory, with
+    256 ids past the tokenizer's for the action bins (as Qwen's own checkpoints pad the
+    vocabulary), heads of 32 dims (vLLM's CPU attention needs at least 32), an output
+    head of its own (vLLM's in-place reload redoes the CPU repacking of only one of two
+    tied layers), and a ``dataset_statistics.json`` under the key ``tiny``."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tok = tiny_tokenizer()
+    ids = tok.convert_tokens_to_ids
+    cfg = Qwen2Config(hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=hidden // 32,
+                      num_key_value_heads=max(1, hidden // 64), vocab_size=len(tok) + 256,
+                      max_position_embeddings=1024, tie_word_embeddings=False,
+                      eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"),
+                      bos_token_id=None)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    if with_statistics:
+        (folder / "dataset_statistics.json").write_text(json.dumps({"tiny": STATS}))
     return folder
 
 

@@ -221,6 +221,30 @@ def load_openvla_oft(cfg: ModelConfig):
     return policy
 
 
+def load_token_ar(cfg: ModelConfig):
+    """Autoregressive action tokens over the Qwen2 causal LM of ``cfg.model_path`` (a
+    Hugging Face directory with its tokenizer), ``dataset_statistics.json`` beside it."""
+    from transformers import AutoTokenizer, Qwen2ForCausalLM
+
+    from models.token_ar import TokenARPolicy
+
+    path = Path(cfg.model_path)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"model.model_path {str(path)!r} has no config.json: give a "
+                              "Hugging Face model directory")
+    conf = json.loads((path / "config.json").read_text())
+    if conf.get("model_type") != "qwen2":
+        raise CheckpointError(f"{path}/config.json has model_type {conf.get('model_type')!r}; "
+                              "token_ar runs on a Qwen2 causal LM (qwen2)")
+    lm = Qwen2ForCausalLM.from_pretrained(path, torch_dtype=torch.float32,
+                                          attn_implementation=cfg.attn_implementation)
+    policy = TokenARPolicy(lm, AutoTokenizer.from_pretrained(path), cfg.num_action_chunks,
+                           cfg.action_dim, cfg.action_vocab_size, cfg.top_k, cfg.value_head,
+                           _statistics(path, cfg, binarize_gripper=False, config=conf))
+    _finish(policy, cfg)
+    return policy
+
+
 def _finish(policy, cfg: ModelConfig) -> None:
     """LoRA and gradient checkpointing on the backbone, as configured."""
     if cfg.lora_path:

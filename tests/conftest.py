@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 import subprocess
 import sys
@@ -15,11 +16,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from configs import load_config  # noqa: E402
-from envs.render import select_gl_backend  # noqa: E402
 
 # MuJoCo fixes its GL platform when first imported, and some tests import robosuite
-# directly: choose the backend (egl, else osmesa) before any of them runs.
-select_gl_backend("auto")
+# directly: choose the backend (egl, else osmesa) before any of them runs. (The vLLM
+# environment has no simulators.)
+if importlib.util.find_spec("mujoco") is not None:
+    from envs.render import select_gl_backend
+
+    select_gl_backend("auto")
 
 
 def fit(loss_fn, params, steps: int, lr: float) -> list[float]:

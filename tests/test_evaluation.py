@@ -58,6 +58,21 @@ def test_checkpoint_loading_and_errors(small_cfg, tmp_path):
         load_checkpoint(loaded, str(tmp_path / "bad.pt"))
 
 
+def test_a_ppo_checkpoint_evaluates_without_its_value_head(small_cfg, tmp_path):
+    ppo = build_policy(dataclasses.replace(small_cfg.model, value_head=True))
+    torch.save({"model": ppo.state_dict()}, tmp_path / "checkpoint.pt")
+    plain = build_policy(dataclasses.replace(small_cfg.model,
+                                             checkpoint=str(tmp_path / "checkpoint.pt")))
+    assert plain.value_head is None
+    trunk = {k: v for k, v in ppo.state_dict().items() if not k.startswith("value_head.")}
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in trunk.items())
+    # Any other extra tensor is still refused.
+    torch.save({"model": {**ppo.state_dict(), "extra.weight": torch.zeros(1)}},
+               tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match="unexpected \\['extra.weight'\\]"):
+        load_checkpoint(plain, str(tmp_path / "odd.pt"))
+
+
 def _playable(path) -> int:
     data = path.read_bytes()
     assert data[4:8] == b"ftyp"

@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 def test_make_stops_at_once_on_an_untested_python(tmp_path, version):
     if shutil.which("make") is None:
         pytest.skip("no make on this machine")
-    for name in ("Makefile", "pyproject.toml", "constraints.txt",
+    for name in ("Makefile", "pyproject.toml", "constraints.txt", "constraints-vllm.txt",
                  "scripts/install_system_deps.sh"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)

@@ -1,0 +1,191 @@
+"""Autoregressive action tokens (the original OpenVLA's decoding) over a causal LM.
+
+The prompt is a list of token ids, the same for every backend (torch here, vLLM in
+:mod:`inference_server.vllm_core`)::
+
+    "In: What action should the robot take to <instruction>?\\nState: " + S state tokens
+    + "\\nOut: "
+
+then T*D action tokens are generated one at a time, each conditioned on the ones before
+(a KV cache; 56 forward steps for an 8-step chunk of 7-D actions). A text-only backbone
+reads the state as tokens: each dimension clipped to [-1, 1] and quantised into the same
+256 bins as the actions (:mod:`models.action_tokens`).
+
+Action tokens. OpenVLA's bins are the last 256 ids, but the first of them (``vocab -
+256``) decodes to the same action as the second. Here it is never sampled: the learner
+recovers the tokens from the stored actions, and teacher forcing needs the exact tokens
+the server fed back, so each action must have one token. The sampling ids are therefore
+the last 255 (``action_ids``), and a stored action always encodes to one of them.
+
+Sampling: logits of those ids / temperature, then top-k (``model.top_k``; 0 = off),
+softmax; the mode in deterministic mode. Log-probs are per token ([B,T,D]) under that
+processed distribution; the learner scores the stored tokens by teacher forcing with the
+same mask, temperature and top-k. Tokens decode to normalised actions, un-normalised with
+``unnorm_key``'s statistics. An optional value head (an MLP, as RLinf's) reads the last
+prompt token.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from typing_extensions import override
+
+from envs.base import EnvObs
+from models.action_norm import ActionNorm
+from models.action_tokens import NUM_BINS, actions_to_tokens, tokens_to_actions
+from models.base import (Evaluation, Policy, PolicyOutput, masked_chunk_mean,
+                         rlinf_value_head, unwrap)
+
+PROMPT_HEAD = "In: What action should the robot take to {}?\nState: "
+PROMPT_TAIL = "\nOut: "
+SAMPLED_BINS = NUM_BINS - 1  # the last 255 ids: see the module docstring
+
+
+class TokenARPolicy(Policy):
+    """Action tokens generated one by one by ``lm`` (a transformers causal LM whose
+    ``.model`` gives hidden states and ``.lm_head`` the logits); see the module docstring."""
+
+    def __init__(self, lm, tokenizer, num_action_chunks: int, action_dim: int,
+                 vocab_size: int = 0, top_k: int = 0, value_head: bool = False,
+                 norm: Optional[ActionNorm] = None):
+        super().__init__()
+        # ``vlm`` as the VLAs name their backbone: LoRA and checkpointing treat all alike.
+        self.vlm, self.tokenizer = lm, tokenizer
+        self.num_action_chunks, self.action_dim = num_action_chunks, action_dim
+        self.vocab_size = vocab_size or lm.config.get_text_config().vocab_size
+        if self.vocab_size < NUM_BINS:
+            raise ValueError(f"a vocabulary of {self.vocab_size} ids cannot end with "
+                             f"{NUM_BINS} action bins")
+        self.top_k, self.norm = top_k, norm or ActionNorm()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        hidden = lm.config.get_text_config().hidden_size
+        self.has_value_head = value_head
+        self.value_head = rlinf_value_head(hidden) if value_head else None
+
+    @property
+    def num_tokens(self) -> int:
+        """Action tokens a chunk: T*D."""
+        return self.num_action_chunks * self.action_dim
+
+    @property
+    def first_action_id(self) -> int:
+        """The lowest id an action is sampled as (``vocab - 255``)."""
+        return self.vocab_size - SAMPLED_BINS
+
+    @property
+    def action_ids(self) -> list[int]:
+        """The ids actions are sampled from, in bin order (vLLM's ``allowed_token_ids``)."""
+        return list(range(self.first_action_id, self.vocab_size))
+
+    def prompt_ids(self, instruction: str, state: np.ndarray) -> list[int]:
+        """One row's prompt: the question, the quantised state, the answer's lead-in."""
+        head = self.tokenizer(PROMPT_HEAD.format(instruction.lower()),
+                              add_special_tokens=False)["input_ids"]
+        tail = self.tokenizer(PROMPT_TAIL, add_special_tokens=False)["input_ids"]
+        s = torch.from_numpy(np.clip(np.asarray(state, np.float32), -1.0, 1.0))
+        return [*head, *actions_to_tokens(s, self.vocab_size).tolist(), *tail]
+
+    @override
+    def prepare(self, obs: EnvObs, device: torch.device) -> dict:
+        rows = [self.prompt_ids(text, obs.states[i])
+                for i, text in enumerate(obs.task_descriptions)]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):  # left-padded: every row's next token is at the end
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+        return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+    def _hidden(self, input_ids, mask, past=None, cache: bool = False):
+        """Last hidden states of ``input_ids`` given ``mask`` over the whole sequence so
+        far (positions counted from each row's first real token), and the KV cache."""
+        position_ids = (mask.cumsum(-1) - 1).clamp_min(0)[:, -input_ids.shape[1]:]
+        out = unwrap(self.vlm).model(input_ids=input_ids, attention_mask=mask,
+                                    position_ids=position_ids, past_key_values=past,
+                                    use_cache=cache)
+        return out.last_hidden_state, out.past_key_values
+
+    def _bin_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """Logits of the sampled action ids [..., 255] from hidden states [..., H]."""
+        head = unwrap(self.vlm).lm_head.weight[self.first_action_id:self.vocab_size]
+        return (states @ head.T.to(states.dtype)).float()
+
+    def _process(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        logits = logits / temperature
+        if self.top_k and self.top_k < SAMPLED_BINS:
+            kth = logits.topk(self.top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return logits.log_softmax(-1)
+
+    def _value(self, h_last: torch.Tensor) -> Optional[torch.Tensor]:
+        return None if self.value_head is None else self.value_head(h_last).squeeze(-1).float()
+
+    def _shape(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], self.num_action_chunks, self.action_dim)
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Env actions [B,T,D] of action ids [B,T*D]."""
+        return self.norm.to_env(self._shape(tokens_to_actions(tokens, self.vocab_size)))
+
+    def stored_tokens(self, actions: torch.Tensor) -> torch.Tensor:
+        """The action ids [B,T*D] a chunk of env actions [B,T,D] was sampled as."""
+        normalised = self.norm.to_policy(actions).flatten(1)
+        return actions_to_tokens(normalised, self.vocab_size).clamp_min(self.first_action_id)
+
+    @override
+    def act(self, inputs: dict, deterministic: bool, temperature: float) -> PolicyOutput:
+        mask = inputs["attention_mask"]
+        h, past = self._hidden(inputs["input_ids"], mask, cache=True)
+        h_last, value = h[:, -1], self._value(h[:, -1])
+        tokens, logprobs = [], []
+        for i in range(self.num_tokens):
+            logp = self._process(self._bin_logits(h_last), temperature)
+            if deterministic:
+                choice = logp.argmax(-1)
+            else:
+                choice = torch.multinomial(logp.exp(), 1).squeeze(-1)
+            logprobs.append(logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1))
+            tokens.append(choice + self.first_action_id)
+            if i + 1 < self.num_tokens:
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+                h, past = self._hidden(tokens[-1].unsqueeze(-1), mask, past, cache=True)
+                h_last = h[:, -1]
+        tokens_t = torch.stack(tokens, dim=1)
+        return PolicyOutput(self.decode(tokens_t), self._shape(torch.stack(logprobs, 1)),
+                            value)
+
+    def _teacher_forced(self, inputs: dict, actions: torch.Tensor):
+        """Bin logits [B,T*D,255] of the stored tokens' positions, the targets' bins, the
+        value."""
+        tokens = self.stored_tokens(actions.to(inputs["input_ids"].device))
+        width = inputs["input_ids"].shape[1]
+        ids = torch.cat([inputs["input_ids"], tokens[:, :-1]], dim=1)
+        mask = torch.cat([inputs["attention_mask"], torch.ones_like(tokens[:, :-1])], dim=1)
+        h, _ = self._hidden(ids, mask)
+        # Position p predicts token p+1: the last prompt token predicts the first action.
+        logits = self._bin_logits(h[:, width - 1:])
+        return logits, tokens - self.first_action_id, self._value(h[:, width - 1])
+
+    @override
+    def evaluate(self, inputs: dict, actions: torch.Tensor, temperature: float) -> Evaluation:
+        logits, target, value = self._teacher_forced(inputs, actions)
+        logp = self._process(logits, temperature)
+        logprobs = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        probs = logp.exp()
+        entropy = -(probs * logp.masked_fill(probs == 0, 0.0)).sum(-1)
+        return Evaluation(self._shape(logprobs), self._shape(entropy), value)
+
+    def bc_loss(self, inputs: dict, actions: torch.Tensor, mask: torch.Tensor,
+                kind: str = "auto") -> torch.Tensor:
+        """OpenVLA's objective: cross-entropy of each action token given the tokens before
+        it (teacher forcing), over the 255 sampled ids."""
+        if kind != "auto":
+            raise ValueError(f"sft.loss={kind!r}: token_ar trains with cross-entropy on its "
+                             "action tokens; set sft.loss=auto")
+        logits, target, _ = self._teacher_forced(inputs, actions)
+        nll = -logits.log_softmax(-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        return masked_chunk_mean(self._shape(nll), mask.to(logits.device))

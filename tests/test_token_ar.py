@@ -1,0 +1,168 @@
+"""The autoregressive action-token policy (models/token_ar.py) on the torch backend, with
+a tiny random Qwen2 causal LM saved to a temp dir."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from configs import ConfigError, ModelConfig, load_config
+from envs.base import EnvObs
+from models import build_policy
+from models.action_tokens import NUM_BINS
+from models.tiny_vla import make_qwen2_lm
+from models.token_ar import SAMPLED_BINS
+from models.vla_loading import CheckpointError
+from tests.conftest import ROOT, fit, launch
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory):
+    return make_qwen2_lm(tmp_path_factory.mktemp("qwen2") / "lm")
+
+
+def _policy(path, **kw):
+    cfg = dict(kind="token_ar", model_path=str(path), unnorm_key="tiny", action_dim=7,
+               num_action_chunks=2)
+    cfg.update(kw)
+    return build_policy(ModelConfig(**cfg)).eval()
+
+
+def _obs(b=3, seed=0):
+    rng = np.random.default_rng(seed)
+    texts = ["move to the red square", "pick", "go to the blue circle then stop"]
+    return EnvObs(np.zeros((b, 16, 16, 3), np.uint8),
+                  rng.uniform(-1.2, 1.2, (b, 8)).astype(np.float32), (texts * b)[:b])
+
+
+@pytest.mark.parametrize("temperature,top_k", [(0.7, 0), (1.0, 0), (1.6, 0), (1.0, 20)])
+def test_teacher_forcing_recomputes_the_sampled_logprobs(lm_dir, temperature, top_k):
+    torch.manual_seed(0)
+    policy = _policy(lm_dir, top_k=top_k)
+    inputs = policy.prepare(_obs(), CPU)
+    with torch.no_grad():
+        out = policy.act(inputs, False, temperature)
+        ev = policy.evaluate(inputs, out.actions, temperature)
+    assert out.actions.shape == out.logprobs.shape == (3, 2, 7)
+    assert torch.allclose(ev.logprobs, out.logprobs, atol=1e-5)
+    assert (out.logprobs < 0).all() and (ev.entropy > 0).all()
+    # The actions map back to the tokens the policy fed itself, every one a sampled id.
+    tokens = policy.stored_tokens(out.actions)
+    assert tokens.min() >= policy.vocab_size - SAMPLED_BINS and tokens.max() < policy.vocab_size
+    again = policy.decode(tokens)
+    assert torch.equal(again, out.actions)
+
+
+def test_left_padding_changes_nothing(lm_dir):
+    policy = _policy(lm_dir)
+    obs = _obs()
+    with torch.no_grad():
+        det = policy.act(policy.prepare(obs, CPU), True, 1.0)
+        for i in range(3):
+            one = EnvObs(obs.main_images[i:i + 1], obs.states[i:i + 1],
+                         obs.task_descriptions[i:i + 1])
+            alone = policy.act(policy.prepare(one, CPU), True, 1.0)
+            assert torch.equal(alone.actions, det.actions[i:i + 1])
+            assert torch.allclose(alone.logprobs, det.logprobs[i:i + 1], atol=1e-5)
+
+
+def test_the_prompt_reads_the_instruction_and_the_quantised_state(lm_dir):
+    policy = _policy(lm_dir)
+    obs = _obs(1)
+    ids = policy.prompt_ids(obs.task_descriptions[0], obs.states[0])
+    text = policy.tokenizer.decode([i for i in ids if i < len(policy.tokenizer)])
+    assert text == "In: What action should the robot take to move to the red square?\n" \
+                   "State: \nOut: "
+    state_ids = [i for i in ids if i >= policy.vocab_size - NUM_BINS]
+    assert len(state_ids) == 8
+    # A changed state changes its tokens (clipped to [-1, 1] first).
+    moved = obs.states[0] + 0.5
+    assert policy.prompt_ids(obs.task_descriptions[0], moved) != ids
+
+
+def test_sampled_bins_follow_the_processed_softmax(lm_dir):
+    """3,000 first tokens against softmax(logits / T) over the 255 sampled ids (3,000
+    rows of a ~70-token prompt: about 5 s here)."""
+    torch.manual_seed(1)
+    policy = _policy(lm_dir, num_action_chunks=1, action_dim=2, unnorm_key="")
+    inputs = policy.prepare(_obs(1), CPU)
+    n, temperature = 3_000, 1.6
+    with torch.no_grad():
+        h, _ = policy._hidden(inputs["input_ids"], inputs["attention_mask"])
+        probs = policy._process(policy._bin_logits(h[:, -1]), temperature).exp()[0]
+        batch = {k: v.expand(n, -1) for k, v in inputs.items()}
+        tokens = policy.stored_tokens(policy.act(batch, False, temperature).actions)[:, 0]
+    counts = torch.bincount(tokens - (policy.vocab_size - SAMPLED_BINS),
+                            minlength=SAMPLED_BINS).numpy()
+    expected = probs.double().numpy()
+    expected *= n / expected.sum()  # float32 probabilities sum to 1 within 1e-7 only
+    # Pool the rare bins so every expected count is >= 5 (chi-square's validity).
+    order = np.argsort(expected)
+    cut = max(int(np.searchsorted(np.cumsum(expected[order]), 5.0)), 1)
+    obs_c = np.append(counts[order[cut:]], counts[order[:cut]].sum())
+    exp_c = np.append(expected[order[cut:]], expected[order[:cut]].sum())
+    assert stats.chisquare(obs_c, exp_c).pvalue > 1e-3
+
+
+def test_behaviour_cloning_falls_and_ignores_nothing(lm_dir):
+    torch.manual_seed(0)
+    policy = _policy(lm_dir).train()
+    inputs = policy.prepare(_obs(2), CPU)
+    target = policy.norm.to_env(torch.rand(2, 2, 7) * 1.6 - 0.8)
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    with pytest.raises(ValueError, match="cross-entropy"):
+        policy.bc_loss(inputs, target, mask, "mse")
+    losses = fit(lambda: policy.bc_loss(inputs, target, mask), policy.parameters(), 30, 3e-3)
+    assert losses[-1] < 0.5 * losses[0]
+    with torch.no_grad():
+        det = policy.act(inputs, True, 1.0).actions
+    assert torch.equal(policy.stored_tokens(det), policy.stored_tokens(target))
+
+
+def test_value_head_reads_the_last_prompt_token(lm_dir):
+    policy = _policy(lm_dir, value_head=True)
+    inputs = policy.prepare(_obs(), CPU)
+    with torch.no_grad():
+        out = policy.act(inputs, False, 1.0)
+        ev = policy.evaluate(inputs, out.actions, 1.0)
+    assert out.values.shape == (3,) and torch.allclose(out.values, ev.values, atol=1e-5)
+
+
+def test_loading_errors_name_the_problem(lm_dir, tmp_path):
+    with pytest.raises(CheckpointError, match="no config.json"):
+        _policy(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(CheckpointError, match="Qwen2 causal LM"):
+        _policy(tmp_path)
+
+
+@pytest.mark.slow
+def test_launch_trains_token_ar_on_the_synthetic_task(lm_dir, tmp_path):
+    result = launch(tmp_path, "configs/synthetic_grpo.yaml", **{
+        "model.kind": "token_ar", "model.model_path": lm_dir, "model.unnorm_key": "tiny",
+        "model.num_action_chunks": 2, "run.total_updates": 2, "actor.num_actors": 1,
+        "actor.envs_per_actor": 4, "actor.group_size": 2, "learner.groups_per_update": 1,
+        "learner.micro_batch_size": 8})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    summary = json.loads((tmp_path / "run" / "learner_summary.json").read_text())
+    assert summary["updates"] == 2 and summary["duplicates"] == 0
+    server = json.loads((tmp_path / "run" / "inference-0.json").read_text())
+    assert server["policy_version"] == 2 and server["rows"] > 0
+
+
+def test_config_refuses_what_vllm_cannot_serve():
+    base = ROOT / "configs/synthetic_grpo.yaml"
+    with pytest.raises(ConfigError, match="serves model.kind=token_ar without a value head"):
+        load_config(base, ["inference.backend=vllm"])
+    with pytest.raises(ConfigError, match="serves model.kind=token_ar without a value head"):
+        load_config(base, ["inference.backend=vllm", "model.kind=token_ar",
+                           "model.model_path=x", "model.value_head=true"])
+    cfg = load_config(base, ["inference.backend=vllm", "model.kind=token_ar",
+                             "model.model_path=x"])
+    assert cfg.inference.vllm.max_model_len == 1024
