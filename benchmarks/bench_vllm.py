@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)  # before vLLM, which disables set_num_threads
-    from configs import ModelConfig
+    from configs import ModelConfig, VLLMConfig
     from envs.base import EnvObs
     from inference_server.core import InferenceCore
     from inference_server.vllm_core import VLLMCore
@@ -78,8 +78,8 @@ def main(argv=None) -> int:
         policy = build_policy(cfg).eval()
         torch_core = InferenceCore(policy, torch.device("cpu"), 1.0, 8)
         if vllm_core is None:  # one engine (one per process): a chunk's length is per request
-            vllm_core = VLLMCore(policy, str(folder), 1.0, 8, max_model_len=256,
-                                 kv_cache_mb=256)
+            vllm_core = VLLMCore(policy, str(folder), 1.0, 8,
+                                 engine=VLLMConfig(max_model_len=256, kv_cache_mb=256))
         vllm_core.policy = policy
         for b in (int(x) for x in args.batches.split(",")):
             obs = EnvObs(np.zeros((b, 16, 16, 3), np.uint8),

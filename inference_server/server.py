@@ -69,8 +69,7 @@ def make_core(cfg: Config, policy, device: torch.device) -> InferenceCore:
         from inference_server.vllm_core import VLLMCore
 
         return VLLMCore(policy, cfg.model.model_path, i.temperature, cfg.model.state_dim,
-                        cfg.run.seed, i.vllm.max_model_len, i.vllm.kv_cache_mb,
-                        i.vllm.enforce_eager, i.vllm.block_size)
+                        cfg.run.seed, i.vllm)
     return InferenceCore(policy, device, i.temperature, cfg.model.state_dim)
 
 

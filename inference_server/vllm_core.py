@@ -33,18 +33,15 @@ row here has a seed. Whole prompts are scheduled instead.
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 
 import numpy as np
 import torch
 
+from configs import VLLMConfig
 from envs.base import EnvObs
 from inference_server.core import InferenceCore
 from models.token_ar import TokenARPolicy
-
-log = logging.getLogger(__name__)
 
 # The engine in this process: tensors are passed by reference, and no worker process
 # competes for the cores. vLLM reads it when it is imported.
@@ -63,20 +60,18 @@ def vllm_missing() -> str:
     return ""
 
 
-def hf_state(policy: TokenARPolicy, state: dict) -> dict:
-    """The language model's weights in checkpoint (Hugging Face) names from a policy
-    state dict (``vlm.``-prefixed), a LoRA adapter merged into them."""
+def hf_state(policy: TokenARPolicy) -> dict:
+    """The language model's current weights in checkpoint (Hugging Face) names, a LoRA
+    adapter merged into them (a copy: the adapter is unmerged after)."""
     lm = policy.vlm
-    if hasattr(lm, "merge_adapter"):  # peft: load, merge, read, unmerge
-        policy.load_state_dict(state, assign=True)
-        lm.merge_adapter()
-        try:
-            base = lm.get_base_model()
-            return {k.replace(".base_layer.", "."): v.detach().clone()
-                    for k, v in base.state_dict().items() if "lora_" not in k}
-        finally:
-            lm.unmerge_adapter()
-    return {k[len("vlm."):]: v for k, v in state.items() if k.startswith("vlm.")}
+    if not hasattr(lm, "merge_adapter"):
+        return lm.state_dict()
+    lm.merge_adapter()  # peft: merge, read, unmerge
+    try:
+        return {k.replace(".base_layer.", "."): v.detach().clone()
+                for k, v in lm.get_base_model().state_dict().items() if "lora_" not in k}
+    finally:
+        lm.unmerge_adapter()
 
 
 class VLLMCore(InferenceCore):
@@ -84,8 +79,7 @@ class VLLMCore(InferenceCore):
     Hugging Face directory; see the module docstring."""
 
     def __init__(self, policy: TokenARPolicy, model_dir: str, temperature: float,
-                 state_dim: int, seed: int = 0, max_model_len: int = 1024,
-                 kv_cache_mb: int = 64, enforce_eager: bool = True, block_size: int = 0):
+                 state_dim: int, seed: int = 0, engine: VLLMConfig = VLLMConfig()):
         super().__init__(policy, torch.device("cpu"), temperature, state_dim)
         problem = vllm_missing()
         if problem:
@@ -93,38 +87,36 @@ class VLLMCore(InferenceCore):
         from vllm import LLM
 
         threads = torch.get_num_threads()  # vLLM's CPU worker disables set_num_threads
-        self.llm = LLM(model=model_dir, dtype="float32", seed=seed, enforce_eager=enforce_eager,
-                       max_model_len=max_model_len, kv_cache_memory_bytes=kv_cache_mb << 20,
+        self.llm = LLM(model=model_dir, dtype="float32", seed=seed,
+                       enforce_eager=engine.enforce_eager, max_model_len=engine.max_model_len,
+                       kv_cache_memory_bytes=engine.kv_cache_mb << 20,
                        logprobs_mode="processed_logprobs", skip_tokenizer_init=True,
                        enable_prefix_caching=True, enable_chunked_prefill=False,
-                       **({"block_size": block_size} if block_size else {}))
+                       **({"block_size": engine.block_size} if engine.block_size else {}))
         torch.set_num_threads(threads)
         self.seed, self.next_seed = seed, 0
-        self.reloads, self.reload_s = 0, 0.0
+        self.reloads = 0
 
     def load(self, version: int, state: dict) -> None:
-        """New weights into vLLM's worker (and the torch copy the prompts come from)."""
-        began = time.perf_counter()
-        weights = list(hf_state(self.policy, state).items())
-        if not hasattr(self.policy.vlm, "merge_adapter"):
-            self.policy.load_state_dict(state, assign=True)
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
-                                                          "is_checkpoint_format": True})
+        """New weights into the torch copy (the LoRA merge reads it), then into vLLM's
+        worker; the server's ``weights_apply`` span times it all."""
+        self.policy.load_state_dict(state, assign=True)
+        self.llm.collective_rpc("reload_weights", kwargs={
+            "weights_iterator": list(hf_state(self.policy).items()),
+            "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
         self.version = version
         self.reloads += 1
-        self.reload_s += time.perf_counter() - began
-        log.debug("vLLM reloaded version %d in %.1f ms", version,
-                  (time.perf_counter() - began) * 1e3)
 
-    def sampling(self, deterministic: bool, seed: int):
-        """One row's ``SamplingParams``: T*D action tokens, their processed log-probs."""
+    def sampling(self, deterministic: bool, seed: int, allowed: list[int]):
+        """One row's ``SamplingParams``: T*D of the ``allowed`` ids, their processed
+        log-probs."""
         from vllm import SamplingParams
 
         p, n = self.policy, self.policy.num_tokens
         return SamplingParams(
             temperature=0.0 if deterministic else self.temperature, top_k=p.top_k or 0,
-            max_tokens=n, min_tokens=n, ignore_eos=True, allowed_token_ids=p.action_ids,
+            max_tokens=n, min_tokens=n, ignore_eos=True, allowed_token_ids=allowed,
             logprobs=0, seed=seed, detokenize=False, skip_special_tokens=False)
 
     def generate(self, prompts: list[list[int]], deterministic: bool) -> tuple[torch.Tensor,
@@ -132,9 +124,10 @@ class VLLMCore(InferenceCore):
         """Action token ids and their log-probs, each [rows, T*D]."""
         from vllm.inputs import TokensPrompt
 
-        params = []
+        allowed, params = self.policy.action_ids, []
         for _ in prompts:
-            params.append(self.sampling(deterministic, (self.seed << 20) + self.next_seed))
+            params.append(self.sampling(deterministic, (self.seed << 20) + self.next_seed,
+                                        allowed))
             self.next_seed = (self.next_seed + 1) % (1 << 20)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
                                  use_tqdm=False)

@@ -60,6 +60,7 @@ class TokenARPolicy(Policy):
             raise ValueError(f"a vocabulary of {self.vocab_size} ids cannot end with "
                              f"{NUM_BINS} action bins")
         self.top_k, self.norm = top_k, norm or ActionNorm()
+        self._tokenised: dict[str, list[int]] = {}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         hidden = lm.config.get_text_config().hidden_size
         self.has_value_head = value_head
@@ -82,11 +83,20 @@ class TokenARPolicy(Policy):
 
     def prompt_ids(self, instruction: str, state: np.ndarray) -> list[int]:
         """One row's prompt: the question, the quantised state, the answer's lead-in."""
-        head = self.tokenizer(PROMPT_HEAD.format(instruction.lower()),
-                              add_special_tokens=False)["input_ids"]
-        tail = self.tokenizer(PROMPT_TAIL, add_special_tokens=False)["input_ids"]
         s = torch.from_numpy(np.clip(np.asarray(state, np.float32), -1.0, 1.0))
-        return [*head, *actions_to_tokens(s, self.vocab_size).tolist(), *tail]
+        return [*self._text_ids(PROMPT_HEAD.format(instruction.lower())),
+                *actions_to_tokens(s, self.vocab_size).tolist(), *self._text_ids(PROMPT_TAIL)]
+
+    def _text_ids(self, text: str) -> list[int]:
+        # Every batch repeats a few instructions: each is tokenised once (bounded: a
+        # server's peers choose the texts).
+        ids = self._tokenised.get(text)
+        if ids is None:
+            if len(self._tokenised) >= 4096:
+                self._tokenised.clear()
+            ids = self._tokenised[text] = self.tokenizer(text, add_special_tokens=False)[
+                "input_ids"]
+        return ids
 
     @override
     def prepare(self, obs: EnvObs, device: torch.device) -> dict:

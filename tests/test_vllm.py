@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy import stats
 
-from configs import ModelConfig
+from configs import ModelConfig, VLLMConfig
 from envs.base import EnvObs
 from inference_server.batcher import Pending
 from models import build_policy
@@ -46,8 +46,8 @@ def served(lm_dir):
     is not initialized``). Blocks of 32 tokens, so that requests reuse the whole blocks of
     a shared prompt."""
     policy = build_policy(_cfg(lm_dir)).eval()
-    core = vllm_core.VLLMCore(policy, str(lm_dir), 1.0, 8, seed=0, max_model_len=256,
-                              block_size=32)
+    core = vllm_core.VLLMCore(policy, str(lm_dir), 1.0, 8, seed=0,
+                              engine=VLLMConfig(max_model_len=256, block_size=32))
     return policy, core
 
 
