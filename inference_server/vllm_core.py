@@ -9,12 +9,20 @@ scores the same ids), ``allowed_token_ids`` the 255 sampled action ids, T*D toke
 processed distribution (``logprobs_mode=processed_logprobs``: the mask, temperature and
 top-k applied, as the learner's teacher forcing computes them), and a seed per row.
 
+A Qwen2.5-VL token_ar policy sends each row's camera images with its prompt
+(``multi_modal_data``); the prompt holds one ``<|image_pad|>`` per image, which vLLM's
+processor expands to the image's token count, as the policy's ``prepare`` does for the
+learner. vLLM's Qwen2.5-VL imports torchvision's Python transforms: in the CPU environment
+torchvision is installed as Python only (``scripts/torchvision_python_only.sh``).
+
 Weights: the engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so the
 tensors the weights link received reach vLLM's worker by reference, without
 serialisation. ``load`` hands them to the worker's ``reload_weights`` as an iterator of
 checkpoint-format (Hugging Face) names and tensors, which loads each layer and redoes its
 CPU repacking (on CPU vLLM multiplies with a repacked copy of each linear layer, so writing
-into the parameters would change nothing), then resets the prefix cache. A LoRA adapter is
+into the parameters would change nothing), then resets the prefix cache (and, with
+images, the encoder cache: image embeddings are cached per image hash, and the scheduler
+would otherwise count on embeddings the reload dropped: "Encoder cache miss"). A LoRA adapter is
 merged into the base weights first (vLLM serves one set of weights), then unmerged.
 
 Not served by vLLM: a value head (vLLM returns tokens, not hidden states): the config
@@ -34,6 +42,7 @@ row here has a seed. Whole prompts are scheduled instead.
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import numpy as np
 import torch
@@ -87,10 +96,13 @@ class VLLMCore(InferenceCore):
         from vllm import LLM
 
         threads = torch.get_num_threads()  # vLLM's CPU worker disables set_num_threads
+        # Images go through vLLM's multimodal processor, which needs the tokenizer.
+        images = ({"limit_mm_per_prompt": {"image": policy.num_views, "video": 0}}
+                  if policy.sees_images else {"skip_tokenizer_init": True})
         self.llm = LLM(model=model_dir, dtype="float32", seed=seed,
                        enforce_eager=engine.enforce_eager, max_model_len=engine.max_model_len,
                        kv_cache_memory_bytes=engine.kv_cache_mb << 20,
-                       logprobs_mode="processed_logprobs", skip_tokenizer_init=True,
+                       logprobs_mode="processed_logprobs", **images,
                        enable_prefix_caching=True, enable_chunked_prefill=False,
                        **({"block_size": engine.block_size} if engine.block_size else {}))
         torch.set_num_threads(threads)
@@ -105,6 +117,8 @@ class VLLMCore(InferenceCore):
             "weights_iterator": list(hf_state(self.policy).items()),
             "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
+        if self.policy.sees_images:  # image embeddings of the old vision tower
+            self.llm.llm_engine.reset_encoder_cache()
         self.version = version
         self.reloads += 1
 
@@ -119,9 +133,12 @@ class VLLMCore(InferenceCore):
             max_tokens=n, min_tokens=n, ignore_eos=True, allowed_token_ids=allowed,
             logprobs=0, seed=seed, detokenize=False, skip_special_tokens=False)
 
-    def generate(self, prompts: list[list[int]], deterministic: bool) -> tuple[torch.Tensor,
-                                                                           torch.Tensor]:
-        """Action token ids and their log-probs, each [rows, T*D]."""
+    def generate(self, prompts: list[list[int]], deterministic: bool,
+                 images: Optional[list[list[np.ndarray]]] = None) -> tuple[torch.Tensor,
+                                                                          torch.Tensor]:
+        """Action token ids and their log-probs, each [rows, T*D]; ``images``: each row's
+        camera images [H,W,3] uint8, one per image pad of its prompt."""
+        from PIL import Image
         from vllm.inputs import TokensPrompt
 
         allowed, params = self.policy.action_ids, []
@@ -129,8 +146,10 @@ class VLLMCore(InferenceCore):
             params.append(self.sampling(deterministic, (self.seed << 20) + self.next_seed,
                                         allowed))
             self.next_seed = (self.next_seed + 1) % (1 << 20)
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
-                                 use_tqdm=False)
+        requests = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+        for request, row in zip(requests, images or ()):
+            request["multi_modal_data"] = {"image": [Image.fromarray(i) for i in row]}
+        outs = self.llm.generate(requests, params, use_tqdm=False)
         tokens = torch.tensor([list(o.outputs[0].token_ids) for o in outs], dtype=torch.long)
         logprobs = torch.tensor([[step[t].logprob for t, step in
                                   zip(o.outputs[0].token_ids, o.outputs[0].logprobs)]
@@ -142,6 +161,10 @@ class VLLMCore(InferenceCore):
         p = self.policy
         prompts = [p.prompt_ids(text, obs.states[k])
                    for k, text in enumerate(obs.task_descriptions)]
-        tokens, logprobs = self.generate(prompts, deterministic)
+        images = None
+        if p.sees_images:
+            views = p.views(obs)
+            images = [[np.ascontiguousarray(v[k]) for v in views] for k in range(len(prompts))]
+        tokens, logprobs = self.generate(prompts, deterministic, images)
         shape = (len(prompts), p.num_action_chunks, p.action_dim)
         return p.decode(tokens).float().numpy(), logprobs.view(shape).numpy(), None

@@ -39,8 +39,11 @@ def tiny_tokenizer():
 
 
 def make_qwen_vl(folder: Path, hidden: int = 64, layers: int = 2,
-                 max_pixels: int = 112 * 112) -> Path:
-    """A tiny random Qwen2.5-VL saved as a Hugging Face directory."""
+                 max_pixels: int = 112 * 112, action_bins: bool = False) -> Path:
+    """A tiny random Qwen2.5-VL saved as a Hugging Face directory. ``action_bins``: for
+    token_ar and vLLM, as :func:`make_qwen2_lm`: 256 ids past the tokenizer's, an output
+    head of its own, and ``dataset_statistics.json`` (key ``tiny``); give ``hidden`` >= 128
+    for vLLM's CPU attention (heads of 32)."""
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
                               Qwen2VLImageProcessorPil)
 
@@ -50,8 +53,8 @@ def make_qwen_vl(folder: Path, hidden: int = 64, layers: int = 2,
     cfg = Qwen2_5_VLConfig(
         text_config=dict(hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=heads,
-                         num_key_value_heads=2, vocab_size=len(tok),
-                         max_position_embeddings=4096, tie_word_embeddings=True,
+                         num_key_value_heads=2, vocab_size=len(tok) + 256 * action_bins,
+                         max_position_embeddings=4096, tie_word_embeddings=not action_bins,
                          eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"),
                          bos_token_id=None,
                          rope_scaling={"type": "mrope", "mrope_section": [
@@ -63,10 +66,13 @@ def make_qwen_vl(folder: Path, hidden: int = 64, layers: int = 2,
         image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),
         vision_end_token_id=ids("<|vision_end|>"), eos_token_id=ids("<|im_end|>"),
-        pad_token_id=ids("<|endoftext|>"), bos_token_id=None)
+        pad_token_id=ids("<|endoftext|>"), bos_token_id=None,
+        tie_word_embeddings=not action_bins)
     torch.manual_seed(0)
     Qwen2_5_VLForConditionalGeneration(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
+    if action_bins:
+        (folder / "dataset_statistics.json").write_text(json.dumps({"tiny": STATS}))
     # Small images by default: 56x56 to 112x112 pixels, 4 to 16 tokens per image.
     Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=max_pixels).save_pretrained(folder)
     return folder

@@ -8,8 +8,19 @@ The prompt is a list of token ids, the same for every backend (torch here, vLLM 
 
 then T*D action tokens are generated one at a time, each conditioned on the ones before
 (a KV cache; 56 forward steps for an 8-step chunk of 7-D actions). A text-only backbone
-reads the state as tokens: each dimension clipped to [-1, 1] and quantised into the same
-256 bins as the actions (:mod:`models.action_tokens`).
+(Qwen2) reads the state as tokens: each dimension clipped to [-1, 1] and quantised into
+the same 256 bins as the actions (:mod:`models.action_tokens`).
+
+A Qwen2.5-VL backbone sees the cameras instead, as OpenVLA does (no state)::
+
+    <|vision_start|><|image_pad|><|vision_end|> per view (main, then wrist when
+    model.use_wrist_image) + "In: What action should the robot take to <instruction>?\nOut: "
+
+Each ``<|image_pad|>`` is one id in :meth:`TokenARPolicy.prompt_ids` (what vLLM is given:
+its processor expands the pads for the images it receives) and is expanded here to the
+image's token count (grid / merge_size**2) for transformers, with Qwen2.5-VL's 3-D rotary
+positions (the model's ``get_rope_index``; generated tokens continue at ``position +
+rope delta`` in all three dimensions, as the model's own ``generate`` does).
 
 Action tokens. OpenVLA's bins are the last 256 ids, but the first of them (``vocab -
 256``) decodes to the same action as the second. Here it is never sampled: the learner
@@ -38,9 +49,12 @@ from models.action_norm import ActionNorm
 from models.action_tokens import NUM_BINS, actions_to_tokens, tokens_to_actions
 from models.base import (Evaluation, Policy, PolicyOutput, masked_chunk_mean,
                          rlinf_value_head, unwrap)
+from models.qwen_oft import (IMAGE_PAD, VISION_END, VISION_START, camera_views,
+                             patchify_on_device)
 
 PROMPT_HEAD = "In: What action should the robot take to {}?\nState: "
 PROMPT_TAIL = "\nOut: "
+VL_PROMPT = "In: What action should the robot take to {}?\nOut: "
 SAMPLED_BINS = NUM_BINS - 1  # the last 255 ids: see the module docstring
 
 
@@ -50,10 +64,14 @@ class TokenARPolicy(Policy):
 
     def __init__(self, lm, tokenizer, num_action_chunks: int, action_dim: int,
                  vocab_size: int = 0, top_k: int = 0, value_head: bool = False,
-                 norm: Optional[ActionNorm] = None):
+                 norm: Optional[ActionNorm] = None, image_processor=None,
+                 use_wrist: bool = False):
         super().__init__()
         # ``vlm`` as the VLAs name their backbone: LoRA and checkpointing treat all alike.
         self.vlm, self.tokenizer = lm, tokenizer
+        # Qwen2.5-VL: the cameras are the observation (image_processor given), else the state.
+        self.image_processor, self.use_wrist = image_processor, use_wrist
+        self.image_token_id = getattr(lm.config, "image_token_id", None)
         self.num_action_chunks, self.action_dim = num_action_chunks, action_dim
         self.vocab_size = vocab_size or lm.config.get_text_config().vocab_size
         if self.vocab_size < NUM_BINS:
@@ -81,8 +99,22 @@ class TokenARPolicy(Policy):
         """The ids actions are sampled from, in bin order (vLLM's ``allowed_token_ids``)."""
         return list(range(self.first_action_id, self.vocab_size))
 
+    @property
+    def num_views(self) -> int:
+        """Images a prompt shows: 0 (text-only backbone), 1 (main) or 2 (and wrist)."""
+        return 0 if self.image_processor is None else 1 + int(self.use_wrist)
+
+    @property
+    def sees_images(self) -> bool:
+        """Whether the prompt shows the cameras (a Qwen2.5-VL backbone)."""
+        return self.image_processor is not None
+
     def prompt_ids(self, instruction: str, state: np.ndarray) -> list[int]:
-        """One row's prompt: the question, the quantised state, the answer's lead-in."""
+        """One row's prompt: the question, the quantised state, the answer's lead-in; with
+        images, one unexpanded ``<|image_pad|>`` per view and no state."""
+        if self.sees_images:
+            return self._text_ids(f"{VISION_START}{IMAGE_PAD}{VISION_END}" * self.num_views
+                                  + VL_PROMPT.format(instruction.lower()))
         s = torch.from_numpy(np.clip(np.asarray(state, np.float32), -1.0, 1.0))
         return [*self._text_ids(PROMPT_HEAD.format(instruction.lower())),
                 *actions_to_tokens(s, self.vocab_size).tolist(), *self._text_ids(PROMPT_TAIL)]
@@ -98,26 +130,67 @@ class TokenARPolicy(Policy):
                 "input_ids"]
         return ids
 
+    def views(self, obs: EnvObs) -> list[np.ndarray]:
+        """The camera batches the prompt shows, in order (main, then wrist)."""
+        return camera_views(obs, self.use_wrist)
+
     @override
     def prepare(self, obs: EnvObs, device: torch.device) -> dict:
         rows = [self.prompt_ids(text, obs.states[i])
                 for i, text in enumerate(obs.task_descriptions)]
+        images = {}
+        if self.sees_images:
+            rows, images = self._with_images(rows, self.views(obs), device)
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):  # left-padded: every row's next token is at the end
             ids[i, width - len(r):] = torch.tensor(r)
             mask[i, width - len(r):] = 1
-        return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+        return {"input_ids": ids.to(device), "attention_mask": mask.to(device), **images}
 
-    def _hidden(self, input_ids, mask, past=None, cache: bool = False):
+    def _with_images(self, rows: list[list[int]], views: list[np.ndarray],
+                     device: torch.device) -> tuple[list[list[int]], dict]:
+        """Rows with each image pad expanded to its image's token count, and the pixel
+        patches of the images (row i shows image i of every view)."""
+        pix = patchify_on_device(views, self.image_processor, device)
+        if pix is None:  # a size the processor would resize: let it
+            pix = self.image_processor(images=[np.ascontiguousarray(v[i]) for i in
+                                               range(len(rows)) for v in views],
+                                       return_tensors="pt")
+        grid = pix["image_grid_thw"]
+        counts = iter((grid.prod(-1) // int(self.image_processor.merge_size) ** 2).tolist())
+        expanded = [[t for i in r for t in ([i] * next(counts) if i == self.image_token_id
+                                            else [i])] for r in rows]
+        return expanded, {"pixel_values": pix["pixel_values"].to(device),
+                          "image_grid_thw": grid.to(device)}
+
+    def _hidden(self, input_ids, mask, past=None, cache: bool = False,
+                images: Optional[dict] = None, rope_deltas=None):
         """Last hidden states of ``input_ids`` given ``mask`` over the whole sequence so
-        far (positions counted from each row's first real token), and the KV cache."""
+        far (positions counted from each row's first real token), the KV cache, and (with
+        images, when ``images`` are in ``input_ids``) the rows' rotary position deltas."""
         position_ids = (mask.cumsum(-1) - 1).clamp_min(0)[:, -input_ids.shape[1]:]
+        extra = {}
+        if self.sees_images:
+            model = unwrap(self.vlm).model
+            if images is not None:
+                position_ids, rope_deltas = model.get_rope_index(
+                    input_ids, mm_token_type_ids=(input_ids == self.image_token_id).int(),
+                    image_grid_thw=images["image_grid_thw"], attention_mask=mask)
+                dtype = getattr(model, "dtype", torch.float32)
+                extra = {"pixel_values": images["pixel_values"].to(dtype),
+                         "image_grid_thw": images["image_grid_thw"]}
+            else:
+                position_ids = (position_ids + rope_deltas).unsqueeze(0).expand(3, -1, -1)
         out = unwrap(self.vlm).model(input_ids=input_ids, attention_mask=mask,
                                     position_ids=position_ids, past_key_values=past,
-                                    use_cache=cache)
-        return out.last_hidden_state, out.past_key_values
+                                    use_cache=cache, **extra)
+        return out.last_hidden_state, out.past_key_values, rope_deltas
+
+    def _images(self, inputs: dict) -> Optional[dict]:
+        return ({k: inputs[k] for k in ("pixel_values", "image_grid_thw")}
+                if self.sees_images else None)
 
     def _bin_logits(self, states: torch.Tensor) -> torch.Tensor:
         """Logits of the sampled action ids [..., 255] from hidden states [..., H]."""
@@ -149,7 +222,8 @@ class TokenARPolicy(Policy):
     @override
     def act(self, inputs: dict, deterministic: bool, temperature: float) -> PolicyOutput:
         mask = inputs["attention_mask"]
-        h, past = self._hidden(inputs["input_ids"], mask, cache=True)
+        h, past, deltas = self._hidden(inputs["input_ids"], mask, cache=True,
+                                       images=self._images(inputs))
         h_last, value = h[:, -1], self._value(h[:, -1])
         tokens, logprobs = [], []
         for i in range(self.num_tokens):
@@ -162,7 +236,8 @@ class TokenARPolicy(Policy):
             tokens.append(choice + self.first_action_id)
             if i + 1 < self.num_tokens:
                 mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-                h, past = self._hidden(tokens[-1].unsqueeze(-1), mask, past, cache=True)
+                h, past, _ = self._hidden(tokens[-1].unsqueeze(-1), mask, past, cache=True,
+                                          rope_deltas=deltas)
                 h_last = h[:, -1]
         tokens_t = torch.stack(tokens, dim=1)
         return PolicyOutput(self.decode(tokens_t), self._shape(torch.stack(logprobs, 1)),
@@ -175,7 +250,7 @@ class TokenARPolicy(Policy):
         width = inputs["input_ids"].shape[1]
         ids = torch.cat([inputs["input_ids"], tokens[:, :-1]], dim=1)
         mask = torch.cat([inputs["attention_mask"], torch.ones_like(tokens[:, :-1])], dim=1)
-        h, _ = self._hidden(ids, mask)
+        h, _, _ = self._hidden(ids, mask, images=self._images(inputs))
         # Position p predicts token p+1: the last prompt token predicts the first action.
         logits = self._bin_logits(h[:, width - 1:])
         return logits, tokens - self.first_action_id, self._value(h[:, width - 1])

@@ -105,8 +105,8 @@ def _load_backbone(vlm_dir: Path, cfg: ModelConfig):
                                   "preprocessor_config.json")
     kind = json.loads((vlm_dir / "config.json").read_text()).get("model_type")
     if kind != "qwen2_5_vl":
-        raise CheckpointError(f"{vlm_dir}/config.json has model_type {kind!r}; QwenOFT needs "
-                              "a Qwen2.5-VL backbone (qwen2_5_vl)")
+        raise CheckpointError(f"{vlm_dir}/config.json has model_type {kind!r}; "
+                              f"{cfg.kind} needs a Qwen2.5-VL backbone (qwen2_5_vl)")
     vlm = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         vlm_dir, torch_dtype=torch.float32, attn_implementation=cfg.attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(vlm_dir)
@@ -222,8 +222,9 @@ def load_openvla_oft(cfg: ModelConfig):
 
 
 def load_token_ar(cfg: ModelConfig):
-    """Autoregressive action tokens over the Qwen2 causal LM of ``cfg.model_path`` (a
-    Hugging Face directory with its tokenizer), ``dataset_statistics.json`` beside it."""
+    """Autoregressive action tokens over the causal LM of ``cfg.model_path`` (a Hugging
+    Face directory with its tokenizer): a Qwen2 (the state as tokens) or a Qwen2.5-VL (the
+    cameras as images, with its image processor); ``dataset_statistics.json`` beside it."""
     from transformers import AutoTokenizer, Qwen2ForCausalLM
 
     from models.token_ar import TokenARPolicy
@@ -233,14 +234,20 @@ def load_token_ar(cfg: ModelConfig):
         raise CheckpointError(f"model.model_path {str(path)!r} has no config.json: give a "
                               "Hugging Face model directory")
     conf = json.loads((path / "config.json").read_text())
-    if conf.get("model_type") != "qwen2":
-        raise CheckpointError(f"{path}/config.json has model_type {conf.get('model_type')!r}; "
-                              "token_ar runs on a Qwen2 causal LM (qwen2)")
-    lm = Qwen2ForCausalLM.from_pretrained(path, torch_dtype=torch.float32,
-                                          attn_implementation=cfg.attn_implementation)
-    policy = TokenARPolicy(lm, AutoTokenizer.from_pretrained(path), cfg.num_action_chunks,
-                           cfg.action_dim, cfg.action_vocab_size, cfg.top_k, cfg.value_head,
-                           _statistics(path, cfg, binarize_gripper=False, config=conf))
+    kind = conf.get("model_type")
+    if kind == "qwen2_5_vl":
+        lm, tokenizer, images = _load_backbone(path, cfg)
+    elif kind == "qwen2":
+        lm = Qwen2ForCausalLM.from_pretrained(path, torch_dtype=torch.float32,
+                                              attn_implementation=cfg.attn_implementation)
+        tokenizer, images = AutoTokenizer.from_pretrained(path), None
+    else:
+        raise CheckpointError(f"{path}/config.json has model_type {kind!r}; token_ar runs on "
+                              "a Qwen2 causal LM (qwen2) or a Qwen2.5-VL (qwen2_5_vl)")
+    policy = TokenARPolicy(lm, tokenizer, cfg.num_action_chunks, cfg.action_dim,
+                           cfg.action_vocab_size, cfg.top_k, cfg.value_head,
+                           _statistics(path, cfg, binarize_gripper=False, config=conf),
+                           image_processor=images, use_wrist=cfg.use_wrist_image)
     _finish(policy, cfg)
     return policy
 

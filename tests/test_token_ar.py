@@ -14,7 +14,7 @@ from configs import ConfigError, ModelConfig, load_config
 from envs.base import EnvObs
 from models import build_policy
 from models.action_tokens import NUM_BINS
-from models.tiny_vla import make_qwen2_lm
+from models.tiny_vla import make_qwen2_lm, make_qwen_vl
 from models.token_ar import SAMPLED_BINS
 from models.vla_loading import CheckpointError
 from tests.conftest import ROOT, fit, launch
@@ -94,7 +94,7 @@ def test_sampled_bins_follow_the_processed_softmax(lm_dir):
     inputs = policy.prepare(_obs(1), CPU)
     n, temperature = 3_000, 1.6
     with torch.no_grad():
-        h, _ = policy._hidden(inputs["input_ids"], inputs["attention_mask"])
+        h, _, _ = policy._hidden(inputs["input_ids"], inputs["attention_mask"])
         probs = policy._process(policy._bin_logits(h[:, -1]), temperature).exp()[0]
         batch = {k: v.expand(n, -1) for k, v in inputs.items()}
         tokens = policy.stored_tokens(policy.act(batch, False, temperature).actions)[:, 0]
@@ -140,6 +140,79 @@ def test_loading_errors_name_the_problem(lm_dir, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(CheckpointError, match="Qwen2 causal LM"):
         _policy(tmp_path)
+
+
+# --- Qwen2.5-VL: the cameras in the prompt -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def vl_dir(tmp_path_factory):
+    return make_qwen_vl(tmp_path_factory.mktemp("qwen_vl") / "vl", hidden=128,
+                        max_pixels=56 * 56, action_bins=True)
+
+
+def _vl_obs(b=3, seed=0):
+    rng = np.random.default_rng(seed)
+    texts = ["pick up the black bowl", "open the drawer", "put the bowl on the plate"]
+    return EnvObs(rng.integers(0, 256, (b, 56, 56, 3), dtype=np.uint8),
+                  np.zeros((b, 8), np.float32), (texts * b)[:b],
+                  wrist_images=rng.integers(0, 256, (b, 56, 56, 3), dtype=np.uint8))
+
+
+def test_vl_prompt_shows_both_cameras_and_no_state(vl_dir):
+    policy = _policy(vl_dir, use_wrist_image=True)
+    obs = _vl_obs(2)
+    ids = policy.prompt_ids(obs.task_descriptions[0], obs.states[0])
+    pad = policy.image_token_id
+    assert ids.count(pad) == 2  # one per camera, unexpanded (what vLLM is given)
+    assert policy.tokenizer.decode(ids).endswith(
+        "<|vision_end|>In: What action should the robot take to pick up the black bowl?\nOut: ")
+    inputs = policy.prepare(obs, CPU)
+    # 56x56 images: a 4x4 patch grid, merged 2x2: 4 tokens per image, 2 images per row.
+    assert ((inputs["input_ids"] == pad).sum(1) == 8).all()
+    assert inputs["image_grid_thw"].tolist() == [[1, 4, 4]] * 4
+    assert _policy(vl_dir, use_wrist_image=False).prompt_ids("x", obs.states[0]).count(pad) == 1
+
+
+def test_vl_greedy_tokens_equal_transformers_generate(vl_dir):
+    """The KV-cache decoding with Qwen2.5-VL's 3-D rotary positions, left padding included,
+    picks what transformers' own ``generate`` picks with the other ids masked out."""
+    from transformers import LogitsProcessorList
+
+    policy = _policy(vl_dir, use_wrist_image=True)
+    inputs = policy.prepare(_vl_obs(), CPU)
+    allowed = torch.zeros(policy.vocab_size, dtype=torch.bool)
+    allowed[policy.action_ids] = True
+
+    def only_bins(_, scores):
+        return scores.masked_fill(~allowed, float("-inf"))
+
+    with torch.no_grad():
+        det = policy.act(inputs, True, 1.0)
+        out = policy.vlm.generate(**inputs, max_new_tokens=policy.num_tokens, do_sample=False,
+                                  logits_processor=LogitsProcessorList([only_bins]),
+                                  pad_token_id=policy.pad_id)
+    generated = out[:, inputs["input_ids"].shape[1]:]
+    assert torch.equal(generated, policy.stored_tokens(det.actions))
+
+
+def test_vl_teacher_forcing_agrees_and_padding_changes_nothing(vl_dir):
+    torch.manual_seed(0)
+    policy = _policy(vl_dir, use_wrist_image=True)
+    obs = _vl_obs()
+    with torch.no_grad():
+        out = policy.act(policy.prepare(obs, CPU), False, 1.3)
+        ev = policy.evaluate(policy.prepare(obs, CPU), out.actions, 1.3)
+        assert torch.allclose(ev.logprobs, out.logprobs, atol=1e-5)
+        # Row 0 is left-padded in the batch (row 2's instruction is longer); alone, not.
+        one = EnvObs(obs.main_images[:1], obs.states[:1], obs.task_descriptions[:1],
+                     wrist_images=obs.wrist_images[:1])
+        alone = policy.evaluate(policy.prepare(one, CPU), out.actions[:1], 1.3)
+        assert torch.allclose(alone.logprobs, out.logprobs[:1], atol=1e-5)
+        # The images are read: other images, other log-probs of the same actions.
+        other = EnvObs(obs.main_images[::-1].copy(), obs.states, obs.task_descriptions,
+                       wrist_images=obs.wrist_images)
+        moved = policy.evaluate(policy.prepare(other, CPU), out.actions, 1.3)
+    assert (moved.logprobs - ev.logprobs).abs().max() > 1e-3
 
 
 @pytest.mark.slow

@@ -116,7 +116,7 @@ def test_sampled_bins_follow_the_processed_softmax(served, lm_dir):
         tokens, _ = core.generate(_prompts(policy, obs) * n, deterministic=False)
     with torch.no_grad():
         inputs = policy.prepare(obs, CPU)
-        h, _ = policy._hidden(inputs["input_ids"], inputs["attention_mask"])
+        h, _, _ = policy._hidden(inputs["input_ids"], inputs["attention_mask"])
         logits = policy._bin_logits(h[:, -1])
     counts = np.bincount((tokens[:, 0] - policy.action_ids[0]).numpy(), minlength=255)
 
