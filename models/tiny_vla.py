@@ -151,3 +151,16 @@ def check_oft_decoding(policy, inputs: dict, rows: int = 3) -> dict:
     assert bool(((out.actions[..., :6] >= low[:6]) & (out.actions[..., :6] <= high[:6])).all())
     assert again.entropy.shape == shape and bool((again.entropy > 0).all())
     return logits
+
+
+if __name__ == "__main__":  # python -m models.tiny_vla qwen2|qwen_vl DIR: a tiny model offline
+    import argparse
+
+    parser = argparse.ArgumentParser(description="save a tiny random model for token_ar")
+    parser.add_argument("kind", choices=["qwen2", "qwen_vl"])
+    parser.add_argument("folder", type=Path)
+    args = parser.parse_args()
+    if args.kind == "qwen2":
+        print(make_qwen2_lm(args.folder))
+    else:
+        print(make_qwen_vl(args.folder, hidden=128, action_bins=True))

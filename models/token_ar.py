@@ -70,7 +70,8 @@ class TokenARPolicy(Policy):
         # ``vlm`` as the VLAs name their backbone: LoRA and checkpointing treat all alike.
         self.vlm, self.tokenizer = lm, tokenizer
         # Qwen2.5-VL: the cameras are the observation (image_processor given), else the state.
-        self.image_processor, self.use_wrist = image_processor, use_wrist
+        self.image_processor = image_processor
+        self.use_wrist = use_wrist and image_processor is not None
         self.image_token_id = getattr(lm.config, "image_token_id", None)
         self.num_action_chunks, self.action_dim = num_action_chunks, action_dim
         self.vocab_size = vocab_size or lm.config.get_text_config().vocab_size

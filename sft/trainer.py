@@ -61,9 +61,9 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
-def load_samples(cfg: Config, rng: np.random.Generator):
-    """Training and validation samples, and the statistics of the training actions."""
-    wrist = cfg.model.kind != "cnn_gaussian" and cfg.model.use_wrist_image
+def load_samples(cfg: Config, rng: np.random.Generator, wrist: bool):
+    """Training and validation samples (with the wrist camera when ``wrist``), and the
+    statistics of the training actions."""
     orientation = cfg.env.image_orientation
     if orientation == "auto":
         orientation = "libero" if cfg.env.kind == "libero" else "upright"
@@ -96,10 +96,13 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
     rng = np.random.default_rng(cfg.run.seed)
     torch.manual_seed(cfg.run.seed)
     device = pick_device(cfg.learner.device)
-    train_set, val_set, stats, report = load_samples(cfg, rng)
+    policy = build_policy(cfg.model).to(device)
+    # The VLAs show the wrist camera when configured; a text-only token_ar policy reads none.
+    wrist = (cfg.model.kind != "cnn_gaussian" and cfg.model.use_wrist_image
+             and getattr(policy, "use_wrist", True))
+    train_set, val_set, stats, report = load_samples(cfg, rng, wrist)
     key = default_unnorm_key(cfg)
     write_statistics(log_dir / "dataset_statistics.json", stats)
-    policy = build_policy(cfg.model).to(device)
     if hasattr(policy, "norm"):  # a VLA predicts normalised actions: these statistics
         policy.norm = ActionNorm.from_stats(stats, str(log_dir), key, cfg.model.action_stats,
                                             cfg.model.kind == "qwen_oft" and

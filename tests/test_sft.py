@@ -168,3 +168,33 @@ def test_openvla_oft_behaviour_cloning_writes_statistics_its_checkpoint_loads(tm
                                rtol=1e-6)
     summary = json.loads((tmp_path / "sft" / "sft_summary.json").read_text())
     assert summary["steps"] == 6 and summary["val_episodes"] == 2
+
+
+def test_token_ar_behaviour_cloning_needs_no_camera_it_does_not_read(tmp_path):
+    """A text-only token_ar policy (the state as tokens) clones demonstrations recorded
+    without a wrist camera, although model.use_wrist_image is on by default, and its
+    checkpoint loads with the statistics beside it."""
+    import dataclasses
+    import json
+
+    from configs import load_config
+    from models import build_policy
+    from models.tiny_vla import make_qwen2_lm
+    from sft.trainer import run
+
+    assert _record_synthetic(tmp_path / "data") == 6
+    lm = make_qwen2_lm(tmp_path / "lm")
+    cfg = load_config(None, [
+        "run.mode=sft", f"run.log_dir={tmp_path / 'sft'}", f"sft.datasets=[{tmp_path / 'data'}]",
+        "model.kind=token_ar", f"model.model_path={lm}", "model.action_dim=7",
+        "model.num_action_chunks=2", "env.image_size=48", "sft.steps=4", "sft.batch_size=4",
+        "sft.val_every=2", "sft.lr_warmup_steps=1", "sft.val_fraction=0.34"])
+    assert cfg.model.use_wrist_image
+    assert run(cfg) == 0
+    summary = json.loads((tmp_path / "sft" / "sft_summary.json").read_text())
+    assert summary["steps"] == 4
+    loaded = build_policy(dataclasses.replace(
+        cfg.model, checkpoint=str(tmp_path / "sft" / "checkpoint.pt")))
+    stats = json.loads((tmp_path / "sft" / "dataset_statistics.json").read_text())
+    np.testing.assert_allclose(loaded.norm.high.numpy(), stats["synthetic"]["action"]["q99"],
+                               rtol=1e-6)
