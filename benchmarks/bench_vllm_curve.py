@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", type=Path, default=ROOT / "runs" / "vllm_curve")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--updates", type=int, default=150)
+    p.add_argument("--updates", type=int, default=200)
     args = p.parse_args(argv)
     root = args.root.resolve()
     for name, python in PYTHONS.items():

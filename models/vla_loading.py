@@ -241,6 +241,11 @@ def load_token_ar(cfg: ModelConfig):
         lm = Qwen2ForCausalLM.from_pretrained(path, torch_dtype=torch.float32,
                                               attn_implementation=cfg.attn_implementation)
         tokenizer, images = AutoTokenizer.from_pretrained(path), None
+    elif kind == "openvla":
+        raise CheckpointError(f"{path} is an OpenVLA (Prismatic) checkpoint: token_ar does not "
+                              "decode Prismatic backbones yet (model.kind=openvla_oft loads "
+                              "them, with OFT's parallel decoding); token_ar runs on a Qwen2 "
+                              "causal LM (qwen2) or a Qwen2.5-VL (qwen2_5_vl)")
     else:
         raise CheckpointError(f"{path}/config.json has model_type {kind!r}; token_ar runs on "
                               "a Qwen2 causal LM (qwen2) or a Qwen2.5-VL (qwen2_5_vl)")

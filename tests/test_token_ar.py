@@ -140,6 +140,9 @@ def test_loading_errors_name_the_problem(lm_dir, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(CheckpointError, match="Qwen2 causal LM"):
         _policy(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "openvla"}))
+    with pytest.raises(CheckpointError, match="does not decode Prismatic backbones yet"):
+        _policy(tmp_path)
 
 
 # --- Qwen2.5-VL: the cameras in the prompt -------------------------------------------------
