@@ -143,13 +143,7 @@ def encode_batch(tokenizer, image_processor, prompts: list[str], views: list[np.
                  device: torch.device) -> dict:
     """Token ids (left-padded) and pixel patches for Qwen2.5-VL; prompt i shows image i of
     every view, in order, each as one ``<|image_pad|>`` expanded to its token count."""
-    pix = patchify_on_device(views, image_processor, device)
-    if pix is None:  # a size the processor would resize: let it
-        images = [np.ascontiguousarray(v[i]) for i in range(len(prompts)) for v in views]
-        pix = image_processor(images=images, return_tensors="pt")
-    grid = pix["image_grid_thw"]
-    merge = int(getattr(image_processor, "merge_size", 2))
-    counts = (grid.prod(-1) // (merge ** 2)).tolist()
+    pix, counts = image_patches(views, len(prompts), image_processor, device)
     texts = []
     for i, prompt in enumerate(prompts):
         for n in counts[i * len(views):(i + 1) * len(views)]:
@@ -158,9 +152,23 @@ def encode_batch(tokenizer, image_processor, prompts: list[str], views: list[np.
     tok = tokenizer(texts, padding=True, padding_side="left", return_tensors="pt",
                     add_special_tokens=False)
     return {"input_ids": tok["input_ids"].to(device),
-            "attention_mask": tok["attention_mask"].to(device),
-            "pixel_values": pix["pixel_values"].to(device),
-            "image_grid_thw": grid.to(device)}
+            "attention_mask": tok["attention_mask"].to(device), **pix}
+
+
+def image_patches(views: list[np.ndarray], rows: int, image_processor,
+                  device: torch.device) -> tuple[dict, list[int]]:
+    """``pixel_values`` and ``image_grid_thw`` on ``device`` for ``rows`` rows of views (row
+    i shows image i of every view, in order), and each image's token count (grid /
+    merge_size**2), the number of ``<|image_pad|>`` it takes."""
+    pix = patchify_on_device(views, image_processor, device)
+    if pix is None:  # a size the processor would resize: let it
+        images = [np.ascontiguousarray(v[i]) for i in range(rows) for v in views]
+        pix = image_processor(images=images, return_tensors="pt")
+    grid = pix["image_grid_thw"]
+    merge = int(getattr(image_processor, "merge_size", 2))
+    counts = (grid.prod(-1) // (merge ** 2)).tolist()
+    return {"pixel_values": pix["pixel_values"].to(device),
+            "image_grid_thw": grid.to(device)}, counts
 
 
 def backbone_states(vlm, inputs: dict) -> torch.Tensor:

@@ -49,8 +49,7 @@ from models.action_norm import ActionNorm
 from models.action_tokens import NUM_BINS, actions_to_tokens, tokens_to_actions
 from models.base import (Evaluation, Policy, PolicyOutput, masked_chunk_mean,
                          rlinf_value_head, unwrap)
-from models.qwen_oft import (IMAGE_PAD, VISION_END, VISION_START, camera_views,
-                             patchify_on_device)
+from models.qwen_oft import IMAGE_PAD, VISION_END, VISION_START, camera_views, image_patches
 
 PROMPT_HEAD = "In: What action should the robot take to {}?\nState: "
 PROMPT_TAIL = "\nOut: "
@@ -154,17 +153,11 @@ class TokenARPolicy(Policy):
                      device: torch.device) -> tuple[list[list[int]], dict]:
         """Rows with each image pad expanded to its image's token count, and the pixel
         patches of the images (row i shows image i of every view)."""
-        pix = patchify_on_device(views, self.image_processor, device)
-        if pix is None:  # a size the processor would resize: let it
-            pix = self.image_processor(images=[np.ascontiguousarray(v[i]) for i in
-                                               range(len(rows)) for v in views],
-                                       return_tensors="pt")
-        grid = pix["image_grid_thw"]
-        counts = iter((grid.prod(-1) // int(self.image_processor.merge_size) ** 2).tolist())
+        images, counts = image_patches(views, len(rows), self.image_processor, device)
+        counts = iter(counts)
         expanded = [[t for i in r for t in ([i] * next(counts) if i == self.image_token_id
                                             else [i])] for r in rows]
-        return expanded, {"pixel_values": pix["pixel_values"].to(device),
-                          "image_grid_thw": grid.to(device)}
+        return expanded, images
 
     def _hidden(self, input_ids, mask, past=None, cache: bool = False,
                 images: Optional[dict] = None, rope_deltas=None):

@@ -41,6 +41,20 @@ def fit(loss_fn, params, steps: int, lr: float) -> list[float]:
     return losses
 
 
+def vl_obs(b: int = 3, seed: int = 0):
+    """A batch for the tiny Qwen2.5-VL policies: 56x56 main and wrist images (4 tokens each
+    at max_pixels 56*56), zero states, instructions of different lengths."""
+    import numpy as np
+
+    from envs.base import EnvObs
+
+    rng = np.random.default_rng(seed)
+    texts = ["pick up the black bowl", "open the drawer", "put the bowl on the plate"]
+    return EnvObs(rng.integers(0, 256, (b, 56, 56, 3), dtype=np.uint8),
+                  np.zeros((b, 8), np.float32), (texts * b)[:b],
+                  wrist_images=rng.integers(0, 256, (b, 56, 56, 3), dtype=np.uint8))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

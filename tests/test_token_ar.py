@@ -17,7 +17,7 @@ from models.action_tokens import NUM_BINS
 from models.tiny_vla import make_qwen2_lm, make_qwen_vl
 from models.token_ar import SAMPLED_BINS
 from models.vla_loading import CheckpointError
-from tests.conftest import ROOT, fit, launch
+from tests.conftest import ROOT, fit, launch, vl_obs
 
 CPU = torch.device("cpu")
 
@@ -153,17 +153,9 @@ def vl_dir(tmp_path_factory):
                         max_pixels=56 * 56, action_bins=True)
 
 
-def _vl_obs(b=3, seed=0):
-    rng = np.random.default_rng(seed)
-    texts = ["pick up the black bowl", "open the drawer", "put the bowl on the plate"]
-    return EnvObs(rng.integers(0, 256, (b, 56, 56, 3), dtype=np.uint8),
-                  np.zeros((b, 8), np.float32), (texts * b)[:b],
-                  wrist_images=rng.integers(0, 256, (b, 56, 56, 3), dtype=np.uint8))
-
-
 def test_vl_prompt_shows_both_cameras_and_no_state(vl_dir):
     policy = _policy(vl_dir, use_wrist_image=True)
-    obs = _vl_obs(2)
+    obs = vl_obs(2)
     ids = policy.prompt_ids(obs.task_descriptions[0], obs.states[0])
     pad = policy.image_token_id
     assert ids.count(pad) == 2  # one per camera, unexpanded (what vLLM is given)
@@ -182,7 +174,7 @@ def test_vl_greedy_tokens_equal_transformers_generate(vl_dir):
     from transformers import LogitsProcessorList
 
     policy = _policy(vl_dir, use_wrist_image=True)
-    inputs = policy.prepare(_vl_obs(), CPU)
+    inputs = policy.prepare(vl_obs(), CPU)
     allowed = torch.zeros(policy.vocab_size, dtype=torch.bool)
     allowed[policy.action_ids] = True
 
@@ -201,7 +193,7 @@ def test_vl_greedy_tokens_equal_transformers_generate(vl_dir):
 def test_vl_teacher_forcing_agrees_and_padding_changes_nothing(vl_dir):
     torch.manual_seed(0)
     policy = _policy(vl_dir, use_wrist_image=True)
-    obs = _vl_obs()
+    obs = vl_obs()
     with torch.no_grad():
         out = policy.act(policy.prepare(obs, CPU), False, 1.3)
         ev = policy.evaluate(policy.prepare(obs, CPU), out.actions, 1.3)

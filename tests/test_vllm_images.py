@@ -5,7 +5,6 @@ that the learner scores with. Runs where vLLM is installed (`make test` runs thi
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,6 +12,7 @@ from configs import ModelConfig, VLLMConfig
 from envs.base import EnvObs
 from models import build_policy
 from models.tiny_vla import make_qwen_vl
+from tests.conftest import vl_obs
 
 vllm_core = pytest.importorskip(
     "inference_server.vllm_core", reason="inference_server.vllm_core cannot be imported")
@@ -36,14 +36,6 @@ def served(tmp_path_factory):
     return policy, core
 
 
-def _obs(b=3, seed=0):
-    rng = np.random.default_rng(seed)
-    texts = ["pick up the black bowl", "open the drawer", "put the bowl on the plate"]
-    return EnvObs(rng.integers(0, 256, (b, 56, 56, 3), dtype=np.uint8),
-                  np.zeros((b, 8), np.float32), (texts * b)[:b],
-                  wrist_images=rng.integers(0, 256, (b, 56, 56, 3), dtype=np.uint8))
-
-
 def _generate(core, obs, deterministic):
     actions, logprobs, _ = core.infer(obs, deterministic)
     return torch.from_numpy(actions), torch.from_numpy(logprobs)
@@ -51,7 +43,7 @@ def _generate(core, obs, deterministic):
 
 def test_greedy_actions_equal_transformers(served):
     policy, core = served
-    obs = _obs()
+    obs = vl_obs()
     actions, _ = _generate(core, obs, deterministic=True)
     with torch.no_grad():
         det = policy.act(policy.prepare(obs, CPU), True, 1.0)
@@ -63,7 +55,7 @@ def test_sampled_logprobs_agree_with_teacher_forcing(served, temperature):
     """The images change the answer (a row's images swapped give other log-probs), and
     what vLLM sampled, the learner's teacher forcing scores the same."""
     policy, core = served
-    obs = _obs(4, seed=1)
+    obs = vl_obs(4, seed=1)
     core.temperature = temperature
     try:
         actions, logprobs = _generate(core, obs, deterministic=False)
@@ -83,7 +75,7 @@ def test_reload_reaches_the_vision_tower(served):
     samples the torch copy scores the same."""
     policy, core = served
     original = {k: v.clone() for k, v in policy.state_dict().items()}
-    obs = _obs()
+    obs = vl_obs()
     _, before = _generate(core, obs, deterministic=True)
     changed = {k: (v + 0.1 * torch.randn_like(v) if ".visual." in k else v.clone())
                for k, v in original.items()}
