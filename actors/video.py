@@ -14,7 +14,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence
 
-import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -249,6 +248,9 @@ def write_mp4(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: int) -
 
 
 def _encode(path: Path, frames: Sequence[np.ndarray], size: tuple[int, int], fps: int) -> None:
+    # Imported here: an actor that records no video starts without ffmpeg's bundle.
+    import imageio_ffmpeg
+
     writer = imageio_ffmpeg.write_frames(
         str(path), size, fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
         # Sizes are already even; the default (16) would rescale and blur the caption.
