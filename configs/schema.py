@@ -82,7 +82,8 @@ class NetworkConfig:
     max_message_mb: int = opt(512, "larger received messages are rejected")
     high_water_mark: int = opt(32, "messages queued per socket before senders block")
     weights_backend: Literal["auto", "gloo", "nccl"] = opt(
-        "auto", "torch.distributed backend for weights: auto = nccl on CUDA, else gloo")
+        "auto", "torch.distributed backend for weights: auto = nccl between two GPUs, gloo "
+        "where the learner and a server share a GPU or one is on the CPU")
     weights_timeout_s: float = opt(300.0, "a weight broadcast slower than this fails")
     join_timeout_s: float = opt(30.0, "forming a server's weights group slower than this "
                                 "fails (the server is taken for dead)")

@@ -23,7 +23,7 @@ from configs import Config
 from links.rendezvous import Join, Registry
 from links import wiring
 from links.weights import (
-    KEEPALIVE, SHUTDOWN, broadcast, flatten, make_group, weights_backend,
+    KEEPALIVE, SHUTDOWN, broadcast, flatten, group_backend, make_group,
 )
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,6 @@ class WeightHub:
     def __init__(self, cfg: Config, device: torch.device, registry: Registry):
         self.cfg, self.device, self.registry = cfg, device, registry
         self.store = wiring.weights_store(cfg, learner=True)
-        self.backend = weights_backend(cfg, device)
         self.links: dict[int, tuple[Join, object]] = {}
         self._lost: set[tuple[int, int]] = set()  # (index, incarnation) reported dead
         self._lock = threading.Lock()
@@ -73,7 +72,8 @@ class WeightHub:
     def _form(self, join: Join) -> None:
         store = wiring.weights_group_store(self.cfg, self.store, join.index, join.generation)
         try:
-            group = make_group(store, 0, 2, self.backend, self.cfg.network.weights_timeout_s,
+            backend = group_backend(store, 0, self.cfg, self.device)
+            group = make_group(store, 0, 2, backend, self.cfg.network.weights_timeout_s,
                                wiring.gloo_host(self.cfg))
         except Exception as exc:  # the server died before it joined
             log.warning("inference server %d did not join its weights group %d: %s",

@@ -1,9 +1,9 @@
 """Weight broadcast from the learner to the inference servers.
 
 Over torch.distributed, one 2-rank process group per server (rank 0 = learner, rank 1 =
-the server; gloo on CPU, NCCL on GPU; links/weight_hub.py forms them), so the learner's
-own data-parallel group is never involved and a server can die and rejoin. One update
-is: an int64 header [version, elements] broadcast from rank 0, then
+the server; NCCL between two GPUs, else gloo: :func:`group_backend`; links/weight_hub.py
+forms them), so the learner's own data-parallel group is never involved and a server can
+die and rejoin. One update is: an int64 header [version, elements] broadcast from rank 0, then
 one flat buffer per dtype of the model's state_dict (dtypes in name order, tensors in
 state_dict order). Version -1 means "the learner has finished"; version -2 is a
 keepalive (nothing follows), sent on a link idle for a quarter of
@@ -81,12 +81,48 @@ def make_group(store, rank: int, world: int, backend: str, timeout_s: float, hos
 
 
 def weights_backend(cfg, device: torch.device) -> str:
-    """``network.weights_backend``, with ``auto`` resolved: NCCL when the weights live on
-    CUDA, else gloo."""
+    """``network.weights_backend``, with ``auto`` resolved for this end alone: NCCL when the
+    weights live on CUDA, else gloo. :func:`group_backend` settles it per group."""
     backend = cfg.network.weights_backend
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
     return backend
+
+
+class SharedGPUError(RuntimeError):
+    """``network.weights_backend=nccl`` between two ranks on one GPU, which NCCL refuses."""
+
+
+def gpu_identity(device: torch.device) -> str:
+    """The physical device behind ``device``: its GPU's UUID (the same GPU seen from two
+    processes, whatever their CUDA_VISIBLE_DEVICES), or ``cpu``."""
+    if device.type != "cuda":
+        return "cpu"
+    return str(torch.cuda.get_device_properties(device).uuid)
+
+
+def group_backend(store, rank: int, cfg, device: torch.device) -> str:
+    """The backend of one two-rank weights group, the same at both ends: both publish
+    :func:`gpu_identity` in the group's store; NCCL only between two different GPUs.
+
+    NCCL refuses two ranks of one communicator on one GPU (``invalid usage``: measured on
+    an H200, benchmarks/RESULTS.md, "The GPU check"), which is what a learner and a server
+    on one single-GPU host are: there ``auto`` takes gloo, and an explicit ``nccl`` raises
+    :class:`SharedGPUError`. A CPU end makes the group gloo too."""
+    mine = gpu_identity(device)
+    store.set(f"device/{rank}", mine)
+    theirs = store.get(f"device/{1 - rank}").decode()
+    requested = cfg.network.weights_backend
+    if requested == "gloo":
+        return "gloo"
+    if "cpu" in (mine, theirs) or mine == theirs:
+        if requested == "nccl":
+            why = "one end is on the CPU" if "cpu" in (mine, theirs) else \
+                f"both ends are on the GPU {mine}"
+            raise SharedGPUError(f"network.weights_backend=nccl, but {why} and NCCL needs two "
+                                 "GPUs: set network.weights_backend=auto (gloo there)")
+        return "gloo"
+    return "nccl"
 
 
 def join_group(cfg, index: int, generation: int, device: torch.device):
@@ -95,11 +131,11 @@ def join_group(cfg, index: int, generation: int, device: torch.device):
     so the server waits for it up to ``network.learner_wait_s``)."""
     from links import wiring
 
-    backend = weights_backend(cfg, device)
-    log.info("joining weights group %d (%s)", generation, backend)
     wait_s = cfg.network.learner_wait_s
     store = wiring.weights_group_store(cfg, wiring.weights_store(cfg, False, wait_s), index,
                                        generation, wait_s)
+    backend = group_backend(store, 1, cfg, device)
+    log.info("joining weights group %d (%s)", generation, backend)
     return make_group(store, 1, 2, backend, cfg.network.weights_timeout_s,
                       wiring.gloo_host(cfg))
 

@@ -174,3 +174,46 @@ def test_a_long_wait_between_updates_keeps_the_link_with_keepalives(tmp_path, ke
     hub.close()
     assert receiver.finished.wait(30) and receiver.error is None
     assert receiver.poll()[0] == 1
+
+
+@pytest.mark.parametrize("requested,devices,expect", [
+    ("auto", ("GPU-a", "GPU-b"), "nccl"),    # two GPUs: NCCL
+    ("auto", ("GPU-a", "GPU-a"), "gloo"),    # one GPU for both: NCCL would refuse it
+    ("auto", ("GPU-a", "cpu"), "gloo"),      # a CPU end
+    ("nccl", ("GPU-a", "GPU-b"), "nccl"),
+    ("gloo", ("GPU-a", "GPU-b"), "gloo"),
+    ("nccl", ("GPU-a", "GPU-a"), "refused"),
+    ("nccl", ("cpu", "GPU-b"), "refused"),
+])
+def test_both_ends_of_a_weights_group_agree_on_its_backend(small_cfg, monkeypatch, requested,
+                                                           devices, expect):
+    import dataclasses
+    import threading
+
+    import torch.distributed as dist
+
+    from links import weights
+
+    cfg = dataclasses.replace(small_cfg, network=dataclasses.replace(
+        small_cfg.network, weights_backend=requested))
+    # Each end's device identity, as its own process would read it (the UUID of its GPU).
+    ident = {torch.device("cuda", 0): devices[0], torch.device("cuda", 1): devices[1]}
+    monkeypatch.setattr(weights, "gpu_identity", lambda d: ident[d])
+    store = dist.HashStore()
+    got: dict = {}
+
+    def end(rank):
+        try:
+            got[rank] = weights.group_backend(store, rank, cfg, torch.device("cuda", rank))
+        except weights.SharedGPUError as exc:
+            got[rank] = "refused"
+            got[f"message{rank}"] = str(exc)
+
+    threads = [threading.Thread(target=end, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert got[0] == got[1] == expect
+    if expect == "refused":
+        assert "network.weights_backend=auto" in got["message0"]
