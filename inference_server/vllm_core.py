@@ -28,6 +28,17 @@ merged into the base weights first (vLLM serves one set of weights), then unmerg
 Not served by vLLM: a value head (vLLM returns tokens, not hidden states): the config
 refuses ``backend: vllm`` with ``model.value_head``.
 
+An OpenVLA (Prismatic) token_ar policy goes to vLLM's own ``OpenVLAForActionPrediction``
+(vLLM 0.32): the prompt ids are OpenVLA's (BOS first; vLLM inserts the 256 patch
+embeddings after it) and each row sends its main image. That model is OpenVLA-7B's
+alone: it builds the vision towers with timm from the checkpoint's timm ids at 224 px
+whatever the weights' sizes, takes one image per prompt and resizes every image to 224 px.
+So :func:`openvla_unservable` refuses, before an engine is built, a checkpoint of another
+image size or a policy showing two cameras, and a vLLM environment without timm. Not run
+here: no OpenVLA-7B weights can be fetched, and a small checkpoint cannot be served by a
+model of fixed size, so this path is unmeasured (a GPU machine with the 7B directory is
+where it runs).
+
 One engine per process: vLLM 0.32 sets up its process-wide parallel state once, and an
 engine built after another was freed fails (``pipeline model parallel group is not
 initialized``); a server builds one.
@@ -69,6 +80,27 @@ def vllm_missing() -> str:
     return ""
 
 
+def openvla_unservable(policy: TokenARPolicy) -> str:
+    """Why vLLM's OpenVLA model cannot serve ``policy`` ('' when it can, or when the policy
+    is not a Prismatic one); see the module docstring."""
+    if policy.prismatic is None:
+        return ""
+    if policy.num_views != 1:
+        return ("inference.backend=vllm: vLLM's OpenVLA model takes one image a prompt; set "
+                "model.use_wrist_image=false (or serve with inference.backend=torch)")
+    sizes = {t.crop for t in policy.prismatic.transforms}
+    if sizes != {(224, 224)}:
+        return (f"inference.backend=vllm: vLLM's OpenVLA model is OpenVLA-7B's (224-px "
+                f"images, 256 patches); this checkpoint crops its images to {sorted(sizes)}: "
+                "serve it with inference.backend=torch")
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        return ("inference.backend=vllm: vLLM's OpenVLA model builds its vision towers with "
+                "timm, which .venv-vllm lacks: .venv-vllm/bin/pip install timm")
+    return ""
+
+
 def hf_state(policy: TokenARPolicy) -> dict:
     """The language model's current weights in checkpoint (Hugging Face) names, a LoRA
     adapter merged into them (a copy: the adapter is unmerged after)."""
@@ -90,7 +122,7 @@ class VLLMCore(InferenceCore):
     def __init__(self, policy: TokenARPolicy, model_dir: str, temperature: float,
                  state_dim: int, seed: int = 0, engine: VLLMConfig = VLLMConfig()):
         super().__init__(policy, torch.device("cpu"), temperature, state_dim)
-        problem = vllm_missing()
+        problem = openvla_unservable(policy) or vllm_missing()
         if problem:
             raise RuntimeError(problem)
         from vllm import LLM

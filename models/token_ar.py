@@ -22,6 +22,13 @@ image's token count (grid / merge_size**2) for transformers, with Qwen2.5-VL's 3
 positions (the model's ``get_rope_index``; generated tokens continue at ``position +
 rope delta`` in all three dimensions, as the model's own ``generate`` does).
 
+An OpenVLA (Prismatic) backbone is the original OpenVLA: its own prompt (BOS, then
+``In: What action should the robot take to <instruction>?\nOut:`` and the empty ``▁``
+token), the image patches of every view (DINOv2 + SigLIP, projected) right after BOS, as
+:mod:`models.prismatic` lays them out: ``[BOS][patches][left padding][prompt]``, each
+row's positions counting only its real tokens. :meth:`TokenARPolicy.prompt_ids` is the
+text alone (vLLM's OpenVLA model inserts the patches itself).
+
 Action tokens. OpenVLA's bins are the last 256 ids, but the first of them (``vocab -
 256``) decodes to the same action as the second. Here it is never sampled: the learner
 recovers the tokens from the stored actions, and teacher forcing needs the exact tokens
@@ -64,13 +71,14 @@ class TokenARPolicy(Policy):
     def __init__(self, lm, tokenizer, num_action_chunks: int, action_dim: int,
                  vocab_size: int = 0, top_k: int = 0, value_head: bool = False,
                  norm: Optional[ActionNorm] = None, image_processor=None,
-                 use_wrist: bool = False):
+                 use_wrist: bool = False, prismatic=None):
         super().__init__()
         # ``vlm`` as the VLAs name their backbone: LoRA and checkpointing treat all alike.
         self.vlm, self.tokenizer = lm, tokenizer
-        # Qwen2.5-VL: the cameras are the observation (image_processor given), else the state.
-        self.image_processor = image_processor
-        self.use_wrist = use_wrist and image_processor is not None
+        # The cameras are the observation with a Qwen2.5-VL (its image_processor given) or
+        # a Prismatic VLM (its PrismaticInputs given); else the state is.
+        self.image_processor, self.prismatic = image_processor, prismatic
+        self.use_wrist = use_wrist and self.sees_images
         self.image_token_id = getattr(lm.config, "image_token_id", None)
         self.num_action_chunks, self.action_dim = num_action_chunks, action_dim
         self.vocab_size = vocab_size or lm.config.get_text_config().vocab_size
@@ -102,16 +110,19 @@ class TokenARPolicy(Policy):
     @property
     def num_views(self) -> int:
         """Images a prompt shows: 0 (text-only backbone), 1 (main) or 2 (and wrist)."""
-        return 0 if self.image_processor is None else 1 + int(self.use_wrist)
+        return 1 + int(self.use_wrist) if self.sees_images else 0
 
     @property
     def sees_images(self) -> bool:
-        """Whether the prompt shows the cameras (a Qwen2.5-VL backbone)."""
-        return self.image_processor is not None
+        """Whether the prompt shows the cameras (a Qwen2.5-VL or Prismatic backbone)."""
+        return self.image_processor is not None or self.prismatic is not None
 
     def prompt_ids(self, instruction: str, state: np.ndarray) -> list[int]:
         """One row's prompt: the question, the quantised state, the answer's lead-in; with
-        images, one unexpanded ``<|image_pad|>`` per view and no state."""
+        images, one unexpanded ``<|image_pad|>`` per view and no state; Prismatic:
+        OpenVLA's prompt, BOS first (the patches are not in the ids)."""
+        if self.prismatic is not None:
+            return self.prismatic.prompt_ids(instruction)
         if self.sees_images:
             return self._text_ids(f"{VISION_START}{IMAGE_PAD}{VISION_END}" * self.num_views
                                   + VL_PROMPT.format(instruction.lower()))
@@ -139,6 +150,8 @@ class TokenARPolicy(Policy):
         rows = [self.prompt_ids(text, obs.states[i])
                 for i, text in enumerate(obs.task_descriptions)]
         images = {}
+        if self.prismatic is not None:
+            return self._prismatic_inputs(rows, self.views(obs), device)
         if self.sees_images:
             rows, images = self._with_images(rows, self.views(obs), device)
         width = max(len(r) for r in rows)
@@ -159,14 +172,45 @@ class TokenARPolicy(Policy):
                                             else [i])] for r in rows]
         return expanded, images
 
+    def _prismatic_inputs(self, rows: list[list[int]], views: list[np.ndarray],
+                          device: torch.device) -> dict:
+        """``[BOS][one slot per patch][left padding][prompt after BOS]`` (the slots' ids are
+        padding: their embeddings are replaced by the patches), the mask, the pixels."""
+        slots = 1 + unwrap(self.vlm).vision_backbone.num_patches
+        width = max(len(r) for r in rows) - 1
+        ids = torch.full((len(rows), slots + width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        ids[:, 0], mask[:, :slots] = rows[0][0], 1
+        for i, r in enumerate(rows):
+            ids[i, slots + width - len(r) + 1:] = torch.tensor(r[1:])
+            mask[i, slots + width - len(r) + 1:] = 1
+        return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+                "pixel_values": self.prismatic.pixels(views, device)}
+
+    def _prismatic_hidden(self, input_ids, mask, position_ids, past, cache: bool,
+                          images: Optional[dict]):
+        """Prismatic's language model over the ids' embeddings, the projected patches in
+        the slots after BOS when ``images`` are given (the prompt pass)."""
+        vlm = unwrap(self.vlm)
+        x = vlm.language_model.get_input_embeddings()(input_ids)
+        if images is not None:
+            patches = vlm.projector(vlm.vision_backbone(images["pixel_values"].to(x.dtype)))
+            x = torch.cat([x[:, :1], patches.to(x.dtype), x[:, 1 + patches.shape[1]:]], 1)
+        return vlm.language_model.model(inputs_embeds=x, attention_mask=mask,
+                                        position_ids=position_ids, past_key_values=past,
+                                        use_cache=cache)
+
     def _hidden(self, input_ids, mask, past=None, cache: bool = False,
                 images: Optional[dict] = None, rope_deltas=None):
         """Last hidden states of ``input_ids`` given ``mask`` over the whole sequence so
         far (positions counted from each row's first real token), the KV cache, and (with
         images, when ``images`` are in ``input_ids``) the rows' rotary position deltas."""
         position_ids = (mask.cumsum(-1) - 1).clamp_min(0)[:, -input_ids.shape[1]:]
+        if self.prismatic is not None:
+            out = self._prismatic_hidden(input_ids, mask, position_ids, past, cache, images)
+            return out.last_hidden_state, out.past_key_values, None
         extra = {}
-        if self.sees_images:
+        if self.image_processor is not None:
             model = unwrap(self.vlm).model
             if images is not None:
                 position_ids, rope_deltas = model.get_rope_index(
@@ -183,6 +227,8 @@ class TokenARPolicy(Policy):
         return out.last_hidden_state, out.past_key_values, rope_deltas
 
     def _images(self, inputs: dict) -> Optional[dict]:
+        if self.prismatic is not None:
+            return {"pixel_values": inputs["pixel_values"]}
         return ({k: inputs[k] for k in ("pixel_values", "image_grid_thw")}
                 if self.sees_images else None)
 

@@ -223,10 +223,12 @@ def load_openvla_oft(cfg: ModelConfig):
 
 def load_token_ar(cfg: ModelConfig):
     """Autoregressive action tokens over the causal LM of ``cfg.model_path`` (a Hugging
-    Face directory with its tokenizer): a Qwen2 (the state as tokens) or a Qwen2.5-VL (the
-    cameras as images, with its image processor); ``dataset_statistics.json`` beside it."""
+    Face directory with its tokenizer): a Qwen2 (the state as tokens), a Qwen2.5-VL (the
+    cameras as images, with its image processor) or an OpenVLA (Prismatic: the original
+    OpenVLA's decoding); ``dataset_statistics.json`` beside it."""
     from transformers import AutoTokenizer, Qwen2ForCausalLM
 
+    from models.prismatic_loading import PrismaticCheckpointError, is_prismatic, load_prismatic
     from models.token_ar import TokenARPolicy
 
     path = Path(cfg.model_path)
@@ -235,24 +237,30 @@ def load_token_ar(cfg: ModelConfig):
                               "Hugging Face model directory")
     conf = json.loads((path / "config.json").read_text())
     kind = conf.get("model_type")
+    images = prismatic = None
+    vocab = cfg.action_vocab_size
     if kind == "qwen2_5_vl":
         lm, tokenizer, images = _load_backbone(path, cfg)
     elif kind == "qwen2":
         lm = Qwen2ForCausalLM.from_pretrained(path, torch_dtype=torch.float32,
                                               attn_implementation=cfg.attn_implementation)
-        tokenizer, images = AutoTokenizer.from_pretrained(path), None
-    elif kind == "openvla":
-        raise CheckpointError(f"{path} is an OpenVLA (Prismatic) checkpoint: token_ar does not "
-                              "decode Prismatic backbones yet (model.kind=openvla_oft loads "
-                              "them, with OFT's parallel decoding); token_ar runs on a Qwen2 "
-                              "causal LM (qwen2) or a Qwen2.5-VL (qwen2_5_vl)")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    elif is_prismatic(conf):
+        try:
+            lm, prismatic, padded = load_prismatic(path, 2 if cfg.use_wrist_image else 1,
+                                                   cfg.attn_implementation)
+        except PrismaticCheckpointError as exc:
+            raise CheckpointError(str(exc)) from exc
+        tokenizer, vocab = prismatic.tokenizer, vocab or padded
     else:
         raise CheckpointError(f"{path}/config.json has model_type {kind!r}; token_ar runs on "
-                              "a Qwen2 causal LM (qwen2) or a Qwen2.5-VL (qwen2_5_vl)")
-    policy = TokenARPolicy(lm, tokenizer, cfg.num_action_chunks, cfg.action_dim,
-                           cfg.action_vocab_size, cfg.top_k, cfg.value_head,
+                              "a Qwen2 causal LM (qwen2), a Qwen2.5-VL (qwen2_5_vl) or an "
+                              "OpenVLA (openvla)")
+    policy = TokenARPolicy(lm, tokenizer, cfg.num_action_chunks, cfg.action_dim, vocab,
+                           cfg.top_k, cfg.value_head,
                            _statistics(path, cfg, binarize_gripper=False, config=conf),
-                           image_processor=images, use_wrist=cfg.use_wrist_image)
+                           image_processor=images, use_wrist=cfg.use_wrist_image,
+                           prismatic=prismatic)
     _finish(policy, cfg)
     return policy
 

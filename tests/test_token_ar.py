@@ -141,7 +141,7 @@ def test_loading_errors_name_the_problem(lm_dir, tmp_path):
     with pytest.raises(CheckpointError, match="Qwen2 causal LM"):
         _policy(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "openvla"}))
-    with pytest.raises(CheckpointError, match="does not decode Prismatic backbones yet"):
+    with pytest.raises(CheckpointError, match="preprocessor_config.json does not exist"):
         _policy(tmp_path)
 
 
@@ -234,3 +234,98 @@ def test_config_refuses_what_vllm_cannot_serve():
     cfg = load_config(base, ["inference.backend=vllm", "model.kind=token_ar",
                              "model.model_path=x"])
     assert cfg.inference.vllm.max_model_len == 1024
+
+
+# --- OpenVLA (Prismatic): the original OpenVLA's decoding ----------------------------------
+
+@pytest.fixture(scope="module")
+def openvla_dir(tmp_path_factory):
+    from models.tiny_prismatic import make_prismatic
+
+    return make_prismatic(tmp_path_factory.mktemp("openvla") / "openvla").path
+
+
+def _openvla(path, **kw):
+    return _policy(path, unnorm_key="libero_spatial", use_wrist_image=True, **kw)
+
+
+def test_openvla_greedy_tokens_equal_a_full_recompute_of_prismatic_s_layout(openvla_dir):
+    """KV-cache decoding with the patches after BOS and left padding picks, token by token,
+    what a full forward pass of Prismatic's own ``[BOS][patches][pad][prompt + tokens so
+    far]`` sequence (``PrismaticVLM.hidden_states``, the OFT path) picks."""
+    policy = _openvla(openvla_dir)
+    obs = vl_obs()
+    with torch.no_grad():
+        got = policy.stored_tokens(policy.act(policy.prepare(obs, CPU), True, 1.0).actions)
+        ref = policy.prismatic.encode(obs, policy.views(obs), 0, CPU)
+        head = policy.vlm.lm_head.weight[policy.action_ids]
+        for _ in range(policy.num_tokens):
+            h = policy.vlm.hidden_states(ref)[:, -1]
+            token = (h @ head.T).argmax(-1, keepdim=True) + policy.first_action_id
+            ref = {**ref, "tail_ids": torch.cat([ref["tail_ids"], token], 1),
+                   "tail_mask": torch.cat([ref["tail_mask"], torch.ones_like(token)], 1),
+                   "placeholder": torch.cat([ref["placeholder"],
+                                             torch.zeros_like(token, dtype=torch.bool)], 1)}
+    assert torch.equal(got, ref["tail_ids"][:, -policy.num_tokens:])
+    assert policy.prompt_ids("Open the drawer", obs.states[0])[0] == policy.tokenizer.bos_token_id
+
+
+def test_openvla_teacher_forcing_agrees_and_padding_changes_nothing(openvla_dir):
+    torch.manual_seed(0)
+    policy = _openvla(openvla_dir, top_k=50)
+    obs = vl_obs()
+    with torch.no_grad():
+        out = policy.act(policy.prepare(obs, CPU), False, 1.3)
+        ev = policy.evaluate(policy.prepare(obs, CPU), out.actions, 1.3)
+        assert torch.allclose(ev.logprobs, out.logprobs, atol=1e-5)
+        one = EnvObs(obs.main_images[:1], obs.states[:1], obs.task_descriptions[:1],
+                     wrist_images=obs.wrist_images[:1])
+        alone = policy.evaluate(policy.prepare(one, CPU), out.actions[:1], 1.3)
+        assert torch.allclose(alone.logprobs, out.logprobs[:1], atol=1e-5)
+        other = EnvObs(obs.main_images, obs.states, obs.task_descriptions,
+                       wrist_images=obs.wrist_images[::-1].copy())
+        moved = policy.evaluate(policy.prepare(other, CPU), out.actions, 1.3)
+    assert (moved.logprobs - ev.logprobs).abs().max() > 1e-3  # the wrist camera is read
+
+
+def test_openvla_behaviour_cloning_learns_with_lora(openvla_dir):
+    """Demonstration chunks cloned through LoRA adapters: the loss falls, the target
+    tokens gain probability, and the base weights stay as loaded."""
+    torch.manual_seed(0)
+    policy = _openvla(openvla_dir, lora_rank=8).train()
+    inputs = policy.prepare(vl_obs(2), CPU)
+    target = policy.decode(policy.stored_tokens(torch.rand(2, 2, 7) * 0.6 - 0.3))
+    base = {k: v.clone() for k, v in policy.vlm.named_parameters() if not v.requires_grad}
+    opt = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = policy.bc_loss(inputs, target, torch.ones(2, 2))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0], losses  # 5.54 -> 4.68 when written
+    assert all(torch.equal(v, dict(policy.vlm.named_parameters())[k]) for k, v in base.items())
+
+
+def test_vllm_refuses_what_its_openvla_model_cannot_serve(openvla_dir, tmp_path):
+    """vLLM's OpenVLA model is OpenVLA-7B's (224 px, one image): anything else is refused
+    with the reason before an engine is built (vllm need not be installed for that)."""
+    from inference_server.vllm_core import VLLMCore, openvla_unservable
+    from models.tiny_prismatic import make_prismatic
+
+    both = _openvla(openvla_dir)
+    with pytest.raises(RuntimeError, match="takes one image a prompt; set "
+                                           "model.use_wrist_image=false"):
+        VLLMCore(both, str(openvla_dir), 1.0, 8)
+    small = _policy(openvla_dir, unnorm_key="libero_spatial", use_wrist_image=False)
+    assert "this checkpoint crops its images to [(56, 56)]" in openvla_unservable(small)
+    full = _policy(make_prismatic(tmp_path / "openvla224", image_size=224).path,
+                   unnorm_key="libero_spatial", use_wrist_image=False)
+    try:
+        import timm  # noqa: F401
+        expected = ""
+    except ImportError:
+        expected = ("inference.backend=vllm: vLLM's OpenVLA model builds its vision towers "
+                    "with timm, which .venv-vllm lacks: .venv-vllm/bin/pip install timm")
+    assert openvla_unservable(full) == expected
