@@ -44,7 +44,8 @@ def param_groups(policy: Policy, cfg: LearnerConfig) -> list[dict]:
 class UpdateState:
     """What one update carries through its passes, mini- and micro-batches (and nothing
     outlives it): the batch, the PPO returns, whether the actor loss is on (critic warmup),
-    decoupled PPO's proximal log-probs (and whether the first pass fills them), the pass."""
+    decoupled PPO's proximal log-probs (and whether the first pass fills them), the pass,
+    and, until the first optimizer step, the log-prob drift's running sum and count."""
 
     batch: TrainBatch
     returns: Optional[torch.Tensor] = None
@@ -52,6 +53,9 @@ class UpdateState:
     prox: Optional[torch.Tensor] = None
     fill_prox: bool = False
     epoch: int = 0
+    first_step: bool = True
+    drift_sum: float = 0.0
+    drift_count: int = 0
 
 
 class Learner:
@@ -127,6 +131,7 @@ class Learner:
                         p.grad = None
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
         self.optimizer.step()
+        state.first_step = False
         sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * share
 
     def _with_ppo_advantages(self, batch: TrainBatch) -> tuple[TrainBatch, torch.Tensor,
@@ -177,6 +182,8 @@ class Learner:
         # Prepared once: the reference of the KL penalty reads the same inputs.
         inputs = self.policy.prepare(take(batch.obs, idx.numpy()), self.device)
         ev = self._evaluate(self.policy, inputs, batch.actions[idx])
+        if state.first_step:
+            self._drift(state, idx[:len(idx) - pad], ev.logprobs, valid[:len(idx) - pad])
         prox = None
         if state.prox is not None:
             real = idx[:len(idx) - pad] if pad else idx
@@ -216,6 +223,21 @@ class Learner:
         out["loss"] = loss.item() / own
         return out
 
+    def _drift(self, state: UpdateState, idx: torch.Tensor, logprobs: torch.Tensor,
+               valid: torch.Tensor) -> None:
+        """Add this micro-batch's on-policy |log pi_learner - log pi_behaviour| to the
+        update's drift: chunks acted by exactly the weights the learner holds before its
+        first optimizer step, whose log-probs differ only by how each side computes them
+        (a server in bf16, the learner under autocast: precision, not policy change)."""
+        rows = (state.batch.versions[idx] == self.version).nonzero().squeeze(-1)
+        if not len(rows):
+            return
+        diff = (logprobs[:len(idx)].detach().float().cpu()[rows]
+                - state.batch.old_logprobs[idx[rows]]).abs()
+        elements = valid[rows].bool().unsqueeze(-1).expand_as(diff)
+        state.drift_sum += float(diff[elements].sum())
+        state.drift_count += int(elements.sum())
+
     def _kl_penalty(self, inputs: dict, actions: torch.Tensor, logprobs: torch.Tensor,
                     mask: torch.Tensor, denominator: float) -> torch.Tensor:
         """KL(pi || pi_ref) at the ratio level, aggregated like the policy loss."""
@@ -245,6 +267,8 @@ class Learner:
             "rollout/policy_lag": float((self.version - 1 - batch.versions).float().mean()),
             **rollout,
         }
+        if state.drift_count:  # on-policy chunks in the first mini-batch
+            metrics["train/actor/logprob_drift"] = state.drift_sum / state.drift_count
         if cfg.decoupled:
             metrics["train/actor/behav_weight_mean"] = sums["behav_weight_mean"]
             metrics["train/actor/behav_weight_truncated"] = sums["behav_weight_truncated"]

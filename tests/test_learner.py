@@ -238,3 +238,24 @@ def test_group_verdict_says_why_a_group_is_not_trained_on(tmp_path, returns, act
     cfg = load_config(ROOT / "configs/synthetic_grpo.yaml",
                       small_overrides(tmp_path, **overrides))
     assert group_verdict(_group(returns, acted, error), 10, cfg.learner) == verdict
+
+
+def test_logprob_drift_is_the_on_policy_gap_between_server_and_learner(setup):
+    """``train/actor/logprob_drift``: mean |log pi_learner - log pi_behaviour| per valid
+    action element, over chunks acted by the weights the learner holds (version 0 here)."""
+    cfg, policy, learner = setup
+    batch = build_batch(_collect(cfg, policy))
+    assert learner.step(batch)["train/actor/logprob_drift"] < 1e-5  # fp32 at both ends
+
+    def fresh():  # the fixture's starting weights, at version 0
+        torch.manual_seed(0)
+        return Learner(build_policy(cfg.model), cfg.learner, 1.0, torch.device("cpu"))
+
+    # A server whose log-probs are off by 0.05 either way (as bf16 would be):
+    signs = torch.where(torch.rand(batch.old_logprobs.shape) < 0.5, -1.0, 1.0)
+    served = dataclasses.replace(batch, old_logprobs=batch.old_logprobs + 0.05 * signs)
+    assert fresh().step(served)["train/actor/logprob_drift"] == pytest.approx(0.05, abs=1e-4)
+    # Chunks acted by older weights are not drift: no on-policy chunk, no metric.
+    later = fresh()
+    later.version = 2
+    assert "train/actor/logprob_drift" not in later.step(served)
