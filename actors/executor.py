@@ -18,6 +18,7 @@ noise to the arm dims of every executed action.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol
@@ -94,6 +95,19 @@ class EpisodeRecord:
             else stack("values", np.float32),
             **observation_fields.stacked(self.rows),
             **observation_fields.final_fields(self.final_obs))
+
+
+def finite_rewards(res: StepResult) -> StepResult:
+    """``res`` with a non-finite reward turned into a simulator error (reward 0): the
+    episode ends there and its group is not trained on, as after any simulator failure,
+    and NaN never reaches the learner."""
+    bad = ~np.isfinite(res.rewards)
+    if not bad.any():
+        return res
+    return dataclasses.replace(
+        res, rewards=np.where(bad, 0.0, res.rewards).astype(np.float32),
+        errors=[e or ("the env returned a non-finite reward" if b else "")
+                for e, b in zip(res.errors, bad)])
 
 
 class StageExecutor:
@@ -185,7 +199,7 @@ class StageExecutor:
             if self.expert is not None:
                 actions[live, t] = self.expert.act(stepping)
             executed_actions = self._perturb(actions[live, t])
-            res = self.env.step(stepping, executed_actions)
+            res = finite_rewards(self.env.step(stepping, executed_actions))
             self.env_steps += len(live)
             for hook in self.hooks:
                 hook.on_step(stepping, seen, executed_actions, res)

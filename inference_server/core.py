@@ -58,6 +58,10 @@ class InferenceCore:
         obs = observation_fields.from_requests(reqs)
         try:
             actions, logprobs, values = self.infer(obs, reqs[0].deterministic)
+            if not all(np.isfinite(a).all() for a in (actions, logprobs, values)
+                       if a is not None):  # a bf16 overflow, broken weights
+                raise ValueError("the policy's forward pass gave non-finite actions, "
+                                 "log-probs or values (NaN or inf)")
         except (ValueError, RuntimeError) as exc:
             return [(i.peer, ErrorReply(i.request.request_id, "policy_error", str(exc)))
                     for i in items]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 from typing import Optional
 
 import torch
@@ -18,6 +19,8 @@ from learner.batch import TrainBatch
 from learner.schedule import make_scheduler
 from learner.targets import ppo_advantages
 from models.base import Policy
+
+log = logging.getLogger(__name__)
 
 
 def loss_units(mask: torch.Tensor, action_dim: int, cfg: LearnerConfig) -> float:
@@ -75,6 +78,7 @@ class Learner:
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
         self.version = 0
         self.generator = torch.Generator().manual_seed(seed)
+        self.nonfinite_steps_skipped = 0
 
     def step(self, batch: TrainBatch) -> dict:
         """One update: ``update_epochs`` passes over the batch, each in mini-batches of
@@ -130,8 +134,14 @@ class Learner:
                     for p in group["params"]:
                         p.grad = None
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
         state.first_step = False
+        if not torch.isfinite(grad_norm):  # a non-finite loss or gradient: never applied
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_steps_skipped += 1
+            log.warning("update %d: a non-finite loss or gradient norm; that optimizer step "
+                        "is skipped (%d so far)", self.version, self.nonfinite_steps_skipped)
+            return
+        self.optimizer.step()
         sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * share
 
     def _with_ppo_advantages(self, batch: TrainBatch) -> tuple[TrainBatch, torch.Tensor,
@@ -257,7 +267,8 @@ class Learner:
             "train/actor/clip_fraction": sums["clip_fraction"],
             "train/actor/clipped_ratio": sums["clipped_ratio"],
             "train/actor/dual_clip_fraction": sums["dual_clip_fraction"],
-            "train/actor/grad_norm": sums["grad_norm"],
+            # Over the optimizer steps applied (none: NaN, every step was skipped).
+            "train/actor/grad_norm": sums.get("grad_norm", float("nan")),
             "train/actor/lr": lrs["actor"],
             "train/entropy_loss": sums["entropy"],
             "train/loss": sums["loss"],
@@ -265,6 +276,7 @@ class Learner:
             "rollout/advantages_mean": float(adv.mean()),
             "rollout/advantages_min": float(adv.min()),
             "rollout/policy_lag": float((self.version - 1 - batch.versions).float().mean()),
+            "learner/nonfinite_updates_skipped": float(self.nonfinite_steps_skipped),
             **rollout,
         }
         if state.drift_count:  # on-policy chunks in the first mini-batch

@@ -23,7 +23,7 @@ from configs import Config
 from links.rendezvous import Join, Registry
 from links import wiring
 from links.weights import (
-    KEEPALIVE, SHUTDOWN, broadcast, flatten, group_backend, make_group,
+    KEEPALIVE, SHUTDOWN, all_finite, broadcast, flatten, group_backend, make_group,
 )
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class WeightHub:
         self._out: list[torch.Tensor] | None = None
         self._formed: "queue.SimpleQueue[tuple[Join, object]]" = queue.SimpleQueue()
         self._last_sent: dict[int, float] = {}  # server -> monotonic time of its last send
-        self.joined = self.failed = self.keepalives = 0
+        self.joined = self.failed = self.keepalives = self.nonfinite_refused = 0
 
     def lost(self, index: int, incarnation: int) -> None:
         """The rendezvous found server ``index`` dead (called on its thread)."""
@@ -113,6 +113,11 @@ class WeightHub:
         if not indices:
             return 0
         buffers = self._buffers(model)
+        if not all_finite(buffers):
+            self.nonfinite_refused += 1
+            log.error("version %d has non-finite weights (NaN or inf): not sent; the servers "
+                      "keep the weights they have", version)
+            return 0
         header = torch.tensor([version, sum(b.numel() for b in buffers)], dtype=torch.int64,
                               device=self.device)
         return self._send_tensors(indices, [header, *buffers])

@@ -53,6 +53,11 @@ def flatten(state: dict, out: Optional[list[torch.Tensor]] = None) -> list[torch
     return out
 
 
+def all_finite(buffers: list[torch.Tensor]) -> bool:
+    """Whether every floating-point value of ``buffers`` is finite (what may be sent)."""
+    return all(bool(torch.isfinite(b).all()) for b in buffers if b.is_floating_point())
+
+
 def unflatten(layout: dict, buffers: list[torch.Tensor]) -> dict:
     """Views of ``buffers`` shaped as the state_dict entries of ``layout``."""
     out = {}
@@ -304,8 +309,12 @@ class InProcWeightBus:
         return r
 
     def send(self, version: int, model: torch.nn.Module) -> None:
-        """Hand ``model``'s state as ``version`` to every receiver (a copy each, on its device)."""
+        """Hand ``model``'s state as ``version`` to every receiver (a copy each, on its
+        device); non-finite weights are not handed over."""
         buffers = flatten(model.state_dict())
+        if not all_finite(buffers):
+            log.error("version %d has non-finite weights (NaN or inf): not sent", version)
+            return
         with self._lock:
             self.last = (version, buffers)
             for r in self.receivers:

@@ -188,7 +188,14 @@ def _read_array(cls, specs, desc, frame: memoryview, dims: dict) -> tuple[str, n
         raise ProtocolError("bad_size", f"{cls.__name__}.{name}: {list(shape)} {spec.dtype} "
                             f"is {nbytes} bytes; descriptor says {desc['nbytes']}, frame has "
                             f"{frame.nbytes}")
-    return name, np.frombuffer(frame, dtype=dtype).reshape(shape)
+    arr = np.frombuffer(frame, dtype=dtype).reshape(shape)
+    # NaN or inf in a state, log-prob, reward or action would flow into a forward pass, the
+    # loss, the optimizer state and every server's weights: refused at the door.
+    if dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = int(arr.size - np.isfinite(arr).sum())
+        raise ProtocolError("non_finite", f"{cls.__name__}.{name} holds {bad} non-finite "
+                            "value(s) (NaN or inf)")
+    return name, arr
 
 
 def _check_scalar(cls, name: str, spec: ScalarSpec, value, dims: dict):
@@ -205,4 +212,6 @@ def _check_scalar(cls, name: str, spec: ScalarSpec, value, dims: dict):
     if not ok:
         raise ProtocolError("bad_field", f"{cls.__name__}.{name} must be "
                             f"{spec.kind.__name__}, got {type(value).__name__}")
+    if spec.kind is float and not math.isfinite(value):
+        raise ProtocolError("non_finite", f"{cls.__name__}.{name} is {value} (must be finite)")
     return value

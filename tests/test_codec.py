@@ -161,3 +161,23 @@ def test_log_limiter_holds_back_a_flood_and_reports_it():
     time.sleep(0.25)
     assert limiter.allow() == (True, 7)  # the next window's first line says how many
     assert limiter.allow() == (True, 0)
+
+
+def test_rejects_non_finite_floats():
+    """NaN or inf in a float array or float field: ``non_finite``, naming the field."""
+    from tests.messages_factory import trajectory
+
+    for bad in (np.nan, np.inf, -np.inf):
+        msg = obs_request()
+        states = msg.states.copy()
+        states[1, 2] = bad
+        err = _rejects(encode(dataclasses.replace(msg, states=states), "a", "r", 1),
+                       "non_finite")
+        assert "ObsRequest.states holds 1 non-finite value" in str(err)
+    ep = trajectory()
+    logprobs = ep.logprobs.copy()
+    logprobs[0, 0, 0] = np.nan
+    _rejects(encode(dataclasses.replace(ep, logprobs=logprobs), "a", "r", 1), "non_finite")
+    _rejects(encode(dataclasses.replace(ep, episode_return=float("inf")), "a", "r", 1),
+             "non_finite")
+    decode(encode(ep, "a", "r", 1))  # the same episode, finite, passes

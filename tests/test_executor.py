@@ -130,3 +130,22 @@ def test_action_noise_perturbs_the_arm_dims_only_within_bounds():
     noisy = stage._perturb(actions)
     assert noisy[:, :-1].std() > 0.3 and np.abs(noisy).max() <= 1.0
     np.testing.assert_array_equal(noisy[:, -1], 1.0)  # the gripper is not jittered
+
+
+def test_a_non_finite_reward_ends_the_episode_as_a_simulator_error():
+    env, stage = _stage(8)
+    real_step = env.step
+
+    def step(env_ids, actions):
+        res = real_step(env_ids, actions)
+        rewards = res.rewards.copy()
+        rewards[env_ids == 1] = np.nan  # env 1's simulator goes wrong
+        return type(res)(rewards, res.terminated, res.truncated, res.success, res.errors)
+
+    env.step = step
+    stage.observe()
+    stage.execute(_chunks(2, 8, 8), np.zeros((2, 8, 7), np.float32), None, 0)
+    bad, good = stage.records[1], stage.records[0]
+    assert bad.finished and bad.env_error == "the env returned a non-finite reward"
+    assert bad.rows["executed"] == [1] and np.isfinite(bad.rows["rewards"]).all()
+    assert not good.finished and good.env_error == ""

@@ -145,3 +145,22 @@ def test_serves_over_tcp(small_cfg_tcp):
     finally:
         server.close()
     assert isinstance(reply, ActionReply) and reply.actions.shape == (3, 8, 7)
+
+
+def test_non_finite_outputs_are_answered_with_policy_error_not_served():
+    """A forward pass that gives NaN (broken weights, a bf16 overflow) is never served."""
+    from configs import ModelConfig
+    from inference_server.batcher import Pending
+    from inference_server.core import InferenceCore
+    from tests.messages_factory import obs_request
+
+    torch.manual_seed(0)
+    policy = build_policy(ModelConfig()).eval()
+    core = InferenceCore(policy, torch.device("cpu"), 1.0, 8)
+    req = obs_request(b=2, size=32, wrist=False, extra=False)
+    assert isinstance(core.answer([Pending(b"a", req)])[0][1], ActionReply)
+    with torch.no_grad():
+        next(p for p in policy.parameters() if p.ndim > 1).fill_(float("nan"))
+    (peer, reply), = core.answer([Pending(b"a", req)])
+    assert isinstance(reply, ErrorReply) and reply.code == "policy_error"
+    assert "non-finite" in reply.message and reply.request_id == req.request_id

@@ -259,3 +259,18 @@ def test_logprob_drift_is_the_on_policy_gap_between_server_and_learner(setup):
     later = fresh()
     later.version = 2
     assert "train/actor/logprob_drift" not in later.step(served)
+
+
+def test_a_non_finite_loss_never_reaches_the_weights(setup):
+    cfg, policy, learner = setup
+    batch = build_batch(_collect(cfg, policy))
+    before = [p.detach().clone() for p in policy.parameters()]
+    poisoned = dataclasses.replace(batch, advantages=torch.full_like(batch.advantages, np.nan))
+    metrics = learner.step(poisoned)
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+    steps = -(-len(batch) // min(cfg.learner.global_batch_size or len(batch), len(batch)))
+    skipped = cfg.learner.update_epochs * steps  # every optimizer step of that update
+    assert metrics["learner/nonfinite_updates_skipped"] == skipped
+    metrics = learner.step(batch)  # training goes on
+    assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+    assert metrics["learner/nonfinite_updates_skipped"] == skipped

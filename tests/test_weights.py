@@ -217,3 +217,18 @@ def test_both_ends_of_a_weights_group_agree_on_its_backend(small_cfg, monkeypatc
     assert got[0] == got[1] == expect
     if expect == "refused":
         assert "network.weights_backend=auto" in got["message0"]
+
+
+def test_non_finite_weights_are_never_sent(small_cfg):
+    torch.manual_seed(0)
+    model = build_policy(small_cfg.model)
+    bus = InProcWeightBus()
+    receiver = bus.receiver(model, CPU)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("inf")
+    bus.send(1, model)
+    assert receiver.poll() is None  # nothing handed over
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = 0.0
+    bus.send(2, model)
+    assert receiver.poll()[0] == 2
