@@ -356,8 +356,12 @@ class LearnerConfig:
     max_ready_groups: int = opt(16, "complete groups buffered before actors are held back")
     checkpoint: bool = opt(True, "save log_dir/checkpoint.pt (weights, optimizer, schedule, "
                            "counters) at exit")
-    checkpoint_every: int = opt(100, "also save it every this many updates (0: at exit "
-                                "only, and a learner that dies restarts from version 0)")
+    checkpoint_every: int = opt(100, "also save it every this many updates (0: not by "
+                                "count)")
+    checkpoint_every_s: float = opt(300.0, "also save it when this many seconds have passed "
+                                    "since the last save (0: not by time): a learner that "
+                                    "dies and is restarted resumes from it, losing at most "
+                                    "this much training")
     update_sleep_s: float = opt(0.0, "sleep this long after each update: a slow learner, "
                                 "to test stale-data handling")
     ppo: PPOConfig = field(default_factory=PPOConfig,
@@ -594,7 +598,8 @@ def validate(cfg: Config) -> list[str]:
          L.ppo.huber_delta > 0 and L.ppo.value_coef >= 0, "learner.ppo: 0 < gamma <= 1, "
          "0 <= gae_lambda <= 1, value_clip > 0, huber_delta > 0, value_coef >= 0"),
         (min(L.lr_warmup_steps, L.lr_decay_steps, L.ppo.critic_lr_warmup_steps,
-             L.ppo.critic_warmup_updates, L.global_batch_size, L.checkpoint_every) >= 0 and
+             L.ppo.critic_warmup_updates, L.global_batch_size, L.checkpoint_every,
+             L.checkpoint_every_s) >= 0 and
          L.ppo.critic_lr >= 0 and L.kl_beta >= 0 and 0 <= L.min_lr_ratio <= 1 and
          L.update_sleep_s >= 0, "learner: steps, sizes, ppo.critic_lr, kl_beta and "
          "update_sleep_s must be >= 0; min_lr_ratio in [0, 1]"),

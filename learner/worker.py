@@ -196,6 +196,7 @@ def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, wri
     when a limit was reached (False: stopped)."""
     L = cfg.learner
     update, shown = Tally(), Tally()  # since the last update / the last progress line
+    saved_at = time.monotonic()  # the last checkpoint (or the start)
     groups = []
     weight_bytes = sum(t.numel() * t.element_size() for t in learner.policy.state_dict().values())
     deadline = time.monotonic() + cfg.time_limit_s if cfg.time_limit_s else float("inf")
@@ -272,9 +273,11 @@ def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, wri
         for key, value in metrics.items():
             writer.add_scalar(key, value, learner.version)
         update.reset()
-        if L.checkpoint_every and learner.version % L.checkpoint_every == 0:
+        if (L.checkpoint_every and learner.version % L.checkpoint_every == 0) or \
+                (L.checkpoint_every_s and time.monotonic() - saved_at >= L.checkpoint_every_s):
             with prof.span("checkpoint", version=learner.version):
                 books.save(cfg, learner)
+            saved_at = time.monotonic()
         if learner.version % 10 == 0:
             release_free_memory()
         if time.monotonic() - shown.start >= cfg.run.progress_every_s or \

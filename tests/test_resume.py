@@ -113,7 +113,9 @@ def test_resume_after_the_learner_is_sigkilled(tmp_path):
     cmd = [sys.executable, str(ROOT / "launch.py"), "--config",
            str(ROOT / "configs/synthetic_grpo.yaml"),
            *small_overrides(tmp_path, **{"run.total_updates": 1000,
-                                         "learner.checkpoint_every": 3,
+                                         # by time alone: about one a second
+                                         "learner.checkpoint_every": 0,
+                                         "learner.checkpoint_every_s": 1.0,
                                          "run.max_restarts": 0})]  # no automatic restart
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, cwd=ROOT)
