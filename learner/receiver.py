@@ -2,8 +2,17 @@
 
 It owns the learner's ROUTER socket. A new episode is recorded, acknowledged and added
 to its group; a duplicate (an actor's resend whose ack was lost) is acknowledged again
-but not counted. Complete groups go to a bounded queue; while it is full the thread
-stops reading, so actors' unacknowledged outboxes fill and they wait (backpressure).
+but not counted. Complete groups go to a bounded queue. While it is full, the thread
+keeps reading the socket but parks arriving episodes unacknowledged (at most
+``max_parked``; beyond that they are dropped unacknowledged and the actor sends them
+again), and takes them once the learner has room: actors' outboxes fill and they wait
+(backpressure). It never stops reading the socket: when it used to stop while the
+learner was behind, libzmq 4.3.5 aborted the learner (``Assertion failed: !_io_error``,
+stream_engine_base.cpp:310) as a slot was taken over and its old actor exited
+(tests/test_slot_takeover.py). The likely mechanism is the one zeromq/libzmq PR #4852
+describes: a connection whose input stopped at the receive high-water mark gets the
+peer's disconnect and an output event in one poll, and libzmq asserts. Giving every
+actor process an identity of its own (no ROUTER handover) did not prevent it.
 With a rendezvous :class:`~links.rendezvous.Registry`, only episodes of live actor
 incarnations are taken: a dead incarnation's unfinished groups are discarded (never
 trained) and its later episodes refused with ``ErrorReply("retired")``; an episode of an
@@ -71,7 +80,8 @@ class TrajectoryReceiver(threading.Thread):
     """Serves the learner's socket until ``halt`` is set."""
 
     def __init__(self, endpoint: Endpoint, ready: "queue.Queue", expected_actors: int,
-                 known_ids: IdSet | None = None, max_groups: int = 0, registry=None):
+                 known_ids: IdSet | None = None, max_groups: int = 0, registry=None,
+                 max_parked: int = 4096):
         super().__init__(name="trajectory-receiver", daemon=True)
         self.endpoint, self.ready = endpoint, ready
         self.expected_actors, self.registry = expected_actors, registry
@@ -86,6 +96,10 @@ class TrajectoryReceiver(threading.Thread):
         self.after_end = 0
         self.discarded = IdSet()  # episodes of unfinished groups of dead incarnations
         self.refused_retired = self.unregistered = 0
+        # Episodes read while the learner is behind, by id (a resend replaces its copy).
+        self.parked: "collections.OrderedDict[int, tuple[bytes, Trajectory]]" = \
+            collections.OrderedDict()
+        self.max_parked, self.parked_dropped = max_parked, 0
         self._retire: "queue.SimpleQueue[tuple[int, int]]" = queue.SimpleQueue()
         self._orders: "queue.SimpleQueue[tuple[tuple, object]]" = queue.SimpleQueue()
         self.standing: dict[int, object] = {}  # actor -> its latest order, resent on hello
@@ -158,10 +172,12 @@ class TrajectoryReceiver(threading.Thread):
                 self.complete.clear()
             elif self.complete:
                 try:
-                    self.ready.put(self.complete[0], timeout=0.05)
+                    self.ready.put_nowait(self.complete[0])
                     self.complete.popleft()
                 except queue.Full:
-                    continue  # hold back: do not read while the learner is behind
+                    pass  # the learner is behind: read on, park what arrives
+            while self.parked and not self.complete:
+                self._take(*self.parked.popitem(last=False)[1])
             if not self.endpoint.poll(50):
                 continue
             try:
@@ -169,7 +185,17 @@ class TrajectoryReceiver(threading.Thread):
             except ProtocolError as err:
                 self.endpoint.refuse(err, log)
                 continue
-            self._handle(got.peer, got.msg)
+            if isinstance(got.msg, Trajectory) and (self.complete or self.parked):
+                self._park(got.peer, got.msg)
+            else:
+                self._handle(got.peer, got.msg)
+
+    def _park(self, peer: bytes, ep: Trajectory) -> None:
+        """Keep ``ep`` unacknowledged until the learner has room (see the module doc)."""
+        if ep.episode_id in self.parked or len(self.parked) < self.max_parked:
+            self.parked[ep.episode_id] = (peer, ep)
+        else:
+            self.parked_dropped += 1  # not acknowledged: its actor sends it again
 
     def _handle(self, peer: bytes, msg) -> None:
         if isinstance(msg, ActorHello):

@@ -329,6 +329,7 @@ def _write_summary(log_dir: Path, learner: Learner, links: LearnerLinks, books: 
         "discarded_episode_id_ranges": receiver.discarded.ranges(),
         "refused_of_dead_incarnations": receiver.refused_retired,
         "unacknowledged_before_registration": receiver.unregistered,
+        "parked_dropped_unacknowledged": receiver.parked_dropped,
         "restarts_seen": registry.restarts,
         "actors_done": {str(k): v.episodes_sent for k, v in receiver.done.items()},
         "rejected_messages": dict(links.trajectories.endpoint.rejected),

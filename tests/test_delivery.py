@@ -151,3 +151,27 @@ def test_idset_keeps_ranges_and_rejects_repeats():
     assert not again.add(9) and again.add(11)
     with pytest.raises(ValueError, match="disjoint"):
         IdSet.from_ranges([[0, 5], [3, 8]])
+
+
+def test_while_the_learner_is_behind_episodes_are_read_parked_and_taken_later(receiver):
+    """The socket is read even while the ready queue is full (libzmq must never stop
+    reading it): episodes are parked unacknowledged, a resend replaces its copy, at most
+    ``max_parked`` are kept (the rest are dropped unacknowledged, so their actor sends
+    them again), and all are taken once the learner has room."""
+    cfg, rx, ready, actor = receiver
+    rx.max_parked = 2
+    _send(cfg, actor, ActorHello(0, 2, 2))
+    for i in range(4):  # group 0 fills the queue, group 1 waits in ``complete``
+        _send(cfg, actor, _episode(i, group_id=i // 2))
+    assert [_recv(actor).episode_id for _ in range(4)] == [0, 1, 2, 3]
+    for i in (4, 5, 4, 6):  # group 2, a resend of 4, then one more than fits
+        _send(cfg, actor, _episode(i, group_id=2 + (i == 6)))
+    time.sleep(0.5)
+    assert not actor.poll(0)  # nothing acknowledged while behind
+    assert list(rx.parked) == [4, 5] and rx.parked_dropped == 1
+    ready.get()  # the learner takes group 0: group 1 moves up, then the parked are taken
+    assert sorted(_recv(actor).episode_id for _ in range(2)) == [4, 5]
+    assert not rx.parked and [e.episode_id for e in ready.get(timeout=5)] == [2, 3]
+    _send(cfg, actor, _episode(6, group_id=3))  # the actor's resend of the dropped one
+    assert _recv(actor).episode_id == 6
+    assert rx.duplicates == 0
