@@ -81,6 +81,7 @@ class InferenceServer:
         self.core, self.endpoint = core, endpoint
         self.batcher = Batcher(cfg.inference.max_batch, cfg.inference.max_wait_ms / 1e3)
         self.requests = self.errors = 0
+        self.older_updates_kept, self.behind_logged = 0, False
         self.prof = OFF if prof is None else prof
         self.auth = auth  # the process's CURVE authenticator, when CURVE is on
 
@@ -105,13 +106,27 @@ class InferenceServer:
             receiver.clear_wake()
             update = receiver.poll()
             if update is not None:  # between two batches: never mid-batch
-                with self.prof.span("weights_apply", version=update[0]):  # serving pauses
-                    self.core.load(*update)
+                self._apply(*update)
             if receiver.finished.is_set() and receiver.error is None and \
                     receiver.poll() is None:
                 log.info("learner finished; inference server stopping")
                 return
             self.step(self.batcher.wait_s(time.monotonic(), 0.1), poller)
+
+    def _apply(self, version: int, state: dict) -> None:
+        """Swap in weights ``version`` unless they are older than those served: a learner
+        resumed from an earlier checkpoint sends those, and the served version never goes
+        back (the current weights are kept until the learner is ahead of them)."""
+        if version < self.core.version:
+            if not self.behind_logged:
+                log.warning("the learner sent version %d, older than the %d served: keeping "
+                            "%d until it is ahead", version, self.core.version, self.core.version)
+                self.behind_logged = True
+            self.older_updates_kept += 1
+            return
+        with self.prof.span("weights_apply", version=version):  # serving pauses
+            self.core.load(version, state)
+        self.behind_logged = False
 
     def step(self, timeout_s: float, poller: zmq.Poller | None = None) -> None:
         """Wait up to ``timeout_s`` for requests (or what else ``poller`` watches), then
@@ -176,4 +191,5 @@ class InferenceServer:
             "mean_batch_rows": core.rows / max(core.passes, 1),
             "max_requests_per_pass": core.max_requests_per_pass,
             "rejected": self.errors, "rejected_by_code": dict(self.endpoint.rejected),
+            "older_updates_kept_back": self.older_updates_kept,
             "curve_refused_connections": self.auth.refused if self.auth else 0}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -45,11 +46,19 @@ class Received:
     msg: object
 
 
+class SocketThreadError(RuntimeError):
+    """An endpoint used from a thread other than its owner's."""
+
+
 @dataclass
 class Endpoint:
     """Wraps a ZeroMQ socket: encodes on send, decodes and validates on receive.
 
     A ROUTER endpoint (``routed=True``) reads and writes the peer identity frame.
+    One thread owns it: ZeroMQ sockets are not thread-safe, so the first thread to send,
+    poll or receive on an endpoint is its owner, and any other raises
+    :class:`SocketThreadError` (a thread that needs it asks its owner, e.g. through a
+    queue the owner drains, as the learner's receiver does).
     """
 
     sock: zmq.Socket
@@ -63,9 +72,20 @@ class Endpoint:
     bytes_sent: int = 0  # payload bytes (header + arrays) of every message, for profiles
     bytes_received: int = 0
     log_limit: LogLimiter = field(default_factory=LogLimiter)
+    owner: int = 0  # threading.get_ident() of the owning thread (0: not used yet)
+
+    def _check_thread(self) -> None:
+        me = threading.get_ident()
+        if self.owner != me:
+            if self.owner:
+                raise SocketThreadError(
+                    f"endpoint {self.name!r} is owned by thread {self.owner} and was used "
+                    f"from thread {me}: a ZeroMQ socket belongs to one thread")
+            self.owner = me
 
     def send(self, msg, peer: bytes = b"", flags: int = 0) -> None:
         """Send ``msg`` (to ``peer`` on a ROUTER) without copying its arrays."""
+        self._check_thread()
         self.seq += 1
         frames = encode(msg, self.name, self.run, self.seq)
         self.bytes_sent += sum(len(f) for f in frames)
@@ -75,6 +95,7 @@ class Endpoint:
 
     def poll(self, timeout_ms: float) -> bool:
         """True when a message is waiting."""
+        self._check_thread()
         return bool(self.sock.poll(max(0, int(timeout_ms)), zmq.POLLIN))
 
     def recv(self) -> Received:
@@ -82,6 +103,7 @@ class Endpoint:
 
         ``err.peer`` tells a ROUTER whom to send the error reply to.
         """
+        self._check_thread()
         frames = self.sock.recv_multipart(copy=False)
         peer = b""
         if self.routed:

@@ -175,3 +175,30 @@ def test_while_the_learner_is_behind_episodes_are_read_parked_and_taken_later(re
     _send(cfg, actor, _episode(6, group_id=3))  # the actor's resend of the dropped one
     assert _recv(actor).episode_id == 6
     assert rx.duplicates == 0
+
+
+def test_an_endpoint_belongs_to_the_first_thread_that_uses_it(small_cfg):
+    import threading
+
+    from protocol.endpoint import SocketThreadError
+
+    ctx = zmq.Context()
+    endpoint = wiring.learner_endpoint(ctx, small_cfg)
+    try:
+        endpoint.poll(0)  # this thread owns it now
+        errors = []
+
+        def other():
+            try:
+                endpoint.poll(0)
+            except SocketThreadError as exc:
+                errors.append(str(exc))
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        assert len(errors) == 1 and "belongs to one thread" in errors[0]
+        endpoint.poll(0)  # the owner still may
+    finally:
+        endpoint.close()
+        ctx.term()

@@ -164,3 +164,24 @@ def test_non_finite_outputs_are_answered_with_policy_error_not_served():
     (peer, reply), = core.answer([Pending(b"a", req)])
     assert isinstance(reply, ErrorReply) and reply.code == "policy_error"
     assert "non-finite" in reply.message and reply.request_id == req.request_id
+
+
+def test_the_served_version_never_goes_back(tmp_path):
+    """A learner resumed from an older checkpoint sends older weights: the server keeps
+    serving its own until the learner is ahead."""
+    from inference_server.core import InferenceCore
+    from inference_server.server import InferenceServer
+
+    cfg = load_config(ROOT / "configs/synthetic_grpo.yaml", small_overrides(tmp_path))
+    torch.manual_seed(0)
+    policy = build_policy(cfg.model).eval()
+    server = InferenceServer(cfg, InferenceCore(policy, torch.device("cpu"), 1.0, 8), None)
+    weights = {k: v.clone() for k, v in policy.state_dict().items()}
+    older = {k: torch.zeros_like(v) for k, v in weights.items()}
+    server._apply(12, weights)
+    server._apply(9, older)  # the resumed learner's checkpoint
+    assert server.core.version == 12 and server.older_updates_kept == 1
+    assert all(torch.equal(v, policy.state_dict()[k]) for k, v in weights.items())
+    server._apply(13, older)  # the learner is ahead again
+    assert server.core.version == 13 and not server.behind_logged
+    assert all(torch.equal(v, policy.state_dict()[k]) for k, v in older.items())
