@@ -152,9 +152,13 @@ def connect_actor_to_inference(ctx: zmq.Context, cfg: Config, actor: int,
 
 
 def bind_learner(ctx: zmq.Context, cfg: Config) -> zmq.Socket:
-    """Learner: ROUTER bound for trajectories from every actor."""
-    return _bind(ctx, cfg, _socket(ctx, zmq.ROUTER, cfg, server=True),
-                 learner_address(cfg, bind=True))
+    """Learner: ROUTER bound for trajectories from every actor, with no receive
+    high-water mark: a connection whose input stopped at the mark made libzmq 4.3.5
+    abort the learner when that peer went away (learner/receiver.py says how), so its
+    receiving thread, which reads it without pause, bounds what it keeps instead."""
+    sock = _socket(ctx, zmq.ROUTER, cfg, server=True)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    return _bind(ctx, cfg, sock, learner_address(cfg, bind=True))
 
 
 def connect_actor_to_learner(ctx: zmq.Context, cfg: Config, actor: int,

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 DURATION_S = 180
 KILL_EVERY_S = 20
 SERVER_KILL_AT_S = 70
+LEARNER_KILL_AT_S = 110  # once, after a checkpoint exists (the default config's)
 
 
 def _ids(ranges) -> set:
@@ -47,21 +48,24 @@ def test_training_survives_killed_actors_and_server(tmp_path):
         "run.total_updates": 100000, "run.max_duration_s": DURATION_S,
         "run.max_restarts": 20, "run.restart_backoff_s": 0.5,
         "network.heartbeat_s": 0.5, "network.heartbeat_timeout_s": 5,
-        "actor.request_retry_s": 3, "actor.resend_after_s": 5,
-        "learner.checkpoint_every": 0})
+        "actor.request_retry_s": 3, "actor.resend_after_s": 5})
     run_dir = tmp_path / "run"
     proc = start_run(tmp_path, overrides)
     rng, kills = random.Random(0), []
     try:
         wait_for_text(run_dir / "learner-0.log", "update 1/", proc, 120)
         began = time.monotonic()
-        server_killed = False
+        server_killed = learner_killed = False
         while time.monotonic() - began < DURATION_S - 15 and proc.poll() is None:
             time.sleep(KILL_EVERY_S)
             victims = [rng.choice(["actor-0", "actor-1"])]
             if not server_killed and time.monotonic() - began >= SERVER_KILL_AT_S:
                 victims.append("inference-0")
                 server_killed = True
+            if not learner_killed and time.monotonic() - began >= LEARNER_KILL_AT_S and \
+                    (run_dir / "checkpoint.json").exists():
+                victims.append("learner-0")
+                learner_killed = True
             for name in victims:
                 kills += _kill(run_dir, name)
         proc.wait(timeout=DURATION_S + 180)
@@ -70,7 +74,7 @@ def test_training_survives_killed_actors_and_server(tmp_path):
             proc.kill()
     out = (tmp_path / "output.txt").read_text()
     assert proc.returncode == 0, out[-4000:]
-    assert "inference-0" in kills and len(kills) >= 8, kills
+    assert "inference-0" in kills and "learner-0" in kills and len(kills) >= 8, kills
     # Every kill was noticed and restarted, in the log.
     for name in set(kills):
         assert f"{name} died (killed by SIGKILL)" in out, name
@@ -82,12 +86,22 @@ def test_training_survives_killed_actors_and_server(tmp_path):
     assert summary["trained_twice"] == 0 and len(trained) == summary["episodes_trained"]
     # Nothing of an unfinished group of a dead incarnation was trained on.
     assert not trained & _ids(summary["discarded_episode_id_ranges"])
-    assert summary["restarts_seen"] >= len(kills) - 1  # a kill during a restart may merge
+    # The learner resumed from its checkpoint (default checkpoint_every), not version 0.
+    learner_log = (run_dir / "learner-0.log").read_text()
+    resumed_at = int(learner_log.split("resumed from ")[1].split(" at version ")[1].split()[0])
+    assert resumed_at >= 100 and "restarts from version 0" not in out
+    # Restarts the learner saw (its own kill and those before its checkpoint it cannot see).
+    assert summary["restarts_seen"] >= 1
     # Episodes came from several incarnations of each actor.
     assert len({ids.decode(i)[0] for i in trained}) >= 3
     # The restarted server got the current weights and served on.
     server = json.loads((run_dir / "inference-0.json").read_text())
     assert server["policy_version"] == summary["updates"] and server["requests"] > 0
+    # Versions never went back: the server kept the weights it had while the resumed
+    # learner caught up (each older update it got was kept back, counted).
+    before_kill = learner_log.split("resumed from ")[0].rsplit(" update ", 1)[1]
+    if int(before_kill.split("/")[0]) > resumed_at:  # it had gone past its checkpoint
+        assert server["older_updates_kept_back"] > 0
 
     # Memory stays flat: every queue is bounded, the dead leave nothing behind.
     rss = [(float(t), float(mb)) for t, role, mb in
