@@ -51,7 +51,8 @@ class RunConfig:
     torch_threads: int = opt(1, "torch intra-op threads per process")
     progress_every_s: float = opt(5.0, "seconds between progress lines on the terminal")
     max_duration_s: float = opt(0.0, "also stop training after this many seconds once the "
-                                "learner is ready (0: no time limit)")
+                                "learner is ready (0: no time limit); a learner restarted by "
+                                "the supervisor spends what is left, --resume starts anew")
     resume: bool = opt(False, "continue the run in log_dir from its checkpoint (set by "
                        "launch.py --resume)")
     incarnation: int = opt(0, "how many times the run was resumed (set by --resume); part "

@@ -99,6 +99,9 @@ class Books:
         self.env_steps = int(counters.get("env_steps", 0))  # of training episodes received
         self.after_training = int(counters.get("after_training", 0))
         self.dropped_while_evaluating = int(counters.get("dropped_while_evaluating", 0))
+        # Seconds trained by this run's learners so far (the run's max_duration_s is one
+        # budget across a supervisor's restarts of the learner).
+        self.trained_s = float(counters.get("trained_s", 0.0))
 
     @classmethod
     def resumed(cls, log_dir: Path, learner: Learner) -> "Books":
@@ -121,7 +124,8 @@ class Books:
         """The counters a checkpoint keeps (``Books(counters=...)`` reads them back)."""
         return {"trained_twice": self.trained_twice, "stale_dropped": self.stale_dropped,
                 "env_steps": self.env_steps, "after_training": self.after_training,
-                "dropped_while_evaluating": self.dropped_while_evaluating}
+                "dropped_while_evaluating": self.dropped_while_evaluating,
+                "trained_s": self.trained_s}
 
     def save(self, cfg: Config, learner: Learner) -> None:
         """Checkpoint ``learner`` with these books into ``run.log_dir``."""
@@ -199,12 +203,16 @@ def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, wri
     saved_at = time.monotonic()  # the last checkpoint (or the start)
     groups = []
     weight_bytes = sum(t.numel() * t.element_size() for t in learner.policy.state_dict().values())
-    deadline = time.monotonic() + cfg.time_limit_s if cfg.time_limit_s else float("inf")
+    # A learner the supervisor restarted (run.start > 0) spends what is left of the run's
+    # time limit; a run resumed by hand (--resume) gets the whole limit again.
+    t0, before = time.monotonic(), books.trained_s if cfg.run.start > 0 else 0.0
+    deadline = t0 + cfg.time_limit_s - before if cfg.time_limit_s else float("inf")
     rounds = EvalRounds(cfg, links.receiver, writer, Path(cfg.run.log_dir)) \
         if cfg.eval_rounds else None
     sent_version = learner.version  # run() sent these weights before training
     held: collections.deque = collections.deque()  # training groups held during a round
     while not stop.is_set():
+        books.trained_s = before + time.monotonic() - t0  # what a checkpoint keeps
         ended = learner.version >= cfg.update_limit or time.monotonic() >= deadline
         if ended and (rounds is None or rounds.finished_at(learner.version)):
             return True

@@ -43,6 +43,7 @@ def _kill(run_dir, name) -> list:
     return []
 
 
+@pytest.mark.timeout(480)  # 3 minutes of training, plus the learner's restart
 def test_training_survives_killed_actors_and_server(tmp_path):
     overrides = small_overrides(tmp_path, **{
         "run.total_updates": 100000, "run.max_duration_s": DURATION_S,
