@@ -1,6 +1,6 @@
 """The GPU check: what chunkrl's GPU paths do on one GPU, in one command of a few minutes.
 
-    python scripts/gpu_check.py --json gpu_check.json     # one H100/H200: ~6 minutes
+    python scripts/gpu_check.py --json gpu_check.json     # one H200: about 4 minutes
     python scripts/gpu_check.py --dry-run                 # CPU, tiny shapes: ~1 minute
 
 Sections (each one's failure is recorded with its message and the next one runs; the JSON
