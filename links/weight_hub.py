@@ -41,7 +41,7 @@ class WeightHub:
         self._out: list[torch.Tensor] | None = None
         self._formed: "queue.SimpleQueue[tuple[Join, object]]" = queue.SimpleQueue()
         self._last_sent: dict[int, float] = {}  # server -> monotonic time of its last send
-        self.joined = self.failed = self.keepalives = self.nonfinite_refused = 0
+        self.joined = self.failed = self.keepalives = 0
 
     def lost(self, index: int, incarnation: int) -> None:
         """The rendezvous found server ``index`` dead (called on its thread)."""
@@ -114,7 +114,6 @@ class WeightHub:
             return 0
         buffers = self._buffers(model)
         if not all_finite(buffers):
-            self.nonfinite_refused += 1
             log.error("version %d has non-finite weights (NaN or inf): not sent; the servers "
                       "keep the weights they have", version)
             return 0

@@ -85,15 +85,6 @@ def make_group(store, rank: int, world: int, backend: str, timeout_s: float, hos
     return dist.ProcessGroupGloo(store, rank, world, opts)
 
 
-def weights_backend(cfg, device: torch.device) -> str:
-    """``network.weights_backend``, with ``auto`` resolved for this end alone: NCCL when the
-    weights live on CUDA, else gloo. :func:`group_backend` settles it per group."""
-    backend = cfg.network.weights_backend
-    if backend == "auto":
-        backend = "nccl" if device.type == "cuda" else "gloo"
-    return backend
-
-
 class SharedGPUError(RuntimeError):
     """``network.weights_backend=nccl`` between two ranks on one GPU, which NCCL refuses."""
 

@@ -133,13 +133,16 @@ class PrismaticVLM(nn.Module):
         self.language_model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False})
 
+    def patch_embeddings(self, pixel_values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The images' patches as language-model inputs [B, P, H] (featurizers, projector)."""
+        return self.projector(self.vision_backbone(pixel_values.to(dtype))).to(dtype)
+
     def hidden_states(self, inputs: dict) -> torch.Tensor:
         """Last hidden states [B, 1 + P + L, H] of ``[BOS][patches][pad][tail]``."""
         embed = self.language_model.get_input_embeddings()
         tail = embed(inputs["tail_ids"]) * (~inputs["placeholder"]).unsqueeze(-1)
-        dtype = tail.dtype
-        patches = self.projector(self.vision_backbone(inputs["pixel_values"].to(dtype)))
-        x = torch.cat([embed(inputs["bos"]), patches.to(dtype), tail], dim=1)
+        patches = self.patch_embeddings(inputs["pixel_values"], tail.dtype)
+        x = torch.cat([embed(inputs["bos"]), patches, tail], dim=1)
         mask = torch.cat([torch.ones(x.shape[0], 1 + patches.shape[1], dtype=torch.long,
                                      device=x.device), inputs["tail_mask"]], dim=1)
         positions = (mask.cumsum(1) - 1).clamp_min(0)

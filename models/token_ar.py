@@ -194,8 +194,8 @@ class TokenARPolicy(Policy):
         vlm = unwrap(self.vlm)
         x = vlm.language_model.get_input_embeddings()(input_ids)
         if images is not None:
-            patches = vlm.projector(vlm.vision_backbone(images["pixel_values"].to(x.dtype)))
-            x = torch.cat([x[:, :1], patches.to(x.dtype), x[:, 1 + patches.shape[1]:]], 1)
+            patches = vlm.patch_embeddings(images["pixel_values"], x.dtype)
+            x = torch.cat([x[:, :1], patches, x[:, 1 + patches.shape[1]:]], 1)
         return vlm.language_model.model(inputs_embeds=x, attention_mask=mask,
                                         position_ids=position_ids, past_key_values=past,
                                         use_cache=cache)

@@ -187,12 +187,23 @@ def _load_starvla_weights(policy, ckpt: Path) -> None:
                                   f"({str(exc).splitlines()[0]} ...)") from exc
 
 
+def _load_prismatic(path: Path, cfg: ModelConfig):
+    """:func:`models.prismatic_loading.load_prismatic` for ``cfg`` (one image, or two with
+    the wrist camera), its errors as :class:`CheckpointError`."""
+    from models.prismatic_loading import PrismaticCheckpointError, load_prismatic
+
+    try:
+        return load_prismatic(path, 2 if cfg.use_wrist_image else 1, cfg.attn_implementation)
+    except PrismaticCheckpointError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
 def load_openvla_oft(cfg: ModelConfig):
     """OpenVLA-OFT decoding over the VLM of ``cfg.model_path``: an OpenVLA (Prismatic)
     directory as OpenVLA-OFT, SimpleVLA-RL and RLinf publish it, or a Qwen2.5-VL one;
     ``dataset_statistics.json`` beside it, and the LoRA adapter of ``cfg.lora_path``."""
     from models.openvla_oft import OpenVLAOFTPolicy, QwenVLInputs
-    from models.prismatic_loading import PrismaticCheckpointError, is_prismatic, load_prismatic
+    from models.prismatic_loading import is_prismatic
 
     path = Path(cfg.model_path)
     if not (path / "config.json").is_file():
@@ -200,11 +211,7 @@ def load_openvla_oft(cfg: ModelConfig):
                               "Hugging Face model directory")
     conf = json.loads((path / "config.json").read_text())
     if is_prismatic(conf):
-        try:
-            vlm, inputs, vocab = load_prismatic(path, 2 if cfg.use_wrist_image else 1,
-                                                cfg.attn_implementation)
-        except PrismaticCheckpointError as exc:
-            raise CheckpointError(str(exc)) from exc
+        vlm, inputs, vocab = _load_prismatic(path, cfg)
     elif conf.get("model_type") == "qwen2_5_vl":
         vlm, tokenizer, image_processor = _load_backbone(path, cfg)
         inputs, vocab = QwenVLInputs(tokenizer, image_processor), 0
@@ -228,7 +235,7 @@ def load_token_ar(cfg: ModelConfig):
     OpenVLA's decoding); ``dataset_statistics.json`` beside it."""
     from transformers import AutoTokenizer, Qwen2ForCausalLM
 
-    from models.prismatic_loading import PrismaticCheckpointError, is_prismatic, load_prismatic
+    from models.prismatic_loading import is_prismatic
     from models.token_ar import TokenARPolicy
 
     path = Path(cfg.model_path)
@@ -246,11 +253,7 @@ def load_token_ar(cfg: ModelConfig):
                                               attn_implementation=cfg.attn_implementation)
         tokenizer = AutoTokenizer.from_pretrained(path)
     elif is_prismatic(conf):
-        try:
-            lm, prismatic, padded = load_prismatic(path, 2 if cfg.use_wrist_image else 1,
-                                                   cfg.attn_implementation)
-        except PrismaticCheckpointError as exc:
-            raise CheckpointError(str(exc)) from exc
+        lm, prismatic, padded = _load_prismatic(path, cfg)
         tokenizer, vocab = prismatic.tokenizer, vocab or padded
     else:
         raise CheckpointError(f"{path}/config.json has model_type {kind!r}; token_ar runs on "

@@ -190,24 +190,29 @@ def test_vl_greedy_tokens_equal_transformers_generate(vl_dir):
     assert torch.equal(generated, policy.stored_tokens(det.actions))
 
 
-def test_vl_teacher_forcing_agrees_and_padding_changes_nothing(vl_dir):
+def _teacher_forcing_and_padding(policy, other_images):
+    """act's log-probs = teacher forcing's; a row alone (not left-padded: row 2's
+    instruction is longer) scores as in the batch; ``other_images`` of the same rows give
+    other log-probs of the same actions (the images are read)."""
     torch.manual_seed(0)
-    policy = _policy(vl_dir, use_wrist_image=True)
     obs = vl_obs()
     with torch.no_grad():
         out = policy.act(policy.prepare(obs, CPU), False, 1.3)
         ev = policy.evaluate(policy.prepare(obs, CPU), out.actions, 1.3)
         assert torch.allclose(ev.logprobs, out.logprobs, atol=1e-5)
-        # Row 0 is left-padded in the batch (row 2's instruction is longer); alone, not.
         one = EnvObs(obs.main_images[:1], obs.states[:1], obs.task_descriptions[:1],
                      wrist_images=obs.wrist_images[:1])
         alone = policy.evaluate(policy.prepare(one, CPU), out.actions[:1], 1.3)
         assert torch.allclose(alone.logprobs, out.logprobs[:1], atol=1e-5)
-        # The images are read: other images, other log-probs of the same actions.
-        other = EnvObs(obs.main_images[::-1].copy(), obs.states, obs.task_descriptions,
-                       wrist_images=obs.wrist_images)
-        moved = policy.evaluate(policy.prepare(other, CPU), out.actions, 1.3)
+        moved = policy.evaluate(policy.prepare(other_images(obs), CPU), out.actions, 1.3)
     assert (moved.logprobs - ev.logprobs).abs().max() > 1e-3
+
+
+def test_vl_teacher_forcing_agrees_and_padding_changes_nothing(vl_dir):
+    _teacher_forcing_and_padding(
+        _policy(vl_dir, use_wrist_image=True),
+        lambda obs: EnvObs(obs.main_images[::-1].copy(), obs.states, obs.task_descriptions,
+                           wrist_images=obs.wrist_images))
 
 
 @pytest.mark.slow
@@ -271,21 +276,10 @@ def test_openvla_greedy_tokens_equal_a_full_recompute_of_prismatic_s_layout(open
 
 
 def test_openvla_teacher_forcing_agrees_and_padding_changes_nothing(openvla_dir):
-    torch.manual_seed(0)
-    policy = _openvla(openvla_dir, top_k=50)
-    obs = vl_obs()
-    with torch.no_grad():
-        out = policy.act(policy.prepare(obs, CPU), False, 1.3)
-        ev = policy.evaluate(policy.prepare(obs, CPU), out.actions, 1.3)
-        assert torch.allclose(ev.logprobs, out.logprobs, atol=1e-5)
-        one = EnvObs(obs.main_images[:1], obs.states[:1], obs.task_descriptions[:1],
-                     wrist_images=obs.wrist_images[:1])
-        alone = policy.evaluate(policy.prepare(one, CPU), out.actions[:1], 1.3)
-        assert torch.allclose(alone.logprobs, out.logprobs[:1], atol=1e-5)
-        other = EnvObs(obs.main_images, obs.states, obs.task_descriptions,
-                       wrist_images=obs.wrist_images[::-1].copy())
-        moved = policy.evaluate(policy.prepare(other, CPU), out.actions, 1.3)
-    assert (moved.logprobs - ev.logprobs).abs().max() > 1e-3  # the wrist camera is read
+    _teacher_forcing_and_padding(  # other wrist images: the wrist camera is read
+        _openvla(openvla_dir, top_k=50),
+        lambda obs: EnvObs(obs.main_images, obs.states, obs.task_descriptions,
+                           wrist_images=obs.wrist_images[::-1].copy()))
 
 
 def test_openvla_behaviour_cloning_learns_with_lora(openvla_dir):
