@@ -8,6 +8,7 @@ one process (``--single-process``). Role processes are supervised: a dead one re
     python launch.py --config CONFIG --eval model.checkpoint=runs/X/checkpoint.pt
     python launch.py --config CONFIG --record        # demonstrations (expert) to HDF5
     python launch.py --config CONFIG --sft sft.datasets=[runs/X/dataset]  # behaviour cloning
+    python launch.py --config CONFIG --train-world-model world_model.datasets=[runs/X/dataset]
     python launch.py --config CONFIG --profile profile.duration_s=60  # where time goes
     python launch.py --config CONFIG --resume runs/NAME             # continue a run
 """
@@ -48,6 +49,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sft", action="store_true",
                    help="behaviour cloning on sft.datasets in this process (run.mode=sft); "
                         "checkpoint.pt and dataset_statistics.json in <run.log_dir>")
+    p.add_argument("--train-world-model", action="store_true",
+                   help="train a frame predictor and a success model on world_model.datasets "
+                        "in this process (run.mode=train_world_model); world_model.pt in "
+                        "<run.log_dir>")
     p.add_argument("--profile", action="store_true",
                    help="profile the pipeline for profile.duration_s (60) seconds, then print "
                         "the bottleneck; report and Chrome trace in <run.log_dir>")
@@ -136,12 +141,16 @@ def run_role(cfg, role: str, index: int) -> int:
 
 
 def run_sft(cfg) -> int:
-    """Behaviour cloning in this process (``run.mode: sft``)."""
+    """Behaviour cloning (``run.mode: sft``) or a world model's training
+    (``run.mode: train_world_model``) in this process."""
     import torch
 
     from configs import ConfigError
     from learner.checkpoint import CheckpointError
-    from sft.trainer import run
+    if cfg.run.mode == "sft":
+        from sft.trainer import run
+    else:
+        from worldmodel.train import run
 
     torch.set_num_threads(cfg.run.torch_threads)
     stop = threading.Event()
@@ -149,7 +158,7 @@ def run_sft(cfg) -> int:
     try:
         return run(cfg, stop)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
-        log.error("behaviour cloning failed: %s", exc)
+        log.error("%s failed: %s", cfg.run.mode, exc)
         return 2
 
 
@@ -316,8 +325,9 @@ def main(argv=None) -> int:
     overrides = list(args.overrides)
     if args.single_process:
         overrides.append("network.transport=inproc")
-    if sum((args.eval, args.record, args.sft)) > 1:
-        print("error: --eval, --record and --sft exclude each other", file=sys.stderr)
+    if sum((args.eval, args.record, args.sft, args.train_world_model)) > 1:
+        print("error: --eval, --record, --sft and --train-world-model exclude each other",
+              file=sys.stderr)
         return 2
     if args.eval:
         overrides += ["run.mode=eval", "actor.group_size=1"]
@@ -325,6 +335,8 @@ def main(argv=None) -> int:
         overrides += ["run.mode=record", "actor.group_size=1"]
     if args.sft:
         overrides.append("run.mode=sft")
+    if args.train_world_model:
+        overrides.append("run.mode=train_world_model")
     if args.profile:
         overrides.insert(0, "profile.enabled=true")  # before the user's profile.* keys
     if args.resume:  # resolved once here; the children get the overrides
@@ -369,7 +381,8 @@ def main(argv=None) -> int:
         log.info("run %s: supervising %s on this host, logs in %s", cfg.run.run_id, name,
                  log_dir)
         return supervise(cfg, args, overrides, [(args.role, args.index)])
-    tag = "sft" if cfg.run.mode == "sft" else "launch"
+    one_process = cfg.run.mode in ("sft", "train_world_model")
+    tag = cfg.run.mode if one_process else "launch"
     setup_logging(args.log_level, log_dir / f"{tag}.log", tag)
     try:
         check_env(cfg)
@@ -380,7 +393,7 @@ def main(argv=None) -> int:
              log_dir)
     if cfg.profile.enabled:  # a report merges every file there: none from an older run
         shutil.rmtree(log_dir / "profile", ignore_errors=True)
-    if cfg.run.mode == "sft":  # one process: no actors, servers or sockets
+    if one_process:  # no actors, servers or sockets
         return run_sft(cfg)
     if args.single_process:
         return report_profile(cfg, run_single_process(cfg))

@@ -3,8 +3,9 @@
 :class:`DemoRecorder` is an executor hook (:class:`actors.executor.EpisodeHook`): it keeps
 each running episode's steps (both cameras, the state, the action executed, reward, done,
 success, and the simulator's own state from :meth:`VectorEnv.record_extras`) and, when the
-episode ends, hands it to a :class:`demos.DemoWriter` thread, which writes it as one
-LIBERO-layout HDF5 file while the actor steps on.
+episode ends, adds the main camera's final frame and hands the episode to a
+:class:`demos.DemoWriter` thread, which writes it as one LIBERO-layout HDF5 file while the
+actor steps on.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class _Steps:
     init_state_id: int
     extras_now: dict  # the simulator's extras before the next step
     rows: dict = field(default_factory=dict)
+    failed: bool = False  # the simulator failed: no final frame to observe
 
     def add(self, **row) -> None:
         for key, value in row.items():
@@ -67,6 +69,7 @@ class DemoRecorder(EpisodeHook):
                          else {}),
                       **{f"extra:{k}": v for k, v in steps.extras_now.items()})
             steps.extras_now = {k: v[row] for k, v in after.items()}
+            steps.failed = bool(result.errors[row])
 
     @override
     def on_end(self, env_id: int, instruction: str, success: bool) -> None:
@@ -74,6 +77,9 @@ class DemoRecorder(EpisodeHook):
         if steps is None or not steps.rows:
             return
         r = {k: np.stack(v) for k, v in steps.rows.items()}
+        final = None  # the frame the last action led to; none after a simulator failure
+        if not steps.failed:
+            final = self.env.observe(np.array([env_id])).main_images[0]
         self.writer.put(Demo(
             instruction=instruction, actions=r["action"].astype(np.float32),
             rewards=r["reward"].astype(np.float32), dones=r["done"].astype(bool),
@@ -83,7 +89,7 @@ class DemoRecorder(EpisodeHook):
             extras={k.split(":", 1)[1]: v for k, v in r.items() if k.startswith("extra:")},
             init_state_id=steps.init_state_id,
             task_id=split_init_state(steps.init_state_id)[0], episode_id=steps.episode_id,
-            source=self.source))
+            source=self.source, final_main_image=final))
 
 
 def dataset_dir(cfg: Config) -> Path:

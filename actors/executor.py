@@ -13,7 +13,9 @@ Hooks (videos, demonstration recording) see every reset, every simulator step --
 observation before it when they ask for one -- and every episode's end. With an
 ``expert`` (recording demonstrations), the chunk is not given: the expert chooses each of
 its N actions from the state just before it (closed loop). ``action_noise`` adds Gaussian
-noise to the arm dims of every executed action.
+noise to the arm dims of every executed action. An env with ``native_chunks`` (a world
+model) runs the N actions in one ``step_chunk`` call; its per-step results then reach the
+hooks as if stepped one by one (no observation before each step, frames in the results).
 """
 
 from __future__ import annotations
@@ -121,6 +123,10 @@ class StageExecutor:
         self.env, self.groups, self.n = env, groups, actions_per_chunk
         self.hooks = tuple(hooks)
         self.want_obs = any(h.wants_observations for h in self.hooks)
+        if env.native_chunks and (expert is not None or self.want_obs):
+            raise ValueError(f"{type(env).__name__} steps whole chunks: an expert or a "
+                             "demonstration recorder needs a simulator stepped action by "
+                             "action (record the real simulator)")
         self.expert, self.action_noise = expert, action_noise
         self.noise_rng = np.random.default_rng(seed)
         # PPO bootstraps truncated episodes from V(final state): observe it before reset.
@@ -188,18 +194,27 @@ class StageExecutor:
         reward, executed = np.zeros(b, np.float64), np.zeros(b, np.int32)
         action_rewards = np.zeros((b, actions.shape[1]), np.float32)
         done = np.zeros(b, bool)
+        planned, chunk = None, None
+        if self.env.native_chunks:  # one call for the chunk (a world model's frames)
+            d = actions.shape[2]
+            planned = self._perturb(actions[:, :self.n].reshape(-1, d)).reshape(b, self.n, d)
+            chunk = self.env.step_chunk(ids, planned)
         for t in range(self.n):
             live = np.flatnonzero(~done)
             if not len(live):
                 break
             stepping = ids[live]
             seen = None
-            if self.want_obs:  # the chunk's first observation was just rendered
-                seen = take(obs, live) if t == 0 else self.env.observe(stepping)
-            if self.expert is not None:
-                actions[live, t] = self.expert.act(stepping)
-            executed_actions = self._perturb(actions[live, t])
-            res = finite_rewards(self.env.step(stepping, executed_actions))
+            if chunk is not None:
+                executed_actions = planned[live, t]
+                res = finite_rewards(chunk[t].rows(live))
+            else:
+                if self.want_obs:  # the chunk's first observation was just rendered
+                    seen = take(obs, live) if t == 0 else self.env.observe(stepping)
+                if self.expert is not None:
+                    actions[live, t] = self.expert.act(stepping)
+                executed_actions = self._perturb(actions[live, t])
+                res = finite_rewards(self.env.step(stepping, executed_actions))
             self.env_steps += len(live)
             for hook in self.hooks:
                 hook.on_step(stepping, seen, executed_actions, res)

@@ -48,9 +48,11 @@ class EpisodeRecorder:
 
     def on_step(self, env_ids, obs=None, actions=None, result=None) -> None:
         """The envs of ``env_ids`` have just stepped."""
-        for e in env_ids:
+        for row, e in enumerate(env_ids):
             if int(e) in self.videos:
-                self.videos[int(e)][0].add(self.env.frame(int(e)))
+                frames = None if result is None else result.frames
+                self.videos[int(e)][0].add(self.env.frame(int(e)) if frames is None
+                                           else frames[row])
 
     def on_end(self, env_id: int, instruction: str, success: bool) -> None:
         """The episode of ``env_id`` ended: write its video, if filmed."""

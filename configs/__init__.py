@@ -5,12 +5,13 @@ from configs.schema import (
     ActorConfig, CNNPolicyConfig, Config, EnvConfig, EvalConfig, GRPOConfig, InferenceConfig,
     LearnerConfig, LiberoEnvConfig, ModelConfig, NetworkConfig, PPOConfig, ProfileConfig,
     RobosuiteEnvConfig, RunConfig, SyntheticEnvConfig, VideoConfig, VLLMConfig,
+    WorldModelConfig, WorldModelEnvConfig,
 )
 
 __all__ = [
     "ActorConfig", "CNNPolicyConfig", "Config", "ConfigError", "EnvConfig", "EvalConfig",
     "GRPOConfig", "InferenceConfig", "LearnerConfig", "LiberoEnvConfig", "ModelConfig",
     "NetworkConfig", "PPOConfig", "ProfileConfig", "RobosuiteEnvConfig", "RunConfig",
-    "SyntheticEnvConfig", "VideoConfig", "VLLMConfig",
-    "load_config", "to_dict",
+    "SyntheticEnvConfig", "VideoConfig", "VLLMConfig", "WorldModelConfig",
+    "WorldModelEnvConfig", "load_config", "to_dict",
 ]

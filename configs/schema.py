@@ -24,8 +24,8 @@ EVAL_STATES = 100
 # were flat in the parent section before: the loader refuses an old flat key, naming its
 # new place. The VLA keys stay flat in ``model``: they are RLinf's ``actor.model.*``
 # names, which the loader takes as ``model.*`` so that RLinf's configs load unchanged.
-FAMILY_SECTIONS = {"env": ("synthetic", "libero", "robosuite"), "learner": ("ppo", "grpo"),
-                   "model": ("cnn",)}
+FAMILY_SECTIONS = {"env": ("synthetic", "libero", "robosuite", "world_model"),
+                   "learner": ("ppo", "grpo"), "model": ("cnn",)}
 
 
 def opt(default, doc: str):
@@ -40,10 +40,11 @@ class RunConfig:
     """What this run is called, where it logs and how long it trains."""
 
     name: str = opt("chunkrl", "run name, used in the log directory")
-    mode: Literal["train", "eval", "record", "sft"] = opt(
+    mode: Literal["train", "eval", "record", "sft", "train_world_model"] = opt(
         "train", "train: RL (GRPO/PPO); eval: every task x trial once, success table (see "
         "eval); record: demonstrations to HDF5 (see record); sft: behaviour cloning on "
-        "recorded demonstrations (see sft)")
+        "recorded demonstrations (see sft); train_world_model: a frame predictor and a "
+        "success model on recorded episodes (see world_model)")
     log_dir: str = opt("runs/chunkrl", "TensorBoard logs, checkpoint and role logs go here")
     run_id: str = opt("", "shared by all processes of a run; empty: a fresh id (--role: run.name)")
     seed: int = opt(0, "base seed; each actor and env derives its own from it")
@@ -133,15 +134,38 @@ class RobosuiteEnvConfig:
 
 
 @dataclass(frozen=True)
+class WorldModelEnvConfig:
+    """env.kind=world_model: a learned simulator (envs/world_model.py), RLinf's OpenSora
+    env's contract: resets from stored first frames, one call per action chunk."""
+
+    checkpoint: str = opt("", "the world model (a train_world_model run's world_model.pt)")
+    reset_data: list[str] = opt([], "episodes whose first frame and instruction reset the "
+                                "envs: chunkrl/LIBERO HDF5 files or folders, or RLinf "
+                                "traj*.npy folders")
+    stats_path: str = opt("", "a dataset_statistics.json whose action q01/q99 normalise "
+                          "the actions (RLinf's flat layout or OpenVLA's); empty: the "
+                          "checkpoint's own")
+    reward_coef: float = opt(1.0, "reward = reward_coef x the change of the success score "
+                             "(an episode's return telescopes to reward_coef x its last "
+                             "score)")
+    success_threshold: float = opt(0.9, "success when a frame's score reaches this")
+    binary_score: bool = opt(True, "score = the success model's probability rounded to 0/1 "
+                             "(RLinf's ResnetRM); false: the probability itself")
+    device: str = opt("cpu", "where the models run: cpu, cuda, auto")
+
+
+@dataclass(frozen=True)
 class EnvConfig:
     """The environment every actor runs."""
 
-    kind: Literal["synthetic", "libero", "robosuite"] = opt(
-        "synthetic", "environment family: synthetic, libero or robosuite")
+    kind: Literal["synthetic", "libero", "robosuite", "world_model"] = opt(
+        "synthetic", "environment family: synthetic, libero, robosuite, or world_model (a "
+        "learned simulator: one camera, zero states)")
     image_size: int = opt(224, "height and width of camera images")
     max_episode_steps: int = opt(
         0, "env steps before truncation; 0: the family's default (synthetic 64, robosuite "
-        "200, LIBERO per suite: spatial 220, object 280, goal 300, 10 520, 90 400)")
+        "200, world_model 240, LIBERO per suite: spatial 220, object 280, goal 300, 10 520, "
+        "90 400)")
     held_out_eval_states: bool = opt(
         False, "training never starts from an evaluation trial's initial state (state "
         "indices 0..99): LIBERO trains on generated placements instead of its 50 official "
@@ -164,6 +188,8 @@ class EnvConfig:
                                     metadata={"doc": "env.kind=libero only"})
     robosuite: RobosuiteEnvConfig = field(default_factory=RobosuiteEnvConfig,
                                           metadata={"doc": "env.kind=robosuite only"})
+    world_model: WorldModelEnvConfig = field(default_factory=WorldModelEnvConfig,
+                                             metadata={"doc": "env.kind=world_model only"})
 
 
 @dataclass(frozen=True)
@@ -448,6 +474,36 @@ class SFTConfig:
 
 
 @dataclass(frozen=True)
+class WorldModelConfig:
+    """Training a world model (run.mode=train_world_model) on recorded episodes: a frame
+    predictor (the next chunk of frames from the last frames and the chunk's actions) and
+    a success model (one frame -> the probability the task is achieved)."""
+
+    datasets: list[str] = opt([], "HDF5 files or folders of recorded episodes (with their "
+                              "final frames: chunkrl's recordings)")
+    image_size: int = opt(64, "frames are resized to this square (the env's image size)")
+    condition_frames: int = opt(4, "frames the predictor is conditioned on (the first "
+                                "frame repeated at a reset)")
+    chunk: int = opt(8, "frames predicted per call, one per action (= the actor's "
+                     "actions per chunk)")
+    channels: int = opt(32, "width of the predictor's first level (doubled at each of "
+                        "its three)")
+    steps: int = opt(3000, "predictor optimizer steps")
+    batch_size: int = opt(32, "predictor windows per step")
+    lr: float = opt(1e-3, "AdamW peak learning rate (both models), cosine decay")
+    success_steps: int = opt(1500, "success-model optimizer steps")
+    success_batch_size: int = opt(64, "success-model frames per step, half of them "
+                                  "positive")
+    success_channels: int = opt(16, "width of the success model's first convolution")
+    val_fraction: float = opt(0.1, "share of episodes held out for the metrics")
+    max_episodes: int = opt(0, "use at most this many episodes (0: all)")
+    val_every: int = opt(250, "steps between held-out metrics")
+    checkpoint_every: int = opt(500, "steps between checkpoints (resumable)")
+    videos: int = opt(4, "held-out episodes rolled out side by side (real | generated, "
+                      "the same actions) at the end, under log_dir/videos/world_model")
+
+
+@dataclass(frozen=True)
 class VideoConfig:
     """mp4 videos of the main camera, under log_dir/videos/."""
 
@@ -488,6 +544,8 @@ class Config:
     record: RecordConfig = field(default_factory=RecordConfig,
                                  metadata={"doc": "recording demonstrations"})
     sft: SFTConfig = field(default_factory=SFTConfig, metadata={"doc": "behaviour cloning"})
+    world_model: WorldModelConfig = field(default_factory=WorldModelConfig,
+                                          metadata={"doc": "training a world model"})
     video: VideoConfig = field(default_factory=VideoConfig, metadata={"doc": "videos"})
     profile: ProfileConfig = field(default_factory=ProfileConfig,
                                    metadata={"doc": "throughput profiling"})
@@ -543,6 +601,7 @@ def validate(cfg: Config) -> list[str]:
     """Every rule the values must obey across sections; returns the broken ones."""
     a, m, L, i, e, n = cfg.actor, cfg.model, cfg.learner, cfg.inference, cfg.env, cfg.network
     s, r, ev = cfg.sft, cfg.record, cfg.eval
+    w, wm = cfg.world_model, e.world_model
     checks = [
         (cfg.run.total_updates >= 1, "run.total_updates must be >= 1"),
         (a.num_actors >= 1, "actor.num_actors must be >= 1"),
@@ -621,7 +680,7 @@ def validate(cfg: Config) -> list[str]:
         (e.state_dim in (7, 8) and (e.kind != "synthetic" or e.state_dim == 8),
          "env.state_dim must be 8 or 7 (7 only for libero/robosuite)"),
         (e.settle_steps >= 0, "env.settle_steps must be >= 0"),
-        (cfg.run.mode in ("train", "sft") or a.group_size == 1,
+        (cfg.run.mode in ("train", "sft", "train_world_model") or a.group_size == 1,
          f"run.mode={cfg.run.mode} runs each task x episode once: set actor.group_size=1"),
         (1 <= cfg.eval.num_trials <= 1000, "eval.num_trials must be in 1..1000"),
         (cfg.video.train_every >= 0 and cfg.video.eval_per_task >= 0 and cfg.video.fps >= 1
@@ -655,6 +714,25 @@ def validate(cfg: Config) -> list[str]:
         (not e.held_out_eval_states or max(ev.num_trials, ev.trials_during_training)
          <= EVAL_STATES, f"env.held_out_eval_states keeps state indices below {EVAL_STATES} "
          f"for evaluation: eval.num_trials must be <= {EVAL_STATES}"),
+        (cfg.run.mode != "train_world_model" or bool(w.datasets),
+         "run.mode=train_world_model needs world_model.datasets: HDF5 files or folders (a "
+         "record run's dataset)"),
+        (w.image_size >= 16 and w.image_size % 8 == 0 and w.condition_frames >= 1 and
+         w.chunk >= 1 and w.channels >= 4 and w.success_channels >= 4 and
+         min(w.steps, w.batch_size, w.success_steps, w.success_batch_size, w.val_every,
+             w.checkpoint_every) >= 1 and w.lr > 0 and 0 <= w.val_fraction < 1 and
+         min(w.max_episodes, w.videos) >= 0,
+         "world_model: image_size a multiple of 8 and >= 16; condition_frames, chunk, steps, "
+         "batch sizes, val_every, checkpoint_every >= 1; channels >= 4; lr > 0; "
+         "val_fraction in [0, 1); max_episodes, videos >= 0"),
+        (e.kind != "world_model" or (bool(wm.checkpoint) and bool(wm.reset_data)),
+         "env.kind=world_model needs env.world_model.checkpoint (a train_world_model run's "
+         "world_model.pt) and env.world_model.reset_data (episodes to reset from)"),
+        (e.kind != "world_model" or cfg.run.mode != "record",
+         "run.mode=record records the real simulator: env.kind=world_model generates its "
+         "frames chunk by chunk"),
+        (0 < wm.success_threshold <= 1 and wm.reward_coef > 0,
+         "env.world_model: success_threshold in (0, 1], reward_coef > 0"),
         (cfg.profile.duration_s > 0 and cfg.profile.warmup_s >= 0 and
          cfg.profile.max_events >= 1 and cfg.profile.min_span_us >= 0,
          "profile.duration_s > 0, warmup_s >= 0, max_events >= 1, min_span_us >= 0"),

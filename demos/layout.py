@@ -15,8 +15,11 @@ action t and what it gave::
     data/demo_N/obs/ee_states      [T,6]           eef position + axis-angle
     data/demo_N/obs/gripper_states [T,2]           finger positions
     data/demo_N/obs/{ee_pos,ee_ori,joint_states}   as LIBERO's
+    data/demo_N/final_obs/agentview_rgb [1,H,W,3]  main camera after the last action
 
-chunkrl adds ``success`` [T] (the task achieved after step t), ``obs/states`` (the state
+chunkrl adds ``success`` [T] (the task achieved after step t), ``final_obs`` (the frame
+the last action led to: a world model learns from it, and an episode that ends at
+success shows that success only there), ``obs/states`` (the state
 vector of envs without an end-effector, e.g. the synthetic task) and per-demo attributes
 ``init_state_id``, ``task_id``, ``episode_id``, ``success``, ``source``. Readers of
 LIBERO's own files (which have none of these) still work: the policy state is
@@ -61,6 +64,7 @@ class Demo:
     task_id: int = -1
     episode_id: int = -1
     source: str = ""
+    final_main_image: Optional[np.ndarray] = None  # uint8 [H,W,3] after the last action
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -111,6 +115,11 @@ def write_demo(group, demo: Demo, compression: int) -> None:
             h, w = images.shape[1:3]
             obs.create_dataset(name, data=orient_batch(images, demo.orientation),
                                chunks=(1, h, w, 3), **gzip)
+    if demo.final_main_image is not None:
+        h, w = demo.final_main_image.shape[:2]
+        group.create_group("final_obs").create_dataset(
+            MAIN, data=orient_batch(demo.final_main_image[None], demo.orientation),
+            chunks=(1, h, w, 3), **gzip)
     extras = dict(demo.extras)
     for name in ("states", "robot_states"):  # LIBERO keeps these beside obs/
         if name in extras:
@@ -148,6 +157,9 @@ def read_demo(group, instruction: str, orientation: str, cameras: tuple[str, ...
              if "wrist" in cameras and WRIST in obs else None)
     if "wrist" in cameras and wrist is None:
         raise KeyError(f"no obs/{WRIST} (wrist camera) in {group.name}")
+    final = None
+    if "main" in cameras and "final_obs" in group and MAIN in group["final_obs"]:
+        final = orient_batch(np.asarray(group["final_obs"][MAIN]), orientation)[0]
     lengths = {len(a) for a in (rewards, dones, success, states) if a is not None}
     lengths |= {len(a) for a in (main, wrist) if a is not None}
     if lengths != {n}:
@@ -160,4 +172,4 @@ def read_demo(group, instruction: str, orientation: str, cameras: tuple[str, ...
                 init_state_id=int(attrs.get("init_state_id", -1)),
                 task_id=int(attrs.get("task_id", -1)),
                 episode_id=int(attrs.get("episode_id", -1)),
-                source=str(attrs.get("source", "")))
+                source=str(attrs.get("source", "")), final_main_image=final)

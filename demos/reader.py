@@ -97,6 +97,9 @@ def read_file(path: Path, orientation: str, cameras: tuple[str, ...],
             demo = read_demo(data[name], instruction, orientation, cameras)
             if image_size:
                 demo.main_images = resize_images(demo.main_images, image_size)
+                if demo.final_main_image is not None:
+                    demo.final_main_image = resize_images(demo.final_main_image[None],
+                                                          image_size)[0]
                 if demo.wrist_images is not None:
                     demo.wrist_images = resize_images(demo.wrist_images, image_size)
             demos.append(demo)

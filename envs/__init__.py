@@ -1,7 +1,8 @@
 """Environments behind one contract (:mod:`envs.base`), built by :func:`make_env`.
 
 ``synthetic`` is a fast reaching task; ``libero`` and ``robosuite`` are MuJoCo robot
-simulators (:mod:`envs.sim`), imported only when asked for.
+simulators (:mod:`envs.sim`), imported only when asked for; ``world_model`` is a learned
+simulator (:mod:`envs.world_model`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from configs import EnvConfig
 from envs.base import EnvObs, StepResult, VectorEnv, take
 
 log = logging.getLogger(__name__)
-KINDS = ("synthetic", "libero", "robosuite")
-DEFAULT_MAX_STEPS = {"synthetic": 64, "robosuite": 200}
+KINDS = ("synthetic", "libero", "robosuite", "world_model")
+DEFAULT_MAX_STEPS = {"synthetic": 64, "robosuite": 200, "world_model": 240}
 
 
 def max_episode_steps(cfg: EnvConfig) -> int:
@@ -68,7 +69,7 @@ def planned_init_states(cfg) -> list[int]:
 
 def prepare_rendering(cfg: EnvConfig) -> str:
     """Choose the GL backend before MuJoCo is imported (simulator kinds only)."""
-    if cfg.kind == "synthetic":
+    if cfg.kind in ("synthetic", "world_model"):
         return "none"
     from envs.render import select_gl_backend
 
@@ -95,6 +96,10 @@ def make_env(cfg: EnvConfig, num_envs: int, group_size: int, action_dim: int,
             held_out=cfg.held_out_eval_states)
     if cfg.kind not in KINDS:
         raise ValueError(f"unknown env.kind {cfg.kind!r}; valid: {list(KINDS)}")
+    if cfg.kind == "world_model":
+        from envs.world_model import make_world_model_env
+
+        return make_world_model_env(cfg, num_envs, group_size, action_dim, steps)
     if action_dim != 7:
         raise ValueError(f"{cfg.kind} takes 7-D actions; set model.action_dim=7")
     backend = prepare_rendering(cfg)

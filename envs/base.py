@@ -46,7 +46,9 @@ class StepResult:
     """What one env step returned for each env stepped (arrays of length B).
 
     rewards float32; terminated bool (success or failure ends it); truncated bool (step
-    limit); success bool (the task is achieved now); errors: '' or why the simulator failed.
+    limit); success bool (the task is achieved now); errors: '' or why the simulator failed;
+    frames: uint8 [B,H,W,3], the main camera after the step, where the env has it at hand
+    (a world model generates it), else None (videos then ask :meth:`VectorEnv.frame`).
     """
 
     rewards: np.ndarray
@@ -54,6 +56,18 @@ class StepResult:
     truncated: np.ndarray
     success: np.ndarray
     errors: list
+    frames: Optional[np.ndarray] = None
+
+    def rows(self, rows: np.ndarray) -> "StepResult":
+        """The results of rows ``rows`` only."""
+        return StepResult(self.rewards[rows], self.terminated[rows], self.truncated[rows],
+                          self.success[rows], [self.errors[i] for i in rows],
+                          None if self.frames is None else self.frames[rows])
+
+    def ended(self) -> np.ndarray:
+        """bool [B]: the episode ended with this step (terminated, truncated or failed)."""
+        return self.terminated | self.truncated | np.array([bool(e) for e in self.errors],
+                                                           bool).reshape(-1)
 
 
 class VectorEnv(abc.ABC):
@@ -65,6 +79,9 @@ class VectorEnv(abc.ABC):
     action_dim: int
     max_episode_steps: int
     held_out: bool = False  # training never starts from an evaluation trial's state
+    # True: step_chunk is the env's own (a world model generates a chunk's frames in one
+    # call) and the executor calls it; False: the executor steps action by action.
+    native_chunks: bool = False
     image_orientation: str = "upright"  # of the images observe() returns (envs/robot_io.py)
 
     def sample_init_state(self, group: int, rng: np.random.Generator) -> int:
@@ -94,6 +111,28 @@ class VectorEnv(abc.ABC):
     @abc.abstractmethod
     def step(self, env_ids: np.ndarray, actions: np.ndarray) -> StepResult:
         """Apply one action (float32 [B,D]) to each env of ``env_ids`` (int [B])."""
+
+    def step_chunk(self, env_ids: np.ndarray, actions: np.ndarray) -> list[StepResult]:
+        """Apply each env's N actions (float32 [B,N,D]) in order; entry t of the list is
+        step t's result for every row. An env stops at the step its episode ends: its rows
+        of the later entries are empty (reward 0, no flags, no error) and its actions
+        there are not applied. The default loops :meth:`step`."""
+        b, n = actions.shape[:2]
+        done = np.zeros(b, bool)
+        out = []
+        for t in range(n):
+            res = StepResult(np.zeros(b, np.float32), np.zeros(b, bool), np.zeros(b, bool),
+                             np.zeros(b, bool), [""] * b)
+            live = np.flatnonzero(~done)
+            if len(live):
+                got = self.step(env_ids[live], actions[live, t])
+                for name in ("rewards", "terminated", "truncated", "success"):
+                    getattr(res, name)[live] = getattr(got, name)
+                for row, k in enumerate(live):
+                    res.errors[k] = got.errors[row]
+                done[live] |= got.ended()
+            out.append(res)
+        return out
 
     @abc.abstractmethod
     def observe(self, env_ids: np.ndarray) -> EnvObs:

@@ -1,6 +1,6 @@
 """One command per experiment: record -> SFT -> eval -> RL -> eval, and the table.
 
-    python scripts/reproduce.py synthetic        # or: lift, libero_spatial
+    python scripts/reproduce.py synthetic        # or: lift, libero_spatial, synthetic_wm
     python scripts/reproduce.py lift --ppo       # PPO instead of GRPO for the RL stage
     python scripts/reproduce.py synthetic --scratch   # also RL from scratch, for comparison
     python scripts/reproduce.py lift --sampled   # also evaluate with sampled actions
@@ -14,6 +14,13 @@ table (evaluation of the SFT checkpoint, then of the RL one: the same initial st
 deterministic) is printed and written to ``runs/<experiment>/results.md`` with each
 stage's wall-clock time, and ``curves.png`` (success against env steps and time) beside it.
 Extra ``key=value`` arguments go to every stage.
+
+A world-model experiment (``synthetic_wm``) trains its RL stage inside a learned simulator:
+after the SFT evaluation it records the SFT policy in the real env (``record_policy``,
+with action noise: failures as well as successes), trains the world model on both
+recordings (``world_model``), runs GRPO in it (``rl``, reset from the expert recording's
+first frames) and evaluates the result in the real env. Its config's env is the world
+model; the stages in the real env add the experiment's ``real_env`` overrides.
 """
 
 from __future__ import annotations
@@ -34,17 +41,27 @@ from learner.curves import plot_runs  # noqa: E402
 
 @dataclass(frozen=True)
 class Experiment:
-    """The config every stage of an experiment runs."""
+    """The config every stage of an experiment runs; a world-model experiment's stages
+    in the real env add ``real_env``."""
 
     config: str
+    real_env: tuple[str, ...] = ()
+
+    @property
+    def world_model(self) -> bool:
+        return bool(self.real_env)
 
 
 EXPERIMENTS = {
     "synthetic": Experiment("configs/synthetic_nogoal.yaml"),
     "lift": Experiment("configs/robosuite_lift.yaml"),
     "libero_spatial": Experiment("configs/libero_spatial_sft.yaml"),
+    "synthetic_wm": Experiment("configs/synthetic_world_model.yaml",
+                               ("env.kind=synthetic", "env.image_size=224")),
 }
-STAGES = ("record", "sft", "eval_sft", "rl")
+STAGES = ("record", "sft", "eval_sft", "record_policy", "world_model", "rl")
+POLICY_RECORDING = ("record.source=policy", "record.first_state=400",
+                    "record.action_noise=0.3")  # states the expert's recording never used
 TIMES = "stage_times.json"  # in the experiment folder: kept across runs of a chain
 PPO = ("learner.algorithm=ppo", "model.value_head=true", "learner.ppo.critic_warmup_updates=5",
        "learner.update_epochs=2", "learner.global_batch_size=64")
@@ -95,6 +112,22 @@ def results(folder: Path) -> dict:
     return json.loads((folder / "eval" / "eval_results.json").read_text())
 
 
+def world_model_stages(root: Path, exp: Experiment, ckpt: str, record: Path,
+                       real: list[str], extra: list[str], times: dict,
+                       stop_after: str | None) -> list[str]:
+    """Record the SFT policy in the real env, train the world model on both recordings;
+    returns the RL stage's overrides that put it in that world model."""
+    policy = stage("record_policy", root, exp.config, ["--record", ckpt, *POLICY_RECORDING,
+                                                       *real], "record_results.json", times)
+    if stop_after == "record_policy":
+        return []
+    datasets = f"world_model.datasets=[{record / 'dataset'},{policy / 'dataset'}]"
+    wm = stage("world_model", root, exp.config, ["--train-world-model", datasets, *extra],
+               "world_model_summary.json", times)
+    return [f"env.world_model.checkpoint={wm / 'world_model.pt'}",
+            f"env.world_model.reset_data=[{record / 'dataset'}]"]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("experiment", choices=sorted(EXPERIMENTS))
@@ -111,38 +144,43 @@ def main(argv=None) -> int:
     exp = EXPERIMENTS[args.experiment]
     root = Path(args.root or ROOT / "runs" / args.experiment).resolve()
     extra = list(args.overrides)
+    real = list(exp.real_env) + extra  # the stages in the real env
     rl = extra + (list(PPO) if args.ppo else [])
     root.mkdir(parents=True, exist_ok=True)
     times_file = root / TIMES
     times: dict = json.loads(times_file.read_text()) if times_file.exists() else {}
-    record = stage("record", root, exp.config, ["--record", *extra], "record_results.json",
+    record = stage("record", root, exp.config, ["--record", *real], "record_results.json",
                    times)
     if args.stop_after == "record":
         return 0
     sft = stage("sft", root, exp.config, ["--sft", f"sft.datasets=[{record / 'dataset'}]",
-                                          *extra], "sft_summary.json", times)
+                                          *real], "sft_summary.json", times)
     if args.stop_after == "sft":
         return 0
     ckpt = f"model.checkpoint={sft / 'checkpoint.pt'}"
     evaluate = ["--eval", "actor.deterministic=true"]
-    before = stage("eval_sft", root, exp.config, [*evaluate, ckpt, *extra],
+    before = stage("eval_sft", root, exp.config, [*evaluate, ckpt, *real],
                    "eval/eval_results.json", times)
     if args.stop_after == "eval_sft":
         print(f"\nSFT evaluation: {results(before)['mean_success_rate']:.1%}", flush=True)
         return 0
+    if exp.world_model:
+        rl += world_model_stages(root, exp, ckpt, record, real, extra, times, args.stop_after)
+        if args.stop_after in ("record_policy", "world_model"):
+            return 0
     trained = stage("rl", root, exp.config, [ckpt, *rl], "learner_summary.json", times)
     if args.stop_after == "rl":
         return 0
     after = stage("eval_rl", root, exp.config,
-                  [*evaluate, f"model.checkpoint={trained / 'checkpoint.pt'}", *extra],
+                  [*evaluate, f"model.checkpoint={trained / 'checkpoint.pt'}", *real],
                   "eval/eval_results.json", times)
     text = table("Deterministic actions (the mean)", results(before), results(after))
     if args.sampled:
         sampled = ["--eval", "actor.deterministic=false"]
-        s_before = stage("eval_sft_sampled", root, exp.config, [*sampled, ckpt, *extra],
+        s_before = stage("eval_sft_sampled", root, exp.config, [*sampled, ckpt, *real],
                          "eval/eval_results.json", times)
         s_after = stage("eval_rl_sampled", root, exp.config,
-                        [*sampled, f"model.checkpoint={trained / 'checkpoint.pt'}", *extra],
+                        [*sampled, f"model.checkpoint={trained / 'checkpoint.pt'}", *real],
                         "eval/eval_results.json", times)
         text += table("Sampled actions", results(s_before), results(s_after))
     runs = {"SFT -> RL": trained}

@@ -184,3 +184,39 @@ def test_reproduce_runs_the_chain_by_stages_and_prints_the_table(tmp_path):
     table = (root / "results.md").read_text()
     assert "| **mean** | (4 / 4 episodes) |" in table and "| eval_rl |" in table
     assert (root / "curves.png").stat().st_size > 10_000
+
+
+def test_world_model_chain_train_rl_inside_it_evaluate_in_the_real_env(tmp_path):
+    wm_config = "configs/synthetic_world_model.yaml"
+    real = {"env.kind": "synthetic", "env.image_size": 64}
+    rec, wm, rl = tmp_path / "record", tmp_path / "wm", tmp_path / "rl"
+    _ok(launch(tmp_path, wm_config, "--record", **SMALL, **real, **{
+        "run.log_dir": rec, "record.episodes_per_task": 12, "env.max_episode_steps": 24}))
+    _ok(launch(tmp_path, wm_config, "--train-world-model", **{
+        "run.log_dir": wm, "world_model.datasets": f"[{rec / 'dataset'}]",
+        "world_model.steps": 30, "world_model.success_steps": 20, "world_model.val_every": 10,
+        "world_model.channels": 8, "world_model.batch_size": 8, "world_model.videos": 1,
+        "world_model.val_fraction": 0.25}))
+    summary = json.loads((wm / "world_model_summary.json").read_text())
+    assert summary["steps"] == {"generator": 30, "success": 20}
+    assert summary["val_episodes"] == 3 and np.isfinite(summary["val_psnr_changed"])
+    assert 0.0 <= summary["val_auc"] <= 1.0
+    assert len(_scalars(wm, "world_model/train_loss")) == 30
+    assert [s for s, _ in _scalars(wm, "world_model/val_psnr_gain")] == [10, 20, 30]
+    assert [s for s, _ in _scalars(wm, "reward_model/val_auc")] == [10, 20]
+    assert (wm / "videos" / "world_model" / "episode000_real_vs_generated.mp4").stat().st_size
+
+    _ok(launch(tmp_path, wm_config, **SMALL, **{
+        "run.log_dir": rl, "env.world_model.checkpoint": wm / "world_model.pt",
+        "env.world_model.reset_data": f"[{rec / 'dataset'}]", "env.image_size": 64,
+        "model.cnn.image_resolution": 64, "run.total_updates": 2,
+        "learner.grpo.filter_equal_groups": False, "env.max_episode_steps": 16}))
+    summary = json.loads((rl / "learner_summary.json").read_text())
+    assert summary["updates"] == 2 and summary["trained_twice"] == 0
+    assert f"world-model env: {wm / 'world_model.pt'}" in (rl / "actor-0.log").read_text()
+
+    _ok(launch(tmp_path, wm_config, "--eval", **SMALL, **real, **{
+        "run.log_dir": tmp_path / "eval", "model.checkpoint": rl / "checkpoint.pt",
+        "model.cnn.image_resolution": 64, "eval.num_trials": 4, "actor.deterministic": True}))
+    results = json.loads((tmp_path / "eval" / "eval" / "eval_results.json").read_text())
+    assert results["complete"] and results["episodes"] == 4

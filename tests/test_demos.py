@@ -29,7 +29,8 @@ def _demo(n=5, size=8, orientation="upright", seed=0, success=True, wrist=True) 
         wrist_images=img() if wrist else None, orientation=orientation,
         extras={"states": rng.normal(size=(n, 30)), "ee_states": rng.normal(size=(n, 6)),
                 "gripper_states": rng.normal(size=(n, 2))},
-        init_state_id=3105, task_id=3, episode_id=77, source="expert")
+        init_state_id=3105, task_id=3, episode_id=77, source="expert",
+        final_main_image=rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
 
 
 @pytest.mark.parametrize("orientation", ["upright", "libero"])
@@ -42,7 +43,8 @@ def test_round_trip_through_a_file(tmp_path, orientation):
     assert not list(tmp_path.rglob(".*"))  # the temporary file was renamed away
     (got,), report = read_demos([tmp_path], orientation, ("main", "wrist"))
     assert report.files == 1 and report.demos == 1 and not report.bad
-    for name in ("actions", "rewards", "dones", "success", "main_images", "wrist_images"):
+    for name in ("actions", "rewards", "dones", "success", "main_images", "wrist_images",
+                 "final_main_image"):
         np.testing.assert_array_equal(getattr(got, name), getattr(demo, name))
     np.testing.assert_allclose(got.states, demo.states, rtol=1e-6)
     assert (got.instruction, got.init_state_id, got.task_id, got.episode_id, got.source) == \

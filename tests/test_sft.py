@@ -140,6 +140,21 @@ def _record_synthetic(folder, episodes=6):
     return writer.written
 
 
+def test_a_recorded_episode_keeps_the_frame_its_last_action_led_to(tmp_path):
+    from demos import read_demos
+    from envs.synthetic import SyntheticReachEnv
+
+    assert _record_synthetic(tmp_path / "data", episodes=3) == 3
+    demos, _ = read_demos([tmp_path / "data"])
+    env = SyntheticReachEnv(1, 1, image_size=48, max_episode_steps=12, agent_speed=0.1)
+    for demo in demos:  # replayed from its initial state, the env ends on that frame
+        env.reset_group(0, demo.init_state_id)
+        for action in demo.actions:
+            env.step(np.array([0]), action[None])
+        np.testing.assert_array_equal(demo.final_main_image, env.frame(0))
+        assert not np.array_equal(demo.final_main_image, demo.main_images[-1])
+
+
 @pytest.mark.slow
 def test_openvla_oft_behaviour_cloning_writes_statistics_its_checkpoint_loads(tmp_path):
     import json

@@ -1,0 +1,183 @@
+"""A learned simulator behind the env contract: RLinf's OpenSora world-model env, with
+chunkrl's (or any :class:`worldmodel.models.WorldModel`'s) generator and success model.
+
+- **Reset**: initial state ``s`` of a group starts from reset frame ``s mod R`` of the R
+  stored episodes (``env.world_model.reset_data``): its first frame, repeated K times as
+  the history, and its instruction. Evaluation trial k is thus reset frame k.
+- **Step**: one call per action chunk (``native_chunks``; :meth:`step` refuses single
+  actions): the N actions, normalised with the model's q01/q99, and the last K frames
+  give N new frames in one batched forward; the last K of them condition the next chunk.
+- **Reward**: the success model scores each new frame with the env's instruction
+  (``binary_score``: rounded to 0/1,
+  as RLinf's ResnetRM); reward ``r_t = reward_coef * (s_t - s_{t-1})`` with ``s`` 0 at a
+  reset, so an episode's return telescopes to ``reward_coef`` x its last score. Success
+  (and termination) when a frame's score reaches ``success_threshold``; truncation at
+  ``max_episode_steps``.
+- **Observation**: the last frame (the model's image size), no wrist camera, and a state
+  of zeros of the contract's size: the world model has no proprioception, as RLinf's.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import numpy as np
+import torch
+from typing_extensions import override
+
+from envs.base import EnvObs, StepResult, VectorEnv, split_init_state
+from worldmodel.data import ResetFrame
+from worldmodel.models import WorldModel, to_images, to_model_frames
+
+log = logging.getLogger(__name__)
+
+
+class WorldModelVectorEnv(VectorEnv):
+    """E envs whose frames a world model generates, a chunk at a time."""
+
+    native_chunks = True
+
+    def __init__(self, num_envs: int, group_size: int, model: WorldModel,
+                 starts: list[ResetFrame], max_episode_steps: int, state_dim: int = 8,
+                 action_dim: int = 7, reward_coef: float = 1.0,
+                 success_threshold: float = 0.9, binary_score: bool = True,
+                 device: str | torch.device = "cpu", held_out: bool = False):
+        if num_envs % group_size:
+            raise ValueError(f"num_envs {num_envs} is not a multiple of group_size {group_size}")
+        if not starts:
+            raise ValueError("a world-model env needs reset frames")
+        if model.generator.action_dim != action_dim:
+            raise ValueError(f"the world model takes {model.generator.action_dim}-D actions, "
+                             f"the policy gives {action_dim}-D (model.action_dim)")
+        size = model.image_size
+        for s in starts:
+            if s.frame.shape != (size, size, 3):
+                raise ValueError(f"reset frame of {s.frame.shape}, the world model makes "
+                                 f"{size}x{size}x3 frames")
+        self.num_envs, self.group_size = num_envs, group_size
+        self.state_dim, self.action_dim = state_dim, action_dim
+        self.max_episode_steps, self.held_out = max_episode_steps, held_out
+        self.model, self.device = model.to(device).eval(), torch.device(device)
+        self.starts = starts
+        self.coef, self.threshold, self.binary = reward_coef, success_threshold, binary_score
+        k = model.condition_frames
+        self.history = torch.zeros(num_envs, k, 3, size, size, device=self.device)
+        self.last = np.zeros((num_envs, size, size, 3), np.uint8)
+        self.score = np.zeros(num_envs, np.float32)
+        self.steps = np.zeros(num_envs, np.int64)
+        self.instructions = [""] * num_envs
+
+    @override
+    def reset_group(self, group: int, init_state_id: int) -> None:
+        """The group's envs start from reset frame ``state index mod R``."""
+        start = self.starts[split_init_state(init_state_id)[1] % len(self.starts)]
+        envs = slice(group * self.group_size, (group + 1) * self.group_size)
+        first = to_model_frames(start.frame).to(self.device)
+        self.history[envs] = first[None, None]
+        self.last[envs] = start.frame
+        self.score[envs], self.steps[envs] = 0.0, 0
+        for e in range(envs.start, envs.stop):
+            self.instructions[e] = start.instruction
+
+    @override
+    def step(self, env_ids: np.ndarray, actions: np.ndarray) -> StepResult:
+        raise NotImplementedError("the world-model env generates a whole chunk per call: "
+                                  "use step_chunk (the actor does)")
+
+    @override
+    def step_chunk(self, env_ids: np.ndarray, actions: np.ndarray) -> list[StepResult]:
+        """Generate the frames of each env's chunk (float32 [B,N,D], N = the model's
+        chunk) and score them; see the module docstring for reward and success."""
+        b, n = actions.shape[:2]
+        if n != self.model.chunk:
+            raise ValueError(f"the world model generates {self.model.chunk} frames per call; "
+                             f"got chunks of {n} actions (set actor.actions_per_chunk="
+                             f"{self.model.chunk})")
+        ids = torch.as_tensor(env_ids, device=self.device)
+        with torch.no_grad():
+            acts = self.model.normalise(torch.as_tensor(actions, dtype=torch.float32,
+                                                        device=self.device))
+            frames = self.model.generator.generate(self.history[ids], acts)
+            texts = [self.instructions[e] for e in env_ids for _ in range(n)]
+            scores = self.model.scorer.score(frames.flatten(0, 1), texts).view(b, n).cpu().numpy()
+            k = self.model.condition_frames
+            self.history[ids] = torch.cat([self.history[ids], frames], 1)[:, -k:]
+        if self.binary:
+            scores = np.round(scores)
+        images = to_images(frames)
+        out, done = [], np.zeros(b, bool)
+        for t in range(n):
+            res = StepResult(np.zeros(b, np.float32), np.zeros(b, bool), np.zeros(b, bool),
+                             np.zeros(b, bool), [""] * b, images[:, t])
+            live = np.flatnonzero(~done)
+            e = env_ids[live]
+            s = scores[live, t]
+            res.rewards[live] = self.coef * (s - self.score[e])
+            self.score[e], self.steps[e] = s, self.steps[e] + 1
+            self.last[e] = images[live, t]
+            res.success[live] = s >= self.threshold
+            res.terminated[live] = res.success[live]
+            res.truncated[live] = ~res.success[live] & (self.steps[e] >= self.max_episode_steps)
+            done[live] |= res.terminated[live] | res.truncated[live]
+            out.append(res)
+        return out
+
+    @override
+    def observe(self, env_ids: np.ndarray) -> EnvObs:
+        """The last frame of each env, zero states, the instructions."""
+        return EnvObs(self.last[env_ids].copy(),
+                      np.zeros((len(env_ids), self.state_dim), np.float32),
+                      [self.instructions[e] for e in env_ids])
+
+    @override
+    def frame(self, env_id: int) -> np.ndarray:
+        return self.last[env_id].copy()
+
+    @override
+    def task_info(self, init_state_id: int) -> dict:
+        return {"env_name": "WorldModel", "problem_name": "world_model",
+                "bddl_file_name": ""}
+
+
+def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
+                         max_episode_steps: int, device: Optional[str] = None):
+    """The env of ``cfg`` (an :class:`configs.EnvConfig` with kind world_model)."""
+    from models import pick_device
+    from worldmodel.data import reset_frames
+    from worldmodel.models import WorldModel
+
+    wm = cfg.world_model
+    model = WorldModel.load(wm.checkpoint)
+    if cfg.image_size != model.image_size:
+        raise ValueError(f"env.image_size={cfg.image_size} but the world model {wm.checkpoint}"
+                         f" makes {model.image_size}x{model.image_size} frames: set "
+                         f"env.image_size={model.image_size}")
+    if wm.stats_path:
+        low, high = read_action_bounds(wm.stats_path)
+        model.action_low.copy_(torch.as_tensor(low))
+        model.action_high.copy_(torch.as_tensor(high))
+    starts = reset_frames(wm.reset_data, model.image_size)
+    log.info("world-model env: %s (%dx%d frames, chunks of %d), %d reset frames",
+             wm.checkpoint, model.image_size, model.image_size, model.chunk, len(starts))
+    return WorldModelVectorEnv(num_envs, group_size, model, starts, max_episode_steps,
+                               cfg.state_dim, action_dim, wm.reward_coef,
+                               wm.success_threshold, wm.binary_score,
+                               device or pick_device(wm.device), cfg.held_out_eval_states)
+
+
+def read_action_bounds(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """q01, q99 of the actions in a dataset_statistics.json: RLinf's flat layout
+    (``{"action": {"q01", "q99"}}``) or OpenVLA's (one ``unnorm_key`` holding it)."""
+    import json
+
+    with open(path) as f:
+        stats = json.load(f)
+    if "action" not in stats and len(stats) == 1:
+        stats = next(iter(stats.values()))
+    try:
+        return (np.asarray(stats["action"]["q01"], np.float32),
+                np.asarray(stats["action"]["q99"], np.float32))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: no action q01/q99 (RLinf's {{'action': {{'q01', 'q99'}}}} "
+                         "or OpenVLA's {key: {'action': ...}})") from exc

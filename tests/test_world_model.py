@@ -1,0 +1,276 @@
+"""The world model: metrics by hand, windows, the models' file, the env contract (resets,
+chunks, reward, success, truncation), RLinf's reset layout, and the executor's chunk path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from actors.executor import StageExecutor
+from demos import Demo
+from envs.base import StepResult
+from envs.world_model import WorldModelVectorEnv, make_world_model_env, read_action_bounds
+from protocol.ids import IdSource
+from worldmodel.data import (Episode, LabelledFrames, ResetFrame, Windows, episode_from_demo,
+                             reset_frames)
+from worldmodel.metrics import changed_pixels, psnr, roc_auc, squared_error
+from worldmodel.models import ConvFramePredictor, SuccessCNN, WorldModel, to_images, \
+    to_model_frames
+
+SIZE = 16
+
+
+def test_roc_auc_by_hand():
+    # positives 0.8, 0.4; negatives 0.5, 0.1: pairs won 2 of 4 by 0.8, 1 by 0.4 -> 3/4
+    assert roc_auc([0.8, 0.4, 0.5, 0.1], [1, 1, 0, 0]) == 0.75
+    assert roc_auc([0.5, 0.5], [1, 0]) == 0.5  # a tie counts half
+    assert roc_auc([0.9, 0.1, 0.2], [1, 0, 0]) == 1.0
+    assert np.isnan(roc_auc([0.3, 0.4], [0, 0]))
+
+
+def test_psnr_on_the_pixels_that_change():
+    last = np.zeros((1, 2, 2, 3), np.uint8)
+    target = last[:, None].copy()
+    target[0, 0, 0, 0, 0] = 255  # one pixel changes, in one channel
+    where = changed_pixels(last, target)
+    assert where.sum() == 1 and where[0, 0, 0, 0]
+    sq, n = squared_error(np.broadcast_to(last[:, None], target.shape), target, where)
+    assert (sq, n) == (1.0, 3)  # an error of 1 in one of the pixel's three channels
+    assert psnr(sq, n) == pytest.approx(10 * np.log10(3))
+    assert psnr(0.0, 3) == float("inf") and np.isnan(psnr(0.0, 0))
+
+
+def _episode(n: int, success_at: int | None = None) -> Episode:
+    frames = np.zeros((n + 1, SIZE, SIZE, 3), np.uint8)
+    frames[:, 0, 0, 0] = np.arange(n + 1)  # a pixel says which frame it is
+    actions = np.zeros((n, 7), np.float32)
+    actions[:, 0] = np.arange(n)
+    labels = np.zeros(n + 1, bool)
+    if success_at is not None:
+        labels[success_at] = True
+    return Episode(frames, actions, labels, "reach")
+
+
+def test_windows_repeat_the_first_frame_and_mask_past_the_end():
+    windows = Windows([_episode(5)], condition_frames=3, chunk=4)
+    assert len(windows) == 5
+    b = windows.batch(np.array([0, 3]))
+    np.testing.assert_array_equal(b.history[:, :, 0, 0, 0], [[0, 0, 0], [1, 2, 3]])
+    np.testing.assert_array_equal(b.actions[:, :, 0], [[0, 1, 2, 3], [3, 4, 4, 4]])
+    np.testing.assert_array_equal(b.targets[:, :, 0, 0, 0], [[1, 2, 3, 4], [4, 5, 5, 5]])
+    np.testing.assert_array_equal(b.mask, [[1, 1, 1, 1], [1, 1, 0, 0]])
+
+
+def test_an_episode_takes_its_final_frame_or_drops_its_last_action():
+    n = 4
+    images = np.arange(n)[:, None, None, None].repeat(8, 1).repeat(8, 2).repeat(3, 3)
+    success = np.eye(n, dtype=bool)[-1]
+    demo = Demo("lift", np.ones((n, 7), np.float32), success.astype(np.float32), success,
+                success, images.astype(np.uint8), np.zeros((n, 8), np.float32),
+                final_main_image=np.full((8, 8, 3), 9, np.uint8))
+    ep = episode_from_demo(demo, 4)
+    assert ep.frames.shape == (5, 4, 4, 3) and ep.frames[-1, 0, 0, 0] == 9
+    assert ep.labels.tolist() == [False, False, False, False, True]
+    demo.final_main_image = None
+    ep = episode_from_demo(demo, 8)
+    assert len(ep) == 3 and ep.frames.shape[0] == 4 and not ep.labels.any()
+
+
+def test_success_frames_are_drawn_half_positive():
+    frames = LabelledFrames([_episode(9, success_at=9), _episode(5)])
+    x, y, texts = frames.balanced(10, np.random.default_rng(0))
+    assert y.sum() == 5 and (x[y][:, 0, 0, 0] == 9).all() and texts == ["reach"] * 10
+    with pytest.raises(ValueError, match="both kinds"):
+        LabelledFrames([_episode(3)])
+
+
+def _model(success_logit: float, k=2, t=4) -> WorldModel:
+    torch.manual_seed(0)
+    scorer = SuccessCNN(4)
+    with torch.no_grad():  # a constant score: the env's reward logic is what is tested
+        for p in scorer.parameters():
+            p.zero_()
+        scorer.head.bias.fill_(success_logit)
+    return WorldModel(ConvFramePredictor(k, t, 7, channels=4), scorer, -np.ones(7),
+                      np.ones(7), SIZE).eval()
+
+
+def _starts(n=3):
+    rng = np.random.default_rng(0)
+    return [ResetFrame(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8), f"task {i}")
+            for i in range(n)]
+
+
+def test_a_fresh_predictor_copies_the_last_frame():
+    model = _model(0.0)
+    frames = to_model_frames(np.stack([s.frame for s in _starts(2)]))[:, None].repeat(1, 2, 1,
+                                                                                     1, 1)
+    out = model.generator.generate(frames, torch.randn(2, 4, 7))
+    np.testing.assert_array_equal(to_images(out[:, 3]), to_images(frames[:, -1]))
+
+
+def test_the_world_model_file_round_trips_and_a_wrong_file_says_so(tmp_path):
+    model = _model(-3.0)
+    with torch.no_grad():
+        model.generator.head.bias.fill_(0.1)
+    path = model.save(tmp_path / "wm.pt")
+    back = WorldModel.load(path)
+    hist, acts = torch.rand(1, 2, 3, SIZE, SIZE), torch.rand(1, 4, 7)
+    torch.testing.assert_close(back.generator.generate(hist, acts),
+                               model.generator.generate(hist, acts))
+    assert (back.chunk, back.condition_frames, back.image_size) == (4, 2, SIZE)
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a world model"):
+        WorldModel.load(tmp_path / "other.pt")
+
+
+def test_env_resets_groups_alike_and_observes_the_contract():
+    env = WorldModelVectorEnv(6, 3, _model(-10.0), _starts(), max_episode_steps=8)
+    env.reset_group(0, 1)
+    env.reset_group(1, 1002)  # task 1, state 2: reset frame 2 of 3
+    obs = env.observe(np.arange(6))
+    assert obs.main_images.dtype == np.uint8 and obs.main_images.shape == (6, SIZE, SIZE, 3)
+    assert obs.states.shape == (6, 8) and not obs.states.any() and obs.wrist_images is None
+    np.testing.assert_array_equal(obs.main_images[0], _starts()[1].frame)
+    np.testing.assert_array_equal(obs.main_images[3], _starts()[2].frame)
+    assert obs.task_descriptions == ["task 1"] * 3 + ["task 2"] * 3
+    with pytest.raises(NotImplementedError, match="step_chunk"):
+        env.step(np.arange(3), np.zeros((3, 7), np.float32))
+    with pytest.raises(ValueError, match="actions_per_chunk=4"):
+        env.step_chunk(np.arange(3), np.zeros((3, 3, 7), np.float32))
+
+
+def test_no_success_truncates_at_the_step_limit_with_zero_reward():
+    env = WorldModelVectorEnv(2, 2, _model(-10.0), _starts(), max_episode_steps=6)
+    env.reset_group(0, 0)
+    first = env.step_chunk(np.arange(2), np.zeros((2, 4, 7), np.float32))
+    assert len(first) == 4 and all(r.frames.shape == (2, SIZE, SIZE, 3) for r in first)
+    assert not any(r.truncated.any() or r.success.any() or r.rewards.any() for r in first)
+    second = env.step_chunk(np.arange(2), np.zeros((2, 4, 7), np.float32))
+    assert second[1].truncated.all() and not second[0].truncated.any()
+    assert not second[2].truncated.any()  # ended: later entries are empty
+
+
+def test_success_terminates_and_the_reward_telescopes_to_coef_times_the_score():
+    env = WorldModelVectorEnv(2, 2, _model(10.0), _starts(), max_episode_steps=20,
+                              reward_coef=5.0)
+    env.reset_group(0, 0)
+    res = env.step_chunk(np.arange(2), np.zeros((2, 4, 7), np.float32))
+    assert res[0].success.all() and res[0].terminated.all()
+    assert res[0].rewards.tolist() == [5.0, 5.0] and not res[1].rewards.any()
+    soft = WorldModelVectorEnv(2, 2, _model(0.0), _starts(), 20, reward_coef=2.0,
+                               binary_score=False)  # every frame scores 0.5
+    soft.reset_group(0, 0)
+    res = soft.step_chunk(np.arange(2), np.zeros((2, 4, 7), np.float32))
+    assert [r.rewards[0] for r in res] == [1.0, 0.0, 0.0, 0.0]  # 2 * (0.5 - 0) once
+    assert not any(r.success.any() for r in res)
+
+
+def test_the_executor_runs_a_chunk_in_one_call_and_films_its_frames():
+    env = WorldModelVectorEnv(2, 2, _model(10.0), _starts(), max_episode_steps=20)
+    seen = []
+
+    class Films:
+        wants_observations = False
+
+        def on_reset(self, *a):
+            pass
+
+        def on_step(self, env_ids, obs, actions, result: StepResult):
+            seen.append((list(env_ids), result.frames.shape))
+
+        def on_end(self, *a):
+            pass
+
+    states = iter([0, 1])
+    stage = StageExecutor(env, [0], 4, IdSource(0), lambda g: next(states, None), [Films()])
+    stage.observe()
+    trajs = stage.execute(np.zeros((2, 4, 7), np.float32), np.zeros((2, 4, 7), np.float32),
+                          None, 0)
+    assert len(trajs) == 2 and all(t.executed.tolist() == [1] and t.success_once
+                                   for t in trajs)
+    assert seen == [([0, 1], (2, SIZE, SIZE, 3))]  # one step ran: success at the first frame
+    from experts.synthetic import ReachExpert
+    with pytest.raises(ValueError, match="record the real simulator"):
+        StageExecutor(env, [0], 4, IdSource(0), lambda g: 0, expert=ReachExpert(env))
+
+
+def test_the_default_step_chunk_is_the_step_loop():
+    from envs.synthetic import SyntheticReachEnv
+
+    a, b = (SyntheticReachEnv(4, 2, image_size=16, max_episode_steps=5) for _ in range(2))
+    for env in (a, b):
+        env.reset_group(0, 7)
+        env.reset_group(1, 8)
+    actions = np.random.default_rng(0).uniform(-1, 1, (4, 8, 7)).astype(np.float32)
+    chunk = a.step_chunk(np.arange(4), actions)
+    done = np.zeros(4, bool)
+    for t in range(8):
+        live = np.flatnonzero(~done)
+        if not len(live):
+            break
+        res = b.step(live, actions[live, t])
+        np.testing.assert_array_equal(chunk[t].rewards[live], res.rewards)
+        np.testing.assert_array_equal(chunk[t].truncated[live], res.truncated)
+        done[live] |= res.ended()
+    assert done.all()  # every episode ended by step 5 (the limit): the rest are empty
+    assert not any(r.rewards.any() or r.ended().any() for r in chunk[5:])
+
+
+def test_reset_from_rlinf_trajectories_with_their_statistics(tmp_path):
+    from configs import EnvConfig, WorldModelEnvConfig
+
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        steps = [{"image": rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+                  "instruction": f"put bowl {i}".encode(), "delta_action": np.zeros(7)}
+                 for _ in range(3)]
+        np.save(tmp_path / f"traj{i}.npy", np.array(steps, dtype=object), allow_pickle=True)
+    np.save(tmp_path / "traj9_kir.npy", np.array([{}], dtype=object), allow_pickle=True)
+    got = reset_frames([str(tmp_path)], SIZE)
+    assert [g.instruction for g in got] == ["put bowl 0", "put bowl 1"]
+    assert got[0].frame.shape == (SIZE, SIZE, 3)
+    (tmp_path / "stats.json").write_text(json.dumps(
+        {"action": {"q01": [-2.0] * 7, "q99": [2.0] * 7}}))  # RLinf's flat layout
+    _model(-10.0).save(tmp_path / "wm.pt")
+    cfg = EnvConfig(kind="world_model", image_size=SIZE, world_model=WorldModelEnvConfig(
+        checkpoint=str(tmp_path / "wm.pt"), reset_data=[str(tmp_path)],
+        stats_path=str(tmp_path / "stats.json")))
+    env = make_world_model_env(cfg, 2, 1, 7, 16)
+    assert env.model.action_high.tolist() == [2.0] * 7 and len(env.starts) == 2
+    env.reset_group(1, 1)
+    assert env.observe(np.array([1])).task_descriptions == ["put bowl 1"]
+    (tmp_path / "openvla.json").write_text(json.dumps(
+        {"lift": {"action": {"q01": [0.0] * 7, "q99": [1.0] * 7}}}))
+    assert read_action_bounds(str(tmp_path / "openvla.json"))[1].tolist() == [1.0] * 7
+    (tmp_path / "bad").mkdir()
+    np.save(tmp_path / "bad" / "traj0.npy", np.array([{"image": np.zeros((4, 4, 3))}],
+                                                     dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="instruction"):
+        reset_frames([str(tmp_path / "bad")], SIZE)
+
+
+def test_the_success_model_reads_the_instruction():
+    from worldmodel.train import success_loss
+
+    # Each frame is all red or all blue; success means the frame shows the named colour:
+    # from the frame alone no model beats chance, with the instruction the AUC reaches 1.
+    red, blue = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)
+    red[..., 0], blue[..., 2] = 255, 255
+    frames = np.stack([red, red, blue, blue])
+    texts = ["go to red", "go to blue", "go to blue", "go to red"]
+    labels = np.array([True, False, True, False])
+    torch.manual_seed(0)
+    model = WorldModel(ConvFramePredictor(1, 1, 7, 4), SuccessCNN(4), np.zeros(7),
+                       np.ones(7), 8)
+    opt = torch.optim.Adam(model.scorer.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = success_loss(model, frames, labels, texts, "cpu")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    got = model.scorer.score(to_model_frames(frames), texts).numpy()
+    assert roc_auc(got, labels) == 1.0 and float(loss.detach()) < 0.1

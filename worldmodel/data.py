@@ -1,0 +1,208 @@
+"""World-model data: recorded episodes as frame sequences, training windows, labelled
+frames, and the first frames that reset a world-model env.
+
+An :class:`Episode` is L actions and the L+1 frames around them: frame t is what the
+camera showed before action t, frame L what the last action led to (chunkrl's recordings
+keep it as ``final_obs``; a file without it loses its last action). Frame t+1 is labelled
+with the simulator's success after action t; frame 0 never succeeds.
+
+Window (e, t) conditions on frames ``t-K+1 .. t`` (before the start: frame 0 repeated, as
+a reset gives the world model) and actions ``t .. t+T-1``, and targets frames
+``t+1 .. t+T``; target steps past the episode's end are masked out (their actions
+repeat the last one).
+
+Reset frames also come from RLinf's world-model datasets: folders of ``traj*.npy``, each
+a sequence of per-step dicts with ``image`` (HWC uint8) and ``instruction`` (or
+``task``), of which only step 0 is used, as RLinf's env does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from demos import Demo, read_demos
+
+NPY_GLOB = "traj*.npy"
+
+
+def resize(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [N,H,W,3] -> [N,size,size,3] by area averaging (what the CNN policy does to
+    the simulator's frames, so the world model's frames look like those it was shown)."""
+    if images.shape[1:3] == (size, size):
+        return images
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(size, size), mode="area")
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+@dataclass
+class Episode:
+    """Frames uint8 [L+1,H,W,3], actions float32 [L,D], labels bool [L+1] (frame k shows
+    the task achieved), the instruction."""
+
+    frames: np.ndarray
+    actions: np.ndarray
+    labels: np.ndarray
+    instruction: str
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+def episode_from_demo(demo: Demo, image_size: int) -> Episode | None:
+    """The demo's frames and actions (None when fewer than two frames remain)."""
+    frames = demo.main_images
+    actions, success = demo.actions, demo.success
+    if demo.final_main_image is not None:
+        frames = np.concatenate([frames, demo.final_main_image[None]])
+    else:  # without the final frame the last action has no frame to lead to
+        actions, success = actions[:-1], success[:-1]
+    if len(actions) < 1:
+        return None
+    labels = np.concatenate([[False], success.astype(bool)])
+    return Episode(resize(frames, image_size), actions.astype(np.float32), labels,
+                   demo.instruction)
+
+
+def load_episodes(paths: Iterable[str], image_size: int, orientation: str = "upright"):
+    """Every episode under ``paths`` (HDF5 files or folders), and the reader's report."""
+    demos, report = read_demos(paths, orientation)
+    episodes = [e for e in (episode_from_demo(d, image_size) for d in demos) if e is not None]
+    return episodes, report
+
+
+def split_episodes(episodes: list[Episode], val_fraction: float, max_episodes: int,
+                   rng: np.random.Generator) -> tuple[list[Episode], list[Episode]]:
+    """(train, held out): at most ``max_episodes`` (0: all) at random, ``val_fraction``
+    of them held out (at least one when there are two or more)."""
+    order = rng.permutation(len(episodes))
+    if max_episodes:
+        order = order[:max_episodes]
+    n_val = int(round(val_fraction * len(order)))
+    if val_fraction > 0 and len(order) >= 2:
+        n_val = max(1, n_val)
+    return [episodes[i] for i in order[n_val:]], [episodes[i] for i in order[:n_val]]
+
+
+def action_bounds(episodes: list[Episode]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension 1st and 99th percentiles of every action (q01, q99)."""
+    actions = np.concatenate([e.actions for e in episodes]).astype(np.float64)
+    return np.quantile(actions, 0.01, axis=0), np.quantile(actions, 0.99, axis=0)
+
+
+@dataclass
+class WindowBatch:
+    """uint8 history [B,K,H,W,3], env-unit actions [B,T,D], uint8 targets [B,T,H,W,3],
+    mask bool [B,T] (False past the episode's end)."""
+
+    history: np.ndarray
+    actions: np.ndarray
+    targets: np.ndarray
+    mask: np.ndarray
+
+
+class Windows:
+    """Every (episode, start step) of ``episodes`` as a prediction window."""
+
+    def __init__(self, episodes: list[Episode], condition_frames: int, chunk: int):
+        if not episodes:
+            raise ValueError("no episodes to make windows of")
+        self.episodes, self.k, self.t = episodes, condition_frames, chunk
+        self.index = np.array([(e, t) for e, ep in enumerate(episodes)
+                               for t in range(len(ep))], np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def batch(self, rows: np.ndarray) -> WindowBatch:
+        """The windows ``rows`` (indices into ``index``)."""
+        hist, acts, targets, masks = [], [], [], []
+        for e, t in self.index[rows]:
+            ep = self.episodes[e]
+            hist.append(ep.frames[np.clip(np.arange(t - self.k + 1, t + 1), 0, None)])
+            steps = np.arange(t, t + self.t)
+            acts.append(ep.actions[np.minimum(steps, len(ep) - 1)])
+            targets.append(ep.frames[np.minimum(steps + 1, len(ep))])
+            masks.append(steps < len(ep))
+        return WindowBatch(np.stack(hist), np.stack(acts), np.stack(targets), np.stack(masks))
+
+
+class LabelledFrames:
+    """Every frame of ``episodes`` with its success label and instruction, for the
+    success model."""
+
+    def __init__(self, episodes: list[Episode]):
+        self.frames = np.concatenate([e.frames for e in episodes])
+        self.labels = np.concatenate([e.labels for e in episodes])
+        self.instructions = [e.instruction for e in episodes for _ in range(len(e.frames))]
+        self.positive = np.flatnonzero(self.labels)
+        self.negative = np.flatnonzero(~self.labels)
+        if not len(self.positive) or not len(self.negative):
+            raise ValueError(f"the success model needs frames of both kinds: {len(self.positive)}"
+                             f" successful, {len(self.negative)} not; record episodes that "
+                             "succeed and episodes that fail")
+
+    def balanced(self, n: int, rng: np.random.Generator):
+        """``n`` frames, half of them positive (drawn with replacement), their labels and
+        instructions."""
+        half = n // 2
+        rows = np.concatenate([rng.choice(self.positive, half),
+                               rng.choice(self.negative, n - half)])
+        return self.frames[rows], self.labels[rows], [self.instructions[i] for i in rows]
+
+
+@dataclass(frozen=True)
+class ResetFrame:
+    """A world-model env's starting frame (uint8 [H,W,3]) and instruction."""
+
+    frame: np.ndarray
+    instruction: str
+
+
+def read_npy_trajectory(path: Path) -> ResetFrame:
+    """Step 0 of one RLinf ``traj*.npy`` file; a bad file names itself and what is wrong."""
+    try:
+        steps = np.load(path, allow_pickle=True)
+        first = steps[0]
+        image = np.asarray(first["image"])
+        text = first.get("instruction", first.get("task"))
+    except (OSError, ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: not an RLinf trajectory (a sequence of step dicts with "
+                         f"'image' and 'instruction'): {type(exc).__name__}: {exc}") from exc
+    if text is None:
+        raise ValueError(f"{path}: step 0 has no 'instruction' (or 'task')")
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"{path}: step 0's image is {image.shape}, not HWC RGB")
+    if image.dtype != np.uint8:  # RLinf also stores floats in [0, 1]
+        image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+    return ResetFrame(image, text.decode() if isinstance(text, bytes) else str(text))
+
+
+def reset_frames(paths: Iterable[str], image_size: int,
+                 orientation: str = "upright") -> list[ResetFrame]:
+    """The first frame and instruction of every episode under ``paths``: HDF5 recordings
+    (files or folders) and folders (or files) of RLinf ``traj*.npy``, resized."""
+    out: list[ResetFrame] = []
+    h5_paths = []
+    for p in map(Path, paths):
+        npys = sorted(f for f in p.glob(NPY_GLOB) if "_kir" not in f.name) if p.is_dir() \
+            else [p] if p.suffix == ".npy" else []
+        for f in npys:
+            got = read_npy_trajectory(f)
+            out.append(ResetFrame(resize(got.frame[None], image_size)[0], got.instruction))
+        if not npys:
+            h5_paths.append(p)
+    if h5_paths:
+        demos, _ = read_demos(h5_paths, orientation)
+        out += [ResetFrame(resize(d.main_images[:1], image_size)[0], d.instruction)
+                for d in demos]
+    if not out:
+        raise ValueError(f"no episodes to reset from in {list(map(str, paths))}: give HDF5 "
+                         f"recordings or folders of RLinf {NPY_GLOB}")
+    return out

@@ -1,0 +1,101 @@
+"""A trained world model on held-out episodes: one-chunk PSNR against copying the last
+frame, the success model's ROC AUC, open-loop rollouts and side-by-side videos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from worldmodel.data import Episode, Windows
+from worldmodel.metrics import changed_pixels, psnr, roc_auc, squared_error
+from worldmodel.models import WorldModel, to_images, to_model_frames
+
+EVAL_BATCH = 64
+
+
+@torch.no_grad()
+def generator_metrics(model: WorldModel, windows: Windows, device,
+                      max_windows: int = 2048) -> dict:
+    """PSNR of one chunk's predicted frames on the pixels that change, the same for
+    copying the last history frame, their difference (``val_psnr_gain``, dB), and PSNR
+    over whole frames; over the first ``max_windows`` windows (every one when fewer)."""
+    model.generator.eval()
+    rows = np.arange(min(len(windows), max_windows))
+    sums = {"pred": [0.0, 0], "copy": [0.0, 0], "pred_all": [0.0, 0]}
+    for start in range(0, len(rows), EVAL_BATCH):
+        batch = windows.batch(rows[start:start + EVAL_BATCH])
+        acts = model.normalise(torch.from_numpy(batch.actions).to(device))
+        pred = to_images(model.generator(to_model_frames(batch.history).to(device), acts))
+        last = batch.history[:, -1]
+        changed = changed_pixels(last, batch.targets) & batch.mask[:, :, None, None]
+        whole = np.broadcast_to(batch.mask[:, :, None, None], changed.shape)
+        copy = np.broadcast_to(last[:, None], batch.targets.shape)
+        for key, guess, where in (("pred", pred, changed), ("copy", copy, changed),
+                                  ("pred_all", pred, whole)):
+            sq, n = squared_error(guess, batch.targets, where)
+            sums[key][0] += sq
+            sums[key][1] += n
+    out = {"val_psnr_changed": psnr(*sums["pred"]), "copy_last_psnr_changed": psnr(*sums["copy"]),
+           "val_psnr_all": psnr(*sums["pred_all"]),
+           "changed_pixel_share": sums["pred"][1] / max(sums["pred_all"][1], 1)}
+    out["val_psnr_gain"] = out["val_psnr_changed"] - out["copy_last_psnr_changed"]
+    return out
+
+
+@torch.no_grad()
+def scores(model: WorldModel, frames: np.ndarray, instructions: list[str],
+           device) -> np.ndarray:
+    """The success model's probability for each uint8 frame [N,H,W,3] and instruction."""
+    model.scorer.eval()
+    return np.concatenate([
+        model.scorer.score(to_model_frames(frames[i:i + 256]).to(device),
+                           instructions[i:i + 256]).cpu().numpy()
+        for i in range(0, len(frames), 256)])
+
+
+def success_auc(model: WorldModel, episodes: list[Episode], device) -> float:
+    """ROC AUC of the success model over every frame of ``episodes`` (nan without both
+    kinds of frame)."""
+    frames = np.concatenate([e.frames for e in episodes])
+    labels = np.concatenate([e.labels for e in episodes])
+    texts = [e.instruction for e in episodes for _ in range(len(e.frames))]
+    return roc_auc(scores(model, frames, texts, device), labels)
+
+
+@torch.no_grad()
+def rollout(model: WorldModel, first: np.ndarray, actions: np.ndarray, device) -> np.ndarray:
+    """Open loop, as the env runs: from uint8 first frames [B,H,W,3] and env-unit actions
+    [B,L,D], the L generated frames [B,L,H,W,3], chunk after chunk on its own frames (a
+    last partial chunk is padded with its last action)."""
+    model.generator.eval()
+    b, length, _ = actions.shape
+    t = model.chunk
+    history = to_model_frames(first).to(device)[:, None].repeat(1, model.condition_frames,
+                                                                 1, 1, 1)
+    out = []
+    for start in range(0, length, t):
+        steps = np.minimum(np.arange(start, start + t), length - 1)
+        acts = model.normalise(torch.from_numpy(actions[:, steps]).to(device))
+        frames = model.generator(history, acts)
+        out.append(to_images(frames))
+        history = torch.cat([history, frames], 1)[:, -model.condition_frames:]
+    return np.concatenate(out, 1)[:, :length]
+
+
+def write_side_by_side(model: WorldModel, episodes: list[Episode], folder: Path,
+                       fps: int = 10) -> list[Path]:
+    """One mp4 per episode: the recorded frames | the frames the model generates from the
+    same first frame and actions, each shown at least 128 px high."""
+    from actors.video import write_mp4
+
+    paths = []
+    for i, ep in enumerate(episodes):
+        gen = rollout(model, ep.frames[:1], ep.actions[None], "cpu")[0]
+        frames = np.concatenate([ep.frames, np.concatenate([ep.frames[:1], gen])], axis=2)
+        scale = max(1, -(-128 // frames.shape[1]))
+        frames = frames.repeat(scale, 1).repeat(scale, 2)
+        paths.append(write_mp4(folder / f"episode{i:03d}_real_vs_generated.mp4", list(frames),
+                               fps))
+    return paths

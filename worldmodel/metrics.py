@@ -1,0 +1,58 @@
+"""Held-out measures of a world model: PSNR where the scene changes, and ROC AUC.
+
+Most pixels of a robot scene never move, so PSNR over whole frames rewards copying the
+last frame. :func:`changed_pixels` marks, per target frame, the pixels that differ from
+the last conditioning frame by more than ``threshold`` (any channel, on the [0, 1]
+scale); :func:`psnr` is ``10 log10(1 / MSE)`` over those pixels only. Copying the last
+frame is the baseline every prediction is compared with.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CHANGE_THRESHOLD = 0.05  # 13 of 255 grey levels: above compression and render noise
+
+
+def changed_pixels(last: np.ndarray, targets: np.ndarray,
+                   threshold: float = CHANGE_THRESHOLD) -> np.ndarray:
+    """bool [B,T,H,W]: where target frame t (uint8 [B,T,H,W,3]) differs from the last
+    conditioning frame (uint8 [B,H,W,3]) by more than ``threshold`` in some channel."""
+    diff = np.abs(targets.astype(np.int16) - last[:, None].astype(np.int16))
+    return diff.max(-1) > threshold * 255
+
+
+def squared_error(pred: np.ndarray, target: np.ndarray, where: np.ndarray) -> tuple[float, int]:
+    """(sum of squared errors on the [0, 1] scale, pixel count) over ``where`` [...,H,W]
+    of uint8 frames [...,H,W,3] (all three channels of each pixel)."""
+    err = ((pred.astype(np.float64) - target.astype(np.float64)) / 255.0) ** 2
+    return float(err[where].sum()), int(where.sum()) * 3
+
+
+def psnr(sq_sum: float, count: int) -> float:
+    """``10 log10(1 / MSE)`` in dB; inf for a perfect prediction, nan for no pixels."""
+    if count == 0:
+        return float("nan")
+    mse = sq_sum / count
+    return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The probability that a random positive scores above a random negative (ties count
+    half): the Mann-Whitney U statistic over the product of the class sizes."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, bool)
+    pos, neg = int(labels.sum()), int((~labels).sum())
+    if not pos or not neg:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):  # average ranks over ties
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    u = ranks[labels].sum() - pos * (pos + 1) / 2
+    return float(u / (pos * neg))

@@ -1,0 +1,222 @@
+"""The world model's two learned parts, the interfaces the env runs them through, and the
+file that holds them.
+
+A :class:`FrameGenerator` maps the last K frames and a chunk of T actions to the T frames
+those actions lead to; a :class:`SuccessScorer` maps one frame to the probability that the
+task its instruction names is achieved in it. Frames are float [.., 3, H, W] in [-1, 1];
+actions are normalised with the training data's 1st/99th percentiles, as RLinf's world
+model takes them:
+``2 (a - q01) / (q99 - q01) - 1`` on every dimension, gripper included, unclipped.
+
+chunkrl trains its own at CPU scale (:class:`ConvFramePredictor`, :class:`SuccessCNN`);
+a latent video model (a diffusers UNet or DiT over an ``AutoencoderKL``) fits the same
+``generate`` signature. :class:`WorldModel` bundles a generator, a scorer and the action
+statistics, and is what ``world_model.pt`` holds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FORMAT = "chunkrl-world-model-v1"
+
+
+class FrameGenerator(Protocol):
+    """History [B,K,3,H,W] and normalised actions [B,T,D] -> the next frames [B,T,3,H,W]."""
+
+    condition_frames: int
+    chunk: int
+
+    def generate(self, history: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The T frames that follow ``history`` under ``actions`` (no gradient)."""
+        ...
+
+
+class SuccessScorer(Protocol):
+    """Frames [N,3,H,W] and their N instructions -> the probability [N] that the task is
+    achieved in each."""
+
+    def score(self, frames: torch.Tensor, instructions: list[str]) -> torch.Tensor:
+        """The probability of success of each frame (no gradient)."""
+        ...
+
+
+def to_model_frames(images: np.ndarray) -> torch.Tensor:
+    """uint8 [...,H,W,3] -> float [...,3,H,W] in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(127.5).sub_(1.0)
+    return x.movedim(-1, -3)
+
+
+def to_images(frames: torch.Tensor) -> np.ndarray:
+    """float [...,3,H,W] in [-1, 1] -> uint8 [...,H,W,3]."""
+    x = frames.detach().float().clamp(-1, 1).add(1.0).mul(127.5).round()
+    return x.movedim(-3, -1).to(torch.uint8).cpu().numpy()
+
+
+def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(4, cout), nn.SiLU(),
+                         nn.Conv2d(cout, cout, 3, 1, 1), nn.GroupNorm(4, cout), nn.SiLU())
+
+
+class ConvFramePredictor(nn.Module):
+    """A deterministic action-conditioned frame predictor: a three-level U-Net over the K
+    stacked history frames; the chunk's actions (an MLP of all T x D) scale and shift
+    the features of every decoder level (FiLM). It predicts the change of each of the T
+    frames from the last history frame: a still scene costs the network nothing."""
+
+    def __init__(self, condition_frames: int, chunk: int, action_dim: int,
+                 channels: int = 32):
+        super().__init__()
+        self.condition_frames, self.chunk, self.action_dim = condition_frames, chunk, action_dim
+        c = channels
+        self.widths = (c, 2 * c, 4 * c, 4 * c)
+        self.stem = _block(3 * condition_frames, c)
+        self.down = nn.ModuleList([_block(c, 2 * c, 2), _block(2 * c, 4 * c, 2),
+                                   _block(4 * c, 4 * c, 2)])
+        self.up = nn.ModuleList([_block(8 * c, 4 * c), _block(6 * c, 2 * c), _block(3 * c, c)])
+        self.film = nn.Sequential(nn.Linear(chunk * action_dim, 8 * c), nn.SiLU(),
+                                  nn.Linear(8 * c, 2 * (4 * c + 4 * c + 2 * c + c)))
+        self.head = nn.Conv2d(c, 3 * chunk, 3, 1, 1)
+        nn.init.zeros_(self.head.weight)  # starts as "copy the last frame"
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, history: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """History [B,K,3,H,W], normalised actions [B,T,D] -> frames [B,T,3,H,W]."""
+        b, k, _, h, w = history.shape
+        skips = [self.stem(history.reshape(b, k * 3, h, w))]
+        for down in self.down:
+            skips.append(down(skips[-1]))
+        film = self.film(actions.reshape(b, -1))
+        widths = (self.widths[3], self.widths[2], self.widths[1], self.widths[0])
+        scale_shift = torch.split(film, [2 * n for n in widths], dim=1)
+
+        def modulate(x, level):
+            scale, shift = scale_shift[level].chunk(2, dim=1)
+            return x * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+
+        x = modulate(skips[3], 0)
+        for level, (up, skip) in enumerate(zip(self.up, reversed(skips[:3])), start=1):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+            x = modulate(up(torch.cat([x, skip], 1)), level)
+        delta = self.head(x).reshape(b, self.chunk, 3, h, w)
+        return (history[:, -1:] + delta).clamp(-1.0, 1.0)
+
+    def generate(self, history: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The next ``chunk`` frames (no gradient)."""
+        with torch.no_grad():
+            return self(history, actions)
+
+
+class SuccessCNN(nn.Module):
+    """One frame and its instruction -> the logit of "the task is achieved": four strided
+    convolutions, each followed by a scale and shift per channel computed from the
+    instruction (a bag of hashed words, as the CNN policy reads it: "the red square"
+    selects red features before they are pooled), global average pooling, a linear layer.
+    RLinf's ResnetRM sees the frame alone; one scene can hold the named target and others,
+    so chunkrl's reads the instruction too."""
+
+    def __init__(self, channels: int = 16, vocab_size: int = 1024, embed_dim: int = 32):
+        super().__init__()
+        c, self.vocab_size = channels, vocab_size
+        self.channels = channels
+        widths = (c, 2 * c, 4 * c, 4 * c)
+        self.convs = nn.ModuleList()
+        cin = 3
+        for cout in widths:
+            self.convs.append(nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1), nn.GroupNorm(4, cout)))
+            cin = cout
+        self.embed = nn.EmbeddingBag(vocab_size, embed_dim, mode="sum")
+        self.film = nn.Linear(embed_dim, 2 * sum(widths))
+        nn.init.zeros_(self.film.weight)  # starts unconditioned
+        nn.init.zeros_(self.film.bias)
+        self.widths = widths
+        self.head = nn.Linear(cin, 1)
+
+    def forward(self, frames: torch.Tensor, instructions: list[str]) -> torch.Tensor:
+        """Frames [N,3,H,W] and N instructions -> logits [N]."""
+        from models.cnn_policy import hash_words
+
+        ids, offsets = hash_words(instructions, self.vocab_size)
+        film = self.film(self.embed(ids.to(frames.device), offsets.to(frames.device)))
+        parts = torch.split(film, [2 * w for w in self.widths], dim=1)
+        x = frames
+        for conv, part in zip(self.convs, parts):
+            scale, shift = part.chunk(2, dim=1)
+            x = F.silu(conv(x) * (1 + scale[:, :, None, None]) + shift[:, :, None, None])
+        return self.head(x.mean((2, 3))).squeeze(-1)
+
+    def score(self, frames: torch.Tensor, instructions: list[str]) -> torch.Tensor:
+        """The probability of success of each frame (no gradient)."""
+        with torch.no_grad():
+            return torch.sigmoid(self(frames, instructions))
+
+
+def normalise_actions(actions: torch.Tensor, low: torch.Tensor, high: torch.Tensor):
+    """``2 (a - low) / (high - low) - 1`` per dimension; 0 where ``high == low``."""
+    span = high - low
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    return torch.where(span > 0, 2 * (actions - low) / safe - 1, torch.zeros_like(actions))
+
+
+class WorldModel(nn.Module):
+    """A generator, a success scorer, and the action bounds (q01, q99) they were trained
+    with; ``info`` keeps the sizes and the training config."""
+
+    def __init__(self, generator: ConvFramePredictor, scorer: SuccessCNN,
+                 action_low: np.ndarray, action_high: np.ndarray, image_size: int,
+                 info: dict | None = None):
+        super().__init__()
+        self.generator, self.scorer, self.image_size = generator, scorer, image_size
+        self.register_buffer("action_low", torch.as_tensor(action_low, dtype=torch.float32))
+        self.register_buffer("action_high", torch.as_tensor(action_high, dtype=torch.float32))
+        self.info = dict(info or {})
+
+    @property
+    def condition_frames(self) -> int:
+        """K: the frames each generation is conditioned on."""
+        return self.generator.condition_frames
+
+    @property
+    def chunk(self) -> int:
+        """T: the frames (and actions) of one generation."""
+        return self.generator.chunk
+
+    def normalise(self, actions: torch.Tensor) -> torch.Tensor:
+        """Env-unit actions [...,D] -> the generator's input."""
+        return normalise_actions(actions, self.action_low, self.action_high)
+
+    def save(self, path: Path) -> Path:
+        """Write the models and what rebuilds them to ``path``."""
+        g = self.generator
+        torch.save({"format": FORMAT, "image_size": self.image_size,
+                    "generator": {"condition_frames": g.condition_frames, "chunk": g.chunk,
+                                  "action_dim": g.action_dim, "channels": g.widths[0]},
+                    "scorer": {"channels": self.scorer.channels,
+                               "vocab_size": self.scorer.vocab_size},
+                    "state_dict": self.state_dict(), "info": self.info}, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, map_location="cpu") -> "WorldModel":
+        """A world model from :meth:`save`'s file; a wrong file says what it is not."""
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise ValueError(f"cannot read the world model {path}: {exc}") from exc
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a world model (a train_world_model run's "
+                             "world_model.pt)")
+        g = state["generator"]
+        model = cls(ConvFramePredictor(g["condition_frames"], g["chunk"], g["action_dim"],
+                                       g["channels"]),
+                    SuccessCNN(state["scorer"]["channels"], state["scorer"]["vocab_size"]),
+                    np.zeros(g["action_dim"]),
+                    np.zeros(g["action_dim"]), state["image_size"], state.get("info"))
+        model.load_state_dict(state["state_dict"])
+        return model.eval()

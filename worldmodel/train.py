@@ -1,0 +1,210 @@
+"""Training a world model (``run.mode: train_world_model``): the frame predictor, then the
+success model, on recorded episodes. One process, no sockets.
+
+Episodes (``world_model.datasets``) are split into training and held-out ones. The
+predictor takes ``world_model.steps`` AdamW steps on random windows (:mod:`worldmodel.data`)
+minimising the L1 error of its T frames, each pixel that changes from the last history
+frame weighted ``1 + CHANGE_WEIGHT`` (most pixels are still: an unweighted loss is won by
+copying). The success model then takes ``world_model.success_steps`` steps of binary
+cross-entropy on frames drawn half successful, half not, randomly shifted by up to 2
+pixels. Both use linear warmup then cosine decay.
+
+Written to ``run.log_dir``: TensorBoard (``world_model/train_loss``,
+``world_model/val_psnr_changed`` and ``world_model/copy_last_psnr_changed`` on held-out
+windows, ``world_model/val_psnr_gain``; ``reward_model/train_loss``,
+``reward_model/val_auc``), ``checkpoint.pt`` (resumable with ``--resume``),
+``world_model.pt`` (``env.world_model.checkpoint`` takes it), ``world_model_summary.json``
+and side-by-side mp4s of held-out episodes, real | generated for the same actions, under
+``videos/world_model``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.tensorboard import SummaryWriter
+
+from configs import Config, ConfigError, to_dict
+from learner import checkpoint
+from models import pick_device
+from sft.data import random_shift
+from sft.trainer import lr_factor
+from worldmodel.data import LabelledFrames, Windows, action_bounds, load_episodes, split_episodes
+from worldmodel.evaluate import generator_metrics, success_auc, write_side_by_side
+from worldmodel.metrics import CHANGE_THRESHOLD
+from worldmodel.models import (ConvFramePredictor, SuccessCNN, WorldModel, to_model_frames)
+
+log = logging.getLogger(__name__)
+CHANGE_WEIGHT = 4.0
+WARMUP_STEPS = 100
+MIN_LR_RATIO = 0.1
+WORLD_MODEL = "world_model.pt"
+
+
+def predictor_loss(model: WorldModel, batch, device) -> torch.Tensor:
+    """Masked, change-weighted L1 of the predicted frames (see the module docstring)."""
+    hist = to_model_frames(batch.history).to(device)
+    target = to_model_frames(batch.targets).to(device)
+    acts = model.normalise(torch.from_numpy(batch.actions).to(device))
+    pred = model.generator(hist, acts)
+    changed = (target - hist[:, -1:]).abs().amax(2, keepdim=True) > 2 * CHANGE_THRESHOLD
+    weight = (1.0 + CHANGE_WEIGHT * changed.float()) * \
+        torch.from_numpy(batch.mask).to(device)[:, :, None, None, None]
+    return ((pred - target).abs() * weight).sum() / (weight.sum() * 3).clamp(min=1.0)
+
+
+def success_loss(model: WorldModel, frames: np.ndarray, labels: np.ndarray,
+                 instructions: list[str], device) -> torch.Tensor:
+    """Binary cross-entropy of the success model's logits on uint8 ``frames``."""
+    logits = model.scorer(to_model_frames(frames).to(device), instructions)
+    return F.binary_cross_entropy_with_logits(logits, torch.from_numpy(labels).float().to(device))
+
+
+def _optimizer(params, lr: float, steps: int):
+    opt = torch.optim.AdamW(params, lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: lr_factor(k, min(WARMUP_STEPS, steps), steps, MIN_LR_RATIO))
+    return opt, sched
+
+
+def run(cfg: Config, stop: threading.Event | None = None) -> int:
+    """Train both models (resuming with ``run.resume``); 0 when both are done."""
+    stop = stop or threading.Event()
+    w, log_dir = cfg.world_model, Path(cfg.run.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(cfg.run.seed)
+    torch.manual_seed(cfg.run.seed)
+    device = pick_device(cfg.learner.device)
+    episodes, report = load_episodes(w.datasets, w.image_size)
+    log.info("datasets: %s", report.summary())
+    train, val = split_episodes(episodes, w.val_fraction, w.max_episodes, rng)
+    if not train:
+        raise ConfigError(f"no episodes in world_model.datasets={w.datasets}")
+    if not val:
+        log.warning("no held-out episodes (world_model.val_fraction=0): metrics are on the "
+                    "training episodes")
+        val = train
+    low, high = action_bounds(train)
+    model = WorldModel(
+        ConvFramePredictor(w.condition_frames, w.chunk, train[0].actions.shape[1], w.channels),
+        SuccessCNN(w.success_channels), low, high, w.image_size,
+        {"world_model": to_dict(cfg)["world_model"], "train_episodes": len(train),
+         "val_episodes": len(val)}).to(device)
+    windows, val_windows = Windows(train, w.condition_frames, w.chunk), \
+        Windows(val, w.condition_frames, w.chunk)
+    frames = LabelledFrames(train)
+    opt_g, sched_g = _optimizer(model.generator.parameters(), w.lr, w.steps)
+    opt_s, sched_s = _optimizer(model.scorer.parameters(), w.lr, w.success_steps)
+    steps = {"generator": 0, "success": 0}
+    if cfg.run.resume:
+        steps = _restore(log_dir, model, (opt_g, sched_g, opt_s, sched_s), rng)
+    writer = SummaryWriter(str(log_dir))
+    log.info("world model on %d windows of %d episodes (%d held out): %d predictor steps, "
+             "then %d success-model steps", len(windows), len(train), len(val), w.steps,
+             w.success_steps)
+    metrics: dict = {}
+    state = (opt_g, sched_g, opt_s, sched_s)
+    began = shown = time.monotonic()
+    try:
+        while steps["generator"] < w.steps and not stop.is_set():
+            model.generator.train()
+            batch = windows.batch(rng.integers(len(windows), size=w.batch_size))
+            loss = _step(predictor_loss(model, batch, device), model.generator, opt_g, sched_g)
+            k = steps["generator"] = steps["generator"] + 1
+            writer.add_scalar("world_model/train_loss", loss, k)
+            writer.add_scalar("world_model/lr", opt_g.param_groups[0]["lr"], k)
+            if k % w.val_every == 0 or k == w.steps:
+                metrics.update(generator_metrics(model, val_windows, device))
+                for name in ("val_psnr_changed", "copy_last_psnr_changed", "val_psnr_gain"):
+                    writer.add_scalar(f"world_model/{name}", metrics[name], k)
+            if k % w.checkpoint_every == 0:
+                _save(log_dir, cfg, model, state, steps, rng)
+            if time.monotonic() - shown >= cfg.run.progress_every_s or k == w.steps:
+                log.info("predictor step %d/%d | loss %.4f | held-out PSNR on changed pixels "
+                         "%.2f dB (copy-last %.2f) | %.1f steps/s", k, w.steps, loss,
+                         metrics.get("val_psnr_changed", float("nan")),
+                         metrics.get("copy_last_psnr_changed", float("nan")),
+                         k / (time.monotonic() - began))
+                shown = time.monotonic()
+        began = time.monotonic()
+        while steps["generator"] >= w.steps and steps["success"] < w.success_steps \
+                and not stop.is_set():
+            model.scorer.train()
+            x, y, texts = frames.balanced(w.success_batch_size, rng)
+            loss = _step(success_loss(model, random_shift(x, 2, rng), y, texts, device),
+                         model.scorer, opt_s, sched_s)
+            k = steps["success"] = steps["success"] + 1
+            writer.add_scalar("reward_model/train_loss", loss, k)
+            if k % w.val_every == 0 or k == w.success_steps:
+                metrics["val_auc"] = success_auc(model, val, device)
+                writer.add_scalar("reward_model/val_auc", metrics["val_auc"], k)
+            if k % w.checkpoint_every == 0:
+                _save(log_dir, cfg, model, state, steps, rng)
+            if time.monotonic() - shown >= cfg.run.progress_every_s or k == w.success_steps:
+                log.info("success-model step %d/%d | loss %.4f | held-out ROC AUC %.4f | "
+                         "%.1f steps/s", k, w.success_steps, loss,
+                         metrics.get("val_auc", float("nan")), k / (time.monotonic() - began))
+                shown = time.monotonic()
+    finally:
+        _save(log_dir, cfg, model, state, steps, rng)
+        writer.close()
+    done = steps["generator"] >= w.steps and steps["success"] >= w.success_steps
+    if not done:
+        return 1
+    model.cpu().save(log_dir / WORLD_MODEL)
+    videos = write_side_by_side(model, val[:w.videos], log_dir / "videos" / "world_model")
+    summary = {"steps": steps, "train_episodes": len(train), "val_episodes": len(val),
+               "train_windows": len(windows), "datasets": {"files": report.files,
+                                                           "demos": report.demos,
+                                                           "bad": report.bad},
+               **metrics, "videos": [str(v) for v in videos]}
+    (log_dir / "world_model_summary.json").write_text(json.dumps(summary, indent=1))
+    log.info("world model done: %s (env.world_model.checkpoint=%s)", log_dir / WORLD_MODEL,
+             log_dir / WORLD_MODEL)
+    return 0
+
+
+def _step(loss: torch.Tensor, module, optimizer, scheduler) -> float:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    return float(loss.detach())
+
+
+def _save(log_dir: Path, cfg: Config, model: WorldModel, state, steps: dict,
+          rng: np.random.Generator) -> None:
+    opt_g, sched_g, opt_s, sched_s = state
+    checkpoint.save_state(log_dir, {
+        "model": model.state_dict(), "opt_g": opt_g.state_dict(), "sched_g": sched_g.state_dict(),
+        "opt_s": opt_s.state_dict(), "sched_s": sched_s.state_dict(), "steps": dict(steps),
+        "rng": {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state},
+        "kind": "world_model", "config": to_dict(cfg)},
+        {"version": steps["generator"] + steps["success"], "incarnation": cfg.run.incarnation,
+         "kind": "world_model"})
+
+
+def _restore(log_dir: Path, model: WorldModel, state, rng: np.random.Generator) -> dict:
+    path = log_dir / checkpoint.CHECKPOINT
+    opt_g, sched_g, opt_s, sched_s = state
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["model"])
+        for obj, key in ((opt_g, "opt_g"), (sched_g, "sched_g"), (opt_s, "opt_s"),
+                         (sched_s, "sched_s")):
+            obj.load_state_dict(saved[key])
+        torch.set_rng_state(saved["rng"]["torch"])
+        rng.bit_generator.state = saved["rng"]["numpy"]
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:
+        raise checkpoint.CheckpointError(f"cannot resume the world model from {path}: "
+                                         f"{type(exc).__name__}: {exc}") from exc
+    log.info("resumed the world model from %s at %s", path, saved["steps"])
+    return dict(saved["steps"])
