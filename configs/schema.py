@@ -501,6 +501,11 @@ class WorldModelConfig:
     checkpoint_every: int = opt(500, "steps between checkpoints (resumable)")
     videos: int = opt(4, "held-out episodes rolled out side by side (real | generated, "
                       "the same actions) at the end, under log_dir/videos/world_model")
+    position_dims: int = opt(2, "the first N entries of the state are the agent's or "
+                             "gripper's position (synthetic: 2; robosuite/LIBERO: 3, the "
+                             "end effector): a probe trained to read them from real frames "
+                             "measures where generated frames put it (0: no probe)")
+    probe_steps: int = opt(1000, "the position probe's optimizer steps")
 
 
 @dataclass(frozen=True)
@@ -721,10 +726,10 @@ def validate(cfg: Config) -> list[str]:
          w.chunk >= 1 and w.channels >= 4 and w.success_channels >= 4 and
          min(w.steps, w.batch_size, w.success_steps, w.success_batch_size, w.val_every,
              w.checkpoint_every) >= 1 and w.lr > 0 and 0 <= w.val_fraction < 1 and
-         min(w.max_episodes, w.videos) >= 0,
+         min(w.max_episodes, w.videos, w.position_dims, w.probe_steps) >= 0,
          "world_model: image_size a multiple of 8 and >= 16; condition_frames, chunk, steps, "
          "batch sizes, val_every, checkpoint_every >= 1; channels >= 4; lr > 0; "
-         "val_fraction in [0, 1); max_episodes, videos >= 0"),
+         "val_fraction in [0, 1); max_episodes, videos, position_dims, probe_steps >= 0"),
         (e.kind != "world_model" or (bool(wm.checkpoint) and bool(wm.reset_data)),
          "env.kind=world_model needs env.world_model.checkpoint (a train_world_model run's "
          "world_model.pt) and env.world_model.reset_data (episodes to reset from)"),

@@ -15,11 +15,11 @@ deterministic) is printed and written to ``runs/<experiment>/results.md`` with e
 stage's wall-clock time, and ``curves.png`` (success against env steps and time) beside it.
 Extra ``key=value`` arguments go to every stage.
 
-A world-model experiment (``synthetic_wm``) trains its RL stage inside a learned simulator:
-after the SFT evaluation it records the SFT policy in the real env (``record_policy``,
-with action noise: failures as well as successes), trains the world model on both
-recordings (``world_model``), runs GRPO in it (``rl``, reset from the expert recording's
-first frames) and evaluates the result in the real env. Its config's env is the world
+A world-model experiment (``synthetic_wm``, ``lift_wm``) trains its RL stage inside a
+learned simulator: after the SFT evaluation it records the SFT policy in the real env
+(``record_policy``, with action noise: failures as well as successes), trains the world
+model on both recordings (``world_model``), runs GRPO in it (``rl``, reset from the expert
+recording's first frames) and evaluates the result in the real env. Its config's env is the world
 model; the stages in the real env add the experiment's ``real_env`` overrides.
 """
 
@@ -49,6 +49,7 @@ class Experiment:
 
     @property
     def world_model(self) -> bool:
+        """The RL stage runs in a world model trained by the chain."""
         return bool(self.real_env)
 
 
@@ -58,6 +59,8 @@ EXPERIMENTS = {
     "libero_spatial": Experiment("configs/libero_spatial_sft.yaml"),
     "synthetic_wm": Experiment("configs/synthetic_world_model.yaml",
                                ("env.kind=synthetic", "env.image_size=224")),
+    "lift_wm": Experiment("configs/robosuite_lift_world_model.yaml",
+                          ("env.kind=robosuite", "env.image_size=128")),
 }
 STAGES = ("record", "sft", "eval_sft", "record_policy", "world_model", "rl")
 POLICY_RECORDING = ("record.source=policy", "record.first_state=400",

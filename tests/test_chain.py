@@ -196,11 +196,13 @@ def test_world_model_chain_train_rl_inside_it_evaluate_in_the_real_env(tmp_path)
         "run.log_dir": wm, "world_model.datasets": f"[{rec / 'dataset'}]",
         "world_model.steps": 30, "world_model.success_steps": 20, "world_model.val_every": 10,
         "world_model.channels": 8, "world_model.batch_size": 8, "world_model.videos": 1,
-        "world_model.val_fraction": 0.25}))
+        "world_model.val_fraction": 0.25, "world_model.probe_steps": 20}))
     summary = json.loads((wm / "world_model_summary.json").read_text())
     assert summary["steps"] == {"generator": 30, "success": 20}
     assert summary["val_episodes"] == 3 and np.isfinite(summary["val_psnr_changed"])
     assert 0.0 <= summary["val_auc"] <= 1.0
+    for key in ("val_position_error", "copy_last_position_error", "probe_position_error_real"):
+        assert np.isfinite(summary[key]), key
     assert len(_scalars(wm, "world_model/train_loss")) == 30
     assert [s for s, _ in _scalars(wm, "world_model/val_psnr_gain")] == [10, 20, 30]
     assert [s for s, _ in _scalars(wm, "reward_model/val_auc")] == [10, 20]

@@ -16,7 +16,7 @@ from envs.world_model import WorldModelVectorEnv, make_world_model_env, read_act
 from protocol.ids import IdSource
 from worldmodel.data import (Episode, LabelledFrames, ResetFrame, Windows, episode_from_demo,
                              reset_frames)
-from worldmodel.metrics import changed_pixels, psnr, roc_auc, squared_error
+from worldmodel.metrics import changed_pixels, psnr, roc_auc, spearman, squared_error
 from worldmodel.models import ConvFramePredictor, SuccessCNN, WorldModel, to_images, \
     to_model_frames
 
@@ -29,6 +29,14 @@ def test_roc_auc_by_hand():
     assert roc_auc([0.5, 0.5], [1, 0]) == 0.5  # a tie counts half
     assert roc_auc([0.9, 0.1, 0.2], [1, 0, 0]) == 1.0
     assert np.isnan(roc_auc([0.3, 0.4], [0, 0]))
+
+
+def test_spearman_by_hand():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    # ranks (1, 2, 3) against (1.5, 1.5, 3): centred (-1, 0, 1) and (-0.5, -0.5, 1)
+    assert spearman([0.1, 0.2, 0.3], [5, 5, 9]) == pytest.approx(1.5 / np.sqrt(2 * 1.5))
+    assert np.isnan(spearman([1, 2], [3, 3]))
 
 
 def test_psnr_on_the_pixels_that_change():
@@ -274,3 +282,26 @@ def test_the_success_model_reads_the_instruction():
         opt.step()
     got = model.scorer.score(to_model_frames(frames), texts).numpy()
     assert roc_auc(got, labels) == 1.0 and float(loss.detach()) < 0.1
+
+
+def test_the_position_probe_reads_a_bright_square_and_compares_generated_frames():
+    from worldmodel.probe import position_errors, train_probe
+
+    def episode(seed):  # a white dot walking right; the state's first entry is its column
+        cols = np.arange(2, 14)
+        frames = np.zeros((len(cols), SIZE, SIZE, 3), np.uint8)
+        for k, c in enumerate(cols):
+            frames[k, 6:9, c - 1:c + 2] = 255
+        states = np.zeros((len(cols) - 1, 8), np.float32)
+        states[:, 0] = cols[:-1]
+        return Episode(frames, np.zeros((len(cols) - 1, 7), np.float32),
+                       np.zeros(len(cols), bool), "reach", states)
+
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    probe = train_probe([episode(0)], 1, 300, rng)
+    got = position_errors(_model(0.0, k=1, t=2), probe, Windows([episode(1)], 1, 2), "cpu")
+    # the fresh predictor copies the last frame: its error is copy-last's, and the dot
+    # moves 1.5 columns on average over a chunk of 2, which the probe must see
+    assert got["val_position_error"] == pytest.approx(got["copy_last_position_error"])
+    assert got["probe_position_error_real"] < 0.5 < got["copy_last_position_error"]

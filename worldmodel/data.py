@@ -44,12 +44,14 @@ def resize(images: np.ndarray, size: int) -> np.ndarray:
 @dataclass
 class Episode:
     """Frames uint8 [L+1,H,W,3], actions float32 [L,D], labels bool [L+1] (frame k shows
-    the task achieved), the instruction."""
+    the task achieved), the instruction, and the state vector of frames 0..L-1 [L,S] (the
+    last frame's was never observed), or None."""
 
     frames: np.ndarray
     actions: np.ndarray
     labels: np.ndarray
     instruction: str
+    states: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -58,16 +60,16 @@ class Episode:
 def episode_from_demo(demo: Demo, image_size: int) -> Episode | None:
     """The demo's frames and actions (None when fewer than two frames remain)."""
     frames = demo.main_images
-    actions, success = demo.actions, demo.success
+    actions, success, states = demo.actions, demo.success, demo.states
     if demo.final_main_image is not None:
         frames = np.concatenate([frames, demo.final_main_image[None]])
     else:  # without the final frame the last action has no frame to lead to
-        actions, success = actions[:-1], success[:-1]
+        actions, success, states = actions[:-1], success[:-1], states[:-1]
     if len(actions) < 1:
         return None
     labels = np.concatenate([[False], success.astype(bool)])
     return Episode(resize(frames, image_size), actions.astype(np.float32), labels,
-                   demo.instruction)
+                   demo.instruction, np.asarray(states, np.float32))
 
 
 def load_episodes(paths: Iterable[str], image_size: int, orientation: str = "upright"):
@@ -99,12 +101,15 @@ def action_bounds(episodes: list[Episode]) -> tuple[np.ndarray, np.ndarray]:
 @dataclass
 class WindowBatch:
     """uint8 history [B,K,H,W,3], env-unit actions [B,T,D], uint8 targets [B,T,H,W,3],
-    mask bool [B,T] (False past the episode's end)."""
+    mask bool [B,T] (False past the episode's end); the targets' states [B,T,S] and
+    state_mask [B,T] (False where no state was observed) when the episodes have states."""
 
     history: np.ndarray
     actions: np.ndarray
     targets: np.ndarray
     mask: np.ndarray
+    target_states: np.ndarray | None = None
+    state_mask: np.ndarray | None = None
 
 
 class Windows:
@@ -122,7 +127,8 @@ class Windows:
 
     def batch(self, rows: np.ndarray) -> WindowBatch:
         """The windows ``rows`` (indices into ``index``)."""
-        hist, acts, targets, masks = [], [], [], []
+        hist, acts, targets, masks, states, state_masks = [], [], [], [], [], []
+        with_states = all(ep.states is not None for ep in self.episodes)
         for e, t in self.index[rows]:
             ep = self.episodes[e]
             hist.append(ep.frames[np.clip(np.arange(t - self.k + 1, t + 1), 0, None)])
@@ -130,7 +136,12 @@ class Windows:
             acts.append(ep.actions[np.minimum(steps, len(ep) - 1)])
             targets.append(ep.frames[np.minimum(steps + 1, len(ep))])
             masks.append(steps < len(ep))
-        return WindowBatch(np.stack(hist), np.stack(acts), np.stack(targets), np.stack(masks))
+            if with_states:
+                states.append(ep.states[np.minimum(steps + 1, len(ep) - 1)])
+                state_masks.append(steps + 1 < len(ep))
+        return WindowBatch(np.stack(hist), np.stack(acts), np.stack(targets), np.stack(masks),
+                           np.stack(states) if with_states else None,
+                           np.stack(state_masks) if with_states else None)
 
 
 class LabelledFrames:

@@ -1,4 +1,5 @@
-"""Held-out measures of a world model: PSNR where the scene changes, and ROC AUC.
+"""Held-out measures of a world model: PSNR where the scene changes, ROC AUC, and
+Spearman's rank correlation (policies ranked in the world model and in the simulator).
 
 Most pixels of a robot scene never move, so PSNR over whole frames rewards copying the
 last frame. :func:`changed_pixels` marks, per target frame, the pixels that differ from
@@ -37,22 +38,37 @@ def psnr(sq_sum: float, count: int) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
 
 
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """The probability that a random positive scores above a random negative (ties count
-    half): the Mann-Whitney U statistic over the product of the class sizes."""
-    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, bool)
-    pos, neg = int(labels.sum()), int((~labels).sum())
-    if not pos or not neg:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
+def average_ranks(values) -> np.ndarray:
+    """Ranks 1..n of ``values``, ties sharing the mean of their ranks."""
+    values = np.asarray(values, np.float64)
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values))
+    ordered = values[order]
     i = 0
-    while i < len(scores):  # average ranks over ties
+    while i < len(values):
         j = i
-        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+        while j + 1 < len(values) and ordered[j + 1] == ordered[i]:
             j += 1
         ranks[order[i:j + 1]] = (i + j) / 2 + 1
         i = j + 1
-    u = ranks[labels].sum() - pos * (pos + 1) / 2
+    return ranks
+
+
+def roc_auc(scores, labels) -> float:
+    """The probability that a random positive scores above a random negative (ties count
+    half): the Mann-Whitney U statistic over the product of the class sizes."""
+    labels = np.asarray(labels, bool)
+    pos, neg = int(labels.sum()), int((~labels).sum())
+    if not pos or not neg:
+        return float("nan")
+    u = average_ranks(scores)[labels].sum() - pos * (pos + 1) / 2
     return float(u / (pos * neg))
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation: Pearson's correlation of the average ranks (nan when
+    either side is constant)."""
+    ra, rb = average_ranks(a), average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = float(np.sqrt((ra ** 2).sum() * (rb ** 2).sum()))
+    return float((ra * rb).sum() / denom) if denom else float("nan")

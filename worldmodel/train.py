@@ -14,8 +14,8 @@ Written to ``run.log_dir``: TensorBoard (``world_model/train_loss``,
 windows, ``world_model/val_psnr_gain``; ``reward_model/train_loss``,
 ``reward_model/val_auc``), ``checkpoint.pt`` (resumable with ``--resume``),
 ``world_model.pt`` (``env.world_model.checkpoint`` takes it), ``world_model_summary.json``
-and side-by-side mp4s of held-out episodes, real | generated for the same actions, under
-``videos/world_model``.
+(with the held-out position errors of :mod:`worldmodel.probe`), and side-by-side mp4s of
+held-out episodes, real | generated for the same actions, under ``videos/world_model``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from sft.trainer import lr_factor
 from worldmodel.data import LabelledFrames, Windows, action_bounds, load_episodes, split_episodes
 from worldmodel.evaluate import generator_metrics, success_auc, write_side_by_side
 from worldmodel.metrics import CHANGE_THRESHOLD
-from worldmodel.models import (ConvFramePredictor, SuccessCNN, WorldModel, to_model_frames)
+from worldmodel.models import ConvFramePredictor, SuccessCNN, WorldModel, to_model_frames
+from worldmodel.probe import position_errors, train_probe
 
 log = logging.getLogger(__name__)
 CHANGE_WEIGHT = 4.0
@@ -159,6 +160,13 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
     if not done:
         return 1
     model.cpu().save(log_dir / WORLD_MODEL)
+    if w.position_dims and w.probe_steps:
+        probe = train_probe(train, w.position_dims, w.probe_steps, rng)
+        metrics.update(position_errors(model, probe, val_windows, "cpu"))
+        log.info("position read from held-out frames: generated %.4f, copy-last %.4f, the "
+                 "probe on real frames %.4f (state units)",
+                 metrics["val_position_error"], metrics["copy_last_position_error"],
+                 metrics["probe_position_error_real"])
     videos = write_side_by_side(model, val[:w.videos], log_dir / "videos" / "world_model")
     summary = {"steps": steps, "train_episodes": len(train), "val_episodes": len(val),
                "train_windows": len(windows), "datasets": {"files": report.files,

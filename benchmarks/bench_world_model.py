@@ -1,0 +1,106 @@
+"""Does the world model rank policies as the real env does, and how fast does it step?
+
+    python benchmarks/bench_world_model.py synthetic_wm            # after reproduce.py's
+    python benchmarks/bench_world_model.py lift_wm --episodes 3 6 10 20 40
+
+From the experiment's folder (``runs/<experiment>/``, as ``scripts/reproduce.py`` leaves
+it: ``record/dataset`` and ``world_model/world_model.pt``), behaviour cloning makes one
+policy per demonstration count (``--episodes``; fewer demonstrations, a weaker policy),
+plus any ``--checkpoints`` given. Each policy is evaluated deterministically on the same
+trials in the world model and in the real env (``launch.py --eval``); the table has both
+success rates, env steps per second of each evaluation (the same envs, actors and
+trials), and Spearman's rank correlation of the two columns. Written to
+``runs/<experiment>/world_model_ranking.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scripts.reproduce import EXPERIMENTS  # noqa: E402
+from worldmodel.metrics import spearman  # noqa: E402
+
+
+def launch(config: str, args: list[str]) -> float:
+    """Run ``launch.py``; its wall-clock seconds (a failure stops the benchmark)."""
+    began = time.monotonic()
+    cmd = [sys.executable, str(ROOT / "launch.py"), "--config", str(ROOT / config), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return time.monotonic() - began
+
+
+def evaluate(config: str, checkpoint: Path, folder: Path, env: list[str],
+             trials: int) -> dict:
+    """Deterministic evaluation of ``checkpoint``: success, env steps and their rate."""
+    seconds = launch(config, ["--eval", f"model.checkpoint={checkpoint}",
+                              "actor.deterministic=true", f"eval.num_trials={trials}",
+                              f"run.log_dir={folder}", "video.eval_per_task=0", *env])
+    res = json.loads((folder / "eval" / "eval_results.json").read_text())
+    steps = sum(t["trials"] * t["mean_episode_steps"] for t in res["tasks"])
+    return {"success": res["mean_success_rate"], "seconds": seconds, "env_steps": steps}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("experiment", choices=[k for k, e in EXPERIMENTS.items() if e.world_model])
+    p.add_argument("--episodes", type=int, nargs="*", default=[3, 6, 10, 20, 40],
+                   help="demonstrations per SFT policy (one policy each)")
+    p.add_argument("--checkpoints", nargs="*", default=[], help="more policies to rank")
+    p.add_argument("--trials", type=int, default=100, help="evaluation trials per policy")
+    p.add_argument("--root", default=None, help="the experiment's folder")
+    args = p.parse_args(argv)
+    exp = EXPERIMENTS[args.experiment]
+    root = Path(args.root or ROOT / "runs" / args.experiment).resolve()
+    wm, data = root / "world_model" / "world_model.pt", root / "record" / "dataset"
+    if not wm.exists():
+        raise SystemExit(f"{wm} does not exist: run scripts/reproduce.py {args.experiment} "
+                         "--stop-after world_model first")
+    in_wm = [f"env.world_model.checkpoint={wm}", f"env.world_model.reset_data=[{data}]"]
+    bench = root / "ranking"
+    policies = {}
+    for n in args.episodes:
+        folder = bench / f"sft_{n}"
+        if not (folder / "sft_summary.json").exists():
+            launch(exp.config, ["--sft", f"sft.datasets=[{data}]", f"sft.max_episodes={n}",
+                                f"run.log_dir={folder}", *exp.real_env])
+        policies[f"SFT on {n} demonstrations"] = folder / "checkpoint.pt"
+    policies.update({c: Path(c).resolve() for c in args.checkpoints})
+    rows = []
+    for k, (name, ckpt) in enumerate(policies.items()):
+        real = evaluate(exp.config, ckpt, bench / f"real_{k}", list(exp.real_env), args.trials)
+        model = evaluate(exp.config, ckpt, bench / f"wm_{k}", in_wm, args.trials)
+        rows.append({"policy": name, "checkpoint": str(ckpt), "real": real, "world_model": model})
+        print(f"{name}: real {real['success']:.1%}, world model {model['success']:.1%}",
+              flush=True)
+    rho = spearman([r["real"]["success"] for r in rows],
+                   [r["world_model"]["success"] for r in rows])
+    lines = ["| policy | real env | world model | real env steps/s | world model steps/s |",
+             "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        a, b = r["real"], r["world_model"]
+        lines.append(f"| {r['policy']} | {a['success']:.1%} | {b['success']:.1%} | "
+                     f"{a['env_steps'] / a['seconds']:.0f} | "
+                     f"{b['env_steps'] / b['seconds']:.0f} |")
+    lines.append(f"\nSpearman's rank correlation: {rho:.3f} over {len(rows)} policies, "
+                 f"{args.trials} trials each (steps/s: whole evaluation runs, start-up "
+                 "included)")
+    text = "\n".join(lines)
+    print("\n" + text)
+    (root / "world_model_ranking.md").write_text(text + "\n")
+    (root / "world_model_ranking.json").write_text(json.dumps(
+        {"spearman": rho, "trials": args.trials, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
