@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/install_system_deps.sh
 	  exit 1; fi
 	bash scripts/install_system_deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,sim]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,sim,worldmodel]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)
@@ -74,7 +74,9 @@ bench: install
 	$(PY) benchmarks/bench_models.py --seconds 1 --repeats 2
 
 ## From demonstrations to RL: record -> SFT -> eval -> GRPO -> eval, and the table
-## (EXP = synthetic, lift or libero_spatial; see README "From demonstrations to RL").
+## (EXP = synthetic, lift, libero_spatial, or synthetic_wm / lift_wm with the RL stage in a
+## learned world model; see README "From demonstrations to RL" and "RL inside a learned
+## world model").
 reproduce: install
 	$(PY) scripts/reproduce.py $(EXP) $(ARGS)
 

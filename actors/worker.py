@@ -80,11 +80,17 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None,
         learn = wiring.actor_learner_endpoint(ctx, cfg, index, roster.trajectory_address)
         envs, group_size = ((cfg.eval.envs_per_actor, 1) if cfg.is_eval_actor(index)
                             else (a.envs_per_actor, a.group_size))
-        env = make_env(cfg.env, envs, group_size, cfg.model.action_dim,
-                       group_offset=index * (envs // group_size))
+        try:
+            env = make_env(cfg.env, envs, group_size, cfg.model.action_dim,
+                           group_offset=index * (envs // group_size))
+        except ValueError as exc:  # a config the env refuses: restarting cannot help
+            raise ConfigError(str(exc)) from exc
         if env.state_dim != cfg.model.state_dim:
             raise ConfigError(f"env.kind={cfg.env.kind} has {env.state_dim}-D states but "
                              f"model.state_dim={cfg.model.state_dim}; set model.state_dim")
+        if env.chunk_size and cfg.actions_per_chunk % env.chunk_size:
+            raise ConfigError(f"env.kind={cfg.env.kind} steps chunks of a multiple of "
+                              f"{env.chunk_size} actions; set actor.actions_per_chunk to one")
         actor = Actor(cfg, index, env, servers, learn, client)
         try:
             actor.act(stop)

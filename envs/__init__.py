@@ -67,6 +67,14 @@ def planned_init_states(cfg) -> list[int]:
     return eval_init_states(cfg.env, cfg.eval.num_trials)
 
 
+def image_orientation(cfg: EnvConfig) -> str:
+    """The orientation of the images the policy sees: ``env.image_orientation``, with auto
+    resolved (libero for LIBERO, upright otherwise; a world model of LIBERO sets it)."""
+    if cfg.image_orientation != "auto":
+        return cfg.image_orientation
+    return "libero" if cfg.kind == "libero" else "upright"
+
+
 def prepare_rendering(cfg: EnvConfig) -> str:
     """Choose the GL backend before MuJoCo is imported (simulator kinds only)."""
     if cfg.kind in ("synthetic", "world_model"):
@@ -106,9 +114,7 @@ def make_env(cfg: EnvConfig, num_envs: int, group_size: int, action_dim: int,
     log.info("rendering with MUJOCO_GL=%s%s", backend, " (fast)" if cfg.fast_render else "")
     from envs.sim import SimOptions
 
-    orientation = cfg.image_orientation
-    if orientation == "auto":
-        orientation = "libero" if cfg.kind == "libero" else "upright"
+    orientation = image_orientation(cfg)
     opts = SimOptions(image_size=cfg.image_size, max_episode_steps=steps,
                       state_dim=cfg.state_dim, wrist_camera=cfg.wrist_camera,
                       fast_render=cfg.fast_render, orientation=orientation,
@@ -127,5 +133,5 @@ def make_env(cfg: EnvConfig, num_envs: int, group_size: int, action_dim: int,
 
 
 __all__ = ["EnvObs", "StepResult", "VectorEnv", "check_env_config", "eval_init_states",
-           "make_env", "planned_init_states",
+           "image_orientation", "make_env", "planned_init_states",
            "max_episode_steps", "prepare_rendering", "take", "task_ids"]

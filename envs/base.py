@@ -82,6 +82,7 @@ class VectorEnv(abc.ABC):
     # True: step_chunk is the env's own (a world model generates a chunk's frames in one
     # call) and the executor calls it; False: the executor steps action by action.
     native_chunks: bool = False
+    chunk_size: int = 0  # a native step_chunk takes chunks of a multiple of this (0: any)
     image_orientation: str = "upright"  # of the images observe() returns (envs/robot_io.py)
 
     def sample_init_state(self, group: int, rng: np.random.Generator) -> int:

@@ -6,7 +6,8 @@ chunkrl's (or any :class:`worldmodel.models.WorldModel`'s) generator and success
   the history, and its instruction. Evaluation trial k is thus reset frame k.
 - **Step**: one call per action chunk (``native_chunks``; :meth:`step` refuses single
   actions): the N actions, normalised with the model's q01/q99, and the last K frames
-  give N new frames in one batched forward; the last K of them condition the next chunk.
+  give N new frames in one batched forward (N / T forwards of a model generating T < N
+  frames at a time); the last K of them condition the next chunk.
 - **Reward**: the success model scores each new frame with the env's instruction
   (``binary_score``: rounded to 0/1,
   as RLinf's ResnetRM); reward ``r_t = reward_coef * (s_t - s_{t-1})`` with ``s`` 0 at a
@@ -59,6 +60,7 @@ class WorldModelVectorEnv(VectorEnv):
         self.state_dim, self.action_dim = state_dim, action_dim
         self.max_episode_steps, self.held_out = max_episode_steps, held_out
         self.model, self.device = model.to(device).eval(), torch.device(device)
+        self.chunk_size = model.chunk
         self.starts = starts
         self.coef, self.threshold, self.binary = reward_coef, success_threshold, binary_score
         k = model.condition_frames
@@ -87,22 +89,18 @@ class WorldModelVectorEnv(VectorEnv):
 
     @override
     def step_chunk(self, env_ids: np.ndarray, actions: np.ndarray) -> list[StepResult]:
-        """Generate the frames of each env's chunk (float32 [B,N,D], N = the model's
-        chunk) and score them; see the module docstring for reward and success."""
+        """Generate the frames of each env's chunk (float32 [B,N,D], N a multiple of the
+        model's chunk) and score them; see the module docstring for reward and success."""
         b, n = actions.shape[:2]
-        if n != self.model.chunk:
-            raise ValueError(f"the world model generates {self.model.chunk} frames per call; "
-                             f"got chunks of {n} actions (set actor.actions_per_chunk="
-                             f"{self.model.chunk})")
         ids = torch.as_tensor(env_ids, device=self.device)
         with torch.no_grad():
             acts = self.model.normalise(torch.as_tensor(actions, dtype=torch.float32,
                                                         device=self.device))
-            frames = self.model.generator.generate(self.history[ids], acts)
-            texts = [self.instructions[e] for e in env_ids for _ in range(n)]
-            scores = self.model.scorer.score(frames.flatten(0, 1), texts).view(b, n).cpu().numpy()
+            frames = self.model.generate(self.history[ids], acts)
             k = self.model.condition_frames
             self.history[ids] = torch.cat([self.history[ids], frames], 1)[:, -k:]
+            texts = [self.instructions[e] for e in env_ids for _ in range(n)]
+            scores = self.model.scorer.score(frames.flatten(0, 1), texts).view(b, n).cpu().numpy()
         if self.binary:
             scores = np.round(scores)
         images = to_images(frames)
@@ -157,7 +155,9 @@ def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
         low, high = read_action_bounds(wm.stats_path)
         model.action_low.copy_(torch.as_tensor(low))
         model.action_high.copy_(torch.as_tensor(high))
-    starts = reset_frames(wm.reset_data, model.image_size)
+    from envs import image_orientation
+
+    starts = reset_frames(wm.reset_data, model.image_size, image_orientation(cfg))
     log.info("world-model env: %s (%dx%d frames, chunks of %d), %d reset frames",
              wm.checkpoint, model.image_size, model.image_size, model.chunk, len(starts))
     return WorldModelVectorEnv(num_envs, group_size, model, starts, max_episode_steps,

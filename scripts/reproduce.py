@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -125,8 +126,10 @@ def world_model_stages(root: Path, exp: Experiment, ckpt: str, record: Path,
     if stop_after == "record_policy":
         return []
     datasets = f"world_model.datasets=[{record / 'dataset'},{policy / 'dataset'}]"
-    wm = stage("world_model", root, exp.config, ["--train-world-model", datasets, *extra],
-               "world_model_summary.json", times)
+    # one process on the machine: every core for its torch ops
+    threads = f"run.torch_threads={os.cpu_count() or 1}"
+    wm = stage("world_model", root, exp.config, ["--train-world-model", datasets, threads,
+                                                 *extra], "world_model_summary.json", times)
     return [f"env.world_model.checkpoint={wm / 'world_model.pt'}",
             f"env.world_model.reset_data=[{record / 'dataset'}]"]
 

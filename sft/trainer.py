@@ -31,6 +31,7 @@ from torch.utils.tensorboard import SummaryWriter
 from configs import Config, ConfigError, to_dict
 from demos import read_demos
 from demos.stats import dataset_statistics, write_statistics
+from envs import image_orientation
 from envs.robot_io import policy_gripper, state_8_to_7
 from learner import checkpoint
 from models import build_policy, pick_device
@@ -64,10 +65,7 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 def load_samples(cfg: Config, rng: np.random.Generator, wrist: bool):
     """Training and validation samples (with the wrist camera when ``wrist``), and the
     statistics of the training actions."""
-    orientation = cfg.env.image_orientation
-    if orientation == "auto":
-        orientation = "libero" if cfg.env.kind == "libero" else "upright"
-    demos, report = read_demos(cfg.sft.datasets, orientation,
+    demos, report = read_demos(cfg.sft.datasets, image_orientation(cfg.env),
                                ("main", "wrist") if wrist else ("main",), cfg.env.image_size)
     log.info("datasets: %s", report.summary())
     if cfg.sft.only_successes:

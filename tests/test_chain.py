@@ -192,33 +192,42 @@ def test_world_model_chain_train_rl_inside_it_evaluate_in_the_real_env(tmp_path)
     rec, wm, rl = tmp_path / "record", tmp_path / "wm", tmp_path / "rl"
     _ok(launch(tmp_path, wm_config, "--record", **SMALL, **real, **{
         "run.log_dir": rec, "record.episodes_per_task": 12, "env.max_episode_steps": 24}))
-    _ok(launch(tmp_path, wm_config, "--train-world-model", **{
-        "run.log_dir": wm, "world_model.datasets": f"[{rec / 'dataset'}]",
-        "world_model.steps": 30, "world_model.success_steps": 20, "world_model.val_every": 10,
-        "world_model.channels": 8, "world_model.batch_size": 8, "world_model.videos": 1,
-        "world_model.val_fraction": 0.25, "world_model.probe_steps": 20}))
+    train = {"run.log_dir": wm, "world_model.datasets": f"[{rec / 'dataset'}]",
+             "world_model.success_steps": 20, "world_model.val_every": 10,
+             "world_model.channels": 8, "world_model.batch_size": 8, "world_model.videos": 1,
+             "world_model.val_fraction": 0.25, "world_model.probe_steps": 20}
+    _ok(launch(tmp_path, wm_config, "--train-world-model", **train, **{"world_model.steps": 20}))
+    proc = launch(tmp_path, wm_config, "--train-world-model", "--resume", str(wm), **train,
+                  **{"world_model.steps": 30})  # the predictor trains on from step 20
+    _ok(proc)
+    assert "resumed the world model" in proc.stdout and "'generator': 20" in proc.stdout
     summary = json.loads((wm / "world_model_summary.json").read_text())
     assert summary["steps"] == {"generator": 30, "success": 20}
     assert summary["val_episodes"] == 3 and np.isfinite(summary["val_psnr_changed"])
     assert 0.0 <= summary["val_auc"] <= 1.0
     for key in ("val_position_error", "copy_last_position_error", "probe_position_error_real"):
         assert np.isfinite(summary[key]), key
-    assert len(_scalars(wm, "world_model/train_loss")) == 30
+    assert [s for s, _ in _scalars(wm, "world_model/train_loss")] == list(range(1, 31))
     assert [s for s, _ in _scalars(wm, "world_model/val_psnr_gain")] == [10, 20, 30]
     assert [s for s, _ in _scalars(wm, "reward_model/val_auc")] == [10, 20]
     assert (wm / "videos" / "world_model" / "episode000_real_vs_generated.mp4").stat().st_size
 
     _ok(launch(tmp_path, wm_config, **SMALL, **{
         "run.log_dir": rl, "env.world_model.checkpoint": wm / "world_model.pt",
-        "env.world_model.reset_data": f"[{rec / 'dataset'}]", "env.image_size": 64,
-        "model.cnn.image_resolution": 64, "run.total_updates": 2,
+        "env.world_model.reset_data": f"[{rec / 'dataset'}]", "run.total_updates": 2,
         "learner.grpo.filter_equal_groups": False, "env.max_episode_steps": 16}))
     summary = json.loads((rl / "learner_summary.json").read_text())
     assert summary["updates"] == 2 and summary["trained_twice"] == 0
     assert f"world-model env: {wm / 'world_model.pt'}" in (rl / "actor-0.log").read_text()
+    bad = launch(tmp_path, wm_config, **SMALL, **{  # a size the world model does not make
+        "run.log_dir": tmp_path / "bad", "env.world_model.checkpoint": wm / "world_model.pt",
+        "env.world_model.reset_data": f"[{rec / 'dataset'}]", "env.image_size": 16},
+        timeout=120)
+    assert bad.returncode != 0 and "set env.image_size=32" in bad.stdout + bad.stderr
+    assert "restart 1/" not in bad.stdout + bad.stderr  # refused at once, not retried
 
     _ok(launch(tmp_path, wm_config, "--eval", **SMALL, **real, **{
         "run.log_dir": tmp_path / "eval", "model.checkpoint": rl / "checkpoint.pt",
-        "model.cnn.image_resolution": 64, "eval.num_trials": 4, "actor.deterministic": True}))
+        "eval.num_trials": 4, "actor.deterministic": True}))
     results = json.loads((tmp_path / "eval" / "eval" / "eval_results.json").read_text())
     assert results["complete"] and results["episodes"] == 4

@@ -147,7 +147,7 @@ def test_env_resets_groups_alike_and_observes_the_contract():
     assert obs.task_descriptions == ["task 1"] * 3 + ["task 2"] * 3
     with pytest.raises(NotImplementedError, match="step_chunk"):
         env.step(np.arange(3), np.zeros((3, 7), np.float32))
-    with pytest.raises(ValueError, match="actions_per_chunk=4"):
+    with pytest.raises(ValueError, match="a multiple of 4"):
         env.step_chunk(np.arange(3), np.zeros((3, 3, 7), np.float32))
 
 
@@ -305,3 +305,37 @@ def test_the_position_probe_reads_a_bright_square_and_compares_generated_frames(
     # moves 1.5 columns on average over a chunk of 2, which the probe must see
     assert got["val_position_error"] == pytest.approx(got["copy_last_position_error"])
     assert got["probe_position_error_real"] < 0.5 < got["copy_last_position_error"]
+
+
+def test_the_diffusion_generator_trains_samples_and_round_trips(tmp_path):
+    from worldmodel.models import build_generator
+
+    torch.manual_seed(0)
+    gen = build_generator({"kind": "diffusion", "condition_frames": 2, "chunk": 3,
+                           "action_dim": 7, "channels": 8, "sampling_steps": 2}, SIZE)
+    hist = torch.rand(2, 2, 3, SIZE, SIZE) * 2 - 1
+    acts, targets = torch.randn(2, 3, 7), torch.rand(2, 3, 3, SIZE, SIZE) * 2 - 1
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    loss = gen.loss(hist, acts, targets, mask)
+    loss.backward()
+    assert torch.isfinite(loss) and gen.unet.conv_in.weight.grad.abs().sum() > 0
+    assert gen.action_mlp[0].weight.grad.abs().sum() > 0  # the actions condition it
+    model = WorldModel(gen, SuccessCNN(4), -np.ones(7), np.ones(7), SIZE).eval()
+    first = model.generator.generate(hist, acts, torch.Generator().manual_seed(1))
+    assert first.shape == (2, 3, 3, SIZE, SIZE) and first.abs().max() <= 1.0
+    back = WorldModel.load(model.save(tmp_path / "wm.pt"))
+    again = back.generator.generate(hist, acts, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(again, first)
+    other = back.generator.generate(hist, acts, torch.Generator().manual_seed(2))
+    assert not torch.equal(other, first)  # a sampled future, not a fixed one
+
+
+def test_a_one_frame_model_runs_once_per_action_of_the_chunk():
+    env = WorldModelVectorEnv(2, 2, _model(-10.0, k=2, t=1), _starts(), max_episode_steps=9)
+    with torch.no_grad():  # each generation brightens the last frame by the same step
+        env.model.generator.head.bias.fill_(0.1)
+    env.reset_group(0, 0)
+    res = env.step_chunk(np.arange(2), np.zeros((2, 4, 7), np.float32))
+    means = [r.frames[0].astype(float).mean() for r in res]
+    assert len(res) == 4 and all(b > a for a, b in zip(means, means[1:]))
+    np.testing.assert_array_equal(env.observe(np.array([0])).main_images[0], res[-1].frames[0])

@@ -18,7 +18,8 @@ EVAL_BATCH = 64
 @torch.no_grad()
 def generator_metrics(model: WorldModel, windows: Windows, device,
                       max_windows: int = 2048) -> dict:
-    """PSNR of one chunk's predicted frames on the pixels that change, the same for
+    """PSNR of one chunk's predicted frames (the windows' chunk: the policy's, generated
+    in as many calls as the model needs) on the pixels that change, the same for
     copying the last history frame, their difference (``val_psnr_gain``, dB), and PSNR
     over whole frames; over the first ``max_windows`` windows (every one when fewer)."""
     model.generator.eval()
@@ -27,7 +28,7 @@ def generator_metrics(model: WorldModel, windows: Windows, device,
     for start in range(0, len(rows), EVAL_BATCH):
         batch = windows.batch(rows[start:start + EVAL_BATCH])
         acts = model.normalise(torch.from_numpy(batch.actions).to(device))
-        pred = to_images(model.generator(to_model_frames(batch.history).to(device), acts))
+        pred = to_images(model.generate(to_model_frames(batch.history).to(device), acts))
         last = batch.history[:, -1]
         changed = changed_pixels(last, batch.targets) & batch.mask[:, :, None, None]
         whole = np.broadcast_to(batch.mask[:, :, None, None], changed.shape)
@@ -70,18 +71,13 @@ def rollout(model: WorldModel, first: np.ndarray, actions: np.ndarray, device) -
     [B,L,D], the L generated frames [B,L,H,W,3], chunk after chunk on its own frames (a
     last partial chunk is padded with its last action)."""
     model.generator.eval()
-    b, length, _ = actions.shape
-    t = model.chunk
+    length = actions.shape[1]
     history = to_model_frames(first).to(device)[:, None].repeat(1, model.condition_frames,
                                                                  1, 1, 1)
-    out = []
-    for start in range(0, length, t):
-        steps = np.minimum(np.arange(start, start + t), length - 1)
-        acts = model.normalise(torch.from_numpy(actions[:, steps]).to(device))
-        frames = model.generator(history, acts)
-        out.append(to_images(frames))
-        history = torch.cat([history, frames], 1)[:, -model.condition_frames:]
-    return np.concatenate(out, 1)[:, :length]
+    steps = np.minimum(np.arange(-(-length // model.chunk) * model.chunk), length - 1)
+    frames = model.generate(history, model.normalise(torch.from_numpy(actions[:, steps])
+                                                     .to(device)))
+    return to_images(frames)[:, :length]
 
 
 def write_side_by_side(model: WorldModel, episodes: list[Episode], folder: Path,

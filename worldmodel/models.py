@@ -59,6 +59,19 @@ def to_images(frames: torch.Tensor) -> np.ndarray:
     return x.movedim(-3, -1).to(torch.uint8).cpu().numpy()
 
 
+CHANGE_WEIGHT = 4.0
+CHANGE_THRESHOLD = 0.1  # on the [-1, 1] scale: worldmodel.metrics' 0.05 of [0, 1]
+
+
+def change_weights(history: torch.Tensor, targets: torch.Tensor,
+                   mask: torch.Tensor) -> torch.Tensor:
+    """[B,T,1,H,W]: ``1 + CHANGE_WEIGHT`` where a target pixel differs from the last
+    history frame by more than ``CHANGE_THRESHOLD`` in some channel, else 1; 0 where
+    ``mask`` [B,T] is False."""
+    changed = (targets - history[:, -1:]).abs().amax(2, keepdim=True) > CHANGE_THRESHOLD
+    return (1.0 + CHANGE_WEIGHT * changed.float()) * mask[:, :, None, None, None].float()
+
+
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(4, cout), nn.SiLU(),
                          nn.Conv2d(cout, cout, 3, 1, 1), nn.GroupNorm(4, cout), nn.SiLU())
@@ -111,6 +124,20 @@ class ConvFramePredictor(nn.Module):
         """The next ``chunk`` frames (no gradient)."""
         with torch.no_grad():
             return self(history, actions)
+
+    def loss(self, history: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor,
+             mask: torch.Tensor) -> torch.Tensor:
+        """L1 of the predicted frames, each pixel that changes from the last history frame
+        weighted ``1 + CHANGE_WEIGHT`` (most pixels are still: an unweighted loss is won by
+        copying), steps past the episode's end (``mask`` [B,T] False) left out."""
+        pred = self(history, actions)
+        weight = change_weights(history, targets, mask)
+        return ((pred - targets).abs() * weight).sum() / (weight.sum() * 3).clamp(min=1.0)
+
+    def spec(self) -> dict:
+        """What rebuilds it (:func:`build_generator`)."""
+        return {"kind": "conv", "condition_frames": self.condition_frames,
+                "chunk": self.chunk, "action_dim": self.action_dim, "channels": self.widths[0]}
 
 
 class SuccessCNN(nn.Module):
@@ -168,7 +195,7 @@ class WorldModel(nn.Module):
     """A generator, a success scorer, and the action bounds (q01, q99) they were trained
     with; ``info`` keeps the sizes and the training config."""
 
-    def __init__(self, generator: ConvFramePredictor, scorer: SuccessCNN,
+    def __init__(self, generator: nn.Module, scorer: SuccessCNN,
                  action_low: np.ndarray, action_high: np.ndarray, image_size: int,
                  info: dict | None = None):
         super().__init__()
@@ -187,16 +214,29 @@ class WorldModel(nn.Module):
         """T: the frames (and actions) of one generation."""
         return self.generator.chunk
 
+    def generate(self, history: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The N frames that N normalised actions [B,N,D] lead to from ``history``
+        [B,K,3,H,W]: N / T generations of T frames, each conditioned on the last K frames
+        so far (no gradient)."""
+        t, k = self.chunk, self.condition_frames
+        if actions.shape[1] % t:
+            raise ValueError(f"the world model generates {t} frames per call; got chunks of "
+                             f"{actions.shape[1]} actions (set actor.actions_per_chunk to a "
+                             f"multiple of {t})")
+        parts = []
+        for start in range(0, actions.shape[1], t):
+            parts.append(self.generator.generate(history, actions[:, start:start + t]))
+            history = torch.cat([history, parts[-1]], 1)[:, -k:]
+        return torch.cat(parts, 1)
+
     def normalise(self, actions: torch.Tensor) -> torch.Tensor:
         """Env-unit actions [...,D] -> the generator's input."""
         return normalise_actions(actions, self.action_low, self.action_high)
 
     def save(self, path: Path) -> Path:
         """Write the models and what rebuilds them to ``path``."""
-        g = self.generator
         torch.save({"format": FORMAT, "image_size": self.image_size,
-                    "generator": {"condition_frames": g.condition_frames, "chunk": g.chunk,
-                                  "action_dim": g.action_dim, "channels": g.widths[0]},
+                    "generator": self.generator.spec(),
                     "scorer": {"channels": self.scorer.channels,
                                "vocab_size": self.scorer.vocab_size},
                     "state_dict": self.state_dict(), "info": self.info}, path)
@@ -213,10 +253,22 @@ class WorldModel(nn.Module):
             raise ValueError(f"{path} is not a world model (a train_world_model run's "
                              "world_model.pt)")
         g = state["generator"]
-        model = cls(ConvFramePredictor(g["condition_frames"], g["chunk"], g["action_dim"],
-                                       g["channels"]),
+        model = cls(build_generator(g, state["image_size"]),
                     SuccessCNN(state["scorer"]["channels"], state["scorer"]["vocab_size"]),
                     np.zeros(g["action_dim"]),
                     np.zeros(g["action_dim"]), state["image_size"], state.get("info"))
         model.load_state_dict(state["state_dict"])
         return model.eval()
+
+
+def build_generator(spec: dict, image_size: int) -> nn.Module:
+    """The frame generator a :meth:`spec` describes: ``conv`` (:class:`ConvFramePredictor`)
+    or ``diffusion`` (:class:`worldmodel.diffusion.DiffusionFramePredictor`)."""
+    args = {k: v for k, v in spec.items() if k != "kind"}
+    if spec["kind"] == "conv":
+        return ConvFramePredictor(**args)
+    if spec["kind"] == "diffusion":
+        from worldmodel.diffusion import DiffusionFramePredictor
+
+        return DiffusionFramePredictor(image_size=image_size, **args)
+    raise ValueError(f"unknown frame generator {spec['kind']!r}; valid: conv, diffusion")

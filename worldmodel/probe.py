@@ -1,9 +1,9 @@
 """Where the agent (or gripper) is in a frame, read by a learned probe: does the world
 model move it where the real one went?
 
-A :class:`PositionProbe` is a small CNN regressing the first ``dims`` entries of the state
-vector (the synthetic task's agent x, y; a robot's end-effector x, y, z) from one frame,
-trained on the real frames of the training episodes. :func:`position_errors` reads the
+A :class:`PositionProbe` regresses the first ``dims`` entries of the state vector (the
+synthetic task's agent x, y; a robot's end-effector x, y, z) from one frame, trained on
+the real frames of the training episodes. :func:`position_errors` reads the
 position from each generated frame of a held-out window, from the last history frame
 (copying it: the baseline), and from the real target frame (the probe's own error), and
 compares each with the recorded state: mean Euclidean errors in state units.
@@ -21,23 +21,30 @@ from worldmodel.models import WorldModel, to_images, to_model_frames
 
 
 class PositionProbe(nn.Module):
-    """Frame [N,3,H,W] in [-1, 1] -> ``dims`` state entries, scaled by the training
-    states' mean and std."""
+    """Frame [N,3,H,W] in [-1, 1] -> ``dims`` state entries: full-resolution convolutions
+    make ``keypoints`` heat maps, a softmax over each map's pixels gives its expected image
+    coordinates (a spatial soft-argmax, as in deep visuomotor policies), and a linear
+    layer maps those to the state, scaled by the training states' mean and std. It
+    locates things rather than memorising scenes: a plain CNN regressor fitted the
+    training frames (error 0.03) and missed held-out ones by 0.20 on the synthetic task."""
 
-    def __init__(self, dims: int, channels: int = 16):
+    def __init__(self, dims: int, channels: int = 16, keypoints: int = 8):
         super().__init__()
-        c, layers, cin = channels, [], 3
-        for cout in (c, 2 * c, 4 * c):
-            layers += [nn.Conv2d(cin, cout, 3, 2, 1), nn.GroupNorm(4, cout), nn.SiLU()]
-            cin = cout
-        self.net = nn.Sequential(*layers, nn.Flatten(1), nn.LazyLinear(128), nn.SiLU(),
-                                 nn.Linear(128, dims))
+        c = channels
+        self.net = nn.Sequential(nn.Conv2d(3, c, 3, 1, 1), nn.SiLU(), nn.Conv2d(c, c, 3, 1, 1),
+                                 nn.SiLU(), nn.Conv2d(c, keypoints, 1))
+        self.head = nn.Linear(2 * keypoints, dims)
         self.register_buffer("mean", torch.zeros(dims))
         self.register_buffer("std", torch.ones(dims))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """Positions [N, dims] in state units."""
-        return self.net(frames) * self.std + self.mean
+        from models.cnn_policy import expected_coordinates
+
+        maps = self.net(frames)
+        n, k, h, w = maps.shape
+        return self.head(expected_coordinates(maps.view(n, k, h * w), h, w)) * self.std \
+            + self.mean
 
 
 def train_probe(episodes: list[Episode], dims: int, steps: int, rng: np.random.Generator,
@@ -48,7 +55,6 @@ def train_probe(episodes: list[Episode], dims: int, steps: int, rng: np.random.G
     probe = PositionProbe(dims)
     probe.mean.copy_(torch.from_numpy(targets.mean(0)))
     probe.std.copy_(torch.from_numpy(targets.std(0) + 1e-6))
-    probe(to_model_frames(frames[:1]))  # sizes the lazy layer
     opt = torch.optim.Adam(probe.parameters(), lr=lr)
     for _ in range(steps):
         rows = rng.integers(len(frames), size=batch_size)
@@ -75,7 +81,7 @@ def position_errors(model: WorldModel, probe: PositionProbe, windows: Windows, d
         if b.target_states is None:
             return {}
         acts = model.normalise(torch.from_numpy(b.actions).to(device))
-        gen = model.generator(to_model_frames(b.history).to(device), acts)
+        gen = model.generate(to_model_frames(b.history).to(device), acts)
         truth = torch.from_numpy(b.target_states[..., :dims])
         keep = torch.from_numpy(b.state_mask & b.mask)
         n, t = b.actions.shape[:2]

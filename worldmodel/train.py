@@ -2,10 +2,10 @@
 success model, on recorded episodes. One process, no sockets.
 
 Episodes (``world_model.datasets``) are split into training and held-out ones. The
-predictor takes ``world_model.steps`` AdamW steps on random windows (:mod:`worldmodel.data`)
-minimising the L1 error of its T frames, each pixel that changes from the last history
-frame weighted ``1 + CHANGE_WEIGHT`` (most pixels are still: an unweighted loss is won by
-copying). The success model then takes ``world_model.success_steps`` steps of binary
+predictor (``world_model.generator``) takes ``world_model.steps`` AdamW steps on random
+windows (:mod:`worldmodel.data`) minimising its own loss (the deterministic one: L1
+weighted toward the pixels that change; the diffusion one: the noise's MSE). The success
+model then takes ``world_model.success_steps`` steps of binary
 cross-entropy on frames drawn half successful, half not, randomly shifted by up to 2
 pixels. Both use linear warmup then cosine decay.
 
@@ -32,33 +32,28 @@ import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 
 from configs import Config, ConfigError, to_dict
+from envs import image_orientation
 from learner import checkpoint
 from models import pick_device
 from sft.data import random_shift
 from sft.trainer import lr_factor
 from worldmodel.data import LabelledFrames, Windows, action_bounds, load_episodes, split_episodes
 from worldmodel.evaluate import generator_metrics, success_auc, write_side_by_side
-from worldmodel.metrics import CHANGE_THRESHOLD
-from worldmodel.models import ConvFramePredictor, SuccessCNN, WorldModel, to_model_frames
+from worldmodel.models import SuccessCNN, WorldModel, build_generator, to_model_frames
 from worldmodel.probe import position_errors, train_probe
 
 log = logging.getLogger(__name__)
-CHANGE_WEIGHT = 4.0
 WARMUP_STEPS = 100
 MIN_LR_RATIO = 0.1
 WORLD_MODEL = "world_model.pt"
 
 
 def predictor_loss(model: WorldModel, batch, device) -> torch.Tensor:
-    """Masked, change-weighted L1 of the predicted frames (see the module docstring)."""
-    hist = to_model_frames(batch.history).to(device)
-    target = to_model_frames(batch.targets).to(device)
-    acts = model.normalise(torch.from_numpy(batch.actions).to(device))
-    pred = model.generator(hist, acts)
-    changed = (target - hist[:, -1:]).abs().amax(2, keepdim=True) > 2 * CHANGE_THRESHOLD
-    weight = (1.0 + CHANGE_WEIGHT * changed.float()) * \
-        torch.from_numpy(batch.mask).to(device)[:, :, None, None, None]
-    return ((pred - target).abs() * weight).sum() / (weight.sum() * 3).clamp(min=1.0)
+    """The generator's own training loss on a batch of windows."""
+    return model.generator.loss(to_model_frames(batch.history).to(device),
+                                model.normalise(torch.from_numpy(batch.actions).to(device)),
+                                to_model_frames(batch.targets).to(device),
+                                torch.from_numpy(batch.mask).to(device))
 
 
 def success_loss(model: WorldModel, frames: np.ndarray, labels: np.ndarray,
@@ -83,7 +78,7 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
     rng = np.random.default_rng(cfg.run.seed)
     torch.manual_seed(cfg.run.seed)
     device = pick_device(cfg.learner.device)
-    episodes, report = load_episodes(w.datasets, w.image_size)
+    episodes, report = load_episodes(w.datasets, w.image_size, image_orientation(cfg.env))
     log.info("datasets: %s", report.summary())
     train, val = split_episodes(episodes, w.val_fraction, w.max_episodes, rng)
     if not train:
@@ -93,13 +88,17 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
                     "training episodes")
         val = train
     low, high = action_bounds(train)
-    model = WorldModel(
-        ConvFramePredictor(w.condition_frames, w.chunk, train[0].actions.shape[1], w.channels),
-        SuccessCNN(w.success_channels), low, high, w.image_size,
+    generator = build_generator(
+        {"kind": w.generator, "condition_frames": w.condition_frames, "chunk": w.chunk,
+         "action_dim": train[0].actions.shape[1], "channels": w.channels,
+         **({"sampling_steps": w.sampling_steps} if w.generator == "diffusion" else {})},
+        w.image_size)
+    model = WorldModel(generator, SuccessCNN(w.success_channels), low, high, w.image_size,
         {"world_model": to_dict(cfg)["world_model"], "train_episodes": len(train),
          "val_episodes": len(val)}).to(device)
-    windows, val_windows = Windows(train, w.condition_frames, w.chunk), \
-        Windows(val, w.condition_frames, w.chunk)
+    # held-out metrics over the policy's chunk, however many calls the model needs for it
+    windows = Windows(train, w.condition_frames, w.chunk)
+    val_windows = Windows(val, w.condition_frames, cfg.actions_per_chunk)
     frames = LabelledFrames(train)
     opt_g, sched_g = _optimizer(model.generator.parameters(), w.lr, w.steps)
     opt_s, sched_s = _optimizer(model.scorer.parameters(), w.lr, w.success_steps)
@@ -160,6 +159,9 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
     if not done:
         return 1
     model.cpu().save(log_dir / WORLD_MODEL)
+    # the summary's held-out figures are those of the final models (a resumed run too)
+    metrics.update(generator_metrics(model, val_windows, "cpu"))
+    metrics["val_auc"] = success_auc(model, val, "cpu")
     if w.position_dims and w.probe_steps:
         probe = train_probe(train, w.position_dims, w.probe_steps, rng)
         metrics.update(position_errors(model, probe, val_windows, "cpu"))
