@@ -85,23 +85,30 @@ class ChunkSamples:
         return Batch(obs, np.stack(chunks).astype(np.float32), np.stack(masks))
 
 
+def hold_out(items: list, val_fraction: float, max_count: int,
+             rng: np.random.Generator) -> tuple[list, list]:
+    """(train, held out): at most ``max_count`` of ``items`` drawn at random (0: all),
+    ``val_fraction`` of them held out (at least one when there are two or more and
+    val_fraction > 0)."""
+    order = rng.permutation(len(items))
+    if max_count:
+        order = order[:max_count]
+    n_val = int(round(val_fraction * len(order)))
+    if val_fraction > 0 and len(order) >= 2:
+        n_val = max(1, n_val)
+    return [items[i] for i in order[n_val:]], [items[i] for i in order[:n_val]]
+
+
 def split_by_episode(demos: list[Demo], val_fraction: float, max_per_task: int,
                      rng: np.random.Generator) -> tuple[list[Demo], list[Demo]]:
-    """(train, validation): per task (instruction), at most ``max_per_task`` episodes
-    drawn at random (0: all), then ``val_fraction`` of them held out (at least one when a
-    task has two or more and val_fraction > 0)."""
+    """(train, validation): :func:`hold_out` per task (instruction), with at most
+    ``max_per_task`` episodes of each."""
     by_task: dict[str, list[Demo]] = {}
     for demo in demos:
         by_task.setdefault(demo.instruction, []).append(demo)
     train, val = [], []
     for task in sorted(by_task):
-        group = by_task[task]
-        order = rng.permutation(len(group))
-        if max_per_task:
-            order = order[:max_per_task]
-        n_val = int(round(val_fraction * len(order)))
-        if val_fraction > 0 and len(order) >= 2:
-            n_val = max(1, n_val)
-        val += [group[i] for i in order[:n_val]]
-        train += [group[i] for i in order[n_val:]]
+        got_train, got_val = hold_out(by_task[task], val_fraction, max_per_task, rng)
+        train += got_train
+        val += got_val
     return train, val

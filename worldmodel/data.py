@@ -79,19 +79,6 @@ def load_episodes(paths: Iterable[str], image_size: int, orientation: str = "upr
     return episodes, report
 
 
-def split_episodes(episodes: list[Episode], val_fraction: float, max_episodes: int,
-                   rng: np.random.Generator) -> tuple[list[Episode], list[Episode]]:
-    """(train, held out): at most ``max_episodes`` (0: all) at random, ``val_fraction``
-    of them held out (at least one when there are two or more)."""
-    order = rng.permutation(len(episodes))
-    if max_episodes:
-        order = order[:max_episodes]
-    n_val = int(round(val_fraction * len(order)))
-    if val_fraction > 0 and len(order) >= 2:
-        n_val = max(1, n_val)
-    return [episodes[i] for i in order[n_val:]], [episodes[i] for i in order[:n_val]]
-
-
 def action_bounds(episodes: list[Episode]) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension 1st and 99th percentiles of every action (q01, q99)."""
     actions = np.concatenate([e.actions for e in episodes]).astype(np.float64)

@@ -35,9 +35,9 @@ from configs import Config, ConfigError, to_dict
 from envs import image_orientation
 from learner import checkpoint
 from models import pick_device
-from sft.data import random_shift
+from sft.data import hold_out, random_shift
 from sft.trainer import lr_factor
-from worldmodel.data import LabelledFrames, Windows, action_bounds, load_episodes, split_episodes
+from worldmodel.data import LabelledFrames, Windows, action_bounds, load_episodes
 from worldmodel.evaluate import generator_metrics, success_auc, write_side_by_side
 from worldmodel.models import SuccessCNN, WorldModel, build_generator, to_model_frames
 from worldmodel.probe import position_errors, train_probe
@@ -80,7 +80,7 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
     device = pick_device(cfg.learner.device)
     episodes, report = load_episodes(w.datasets, w.image_size, image_orientation(cfg.env))
     log.info("datasets: %s", report.summary())
-    train, val = split_episodes(episodes, w.val_fraction, w.max_episodes, rng)
+    train, val = hold_out(episodes, w.val_fraction, w.max_episodes, rng)
     if not train:
         raise ConfigError(f"no episodes in world_model.datasets={w.datasets}")
     if not val:
