@@ -106,6 +106,9 @@ def run_role(cfg, role: str, index: int) -> int:
 
     stop = threading.Event()
     _stop_on_signals(stop)
+    if "CUDA_VISIBLE_DEVICES" in os.environ:  # the placement's GPUs (launcher/placement.py)
+        log.info("%s %d: CUDA_VISIBLE_DEVICES=%r", role, index,
+                 os.environ["CUDA_VISIBLE_DEVICES"])
     try:
         if role == "learner" and cfg.run.mode in ("eval", "record"):
             from learner.evaluator import run
@@ -209,6 +212,7 @@ def supervise(cfg, args: argparse.Namespace, overrides: list[str],
     """Run ``slots`` as supervised children until the learner finishes (or, on a host
     without the learner, until its roles end); restart the ones that die."""
     from launcher import MemorySampler, Supervisor
+    from launcher.placement import PlacementError, make_plan, visible_gpus
     from launcher.supervisor import python_argv, restart_overrides
 
     log_dir = Path(cfg.run.log_dir)
@@ -219,8 +223,20 @@ def supervise(cfg, args: argparse.Namespace, overrides: list[str],
         return cmd + [*overrides, *extra, "--worker", "--role", slot.role, "--index",
                       str(slot.index), "--log-level", args.log_level]
 
+    try:
+        plan = make_plan(cfg, slots, visible_gpus())
+    except PlacementError as exc:
+        log.error("config error: %s", exc)
+        return 2
+    log.info("%s", plan.describe())
+
+    def environ(slot) -> dict | None:  # each child sees only its GPUs
+        if not plan.gpus:
+            return None
+        return {**os.environ, "CUDA_VISIBLE_DEVICES": plan.visible_devices(slot.name)}
+
     sup = Supervisor(cfg, slots, command, log_dir, "pids.json" if len(slots) > 1 else
-                     f"pids-{slots[0][0]}-{slots[0][1]}.json")
+                     f"pids-{slots[0][0]}-{slots[0][1]}.json", environ)
     interrupted = threading.Event()
     _stop_on_signals(interrupted)  # Ctrl-C reaches the children too; SIGTERM is passed on
     has_learner = any(role == "learner" for role, _ in slots)

@@ -9,7 +9,9 @@ policy per demonstration count (``--episodes``; fewer demonstrations, a weaker p
 plus any ``--checkpoints`` given. Each policy is evaluated deterministically on the same
 trials in the world model and in the real env (``launch.py --eval``); the table has both
 success rates, env steps per second of each evaluation (the same envs, actors and
-trials), and Spearman's rank correlation of the two columns. Written to
+trials), and Spearman's rank correlation of the two columns. A real-env evaluation
+already in the benchmark's folder for the same checkpoint and trials is reused (the real
+env does not change when the world model does). Written to
 ``runs/<experiment>/world_model_ranking.{json,md}``.
 """
 
@@ -40,14 +42,31 @@ def launch(config: str, args: list[str]) -> float:
 
 
 def evaluate(config: str, checkpoint: Path, folder: Path, env: list[str],
-             trials: int) -> dict:
-    """Deterministic evaluation of ``checkpoint``: success, env steps and their rate."""
+             trials: int, reuse: bool = False) -> dict:
+    """Deterministic evaluation of ``checkpoint``: success, env steps and their rate
+    (with ``reuse``, an earlier evaluation in ``folder`` of the same checkpoint and trials
+    is read back instead: seconds None)."""
+    done = folder / "eval" / "eval_results.json"
+    info = folder / "policy.json"
+    key = {"checkpoint": str(checkpoint), "trials": trials, "env": env}
+    if reuse and done.exists() and info.exists() and json.loads(info.read_text()) == key:
+        res = json.loads(done.read_text())
+        return {"success": res["mean_success_rate"], "seconds": None,
+                "env_steps": sum(t["trials"] * t["mean_episode_steps"] for t in res["tasks"])}
     seconds = launch(config, ["--eval", f"model.checkpoint={checkpoint}",
                               "actor.deterministic=true", f"eval.num_trials={trials}",
                               f"run.log_dir={folder}", "video.eval_per_task=0", *env])
-    res = json.loads((folder / "eval" / "eval_results.json").read_text())
+    info.write_text(json.dumps(key))
+    res = json.loads(done.read_text())
     steps = sum(t["trials"] * t["mean_episode_steps"] for t in res["tasks"])
     return {"success": res["mean_success_rate"], "seconds": seconds, "env_steps": steps}
+
+
+def rate(evaluation: dict) -> str:
+    """Env steps per second of an evaluation run ("(reused)" for one read back)."""
+    if evaluation["seconds"] is None:
+        return "(reused)"
+    return f"{evaluation['env_steps'] / evaluation['seconds']:.0f}"
 
 
 def main(argv=None) -> int:
@@ -77,7 +96,9 @@ def main(argv=None) -> int:
     policies.update({c: Path(c).resolve() for c in args.checkpoints})
     rows = []
     for k, (name, ckpt) in enumerate(policies.items()):
-        real = evaluate(exp.config, ckpt, bench / f"real_{k}", list(exp.real_env), args.trials)
+        # the real env does not change between world models: its evaluations are reused
+        real = evaluate(exp.config, ckpt, bench / f"real_{k}", list(exp.real_env), args.trials,
+                        reuse=True)
         model = evaluate(exp.config, ckpt, bench / f"wm_{k}", in_wm, args.trials)
         rows.append({"policy": name, "checkpoint": str(ckpt), "real": real, "world_model": model})
         print(f"{name}: real {real['success']:.1%}, world model {model['success']:.1%}",
@@ -89,8 +110,7 @@ def main(argv=None) -> int:
     for r in rows:
         a, b = r["real"], r["world_model"]
         lines.append(f"| {r['policy']} | {a['success']:.1%} | {b['success']:.1%} | "
-                     f"{a['env_steps'] / a['seconds']:.0f} | "
-                     f"{b['env_steps'] / b['seconds']:.0f} |")
+                     f"{rate(a)} | {rate(b)} |")
     lines.append(f"\nSpearman's rank correlation: {rho:.3f} over {len(rows)} policies, "
                  f"{args.trials} trials each (steps/s: whole evaluation runs, start-up "
                  "included)")

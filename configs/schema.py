@@ -500,6 +500,11 @@ class WorldModelConfig:
     success_batch_size: int = opt(64, "success-model frames per step, half of them "
                                   "positive")
     success_channels: int = opt(16, "width of the success model's first convolution")
+    generated_share: float = opt(
+        0.5, "share of each success-model batch drawn from generated frames (each training "
+        "episode rolled out open loop from its first frame with its actions, as the env "
+        "does, each frame labelled by the real frame it stands for), so the model judges "
+        "the frames RL shows it; 0: real frames only")
     val_fraction: float = opt(0.1, "share of episodes held out for the metrics")
     max_episodes: int = opt(0, "use at most this many episodes (0: all)")
     val_every: int = opt(250, "steps between held-out metrics")
@@ -513,6 +518,19 @@ class WorldModelConfig:
     probe_steps: int = opt(2000, "the position probe's optimizer steps (on the synthetic "
                            "task 500 left it 0.04-0.13 off on held-out real frames, 1500 "
                            "0.01)")
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    """Which of this host's GPUs each role's processes see (``CUDA_VISIBLE_DEVICES`` per
+    child, launcher/placement.py); indices count the GPUs the launcher sees. Empty lists
+    mean auto: the learner on GPU 0, the servers on the others (all on GPU 0 with one),
+    actors on the CPU."""
+
+    learner: list[int] = opt([], "GPU indices for the learner (one: the learner is one "
+                             "process); empty: auto (GPU 0)")
+    inference: list[int] = opt([], "one GPU index per inference server; empty: auto (the "
+                               "GPUs the learner does not use, round robin)")
 
 
 @dataclass(frozen=True)
@@ -558,6 +576,8 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig, metadata={"doc": "behaviour cloning"})
     world_model: WorldModelConfig = field(default_factory=WorldModelConfig,
                                           metadata={"doc": "training a world model"})
+    placement: PlacementConfig = field(default_factory=PlacementConfig,
+                                       metadata={"doc": "GPUs per role"})
     video: VideoConfig = field(default_factory=VideoConfig, metadata={"doc": "videos"})
     profile: ProfileConfig = field(default_factory=ProfileConfig,
                                    metadata={"doc": "throughput profiling"})
@@ -616,6 +636,10 @@ def validate(cfg: Config) -> list[str]:
     w, wm = cfg.world_model, e.world_model
     checks = [
         (cfg.run.total_updates >= 1, "run.total_updates must be >= 1"),
+        (len(cfg.placement.learner) <= 1, "placement.learner takes one GPU index (the learner "
+         "is one process)"),
+        (all(g >= 0 for g in (*cfg.placement.learner, *cfg.placement.inference)),
+         "placement GPU indices must be >= 0"),
         (a.num_actors >= 1, "actor.num_actors must be >= 1"),
         (a.group_size >= 1, "actor.group_size must be >= 1"),
         (a.pipeline_stages >= 1, "actor.pipeline_stages must be >= 1"),

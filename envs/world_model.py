@@ -34,6 +34,12 @@ from worldmodel.models import WorldModel, to_images, to_model_frames
 log = logging.getLogger(__name__)
 
 
+def frame_success(scores: np.ndarray, threshold: float, binary: bool) -> np.ndarray:
+    """The env's success rule for success-model probabilities: the score (rounded to 0/1
+    when ``binary``) reaches ``threshold``."""
+    return (np.round(scores) if binary else scores) >= threshold
+
+
 class WorldModelVectorEnv(VectorEnv):
     """E envs whose frames a world model generates, a chunk at a time."""
 
@@ -100,9 +106,9 @@ class WorldModelVectorEnv(VectorEnv):
             k = self.model.condition_frames
             self.history[ids] = torch.cat([self.history[ids], frames], 1)[:, -k:]
             texts = [self.instructions[e] for e in env_ids for _ in range(n)]
-            scores = self.model.scorer.score(frames.flatten(0, 1), texts).view(b, n).cpu().numpy()
-        if self.binary:
-            scores = np.round(scores)
+            raw = self.model.scorer.score(frames.flatten(0, 1), texts).view(b, n).cpu().numpy()
+        scores = np.round(raw) if self.binary else raw
+        success = frame_success(raw, self.threshold, self.binary)
         images = to_images(frames)
         out, done = [], np.zeros(b, bool)
         for t in range(n):
@@ -114,7 +120,7 @@ class WorldModelVectorEnv(VectorEnv):
             res.rewards[live] = self.coef * (s - self.score[e])
             self.score[e], self.steps[e] = s, self.steps[e] + 1
             self.last[e] = images[live, t]
-            res.success[live] = s >= self.threshold
+            res.success[live] = success[live, t]
             res.terminated[live] = res.success[live]
             res.truncated[live] = ~res.success[live] & (self.steps[e] >= self.max_episode_steps)
             done[live] |= res.terminated[live] | res.truncated[live]

@@ -69,11 +69,13 @@ class Slot:
 
 
 class Supervisor:
-    """Runs ``slots`` as children of this process (``command(slot)`` builds each argv)."""
+    """Runs ``slots`` as children of this process (``command(slot)`` builds each argv,
+    ``environ(slot)``, when given, each environment: the placement's GPUs)."""
 
     def __init__(self, cfg, slots: list[tuple[str, int]], command, log_dir: Path,
-                 pids_name: str = "pids.json"):
+                 pids_name: str = "pids.json", environ=None):
         self.cfg, self.command, self.log_dir = cfg, command, log_dir
+        self.environ = environ  # slot -> the child's environment (None: this process's)
         self.pids_name = pids_name  # one file per supervisor (hosts may share log_dir)
         self.slots = {f"{r}-{i}": Slot(r, i) for r, i in slots}
         self.restarts = 0
@@ -85,7 +87,8 @@ class Supervisor:
             self._start(slot)
 
     def _start(self, slot: Slot) -> None:
-        slot.proc = subprocess.Popen(self.command(slot), preexec_fn=_die_with_parent)
+        env = self.environ(slot) if self.environ is not None else None
+        slot.proc = subprocess.Popen(self.command(slot), env=env, preexec_fn=_die_with_parent)
         slot.starts += 1
         slot.started_at, slot.restart_at = time.monotonic(), None
         self._write_pids()

@@ -196,7 +196,10 @@ def test_world_model_chain_train_rl_inside_it_evaluate_in_the_real_env(tmp_path)
              "world_model.success_steps": 20, "world_model.val_every": 10,
              "world_model.channels": 8, "world_model.batch_size": 8, "world_model.videos": 1,
              "world_model.val_fraction": 0.25, "world_model.probe_steps": 20}
-    _ok(launch(tmp_path, wm_config, "--train-world-model", **train, **{"world_model.steps": 20}))
+    first = launch(tmp_path, wm_config, "--train-world-model", **train,
+                   **{"world_model.steps": 20})
+    _ok(first)
+    assert "50% of each batch from" in first.stdout  # generated frames for the success model
     proc = launch(tmp_path, wm_config, "--train-world-model", "--resume", str(wm), **train,
                   **{"world_model.steps": 30})  # the predictor trains on from step 20
     _ok(proc)
@@ -205,6 +208,9 @@ def test_world_model_chain_train_rl_inside_it_evaluate_in_the_real_env(tmp_path)
     assert summary["steps"] == {"generator": 30, "success": 20}
     assert summary["val_episodes"] == 3 and np.isfinite(summary["val_psnr_changed"])
     assert 0.0 <= summary["val_auc"] <= 1.0
+    assert 0.0 <= summary["val_auc_generated"] <= 1.0  # the success model on generated frames
+    assert summary["real_success_rate"] == 1.0  # held-out expert episodes all succeed
+    assert 0.0 <= summary["wm_success_on_real_successes"] <= 1.0
     for key in ("val_position_error", "copy_last_position_error", "probe_position_error_real"):
         assert np.isfinite(summary[key]), key
     assert [s for s, _ in _scalars(wm, "world_model/train_loss")] == list(range(1, 31))

@@ -14,6 +14,7 @@ from demos import Demo
 from envs.base import StepResult
 from envs.world_model import WorldModelVectorEnv, make_world_model_env, read_action_bounds
 from protocol.ids import IdSource
+from worldmodel.evaluate import imagine, outcome_agreement
 from worldmodel.data import (Episode, LabelledFrames, ResetFrame, Windows, episode_from_demo,
                              reset_frames)
 from worldmodel.metrics import changed_pixels, psnr, roc_auc, spearman, squared_error
@@ -110,6 +111,32 @@ def _starts(n=3):
     rng = np.random.default_rng(0)
     return [ResetFrame(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8), f"task {i}")
             for i in range(n)]
+
+
+def test_imagined_episodes_keep_the_real_first_frame_labels_and_lengths():
+    model = _model(0.0, k=2, t=1)  # a fresh predictor copies: every frame is the first
+    real = [_episode(5, success_at=5), _episode(3)]
+    for ep in real:
+        ep.frames[0, 3, 3] = 200
+        ep.frames = np.broadcast_to(ep.frames[:1], ep.frames.shape).copy()
+    imagined = imagine(model, real, "cpu")
+    assert [len(e.frames) for e in imagined] == [6, 4]
+    for got, ep in zip(imagined, real):
+        np.testing.assert_array_equal(got.frames, ep.frames)
+        assert got.labels is ep.labels and got.instruction == ep.instruction
+
+
+@pytest.mark.parametrize("logit, on_failures, on_successes, agree", [
+    (5.0, 1.0, 1.0, 0.5),     # every frame scores 0.99: the world model says all succeed
+    (-5.0, 0.0, 0.0, 0.5)])   # 0.007: none does
+def test_outcome_agreement_counts_world_model_successes_per_real_outcome(
+        logit, on_failures, on_successes, agree):
+    model = _model(logit, k=2, t=1)
+    real = [_episode(4, success_at=4), _episode(4), _episode(2, success_at=2), _episode(2)]
+    got = outcome_agreement(model, real, imagine(model, real, "cpu"), 0.9, True, "cpu")
+    assert got["wm_success_on_real_failures"] == on_failures
+    assert got["wm_success_on_real_successes"] == on_successes
+    assert got["outcome_agreement"] == agree and got["real_success_rate"] == 0.5
 
 
 def test_a_fresh_predictor_copies_the_last_frame():

@@ -1,5 +1,7 @@
 """A trained world model on held-out episodes: one-chunk PSNR against copying the last
-frame, the success model's ROC AUC, open-loop rollouts and side-by-side videos."""
+frame, the success model's ROC AUC (on real frames and on generated ones), episode
+outcomes in the world model against the simulator's, open-loop rollouts and side-by-side
+videos."""
 
 from __future__ import annotations
 
@@ -78,6 +80,47 @@ def rollout(model: WorldModel, first: np.ndarray, actions: np.ndarray, device) -
     frames = model.generate(history, model.normalise(torch.from_numpy(actions[:, steps])
                                                      .to(device)))
     return to_images(frames)[:, :length]
+
+
+def imagine(model: WorldModel, episodes: list[Episode], device,
+            batch: int = 32) -> list[Episode]:
+    """Each episode as the world-model env would show it: the real first frame, then the
+    frames generated open loop from it and the recorded actions, with the real episode's
+    labels (generated frame t is labelled by the real frame t it stands for)."""
+    out = []
+    for start in range(0, len(episodes), batch):
+        part = episodes[start:start + batch]
+        longest = max(len(e) for e in part)
+        # shorter episodes repeat their last action; their extra frames are dropped
+        actions = np.stack([np.pad(e.actions, ((0, longest - len(e)), (0, 0)), mode="edge")
+                            for e in part])
+        gen = rollout(model, np.stack([e.frames[0] for e in part]), actions, device)
+        out += [Episode(np.concatenate([e.frames[:1], g[:len(e)]]), e.actions, e.labels,
+                        e.instruction, e.states) for e, g in zip(part, gen)]
+    return out
+
+
+def outcome_agreement(model: WorldModel, real: list[Episode], imagined: list[Episode],
+                      threshold: float, binary: bool, device) -> dict:
+    """Episode outcomes in the world model (some generated frame succeeds by the env's
+    rule, :func:`envs.world_model.frame_success`) against the simulator's (the episode
+    succeeded), for the same first frames and actions: the world model's success rate on
+    episodes that really failed (``wm_success_on_real_failures``: its optimism) and on
+    those that really succeeded (``wm_success_on_real_successes``), and the share of
+    episodes where the two agree."""
+    from envs.world_model import frame_success
+
+    wm = np.array([frame_success(scores(model, e.frames[1:], [e.instruction] * len(e), device),
+                                 threshold, binary).any() for e in imagined])
+    sim = np.array([bool(e.labels.any()) for e in real])
+
+    def rate(sel: np.ndarray) -> float:
+        return float(wm[sel].mean()) if sel.any() else float("nan")
+
+    return {"wm_success_on_real_failures": rate(~sim),
+            "wm_success_on_real_successes": rate(sim),
+            "outcome_agreement": float((wm == sim).mean()),
+            "real_success_rate": float(sim.mean()), "wm_success_rate": float(wm.mean())}
 
 
 def write_side_by_side(model: WorldModel, episodes: list[Episode], folder: Path,

@@ -272,3 +272,16 @@ def build_generator(spec: dict, image_size: int) -> nn.Module:
 
         return DiffusionFramePredictor(image_size=image_size, **args)
     raise ValueError(f"unknown frame generator {spec['kind']!r}; valid: conv, diffusion")
+
+
+def from_config(w, action_dim: int, action_low: np.ndarray, action_high: np.ndarray,
+                info: dict | None = None) -> WorldModel:
+    """A fresh (untrained) world model of the sizes a :class:`configs.WorldModelConfig`
+    names, for ``action_dim``-D actions normalised with ``action_low``/``action_high``."""
+    spec = {"kind": w.generator, "condition_frames": w.condition_frames, "chunk": w.chunk,
+            "action_dim": action_dim, "channels": w.channels}
+    if w.generator == "diffusion":
+        spec["sampling_steps"] = w.sampling_steps
+    return WorldModel(build_generator(spec, w.image_size), SuccessCNN(w.success_channels),
+                      action_low, action_high, w.image_size, info)
+

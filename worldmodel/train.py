@@ -7,14 +7,18 @@ windows (:mod:`worldmodel.data`) minimising its own loss (the deterministic one:
 weighted toward the pixels that change; the diffusion one: the noise's MSE). The success
 model then takes ``world_model.success_steps`` steps of binary
 cross-entropy on frames drawn half successful, half not, randomly shifted by up to 2
-pixels. Both use linear warmup then cosine decay.
+pixels; ``world_model.generated_share`` of each batch are frames the trained predictor
+generated open loop from the training episodes (labelled by the real frames they stand
+for), so that the success model judges generated frames, which are what the RL stage
+shows it, by the outcome they stand for. Both use linear warmup then cosine decay.
 
 Written to ``run.log_dir``: TensorBoard (``world_model/train_loss``,
 ``world_model/val_psnr_changed`` and ``world_model/copy_last_psnr_changed`` on held-out
 windows, ``world_model/val_psnr_gain``; ``reward_model/train_loss``,
 ``reward_model/val_auc``), ``checkpoint.pt`` (resumable with ``--resume``),
 ``world_model.pt`` (``env.world_model.checkpoint`` takes it), ``world_model_summary.json``
-(with the held-out position errors of :mod:`worldmodel.probe`), and side-by-side mp4s of
+(with the held-out position errors of :mod:`worldmodel.probe`, the success model's AUC on
+generated frames, and :func:`worldmodel.evaluate.outcome_agreement`), and side-by-side mp4s of
 held-out episodes, real | generated for the same actions, under ``videos/world_model``.
 """
 
@@ -38,8 +42,9 @@ from models import pick_device
 from sft.data import hold_out, random_shift
 from sft.trainer import lr_factor
 from worldmodel.data import LabelledFrames, Windows, action_bounds, load_episodes
-from worldmodel.evaluate import generator_metrics, success_auc, write_side_by_side
-from worldmodel.models import SuccessCNN, WorldModel, build_generator, to_model_frames
+from worldmodel.evaluate import (generator_metrics, imagine, outcome_agreement, success_auc,
+                                 write_side_by_side)
+from worldmodel.models import WorldModel, from_config, to_model_frames
 from worldmodel.probe import position_errors, train_probe
 
 log = logging.getLogger(__name__)
@@ -88,14 +93,9 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
                     "training episodes")
         val = train
     low, high = action_bounds(train)
-    generator = build_generator(
-        {"kind": w.generator, "condition_frames": w.condition_frames, "chunk": w.chunk,
-         "action_dim": train[0].actions.shape[1], "channels": w.channels,
-         **({"sampling_steps": w.sampling_steps} if w.generator == "diffusion" else {})},
-        w.image_size)
-    model = WorldModel(generator, SuccessCNN(w.success_channels), low, high, w.image_size,
-        {"world_model": to_dict(cfg)["world_model"], "train_episodes": len(train),
-         "val_episodes": len(val)}).to(device)
+    model = from_config(w, train[0].actions.shape[1], low, high,
+                        {"world_model": to_dict(cfg)["world_model"],
+                         "train_episodes": len(train), "val_episodes": len(val)}).to(device)
     # held-out metrics over the policy's chunk, however many calls the model needs for it
     windows = Windows(train, w.condition_frames, w.chunk)
     val_windows = Windows(val, w.condition_frames, cfg.actions_per_chunk)
@@ -134,10 +134,17 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
                          k / (time.monotonic() - began))
                 shown = time.monotonic()
         began = time.monotonic()
+        generated = None
+        if steps["generator"] >= w.steps and steps["success"] < w.success_steps \
+                and w.generated_share > 0 and not stop.is_set():
+            generated = LabelledFrames(imagine(model, train, device))
+            log.info("success model: %.0f%% of each batch from %d generated frames",
+                     100 * w.generated_share, len(generated.labels))
         while steps["generator"] >= w.steps and steps["success"] < w.success_steps \
                 and not stop.is_set():
             model.scorer.train()
-            x, y, texts = frames.balanced(w.success_batch_size, rng)
+            x, y, texts = _success_batch(frames, generated, w.success_batch_size,
+                                         w.generated_share, rng)
             loss = _step(success_loss(model, random_shift(x, 2, rng), y, texts, device),
                          model.scorer, opt_s, sched_s)
             k = steps["success"] = steps["success"] + 1
@@ -162,6 +169,15 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
     # the summary's held-out figures are those of the final models (a resumed run too)
     metrics.update(generator_metrics(model, val_windows, "cpu"))
     metrics["val_auc"] = success_auc(model, val, "cpu")
+    imagined = imagine(model, val, "cpu")
+    metrics["val_auc_generated"] = success_auc(model, imagined, "cpu")
+    env_rule = cfg.env.world_model
+    metrics.update(outcome_agreement(model, val, imagined, env_rule.success_threshold,
+                                     env_rule.binary_score, "cpu"))
+    log.info("held-out: success-model ROC AUC %.4f on real frames, %.4f on generated ones; "
+             "world-model success on episodes that really failed %.3f, that really "
+             "succeeded %.3f", metrics["val_auc"], metrics["val_auc_generated"],
+             metrics["wm_success_on_real_failures"], metrics["wm_success_on_real_successes"])
     if w.position_dims and w.probe_steps:
         probe = train_probe(train, w.position_dims, w.probe_steps, rng)
         metrics.update(position_errors(model, probe, val_windows, "cpu"))
@@ -179,6 +195,16 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
     log.info("world model done: %s (env.world_model.checkpoint=%s)", log_dir / WORLD_MODEL,
              log_dir / WORLD_MODEL)
     return 0
+
+
+def _success_batch(real: LabelledFrames, generated: LabelledFrames | None, n: int,
+                   share: float, rng: np.random.Generator):
+    """``n`` frames, ``share`` of them generated (none without ``generated``), each part
+    half successful."""
+    n_gen = round(share * n) if generated is not None else 0
+    parts = [real.balanced(n - n_gen, rng)] + ([generated.balanced(n_gen, rng)] if n_gen else [])
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            [t for p in parts for t in p[2]])
 
 
 def _step(loss: torch.Tensor, module, optimizer, scheduler) -> float:
