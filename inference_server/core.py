@@ -39,7 +39,8 @@ class InferenceCore:
     def load(self, version: int, state: dict) -> None:
         """Swap in new weights (called between batches only). The model takes the
         received tensors themselves (``assign``): no copy, so the pause is short."""
-        self.policy.load_state_dict(state, assign=True)
+        # the update has no frozen parameters (links.weights.synced_state): those stay
+        self.policy.load_state_dict(state, strict=False, assign=True)
         self.version = version
 
     @torch.no_grad()

@@ -144,7 +144,8 @@ class VLLMCore(InferenceCore):
     def load(self, version: int, state: dict) -> None:
         """New weights into the torch copy (the LoRA merge reads it), then into vLLM's
         worker; the server's ``weights_apply`` span times it all."""
-        self.policy.load_state_dict(state, assign=True)
+        # the update has no frozen parameters (links.weights.synced_state): those stay
+        self.policy.load_state_dict(state, strict=False, assign=True)
         self.llm.collective_rpc("reload_weights", kwargs={
             "weights_iterator": list(hf_state(self.policy).items()),
             "is_checkpoint_format": True})

@@ -4,10 +4,11 @@ Over torch.distributed, one 2-rank process group per server (rank 0 = learner, r
 the server; NCCL between two GPUs, else gloo: :func:`group_backend`; links/weight_hub.py
 forms them), so the learner's own data-parallel group is never involved and a server can
 die and rejoin. One update is: an int64 header [version, elements] broadcast from rank 0, then
-one flat buffer per dtype of the model's state_dict (dtypes in name order, tensors in
-state_dict order). Version -1 means "the learner has finished"; version -2 is a
-keepalive (nothing follows), sent on a link idle for a quarter of
-``network.weights_timeout_s``. Servers receive on a
+one flat buffer per dtype of the model's state_dict without its frozen parameters
+(:func:`synced_state`: a LoRA model sends its adapter and trained heads, the servers keep
+the base they loaded; dtypes in name order, tensors in state_dict order). Version -1
+means "the learner has finished"; version -2 is a keepalive (nothing follows), sent on a
+link idle for a quarter of ``network.weights_timeout_s``. Servers receive on a
 background thread and swap the weights in between two batches.
 In --single-process mode an :class:`InProcWeightBus` hands the tensors over in memory.
 """
@@ -31,6 +32,20 @@ SHUTDOWN = -1  # header version: the learner has finished
 # a quarter of network.weights_timeout_s, so a slow update (minutes, when most GRPO groups
 # are filtered out) does not time out the server's waiting receive.
 KEEPALIVE = -2
+
+
+def synced_state(model: torch.nn.Module) -> dict:
+    """What one update carries: the state_dict without the frozen parameters
+    (``requires_grad`` False, e.g. a LoRA model's base weights), which never change and
+    which each server loaded itself from ``model.model_path``. Learner and server build
+    the model from one config, so both ends name the same entries."""
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
+def state_bytes(state: dict) -> int:
+    """Bytes of the tensors of ``state``."""
+    return sum(t.numel() * t.element_size() for t in state.values())
 
 
 def flat_layout(state: dict) -> dict:
@@ -154,7 +169,7 @@ class WeightReceiver:
     """
 
     def __init__(self, model: torch.nn.Module, device: torch.device):
-        self.layout = flat_layout(model.state_dict())
+        self.layout = flat_layout(synced_state(model))
         self.device = device
         self._slot: "queue.Queue" = queue.Queue(maxsize=1)
         self._lock = threading.Lock()
@@ -302,7 +317,7 @@ class InProcWeightBus:
     def send(self, version: int, model: torch.nn.Module) -> None:
         """Hand ``model``'s state as ``version`` to every receiver (a copy each, on its
         device); non-finite weights are not handed over."""
-        buffers = flatten(model.state_dict())
+        buffers = flatten(synced_state(model))
         if not all_finite(buffers):
             log.error("version %d has non-finite weights (NaN or inf): not sent", version)
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -303,3 +304,50 @@ def test_behaviour_cloning_loss_is_l1_in_the_normalised_space_and_falls(ckpts):
         policy.bc_loss(inputs, target, mask, "mse")
     losses = fit(lambda: policy.bc_loss(inputs, target, mask), policy.parameters(), 8, 1e-3)
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_a_lora_model_syncs_its_adapter_only_and_serves_as_after_a_full_sync(ckpts, small_cfg):
+    from inference_server.core import InferenceCore
+    from links.rendezvous import Registry
+    from links.weight_hub import WeightHub
+    from links.weights import DistWeightReceiver, join_group, state_bytes, synced_state
+    from protocol.messages import Register
+
+    _, run = ckpts
+    torch.manual_seed(0)
+    learner = load_qwen_oft(_cfg(run, lora_rank=4))
+    torch.manual_seed(1)  # the server's adapter starts elsewhere: only the sync aligns them
+    server = load_qwen_oft(_cfg(run, lora_rank=4)).eval()
+    with torch.no_grad():  # "training": the adapter and the action head move
+        for p in learner.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    sent, full = synced_state(learner), learner.state_dict()
+    assert any("lora_" in k for k in sent) and "action_model.model.fc2.weight" in sent
+    assert not any(k.endswith("base_layer.weight") for k in sent)  # the frozen base stays
+    assert state_bytes(sent) < state_bytes(full)
+
+    registry = Registry(small_cfg)  # a real two-rank gloo group, as in a run
+    hub = WeightHub(small_cfg, CPU, registry)
+    problem, generation, _ = registry.register(Register("inference", 0, 0, "x", -1))
+    assert problem == ""
+    receiver = DistWeightReceiver(server, CPU, lambda: join_group(small_cfg, 0, generation, CPU))
+    for _ in range(600):
+        hub.admit(0, learner)
+        if hub.joined:
+            break
+        time.sleep(0.05)
+    version, state = receiver.wait_first(30)
+    assert version == 0 and set(state) == set(sent)
+    InferenceCore(server, CPU, 1.0, 8).load(version, state)
+    hub.close()
+
+    reference = load_qwen_oft(_cfg(run, lora_rank=4)).eval()
+    reference.load_state_dict(full)  # what a full sync would have served
+    learner.eval()
+    inputs = server.prepare(_obs(), CPU)
+    with torch.no_grad():
+        got = server.act(inputs, True, 1.0).actions
+        want = reference.act(inputs, True, 1.0).actions
+        ours = learner.act(learner.prepare(_obs(), CPU), True, 1.0).actions
+    assert torch.equal(got, want) and torch.equal(got, ours)
