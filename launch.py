@@ -4,6 +4,7 @@ one process (``--single-process``). Role processes are supervised: a dead one re
     python launch.py --config configs/synthetic_grpo.yaml learner.lr=3e-4
     python launch.py --config CONFIG --role inference --index 0     # one role, this host
     python launch.py keys DIR                                       # CURVE key pairs
+    python launch.py export RUN_DIR OUT       # the trained policy in its original layout
     python launch.py --config CONFIG --single-process               # debugging, tests
     python launch.py --config CONFIG --eval model.checkpoint=runs/X/checkpoint.pt
     python launch.py --config CONFIG --record        # demonstrations (expert) to HDF5
@@ -329,12 +330,32 @@ def make_keys(argv: list[str]) -> int:
     return 0
 
 
+def export_policy(argv: list[str]) -> int:
+    """``launch.py export RUN_DIR OUT``: the trained policy in the layout it was loaded
+    from (:mod:`models.export`)."""
+    if len(argv) != 2:
+        print("usage: python launch.py export RUN_DIR OUT", file=sys.stderr)
+        return 2
+    from configs import ConfigError
+    from models.export import ExportError, export
+
+    try:
+        out = export(argv[0], argv[1])
+    except (ExportError, ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported {argv[0]} to {out} (what and from where: {out / 'export.json'})")
+    return 0
+
+
 def main(argv=None) -> int:
     """The ``launch.py`` command line (``argv``: default ``sys.argv[1:]``); returns the exit
     status (2 for a bad command line or config)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["keys"]:
         return make_keys(argv[1:])
+    if argv[:1] == ["export"]:
+        return export_policy(argv[1:])
     args = parse_args(argv)
     from configs import ConfigError, load_config
 

@@ -1,6 +1,6 @@
 """Typed configuration: one dataclass per role under :class:`Config`, loaded from YAML."""
 
-from configs.loader import ConfigError, load_config, to_dict
+from configs.loader import ConfigError, config_from_dict, load_config, to_dict
 from configs.schema import (
     ActorConfig, CNNPolicyConfig, Config, EnvConfig, EvalConfig, GRPOConfig, InferenceConfig,
     LearnerConfig, LiberoEnvConfig, ModelConfig, NetworkConfig, PPOConfig, ProfileConfig,
@@ -13,5 +13,5 @@ __all__ = [
     "GRPOConfig", "InferenceConfig", "LearnerConfig", "LiberoEnvConfig", "ModelConfig",
     "NetworkConfig", "PPOConfig", "ProfileConfig", "RobosuiteEnvConfig", "RunConfig",
     "SyntheticEnvConfig", "VideoConfig", "VLLMConfig", "WorldModelConfig",
-    "WorldModelEnvConfig", "load_config", "to_dict",
+    "WorldModelEnvConfig", "config_from_dict", "load_config", "to_dict",
 ]

@@ -36,6 +36,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for item in overrides:
         _apply_override(raw, item)
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict) -> Config:
+    """A validated config from nested sections (a YAML file's, or :func:`to_dict`'s: what
+    a checkpoint keeps)."""
     raw = _interpolate(raw, raw, [])
     _rlinf_aliases(raw)
     _refuse_moved_keys(raw)
