@@ -175,10 +175,10 @@ def run_single_process(cfg) -> int:
     from inference_server.server import run as run_server
     from learner.evaluator import run as run_evaluator
     from learner.worker import run as run_trainer
-    from links.weights import InProcWeightBus
+    from links.weights import InProcWeightBus, serving_dtype
 
     torch.set_num_threads(cfg.run.torch_threads)
-    ctx, bus, stop = zmq.Context(), InProcWeightBus(), threading.Event()
+    ctx, bus, stop = zmq.Context(), InProcWeightBus(serving_dtype(cfg)), threading.Event()
     _stop_on_signals(stop)
     failures: list[str] = []
 

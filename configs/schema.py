@@ -301,6 +301,11 @@ class InferenceConfig:
     max_batch: int = opt(64, "most environments answered by one forward pass")
     max_wait_ms: float = opt(5.0, "wait this long after the first request for more")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto = cuda when present")
+    dtype: Literal["fp32", "bf16"] = opt(
+        "fp32", "the servers' parameters: bf16 halves their memory and each weights "
+        "update's bytes (the learner sends them cast), the forward pass runs in bf16 "
+        "autocast; buffers (action statistics) stay fp32. The learner's "
+        "train/actor/logprob_drift shows what it costs")
     temperature: float = opt(1.0, "sampling temperature (scales the Gaussian std)")
     backend: Literal["torch", "vllm"] = opt("torch", "torch: the policy's own forward "
                                             "pass; vllm: model.kind=token_ar's action tokens "
@@ -636,6 +641,8 @@ def validate(cfg: Config) -> list[str]:
     w, wm = cfg.world_model, e.world_model
     checks = [
         (cfg.run.total_updates >= 1, "run.total_updates must be >= 1"),
+        (i.backend != "vllm" or i.dtype == "fp32",
+         "inference.backend=vllm serves in fp32 here: set inference.dtype=fp32"),
         (len(cfg.placement.learner) <= 1, "placement.learner takes one GPU index (the learner "
          "is one process)"),
         (all(g >= 0 for g in (*cfg.placement.learner, *cfg.placement.inference)),

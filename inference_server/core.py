@@ -23,9 +23,10 @@ class InferenceCore:
     """Runs ``policy`` over batches of requests."""
 
     def __init__(self, policy: Policy, device: torch.device, temperature: float,
-                 state_dim: int):
+                 state_dim: int, dtype: Optional[torch.dtype] = None):
         self.policy, self.device, self.temperature = policy, device, temperature
         self.state_dim = state_dim
+        self.dtype = dtype  # bf16 parameters: the forward pass runs in autocast
         self.version = -1
         self.passes = self.rows = self.max_requests_per_pass = 0
 
@@ -81,8 +82,20 @@ class InferenceCore:
     def infer(self, obs: EnvObs, deterministic: bool) -> tuple[np.ndarray, np.ndarray,
                                                                 Optional[np.ndarray]]:
         """Actions [B,T,D], their log-probs [B,T,D] and values [B] (or None) for ``obs``."""
-        result = self.policy.act(self.policy.prepare(obs, self.device), deterministic,
-                                 self.temperature)
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16,
+                            enabled=self.dtype is not None):
+            result = self.policy.act(self.policy.prepare(obs, self.device), deterministic,
+                                     self.temperature)
         values = None if result.values is None else result.values.float().cpu().numpy()
         return (result.actions.float().cpu().numpy(), result.logprobs.float().cpu().numpy(),
                 values)
+
+
+def cast_parameters(policy: torch.nn.Module, dtype: Optional[torch.dtype]) -> None:
+    """The floating-point parameters in ``dtype`` (``inference.dtype``), buffers (action
+    statistics) left in fp32; nothing for None."""
+    if dtype is None:
+        return
+    for p in policy.parameters():
+        if p.is_floating_point():
+            p.data = p.data.to(dtype)

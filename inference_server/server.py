@@ -13,11 +13,12 @@ import zmq
 
 from configs import Config
 from inference_server.batcher import Batcher, Pending
-from inference_server.core import InferenceCore
+from inference_server.core import InferenceCore, cast_parameters
 from models import build_policy, pick_device
 from profiling.recorder import OFF, make_profiler
 from inference_server.weights_link import WeightsLink
 from links import security, wiring
+from links.weights import serving_dtype
 from protocol.codec import ProtocolError
 from protocol.endpoint import Endpoint
 from protocol.messages import ErrorReply
@@ -34,6 +35,7 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None, weights_bus
     device = pick_device(cfg.inference.device)
     torch.manual_seed(cfg.run.seed)
     policy = build_policy(cfg.model).to(device).eval()
+    cast_parameters(policy, serving_dtype(cfg))  # before the weights link reads its layout
     core = make_core(cfg, policy, device)
     own_ctx = ctx is None
     ctx = ctx or zmq.Context()
@@ -70,7 +72,8 @@ def make_core(cfg: Config, policy, device: torch.device) -> InferenceCore:
 
         return VLLMCore(policy, cfg.model.model_path, i.temperature, cfg.model.state_dim,
                         cfg.run.seed, i.vllm)
-    return InferenceCore(policy, device, i.temperature, cfg.model.state_dim)
+    return InferenceCore(policy, device, i.temperature, cfg.model.state_dim,
+                         serving_dtype(cfg))
 
 
 class InferenceServer:

@@ -21,7 +21,7 @@ from learner.batch import build_batch, group_verdict
 from learner.core import Learner
 from learner.eval_rounds import EvalRounds
 from learner.link import LearnerLinks
-from links.weights import state_bytes, synced_state
+from links.weights import serving_dtype, state_bytes, synced_state
 from models import build_policy, pick_device
 from profiling.recorder import OFF, make_profiler
 from protocol.idset import IdSet
@@ -203,11 +203,12 @@ def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, wri
     update, shown = Tally(), Tally()  # since the last update / the last progress line
     saved_at = time.monotonic()  # the last checkpoint (or the start)
     groups = []
-    weight_bytes = state_bytes(synced_state(learner.policy))
+    weight_bytes = state_bytes(synced_state(learner.policy, serving_dtype(cfg)))
     full_bytes = state_bytes(learner.policy.state_dict())
     log.info("weights: %.1f MB per update to each server%s", weight_bytes / 1e6,
              "" if weight_bytes == full_bytes else
-             f" (of {full_bytes / 1e6:.1f} MB: frozen parameters stay on the servers)")
+             f" (the learner's state: {full_bytes / 1e6:.1f} MB; frozen parameters stay on "
+             f"the servers, the rest is sent in inference.dtype={cfg.inference.dtype})")
     # A learner the supervisor restarted (run.start > 0) spends what is left of the run's
     # time limit; a run resumed by hand (--resume) gets the whole limit again.
     t0, before = time.monotonic(), books.trained_s if cfg.run.start > 0 else 0.0

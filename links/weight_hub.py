@@ -24,7 +24,7 @@ from links.rendezvous import Join, Registry
 from links import wiring
 from links.weights import (
     KEEPALIVE, SHUTDOWN, all_finite, broadcast, flatten, group_backend, make_group,
-    synced_state,
+    serving_dtype, synced_state,
 )
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class WeightHub:
                 del self.links[index]
 
     def _buffers(self, model: torch.nn.Module) -> list[torch.Tensor]:
-        state = synced_state(model)
+        state = synced_state(model, serving_dtype(self.cfg))
         if self.device.type == "cpu":  # fresh buffers every send cost page faults on CPU
             self._out = flatten(state, self._out) if self._out is not None else flatten(state)
             return self._out

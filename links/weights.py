@@ -34,13 +34,28 @@ SHUTDOWN = -1  # header version: the learner has finished
 KEEPALIVE = -2
 
 
-def synced_state(model: torch.nn.Module) -> dict:
+def synced_state(model: torch.nn.Module, dtype: Optional[torch.dtype] = None) -> dict:
     """What one update carries: the state_dict without the frozen parameters
     (``requires_grad`` False, e.g. a LoRA model's base weights), which never change and
-    which each server loaded itself from ``model.model_path``. Learner and server build
-    the model from one config, so both ends name the same entries."""
-    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+    which each server loaded itself from ``model.model_path``; with ``dtype`` (the
+    servers', :func:`serving_dtype`) the floating-point parameters cast to it, buffers as
+    they are. Learner and server build the model from one config, so both ends name the
+    same entries."""
+    params = dict(model.named_parameters())
+    out = {}
+    for key, value in model.state_dict().items():
+        p = params.get(key)
+        if p is not None and not p.requires_grad:
+            continue
+        if p is not None and dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        out[key] = value
+    return out
+
+
+def serving_dtype(cfg) -> Optional[torch.dtype]:
+    """The servers' parameter dtype when it is not the learner's fp32 (``inference.dtype``)."""
+    return torch.bfloat16 if cfg.inference.dtype == "bf16" else None
 
 
 def state_bytes(state: dict) -> int:
@@ -300,7 +315,8 @@ class DistWeightReceiver(WeightReceiver):
 class InProcWeightBus:
     """--single-process: the learner's sender and every server's receiver in memory."""
 
-    def __init__(self):
+    def __init__(self, dtype: Optional[torch.dtype] = None):
+        self.dtype = dtype  # the servers' parameters' (serving_dtype)
         self.receivers: list[WeightReceiver] = []
         self.last: Optional[tuple[int, list[torch.Tensor]]] = None
         self._lock = threading.Lock()
@@ -317,7 +333,7 @@ class InProcWeightBus:
     def send(self, version: int, model: torch.nn.Module) -> None:
         """Hand ``model``'s state as ``version`` to every receiver (a copy each, on its
         device); non-finite weights are not handed over."""
-        buffers = flatten(synced_state(model))
+        buffers = flatten(synced_state(model, self.dtype))
         if not all_finite(buffers):
             log.error("version %d has non-finite weights (NaN or inf): not sent", version)
             return
