@@ -16,6 +16,7 @@ from learner.algorithms import (
     valid_elements, value_loss,
 )
 from learner.batch import TrainBatch
+from learner.data_parallel import DataParallel
 from learner.schedule import make_scheduler
 from learner.targets import ppo_advantages
 from models.base import Policy
@@ -66,8 +67,10 @@ class Learner:
     returns its metrics. ``version`` counts updates (the policy version)."""
 
     def __init__(self, policy: Policy, cfg: LearnerConfig, temperature: float,
-                 device: torch.device, seed: int = 0, total_updates: int = 1):
+                 device: torch.device, seed: int = 0, total_updates: int = 1,
+                 dp: Optional[DataParallel] = None):
         self.policy, self.cfg, self.device = policy, cfg, device
+        self.dp = dp  # a data-parallel rank: its share of each step's micro-batches
         self.temperature = temperature
         self.optimizer = torch.optim.Adam(param_groups(policy, cfg), lr=cfg.lr,
                                           eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
@@ -97,7 +100,8 @@ class Learner:
         # them. With one optimizer step per epoch the first epoch runs at them, so its
         # log-probs are kept; with more, a no-grad pass computes them first.
         if cfg.decoupled:
-            state.fill_prox = steps_per_epoch == 1
+            # (a data-parallel rank sees only its micro-batches: it computes them all first)
+            state.fill_prox = steps_per_epoch == 1 and self.dp is None
             state.prox = torch.zeros_like(batch.old_logprobs) if state.fill_prox else \
                 self._logprobs_no_grad(batch)
         sums: dict = {}
@@ -106,6 +110,10 @@ class Learner:
             order = torch.randperm(n, generator=self.generator)
             for start in range(0, n, size):
                 self._optimizer_step(state, order[start:start + size], sums, share)
+        if self.dp is not None:  # every rank's micro-batches, and the drift they saw
+            sums.update(drift_sum=state.drift_sum, drift_count=state.drift_count)
+            sums = self.dp.sum_metrics(sums, same=("grad_norm",))
+            state.drift_sum, state.drift_count = sums.pop("drift_sum"), sums.pop("drift_count")
         lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}  # this update's
         self.scheduler.step()
         self.version += 1
@@ -119,12 +127,17 @@ class Learner:
                   "entropy": float(batch.mask[rows].sum()) * d,
                   "chunks": float((batch.mask[rows].sum(-1) > 0).sum())}
         self.optimizer.zero_grad(set_to_none=True)
-        for start in range(0, len(rows), cfg.micro_batch_size):
+        for k, start in enumerate(range(0, len(rows), cfg.micro_batch_size)):
+            if self.dp is not None and not self.dp.mine(k):
+                continue
             idx = rows[start:start + cfg.micro_batch_size]
             weight = loss_units(batch.mask[idx], d, cfg) / max(denoms["policy"], 1)
             pad = cfg.micro_batch_size - len(idx) if len(rows) > len(idx) else 0
             for key, value in self._micro_step(state, idx, denoms, pad).items():
                 sums[key] = sums.get(key, 0.0) + value * weight * share
+        if self.dp is not None:
+            self.dp.all_reduce_grads([p for g in self.optimizer.param_groups
+                                      for p in g["params"]])
         if not state.train_actor:
             # Critic warmup: only the value head steps. The value loss's gradient also
             # reaches the trunk it shares with the policy; stepping that would change the
