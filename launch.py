@@ -114,6 +114,9 @@ def run_role(cfg, role: str, index: int) -> int:
         if role == "learner" and cfg.run.mode in ("eval", "record"):
             from learner.evaluator import run
             code = run(cfg, stop=stop)
+        elif role == "learner" and index > 0:  # a data-parallel rank (learner.num_ranks)
+            from learner.worker import run_rank
+            code = run_rank(cfg, index)
         elif role == "learner":
             from learner.worker import run
             code = run(cfg, stop=stop)
@@ -240,7 +243,7 @@ def supervise(cfg, args: argparse.Namespace, overrides: list[str],
                      f"pids-{slots[0][0]}-{slots[0][1]}.json", environ)
     interrupted = threading.Event()
     _stop_on_signals(interrupted)  # Ctrl-C reaches the children too; SIGTERM is passed on
-    has_learner = any(role == "learner" for role, _ in slots)
+    has_learner = ("learner", 0) in slots  # a data-parallel rank's host ends with its roles
     try:
         sup.start_all()
         sampler = MemorySampler(log_dir / ("memory.csv" if has_learner else
@@ -434,7 +437,8 @@ def main(argv=None) -> int:
         return run_sft(cfg)
     if args.single_process:
         return report_profile(cfg, run_single_process(cfg))
-    slots = [("learner", 0)]
+    ranks = cfg.learner.num_ranks if cfg.run.mode == "train" else 1
+    slots = [("learner", r) for r in range(ranks)]
     if cfg.inference_needed:
         slots += [("inference", i) for i in range(cfg.inference.num_servers)]
     slots += [("actor", k) for k in range(cfg.total_actors)]

@@ -351,6 +351,10 @@ class LearnerConfig:
         "grpo", "grpo: group-relative advantages; ppo: GAE from a value head (set "
         "model.value_head=true)")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto = cuda when present")
+    num_ranks: int = opt(1, "data-parallel learner processes (one GPU each): every rank "
+                         "computes its share of each optimizer step's micro-batches and "
+                         "the gradients are summed (learner/data_parallel.py); rank 0 "
+                         "receives, broadcasts weights and checkpoints")
     bf16: bool = opt(True, "bf16 autocast of forward/backward on CUDA (ignored on CPU)")
     lr: float = opt(3e-4, "Adam learning rate (peak, after warmup)")
     lr_schedule: Literal["constant", "cosine"] = opt(
@@ -529,11 +533,11 @@ class WorldModelConfig:
 class PlacementConfig:
     """Which of this host's GPUs each role's processes see (``CUDA_VISIBLE_DEVICES`` per
     child, launcher/placement.py); indices count the GPUs the launcher sees. Empty lists
-    mean auto: the learner on GPU 0, the servers on the others (all on GPU 0 with one),
-    actors on the CPU."""
+    mean auto: the learner's ranks on GPUs 0..R-1, the servers on the others (sharing the
+    learner's with no other), actors on the CPU."""
 
-    learner: list[int] = opt([], "GPU indices for the learner (one: the learner is one "
-                             "process); empty: auto (GPU 0)")
+    learner: list[int] = opt([], "one GPU index per learner rank (learner.num_ranks); "
+                             "empty: auto (GPUs 0..R-1)")
     inference: list[int] = opt([], "one GPU index per inference server; empty: auto (the "
                                "GPUs the learner does not use, round robin)")
 
@@ -643,8 +647,12 @@ def validate(cfg: Config) -> list[str]:
         (cfg.run.total_updates >= 1, "run.total_updates must be >= 1"),
         (i.backend != "vllm" or i.dtype == "fp32",
          "inference.backend=vllm serves in fp32 here: set inference.dtype=fp32"),
-        (len(cfg.placement.learner) <= 1, "placement.learner takes one GPU index (the learner "
-         "is one process)"),
+        (L.num_ranks >= 1, "learner.num_ranks must be >= 1"),
+        (L.num_ranks == 1 or n.transport != "inproc",
+         "--single-process runs one learner: set learner.num_ranks=1"),
+        (not cfg.placement.learner or len(cfg.placement.learner) == L.num_ranks,
+         f"placement.learner takes one GPU index per learner rank ({L.num_ranks}, "
+         "learner.num_ranks)"),
         (all(g >= 0 for g in (*cfg.placement.learner, *cfg.placement.inference)),
          "placement GPU indices must be >= 0"),
         (a.num_actors >= 1, "actor.num_actors must be >= 1"),

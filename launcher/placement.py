@@ -9,11 +9,12 @@ start-up.
 Automatic placement (``placement.learner`` / ``placement.inference`` empty), G GPUs,
 S servers on this host:
 
-- the learner takes GPU 0;
-- the servers take the other GPUs, server i the (i mod (G-1))-th of them; with one GPU
-  every role shares it (the co-located case: learner and server exchange weights over
-  gloo on the same GPU, ``links.weights.group_backend``); on a host without the learner
-  (``--role inference``), server i takes GPU i mod G;
+- the learner takes GPU 0 (rank r of a data-parallel learner, ``learner.num_ranks``,
+  GPU r: one each);
+- the servers take the other GPUs, server i the (i mod (G-R))-th of them; with no other
+  GPU they share the learner's (one GPU: every role shares it, and learner and server
+  exchange weights over gloo there, ``links.weights.group_backend``); on a host without
+  the learner (``--role inference``), server i takes GPU i mod G;
 - actors get no GPU, unless their env runs a model on CUDA (``env.kind: world_model`` with
   ``env.world_model.device`` not ``cpu``): then actor k shares the servers' GPUs,
   round robin;
@@ -115,14 +116,22 @@ def make_plan(cfg, slots: list[tuple[str, int]], gpus: list[str]) -> Plan:
             raise PlacementError(f"{role}.device=cuda, but this host has no GPU (none in "
                                  "CUDA_VISIBLE_DEVICES or nvidia-smi -L): set "
                                  f"{role}.device=auto or cpu")
-    learner = tuple(p.learner) or ((0,) if n else CPU)
-    # the learner's GPU is kept for it only where it runs (one host, or the learner's)
+    ranks = cfg.learner.num_ranks
+    on_gpu = cfg.learner.device != "cpu" and n > 0
+    if on_gpu and not p.learner and ranks > n:
+        raise PlacementError(f"learner.num_ranks={ranks} needs a GPU per rank, but this host "
+                             f"has {n}: set learner.num_ranks={n}, or learner.device=cpu")
+    learner = tuple(p.learner) or (tuple(range(ranks)) if n else CPU)
+    if len(set(learner)) < len(learner):
+        raise PlacementError(f"placement.learner={list(learner)} puts two learner ranks on "
+                             "one GPU, which NCCL refuses: give each rank its own")
+    # the learner's GPUs are kept for it only where it runs (one host, or the learner's)
     here = any(role == "learner" for role, _ in slots)
     others = [g for g in range(n) if not (here and g in learner)] or list(learner)
     out: dict[str, tuple[int, ...]] = {}
     for role, index in slots:
         if role == "learner":
-            got = learner if cfg.learner.device != "cpu" else CPU
+            got = (learner[index],) if on_gpu else CPU
         elif role == "inference":
             got = (p.inference[index],) if p.inference else \
                 ((others[index % len(others)],) if others else CPU)

@@ -118,7 +118,7 @@ class Supervisor:
             self._write_pids()
             if code == 0:
                 slot.ended = 0
-                if slot.role == "learner":
+                if slot.name == "learner-0":  # the learner proper, not a data-parallel rank
                     return "learner finished"
                 continue
             if code == EXIT_LEARNER_GONE:
@@ -130,6 +130,12 @@ class Supervisor:
             if code == EXIT_CONFIG_ERROR:
                 slot.ended = code
                 return f"failed: {why}; a configuration error is not restarted"
+            if slot.role == "learner" and self.cfg.learner.num_ranks > 1 \
+                    and self.cfg.run.mode == "train":
+                slot.ended = code
+                return (f"failed: {why}; the ranks of a data-parallel learner are not "
+                        "restarted (their group cannot re-form mid-run): continue the run "
+                        "with launch.py --resume RUN_DIR")
             restarts_done = slot.starts - 1
             if restarts_done >= self.cfg.run.max_restarts:
                 slot.ended = code

@@ -8,10 +8,16 @@ its mini-batch's global counts (``learner.core``), so the sum of the ranks' grad
 and steps alike. The update's metric sums are added up across ranks at its end. One
 update of ``world`` ranks therefore equals one update of one rank, up to the order of
 float additions (``tests/test_data_parallel.py``).
+
+In a run (``learner.num_ranks`` > 1) rank 0 is the learner (sockets, weights broadcast,
+checkpoints) and hands each update's batch to the other ranks, processes of their own
+(``launch.py`` starts them as ``learner`` 1..R-1, :func:`learner.worker.run_rank`). Each
+rank holds the whole model (DDP's memory, not FSDP's).
 """
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 
 import torch
@@ -58,3 +64,50 @@ class DataParallel:
                     out[key] = out.get(key, 0.0) + value
         out.update({k: sums[k] for k in same if k in sums})
         return out
+
+
+def join(cfg, rank: int, device: torch.device, store=None) -> DataParallel:
+    """Join the learner's ``learner.num_ranks`` ranks as ``rank`` (the default process
+    group: gloo on CPU, NCCL on GPUs, each rank on its own GPU by the placement); rank 0
+    hands in the weights store it hosts (tcp), the others reach it."""
+    from links import wiring
+
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    world = cfg.learner.num_ranks
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            store=wiring.learner_group_store(cfg, store), rank=rank,
+                            world_size=world,
+                            timeout=datetime.timedelta(seconds=cfg.network.join_timeout_s))
+    return DataParallel(None, rank, world)
+
+
+def share_state(learner) -> None:
+    """Rank 0's weights, optimizer and schedule state, version and shuffling generator to
+    every rank (after rank 0 resumed, if it did): all ranks start each update alike."""
+    state = [None]
+    if learner.dp.rank == 0:
+        state = [{"model": learner.policy.state_dict(),
+                  "optimizer": learner.optimizer.state_dict(),
+                  "scheduler": learner.scheduler.state_dict(), "version": learner.version,
+                  "generator": learner.generator.get_state()}]
+    dist.broadcast_object_list(state, src=0)
+    if learner.dp.rank != 0:
+        s = state[0]
+        learner.policy.load_state_dict(s["model"])
+        learner.optimizer.load_state_dict(s["optimizer"])
+        learner.scheduler.load_state_dict(s["scheduler"])
+        learner.version = s["version"]
+        learner.generator.set_state(s["generator"])
+
+
+def hand_out(batch) -> None:
+    """Rank 0: the update's batch to every rank (None: training is over)."""
+    dist.broadcast_object_list([batch], src=0)
+
+
+def receive():
+    """Ranks > 0: the next update's batch from rank 0 (None: training is over)."""
+    got = [None]
+    dist.broadcast_object_list(got, src=0)
+    return got[0]

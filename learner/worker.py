@@ -16,7 +16,7 @@ import zmq
 from torch.utils.tensorboard import SummaryWriter
 
 from configs import Config, to_dict
-from learner import checkpoint
+from learner import checkpoint, data_parallel
 from learner.batch import build_batch, group_verdict
 from learner.core import Learner
 from learner.eval_rounds import EvalRounds
@@ -58,6 +58,10 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
     own_ctx = ctx is None
     ctx = ctx or zmq.Context()
     links = LearnerLinks(cfg, ctx, "learner", device, books.received, weights)
+    if L.num_ranks > 1:  # the other ranks join, then start from rank 0's (resumed) state
+        learner.dp = data_parallel.join(cfg, 0, device, getattr(links.weights, "store", None))
+        data_parallel.share_state(learner)
+        log.info("data-parallel learner: rank 0 of %d", L.num_ranks)
     # On resume, events logged after the checkpoint's update are dropped from the view.
     writer = SummaryWriter(str(log_dir), purge_step=learner.version + 1 if cfg.run.resume
                            else None)
@@ -69,6 +73,8 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
         finished = _train(cfg, learner, links, books, writer, stop, prof)
         return 0
     finally:
+        if learner.dp is not None:
+            _release_ranks()
         prof.meta["trained_until"] = time.time()  # the profile's window ends here
         links.finish("training finished" if finished else "stopped")
         if cfg.learner.checkpoint:
@@ -83,6 +89,34 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
         links.close()
         if own_ctx:
             ctx.term()
+
+
+def _release_ranks() -> None:
+    """Tell the other learner ranks training is over (a rank already gone is logged)."""
+    try:
+        data_parallel.hand_out(None)
+    except RuntimeError as exc:
+        log.warning("could not tell the other learner ranks to stop: %s", exc)
+
+
+def run_rank(cfg: Config, rank: int) -> int:
+    """Learner rank ``rank`` > 0 of a data-parallel learner: the same update as rank 0 on
+    its share of every batch rank 0 hands out, until it hands out None."""
+    device = pick_device(cfg.learner.device)
+    torch.manual_seed(cfg.run.seed)
+    policy = build_policy(cfg.model).to(device)
+    learner = Learner(policy, cfg.learner, cfg.inference.temperature, device, cfg.run.seed,
+                      cfg.run.total_updates)
+    learner.dp = data_parallel.join(cfg, rank, device)
+    data_parallel.share_state(learner)
+    log.info("learner rank %d of %d joined at version %d", rank, cfg.learner.num_ranks,
+             learner.version)
+    updates = 0
+    while (batch := data_parallel.receive()) is not None:
+        learner.step(batch)
+        updates += 1
+    log.info("learner rank %d: %d updates, now at version %d", rank, updates, learner.version)
+    return 0
 
 
 class Books:
@@ -271,6 +305,8 @@ def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, wri
         batch = build_batch(groups, L.algorithm, L.ppo.gamma, L.ppo.reward_level)
         books.mark_trained(groups)
         groups = []
+        if learner.dp is not None:
+            data_parallel.hand_out(batch)  # every rank steps on the same batch
         with prof.span("update", samples=len(batch)):
             metrics = learner.step(batch)
         if L.update_sleep_s:

@@ -14,6 +14,8 @@ Links (B = bind, C = connect):
     learner  rank 0 ---- torch.distributed ---- server i rank 1, one 2-rank group per
              server and generation (a restarted server joins a new one), rendezvous in a
              store at the learner under the prefix "weights/{i}/{generation}/"
+    learner  rank 0 ---- torch.distributed ---- learner ranks 1..R-1 (learner.num_ranks,
+             the data-parallel update), rendezvous under "learner-dp/{incarnation}/"
 
 Addresses by ``network.transport``:
     ipc:    ipc://{ipc_dir}/{run_id}/rendezvous.sock, .../learner.sock, .../inference-{i}.sock;
@@ -271,6 +273,21 @@ def weights_group_store(cfg: Config, store, index: int, generation: int,
         store.set_timeout(datetime.timedelta(seconds=timeout_s or cfg.network.join_timeout_s))
         return store
     return dist.PrefixStore(f"weights/{index}/{generation}/", store)
+
+
+def learner_group_store(cfg: Config, weights_store_=None):
+    """Where the data-parallel learner's ranks meet (learner/data_parallel.py): a FileStore
+    in the ipc folder (one host), or the prefix ``learner-dp/{incarnation}/`` of the
+    weights store (tcp), which rank 0 hosts (``weights_store_``) and the other ranks reach
+    at ``learner_host``."""
+    import torch.distributed as dist
+
+    if cfg.network.transport == "ipc":
+        ipc_folder(cfg).mkdir(parents=True, exist_ok=True)
+        path = ipc_folder(cfg) / f"learner-dp-{cfg.run.incarnation}.store"
+        return dist.FileStore(str(path), cfg.learner.num_ranks)
+    store = weights_store_ if weights_store_ is not None else weights_store(cfg, learner=False)
+    return dist.PrefixStore(f"learner-dp/{cfg.run.incarnation}/", store)
 
 
 def gloo_host(cfg: Config) -> str:

@@ -73,3 +73,20 @@ def test_two_gloo_ranks_make_the_one_rank_update(tmp_path, extra):
         assert set(mine) == set(theirs)
         for key in theirs:
             assert mine[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+def test_a_run_with_two_learner_ranks_trains_every_update_on_both(tmp_path, transport):
+    import json
+
+    from tests.conftest import launch
+
+    proc = launch(tmp_path, "configs/synthetic_grpo.yaml", **{
+        "learner.num_ranks": 2, "run.total_updates": 3, "network.transport": transport})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp_path / "run"
+    summary = json.loads((run / "learner_summary.json").read_text())
+    assert summary["updates"] == 3 and summary["trained_twice"] == 0
+    assert "data-parallel learner: rank 0 of 2" in (run / "learner-0.log").read_text()
+    assert "learner rank 1: 3 updates, now at version 3" in (run / "learner-1.log").read_text()

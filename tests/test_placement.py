@@ -50,6 +50,18 @@ def test_eight_gpus_learner_first_servers_on_the_next(tmp_path):
     assert "GPU 7: (unused)" in text and "actor-0..actor-7 (8 actors)" in text
 
 
+def test_learner_ranks_take_one_gpu_each_and_servers_the_rest(tmp_path):
+    cfg = _cfg(tmp_path, "learner.num_ranks=4", "inference.num_servers=2")
+    plan = make_plan(cfg, [("learner", r) for r in range(4)] + _slots(2)[1:], _gpus(8))
+    assert [plan.slots[f"learner-{r}"] for r in range(4)] == [(0,), (1,), (2,), (3,)]
+    assert [plan.slots[f"inference-{i}"] for i in range(2)] == [(4,), (5,)]
+    with pytest.raises(PlacementError, match="learner.num_ranks=4 needs a GPU per rank"):
+        make_plan(cfg, [("learner", 0)], _gpus(2))
+    cfg = _cfg(tmp_path, "learner.num_ranks=2", "placement.learner=[1,1]")
+    with pytest.raises(PlacementError, match="two learner ranks on one GPU"):
+        make_plan(cfg, [("learner", 0)], _gpus(2))
+
+
 def test_more_servers_than_free_gpus_go_round_robin(tmp_path):
     plan = make_plan(_cfg(tmp_path, "inference.num_servers=3"), _slots(3), _gpus(3))
     assert [plan.slots[f"inference-{i}"] for i in range(3)] == [(1,), (2,), (1,)]
