@@ -19,6 +19,7 @@ What it measures
 How to run
     .venv/bin/python benchmarks/bench_world_model_speed.py \\
         configs/robosuite_lift_world_model.yaml --real env.kind=robosuite env.image_size=128
+    (``--set world_model.chunk=1``: a one-frame-per-call model of the same widths)
 Figures go to benchmarks/RESULTS.md by hand, with the command that produced them.
 """
 
@@ -91,14 +92,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("config")
     p.add_argument("--real", nargs="*", default=[], help="overrides that make the real env")
+    p.add_argument("--set", nargs="*", default=[], dest="overrides",
+                   help="overrides for both sides (e.g. world_model.chunk=1)")
     p.add_argument("--episodes", type=int, default=2, help="episodes per measurement")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads (an actor's)")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config)
-    real_cfg = load_config(args.config, args.real)
+    cfg = load_config(args.config, args.overrides)
+    real_cfg = load_config(args.config, [*args.overrides, *args.real])
     e, g, n = cfg.actor.envs_per_actor, cfg.actor.group_size, cfg.actions_per_chunk
     steps = max_episode_steps(cfg.env)
     envs = {"real": (make_env(real_cfg.env, e, g, cfg.model.action_dim), real_cfg.env.kind),
