@@ -12,7 +12,11 @@ success rates, env steps per second of each evaluation (the same envs, actors an
 trials), and Spearman's rank correlation of the two columns. A real-env evaluation
 already in the benchmark's folder for the same checkpoint and trials is reused (the real
 env does not change when the world model does). Written to
-``runs/<experiment>/world_model_ranking.{json,md}``.
+``runs/<experiment>/world_model_ranking.{json,md}``. With ``--agreement N`` each policy
+also records N noisy episodes in the real env and the table adds the world model's
+verdict on them open loop (its success on the episodes that really failed and on those
+that really succeeded), which separates the world model's own errors from the closed
+loop's.
 """
 
 from __future__ import annotations
@@ -62,6 +66,33 @@ def evaluate(config: str, checkpoint: Path, folder: Path, env: list[str],
     return {"success": res["mean_success_rate"], "seconds": seconds, "env_steps": steps}
 
 
+def agreement(exp, checkpoint: Path, folder: Path, world_model: Path, episodes: int,
+              first_state: int) -> dict:
+    """Record ``episodes`` of ``checkpoint`` in the real env (as ``reproduce.py``'s
+    policy recording: action noise 0.3) from ``first_state`` on, then the world model's
+    :func:`worldmodel.evaluate.outcome_agreement` and success-model AUC on their frames."""
+    from configs import load_config
+    from envs import image_orientation
+    from worldmodel.data import load_episodes
+    from worldmodel.evaluate import imagine, outcome_agreement, success_auc
+    from worldmodel.models import WorldModel
+
+    if not (folder / "record_results.json").exists():
+        launch(exp.config, ["--record", f"model.checkpoint={checkpoint}", "record.source=policy",
+                            f"record.first_state={first_state}", "record.action_noise=0.3",
+                            f"record.episodes_per_task={episodes}", f"run.log_dir={folder}",
+                            *exp.real_env])
+    cfg = load_config(ROOT / exp.config)
+    model = WorldModel.load(world_model)
+    real, _ = load_episodes([folder / "dataset"], model.image_size, image_orientation(cfg.env))
+    imagined = imagine(model, real, "cpu")
+    rule = cfg.env.world_model
+    out = outcome_agreement(model, real, imagined, rule.success_threshold, rule.binary_score,
+                            "cpu")
+    out["auc_generated"] = success_auc(model, imagined, "cpu")
+    return out
+
+
 def rate(evaluation: dict) -> str:
     """Env steps per second of an evaluation run ("(reused)" for one read back)."""
     if evaluation["seconds"] is None:
@@ -77,6 +108,10 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoints", nargs="*", default=[], help="more policies to rank")
     p.add_argument("--trials", type=int, default=100, help="evaluation trials per policy")
     p.add_argument("--root", default=None, help="the experiment's folder")
+    p.add_argument("--agreement", type=int, default=0, metavar="N",
+                   help="also record N episodes of each policy in the real env (noisy, "
+                        "states from 600: none the world model trained on) and report the "
+                        "world model's outcome agreement on them, open loop")
     args = p.parse_args(argv)
     exp = EXPERIMENTS[args.experiment]
     root = Path(args.root or ROOT / "runs" / args.experiment).resolve()
@@ -103,6 +138,11 @@ def main(argv=None) -> int:
         rows.append({"policy": name, "checkpoint": str(ckpt), "real": real, "world_model": model})
         print(f"{name}: real {real['success']:.1%}, world model {model['success']:.1%}",
               flush=True)
+    if args.agreement:
+        for k, r in enumerate(rows):
+            r["open_loop"] = agreement(exp, Path(r["checkpoint"]), bench / f"episodes_{k}",
+                                       wm, args.agreement, 600 + k * args.agreement)
+            print(f"{r['policy']}: open loop {r['open_loop']}", flush=True)
     rho = spearman([r["real"]["success"] for r in rows],
                    [r["world_model"]["success"] for r in rows])
     lines = ["| policy | real env | world model | real env steps/s | world model steps/s |",
@@ -111,6 +151,17 @@ def main(argv=None) -> int:
         a, b = r["real"], r["world_model"]
         lines.append(f"| {r['policy']} | {a['success']:.1%} | {b['success']:.1%} | "
                      f"{rate(a)} | {rate(b)} |")
+    if args.agreement:
+        lines += ["", "Open loop, the recorded actions of each policy's real episodes replayed "
+                  "in the world model:", "",
+                  "| policy | real success | world model | WM success on real failures | "
+                  "on real successes | agreement |", "|---|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            o = r["open_loop"]
+            lines.append(f"| {r['policy']} | {o['real_success_rate']:.1%} | "
+                         f"{o['wm_success_rate']:.1%} | {o['wm_success_on_real_failures']:.1%}"
+                         f" | {o['wm_success_on_real_successes']:.1%} | "
+                         f"{o['outcome_agreement']:.1%} |")
     lines.append(f"\nSpearman's rank correlation: {rho:.3f} over {len(rows)} policies, "
                  f"{args.trials} trials each (steps/s: whole evaluation runs, start-up "
                  "included)")
