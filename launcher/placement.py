@@ -116,22 +116,24 @@ def make_plan(cfg, slots: list[tuple[str, int]], gpus: list[str]) -> Plan:
             raise PlacementError(f"{role}.device=cuda, but this host has no GPU (none in "
                                  "CUDA_VISIBLE_DEVICES or nvidia-smi -L): set "
                                  f"{role}.device=auto or cpu")
-    ranks = cfg.learner.num_ranks
+    # the learner ranks on this host (all R on one host; one per host with --role learner)
+    local = sorted(i for role, i in slots if role == "learner")
     on_gpu = cfg.learner.device != "cpu" and n > 0
-    if on_gpu and not p.learner and ranks > n:
-        raise PlacementError(f"learner.num_ranks={ranks} needs a GPU per rank, but this host "
-                             f"has {n}: set learner.num_ranks={n}, or learner.device=cpu")
-    learner = tuple(p.learner) or (tuple(range(ranks)) if n else CPU)
+    if on_gpu and not p.learner and len(local) > n:
+        raise PlacementError(f"{len(local)} learner ranks (learner.num_ranks) need a GPU each, "
+                             f"but this host has {n}: set learner.num_ranks={n}, or "
+                             "learner.device=cpu")
+    rank_gpu = {r: (p.learner[r] if p.learner else k) for k, r in enumerate(local)}
+    learner = tuple(rank_gpu.values()) if on_gpu else CPU
     if len(set(learner)) < len(learner):
-        raise PlacementError(f"placement.learner={list(learner)} puts two learner ranks on "
+        raise PlacementError(f"placement.learner={list(p.learner)} puts two learner ranks on "
                              "one GPU, which NCCL refuses: give each rank its own")
     # the learner's GPUs are kept for it only where it runs (one host, or the learner's)
-    here = any(role == "learner" for role, _ in slots)
-    others = [g for g in range(n) if not (here and g in learner)] or list(learner)
+    others = [g for g in range(n) if g not in learner] or list(learner or range(n))
     out: dict[str, tuple[int, ...]] = {}
     for role, index in slots:
         if role == "learner":
-            got = (learner[index],) if on_gpu else CPU
+            got = (rank_gpu[index],) if on_gpu else CPU
         elif role == "inference":
             got = (p.inference[index],) if p.inference else \
                 ((others[index % len(others)],) if others else CPU)

@@ -55,11 +55,14 @@ def test_learner_ranks_take_one_gpu_each_and_servers_the_rest(tmp_path):
     plan = make_plan(cfg, [("learner", r) for r in range(4)] + _slots(2)[1:], _gpus(8))
     assert [plan.slots[f"learner-{r}"] for r in range(4)] == [(0,), (1,), (2,), (3,)]
     assert [plan.slots[f"inference-{i}"] for i in range(2)] == [(4,), (5,)]
-    with pytest.raises(PlacementError, match="learner.num_ranks=4 needs a GPU per rank"):
-        make_plan(cfg, [("learner", 0)], _gpus(2))
+    with pytest.raises(PlacementError, match=r"4 learner ranks \(learner.num_ranks\) need a "
+                       "GPU each, but this host has 2"):
+        make_plan(cfg, [("learner", r) for r in range(4)], _gpus(2))
+    # one rank per host (--role learner --index 3): that host's first GPU
+    assert make_plan(cfg, [("learner", 3)], _gpus(1)).slots == {"learner-3": (0,)}
     cfg = _cfg(tmp_path, "learner.num_ranks=2", "placement.learner=[1,1]")
     with pytest.raises(PlacementError, match="two learner ranks on one GPU"):
-        make_plan(cfg, [("learner", 0)], _gpus(2))
+        make_plan(cfg, [("learner", 0), ("learner", 1)], _gpus(2))
 
 
 def test_more_servers_than_free_gpus_go_round_robin(tmp_path):
@@ -84,7 +87,7 @@ def test_gpus_by_hand_and_the_launchers_own_visible_list(tmp_path):
 
 def test_a_cpu_device_gets_no_gpu_and_a_cuda_world_model_env_gives_actors_one(tmp_path):
     plan = make_plan(_cfg(tmp_path, "learner.device=cpu"), _slots(1), _gpus(2))
-    assert plan.slots["learner-0"] == () and plan.slots["inference-0"] == (1,)
+    assert plan.slots["learner-0"] == () and plan.slots["inference-0"] == (0,)
     cfg = _cfg(tmp_path, "env.kind=world_model", "env.world_model.device=cuda",
                "env.world_model.checkpoint=wm.pt", "env.world_model.reset_data=[data]")
     plan = make_plan(cfg, _slots(1, actors=3), _gpus(3))
