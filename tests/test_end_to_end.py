@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -113,9 +114,12 @@ def test_ctrl_c_stops_every_role(tmp_path):
                             text=True, start_new_session=True)
     log = tmp_path / "run" / "learner-0.log"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (log.exists() and "update" in log.read_text()):
+    def trained() -> bool:  # a progress line: "update 1/100000 | ..."
+        return log.exists() and re.search(r"update \d+/\d+", log.read_text()) is not None
+
+    while time.monotonic() < deadline and not trained():
         time.sleep(0.5)
-    assert log.exists() and "update" in log.read_text(), "the run did not start training"
+    assert trained(), "the run did not start training"
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode in (0, 130), out[-3000:]
