@@ -437,8 +437,7 @@ def main(argv=None) -> int:
         return run_sft(cfg)
     if args.single_process:
         return report_profile(cfg, run_single_process(cfg))
-    ranks = cfg.learner.num_ranks if cfg.run.mode == "train" else 1
-    slots = [("learner", r) for r in range(ranks)]
+    slots = [("learner", r) for r in range(cfg.learner_ranks)]
     if cfg.inference_needed:
         slots += [("inference", i) for i in range(cfg.inference.num_servers)]
     slots += [("actor", k) for k in range(cfg.total_actors)]

@@ -70,11 +70,11 @@ def agreement(exp, checkpoint: Path, folder: Path, world_model: Path, episodes: 
               first_state: int) -> dict:
     """Record ``episodes`` of ``checkpoint`` in the real env (as ``reproduce.py``'s
     policy recording: action noise 0.3) from ``first_state`` on, then the world model's
-    :func:`worldmodel.evaluate.outcome_agreement` and success-model AUC on their frames."""
+    :func:`worldmodel.evaluate.open_loop_metrics` on them."""
     from configs import load_config
     from envs import image_orientation
     from worldmodel.data import load_episodes
-    from worldmodel.evaluate import imagine, outcome_agreement, success_auc
+    from worldmodel.evaluate import open_loop_metrics
     from worldmodel.models import WorldModel
 
     if not (folder / "record_results.json").exists():
@@ -85,12 +85,8 @@ def agreement(exp, checkpoint: Path, folder: Path, world_model: Path, episodes: 
     cfg = load_config(ROOT / exp.config)
     model = WorldModel.load(world_model)
     real, _ = load_episodes([folder / "dataset"], model.image_size, image_orientation(cfg.env))
-    imagined = imagine(model, real, "cpu")
     rule = cfg.env.world_model
-    out = outcome_agreement(model, real, imagined, rule.success_threshold, rule.binary_score,
-                            "cpu")
-    out["auc_generated"] = success_auc(model, imagined, "cpu")
-    return out
+    return open_loop_metrics(model, real, rule.success_threshold, rule.binary_score, "cpu")
 
 
 def rate(evaluation: dict) -> str:

@@ -603,6 +603,12 @@ class Config:
         return self.profile.duration_s if self.profile.enabled else self.run.max_duration_s
 
     @property
+    def learner_ranks(self) -> int:
+        """Learner processes this run starts: ``learner.num_ranks`` when training (an
+        evaluation or a recording has one learner)."""
+        return self.learner.num_ranks if self.run.mode == "train" else 1
+
+    @property
     def incarnation(self) -> int:
         """This process start, unique within the run: ``run.incarnation << 8 | run.start``
         (the top bits of the ids of the episodes an actor makes, :mod:`protocol.ids`)."""

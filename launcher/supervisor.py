@@ -130,8 +130,7 @@ class Supervisor:
             if code == EXIT_CONFIG_ERROR:
                 slot.ended = code
                 return f"failed: {why}; a configuration error is not restarted"
-            if slot.role == "learner" and self.cfg.learner.num_ranks > 1 \
-                    and self.cfg.run.mode == "train":
+            if slot.role == "learner" and self.cfg.learner_ranks > 1:
                 slot.ended = code
                 return (f"failed: {why}; the ranks of a data-parallel learner are not "
                         "restarted (their group cannot re-form mid-run): continue the run "

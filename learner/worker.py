@@ -21,7 +21,7 @@ from learner.batch import build_batch, group_verdict
 from learner.core import Learner
 from learner.eval_rounds import EvalRounds
 from learner.link import LearnerLinks
-from links.weights import serving_dtype, state_bytes, synced_state
+from links.weights import serving_dtype, state_bytes, synced_bytes
 from models import build_policy, pick_device
 from profiling.recorder import OFF, make_profiler
 from protocol.idset import IdSet
@@ -39,13 +39,10 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
     ``run.resume`` the learner continues from ``log_dir/checkpoint.pt``.
     """
     stop = stop or threading.Event()
-    device = pick_device(cfg.learner.device)
-    torch.manual_seed(cfg.run.seed)
-    policy = build_policy(cfg.model).to(device)
     if cfg.model.checkpoint:
         log.info("weights from model.checkpoint %s", cfg.model.checkpoint)
-    learner = Learner(policy, cfg.learner, cfg.inference.temperature, device, cfg.run.seed,
-                      cfg.run.total_updates)
+    learner = _build_learner(cfg)
+    policy, device = learner.policy, learner.device
     L = cfg.learner
     if L.decoupled and L.update_epochs == 1 and not L.global_batch_size:
         log.warning("learner.decoupled with one optimizer step per update: the ratio to the "
@@ -99,15 +96,20 @@ def _release_ranks() -> None:
         log.warning("could not tell the other learner ranks to stop: %s", exc)
 
 
-def run_rank(cfg: Config, rank: int) -> int:
-    """Learner rank ``rank`` > 0 of a data-parallel learner: the same update as rank 0 on
-    its share of every batch rank 0 hands out, until it hands out None."""
+def _build_learner(cfg: Config) -> Learner:
+    """The configured policy on the learner's device, and its learner (every rank alike)."""
     device = pick_device(cfg.learner.device)
     torch.manual_seed(cfg.run.seed)
     policy = build_policy(cfg.model).to(device)
-    learner = Learner(policy, cfg.learner, cfg.inference.temperature, device, cfg.run.seed,
-                      cfg.run.total_updates)
-    learner.dp = data_parallel.join(cfg, rank, device)
+    return Learner(policy, cfg.learner, cfg.inference.temperature, device, cfg.run.seed,
+                   cfg.run.total_updates)
+
+
+def run_rank(cfg: Config, rank: int) -> int:
+    """Learner rank ``rank`` > 0 of a data-parallel learner: the same update as rank 0 on
+    its share of every batch rank 0 hands out, until it hands out None."""
+    learner = _build_learner(cfg)
+    learner.dp = data_parallel.join(cfg, rank, learner.device)
     data_parallel.share_state(learner)
     log.info("learner rank %d of %d joined at version %d", rank, cfg.learner.num_ranks,
              learner.version)
@@ -237,7 +239,7 @@ def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, wri
     update, shown = Tally(), Tally()  # since the last update / the last progress line
     saved_at = time.monotonic()  # the last checkpoint (or the start)
     groups = []
-    weight_bytes = state_bytes(synced_state(learner.policy, serving_dtype(cfg)))
+    weight_bytes = synced_bytes(learner.policy, serving_dtype(cfg))
     full_bytes = state_bytes(learner.policy.state_dict())
     log.info("weights: %.1f MB per update to each server%s", weight_bytes / 1e6,
              "" if weight_bytes == full_bytes else

@@ -41,16 +41,23 @@ def synced_state(model: torch.nn.Module, dtype: Optional[torch.dtype] = None) ->
     servers', :func:`serving_dtype`) the floating-point parameters cast to it, buffers as
     they are. Learner and server build the model from one config, so both ends name the
     same entries."""
+    return {key: value.to(sent) for key, value, sent in _synced_entries(model, dtype)}
+
+
+def synced_bytes(model: torch.nn.Module, dtype: Optional[torch.dtype] = None) -> int:
+    """Bytes of :func:`synced_state` (one update to one server), without making it."""
+    return sum(value.numel() * sent.itemsize for _, value, sent in _synced_entries(model, dtype))
+
+
+def _synced_entries(model: torch.nn.Module, dtype: Optional[torch.dtype]):
+    """(key, tensor, dtype it is sent in) of each entry one update carries."""
     params = dict(model.named_parameters())
-    out = {}
     for key, value in model.state_dict().items():
         p = params.get(key)
         if p is not None and not p.requires_grad:
             continue
-        if p is not None and dtype is not None and value.is_floating_point():
-            value = value.to(dtype)
-        out[key] = value
-    return out
+        cast = p is not None and dtype is not None and value.is_floating_point()
+        yield key, value, dtype if cast else value.dtype
 
 
 def serving_dtype(cfg) -> Optional[torch.dtype]:

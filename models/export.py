@@ -40,7 +40,7 @@ def _run_config(ckpt: Path) -> tuple[ModelConfig, int]:
     """The model config (with ``checkpoint`` = ``ckpt``) and version of a checkpoint."""
     if not ckpt.is_file():
         raise ExportError(f"{ckpt} does not exist: give a run folder with a checkpoint.pt")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)  # config only
     if "config" not in state:
         raise ExportError(f"{ckpt} keeps no config: it is not a chunkrl checkpoint")
     raw = state["config"]
@@ -130,7 +130,7 @@ def _peft_adapter(policy, cfg: ModelConfig, out: Path, version: int) -> str:
 
 
 def _chunkrl(policy, cfg: ModelConfig, out: Path, version: int) -> str:
-    state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
+    state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True, mmap=True)
     torch.save({"model": policy.state_dict(), "config": state["config"]},
                out / "checkpoint.pt")
     return "checkpoint.pt"

@@ -123,6 +123,15 @@ def outcome_agreement(model: WorldModel, real: list[Episode], imagined: list[Epi
             "real_success_rate": float(sim.mean()), "wm_success_rate": float(wm.mean())}
 
 
+def open_loop_metrics(model: WorldModel, episodes: list[Episode], threshold: float,
+                      binary: bool, device) -> dict:
+    """``episodes`` replayed open loop (:func:`imagine`): the success model's ROC AUC on
+    the generated frames (``auc_generated``) and :func:`outcome_agreement`."""
+    imagined = imagine(model, episodes, device)
+    return {"auc_generated": success_auc(model, imagined, device),
+            **outcome_agreement(model, episodes, imagined, threshold, binary, device)}
+
+
 def write_side_by_side(model: WorldModel, episodes: list[Episode], folder: Path,
                        fps: int = 10) -> list[Path]:
     """One mp4 per episode: the recorded frames | the frames the model generates from the

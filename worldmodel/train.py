@@ -42,7 +42,7 @@ from models import pick_device
 from sft.data import hold_out, random_shift
 from sft.trainer import lr_factor
 from worldmodel.data import LabelledFrames, Windows, action_bounds, load_episodes
-from worldmodel.evaluate import (generator_metrics, imagine, outcome_agreement, success_auc,
+from worldmodel.evaluate import (generator_metrics, imagine, open_loop_metrics, success_auc,
                                  write_side_by_side)
 from worldmodel.models import WorldModel, from_config, to_model_frames
 from worldmodel.probe import position_errors, train_probe
@@ -169,11 +169,10 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
     # the summary's held-out figures are those of the final models (a resumed run too)
     metrics.update(generator_metrics(model, val_windows, "cpu"))
     metrics["val_auc"] = success_auc(model, val, "cpu")
-    imagined = imagine(model, val, "cpu")
-    metrics["val_auc_generated"] = success_auc(model, imagined, "cpu")
-    env_rule = cfg.env.world_model
-    metrics.update(outcome_agreement(model, val, imagined, env_rule.success_threshold,
-                                     env_rule.binary_score, "cpu"))
+    rule = cfg.env.world_model
+    open_loop = open_loop_metrics(model, val, rule.success_threshold, rule.binary_score, "cpu")
+    metrics["val_auc_generated"] = open_loop.pop("auc_generated")
+    metrics.update(open_loop)
     log.info("held-out: success-model ROC AUC %.4f on real frames, %.4f on generated ones; "
              "world-model success on episodes that really failed %.3f, that really "
              "succeeded %.3f", metrics["val_auc"], metrics["val_auc_generated"],
