@@ -540,6 +540,10 @@ class PlacementConfig:
                              "empty: auto (GPUs 0..R-1)")
     inference: list[int] = opt([], "one GPU index per inference server; empty: auto (the "
                                "GPUs the learner does not use, round robin)")
+    gpu_memory_gib: float = opt(0.0, "the memory each GPU role may use, checked against "
+                                "the role's start-up estimate (models/memory.py), also on a "
+                                "CPU: plan for a named GPU (80 for an H100); 0: the GPU's "
+                                "free memory at start-up")
 
 
 @dataclass(frozen=True)
@@ -661,6 +665,8 @@ def validate(cfg: Config) -> list[str]:
          "learner.num_ranks)"),
         (all(g >= 0 for g in (*cfg.placement.learner, *cfg.placement.inference)),
          "placement GPU indices must be >= 0"),
+        (cfg.placement.gpu_memory_gib >= 0, "placement.gpu_memory_gib must be >= 0 (0: the "
+         "GPU's free memory)"),
         (a.num_actors >= 1, "actor.num_actors must be >= 1"),
         (a.group_size >= 1, "actor.group_size must be >= 1"),
         (a.pipeline_stages >= 1, "actor.pipeline_stages must be >= 1"),

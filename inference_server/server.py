@@ -14,7 +14,7 @@ import zmq
 from configs import Config
 from inference_server.batcher import Batcher, Pending
 from inference_server.core import InferenceCore, cast_parameters
-from models import build_policy, pick_device
+from models import build_policy, memory, pick_device
 from profiling.recorder import OFF, make_profiler
 from inference_server.weights_link import WeightsLink
 from links import security, wiring
@@ -34,7 +34,9 @@ def run(cfg: Config, index: int = 0, ctx: zmq.Context | None = None, weights_bus
     stop = stop or threading.Event()
     device = pick_device(cfg.inference.device)
     torch.manual_seed(cfg.run.seed)
-    policy = build_policy(cfg.model).to(device).eval()
+    policy = build_policy(cfg.model)
+    memory.check_role("inference", policy, cfg, device)
+    policy = policy.to(device).eval()
     cast_parameters(policy, serving_dtype(cfg))  # before the weights link reads its layout
     core = make_core(cfg, policy, device)
     own_ctx = ctx is None

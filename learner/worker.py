@@ -22,7 +22,7 @@ from learner.core import Learner
 from learner.eval_rounds import EvalRounds
 from learner.link import LearnerLinks
 from links.weights import serving_dtype, state_bytes, synced_bytes
-from models import build_policy, pick_device
+from models import build_policy, memory, pick_device
 from profiling.recorder import OFF, make_profiler
 from protocol.idset import IdSet
 from protocol.messages import Trajectory
@@ -100,7 +100,9 @@ def _build_learner(cfg: Config) -> Learner:
     """The configured policy on the learner's device, and its learner (every rank alike)."""
     device = pick_device(cfg.learner.device)
     torch.manual_seed(cfg.run.seed)
-    policy = build_policy(cfg.model).to(device)
+    policy = build_policy(cfg.model)
+    memory.check_role("learner", policy, cfg, device)
+    policy = policy.to(device)
     return Learner(policy, cfg.learner, cfg.inference.temperature, device, cfg.run.seed,
                    cfg.run.total_updates)
 

@@ -35,7 +35,8 @@ is rewritten after every section, so a run cut short keeps what it measured):
     loads it) with LoRA rank 32 on every linear layer and gradient checkpointing: one
     ``Learner.step`` (bf16 autocast, micro-batches of 16, halved after an out-of-memory
     error) on a 32-chunk batch the policy acted in the synthetic env: seconds per step
-    and peak memory.
+    and peak memory, beside the start-up memory estimate of the same micro-batch
+    (``models/memory.py``, its probes run on the GPU).
 ``launch``
     ``launch.py`` on configs/synthetic_grpo.yaml with every role on this GPU for
     --launch-seconds, with network.weights_backend=gloo, then with the default (NCCL
@@ -275,20 +276,36 @@ def openvla_oft_7b_lora(c: Check) -> dict:
            "weights_gib": weights_gib, "batch": n, "tries": []}
     micro = c.args.micro_batch
     while micro >= 1:  # halved after an out-of-memory error
+        estimate = _estimate(c, policy, micro)  # probed on this device, before the step
         c.reset_peak()
         learner = Learner(policy, LearnerConfig(micro_batch_size=micro), 1.0, c.device)
         try:
             seconds = c.timed(lambda: learner.step(batch), repeats=1 if c.dry else 2)
         except torch.OutOfMemoryError:
             out["tries"].append({"micro_batch": micro, "error": "out of memory",
-                                 "peak_gib": c.peak_gib()})
+                                 "peak_gib": c.peak_gib(), **estimate})
             del learner
             micro //= 2
             continue
         out["tries"].append({"micro_batch": micro, "step_s": seconds, "samples_s": n / seconds,
-                             "peak_gib": c.peak_gib()})
+                             "peak_gib": c.peak_gib(), **estimate})
         return out
     return out
+
+
+def _estimate(c: Check, policy, micro: int) -> dict:
+    """The learner's start-up memory estimate (models/memory.py) at micro-batch ``micro``,
+    its probes run on this device: to hold against the step's measured peak."""
+    from configs import config_from_dict
+    from models.memory import GIB, learner_estimate
+
+    cfg = config_from_dict({"learner": {"micro_batch_size": micro},
+                            "env": {"image_size": 224, "wrist_camera": True}})
+    try:
+        est = learner_estimate(policy, cfg, on_cuda=c.device.type == "cuda")
+    except torch.OutOfMemoryError:
+        return {"estimate_error": "out of memory in the probe"}
+    return {"estimate_gib": est.total / GIB, "estimate": est.describe()}
 
 
 def _peer(kind: str, rank: int, store_path: str, numel: int, handle, reply) -> None:

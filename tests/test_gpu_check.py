@@ -39,5 +39,6 @@ def test_dry_run_every_section(tmp_path):
     assert "GPU" in w["ipc"]["error"]  # CUDA IPC is reported as not run, not faked
     vla = r["openvla_oft_7b_lora"]
     assert 0 < vla["trainable"] < vla["params"] and vla["tries"][-1]["step_s"] > 0
+    assert vla["tries"][-1]["estimate_gib"] > 0 and "activations" in vla["tries"][-1]["estimate"]
     got = r["launch"]["gloo"]  # on the CPU the default backend is gloo too
     assert got["exit"] == 0 and got["updates"] > 0 and got["trained_twice"] == 0, got
