@@ -86,6 +86,10 @@ class NetworkConfig:
     weights_backend: Literal["auto", "gloo", "nccl"] = opt(
         "auto", "torch.distributed backend for weights: auto = nccl between two GPUs, gloo "
         "where the learner and a server share a GPU or one is on the CPU")
+    weights_shared: Literal["auto", "same_host", "never"] = opt(
+        "auto", "an update's buffers through memory both ends map (links/shared_weights.py), "
+        "the group carrying only the header: auto = where the learner and a server share a "
+        "GPU (CUDA IPC); same_host = also two CPU processes of one host (/dev/shm); never")
     weights_timeout_s: float = opt(300.0, "a weight broadcast slower than this fails")
     join_timeout_s: float = opt(30.0, "forming a server's weights group slower than this "
                                 "fails (the server is taken for dead)")

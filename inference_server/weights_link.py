@@ -56,7 +56,8 @@ class WeightsLink:
         self.generation = generation
         cfg, index, device = self.cfg, self.index, self.device
         self.receiver = DistWeightReceiver(
-            self.policy, device, lambda: join_group(cfg, index, generation, device), self.prof)
+            self.policy, device, lambda layout: join_group(cfg, index, generation, device, layout),
+            self.prof)
 
     def tick(self) -> None:
         """Heartbeat; after a lost learner, register again and join the new group."""

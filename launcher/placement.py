@@ -13,8 +13,9 @@ S servers on this host:
   GPU r: one each);
 - the servers take the other GPUs, server i the (i mod (G-R))-th of them; with no other
   GPU they share the learner's (one GPU: every role shares it, and learner and server
-  exchange weights over gloo there, ``links.weights.group_backend``); on a host without
-  the learner (``--role inference``), server i takes GPU i mod G;
+  exchange weights through CUDA IPC with a gloo group beside it there,
+  ``links.weights.form_link``); on a host without the learner (``--role inference``),
+  server i takes GPU i mod G;
 - actors get no GPU, unless their env runs a model on CUDA (``env.kind: world_model`` with
   ``env.world_model.device`` not ``cpu``): then actor k shares the servers' GPUs,
   round robin;

@@ -8,6 +8,8 @@ whose server died fails its next broadcast (or the rendezvous reports the death 
 it is dropped, and the rest carry on; the server's next start joins a new group.
 Separate groups per server cost the learner one copy of the bytes per server (a shared
 group would broadcast once), and let a server die and return without stopping the rest.
+Where the learner and a server share a GPU, the group carries the header only and the
+buffers go through memory both map (links/shared_weights.py).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from configs import Config
 from links.rendezvous import Join, Registry
 from links import wiring
 from links.weights import (
-    KEEPALIVE, SHUTDOWN, all_finite, broadcast, flatten, group_backend, make_group,
-    serving_dtype, synced_state,
+    KEEPALIVE, SHUTDOWN, all_finite, broadcast, flatten, form_link, serving_dtype,
+    synced_layout, synced_state,
 )
 
 log = logging.getLogger(__name__)
@@ -58,29 +60,31 @@ class WeightHub:
         while not self.registry.joins.empty():
             join = self.registry.joins.get_nowait()
             if self.registry.current(join):
-                threading.Thread(target=self._form, args=(join,), daemon=True,
+                layout = synced_layout(model, serving_dtype(self.cfg))
+                threading.Thread(target=self._form, args=(join, layout), daemon=True,
                                  name=f"weights-join-{join.index}").start()
         while not self._formed.empty():
-            join, group = self._formed.get_nowait()
+            join, link = self._formed.get_nowait()
             if not self.registry.current(join):
+                link.close()
                 continue  # superseded by a newer registration of the same server
-            self.links[join.index] = (join, group)
+            self._unlink(join.index)
+            self.links[join.index] = (join, link)
             self.joined += 1
             if self._send([join.index], version, model):
-                log.info("inference server %d joined (weights group %d) and has version %d",
-                         join.index, join.generation, version)
+                log.info("inference server %d joined (weights group %d%s) and has version %d",
+                         join.index, join.generation, ", payload through shared memory"
+                         if link.shared is not None else "", version)
 
-    def _form(self, join: Join) -> None:
+    def _form(self, join: Join, layout: dict) -> None:
         store = wiring.weights_group_store(self.cfg, self.store, join.index, join.generation)
         try:
-            backend = group_backend(store, 0, self.cfg, self.device)
-            group = make_group(store, 0, 2, backend, self.cfg.network.weights_timeout_s,
-                               wiring.gloo_host(self.cfg))
+            link = form_link(store, 0, self.cfg, self.device, layout)
         except Exception as exc:  # the server died before it joined
             log.warning("inference server %d did not join its weights group %d: %s",
                         join.index, join.generation, str(exc).splitlines()[0])
             return
-        self._formed.put((join, group))
+        self._formed.put((join, link))
 
     def send(self, version: int, model: torch.nn.Module) -> None:
         """Broadcast ``model`` as ``version`` to every joined server."""
@@ -101,7 +105,13 @@ class WeightHub:
         for index, incarnation in lost:
             link = self.links.get(index)
             if link is not None and link[0].incarnation == incarnation:
-                del self.links[index]
+                self._unlink(index)
+
+    def _unlink(self, index: int) -> None:
+        """Forget server ``index``'s link (and free its shared buffers), if any."""
+        gone = self.links.pop(index, None)
+        if gone is not None:
+            gone[1].close()
 
     def _buffers(self, model: torch.nn.Module) -> list[torch.Tensor]:
         state = synced_state(model, serving_dtype(self.cfg))
@@ -125,10 +135,22 @@ class WeightHub:
     def _send_tensors(self, indices: list[int], tensors: list[torch.Tensor]) -> int:
         # Queued on every group first (each runs its collectives in order), then awaited:
         # the servers receive at the same time, with no round trip between the tensors.
+        # A link through shared memory gets the payload written into its buffers, the
+        # header, then waits for the server's acknowledgement that it has copied them.
         pending = {}
         for i in indices:
+            link = self.links[i][1]
             try:
-                pending[i] = [broadcast(self.links[i][1], t, wait=False) for t in tensors]
+                if link.shared is not None and len(tensors) > 1:
+                    for theirs, mine in zip(link.shared.buffers, tensors[1:]):
+                        theirs.copy_(mine)
+                    if self.device.type == "cuda":
+                        torch.cuda.current_stream(self.device).synchronize()
+                    ack = torch.zeros_like(tensors[0])
+                    pending[i] = [broadcast(link.group, tensors[0], wait=False),
+                                  broadcast(link.group, ack, wait=False, root=1)]
+                else:
+                    pending[i] = [broadcast(link.group, t, wait=False) for t in tensors]
             except Exception as exc:
                 self._drop(i, exc)
         done = 0
@@ -144,7 +166,7 @@ class WeightHub:
 
     def _drop(self, index: int, exc: Exception) -> None:
         self.failed += 1
-        self.links.pop(index, None)
+        self._unlink(index)
         log.warning("weights to inference server %d failed (%s): it is left out until it "
                     "registers again", index, str(exc).splitlines()[0] if str(exc) else
                     type(exc).__name__)
@@ -154,8 +176,8 @@ class WeightHub:
         bye = torch.tensor([SHUTDOWN, 0], dtype=torch.int64, device=self.device)
         for i in list(self.links):
             try:
-                broadcast(self.links[i][1], bye)
+                broadcast(self.links[i][1].group, bye)
             except Exception as exc:
                 log.warning("could not tell inference server %d to stop: %s", i,
                             str(exc).splitlines()[0])
-        self.links.clear()
+            self._unlink(i)

@@ -9,7 +9,9 @@ one flat buffer per dtype of the model's state_dict without its frozen parameter
 the base they loaded; dtypes in name order, tensors in state_dict order). Version -1
 means "the learner has finished"; version -2 is a keepalive (nothing follows), sent on a
 link idle for a quarter of ``network.weights_timeout_s``. Servers receive on a
-background thread and swap the weights in between two batches.
+background thread and swap the weights in between two batches. Where both ends share a
+GPU the buffers go through memory both map instead, the group carrying the header and a
+server's acknowledgement (:func:`form_link`, links/shared_weights.py).
 In --single-process mode an :class:`InProcWeightBus` hands the tensors over in memory.
 """
 
@@ -21,10 +23,13 @@ import os
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.distributed as dist
+
+from links.shared_weights import SharedBuffers, accept, offer, wants_shared
 
 log = logging.getLogger(__name__)
 SHUTDOWN = -1  # header version: the learner has finished
@@ -47,6 +52,14 @@ def synced_state(model: torch.nn.Module, dtype: Optional[torch.dtype] = None) ->
 def synced_bytes(model: torch.nn.Module, dtype: Optional[torch.dtype] = None) -> int:
     """Bytes of :func:`synced_state` (one update to one server), without making it."""
     return sum(value.numel() * sent.itemsize for _, value, sent in _synced_entries(model, dtype))
+
+
+def synced_layout(model: torch.nn.Module, dtype: Optional[torch.dtype] = None) -> dict:
+    """:func:`flat_layout` of :func:`synced_state`, without making it."""
+    layout: dict = {}
+    for key, value, sent in _synced_entries(model, dtype):
+        layout.setdefault(str(sent), []).append((key, value.numel(), tuple(value.shape)))
+    return dict(sorted(layout.items()))
 
 
 def _synced_entries(model: torch.nn.Module, dtype: Optional[torch.dtype]):
@@ -158,7 +171,37 @@ def group_backend(store, rank: int, cfg, device: torch.device) -> str:
     return "nccl"
 
 
-def join_group(cfg, index: int, generation: int, device: torch.device):
+@dataclass
+class Link:
+    """One server's weights group, and the buffers both ends map when the payload goes
+    through shared memory (links/shared_weights.py; None: it goes over the group)."""
+
+    group: object
+    shared: Optional[SharedBuffers] = None
+
+    def close(self) -> None:
+        """Free the shared buffers, if any (the group goes with its last reference)."""
+        if self.shared is not None:
+            self.shared.close()
+
+
+def form_link(store, rank: int, cfg, device: torch.device, layout: dict) -> Link:
+    """Both ends of a weights group: its backend (:func:`group_backend`), the group, and
+    the shared payload where :func:`~links.shared_weights.wants_shared` says so
+    (``layout``: the learner's synced layout in the servers' dtype; the server's own)."""
+    from links import wiring
+
+    backend = group_backend(store, rank, cfg, device)
+    group = make_group(store, rank, 2, backend, cfg.network.weights_timeout_s,
+                       wiring.gloo_host(cfg))
+    shared = None
+    if wants_shared(store, rank, cfg, gpu_identity(device)):
+        shared = (offer if rank == 0 else accept)(store, layout, device)
+    return Link(group, shared)
+
+
+def join_group(cfg, index: int, generation: int, device: torch.device,
+               layout: dict) -> Link:
     """Server ``index``: join its weights group ``generation`` (rank 1 of 2; the learner,
     rank 0, forms it when it has seen the server's registration, between two updates:
     so the server waits for it up to ``network.learner_wait_s``)."""
@@ -167,16 +210,17 @@ def join_group(cfg, index: int, generation: int, device: torch.device):
     wait_s = cfg.network.learner_wait_s
     store = wiring.weights_group_store(cfg, wiring.weights_store(cfg, False, wait_s), index,
                                        generation, wait_s)
-    backend = group_backend(store, 1, cfg, device)
-    log.info("joining weights group %d (%s)", generation, backend)
-    return make_group(store, 1, 2, backend, cfg.network.weights_timeout_s,
-                      wiring.gloo_host(cfg))
+    link = form_link(store, 1, cfg, device, layout)
+    log.info("joined weights group %d (%s%s)", generation, link.group.name(),
+             ", payload through shared memory" if link.shared is not None else "")
+    return link
 
 
-def broadcast(group, tensor: torch.Tensor, wait: bool = True):
-    """Broadcast ``tensor`` from rank 0 of ``group`` (the learner); the work if not ``wait``."""
+def broadcast(group, tensor: torch.Tensor, wait: bool = True, root: int = 0):
+    """Broadcast ``tensor`` from rank ``root`` of ``group`` (0: the learner; 1: a server's
+    acknowledgement); the work if not ``wait``."""
     opts = dist.BroadcastOptions()
-    opts.rootRank = 0
+    opts.rootRank = root
     work = group.broadcast([tensor], opts)
     return work.wait() if wait else work
 
@@ -191,7 +235,7 @@ class WeightReceiver:
     """
 
     def __init__(self, model: torch.nn.Module, device: torch.device):
-        self.layout = flat_layout(synced_state(model))
+        self.layout = synced_layout(model)
         self.device = device
         self._slot: "queue.Queue" = queue.Queue(maxsize=1)
         self._lock = threading.Lock()
@@ -278,24 +322,25 @@ class WeightReceiver:
 
 class DistWeightReceiver(WeightReceiver):
     """Receives the learner's broadcasts (links/weight_hub.py) on a daemon thread (each a
-    ``weights_recv`` span of ``prof``, from the header to the last buffer). ``group`` is a
-    process group, or a function that joins one (called on the thread, so a server keeps
-    serving while it joins)."""
+    ``weights_recv`` span of ``prof``, from the header to the last buffer). ``link`` is a
+    :class:`Link`, or a function of the receiver's layout that joins one (called on the
+    thread, so a server keeps serving while it joins)."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, group, prof=None):
+    def __init__(self, model: torch.nn.Module, device: torch.device, link, prof=None):
         super().__init__(model, device)
-        self.group, self.prof = group, prof
+        self.link, self.prof = link, prof
         self._thread = threading.Thread(target=self._loop, name="weights", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
         expected = sum(n for entries in self.layout.values() for _, n, _ in entries)
         try:
-            if callable(self.group):
-                self.group = self.group()
+            if callable(self.link):
+                self.link = self.link(self.layout)
+            group, shared = self.link.group, self.link.shared
             while True:
                 header = torch.zeros(2, dtype=torch.int64, device=self.device)
-                broadcast(self.group, header)
+                broadcast(group, header)
                 version, total = int(header[0]), int(header[1])
                 began = time.time()
                 if version == SHUTDOWN:
@@ -307,14 +352,23 @@ class DistWeightReceiver(WeightReceiver):
                         f"the learner sent {total} weight elements but this server's model "
                         f"has {expected}; run both roles with the same model config")
                 set_index, buffers = self._next_buffers()
-                for work in [broadcast(self.group, b, wait=False) for b in buffers]:
-                    work.wait()
+                if shared is not None:  # copied out of the learner's, then acknowledged
+                    for mine, theirs in zip(buffers, shared.buffers):
+                        mine.copy_(theirs)
+                    if self.device.type == "cuda":
+                        torch.cuda.current_stream(self.device).synchronize()
+                    broadcast(group, header, root=1)
+                else:
+                    for work in [broadcast(group, b, wait=False) for b in buffers]:
+                        work.wait()
                 self._publish(version, buffers, set_index)
                 if self.prof is not None:
                     self.prof.add("weights_recv", began, time.time(), version=version)
         except BaseException as exc:  # surfaced to the server's main loop
             self.error = exc
         finally:
+            if isinstance(self.link, Link):
+                self.link.close()
             self.finished.set()
             self._wake()
 

@@ -26,9 +26,11 @@ is rewritten after every section, so a run cut short keeps what it measured):
     Moving the 3B policy's weights (bf16, ~7.5 GB) to a server on the same GPU: a raw
     device-to-device copy of the same bytes (the baseline); flatten + load_state_dict in
     one process (the --single-process bus); a CUDA IPC handle to a second process that
-    copies out of it; chunkrl's weights group between two processes on the one GPU over
-    gloo and over NCCL (two NCCL ranks on one device: whether NCCL takes it, and how
-    fast, or its error, is the result).
+    copies out of it; chunkrl's same-device link (links/shared_weights.py: the buffer
+    through CUDA IPC, the header and acknowledgement over gloo: ``shared``); chunkrl's
+    weights group between two processes on the one GPU over gloo and over NCCL (two NCCL
+    ranks on one device: whether NCCL takes it, and how fast, or its error, is the
+    result).
 ``openvla_oft_7b_lora``
     OpenVLA-OFT on the OpenVLA-7B architecture (fused DINOv2 ViT-L/14 + SigLIP
     So400m/14 at 224 px, two images, Llama-2-7B; random weights, fp32 as the learner
@@ -319,6 +321,8 @@ def _peer(kind: str, rank: int, store_path: str, numel: int, handle, reply) -> N
         if kind == "ipc":
             src = handle.get()  # the parent's buffer, mapped by its CUDA IPC handle
             step = lambda: buf.copy_(src)  # noqa: E731
+        elif kind == "shared":
+            step = _shared_step(rank, store_path, buf, device)
         else:
             from links.weights import broadcast, make_group
 
@@ -334,6 +338,40 @@ def _peer(kind: str, rank: int, store_path: str, numel: int, handle, reply) -> N
         reply.put((rank, float(np.median(times)), None))
     except Exception as exc:  # reported as the section's result
         reply.put((rank, None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"))
+
+
+def _shared_step(rank: int, store_path: str, buf: torch.Tensor, device: torch.device):
+    """One update of chunkrl's shared-memory weights link (links/shared_weights.py) on
+    ``buf``: rank 0 writes it into the shared buffer, sends the header and waits for the
+    acknowledgement; rank 1 receives the header, copies out and acknowledges."""
+    from configs import config_from_dict
+    from links.weights import broadcast, form_link
+
+    cfg = config_from_dict({"network": {"weights_shared": "same_host",
+                                        "weights_backend": "gloo"}})
+    layout = {str(buf.dtype): [("flat", buf.numel(), (buf.numel(),))]}
+    link = form_link(torch.distributed.FileStore(store_path, 2), rank, cfg, device, layout)
+    if link.shared is None:
+        raise RuntimeError("the shared buffers were not mapped")
+    header = torch.zeros(2, dtype=torch.int64, device=device)
+    shared = link.shared.buffers[0]
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def step():
+        if rank == 0:
+            shared.copy_(buf)
+            sync()
+            broadcast(link.group, header)
+            broadcast(link.group, torch.zeros_like(header), root=1)
+        else:
+            broadcast(link.group, header)
+            buf.copy_(shared)
+            sync()
+            broadcast(link.group, header, root=1)
+    return step
 
 
 def _two_process(c: Check, kind: str, buf: torch.Tensor) -> dict:
@@ -389,12 +427,13 @@ def weights(c: Check) -> dict:
     else:
         out["ipc"] = {"error": "CUDA IPC needs a GPU (dry run)"}
     out["gloo"] = _two_process(c, "gloo", flat)
+    out["shared"] = _two_process(c, "shared", flat)  # chunkrl's same-device link
     if c.device.type == "cuda":
         out["nccl"] = _two_process(c, "nccl", flat)
     raw = out["raw_copy_s"]
     out["ratios_to_raw_copy"] = {
         "flatten+load": (out["flatten_s"] + out["load_state_dict_s"]) / raw,
-        **{k: out[k]["seconds"] / raw for k in ("ipc", "gloo", "nccl")
+        **{k: out[k]["seconds"] / raw for k in ("ipc", "shared", "gloo", "nccl")
            if k in out and out[k].get("seconds")}}
     return out
 

@@ -37,6 +37,7 @@ def test_dry_run_every_section(tmp_path):
     w = r["weights"]
     assert w["bytes"] > 0 and w["gloo"]["error"] is None and w["gloo"]["seconds"] > 0
     assert "GPU" in w["ipc"]["error"]  # CUDA IPC is reported as not run, not faked
+    assert w["shared"]["error"] is None and w["shared"]["seconds"] > 0  # /dev/shm on CPU
     vla = r["openvla_oft_7b_lora"]
     assert 0 < vla["trainable"] < vla["params"] and vla["tries"][-1]["step_s"] > 0
     assert vla["tries"][-1]["estimate_gib"] > 0 and "activations" in vla["tries"][-1]["estimate"]

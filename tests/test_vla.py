@@ -331,7 +331,8 @@ def test_a_lora_model_syncs_its_adapter_only_and_serves_as_after_a_full_sync(ckp
     hub = WeightHub(small_cfg, CPU, registry)
     problem, generation, _ = registry.register(Register("inference", 0, 0, "x", -1))
     assert problem == ""
-    receiver = DistWeightReceiver(server, CPU, lambda: join_group(small_cfg, 0, generation, CPU))
+    receiver = DistWeightReceiver(
+        server, CPU, lambda layout: join_group(small_cfg, 0, generation, CPU, layout))
     for _ in range(600):
         hub.admit(0, learner)
         if hub.joined:

@@ -21,7 +21,7 @@ def _join(cfg, registry, server_model, incarnation=0):
     problem, generation, _ = registry.register(Register("inference", 0, incarnation, "x", -1))
     assert problem == "" and generation >= 1
     return DistWeightReceiver(server_model, CPU,
-                              lambda: join_group(cfg, 0, generation, CPU))
+                              lambda layout: join_group(cfg, 0, generation, CPU, layout))
 
 
 def _admit(hub, version, model, joined: int) -> None:
