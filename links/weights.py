@@ -124,6 +124,10 @@ def make_group(store, rank: int, world: int, backend: str, timeout_s: float, hos
     (else the address of this machine's hostname)."""
     timeout = datetime.timedelta(seconds=timeout_s)
     if backend == "nccl":
+        # A broadcast to a server that died times out after ``timeout_s``: NCCL's watchdog
+        # then aborts this group's communicator and the wait raises (the hub drops that
+        # server, as on gloo), instead of tearing the whole learner down (its default).
+        os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "2"
         opts = dist.ProcessGroupNCCL.Options()
         opts._timeout = timeout
         return dist.ProcessGroupNCCL(store, rank, world, opts)
@@ -180,9 +184,16 @@ class Link:
     shared: Optional[SharedBuffers] = None
 
     def close(self) -> None:
-        """Free the shared buffers, if any (the group goes with its last reference)."""
+        """Free the shared buffers, if any; abort an NCCL group's communicator (its peer
+        may be dead: a plain destruction would wait for it). A gloo group goes with its
+        last reference."""
         if self.shared is not None:
             self.shared.close()
+        if self.group.name() == "nccl":
+            try:
+                self.group.abort()
+            except Exception as exc:  # already aborted by the watchdog
+                log.debug("aborting an NCCL weights group: %s", exc)
 
 
 def form_link(store, rank: int, cfg, device: torch.device, layout: dict) -> Link:
