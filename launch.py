@@ -63,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--single-process", action="store_true",
                    help="all roles as threads of one process, in-process transport")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # overrides may follow the flags
 
 
 def setup_logging(level: str, log_file: Path | None, tag: str) -> None:

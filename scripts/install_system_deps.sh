@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # System packages: libraries for offscreen MuJoCo rendering on a CPU (Mesa EGL, and
-# OSMesa as the fallback), and iproute2 for the multi-host test's network namespaces.
+# OSMesa as the fallback), iproute2 for the multi-host test's network namespaces, and
+# Slurm with munge for the Slurm test's one-host cluster (tests/slurm_cluster.py).
 # Installs only what is missing; needs root (or sudo) to install.
 set -euo pipefail
-PACKAGES=(libegl1 libegl-mesa0 libgl1 libgl1-mesa-dri libosmesa6 libglib2.0-0 iproute2)
+PACKAGES=(libegl1 libegl-mesa0 libgl1 libgl1-mesa-dri libosmesa6 libglib2.0-0 iproute2
+          slurmctld slurmd slurm-client munge)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

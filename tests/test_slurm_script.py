@@ -1,6 +1,6 @@
 """scripts/slurm_chunkrl.sbatch, checked without a cluster: its resource requests per
 role (parsed), and the commands it starts, run with stand-ins for srun, scontrol and
-hostname that record them (issue 20 runs it on a real one-node Slurm)."""
+hostname that record them (tests/test_slurm_cluster.py runs it on a real Slurm)."""
 
 import re
 import shlex
@@ -65,8 +65,9 @@ def test_the_script_starts_every_role_from_one_config_with_the_learner_address(t
         assert "network.learner_host=10.1.2.3" in overrides
         assert "network.bind_host=10.1.2.3" in overrides
         cfg = load_config(ROOT / config, overrides)  # every override is a real key
-        assert (cfg.run.name, cfg.actor.num_actors, cfg.run.total_updates) == \
-            ("chunkrl-77", 3, 5)
+        assert (cfg.run.name, cfg.run.log_dir, cfg.actor.num_actors,
+                cfg.run.total_updates) == ("chunkrl-77", "runs/chunkrl-77", 3, 5)
+        assert "--resume" not in args  # no checkpoint in runs/chunkrl-77: a fresh run
     gpu_steps = [s for s in steps if "--gpus-per-task=1" in s]
     assert len(gpu_steps) == 2 and all(re.search(r"--het-group=[01] ", s) for s in gpu_steps)
     assert any("--het-group=2" in s and "gpus" not in s for s in steps)
@@ -77,5 +78,7 @@ def test_the_slurm_examples_in_the_docs_name_configs_that_exist():
     commands = [line for line in text.splitlines() if line.startswith("sbatch ")]
     assert commands
     for command in commands:
-        config = shlex.split(command)[2]
-        assert (ROOT / config).is_file(), f"docs/multi-host.md: {config} does not exist"
+        words = [w for part in shlex.split(command) for w in part.split()]
+        configs = [w for w in words if w.endswith(".yaml")]
+        assert configs, command
+        assert all((ROOT / c).is_file() for c in configs), f"docs/multi-host.md: {configs}"
