@@ -19,7 +19,7 @@ from links.weights import synced_layout
 from models import build_policy
 from tests.conftest import small_overrides, start_run, wait_for_text
 from tests.test_chaos import _kill
-from tests.test_weights import CPU, _admit, _join, _pair
+from tests.test_weights import CPU, _admit, _join, _models, _pair
 
 SHM = Path("/dev/shm")
 
@@ -36,10 +36,7 @@ def shared_cfg(small_cfg):
 
 def test_updates_go_through_shared_memory_and_arrive_whole(shared_cfg):
     before = _leftovers()
-    torch.manual_seed(1)
-    learner_model = build_policy(shared_cfg.model)
-    torch.manual_seed(2)
-    server_model = build_policy(shared_cfg.model)
+    learner_model, server_model = _models(shared_cfg)
     hub, _, receiver = _pair(shared_cfg, server_model, learner_model)
     version, state = receiver.wait_first(30)
     assert version == 0

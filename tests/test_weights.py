@@ -44,6 +44,14 @@ def _pair(cfg, server_model, learner_model):
     return hub, registry, receiver
 
 
+def _models(cfg):
+    """The learner's policy and a server's, with different weights."""
+    torch.manual_seed(1)
+    learner_model = build_policy(cfg.model)
+    torch.manual_seed(2)
+    return learner_model, build_policy(cfg.model)
+
+
 def test_flatten_round_trip(small_cfg):
     model = build_policy(small_cfg.model)
     state = model.state_dict()
@@ -54,10 +62,7 @@ def test_flatten_round_trip(small_cfg):
 
 def test_gloo_broadcast_reaches_the_server_and_ends_with_shutdown(small_cfg):
     cfg = small_cfg  # ipc transport: the group meets in a FileStore under ipc_dir
-    torch.manual_seed(1)
-    learner_model = build_policy(cfg.model)
-    torch.manual_seed(2)
-    server_model = build_policy(cfg.model)
+    learner_model, server_model = _models(cfg)
     sender, _, receiver = _pair(cfg, server_model, learner_model)
     version, state = receiver.wait_first(30)
     server_model.load_state_dict(state)
