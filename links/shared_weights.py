@@ -50,9 +50,9 @@ def wants_shared(store, rank: int, cfg, device_identity: str) -> bool:
     at both ends: ``network.weights_shared`` ``auto`` between two processes on one GPU,
     ``same_host`` also between two CPU processes of one host, ``never`` never."""
     mode = cfg.network.weights_shared
-    store.set(f"place/{rank}", json.dumps([device_identity, _host_identity()]))
-    theirs = json.loads(store.get(f"place/{1 - rank}").decode())
     mine = [device_identity, _host_identity()]
+    store.set(f"place/{rank}", json.dumps(mine))
+    theirs = json.loads(store.get(f"place/{1 - rank}").decode())
     if mode == "never" or mine != theirs:
         return False
     return device_identity != "cpu" or mode == "same_host"
@@ -67,9 +67,9 @@ class SharedBuffers:
     in memory another process maps: made by the learner (:meth:`create`), mapped by the
     server (:meth:`attach`) from :meth:`export`'s description."""
 
-    def __init__(self, buffers: list[torch.Tensor], files: list[Path], owner: bool,
-                 handles: list):
-        self.buffers, self.files, self.owner, self.handles = buffers, files, owner, handles
+    def __init__(self, buffers: list[torch.Tensor], files: list[Path], handles: list):
+        self.buffers, self.handles = buffers, handles
+        self.files = files  # the learner's /dev/shm files, until unlinked (a server: none)
 
     @classmethod
     def create(cls, layout: dict, device: torch.device) -> "SharedBuffers":
@@ -86,7 +86,7 @@ class SharedBuffers:
                 files.append(path)
                 handles.append(str(path))
             buffers.append(buf)
-        return cls(buffers, files, True, handles)
+        return cls(buffers, files, handles)
 
     def export(self) -> str:
         """What :meth:`attach` needs, as JSON."""
@@ -112,11 +112,11 @@ class SharedBuffers:
                 raise ValueError(f"shared weights buffer of {buf.numel()} elements, expected "
                                  f"{numel}: run both roles with the same model config")
             buffers.append(buf)
-        return cls(buffers, [], False, found["handles"])
+        return cls(buffers, [], found["handles"])
 
     def unlink(self) -> None:
         """The learner removes its /dev/shm files (the mappings stay valid)."""
-        for path in self.files if self.owner else []:
+        for path in self.files:
             try:
                 path.unlink()
             except OSError:

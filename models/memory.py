@@ -38,6 +38,7 @@ from torch.utils._pytree import tree_leaves
 
 from configs import ConfigError
 from envs.base import EnvObs
+from links.weights import serving_dtype
 
 log = logging.getLogger(__name__)
 GIB = 1 << 30
@@ -208,11 +209,13 @@ def learner_estimate(policy, cfg, on_cuda: bool) -> MemoryEstimate:
 
 
 def server_estimate(policy, cfg, serving_dtype: torch.dtype | None) -> MemoryEstimate:
-    """A server's estimate for ``policy`` (built, on the CPU, before its cast to
-    ``serving_dtype``: bf16 halves the floating-point weights)."""
-    size = 2 if serving_dtype == torch.bfloat16 else None
-    weights = sum(t.numel() * (size if size and t.is_floating_point() else t.element_size())
-                  for t in list(policy.parameters()) + list(policy.buffers()))
+    """A server's estimate for ``policy`` (built, on the CPU, before
+    ``inference_server.core.cast_parameters`` casts its floating-point parameters to
+    ``serving_dtype``; buffers stay as they are)."""
+    cast = [p for p in policy.parameters() if serving_dtype and p.is_floating_point()]
+    kept = [p for p in policy.parameters() if not (serving_dtype and p.is_floating_point())]
+    weights = sum(p.numel() for p in cast) * (serving_dtype.itemsize if cast else 0) + \
+        _param_bytes(kept) + _param_bytes(policy.buffers())
     rows = cfg.inference.max_batch
     return MemoryEstimate(role="inference", weights=weights, gradients=0, optimizer=0,
                           reference=0, activations=activations(
@@ -257,8 +260,6 @@ def check_role(role: str, policy, cfg, device: torch.device) -> MemoryEstimate |
     if role == "learner":
         estimate = learner_estimate(policy, cfg, on_cuda=device.type == "cuda")
     else:
-        from links.weights import serving_dtype
-
         estimate = server_estimate(policy, cfg, serving_dtype(cfg))
     check_fits(estimate, cfg, device)
     return estimate

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -108,3 +111,17 @@ def wait_for_text(path: Path, text: str, proc: subprocess.Popen, timeout_s: floa
     while text not in (path.read_text() if path.exists() else ""):
         assert proc.poll() is None and time.monotonic() < deadline, f"no {text!r} in {path}"
         time.sleep(0.2)
+
+
+def kill_role(run_dir: Path, name: str) -> list:
+    """SIGKILL the live process of ``name`` (from the supervisor's pids.json)."""
+    for _ in range(50):
+        pid = json.loads((run_dir / "pids.json").read_text()).get(name)
+        try:
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                return [name]
+        except ProcessLookupError:  # it died just now; pids.json is being rewritten
+            pass
+        time.sleep(0.2)  # still restarting
+    return []

@@ -18,6 +18,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.conftest import free_port
+
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scancel", "squeue", "sinfo")
 NODES = ("n1", "n2", "n3")
 
@@ -33,12 +35,6 @@ def why_not() -> str:
     return ""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class SlurmCluster:
     """``start()`` writes the config under ``root`` and starts the daemons; ``env`` has
     ``SLURM_CONF`` for the client commands; ``stop()`` cancels every job and stops them."""
@@ -52,7 +48,7 @@ class SlurmCluster:
     def _write_config(self) -> None:
         r = self.root
         (r / "state").mkdir(parents=True, exist_ok=True)
-        ports = [_free_port() for _ in range(2 + len(NODES))]
+        ports = [free_port() for _ in range(2 + len(NODES))]
         gres = []
         for k, node in enumerate(NODES):
             (r / f"gpu{k}").touch()

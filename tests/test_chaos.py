@@ -6,9 +6,7 @@ server gets the current weights, and the learner discards what the dead left unf
 """
 
 import json
-import os
 import random
-import signal
 import statistics
 import time
 
@@ -16,7 +14,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from protocol import ids
-from tests.conftest import small_overrides, start_run, wait_for_text
+from tests.conftest import kill_role, small_overrides, start_run, wait_for_text
 
 pytestmark = pytest.mark.slow
 DURATION_S = 180
@@ -27,20 +25,6 @@ LEARNER_KILL_AT_S = 110  # once, after a checkpoint exists (the default config's
 
 def _ids(ranges) -> set:
     return {i for start, end in ranges for i in range(start, end)}
-
-
-def _kill(run_dir, name) -> list:
-    """SIGKILL the live process of ``name`` (from the supervisor's pids.json)."""
-    for _ in range(50):
-        pid = json.loads((run_dir / "pids.json").read_text()).get(name)
-        try:
-            if pid is not None:
-                os.kill(pid, signal.SIGKILL)
-                return [name]
-        except ProcessLookupError:  # it died just now; pids.json is being rewritten
-            pass
-        time.sleep(0.2)  # still restarting
-    return []
 
 
 @pytest.mark.timeout(480)  # 3 minutes of training, plus the learner's restart
@@ -68,7 +52,7 @@ def test_training_survives_killed_actors_and_server(tmp_path):
                 victims.append("learner-0")
                 learner_killed = True
             for name in victims:
-                kills += _kill(run_dir, name)
+                kills += kill_role(run_dir, name)
         proc.wait(timeout=DURATION_S + 180)
     finally:
         if proc.poll() is None:

@@ -118,9 +118,8 @@ def test_bf16_serving_halves_the_weights_and_no_budget_means_no_probe():
     cfg = load_config(None, ["inference.max_batch=4"])
     policy = build_policy(cfg.model)
     full, half = (server_estimate(policy, cfg, dtype) for dtype in (None, torch.bfloat16))
-    floats = sum(t.numel() for t in [*policy.parameters(), *policy.buffers()]
-                 if t.is_floating_point())
-    assert full.weights - half.weights == 2 * floats
+    floats = sum(p.numel() for p in policy.parameters() if p.is_floating_point())
+    assert full.weights - half.weights == 2 * floats  # buffers stay fp32, as served
     assert full.optimizer == full.gradients == 0
     assert check_role("learner", policy, cfg, torch.device("cpu")) is None  # nothing to fit
 

@@ -17,8 +17,7 @@ import torch.distributed as dist
 from links import shared_weights
 from links.weights import synced_layout
 from models import build_policy
-from tests.conftest import small_overrides, start_run, wait_for_text
-from tests.test_chaos import _kill
+from tests.conftest import kill_role, small_overrides, start_run, wait_for_text
 from tests.test_weights import CPU, _admit, _join, _models, _pair
 
 SHM = Path("/dev/shm")
@@ -139,7 +138,7 @@ def test_launch_with_shared_weights_survives_a_killed_server(tmp_path):
     proc = start_run(tmp_path, overrides)
     try:
         wait_for_text(run_dir / "learner-0.log", "update 3/", proc, 120)
-        assert _kill(run_dir, "inference-0") == ["inference-0"]
+        assert kill_role(run_dir, "inference-0") == ["inference-0"]
         proc.wait(timeout=180)
     finally:
         if proc.poll() is None:
