@@ -359,6 +359,10 @@ class LearnerConfig:
                          "computes its share of each optimizer step's micro-batches and "
                          "the gradients are summed (learner/data_parallel.py); rank 0 "
                          "receives, broadcasts weights and checkpoints")
+    sharding: Literal["replicate", "fsdp"] = opt(
+        "replicate", "with num_ranks > 1: replicate = every rank holds the whole model, "
+        "gradients summed (DDP's memory); fsdp = FSDP2 fully_shard, each rank holds 1/"
+        "num_ranks of the weights, gradients and Adam state (learner/sharding.py)")
     bf16: bool = opt(True, "bf16 autocast of forward/backward on CUDA (ignored on CPU)")
     lr: float = opt(3e-4, "Adam learning rate (peak, after warmup)")
     lr_schedule: Literal["constant", "cosine"] = opt(
@@ -662,6 +666,8 @@ def validate(cfg: Config) -> list[str]:
         (i.backend != "vllm" or i.dtype == "fp32",
          "inference.backend=vllm serves in fp32 here: set inference.dtype=fp32"),
         (L.num_ranks >= 1, "learner.num_ranks must be >= 1"),
+        (L.sharding == "replicate" or L.num_ranks > 1,
+         "learner.sharding=fsdp shards over learner.num_ranks ranks: set num_ranks >= 2"),
         (L.num_ranks == 1 or n.transport != "inproc",
          "--single-process runs one learner: set learner.num_ranks=1"),
         (not cfg.placement.learner or len(cfg.placement.learner) == L.num_ranks,

@@ -83,9 +83,10 @@ def set_rng_states(rng: dict, generator) -> None:
 def save(log_dir: Path, learner, incarnation: int, counters: dict, received, trained,
          config: dict) -> Path:
     """Write the learner's state to ``log_dir/checkpoint.pt`` (+ .json), atomically."""
+    model, optimizer = learner.full_state()  # sharded: gathered from every rank
     state = {
-        "model": learner.policy.state_dict(),
-        "optimizer": learner.optimizer.state_dict(),
+        "model": model,
+        "optimizer": optimizer,
         "scheduler": learner.scheduler.state_dict(),
         "version": learner.version,
         "incarnation": incarnation,

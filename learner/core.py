@@ -16,6 +16,7 @@ from learner.algorithms import (
     valid_elements, value_loss,
 )
 from learner.batch import TrainBatch
+from learner import data_parallel, sharding
 from learner.data_parallel import DataParallel
 from learner.schedule import make_scheduler
 from learner.targets import ppo_advantages
@@ -72,9 +73,8 @@ class Learner:
         self.policy, self.cfg, self.device = policy, cfg, device
         self.dp = dp  # a data-parallel rank: its share of each step's micro-batches
         self.temperature = temperature
-        self.optimizer = torch.optim.Adam(param_groups(policy, cfg), lr=cfg.lr,
-                                          eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
-        self.scheduler = make_scheduler(self.optimizer, cfg, total_updates)
+        self.total_updates = total_updates
+        self.rebuild_optimizer()
         # The KL penalty's anchor: the policy as it starts, frozen.
         self.reference = None
         if cfg.kl_beta > 0:
@@ -82,6 +82,35 @@ class Learner:
         self.version = 0
         self.generator = torch.Generator().manual_seed(seed)
         self.nonfinite_steps_skipped = 0
+        # Sharded (learner.sharding=fsdp): rank 0's unsharded CPU copy (learner.sharding).
+        self.mirror: Optional[Policy] = None
+
+    def rebuild_optimizer(self) -> None:
+        """A fresh Adam and schedule over the policy's parameters as they are now."""
+        cfg = self.cfg
+        self.optimizer = torch.optim.Adam(param_groups(self.policy, cfg), lr=cfg.lr,
+                                          eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, cfg, self.total_updates)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the policy is sharded over data-parallel ranks (FSDP2)."""
+        return self.dp is not None and self.dp.sharded
+
+    @property
+    def serving(self) -> Policy:
+        """The policy whose weights the servers get and a checkpoint saves: the policy
+        itself, or a sharded learner's mirror (rank 0), current after every update."""
+        return self.mirror if self.mirror is not None else self.policy
+
+    def full_state(self) -> tuple[dict, dict]:
+        """(the model's, the optimizer's) state dicts in one rank's layout; sharded, a
+        gather every rank joins (rank 0 orders it; the others return empty dicts)."""
+        if not self.sharded:
+            return self.policy.state_dict(), self.optimizer.state_dict()
+        if self.dp.rank == 0:
+            data_parallel.order_state()
+        return sharding.full_state(self)
 
     def step(self, batch: TrainBatch) -> dict:
         """One update: ``update_epochs`` passes over the batch, each in mini-batches of
@@ -117,6 +146,8 @@ class Learner:
         lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}  # this update's
         self.scheduler.step()
         self.version += 1
+        if self.sharded:  # rank 0's mirror: what the servers get next
+            sharding.refresh(self)
         return self._metrics(state, sums, rollout, lrs)
 
     def _optimizer_step(self, state: UpdateState, rows: torch.Tensor, sums: dict,
@@ -127,7 +158,8 @@ class Learner:
                   "entropy": float(batch.mask[rows].sum()) * d,
                   "chunks": float((batch.mask[rows].sum(-1) > 0).sum())}
         self.optimizer.zero_grad(set_to_none=True)
-        for k, start in enumerate(range(0, len(rows), cfg.micro_batch_size)):
+        starts = list(range(0, len(rows), cfg.micro_batch_size))
+        for k, start in enumerate(starts):
             if self.dp is not None and not self.dp.mine(k):
                 continue
             idx = rows[start:start + cfg.micro_batch_size]
@@ -135,7 +167,15 @@ class Learner:
             pad = cfg.micro_batch_size - len(idx) if len(rows) > len(idx) else 0
             for key, value in self._micro_step(state, idx, denoms, pad).items():
                 sums[key] = sums.get(key, 0.0) + value * weight * share
-        if self.dp is not None:
+        if self.sharded:
+            # Every forward/backward is a collective: a rank short of micro-batches this
+            # step (their count is not a multiple of world) runs one at zero weight.
+            world = self.dp.world
+            if len(starts) % world and self.dp.rank >= len(starts) % world:
+                self._micro_step(state, rows[:cfg.micro_batch_size], denoms, scale=0.0)
+            self.dp.all_reduce_grads([p for p in sharding.replicated(self.policy)
+                                      if p.requires_grad])
+        elif self.dp is not None:
             self.dp.all_reduce_grads([p for g in self.optimizer.param_groups
                                       for p in g["params"]])
         if not state.train_actor:
@@ -147,6 +187,8 @@ class Learner:
                     for p in group["params"]:
                         p.grad = None
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):  # sharded: a DTensor of the shards' norms
+            grad_norm = grad_norm.full_tensor()
         state.first_step = False
         if not torch.isfinite(grad_norm):  # a non-finite loss or gradient: never applied
             self.optimizer.zero_grad(set_to_none=True)
@@ -192,10 +234,11 @@ class Learner:
             return policy.evaluate(inputs, actions.to(self.device), self.temperature)
 
     def _micro_step(self, state: UpdateState, idx: torch.Tensor, denoms: dict,
-                    pad: int = 0) -> dict:
+                    pad: int = 0, scale: float = 1.0) -> dict:
         """Forward and backward of the chunks ``idx``; ``pad`` masked-out repeats of its
         first rows keep every micro-batch of a step the same shape (steady allocations).
-        Returns this micro-batch's own means, for metrics."""
+        Returns this micro-batch's own means, for metrics. ``scale`` 0: a sharded rank's
+        filler, whose backward only takes part in the collectives (nothing recorded)."""
         cfg, d, batch = self.cfg, self.policy.action_dim, state.batch
         valid = batch.mask[idx]
         if pad:
@@ -205,7 +248,7 @@ class Learner:
         # Prepared once: the reference of the KL penalty reads the same inputs.
         inputs = self.policy.prepare(take(batch.obs, idx.numpy()), self.device)
         ev = self._evaluate(self.policy, inputs, batch.actions[idx])
-        if state.first_step:
+        if state.first_step and scale:
             self._drift(state, idx[:len(idx) - pad], ev.logprobs, valid[:len(idx) - pad])
         prox = None
         if state.prox is not None:
@@ -242,9 +285,9 @@ class Learner:
             chunk_share = float(chunks.sum()) / max(denoms["chunks"], 1)
             out["value_loss"] = v_loss.item() / own
             out["value_clip_ratio"] = vm["value_clip_ratio"] * chunk_share / own
-        loss.backward()
+        (loss * scale).backward()
         out["loss"] = loss.item() / own
-        return out
+        return out if scale else {}
 
     def _drift(self, state: UpdateState, idx: torch.Tensor, logprobs: torch.Tensor,
                valid: torch.Tensor) -> None:

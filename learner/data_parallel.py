@@ -11,8 +11,10 @@ float additions (``tests/test_data_parallel.py``).
 
 In a run (``learner.num_ranks`` > 1) rank 0 is the learner (sockets, weights broadcast,
 checkpoints) and hands each update's batch to the other ranks, processes of their own
-(``launch.py`` starts them as ``learner`` 1..R-1, :func:`learner.worker.run_rank`). Each
-rank holds the whole model (DDP's memory, not FSDP's).
+(``launch.py`` starts them as ``learner`` 1..R-1, :func:`learner.worker.run_rank`), which
+follow rank 0's orders: step on this batch, gather the state for a checkpoint, stop. With
+``learner.sharding: replicate`` each rank holds the whole model (DDP's memory); with
+``fsdp`` each holds a shard (:mod:`learner.sharding`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class DataParallel:
     group: object
     rank: int
     world: int
+    sharded: bool = False  # FSDP2 (learner.sharding=fsdp): forwards are collectives
 
     def mine(self, micro_batch: int) -> bool:
         """Whether this rank computes micro-batch ``micro_batch`` of a mini-batch."""
@@ -79,7 +82,7 @@ def join(cfg, rank: int, device: torch.device, store=None) -> DataParallel:
                             store=wiring.learner_group_store(cfg, store), rank=rank,
                             world_size=world,
                             timeout=datetime.timedelta(seconds=cfg.network.join_timeout_s))
-    return DataParallel(None, rank, world)
+    return DataParallel(None, rank, world, cfg.learner.sharding == "fsdp")
 
 
 def share_state(learner) -> None:
@@ -101,13 +104,22 @@ def share_state(learner) -> None:
         learner.generator.set_state(s["generator"])
 
 
+STEP, STATE = "step", "state"  # the orders rank 0 gives
+
+
 def hand_out(batch) -> None:
     """Rank 0: the update's batch to every rank (None: training is over)."""
-    dist.broadcast_object_list([batch], src=0)
+    dist.broadcast_object_list([None if batch is None else (STEP, batch)], src=0)
+
+
+def order_state() -> None:
+    """Rank 0: every rank joins the gather of the full state (a sharded checkpoint)."""
+    dist.broadcast_object_list([(STATE, None)], src=0)
 
 
 def receive():
-    """Ranks > 0: the next update's batch from rank 0 (None: training is over)."""
+    """Ranks > 0: rank 0's next order, ``(STEP, batch)`` or ``(STATE, None)``; None:
+    training is over."""
     got = [None]
     dist.broadcast_object_list(got, src=0)
     return got[0]

@@ -16,7 +16,7 @@ import zmq
 from torch.utils.tensorboard import SummaryWriter
 
 from configs import Config, to_dict
-from learner import checkpoint, data_parallel
+from learner import checkpoint, data_parallel, sharding
 from learner.batch import build_batch, group_verdict
 from learner.core import Learner
 from learner.eval_rounds import EvalRounds
@@ -42,7 +42,7 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
     if cfg.model.checkpoint:
         log.info("weights from model.checkpoint %s", cfg.model.checkpoint)
     learner = _build_learner(cfg)
-    policy, device = learner.policy, learner.device
+    device = learner.device
     L = cfg.learner
     if L.decoupled and L.update_epochs == 1 and not L.global_batch_size:
         log.warning("learner.decoupled with one optimizer step per update: the ratio to the "
@@ -57,25 +57,25 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
     links = LearnerLinks(cfg, ctx, "learner", device, books.received, weights)
     if L.num_ranks > 1:  # the other ranks join, then start from rank 0's (resumed) state
         learner.dp = data_parallel.join(cfg, 0, device, getattr(links.weights, "store", None))
-        data_parallel.share_state(learner)
-        log.info("data-parallel learner: rank 0 of %d", L.num_ranks)
+        _start_rank(learner)
+        log.info("data-parallel learner: rank 0 of %d (%s)", L.num_ranks, L.sharding)
     # On resume, events logged after the checkpoint's update are dropped from the view.
     writer = SummaryWriter(str(log_dir), purge_step=learner.version + 1 if cfg.run.resume
                            else None)
     prof = make_profiler(cfg, "learner")
     finished = False
     try:
-        links.weights.send(learner.version, policy)  # servers start from the resumed weights
+        links.weights.send(learner.version, learner.serving)  # the resumed weights
         log.info("learner ready at version %d: logging to %s", learner.version, log_dir)
         finished = _train(cfg, learner, links, books, writer, stop, prof)
         return 0
     finally:
-        if learner.dp is not None:
-            _release_ranks()
         prof.meta["trained_until"] = time.time()  # the profile's window ends here
         links.finish("training finished" if finished else "stopped")
         if cfg.learner.checkpoint:
-            books.save(cfg, learner)
+            _final_save(cfg, learner, books)
+        if learner.dp is not None:
+            _release_ranks()
         _write_summary(log_dir, learner, links, books)
         endpoint = links.trajectories.endpoint
         prof.count("bytes_received:actor->learner", endpoint.bytes_received)
@@ -96,13 +96,34 @@ def _release_ranks() -> None:
         log.warning("could not tell the other learner ranks to stop: %s", exc)
 
 
+def _final_save(cfg: Config, learner: Learner, books: "Books") -> None:
+    """The checkpoint at the end; sharded, a rank that died makes its gather fail, which
+    costs this checkpoint only (the last periodic one stays)."""
+    try:
+        books.save(cfg, learner)
+    except RuntimeError as exc:
+        if not learner.sharded:
+            raise
+        log.error("no final checkpoint: gathering the sharded state failed: %s", exc)
+
+
+def _start_rank(learner: Learner) -> None:
+    """Every rank after joining: start from rank 0's (resumed) state, then shard it
+    (learner.sharding=fsdp)."""
+    data_parallel.share_state(learner)
+    if learner.sharded:
+        sharding.shard_learner(learner)
+
+
 def _build_learner(cfg: Config) -> Learner:
-    """The configured policy on the learner's device, and its learner (every rank alike)."""
+    """The configured policy on the learner's device, and its learner (every rank alike).
+    A policy to be sharded stays on the CPU: only its shards move to the device."""
     device = pick_device(cfg.learner.device)
     torch.manual_seed(cfg.run.seed)
     policy = build_policy(cfg.model)
     memory.check_role("learner", policy, cfg, device)
-    policy = policy.to(device)
+    if cfg.learner.sharding == "replicate":
+        policy = policy.to(device)
     return Learner(policy, cfg.learner, cfg.inference.temperature, device, cfg.run.seed,
                    cfg.run.total_updates)
 
@@ -112,13 +133,17 @@ def run_rank(cfg: Config, rank: int) -> int:
     its share of every batch rank 0 hands out, until it hands out None."""
     learner = _build_learner(cfg)
     learner.dp = data_parallel.join(cfg, rank, learner.device)
-    data_parallel.share_state(learner)
+    _start_rank(learner)
     log.info("learner rank %d of %d joined at version %d", rank, cfg.learner.num_ranks,
              learner.version)
     updates = 0
-    while (batch := data_parallel.receive()) is not None:
-        learner.step(batch)
-        updates += 1
+    while (order := data_parallel.receive()) is not None:
+        kind, batch = order
+        if kind == data_parallel.STEP:
+            learner.step(batch)
+            updates += 1
+        else:  # rank 0 checkpoints a sharded state: this rank's part of the gather
+            learner.full_state()
     log.info("learner rank %d: %d updates, now at version %d", rank, updates, learner.version)
     return 0
 
@@ -241,8 +266,8 @@ def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, wri
     update, shown = Tally(), Tally()  # since the last update / the last progress line
     saved_at = time.monotonic()  # the last checkpoint (or the start)
     groups = []
-    weight_bytes = synced_bytes(learner.policy, serving_dtype(cfg))
-    full_bytes = state_bytes(learner.policy.state_dict())
+    weight_bytes = synced_bytes(learner.serving, serving_dtype(cfg))
+    full_bytes = state_bytes(learner.serving.state_dict())
     log.info("weights: %.1f MB per update to each server%s", weight_bytes / 1e6,
              "" if weight_bytes == full_bytes else
              f" (the learner's state: {full_bytes / 1e6:.1f} MB; frozen parameters stay on "
@@ -261,10 +286,10 @@ def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, wri
         if ended and (rounds is None or rounds.finished_at(learner.version)):
             return True
         links.check()
-        links.admit(learner.version, learner.policy)  # (re)started servers join here
+        links.admit(learner.version, learner.serving)  # (re)started servers join here
         if rounds is not None:
             if ended and sent_version != learner.version:  # the final round's weights
-                links.weights.send(learner.version, learner.policy)
+                links.weights.send(learner.version, learner.serving)
                 sent_version = learner.version
             rounds.tick(learner.version, books.env_steps, final=ended)
         # While a round runs with eval.pause_training (and after the last update) the
@@ -320,7 +345,7 @@ def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, wri
         shown.samples += len(batch)
         if learner.version % L.sync_every == 0 or learner.version == cfg.update_limit:
             with prof.span("broadcast", version=learner.version, bytes=weight_bytes):
-                links.weights.send(learner.version, learner.policy)
+                links.weights.send(learner.version, learner.serving)
             sent_version = learner.version
         metrics.update(update.metrics())
         metrics["perf/total_env_steps"] = books.env_steps

@@ -16,6 +16,10 @@ The learner holds, per rank (every rank a full replica)::
   alive after each op; probes of 2 and 4 rows, extrapolated linearly op by op to the
   micro-batch, give its peak.
 
+With ``learner.sharding: fsdp`` a rank holds 1/num_ranks of the weights, gradients, optimizer
+and reference, plus ``gathered``: the largest shard unit's full weights, twice (the one in
+use and the next, prefetched; :mod:`learner.sharding`).
+
 A server holds ``weights`` in its serving dtype plus the peak of one no-grad ``act`` at
 ``inference.max_batch``, probed the same way.
 
@@ -63,12 +67,13 @@ class MemoryEstimate:
     reference: int
     activations: int
     batch: int  # the rows the activations were extrapolated to
+    gathered: int = 0  # sharded: the full weights of the units being gathered
 
     @property
     def total(self) -> int:
         """The sum of the parts."""
         return self.weights + self.gradients + self.optimizer + self.reference + \
-            self.activations
+            self.activations + self.gathered
 
     def describe(self) -> str:
         """``learner 3.10 GiB = weights 1.00 + gradients ... at 16 rows`` (nonzero parts)."""
@@ -200,12 +205,22 @@ def learner_estimate(policy, cfg, on_cuda: bool) -> MemoryEstimate:
     weights = _param_bytes(policy.parameters()) + _param_bytes(policy.buffers())
     trainable = _param_bytes(p for p in policy.parameters() if p.requires_grad)
     L = cfg.learner
+    share, gathered = 1, 0
+    if L.sharding == "fsdp":
+        from learner.sharding import shard_units
+
+        share = L.num_ranks
+        own = {id(p) for unit in shard_units(policy) for p in unit.parameters()}
+        root = _param_bytes(p for p in policy.parameters() if id(p) not in own)
+        gathered = 2 * max([root] + [_param_bytes(u.parameters())
+                                     for u in shard_units(policy)])
     return MemoryEstimate(
-        role="learner", weights=weights, gradients=trainable, optimizer=2 * trainable,
-        reference=weights if L.kl_beta > 0 else 0,
+        role="learner", weights=weights // share, gradients=trainable // share,
+        optimizer=2 * trainable // share,
+        reference=weights // share if L.kl_beta > 0 else 0,
         activations=activations(policy, cfg, L.micro_batch_size, on_cuda and L.bf16,
                                 True),
-        batch=L.micro_batch_size)
+        batch=L.micro_batch_size, gathered=gathered)
 
 
 def server_estimate(policy, cfg, serving_dtype: torch.dtype | None) -> MemoryEstimate:
@@ -243,7 +258,8 @@ def check_fits(estimate: MemoryEstimate, cfg, device: torch.device) -> None:
     if limit is None or estimate.total <= limit[0]:
         return
     fix = ("learner.micro_batch_size lower, model.lora_rank > 0, "
-           "or model.gradient_checkpointing=true (every data-parallel rank holds it all)"
+           "model.gradient_checkpointing=true, or learner.sharding=fsdp over more "
+           "learner.num_ranks"
            if estimate.role == "learner" else
            "inference.max_batch lower, inference.dtype=bf16, or a GPU of its own "
            "(placement.inference)")

@@ -26,7 +26,8 @@ def _collect(cfg, policy, groups=2, version=0):
     done: dict = {}
     while len(done) < groups or any(len(g) < cfg.actor.group_size for g in done.values()):
         obs = stage.observe()
-        out = policy.act(policy.prepare(obs, torch.device("cpu")), False, 1.0)
+        with torch.no_grad():  # as a server acts
+            out = policy.act(policy.prepare(obs, torch.device("cpu")), False, 1.0)
         for ep in stage.execute(out.actions.numpy(), out.logprobs.numpy(), None, version):
             done.setdefault(ep.group_id, []).append(ep)
     return list(done.values())[:groups]

@@ -124,6 +124,26 @@ def test_bf16_serving_halves_the_weights_and_no_budget_means_no_probe():
     assert check_role("learner", policy, cfg, torch.device("cpu")) is None  # nothing to fit
 
 
+def test_a_sharded_rank_holds_its_share_and_the_layers_it_gathers(qwen_dirs):
+    """learner.sharding=fsdp over 4 ranks: a quarter of the weights, gradients, Adam state
+    and KL reference per rank, plus two of the largest unit gathered whole (a decoder
+    layer or the rest of the policy: more than a layer, less than the whole model)."""
+    base = ["model.kind=qwen_oft", f"model.model_path={qwen_dirs[1]}", "env.image_size=56",
+            "learner.kl_beta=0.01", *rows(2)]
+    cfg = load_config(None, base)
+    policy = build_policy(cfg.model)
+    whole = learner_estimate(policy, cfg, on_cuda=False)
+    shard = learner_estimate(policy, load_config(None, base + [
+        "learner.num_ranks=4", "learner.sharding=fsdp"]), on_cuda=False)
+    for part in ("weights", "gradients", "optimizer", "reference"):
+        assert getattr(shard, part) == getattr(whole, part) // 4, part
+    assert whole.gathered == 0 and shard.activations == whole.activations
+    layer = max(sum(p.numel() * p.element_size() for p in m.parameters())
+                for m in policy.modules() if type(m).__name__ == "Qwen2_5_VLDecoderLayer")
+    assert 2 * layer <= shard.gathered < 2 * whole.weights
+    assert shard.total < whole.total
+
+
 def test_a_named_budget_refuses_with_the_numbers_and_the_fix():
     cfg = load_config(None, ["placement.gpu_memory_gib=0.01"])
     estimate = learner_estimate(build_policy(cfg.model), cfg, on_cuda=False)
