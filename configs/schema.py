@@ -510,6 +510,10 @@ class WorldModelConfig:
                      "must be a multiple of it (1: one frame per call, run N times a chunk)")
     channels: int = opt(32, "width of the predictor's first level (doubled at each of "
                         "its three)")
+    rollout_calls: int = opt(1, "generator=conv: predictor calls unrolled per training "
+                             "window, each on the frames generated so far (gradients "
+                             "through them): teaches it to correct its own drift; 1: "
+                             "every call starts from real frames")
     steps: int = opt(3000, "predictor optimizer steps")
     batch_size: int = opt(32, "predictor windows per step")
     lr: float = opt(1e-3, "AdamW peak learning rate (both models), cosine decay")
@@ -666,6 +670,8 @@ def validate(cfg: Config) -> list[str]:
         (i.backend != "vllm" or i.dtype == "fp32",
          "inference.backend=vllm serves in fp32 here: set inference.dtype=fp32"),
         (L.num_ranks >= 1, "learner.num_ranks must be >= 1"),
+        (w.rollout_calls >= 1 and (w.rollout_calls == 1 or w.generator == "conv"),
+         "world_model.rollout_calls must be >= 1, and 1 with generator=diffusion"),
         (L.sharding == "replicate" or L.num_ranks > 1,
          "learner.sharding=fsdp shards over learner.num_ranks ranks: set num_ranks >= 2"),
         (L.num_ranks == 1 or n.transport != "inproc",

@@ -147,6 +147,30 @@ def test_a_fresh_predictor_copies_the_last_frame():
     np.testing.assert_array_equal(to_images(out[:, 3]), to_images(frames[:, -1]))
 
 
+def test_an_unrolled_loss_conditions_each_call_on_the_frames_generated_so_far():
+    """world_model.rollout_calls=2 with one frame per call: the second call's input is the
+    first call's prediction (not the real frame), its change weights still come from the
+    real frames, and the loss is the L1 formula by hand."""
+    torch.manual_seed(0)
+    p = ConvFramePredictor(condition_frames=2, chunk=1, action_dim=3, channels=8)
+    torch.nn.init.normal_(p.head.weight, std=0.1)  # not the fresh "copy the last frame"
+    hist = torch.rand(2, 2, 3, SIZE, SIZE) * 2 - 1
+    actions, targets = torch.randn(2, 2, 3), torch.rand(2, 2, 3, SIZE, SIZE) * 2 - 1
+    only_second = torch.tensor([[False, True], [False, True]])
+    unrolled = p.loss(hist, actions, targets, only_second)
+
+    def by_hand(second_input):
+        pred = p(torch.cat([hist, second_input], 1)[:, -2:], actions[:, 1:])
+        changed = (targets[:, 1:] - targets[:, :1]).abs().amax(2, keepdim=True) > 0.1
+        weight = 1 + 4.0 * changed.float()
+        return ((pred - targets[:, 1:]).abs() * weight).sum() / (weight.sum() * 3)
+
+    torch.testing.assert_close(unrolled, by_hand(p(hist, actions[:, :1])))
+    assert abs(float(unrolled - by_hand(targets[:, :1]))) > 1e-3  # not teacher-forced
+    unrolled.backward()  # the gradient reaches the weights through both calls
+    assert float(p.head.weight.grad.abs().sum()) > 0
+
+
 def test_the_world_model_file_round_trips_and_a_wrong_file_says_so(tmp_path):
     model = _model(-3.0)
     with torch.no_grad():

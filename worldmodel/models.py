@@ -127,12 +127,28 @@ class ConvFramePredictor(nn.Module):
 
     def loss(self, history: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor,
              mask: torch.Tensor) -> torch.Tensor:
-        """L1 of the predicted frames, each pixel that changes from the last history frame
-        weighted ``1 + CHANGE_WEIGHT`` (most pixels are still: an unweighted loss is won by
-        copying), steps past the episode's end (``mask`` [B,T] False) left out."""
-        pred = self(history, actions)
-        weight = change_weights(history, targets, mask)
-        return ((pred - targets).abs() * weight).sum() / (weight.sum() * 3).clamp(min=1.0)
+        """L1 of the predicted frames, each pixel that changes from the last real frame
+        before it weighted ``1 + CHANGE_WEIGHT`` (most pixels are still: an unweighted loss
+        is won by copying), steps past the episode's end (``mask`` [B,N] False) left out.
+
+        ``actions`` [B,N,D] may hold several chunks (N = R x T): the predictor is then
+        unrolled R calls as the env runs it, each conditioned on the last K frames *so
+        far*, its own earlier predictions included, and the gradient flows back through
+        them, so it learns to correct the drift of its own frames, which a one-call loss
+        (R = 1) never shows it."""
+        t, k = self.chunk, self.condition_frames
+        real = torch.cat([history, targets], 1)  # the change weights' reference frames
+        total = history.new_zeros(())
+        weight_sum = history.new_zeros(())
+        for start in range(0, actions.shape[1], t):
+            part = slice(start, start + t)
+            pred = self(history, actions[:, part])
+            weight = change_weights(real[:, start + k - 1:start + k], targets[:, part],
+                                    mask[:, part])
+            total = total + ((pred - targets[:, part]).abs() * weight).sum()
+            weight_sum = weight_sum + weight.sum()
+            history = torch.cat([history, pred], 1)[:, -k:]
+        return total / (weight_sum * 3).clamp(min=1.0)
 
     def spec(self) -> dict:
         """What rebuilds it (:func:`build_generator`)."""

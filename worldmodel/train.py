@@ -4,7 +4,8 @@ success model, on recorded episodes. One process, no sockets.
 Episodes (``world_model.datasets``) are split into training and held-out ones. The
 predictor (``world_model.generator``) takes ``world_model.steps`` AdamW steps on random
 windows (:mod:`worldmodel.data`) minimising its own loss (the deterministic one: L1
-weighted toward the pixels that change; the diffusion one: the noise's MSE). The success
+weighted toward the pixels that change, over ``world_model.rollout_calls`` calls unrolled
+on its own frames; the diffusion one: the noise's MSE). The success
 model then takes ``world_model.success_steps`` steps of binary
 cross-entropy on frames drawn half successful, half not, randomly shifted by up to 2
 pixels; ``world_model.generated_share`` of each batch are frames the trained predictor
@@ -97,7 +98,7 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
                         {"world_model": to_dict(cfg)["world_model"],
                          "train_episodes": len(train), "val_episodes": len(val)}).to(device)
     # held-out metrics over the policy's chunk, however many calls the model needs for it
-    windows = Windows(train, w.condition_frames, w.chunk)
+    windows = Windows(train, w.condition_frames, w.chunk * w.rollout_calls)
     val_windows = Windows(val, w.condition_frames, cfg.actions_per_chunk)
     frames = LabelledFrames(train)
     opt_g, sched_g = _optimizer(model.generator.parameters(), w.lr, w.steps)
