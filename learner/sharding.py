@@ -67,6 +67,8 @@ def shard(policy: torch.nn.Module, world: int, device: torch.device) -> torch.nn
     shards on ``device``; gradients are summed over the ranks, not averaged."""
     mesh = init_device_mesh(device.type, (world,))
     kept = set(replicated(policy))
+    for p in kept:  # (fully_shard moves only what it shards)
+        p.data = p.data.to(device)
     for module in [*shard_units(policy), policy]:
         fully_shard(module, mesh=mesh, ignored_params=kept)
         # A sum: each micro-batch's loss is already a share of the global mean. (Forced
@@ -92,8 +94,6 @@ def shard_learner(learner) -> None:
     schedule = learner.scheduler.state_dict()
     if dp.rank == 0:
         learner.mirror = copy.deepcopy(learner.policy).cpu().eval()
-    for p in replicated(learner.policy):
-        p.data = p.data.to(learner.device)
     shard(learner.policy, dp.world, learner.device)
     if learner.reference is not None:
         shard(learner.reference, dp.world, learner.device)
