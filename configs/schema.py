@@ -514,6 +514,9 @@ class WorldModelConfig:
                              "window, each on the frames generated so far (gradients "
                              "through them): teaches it to correct its own drift; 1: "
                              "every call starts from real frames")
+    rollout_after: int = opt(0, "with rollout_calls > 1: the predictor steps taken on "
+                             "one-call windows first (from scratch, 8 unrolled calls "
+                             "settled on copying the last frame: RESULTS.md)")
     steps: int = opt(3000, "predictor optimizer steps")
     batch_size: int = opt(32, "predictor windows per step")
     lr: float = opt(1e-3, "AdamW peak learning rate (both models), cosine decay")

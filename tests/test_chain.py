@@ -195,7 +195,9 @@ def test_world_model_chain_train_rl_inside_it_evaluate_in_the_real_env(tmp_path)
     train = {"run.log_dir": wm, "world_model.datasets": f"[{rec / 'dataset'}]",
              "world_model.success_steps": 20, "world_model.val_every": 10,
              "world_model.channels": 8, "world_model.batch_size": 8, "world_model.videos": 1,
-             "world_model.val_fraction": 0.25, "world_model.probe_steps": 20}
+             "world_model.val_fraction": 0.25, "world_model.probe_steps": 20,
+             # one-call windows, then (in the resumed run) two calls unrolled
+             "world_model.rollout_calls": 2, "world_model.rollout_after": 25}
     first = launch(tmp_path, wm_config, "--train-world-model", **train,
                    **{"world_model.steps": 20})
     _ok(first)

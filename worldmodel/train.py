@@ -5,7 +5,8 @@ Episodes (``world_model.datasets``) are split into training and held-out ones. T
 predictor (``world_model.generator``) takes ``world_model.steps`` AdamW steps on random
 windows (:mod:`worldmodel.data`) minimising its own loss (the deterministic one: L1
 weighted toward the pixels that change, over ``world_model.rollout_calls`` calls unrolled
-on its own frames; the diffusion one: the noise's MSE). The success
+on its own frames after ``world_model.rollout_after`` steps of one call; the diffusion
+one: the noise's MSE). The success
 model then takes ``world_model.success_steps`` steps of binary
 cross-entropy on frames drawn half successful, half not, randomly shifted by up to 2
 pixels; ``world_model.generated_share`` of each batch are frames the trained predictor
@@ -98,7 +99,8 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
                         {"world_model": to_dict(cfg)["world_model"],
                          "train_episodes": len(train), "val_episodes": len(val)}).to(device)
     # held-out metrics over the policy's chunk, however many calls the model needs for it
-    windows = Windows(train, w.condition_frames, w.chunk * w.rollout_calls)
+    one_call = Windows(train, w.condition_frames, w.chunk)
+    unrolled = Windows(train, w.condition_frames, w.chunk * w.rollout_calls)
     val_windows = Windows(val, w.condition_frames, cfg.actions_per_chunk)
     frames = LabelledFrames(train)
     opt_g, sched_g = _optimizer(model.generator.parameters(), w.lr, w.steps)
@@ -108,7 +110,7 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
         steps = _restore(log_dir, model, (opt_g, sched_g, opt_s, sched_s), rng)
     writer = SummaryWriter(str(log_dir))
     log.info("world model on %d windows of %d episodes (%d held out): %d predictor steps, "
-             "then %d success-model steps", len(windows), len(train), len(val), w.steps,
+             "then %d success-model steps", len(one_call), len(train), len(val), w.steps,
              w.success_steps)
     metrics: dict = {}
     state = (opt_g, sched_g, opt_s, sched_s)
@@ -116,6 +118,7 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
     try:
         while steps["generator"] < w.steps and not stop.is_set():
             model.generator.train()
+            windows = one_call if steps["generator"] < w.rollout_after else unrolled
             batch = windows.batch(rng.integers(len(windows), size=w.batch_size))
             loss = _step(predictor_loss(model, batch, device), model.generator, opt_g, sched_g)
             k = steps["generator"] = steps["generator"] + 1
@@ -187,7 +190,7 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
                  metrics["probe_position_error_real"])
     videos = write_side_by_side(model, val[:w.videos], log_dir / "videos" / "world_model")
     summary = {"steps": steps, "train_episodes": len(train), "val_episodes": len(val),
-               "train_windows": len(windows), "datasets": {"files": report.files,
+               "train_windows": len(one_call), "datasets": {"files": report.files,
                                                            "demos": report.demos,
                                                            "bad": report.bad},
                **metrics, "videos": [str(v) for v in videos]}
