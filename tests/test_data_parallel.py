@@ -67,15 +67,18 @@ SEVERAL_STEPS = {"learner.update_epochs": 2, "learner.global_batch_size": 10}  #
     (SEVERAL_STEPS, False, False),
     (SEVERAL_STEPS, True, False),
     ("qwen_oft", True, False),  # a transformers VLA: its layers are units of their own
-], ids=["replicate", "fsdp", "fsdp-resumed", "replicate-steps", "fsdp-steps", "fsdp-qwen_oft"])
+    ("qwen_oft_lora", True, False),  # LoRA: frozen base and trainable adapters in one unit
+], ids=["replicate", "fsdp", "fsdp-resumed", "replicate-steps", "fsdp-steps", "fsdp-qwen_oft",
+        "fsdp-qwen_oft-lora"])
 def test_two_gloo_ranks_make_the_one_rank_update(tmp_path, extra, sharded, resumed):
-    if extra == "qwen_oft":
+    if isinstance(extra, str):  # a tiny QwenOFT, made here
         from models.tiny_vla import make_qwen_vl, make_starvla_run
 
         run = make_starvla_run(tmp_path / "oft", make_qwen_vl(tmp_path / "vl"))
+        lora = {"model.lora_rank": 4} if extra.endswith("lora") else {}
         extra = {"model.kind": "qwen_oft", "model.model_path": str(run),
                  "model.use_wrist_image": False, "model.init_log_std": -2.5,
-                 "env.image_size": 56}
+                 "env.image_size": 56, **lora}
     overrides = small_overrides(tmp_path, **{"learner.micro_batch_size": 3, **extra})
     policy, single = _learner(overrides)
     batch = build_batch(_collect(load_config(CONFIG, overrides), copy.deepcopy(policy),
