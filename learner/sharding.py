@@ -117,13 +117,14 @@ def full_state(learner) -> tuple[dict, dict]:
     """Every rank: gather the optimizer state; rank 0 returns (the model's and the
     optimizer's state dicts) in one rank's layout (``torch.optim`` index keys), others
     empty dicts."""
-    if not learner.optimizer.state:  # nothing stepped yet: the layouts agree
-        return (learner.mirror.state_dict(), learner.optimizer.state_dict()) \
-            if learner.dp.rank == 0 else ({}, {})
-    state = get_optimizer_state_dict(learner.policy, learner.optimizer, options=FULL)
+    stepped = bool(learner.optimizer.state)  # (every rank alike)
+    state = get_optimizer_state_dict(learner.policy, learner.optimizer, options=FULL) \
+        if stepped else None
     if learner.dp.rank != 0:
         return {}, {}
-    return learner.mirror.state_dict(), index_keyed(state)
+    # Nothing stepped yet: the layouts agree (and the gather would fill the state).
+    return learner.mirror.state_dict(), \
+        index_keyed(state) if stepped else learner.optimizer.state_dict()
 
 
 def index_keyed(state: dict) -> dict:

@@ -209,11 +209,10 @@ def learner_estimate(policy, cfg, on_cuda: bool) -> MemoryEstimate:
     if L.sharding == "fsdp":
         from learner.sharding import shard_units
 
-        share = L.num_ranks
-        own = {id(p) for unit in shard_units(policy) for p in unit.parameters()}
+        share, units = L.num_ranks, shard_units(policy)
+        own = {id(p) for unit in units for p in unit.parameters()}
         root = _param_bytes(p for p in policy.parameters() if id(p) not in own)
-        gathered = 2 * max([root] + [_param_bytes(u.parameters())
-                                     for u in shard_units(policy)])
+        gathered = 2 * max([root] + [_param_bytes(u.parameters()) for u in units])
     return MemoryEstimate(
         role="learner", weights=weights // share, gradients=trainable // share,
         optimizer=2 * trainable // share,
