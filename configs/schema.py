@@ -216,6 +216,8 @@ class CNNPolicyConfig:
     embed_dim: int = opt(32, "instruction embedding width")
     vocab_size: int = opt(1024, "hashed-word vocabulary of the instruction embedding")
     image_resolution: int = opt(64, "images are resized to this square")
+    wrist_camera: bool = opt(False, "also read the wrist camera, with an encoder of its own "
+                             "(needs env.wrist_camera=true)")
 
 
 @dataclass(frozen=True)
@@ -717,6 +719,9 @@ def validate(cfg: Config) -> list[str]:
         (m.lora_rank >= 0, "model.lora_rank must be >= 0"),
         (m.cnn.image_resolution >= 8 and m.cnn.image_resolution % 2 == 0,
          "model.cnn.image_resolution must be even and >= 8"),
+        (not (m.kind == "cnn_gaussian" and m.cnn.wrist_camera) or e.wrist_camera,
+         "model.cnn.wrist_camera=true but the env sends no wrist camera; set "
+         "env.wrist_camera=true"),
         (i.num_servers >= 1, "inference.num_servers must be >= 1"),
         (i.max_batch >= 1 and i.max_wait_ms >= 0, "inference.max_batch >= 1, max_wait_ms >= 0"),
         (i.temperature > 0, "inference.temperature must be > 0"),

@@ -72,7 +72,8 @@ def _fresh_policy(cfg: ModelConfig) -> Policy:
             state_dim=cfg.state_dim, hidden_dim=cnn.hidden_dim,
             conv_channels=cnn.conv_channels, embed_dim=cnn.embed_dim,
             vocab_size=cnn.vocab_size, init_log_std=cfg.init_log_std,
-            value_head=cfg.value_head, image_resolution=cnn.image_resolution)
+            value_head=cfg.value_head, image_resolution=cnn.image_resolution,
+            use_wrist=cnn.wrist_camera)
     raise ValueError(f"unknown model.kind {cfg.kind!r}; valid: ['cnn_gaussian', 'qwen_oft', "
                      "'openvla_oft', 'token_ar']")
 

@@ -46,6 +46,7 @@ class Policy(nn.Module, abc.ABC):
     num_action_chunks: int
     action_dim: int
     has_value_head: bool
+    use_wrist: bool = False  # whether ``prepare`` reads the observation's wrist camera
 
     @abc.abstractmethod
     def prepare(self, obs: EnvObs, device: torch.device) -> dict:

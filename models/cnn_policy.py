@@ -4,9 +4,11 @@ The image is resized to ``image_resolution`` and encoded by a few convolutions. 
 instruction (a bag of hashed words) attends over the feature map: each of ``heads``
 queries computed from the instruction scores every location, and the softmax-weighted
 mean of the location coordinates says where the named thing is ("red" finds red
-pixels). Attended coordinates, instruction and state feed an MLP that outputs the
-mean of all T x D actions at once; the log-std is one learnable parameter per action
-dimension, independent of the state.
+pixels). With ``use_wrist`` the wrist camera gets an encoder and queries of its own (the
+same recipe; a different viewpoint, so no shared weights): where the object sits in the
+gripper's view is what a grasp is aligned on. Attended coordinates, instruction and
+state feed an MLP that outputs the mean of all T x D actions at once; the log-std is one
+learnable parameter per action dimension, independent of the state.
 """
 
 from __future__ import annotations
@@ -43,28 +45,44 @@ def expected_coordinates(logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return torch.cat([(attn.sum(2) * xs).sum(-1), (attn.sum(3) * ys).sum(-1)], dim=1)
 
 
+def locator_layers(c: int, embed_dim: int, heads: int) -> tuple[nn.Module, ...]:
+    """One camera's encoder (two convolutions), its keys and the instruction's queries."""
+    return (nn.Conv2d(3, c, 3, stride=1, padding=1), nn.Conv2d(c, c, 3, stride=2, padding=1),
+            nn.Conv2d(c + 3, c, 1),  # conv features and the raw colour of each place
+            nn.Linear(embed_dim, heads * c))
+
+
+class WristLocator(nn.Module):
+    """The wrist camera's :func:`locator_layers`, named as the main camera's are."""
+
+    def __init__(self, c: int, embed_dim: int, heads: int):
+        super().__init__()
+        self.conv1, self.conv2, self.keys, self.query = locator_layers(c, embed_dim, heads)
+
+
 class CNNGaussianPolicy(Policy):
     """The small policy of the synthetic task and the CPU test configs."""
 
     def __init__(self, num_action_chunks: int = 8, action_dim: int = 7, state_dim: int = 8,
                  hidden_dim: int = 128, conv_channels: int = 16, embed_dim: int = 32,
                  vocab_size: int = 1024, init_log_std: float = -0.5, value_head: bool = False,
-                 image_resolution: int = 64, heads: int = 4):
+                 image_resolution: int = 64, heads: int = 4, use_wrist: bool = False):
         super().__init__()
         self.num_action_chunks, self.action_dim = num_action_chunks, action_dim
         self.state_dim, self.vocab_size = state_dim, vocab_size
-        self.image_resolution = image_resolution
+        self.image_resolution, self.use_wrist = image_resolution, use_wrist
         self.has_value_head = value_head
         c, self.heads = conv_channels, heads
-        self.conv1 = nn.Conv2d(3, c, 3, stride=1, padding=1)
-        self.conv2 = nn.Conv2d(c, c, 3, stride=2, padding=1)
-        self.keys = nn.Conv2d(c + 3, c, 1)  # conv features and the raw colour of each place
+        # The main camera's locator stays at the top level (the checkpoint layout of
+        # policies without a wrist camera); the wrist camera's is a WristLocator.
+        self.conv1, self.conv2, self.keys, self.query = locator_layers(c, embed_dim, heads)
+        self.wrist = WristLocator(c, embed_dim, heads) if use_wrist else None
         self.embed = nn.EmbeddingBag(vocab_size, embed_dim, mode="sum")
-        self.query = nn.Linear(embed_dim, heads * c)
         # Sharp attention from the start, so coordinates move when the query changes.
         self.log_sharpness = nn.Parameter(torch.tensor(math.log(10.0)))
+        cameras = 2 if use_wrist else 1
         self.trunk = nn.Sequential(
-            nn.Linear(2 * heads + embed_dim + state_dim, hidden_dim), nn.ReLU(),
+            nn.Linear(2 * heads * cameras + embed_dim + state_dim, hidden_dim), nn.ReLU(),
             nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
         self.mean_head = nn.Linear(hidden_dim, num_action_chunks * action_dim)
         nn.init.zeros_(self.mean_head.bias)
@@ -77,10 +95,16 @@ class CNNGaussianPolicy(Policy):
         if obs.states.shape[1] != self.state_dim:
             raise ValueError(f"observation state has {obs.states.shape[1]} dims but the "
                              f"model expects model.state_dim={self.state_dim}")
+        if self.use_wrist and obs.wrist_images is None:
+            raise ValueError("the policy reads the wrist camera (model.cnn.wrist_camera) but "
+                             "the observation has none; set env.wrist_camera=true")
         ids, offsets = hash_words(obs.task_descriptions, self.vocab_size)
-        return {"images": torch.from_numpy(np.asarray(obs.main_images)).to(device),
-                "states": torch.from_numpy(np.asarray(obs.states, np.float32)).to(device),
-                "word_ids": ids.to(device), "word_offsets": offsets.to(device)}
+        inputs = {"images": torch.from_numpy(np.asarray(obs.main_images)).to(device),
+                  "states": torch.from_numpy(np.asarray(obs.states, np.float32)).to(device),
+                  "word_ids": ids.to(device), "word_offsets": offsets.to(device)}
+        if self.use_wrist:
+            inputs["wrist_images"] = torch.from_numpy(np.asarray(obs.wrist_images)).to(device)
+        return inputs
 
     def _resize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B,H,W,3] -> float [B,3,r,r] in [0,1], a slice at a time: the float copy
@@ -92,17 +116,25 @@ class CNNGaussianPolicy(Policy):
             parts.append(x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="area"))
         return torch.cat(parts).div_(255.0)
 
-    def _features(self, inputs: dict) -> torch.Tensor:
-        x = self._resize(inputs["images"])
-        text = self.embed(inputs["word_ids"], inputs["word_offsets"])
-        feats = F.relu(self.conv2(F.relu(self.conv1(x))))
+    def _locate(self, images: torch.Tensor, text: torch.Tensor, layers: nn.Module
+                ) -> torch.Tensor:
+        """Where each instruction query attends in one camera's images: [B, 2*heads].
+        ``layers``: the policy itself (main camera) or its :class:`WristLocator`."""
+        x = self._resize(images)
+        feats = F.relu(layers.conv2(F.relu(layers.conv1(x))))
         b, c, h, w = feats.shape
         colour = F.avg_pool2d(x, 2) * 2 - 1
-        keys = self.keys(torch.cat([feats, colour], 1)).flatten(2)   # [B,C,h*w]
-        query = self.query(text).view(b, self.heads, c)         # [B,heads,C]
+        k = layers.keys(torch.cat([feats, colour], 1)).flatten(2)   # [B,C,h*w]
+        q = layers.query(text).view(b, self.heads, c)               # [B,heads,C]
         scale = self.log_sharpness.exp() / math.sqrt(c)
-        where = expected_coordinates(query @ keys * scale, h, w)
-        return self.trunk(torch.cat([where, text, inputs["states"]], dim=1))
+        return expected_coordinates(q @ k * scale, h, w)
+
+    def _features(self, inputs: dict) -> torch.Tensor:
+        text = self.embed(inputs["word_ids"], inputs["word_offsets"])
+        where = [self._locate(inputs["images"], text, self)]
+        if self.wrist is not None:
+            where.append(self._locate(inputs["wrist_images"], text, self.wrist))
+        return self.trunk(torch.cat([*where, text, inputs["states"]], dim=1))
 
     def _distribution(self, inputs: dict, temperature: float):
         z = self._features(inputs)

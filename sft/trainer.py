@@ -95,9 +95,7 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
     torch.manual_seed(cfg.run.seed)
     device = pick_device(cfg.learner.device)
     policy = build_policy(cfg.model).to(device)
-    # The VLAs show the wrist camera when configured; a text-only token_ar policy reads none.
-    wrist = (cfg.model.kind != "cnn_gaussian" and cfg.model.use_wrist_image
-             and getattr(policy, "use_wrist", True))
+    wrist = policy.use_wrist  # as configured; a text-only token_ar policy reads none
     train_set, val_set, stats, report = load_samples(cfg, rng, wrist)
     key = default_unnorm_key(cfg)
     write_statistics(log_dir / "dataset_statistics.json", stats)

@@ -99,8 +99,11 @@ def test_behaviour_cloning_resumes_where_it_stopped(tmp_path):
 
 
 def test_recording_a_policy_on_robosuite_keeps_every_step_and_the_simulator_state(tmp_path):
+    """The recorded policy reads both cameras (model.cnn.wrist_camera): the wrist frames
+    travel from the simulator through the inference server to the CNN."""
     rec = tmp_path / "record"
     _ok(launch(tmp_path, "configs/robosuite_lift_grpo_tiny.yaml", "--record", **{
+        "model.cnn.wrist_camera": True,
         "run.log_dir": rec, "record.source": "policy", "record.episodes_per_task": 2,
         "record.action_noise": 0.1, "env.max_episode_steps": 12, "env.image_size": 32,
         "actor.num_actors": 1, "actor.envs_per_actor": 2, "actor.pipeline_stages": 2}))
