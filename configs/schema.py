@@ -218,6 +218,9 @@ class CNNPolicyConfig:
     image_resolution: int = opt(64, "images are resized to this square")
     wrist_camera: bool = opt(False, "also read the wrist camera, with an encoder of its own "
                              "(needs env.wrist_camera=true)")
+    read_state: bool = opt(True, "feed the env's state vector to the policy; false for a "
+                           "policy that acts in a world model, whose state is zeros (images "
+                           "and instruction only, as RLinf's world-model policies)")
 
 
 @dataclass(frozen=True)
@@ -719,6 +722,10 @@ def validate(cfg: Config) -> list[str]:
         (m.lora_rank >= 0, "model.lora_rank must be >= 0"),
         (m.cnn.image_resolution >= 8 and m.cnn.image_resolution % 2 == 0,
          "model.cnn.image_resolution must be even and >= 8"),
+        (not (m.kind == "cnn_gaussian" and m.cnn.read_state and e.kind == "world_model"),
+         "env.kind=world_model gives zero states but model.cnn.read_state=true: a policy "
+         "that learned from the real env's state would read zeros; set "
+         "model.cnn.read_state=false (and behaviour-clone with it)"),
         (not (m.kind == "cnn_gaussian" and m.cnn.wrist_camera) or e.wrist_camera,
          "model.cnn.wrist_camera=true but the env sends no wrist camera; set "
          "env.wrist_camera=true"),

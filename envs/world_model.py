@@ -5,7 +5,8 @@ chunkrl's (or any :class:`worldmodel.models.WorldModel`'s) generator and success
   stored episodes (``env.world_model.reset_data``): its first frame, repeated K times as
   the history, and its instruction. Evaluation trial k is thus reset frame k.
 - **Step**: one call per action chunk (``native_chunks``; :meth:`step` refuses single
-  actions): the N actions, normalised with the model's q01/q99, and the last K frames
+  actions): the N actions, normalised with the model's q01/q99 and clipped to [-1, 1]
+  (RLinf leaves them unclipped), and the last K frames
   give N new frames in one batched forward (N / T forwards of a model generating T < N
   frames at a time); the last K of them condition the next chunk.
 - **Reward**: the success model scores each new frame with the env's instruction
@@ -100,8 +101,11 @@ class WorldModelVectorEnv(VectorEnv):
         b, n = actions.shape[:2]
         ids = torch.as_tensor(env_ids, device=self.device)
         with torch.no_grad():
+            # Clipped to the data's q01..q99, as OpenVLA's normalisation clips: a policy's
+            # action beyond what the recordings hold is one the generator never learned
+            # (a simulator clips what its actuators cannot do; the synthetic env at +-1).
             acts = self.model.normalise(torch.as_tensor(actions, dtype=torch.float32,
-                                                        device=self.device))
+                                                        device=self.device)).clamp(-1, 1)
             frames = self.model.generate(self.history[ids], acts)
             k = self.model.condition_frames
             self.history[ids] = torch.cat([self.history[ids], frames], 1)[:, -k:]

@@ -73,7 +73,7 @@ def _fresh_policy(cfg: ModelConfig) -> Policy:
             conv_channels=cnn.conv_channels, embed_dim=cnn.embed_dim,
             vocab_size=cnn.vocab_size, init_log_std=cfg.init_log_std,
             value_head=cfg.value_head, image_resolution=cnn.image_resolution,
-            use_wrist=cnn.wrist_camera)
+            use_wrist=cnn.wrist_camera, read_state=cnn.read_state)
     raise ValueError(f"unknown model.kind {cfg.kind!r}; valid: ['cnn_gaussian', 'qwen_oft', "
                      "'openvla_oft', 'token_ar']")
 

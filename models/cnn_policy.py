@@ -7,8 +7,9 @@ mean of the location coordinates says where the named thing is ("red" finds red
 pixels). With ``use_wrist`` the wrist camera gets an encoder and queries of its own (the
 same recipe; a different viewpoint, so no shared weights): where the object sits in the
 gripper's view is what a grasp is aligned on. Attended coordinates, instruction and
-state feed an MLP that outputs the mean of all T x D actions at once; the log-std is one
-learnable parameter per action dimension, independent of the state.
+state (unless ``read_state`` is off: a world model's env gives zeros) feed an MLP that
+outputs the mean of all T x D actions at once; the log-std is one learnable parameter per
+action dimension, independent of the state.
 """
 
 from __future__ import annotations
@@ -66,10 +67,11 @@ class CNNGaussianPolicy(Policy):
     def __init__(self, num_action_chunks: int = 8, action_dim: int = 7, state_dim: int = 8,
                  hidden_dim: int = 128, conv_channels: int = 16, embed_dim: int = 32,
                  vocab_size: int = 1024, init_log_std: float = -0.5, value_head: bool = False,
-                 image_resolution: int = 64, heads: int = 4, use_wrist: bool = False):
+                 image_resolution: int = 64, heads: int = 4, use_wrist: bool = False,
+                 read_state: bool = True):
         super().__init__()
         self.num_action_chunks, self.action_dim = num_action_chunks, action_dim
-        self.state_dim, self.vocab_size = state_dim, vocab_size
+        self.state_dim, self.vocab_size, self.read_state = state_dim, vocab_size, read_state
         self.image_resolution, self.use_wrist = image_resolution, use_wrist
         self.has_value_head = value_head
         c, self.heads = conv_channels, heads
@@ -82,7 +84,8 @@ class CNNGaussianPolicy(Policy):
         self.log_sharpness = nn.Parameter(torch.tensor(math.log(10.0)))
         cameras = 2 if use_wrist else 1
         self.trunk = nn.Sequential(
-            nn.Linear(2 * heads * cameras + embed_dim + state_dim, hidden_dim), nn.ReLU(),
+            nn.Linear(2 * heads * cameras + embed_dim + state_dim * read_state, hidden_dim),
+            nn.ReLU(),
             nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
         self.mean_head = nn.Linear(hidden_dim, num_action_chunks * action_dim)
         nn.init.zeros_(self.mean_head.bias)
@@ -92,7 +95,7 @@ class CNNGaussianPolicy(Policy):
 
     @override
     def prepare(self, obs: EnvObs, device: torch.device) -> dict:
-        if obs.states.shape[1] != self.state_dim:
+        if self.read_state and obs.states.shape[1] != self.state_dim:
             raise ValueError(f"observation state has {obs.states.shape[1]} dims but the "
                              f"model expects model.state_dim={self.state_dim}")
         if self.use_wrist and obs.wrist_images is None:
@@ -134,7 +137,8 @@ class CNNGaussianPolicy(Policy):
         where = [self._locate(inputs["images"], text, self)]
         if self.wrist is not None:
             where.append(self._locate(inputs["wrist_images"], text, self.wrist))
-        return self.trunk(torch.cat([*where, text, inputs["states"]], dim=1))
+        state = [inputs["states"]] if self.read_state else []
+        return self.trunk(torch.cat([*where, text, *state], dim=1))
 
     def _distribution(self, inputs: dict, temperature: float):
         z = self._features(inputs)

@@ -140,6 +140,8 @@ def test_cross_field_rules_of_the_demonstration_chain():
         load_config(base, ["eval.num_trials=200"])
     with pytest.raises(ConfigError, match="cnn_gaussian"):
         load_config(base, ["sft.loss=mse", "model.kind=qwen_oft", "model.model_path=x"])
+    with pytest.raises(ConfigError, match="set model.cnn.read_state=false"):
+        load_config(ROOT / "configs/synthetic_world_model.yaml", ["model.cnn.read_state=true"])
     with pytest.raises(ConfigError, match="set env.wrist_camera=true"):
         load_config(base, ["model.cnn.wrist_camera=true", "env.wrist_camera=false"])
     cfg = load_config(base, ["eval.actors=2"])

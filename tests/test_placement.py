@@ -89,6 +89,7 @@ def test_a_cpu_device_gets_no_gpu_and_a_cuda_world_model_env_gives_actors_one(tm
     plan = make_plan(_cfg(tmp_path, "learner.device=cpu"), _slots(1), _gpus(2))
     assert plan.slots["learner-0"] == () and plan.slots["inference-0"] == (0,)
     cfg = _cfg(tmp_path, "env.kind=world_model", "env.world_model.device=cuda",
+               "model.cnn.read_state=false",
                "env.world_model.checkpoint=wm.pt", "env.world_model.reset_data=[data]")
     plan = make_plan(cfg, _slots(1, actors=3), _gpus(3))
     assert [plan.slots[f"actor-{k}"] for k in range(3)] == [(1,), (2,), (1,)]

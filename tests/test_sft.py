@@ -247,3 +247,22 @@ def test_the_cnn_policy_reads_the_wrist_camera_when_configured():
     no_wrist = dataclasses.replace(batch.obs, wrist_images=None)
     with pytest.raises(ValueError, match="env.wrist_camera=true"):
         policy.prepare(no_wrist, torch.device("cpu"))
+
+
+def test_a_cnn_policy_without_the_state_ignores_it():
+    """model.cnn.read_state=false (a policy for a world model, whose states are zeros):
+    the state changes nothing, and its size is not checked."""
+    samples = ChunkSamples([_demo(6, size=16)], 4, "env", 8, wrist=False)
+    obs = samples.batch(np.arange(len(samples))).obs
+    torch.manual_seed(0)
+    policy = CNNGaussianPolicy(num_action_chunks=4, hidden_dim=32, image_resolution=16,
+                               read_state=False)
+    other = dataclasses.replace(obs, states=np.random.default_rng(0).normal(
+        size=(len(obs.states), 3)).astype(np.float32))
+    means = [policy.act(policy.prepare(o, torch.device("cpu")), True, 1.0).actions
+             for o in (obs, other)]
+    torch.testing.assert_close(means[0], means[1], rtol=0, atol=0)
+    torch.manual_seed(0)
+    reading = CNNGaussianPolicy(num_action_chunks=4, hidden_dim=32, image_resolution=16)
+    with pytest.raises(ValueError, match="model.state_dim=8"):
+        reading.prepare(other, torch.device("cpu"))

@@ -390,3 +390,16 @@ def test_a_one_frame_model_runs_once_per_action_of_the_chunk():
     means = [r.frames[0].astype(float).mean() for r in res]
     assert len(res) == 4 and all(b > a for a, b in zip(means, means[1:]))
     np.testing.assert_array_equal(env.observe(np.array([0])).main_images[0], res[-1].frames[0])
+
+
+def test_actions_beyond_the_data_are_clipped_to_its_range_as_the_simulator_clips():
+    env = WorldModelVectorEnv(3, 3, _model(-10.0), _starts(), max_episode_steps=8)
+    torch.manual_seed(1)
+    with torch.no_grad():  # a predictor whose frames depend on the actions
+        for p in env.model.generator.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    env.reset_group(0, 0)  # all three from the same frame
+    actions = np.stack([np.full((4, 7), a, np.float32) for a in (1.0, 5.0, 0.5)])
+    last = env.step_chunk(np.arange(3), actions)[-1].frames
+    np.testing.assert_array_equal(last[0], last[1])  # 5 is past q99 = 1: the same as 1
+    assert not np.array_equal(last[0], last[2])

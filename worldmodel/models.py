@@ -6,7 +6,8 @@ those actions lead to; a :class:`SuccessScorer` maps one frame to the probabilit
 task its instruction names is achieved in it. Frames are float [.., 3, H, W] in [-1, 1];
 actions are normalised with the training data's 1st/99th percentiles, as RLinf's world
 model takes them:
-``2 (a - q01) / (q99 - q01) - 1`` on every dimension, gripper included, unclipped.
+``2 (a - q01) / (q99 - q01) - 1`` on every dimension, gripper included (the env clips them
+to [-1, 1] when it steps; training sees the data as it is).
 
 chunkrl trains its own at CPU scale (:class:`ConvFramePredictor`, :class:`SuccessCNN`);
 a latent video model (a diffusers UNet or DiT over an ``AutoencoderKL``) fits the same
