@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -67,10 +68,11 @@ def evaluate(config: str, checkpoint: Path, folder: Path, env: list[str],
 
 
 def agreement(exp, checkpoint: Path, folder: Path, world_model: Path, episodes: int,
-              first_state: int) -> dict:
+              first_state: int, overrides: list[str]) -> dict:
     """Record ``episodes`` of ``checkpoint`` in the real env (as ``reproduce.py``'s
     policy recording: action noise 0.3) from ``first_state`` on, then the world model's
-    :func:`worldmodel.evaluate.open_loop_metrics` on them."""
+    :func:`worldmodel.evaluate.open_loop_metrics` on them (its success rule from the
+    config with ``overrides``)."""
     from configs import load_config
     from envs import image_orientation
     from worldmodel.data import load_episodes
@@ -82,7 +84,7 @@ def agreement(exp, checkpoint: Path, folder: Path, world_model: Path, episodes: 
                             f"record.first_state={first_state}", "record.action_noise=0.3",
                             f"record.episodes_per_task={episodes}", f"run.log_dir={folder}",
                             *exp.real_env])
-    cfg = load_config(ROOT / exp.config)
+    cfg = load_config(ROOT / exp.config, overrides)
     model = WorldModel.load(world_model)
     real, _ = load_episodes([folder / "dataset"], model.image_size, image_orientation(cfg.env))
     rule = cfg.env.world_model
@@ -108,14 +110,20 @@ def main(argv=None) -> int:
                    help="also record N episodes of each policy in the real env (noisy, "
                         "states from 600: none the world model trained on) and report the "
                         "world model's outcome agreement on them, open loop")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides of the world-model evaluations (e.g. "
+                        "env.world_model.binary_score=false); their folders and the table "
+                        "get a suffix, the real-env evaluations are shared")
     args = p.parse_args(argv)
+    suffix = "".join(f"_{re.sub(r'[^A-Za-z0-9.]+', '-', kv)}" for kv in args.set)
     exp = EXPERIMENTS[args.experiment]
     root = Path(args.root or ROOT / "runs" / args.experiment).resolve()
     wm, data = root / "world_model" / "world_model.pt", root / "record" / "dataset"
     if not wm.exists():
         raise SystemExit(f"{wm} does not exist: run scripts/reproduce.py {args.experiment} "
                          "--stop-after world_model first")
-    in_wm = [f"env.world_model.checkpoint={wm}", f"env.world_model.reset_data=[{data}]"]
+    in_wm = [f"env.world_model.checkpoint={wm}", f"env.world_model.reset_data=[{data}]",
+             *args.set]
     bench = root / "ranking"
     policies = {}
     for n in args.episodes:
@@ -130,14 +138,14 @@ def main(argv=None) -> int:
         # the real env does not change between world models: its evaluations are reused
         real = evaluate(exp.config, ckpt, bench / f"real_{k}", list(exp.real_env), args.trials,
                         reuse=True)
-        model = evaluate(exp.config, ckpt, bench / f"wm_{k}", in_wm, args.trials)
+        model = evaluate(exp.config, ckpt, bench / f"wm_{k}{suffix}", in_wm, args.trials)
         rows.append({"policy": name, "checkpoint": str(ckpt), "real": real, "world_model": model})
         print(f"{name}: real {real['success']:.1%}, world model {model['success']:.1%}",
               flush=True)
     if args.agreement:
         for k, r in enumerate(rows):
             r["open_loop"] = agreement(exp, Path(r["checkpoint"]), bench / f"episodes_{k}",
-                                       wm, args.agreement, 600 + k * args.agreement)
+                                       wm, args.agreement, 600 + k * args.agreement, args.set)
             print(f"{r['policy']}: open loop {r['open_loop']}", flush=True)
     rho = spearman([r["real"]["success"] for r in rows],
                    [r["world_model"]["success"] for r in rows])
@@ -163,9 +171,9 @@ def main(argv=None) -> int:
                  "included)")
     text = "\n".join(lines)
     print("\n" + text)
-    (root / "world_model_ranking.md").write_text(text + "\n")
-    (root / "world_model_ranking.json").write_text(json.dumps(
-        {"spearman": rho, "trials": args.trials, "rows": rows}, indent=1))
+    (root / f"world_model_ranking{suffix}.md").write_text(text + "\n")
+    (root / f"world_model_ranking{suffix}.json").write_text(json.dumps(
+        {"spearman": rho, "trials": args.trials, "set": args.set, "rows": rows}, indent=1))
     return 0
 
 
