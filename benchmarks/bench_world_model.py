@@ -159,13 +159,15 @@ def main(argv=None) -> int:
         lines += ["", "Open loop, the recorded actions of each policy's real episodes replayed "
                   "in the world model:", "",
                   "| policy | real success | world model | WM success on real failures | "
-                  "on real successes | agreement |", "|---|---:|---:|---:|---:|---:|"]
+                  "on real successes | agreement | success model alone on real failures |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             o = r["open_loop"]
             lines.append(f"| {r['policy']} | {o['real_success_rate']:.1%} | "
                          f"{o['wm_success_rate']:.1%} | {o['wm_success_on_real_failures']:.1%}"
                          f" | {o['wm_success_on_real_successes']:.1%} | "
-                         f"{o['outcome_agreement']:.1%} |")
+                         f"{o['outcome_agreement']:.1%} | "
+                         f"{o['scorer_success_on_real_failures']:.1%} |")
     lines.append(f"\nSpearman's rank correlation: {rho:.3f} over {len(rows)} policies, "
                  f"{args.trials} trials each (steps/s: whole evaluation runs, start-up "
                  "included)")

@@ -14,7 +14,7 @@ from demos import Demo
 from envs.base import StepResult
 from envs.world_model import WorldModelVectorEnv, make_world_model_env, read_action_bounds
 from protocol.ids import IdSource
-from worldmodel.evaluate import imagine, outcome_agreement
+from worldmodel.evaluate import imagine, open_loop_metrics, outcome_agreement
 from worldmodel.data import (Episode, LabelledFrames, ResetFrame, Windows, episode_from_demo,
                              reset_frames)
 from worldmodel.metrics import changed_pixels, psnr, roc_auc, spearman, squared_error
@@ -137,6 +137,9 @@ def test_outcome_agreement_counts_world_model_successes_per_real_outcome(
     assert got["wm_success_on_real_failures"] == on_failures
     assert got["wm_success_on_real_successes"] == on_successes
     assert got["outcome_agreement"] == agree and got["real_success_rate"] == 0.5
+    # the success model alone on the real frames: a constant score says the same there
+    scorer = open_loop_metrics(model, real, 0.9, True, "cpu")["scorer_success_on_real_failures"]
+    assert scorer == on_failures
 
 
 def test_a_fresh_predictor_copies_the_last_frame():

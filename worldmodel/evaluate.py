@@ -126,10 +126,14 @@ def outcome_agreement(model: WorldModel, real: list[Episode], imagined: list[Epi
 def open_loop_metrics(model: WorldModel, episodes: list[Episode], threshold: float,
                       binary: bool, device) -> dict:
     """``episodes`` replayed open loop (:func:`imagine`): the success model's ROC AUC on
-    the generated frames (``auc_generated``) and :func:`outcome_agreement`."""
+    the generated frames (``auc_generated``) and :func:`outcome_agreement`; and the
+    success model's own share of the optimism, the same rule on the real frames
+    (``scorer_success_on_real_failures``: no generator involved)."""
     imagined = imagine(model, episodes, device)
+    on_real = outcome_agreement(model, episodes, episodes, threshold, binary, device)
     return {"auc_generated": success_auc(model, imagined, device),
-            **outcome_agreement(model, episodes, imagined, threshold, binary, device)}
+            **outcome_agreement(model, episodes, imagined, threshold, binary, device),
+            "scorer_success_on_real_failures": on_real["wm_success_on_real_failures"]}
 
 
 def write_side_by_side(model: WorldModel, episodes: list[Episode], folder: Path,

@@ -178,9 +178,12 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
     metrics["val_auc_generated"] = open_loop.pop("auc_generated")
     metrics.update(open_loop)
     log.info("held-out: success-model ROC AUC %.4f on real frames, %.4f on generated ones; "
-             "world-model success on episodes that really failed %.3f, that really "
-             "succeeded %.3f", metrics["val_auc"], metrics["val_auc_generated"],
-             metrics["wm_success_on_real_failures"], metrics["wm_success_on_real_successes"])
+             "world-model success on episodes that really failed %.3f (the success model "
+             "alone, on their real frames: %.3f), that really succeeded %.3f",
+             metrics["val_auc"], metrics["val_auc_generated"],
+             metrics["wm_success_on_real_failures"],
+             metrics["scorer_success_on_real_failures"],
+             metrics["wm_success_on_real_successes"])
     if w.position_dims and w.probe_steps:
         probe = train_probe(train, w.position_dims, w.probe_steps, rng)
         metrics.update(position_errors(model, probe, val_windows, "cpu"))
