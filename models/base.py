@@ -11,6 +11,7 @@ import abc
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,6 +20,17 @@ from envs.base import EnvObs
 # The linear layers of a Llama/Qwen decoder that LoRA adapts by default.
 LLM_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                     "down_proj"]
+
+
+def camera_views(obs: EnvObs, use_wrist: bool) -> list[np.ndarray]:
+    """The image batches a policy reads: main, and wrist when ``use_wrist``."""
+    if not use_wrist:
+        return [obs.main_images]
+    if obs.wrist_images is None:
+        raise ValueError("the policy reads the wrist camera (model.use_wrist_image, or "
+                         "model.cnn.wrist_camera) but the env sends none; set "
+                         "env.wrist_camera=true")
+    return [obs.main_images, obs.wrist_images]
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from torch import nn
 from typing_extensions import override
 
 from envs.base import EnvObs
-from models.base import Evaluation, Policy, PolicyOutput, masked_chunk_mean
+from models.base import Evaluation, Policy, PolicyOutput, camera_views, masked_chunk_mean
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -98,15 +98,13 @@ class CNNGaussianPolicy(Policy):
         if self.read_state and obs.states.shape[1] != self.state_dim:
             raise ValueError(f"observation state has {obs.states.shape[1]} dims but the "
                              f"model expects model.state_dim={self.state_dim}")
-        if self.use_wrist and obs.wrist_images is None:
-            raise ValueError("the policy reads the wrist camera (model.cnn.wrist_camera) but "
-                             "the observation has none; set env.wrist_camera=true")
+        views = camera_views(obs, self.use_wrist)
         ids, offsets = hash_words(obs.task_descriptions, self.vocab_size)
-        inputs = {"images": torch.from_numpy(np.asarray(obs.main_images)).to(device),
-                  "states": torch.from_numpy(np.asarray(obs.states, np.float32)).to(device),
-                  "word_ids": ids.to(device), "word_offsets": offsets.to(device)}
-        if self.use_wrist:
-            inputs["wrist_images"] = torch.from_numpy(np.asarray(obs.wrist_images)).to(device)
+        inputs = {name: torch.from_numpy(np.asarray(images)).to(device)
+                  for name, images in zip(("images", "wrist_images"), views)}
+        inputs.update(word_ids=ids.to(device), word_offsets=offsets.to(device))
+        if self.read_state:  # (a world model's zero state is not even copied)
+            inputs["states"] = torch.from_numpy(np.asarray(obs.states, np.float32)).to(device)
         return inputs
 
     def _resize(self, images: torch.Tensor) -> torch.Tensor:

@@ -29,10 +29,9 @@ from typing_extensions import override
 from envs.base import EnvObs
 from models.action_norm import ActionNorm
 from models.action_tokens import NUM_BINS, actions_to_tokens, bin_index, tokens_to_actions
-from models.base import (Evaluation, Policy, PolicyOutput, masked_chunk_mean,
+from models.base import (Evaluation, Policy, PolicyOutput, camera_views, masked_chunk_mean,
                          rlinf_value_head, unwrap)
-from models.qwen_oft import (IMAGE_PAD, VISION_END, VISION_START, backbone_states,
-                             camera_views, encode_batch)
+from models.qwen_oft import IMAGE_PAD, VISION_END, VISION_START, backbone_states, encode_batch
 
 PLACEHOLDER = "<|endoftext|>"
 

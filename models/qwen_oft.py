@@ -31,7 +31,8 @@ from typing_extensions import override
 
 from envs.base import EnvObs
 from models.action_norm import ActionNorm
-from models.base import Evaluation, Policy, PolicyOutput, masked_chunk_mean, unwrap
+from models.base import (Evaluation, Policy, PolicyOutput, camera_views, masked_chunk_mean,
+                         unwrap)
 
 ACTION_TOKEN = "🔍"
 IMAGE_PAD, VISION_START, VISION_END = "<|image_pad|>", "<|vision_start|>", "<|vision_end|>"
@@ -96,16 +97,6 @@ def build_prompt(instruction: str, num_images: int, chunk: int,
         f"<action>{ACTION_TOKEN * chunk}<action>."))
     return (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{images}{text}"
             f"<|im_end|>\n<|im_start|>assistant\n")
-
-
-def camera_views(obs: EnvObs, use_wrist: bool) -> list[np.ndarray]:
-    """The image batches a prompt shows: main, and wrist when ``use_wrist``."""
-    if not use_wrist:
-        return [obs.main_images]
-    if obs.wrist_images is None:
-        raise ValueError("the policy reads the wrist camera (model.use_wrist_image) but "
-                         "the env sends none")
-    return [obs.main_images, obs.wrist_images]
 
 
 def patchify_on_device(views: list[np.ndarray], image_processor,
