@@ -7,14 +7,17 @@ keeps reading the socket but parks arriving episodes unacknowledged (at most
 ``max_parked``; beyond that they are dropped unacknowledged and the actor sends them
 again), and takes them once the learner has room: actors' outboxes fill and they wait
 (backpressure). It never stops reading the socket, which has no receive high-water mark
-(links/wiring.py): when it used to stop while the learner was behind, libzmq 4.3.5
-aborted the learner (``Assertion failed: !_io_error``, stream_engine_base.cpp:310) as a
-slot was taken over and its old actor exited (tests/test_slot_takeover.py). The likely
-mechanism is the one zeromq/libzmq PR #4852 describes: a connection whose input stopped
-at the receive high-water mark gets the peer's disconnect and an output event in one
-poll, and libzmq asserts. Reading without pause alone still let it happen under heavy
-load (2 of 16 runs on a loaded 16-core machine), hence no mark at all. Giving every actor
-process an identity of its own (no ROUTER handover) did not prevent it.
+(links/wiring.py). When a slot was taken over and its old actor exited
+(tests/test_slot_takeover.py), libzmq 4.3.5 aborted the learner (``Assertion failed:
+!_io_error``, stream_engine_base.cpp:310): 2 of 2 runs while this thread paused reading,
+2 of 16 loaded runs once it read without pause, 1 in 28 more once the mark was gone too
+(CI, 2026-12-05). Read in libzmq's code, that assertion needs a connection whose input
+stopped because its pipe to the socket was full (a high-water mark) or gone (a ROUTER
+handover gave its identity to a newer connection); the peer's reset then leaves the
+engine half-closed but alive, and the ROUTER's own heartbeat timer writes on it
+unchecked. So no ROUTER hands identities over or sends heartbeats of its own (their
+DEALERs do, with a time to live), and no peer sets an identity: the learner answers the
+identity each message came from and learns a connection's actor from its ``ActorHello``.
 With a rendezvous :class:`~links.rendezvous.Registry`, only episodes of live actor
 incarnations are taken: a dead incarnation's unfinished groups are discarded (never
 trained) and its later episodes refused with ``ErrorReply("retired")``; an episode of an

@@ -10,7 +10,7 @@ Links (B = bind, C = connect):
     actor k  DEALER --C--> ROUTER  inference server i   (one DEALER per server: the actor
              (ObsRequest ->, <- ActionReply/ErrorReply)   chooses the server of a request)
     actor k  DEALER --C--> ROUTER  learner              (Trajectory/ActorHello/ActorDone
-             (identity "actor-k")  (<- TrajectoryAck / StopActors / EvalRound / ErrorReply)
+                                   (<- TrajectoryAck / StopActors / EvalRound / ErrorReply)
     learner  rank 0 ---- torch.distributed ---- server i rank 1, one 2-rank group per
              server and generation (a restarted server joins a new one), rendezvous in a
              store at the learner under the prefix "weights/{i}/{generation}/"
@@ -49,6 +49,8 @@ from protocol.messages import (
 )
 
 ANY_HOST = ("0.0.0.0", "*")
+HEARTBEAT_IVL_MS = 2000  # a DEALER's ZMTP ping interval
+HEARTBEAT_TIMEOUT_MS = 10000  # silence after which either end drops the connection
 
 
 def ipc_folder(cfg: Config) -> Path:
@@ -90,8 +92,17 @@ def inference_address(cfg: Config, index: int, bind: bool) -> str:
         _tcp(cfg, hosts[index] if len(hosts) > 1 else hosts[0], 3 + index, bind)
 
 
-def _socket(ctx: zmq.Context, kind: int, cfg: Config, server: bool,
-            identity: str = "") -> zmq.Socket:
+def _socket(ctx: zmq.Context, kind: int, cfg: Config, server: bool) -> zmq.Socket:
+    """A socket with chunkrl's options (protocol/README.md, section 1, lists them).
+
+    No socket sets an identity and no ROUTER hands one over: every connection gets an
+    identity of its own from its ROUTER, and replies go to the identity a message came
+    from. A ROUTER sends no ZMTP heartbeats of its own (its DEALERs do, and tell it their
+    time to live). Each removes a condition of the libzmq 4.3.5 abort of a ROUTER
+    (``Assertion failed: !_io_error``, stream_engine_base.cpp:310) that learner/receiver.py
+    describes: a handover ends the pipe of a connection that is still up, so its engine
+    stops reading; reset by its peer, the engine is left half-closed, and the ROUTER's
+    next heartbeat on it asserts."""
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.SNDHWM, cfg.network.high_water_mark)
     sock.setsockopt(zmq.RCVHWM, cfg.network.high_water_mark)
@@ -99,13 +110,12 @@ def _socket(ctx: zmq.Context, kind: int, cfg: Config, server: bool,
     # rogue peer cannot make us allocate it; the codec checks the total of all frames.
     sock.setsockopt(zmq.MAXMSGSIZE, cfg.network.max_message_mb << 20)
     sock.setsockopt(zmq.LINGER, 1000)
-    # ZMTP heartbeats: a peer whose host vanished (no TCP reset) is dropped, not waited on.
-    sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
-    if kind == zmq.ROUTER:  # a restarted peer with the same identity takes its place
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-    if identity:
-        sock.setsockopt(zmq.IDENTITY, identity.encode())
+    if kind != zmq.ROUTER:
+        # ZMTP heartbeats: a DEALER drops a ROUTER whose host vanished (no TCP reset)
+        # after HEARTBEAT_TIMEOUT; the TTL its pings carry makes the ROUTER drop it alike.
+        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
     if cfg.network.curve_dir and cfg.network.transport != "inproc":
         security.apply_curve(sock, cfg.network.curve_dir, server)
     return sock
@@ -131,11 +141,11 @@ def bind_rendezvous(ctx: zmq.Context, cfg: Config) -> zmq.Socket:
                  rendezvous_address(cfg, True))
 
 
-def connect_to_rendezvous(ctx: zmq.Context, cfg: Config, role: str, index: int) -> zmq.Socket:
-    """Server or actor: a DEALER to the learner's rendezvous."""
-    sock = _socket(ctx, zmq.DEALER, cfg, server=False,
-                   identity=f"{role}-{index}-{cfg.incarnation}")
-    sock.connect(rendezvous_address(cfg, bind=False))
+def connect_dealer(ctx: zmq.Context, cfg: Config, address: str) -> zmq.Socket:
+    """Server or actor: a DEALER connected to the ROUTER at ``address`` (the rendezvous,
+    an inference server or the learner's trajectory socket)."""
+    sock = _socket(ctx, zmq.DEALER, cfg, server=False)
+    sock.connect(address)
     return sock
 
 
@@ -143,14 +153,6 @@ def bind_inference_server(ctx: zmq.Context, cfg: Config, index: int) -> zmq.Sock
     """Inference server ``index``: ROUTER bound at its address."""
     return _bind(ctx, cfg, _socket(ctx, zmq.ROUTER, cfg, server=True),
                  inference_address(cfg, index, bind=True))
-
-
-def connect_actor_to_inference(ctx: zmq.Context, cfg: Config, actor: int,
-                               address: str) -> zmq.Socket:
-    """Actor ``actor``: a DEALER to the inference server at ``address`` (one per server)."""
-    sock = _socket(ctx, zmq.DEALER, cfg, server=False, identity=f"actor-{actor}")
-    sock.connect(address)
-    return sock
 
 
 def bind_learner(ctx: zmq.Context, cfg: Config) -> zmq.Socket:
@@ -161,15 +163,6 @@ def bind_learner(ctx: zmq.Context, cfg: Config) -> zmq.Socket:
     sock = _socket(ctx, zmq.ROUTER, cfg, server=True)
     sock.setsockopt(zmq.RCVHWM, 0)
     return _bind(ctx, cfg, sock, learner_address(cfg, bind=True))
-
-
-def connect_actor_to_learner(ctx: zmq.Context, cfg: Config, actor: int,
-                             address: str) -> zmq.Socket:
-    """Actor ``actor``: DEALER to the learner's trajectory ``address``, identity
-    ``actor-{k}`` so it can be addressed."""
-    sock = _socket(ctx, zmq.DEALER, cfg, server=False, identity=f"actor-{actor}")
-    sock.connect(address)
-    return sock
 
 
 # --- ready endpoints: each link's socket with the messages it may receive ------------
@@ -200,8 +193,8 @@ def rendezvous_endpoint(ctx: zmq.Context, cfg: Config) -> Endpoint:
 
 def registration_endpoint(ctx: zmq.Context, cfg: Config, role: str, index: int) -> Endpoint:
     """Server or actor: its link to the rendezvous, receiving Roster and ErrorReply."""
-    return _endpoint(cfg, connect_to_rendezvous(ctx, cfg, role, index), f"{role}-{index}",
-                     "registration DEALER (server, actor)")
+    return _endpoint(cfg, connect_dealer(ctx, cfg, rendezvous_address(cfg, bind=False)),
+                     f"{role}-{index}", "registration DEALER (server, actor)")
 
 
 def inference_endpoint(ctx: zmq.Context, cfg: Config, index: int) -> Endpoint:
@@ -213,7 +206,7 @@ def inference_endpoint(ctx: zmq.Context, cfg: Config, index: int) -> Endpoint:
 def actor_inference_endpoint(ctx: zmq.Context, cfg: Config, actor: int,
                              address: str) -> Endpoint:
     """Actor ``actor``: its link to the server at ``address`` (ActionReply, ErrorReply)."""
-    return _endpoint(cfg, connect_actor_to_inference(ctx, cfg, actor, address),
+    return _endpoint(cfg, connect_dealer(ctx, cfg, address),
                      f"actor-{actor}", "actor's inference DEALER")
 
 
@@ -227,7 +220,7 @@ def actor_learner_endpoint(ctx: zmq.Context, cfg: Config, actor: int,
                            address: str) -> Endpoint:
     """Actor ``actor``: its link to the learner's trajectory ``address``, receiving
     TrajectoryAck, StopActors, EvalRound and ErrorReply."""
-    return _endpoint(cfg, connect_actor_to_learner(ctx, cfg, actor, address),
+    return _endpoint(cfg, connect_dealer(ctx, cfg, address),
                      f"actor-{actor}", "actor's learner DEALER")
 
 

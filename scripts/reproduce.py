@@ -20,7 +20,12 @@ learned simulator: after the SFT evaluation it records the SFT policy in the rea
 (``record_policy``, with action noise: failures as well as successes), trains the world
 model on both recordings (``world_model``), runs GRPO in it (``rl``, reset from the expert
 recording's first frames) and evaluates the result in the real env. Its config's env is the world
-model; the stages in the real env add the experiment's ``real_env`` overrides.
+model; the stages in the real env add the experiment's ``real_env`` overrides. With
+``--wm-rounds N`` it goes on for N-1 more rounds, each: record the latest RL policy in the
+real env (``record_rl<r>``, 100 episodes per task from states no other stage used), train
+the world model again on every recording so far (``world_model<r>``), continue RL in it
+from the latest policy (``rl<r>``) and evaluate that in the real env (``eval_rl<r>``). The
+policy still learns only in the world model; the real env only records data for it.
 """
 
 from __future__ import annotations
@@ -66,6 +71,9 @@ EXPERIMENTS = {
 STAGES = ("record", "sft", "eval_sft", "record_policy", "world_model", "rl")
 POLICY_RECORDING = ("record.source=policy", "record.first_state=400",
                     "record.action_noise=0.3")  # states the expert's recording never used
+RL_RECORDING = ("record.source=policy", "record.episodes_per_task=100",
+                "record.action_noise=0.3")  # round r: states 600 + 100 (r - 2) onwards
+MAX_WM_ROUNDS = 5  # rounds 2..5 fill states 600..999 (INIT_STRIDE 1000 per task)
 TIMES = "stage_times.json"  # in the experiment folder: kept across runs of a chain
 PPO = ("learner.algorithm=ppo", "model.value_head=true", "learner.ppo.critic_warmup_updates=5",
        "learner.update_epochs=2", "learner.global_batch_size=64")
@@ -118,20 +126,49 @@ def results(folder: Path) -> dict:
 
 def world_model_stages(root: Path, exp: Experiment, ckpt: str, record: Path,
                        real: list[str], extra: list[str], times: dict,
-                       stop_after: str | None) -> list[str]:
+                       stop_after: str | None) -> tuple[list[str], list[Path]]:
     """Record the SFT policy in the real env, train the world model on both recordings;
-    returns the RL stage's overrides that put it in that world model."""
+    returns the RL stage's overrides that put it in that world model, and the recordings."""
     policy = stage("record_policy", root, exp.config, ["--record", ckpt, *POLICY_RECORDING,
                                                        *real], "record_results.json", times)
     if stop_after == "record_policy":
-        return []
-    datasets = f"world_model.datasets=[{record / 'dataset'},{policy / 'dataset'}]"
+        return [], []
+    recordings = [record, policy]
+    return train_world_model("world_model", root, exp, recordings, extra, times), recordings
+
+
+def train_world_model(name: str, root: Path, exp: Experiment, recordings: list[Path],
+                      extra: list[str], times: dict) -> list[str]:
+    """Stage ``name``: the world model trained on ``recordings`` (the first is the
+    expert's, whose first frames reset it); returns the overrides that put RL in it."""
+    datasets = f"world_model.datasets=[{','.join(str(r / 'dataset') for r in recordings)}]"
     # one process on the machine: every core for its torch ops
     threads = f"run.torch_threads={os.cpu_count() or 1}"
-    wm = stage("world_model", root, exp.config, ["--train-world-model", datasets, threads,
-                                                 *extra], "world_model_summary.json", times)
+    wm = stage(name, root, exp.config, ["--train-world-model", datasets, threads, *extra],
+               "world_model_summary.json", times)
     return [f"env.world_model.checkpoint={wm / 'world_model.pt'}",
-            f"env.world_model.reset_data=[{record / 'dataset'}]"]
+            f"env.world_model.reset_data=[{recordings[0] / 'dataset'}]"]
+
+
+def world_model_round(r: int, root: Path, exp: Experiment, trained: Path,
+                      recordings: list[Path], real: list[str], rl: list[str],
+                      extra: list[str], times: dict) -> tuple[Path, Path]:
+    """Round ``r`` >= 2: record ``trained``'s policy in the real env, retrain the world
+    model on every recording, continue RL in it from ``trained``, evaluate in the real
+    env; returns the round's RL and evaluation folders (``recordings`` grows by one)."""
+    ckpt = f"model.checkpoint={trained / 'checkpoint.pt'}"
+    recordings.append(stage(f"record_rl{r}", root, exp.config,
+                            ["--record", ckpt, *RL_RECORDING,
+                             f"record.first_state={600 + 100 * (r - 2)}", *real],
+                            "record_results.json", times))
+    into = train_world_model(f"world_model{r}", root, exp, recordings, extra, times)
+    trained = stage(f"rl{r}", root, exp.config, [ckpt, *rl, *into], "learner_summary.json",
+                    times)
+    after = stage(f"eval_rl{r}", root, exp.config,
+                  ["--eval", "actor.deterministic=true",
+                   f"model.checkpoint={trained / 'checkpoint.pt'}", *real],
+                  "eval/eval_results.json", times)
+    return trained, after
 
 
 def main(argv=None) -> int:
@@ -146,8 +183,14 @@ def main(argv=None) -> int:
     p.add_argument("--stop-after", choices=STAGES, default=None,
                    help="stop after this stage (the rest runs next time the command does)")
     p.add_argument("--root", default=None, help="folder of the stages (runs/<experiment>)")
+    p.add_argument("--wm-rounds", type=int, default=1,
+                   help=f"world-model experiments: rounds of recording the latest policy, "
+                        f"retraining the world model and RL in it (1..{MAX_WM_ROUNDS})")
     args = p.parse_intermixed_args(argv)  # overrides may follow the flags
     exp = EXPERIMENTS[args.experiment]
+    if not 1 <= args.wm_rounds <= MAX_WM_ROUNDS or (args.wm_rounds > 1 and not exp.world_model):
+        p.error(f"--wm-rounds must be 1..{MAX_WM_ROUNDS}, and above 1 only for a world-model "
+                f"experiment (synthetic_wm, lift_wm)")
     root = Path(args.root or ROOT / "runs" / args.experiment).resolve()
     extra = list(args.overrides)
     real = list(exp.real_env) + extra  # the stages in the real env
@@ -170,17 +213,27 @@ def main(argv=None) -> int:
     if args.stop_after == "eval_sft":
         print(f"\nSFT evaluation: {results(before)['mean_success_rate']:.1%}", flush=True)
         return 0
+    into, recordings = [], []
     if exp.world_model:
-        rl += world_model_stages(root, exp, ckpt, record, real, extra, times, args.stop_after)
+        into, recordings = world_model_stages(root, exp, ckpt, record, real, extra, times,
+                                              args.stop_after)
         if args.stop_after in ("record_policy", "world_model"):
             return 0
-    trained = stage("rl", root, exp.config, [ckpt, *rl], "learner_summary.json", times)
+    trained = stage("rl", root, exp.config, [ckpt, *rl, *into], "learner_summary.json", times)
     if args.stop_after == "rl":
         return 0
     after = stage("eval_rl", root, exp.config,
                   [*evaluate, f"model.checkpoint={trained / 'checkpoint.pt'}", *real],
                   "eval/eval_results.json", times)
+    rounds = [f"round 1: {results(after)['mean_success_rate']:.1%}"]
+    for r in range(2, args.wm_rounds + 1):
+        trained, after = world_model_round(r, root, exp, trained, recordings, real, rl,
+                                           extra, times)
+        rounds.append(f"round {r}: {results(after)['mean_success_rate']:.1%}")
     text = table("Deterministic actions (the mean)", results(before), results(after))
+    if args.wm_rounds > 1:
+        text += ("Real-env success after each round of RL in the world model (SFT "
+                 f"{results(before)['mean_success_rate']:.1%}): {', '.join(rounds)}\n\n")
     if args.sampled:
         sampled = ["--eval", "actor.deterministic=false"]
         s_before = stage("eval_sft_sampled", root, exp.config, [*sampled, ckpt, *real],
@@ -191,7 +244,7 @@ def main(argv=None) -> int:
         text += table("Sampled actions", results(s_before), results(s_after))
     runs = {"SFT -> RL": trained}
     if args.scratch:
-        runs["RL from scratch"] = stage("scratch", root, exp.config, rl,
+        runs["RL from scratch"] = stage("scratch", root, exp.config, [*rl, *into],
                                         "learner_summary.json", times)
     header = f"# {args.experiment}: SFT then {'PPO' if args.ppo else 'GRPO'}\n\n"
     (root / "results.md").write_text(header + text + stage_times(times))

@@ -63,8 +63,7 @@ def receiver(small_cfg):
     ready = queue.Queue(maxsize=1)
     rx = TrajectoryReceiver(endpoint, ready, expected_actors=1)
     rx.start()
-    actor = wiring.connect_actor_to_learner(ctx, small_cfg, 0,
-                                             wiring.learner_address(small_cfg, bind=False))
+    actor = wiring.connect_dealer(ctx, small_cfg, wiring.learner_address(small_cfg, bind=False))
     yield small_cfg, rx, ready, actor
     rx.halt.set()
     rx.join(timeout=5)

@@ -40,9 +40,10 @@ class ServerThread:
                                        kwargs=dict(weights_bus=self.bus, stop=self.stop))
         self.thread.start()
 
-    def client(self, k: int) -> zmq.Socket:
-        return wiring.connect_actor_to_inference(self.ctx, self.cfg, k,
-                                                 wiring.inference_address(self.cfg, 0, False))
+    def client(self) -> zmq.Socket:
+        """An actor's DEALER to the server (each its own connection and identity)."""
+        return wiring.connect_dealer(self.ctx, self.cfg,
+                                     wiring.inference_address(self.cfg, 0, False))
 
     def close(self) -> dict:
         self.bus.close()  # the learner has finished: the server stops serving
@@ -73,7 +74,7 @@ def test_requests_of_several_actors_share_one_forward_and_replies_are_routed(tmp
         tmp_path, **{"inference.max_wait_ms": 2000, "inference.max_batch": 12}))
     server = ServerThread(cfg)
     try:
-        clients = [server.client(k) for k in range(3)]
+        clients = [server.client() for _ in range(3)]
         requests = [_request(k, 4, 100 + k) for k in range(3)]
         for sock, req in zip(clients, requests):
             sock.send_multipart(encode(req, "test", cfg.run.run_id, 1), copy=False)
@@ -95,7 +96,7 @@ def test_bad_messages_get_error_replies_and_the_server_keeps_serving(tmp_path):
                       small_overrides(tmp_path, **{"network.max_message_mb": 1}))
     server = ServerThread(cfg)
     try:
-        sock = server.client(0)
+        sock = server.client()
         good = encode(_request(0, 2, 5), "t", cfg.run.run_id, 1)
         header = msgpack.unpackb(good[0], raw=False)
         bad_inputs = {
@@ -118,7 +119,7 @@ def test_bad_messages_get_error_replies_and_the_server_keeps_serving(tmp_path):
             reply = _recv(sock)
             assert isinstance(reply, ErrorReply) and reply.code == code, (code, reply)
         # Larger than the size limit: libzmq drops it (MAXMSGSIZE), the server lives on.
-        big = server.client(1)
+        big = server.client()
         huge = obs_request(b=1, size=16)
         big.send_multipart([*encode(huge, "t", cfg.run.run_id, 1)[:-1],
                             b"\0" * ((cfg.network.max_message_mb << 20) + 1)])
@@ -140,7 +141,7 @@ def small_cfg_tcp(tmp_path):
 def test_serves_over_tcp(small_cfg_tcp):
     server = ServerThread(small_cfg_tcp)
     try:
-        sock = server.client(0)
+        sock = server.client()
         sock.send_multipart(encode(_request(1, 3, 9), "t", small_cfg_tcp.run.run_id, 1))
         reply = _recv(sock)
     finally:

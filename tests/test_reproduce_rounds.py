@@ -1,0 +1,73 @@
+"""scripts/reproduce.py's world-model rounds, with its stages replaced by a stand-in that
+records each stage's arguments (the stages themselves run for real in test_chain.py):
+every round records the latest policy from fresh states, retrains the world model on
+every recording so far and continues RL from the latest checkpoint."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def reproduce(monkeypatch, tmp_path):
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts/reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "reproduce", module)  # its dataclass looks itself up
+    spec.loader.exec_module(module)
+    calls = {}
+
+    def stage(name, root, config, args, done_file, times):
+        folder = root / name
+        calls[name] = args
+        rate = 0.1 * len(calls)  # each evaluation a different figure
+        (folder / "eval").mkdir(parents=True, exist_ok=True)
+        (folder / "eval" / "eval_results.json").write_text(json.dumps({
+            "mean_success_rate": rate, "episodes": 10,
+            "tasks": [{"task_id": 0, "instruction": "go", "success_rate": rate}]}))
+        return folder
+
+    monkeypatch.setattr(module, "stage", stage)
+    monkeypatch.setattr(module, "plot_runs", lambda runs, path: path)
+    return module, calls
+
+
+def _value(args, key):
+    return next(a.split("=", 1)[1] for a in args if a.startswith(key + "="))
+
+
+def test_world_model_rounds_chain_recordings_models_and_checkpoints(reproduce, tmp_path):
+    module, calls = reproduce
+    assert module.main(["synthetic_wm", "--root", str(tmp_path), "--wm-rounds", "3"]) == 0
+    assert list(calls) == ["record", "sft", "eval_sft", "record_policy", "world_model", "rl",
+                           "eval_rl", "record_rl2", "world_model2", "rl2", "eval_rl2",
+                           "record_rl3", "world_model3", "rl3", "eval_rl3"]
+    # each round records the policy the previous round trained, from states no one used
+    assert _value(calls["record_rl2"], "model.checkpoint") == str(tmp_path / "rl/checkpoint.pt")
+    assert _value(calls["record_rl3"], "model.checkpoint") == str(tmp_path / "rl2/checkpoint.pt")
+    assert [_value(calls[f"record_rl{r}"], "record.first_state") for r in (2, 3)] == ["600", "700"]
+    # the world model learns from every recording so far; resets stay the expert's
+    datasets = _value(calls["world_model3"], "world_model.datasets")
+    assert datasets == "[" + ",".join(str(tmp_path / d / "dataset") for d in (
+        "record", "record_policy", "record_rl2", "record_rl3")) + "]"
+    assert _value(calls["rl3"], "env.world_model.checkpoint") == \
+        str(tmp_path / "world_model3/world_model.pt")
+    assert _value(calls["rl3"], "env.world_model.reset_data") == \
+        f"[{tmp_path / 'record/dataset'}]"
+    assert _value(calls["rl3"], "model.checkpoint") == str(tmp_path / "rl2/checkpoint.pt")
+    # the table compares the SFT evaluation with the last round's, and lists each round
+    text = (tmp_path / "results.md").read_text()
+    assert "| **30.0%** | **150.0%** |" in text  # stand-in figures: eval_sft 3rd, eval_rl3 15th
+    assert "round 1: 70.0%, round 2: 110.0%, round 3: 150.0%" in text
+
+
+def test_world_model_rounds_are_refused_for_a_real_env_experiment(reproduce, tmp_path, capsys):
+    module, _ = reproduce
+    with pytest.raises(SystemExit):
+        module.main(["synthetic", "--root", str(tmp_path), "--wm-rounds", "2"])
+    assert "above 1 only for a world-model experiment" in capsys.readouterr().err
