@@ -131,11 +131,11 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
             if k % w.checkpoint_every == 0:
                 _save(log_dir, cfg, model, state, steps, rng)
             if time.monotonic() - shown >= cfg.run.progress_every_s or k == w.steps:
-                log.info("predictor step %d/%d | loss %.4f | held-out PSNR on changed pixels "
-                         "%.2f dB (copy-last %.2f) | %.1f steps/s", k, w.steps, loss,
-                         metrics.get("val_psnr_changed", float("nan")),
-                         metrics.get("copy_last_psnr_changed", float("nan")),
-                         k / (time.monotonic() - began))
+                held_out = (f"held-out PSNR on changed pixels {metrics['val_psnr_changed']:.2f} "
+                            f"dB (copy-last {metrics['copy_last_psnr_changed']:.2f})"
+                            if metrics else f"held-out PSNR at step {w.val_every}")
+                log.info("predictor step %d/%d | loss %.4f | %s | %.1f steps/s", k, w.steps,
+                         loss, held_out, k / (time.monotonic() - began))
                 shown = time.monotonic()
         began = time.monotonic()
         generated = None
