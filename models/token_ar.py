@@ -54,9 +54,8 @@ from typing_extensions import override
 from envs.base import EnvObs
 from models.action_norm import ActionNorm
 from models.action_tokens import NUM_BINS, actions_to_tokens, tokens_to_actions
-from models.base import (Evaluation, Policy, PolicyOutput, masked_chunk_mean,
+from models.base import (Evaluation, Policy, PolicyOutput, camera_views, masked_chunk_mean,
                          rlinf_value_head, unwrap)
-from models.base import camera_views
 from models.qwen_oft import IMAGE_PAD, VISION_END, VISION_START, image_patches
 
 PROMPT_HEAD = "In: What action should the robot take to {}?\nState: "

@@ -74,6 +74,7 @@ POLICY_RECORDING = ("record.source=policy", "record.first_state=400",
 RL_RECORDING = ("record.source=policy", "record.episodes_per_task=100",
                 "record.action_noise=0.3")  # round r: states 600 + 100 (r - 2) onwards
 MAX_WM_ROUNDS = 5  # rounds 2..5 fill states 600..999 (INIT_STRIDE 1000 per task)
+EVALUATE = ("--eval", "actor.deterministic=true")  # the before/after table's evaluations
 TIMES = "stage_times.json"  # in the experiment folder: kept across runs of a chain
 PPO = ("learner.algorithm=ppo", "model.value_head=true", "learner.ppo.critic_warmup_updates=5",
        "learner.update_epochs=2", "learner.global_batch_size=64")
@@ -165,8 +166,7 @@ def world_model_round(r: int, root: Path, exp: Experiment, trained: Path,
     trained = stage(f"rl{r}", root, exp.config, [ckpt, *rl, *into], "learner_summary.json",
                     times)
     after = stage(f"eval_rl{r}", root, exp.config,
-                  ["--eval", "actor.deterministic=true",
-                   f"model.checkpoint={trained / 'checkpoint.pt'}", *real],
+                  [*EVALUATE, f"model.checkpoint={trained / 'checkpoint.pt'}", *real],
                   "eval/eval_results.json", times)
     return trained, after
 
@@ -207,8 +207,7 @@ def main(argv=None) -> int:
     if args.stop_after == "sft":
         return 0
     ckpt = f"model.checkpoint={sft / 'checkpoint.pt'}"
-    evaluate = ["--eval", "actor.deterministic=true"]
-    before = stage("eval_sft", root, exp.config, [*evaluate, ckpt, *real],
+    before = stage("eval_sft", root, exp.config, [*EVALUATE, ckpt, *real],
                    "eval/eval_results.json", times)
     if args.stop_after == "eval_sft":
         print(f"\nSFT evaluation: {results(before)['mean_success_rate']:.1%}", flush=True)
@@ -223,7 +222,7 @@ def main(argv=None) -> int:
     if args.stop_after == "rl":
         return 0
     after = stage("eval_rl", root, exp.config,
-                  [*evaluate, f"model.checkpoint={trained / 'checkpoint.pt'}", *real],
+                  [*EVALUATE, f"model.checkpoint={trained / 'checkpoint.pt'}", *real],
                   "eval/eval_results.json", times)
     rounds = [f"round 1: {results(after)['mean_success_rate']:.1%}"]
     for r in range(2, args.wm_rounds + 1):
