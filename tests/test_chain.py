@@ -11,6 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from demos import read_demos
+from scripts.reproduce import PPO
 from tests.conftest import launch
 
 pytestmark = pytest.mark.slow
@@ -230,6 +231,15 @@ def test_world_model_chain_train_rl_inside_it_evaluate_in_the_real_env(tmp_path)
     summary = json.loads((rl / "learner_summary.json").read_text())
     assert summary["updates"] == 2 and summary["trained_twice"] == 0
     assert f"world-model env: {wm / 'world_model.pt'}" in (rl / "actor-0.log").read_text()
+    ppo = tmp_path / "ppo"  # PPO in the same world model: GAE over its per-step rewards
+    _ok(launch(tmp_path, wm_config, *PPO, "learner.ppo.critic_warmup_updates=1", **SMALL, **{
+        "run.log_dir": ppo, "env.world_model.checkpoint": wm / "world_model.pt",
+        "env.world_model.reset_data": f"[{rec / 'dataset'}]", "run.total_updates": 3,
+        "env.max_episode_steps": 16}))
+    summary = json.loads((ppo / "learner_summary.json").read_text())
+    assert summary["updates"] == 3 and summary["trained_twice"] == 0
+    values = _scalars(ppo, "train/critic/value_loss")
+    assert [s for s, _ in values] == [1, 2, 3] and np.isfinite([v for _, v in values]).all()
     bad = launch(tmp_path, wm_config, **SMALL, **{  # a size the world model does not make
         "run.log_dir": tmp_path / "bad", "env.world_model.checkpoint": wm / "world_model.pt",
         "env.world_model.reset_data": f"[{rec / 'dataset'}]", "env.image_size": 16},

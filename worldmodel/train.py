@@ -115,6 +115,7 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
     metrics: dict = {}
     state = (opt_g, sched_g, opt_s, sched_s)
     began = shown = time.monotonic()
+    first = dict(steps)  # a resumed run's rates count its own steps
     try:
         while steps["generator"] < w.steps and not stop.is_set():
             model.generator.train()
@@ -133,9 +134,11 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
             if time.monotonic() - shown >= cfg.run.progress_every_s or k == w.steps:
                 held_out = (f"held-out PSNR on changed pixels {metrics['val_psnr_changed']:.2f} "
                             f"dB (copy-last {metrics['copy_last_psnr_changed']:.2f})"
-                            if metrics else f"held-out PSNR at step {w.val_every}")
+                            if metrics else
+                            f"held-out PSNR at step "
+                            f"{min((k // w.val_every + 1) * w.val_every, w.steps)}")
                 log.info("predictor step %d/%d | loss %.4f | %s | %.1f steps/s", k, w.steps,
-                         loss, held_out, k / (time.monotonic() - began))
+                         loss, held_out, (k - first["generator"]) / (time.monotonic() - began))
                 shown = time.monotonic()
         began = time.monotonic()
         generated = None
@@ -161,7 +164,8 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
             if time.monotonic() - shown >= cfg.run.progress_every_s or k == w.success_steps:
                 log.info("success-model step %d/%d | loss %.4f | held-out ROC AUC %.4f | "
                          "%.1f steps/s", k, w.success_steps, loss,
-                         metrics.get("val_auc", float("nan")), k / (time.monotonic() - began))
+                         metrics.get("val_auc", float("nan")),
+                         (k - first["success"]) / (time.monotonic() - began))
                 shown = time.monotonic()
     finally:
         _save(log_dir, cfg, model, state, steps, rng)
