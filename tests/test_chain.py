@@ -217,7 +217,8 @@ def test_world_model_chain_train_rl_inside_it_evaluate_in_the_real_env(tmp_path)
     assert 0.0 <= summary["val_auc_generated"] <= 1.0  # the success model on generated frames
     assert summary["real_success_rate"] == 1.0  # held-out expert episodes all succeed
     assert 0.0 <= summary["wm_success_on_real_successes"] <= 1.0
-    for key in ("val_position_error", "copy_last_position_error", "probe_position_error_real"):
+    for key in ("val_position_error", "copy_last_position_error", "probe_position_error_real",
+                "val_position_gap", "copy_last_position_gap"):
         assert np.isfinite(summary[key]), key
     assert [s for s, _ in _scalars(wm, "world_model/train_loss")] == list(range(1, 31))
     assert [s for s, _ in _scalars(wm, "world_model/val_psnr_gain")] == [10, 20, 30]

@@ -359,6 +359,8 @@ def test_the_position_probe_reads_a_bright_square_and_compares_generated_frames(
     # moves 1.5 columns on average over a chunk of 2, which the probe must see
     assert got["val_position_error"] == pytest.approx(got["copy_last_position_error"])
     assert got["probe_position_error_real"] < 0.5 < got["copy_last_position_error"]
+    assert got["val_position_gap"] == pytest.approx(got["copy_last_position_gap"])
+    assert got["copy_last_position_gap"] > 0.5  # the probe sees the copied dot lag behind
 
 
 def test_the_diffusion_generator_trains_samples_and_round_trips(tmp_path):

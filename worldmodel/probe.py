@@ -71,11 +71,16 @@ def position_errors(model: WorldModel, probe: PositionProbe, windows: Windows, d
                     max_windows: int = 1024) -> dict:
     """Mean position error (state units) of the generated frames, of copying the last
     history frame, and of the probe on the real frames, over the first ``max_windows``
-    held-out windows' target frames with an observed state."""
+    held-out windows' target frames with an observed state; and the *gaps*: the distance
+    from the probe's reading of each generated (or copied) frame to its reading of the
+    real target frame. The errors carry the probe's own error (a weak probe makes every
+    frame look equally wrong); the gaps compare frames through the same instrument, so
+    what the probe gets wrong about a scene it gets wrong alike in a faithful copy."""
     model.generator.eval()
     dims = probe.mean.shape[0]
     rows = np.arange(min(len(windows), max_windows))
     errs: dict[str, list] = {"generated": [], "copy_last": [], "real": []}
+    gaps: dict[str, list] = {"generated": [], "copy_last": []}
     for start in range(0, len(rows), 64):
         b = windows.batch(rows[start:start + 64])
         if b.target_states is None:
@@ -92,11 +97,18 @@ def position_errors(model: WorldModel, probe: PositionProbe, windows: Windows, d
         last = to_model_frames(b.history[:, -1])[:, None].expand(-1, t, -1, -1, -1)
         real = to_model_frames(b.targets)
         # generated frames pass through uint8, as the env and the policy see them
-        for key, frames in (("generated", to_model_frames(to_images(gen))),
-                            ("copy_last", last), ("real", real)):
-            errs[key].append((read(frames) - truth).norm(dim=-1)[keep].numpy())
+        readings = {"generated": read(to_model_frames(to_images(gen))),
+                    "copy_last": read(last), "real": read(real)}
+        for key, pos in readings.items():
+            errs[key].append((pos - truth).norm(dim=-1)[keep].numpy())
+        for key in gaps:
+            gaps[key].append((readings[key] - readings["real"]).norm(dim=-1)[keep].numpy())
     out = {k: float(np.concatenate(v).mean()) for k, v in errs.items()}
+    gap = {k: float(np.concatenate(v).mean()) for k, v in gaps.items()}
     return {"val_position_error": out["generated"],
             "copy_last_position_error": out["copy_last"],
             "probe_position_error_real": out["real"],
-            "position_error_ratio": out["generated"] / max(out["copy_last"], 1e-9)}
+            "position_error_ratio": out["generated"] / max(out["copy_last"], 1e-9),
+            "val_position_gap": gap["generated"],
+            "copy_last_position_gap": gap["copy_last"],
+            "position_gap_ratio": gap["generated"] / max(gap["copy_last"], 1e-9)}

@@ -192,9 +192,11 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
         probe = train_probe(train, w.position_dims, w.probe_steps, rng)
         metrics.update(position_errors(model, probe, val_windows, "cpu"))
         log.info("position read from held-out frames: generated %.4f, copy-last %.4f, the "
-                 "probe on real frames %.4f (state units)",
+                 "probe on real frames %.4f (state units); gap to the probe's reading of the "
+                 "real frame: generated %.4f, copy-last %.4f",
                  metrics["val_position_error"], metrics["copy_last_position_error"],
-                 metrics["probe_position_error_real"])
+                 metrics["probe_position_error_real"], metrics["val_position_gap"],
+                 metrics["copy_last_position_gap"])
     videos = write_side_by_side(model, val[:w.videos], log_dir / "videos" / "world_model")
     summary = {"steps": steps, "train_episodes": len(train), "val_episodes": len(val),
                "train_windows": len(one_call), "datasets": {"files": report.files,
