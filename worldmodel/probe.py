@@ -79,8 +79,10 @@ def position_errors(model: WorldModel, probe: PositionProbe, windows: Windows, d
     model.generator.eval()
     dims = probe.mean.shape[0]
     rows = np.arange(min(len(windows), max_windows))
-    errs: dict[str, list] = {"generated": [], "copy_last": [], "real": []}
-    gaps: dict[str, list] = {"generated": [], "copy_last": []}
+    # distances from the recorded state ("generated", ...) and from the probe's reading
+    # of the real frame ("generated_gap", "copy_last_gap")
+    dist: dict[str, list] = {k: [] for k in ("generated", "copy_last", "real",
+                                             "generated_gap", "copy_last_gap")}
     for start in range(0, len(rows), 64):
         b = windows.batch(rows[start:start + 64])
         if b.target_states is None:
@@ -95,20 +97,18 @@ def position_errors(model: WorldModel, probe: PositionProbe, windows: Windows, d
             return probe(frames.flatten(0, 1).cpu()).view(n, t, dims)
 
         last = to_model_frames(b.history[:, -1])[:, None].expand(-1, t, -1, -1, -1)
-        real = to_model_frames(b.targets)
         # generated frames pass through uint8, as the env and the policy see them
         readings = {"generated": read(to_model_frames(to_images(gen))),
-                    "copy_last": read(last), "real": read(real)}
+                    "copy_last": read(last), "real": read(to_model_frames(b.targets))}
         for key, pos in readings.items():
-            errs[key].append((pos - truth).norm(dim=-1)[keep].numpy())
-        for key in gaps:
-            gaps[key].append((readings[key] - readings["real"]).norm(dim=-1)[keep].numpy())
-    out = {k: float(np.concatenate(v).mean()) for k, v in errs.items()}
-    gap = {k: float(np.concatenate(v).mean()) for k, v in gaps.items()}
-    return {"val_position_error": out["generated"],
-            "copy_last_position_error": out["copy_last"],
-            "probe_position_error_real": out["real"],
-            "position_error_ratio": out["generated"] / max(out["copy_last"], 1e-9),
-            "val_position_gap": gap["generated"],
-            "copy_last_position_gap": gap["copy_last"],
-            "position_gap_ratio": gap["generated"] / max(gap["copy_last"], 1e-9)}
+            dist[key].append((pos - truth).norm(dim=-1)[keep].numpy())
+            if key != "real":
+                dist[f"{key}_gap"].append((pos - readings["real"]).norm(dim=-1)[keep].numpy())
+    m = {k: float(np.concatenate(v).mean()) for k, v in dist.items()}
+    return {"val_position_error": m["generated"],
+            "copy_last_position_error": m["copy_last"],
+            "probe_position_error_real": m["real"],
+            "position_error_ratio": m["generated"] / max(m["copy_last"], 1e-9),
+            "val_position_gap": m["generated_gap"],
+            "copy_last_position_gap": m["copy_last_gap"],
+            "position_gap_ratio": m["generated_gap"] / max(m["copy_last_gap"], 1e-9)}

@@ -140,13 +140,13 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
                 log.info("predictor step %d/%d | loss %.4f | %s | %.1f steps/s", k, w.steps,
                          loss, held_out, (k - first["generator"]) / (time.monotonic() - began))
                 shown = time.monotonic()
-        began = time.monotonic()
         generated = None
         if steps["generator"] >= w.steps and steps["success"] < w.success_steps \
                 and w.generated_share > 0 and not stop.is_set():
             generated = LabelledFrames(imagine(model, train, device))
             log.info("success model: %.0f%% of each batch from %d generated frames",
                      100 * w.generated_share, len(generated.labels))
+        began = time.monotonic()  # the success model's rate: its steps, not imagine's
         while steps["generator"] >= w.steps and steps["success"] < w.success_steps \
                 and not stop.is_set():
             model.scorer.train()
