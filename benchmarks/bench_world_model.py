@@ -88,7 +88,7 @@ def agreement(exp, checkpoint: Path, folder: Path, world_model: Path, episodes: 
     model = WorldModel.load(world_model)
     real, _ = load_episodes([folder / "dataset"], model.image_size, image_orientation(cfg.env))
     rule = cfg.env.world_model
-    return open_loop_metrics(model, real, rule.success_threshold, rule.binary_score, "cpu")
+    return open_loop_metrics(model, real, rule.success_threshold, "cpu")
 
 
 def rate(evaluation: dict) -> str:
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
                         "world model's outcome agreement on them, open loop")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides of the world-model evaluations (e.g. "
-                        "env.world_model.binary_score=false); their folders and the table "
+                        "env.world_model.success_threshold=0.5); their folders and the table "
                         "get a suffix, the real-env evaluations are shared")
     args = p.parse_args(argv)
     suffix = "".join(f"_{re.sub(r'[^A-Za-z0-9.]+', '-', kv)}" for kv in args.set)

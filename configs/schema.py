@@ -152,9 +152,11 @@ class WorldModelEnvConfig:
     reward_coef: float = opt(1.0, "reward = reward_coef x the change of the success score "
                              "(an episode's return telescopes to reward_coef x its last "
                              "score)")
-    success_threshold: float = opt(0.9, "success when a frame's score reaches this")
-    binary_score: bool = opt(True, "score = the success model's probability rounded to 0/1 "
-                             "(RLinf's ResnetRM); false: the probability itself")
+    success_threshold: float = opt(0.9, "success when the success model's probability for "
+                                   "a frame reaches this (RLinf rounds it, then compares "
+                                   "with 0.9: that is 0.5 here)")
+    binary_score: bool = opt(True, "the reward differences scores of 1 on a successful "
+                             "frame, else 0 (RLinf's ResnetRM); false: the probability")
     device: str = opt("cpu", "where the models run: cpu, cuda, auto")
 
 
@@ -175,6 +177,11 @@ class EnvConfig:
         "indices 0..99): LIBERO trains on generated placements instead of its 50 official "
         "states, robosuite and synthetic on seeds >= 100")
     settle_steps: int = opt(10, "libero/robosuite: no-op steps after each reset, uncounted")
+    success_hold_steps: int = opt(
+        0, "libero/robosuite: steps an episode goes on after its first success (reward 1 "
+        "only there; each step's success the benchmark's check): recordings that show the "
+        "task held, for a world model's success model; 0: it ends at the first success, "
+        "the benchmarks' rule")
     state_dim: int = opt(8, "libero/robosuite: 8 (LIBERO's state) or 7 (grippers averaged)")
     wrist_camera: bool = opt(True, "libero/robosuite: also send the eye-in-hand camera")
     image_orientation: Literal["auto", "upright", "libero"] = opt(
@@ -774,6 +781,7 @@ def validate(cfg: Config) -> list[str]:
         (e.state_dim in (7, 8) and (e.kind != "synthetic" or e.state_dim == 8),
          "env.state_dim must be 8 or 7 (7 only for libero/robosuite)"),
         (e.settle_steps >= 0, "env.settle_steps must be >= 0"),
+        (e.success_hold_steps >= 0, "env.success_hold_steps must be >= 0"),
         (cfg.run.mode in ("train", "sft", "train_world_model") or a.group_size == 1,
          f"run.mode={cfg.run.mode} runs each task x episode once: set actor.group_size=1"),
         (1 <= cfg.eval.num_trials <= 1000, "eval.num_trials must be in 1..1000"),

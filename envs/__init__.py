@@ -119,7 +119,8 @@ def make_env(cfg: EnvConfig, num_envs: int, group_size: int, action_dim: int,
                       state_dim=cfg.state_dim, wrist_camera=cfg.wrist_camera,
                       fast_render=cfg.fast_render, orientation=orientation,
                       gripper_convention=cfg.gripper_convention,
-                      settle_steps=cfg.settle_steps)
+                      settle_steps=cfg.settle_steps,
+                      success_hold_steps=cfg.success_hold_steps)
     if cfg.kind == "libero":
         from envs.libero import LiberoVectorEnv
 

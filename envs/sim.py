@@ -9,6 +9,11 @@ Initial states are ids ``task_index * INIT_STRIDE + state_index``. After every r
 env takes ``settle_steps`` no-op actions (arm still, gripper open) so that objects come
 to rest, as LIBERO's standard evaluation does; they count neither as steps nor reward.
 
+An episode ends at its first success (reward 1 there, 0 elsewhere), or
+``success_hold_steps`` steps after it: a recording then shows the task held (or undone),
+each step's ``success`` the benchmark's check at that step, frames a success model can
+learn from beyond the one moment the task was first achieved.
+
 A simulator failure (an exception, a non-finite state, or MuJoCo's own instability
 warning) ends that env's episode with an error string; the other envs carry on.
 """
@@ -68,6 +73,7 @@ class SimOptions:
     orientation: str = "upright"
     gripper_convention: str = "env"
     settle_steps: int = 10
+    success_hold_steps: int = 0
     main_camera: str = "agentview"
     wrist_camera_name: str = "robot0_eye_in_hand"
 
@@ -83,6 +89,7 @@ class Slot:
         self.instruction = ""
         self.state = np.zeros(8, np.float32)
         self.steps = 0
+        self.first_success = -1  # the step count at the first success; -1: none yet
         self.warnings_at_reset = 0
 
 
@@ -175,7 +182,8 @@ class MujocoVectorEnv(VectorEnv):
         slot.sim_env.sim.data._data.qacc_warmstart[:] = 0
         for robot in slot.sim_env.robots:
             robot.gripper.current_action = np.zeros(robot.gripper.dof)
-        slot.steps, slot.warnings_at_reset = 0, self._warnings(slot)
+        slot.steps, slot.first_success = 0, -1
+        slot.warnings_at_reset = self._warnings(slot)
         for _ in range(self.opts.settle_steps):
             obs, _, _, _ = slot.sim_env.step(NOOP_ACTION)
         problem = self._check_sim(slot, obs)
@@ -200,9 +208,13 @@ class MujocoVectorEnv(VectorEnv):
             if not errors[row]:
                 slot.state = self._state(obs)
             slot.steps += 1
-            rewards[row] = float(success[row])
-            terminated[row] = success[row]
-            truncated[row] = not success[row] and slot.steps >= self.max_episode_steps
+            if success[row] and slot.first_success < 0:
+                slot.first_success = slot.steps
+                rewards[row] = 1.0
+            # the episode ends success_hold_steps after its first success (0: at it)
+            terminated[row] = (slot.first_success >= 0 and slot.steps - slot.first_success
+                               >= self.opts.success_hold_steps)
+            truncated[row] = not terminated[row] and slot.steps >= self.max_episode_steps
         return StepResult(rewards, terminated, truncated, success, errors)
 
     @override

@@ -9,12 +9,13 @@ chunkrl's (or any :class:`worldmodel.models.WorldModel`'s) generator and success
   (RLinf leaves them unclipped), and the last K frames
   give N new frames in one batched forward (N / T forwards of a model generating T < N
   frames at a time); the last K of them condition the next chunk.
-- **Reward**: the success model scores each new frame with the env's instruction
-  (``binary_score``: rounded to 0/1,
-  as RLinf's ResnetRM); reward ``r_t = reward_coef * (s_t - s_{t-1})`` with ``s`` 0 at a
-  reset, so an episode's return telescopes to ``reward_coef`` x its last score. Success
-  (and termination) when a frame's score reaches ``success_threshold``; truncation at
-  ``max_episode_steps``.
+- **Reward**: the success model gives each new frame a probability ``p`` with the env's
+  instruction; success (and termination) when ``p`` reaches ``success_threshold``;
+  truncation at ``max_episode_steps``. The frame's score ``s`` is 1 on success, else 0
+  (``binary_score``, as RLinf's ResnetRM's binary scores), or ``p`` itself; reward
+  ``r_t = reward_coef * (s_t - s_{t-1})`` with ``s`` 0 at a reset, so an episode's
+  return telescopes to ``reward_coef`` x its last score. (RLinf rounds ``p`` and then
+  compares with 0.9: success at ``p >= 0.5``, which is ``success_threshold: 0.5`` here.)
 - **Observation**: the last frame (the model's image size), no wrist camera, and a state
   of zeros of the contract's size: the world model has no proprioception, as RLinf's.
 """
@@ -35,10 +36,15 @@ from worldmodel.models import WorldModel, to_images, to_model_frames
 log = logging.getLogger(__name__)
 
 
-def frame_success(scores: np.ndarray, threshold: float, binary: bool) -> np.ndarray:
-    """The env's success rule for success-model probabilities: the score (rounded to 0/1
-    when ``binary``) reaches ``threshold``."""
-    return (np.round(scores) if binary else scores) >= threshold
+def frame_success(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """The env's success rule for success-model probabilities: ``probs >= threshold``."""
+    return probs >= threshold
+
+
+def frame_scores(probs: np.ndarray, threshold: float, binary: bool) -> np.ndarray:
+    """The score the reward differences: 1.0 on a successful frame, else 0.0 (``binary``),
+    or the probability itself."""
+    return frame_success(probs, threshold).astype(np.float32) if binary else probs
 
 
 class WorldModelVectorEnv(VectorEnv):
@@ -111,8 +117,8 @@ class WorldModelVectorEnv(VectorEnv):
             self.history[ids] = torch.cat([self.history[ids], frames], 1)[:, -k:]
             texts = [self.instructions[e] for e in env_ids for _ in range(n)]
             raw = self.model.scorer.score(frames.flatten(0, 1), texts).view(b, n).cpu().numpy()
-        scores = np.round(raw) if self.binary else raw
-        success = frame_success(raw, self.threshold, self.binary)
+        scores = frame_scores(raw, self.threshold, self.binary)
+        success = frame_success(raw, self.threshold)
         images = to_images(frames)
         out, done = [], np.zeros(b, bool)
         for t in range(n):

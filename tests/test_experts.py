@@ -210,3 +210,29 @@ def test_libero_experts(suite, tasks):
     # Two tasks side by side in one vector env; the official initial state 1 of each.
     cfg = sim_cfg("libero", suite, tasks)
     assert expert_run(cfg, [t * 1000 + 1 for t in tasks]) == [True, True]
+
+
+def test_an_episode_goes_on_success_hold_steps_past_its_first_success():
+    """Lift with ``env.success_hold_steps=8``: the episode ends 8 steps after the first
+    success, rewarded once; the expert holds the cube up, so those steps succeed too."""
+    from dataclasses import replace
+
+    from envs import make_env
+    from experts import make_expert
+
+    cfg = replace(sim_cfg("robosuite", "Lift"), success_hold_steps=8)
+    env = make_env(cfg, 1, 1, 7)
+    try:
+        expert, ids = make_expert(cfg, env), np.array([0])
+        env.reset_group(0, 100)
+        expert.reset(0)
+        steps = []
+        while not steps or not (steps[-1].terminated[0] or steps[-1].truncated[0]):
+            steps.append(env.step(ids, expert.act(ids)))
+    finally:
+        env.close()
+    success = [bool(r.success[0]) for r in steps]
+    first = success.index(True)
+    assert len(steps) == first + 1 + 8 and steps[-1].terminated[0]
+    assert [float(r.rewards[0]) for r in steps] == [0.0] * first + [1.0] + [0.0] * 8
+    assert all(success[first:])

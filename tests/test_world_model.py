@@ -128,17 +128,18 @@ def test_imagined_episodes_keep_the_real_first_frame_labels_and_lengths():
 
 @pytest.mark.parametrize("logit, on_failures, on_successes, agree", [
     (5.0, 1.0, 1.0, 0.5),     # every frame scores 0.99: the world model says all succeed
+    (1.0, 0.0, 0.0, 0.5),     # 0.73: not a success at 0.9 (rounding would have made it 1)
     (-5.0, 0.0, 0.0, 0.5)])   # 0.007: none does
 def test_outcome_agreement_counts_world_model_successes_per_real_outcome(
         logit, on_failures, on_successes, agree):
     model = _model(logit, k=2, t=1)
     real = [_episode(4, success_at=4), _episode(4), _episode(2, success_at=2), _episode(2)]
-    got = outcome_agreement(model, real, imagine(model, real, "cpu"), 0.9, True, "cpu")
+    got = outcome_agreement(model, real, imagine(model, real, "cpu"), 0.9, "cpu")
     assert got["wm_success_on_real_failures"] == on_failures
     assert got["wm_success_on_real_successes"] == on_successes
     assert got["outcome_agreement"] == agree and got["real_success_rate"] == 0.5
     # the success model alone on the real frames: a constant score says the same there
-    scorer = open_loop_metrics(model, real, 0.9, True, "cpu")["scorer_success_on_real_failures"]
+    scorer = open_loop_metrics(model, real, 0.9, "cpu")["scorer_success_on_real_failures"]
     assert scorer == on_failures
 
 
@@ -229,6 +230,16 @@ def test_success_terminates_and_the_reward_telescopes_to_coef_times_the_score():
     res = soft.step_chunk(np.arange(2), np.zeros((2, 4, 7), np.float32))
     assert [r.rewards[0] for r in res] == [1.0, 0.0, 0.0, 0.0]  # 2 * (0.5 - 0) once
     assert not any(r.success.any() for r in res)
+    # binary scores are 1 at the threshold, not at 0.5: 0.73 is no success at 0.9 ...
+    strict = WorldModelVectorEnv(2, 2, _model(1.0), _starts(), 20, success_threshold=0.9)
+    strict.reset_group(0, 0)
+    res = strict.step_chunk(np.arange(2), np.zeros((2, 4, 7), np.float32))
+    assert not any(r.success.any() or r.rewards.any() for r in res)
+    # ... and is one at a threshold of 0.7
+    loose = WorldModelVectorEnv(2, 2, _model(1.0), _starts(), 20, success_threshold=0.7)
+    loose.reset_group(0, 0)
+    res = loose.step_chunk(np.arange(2), np.zeros((2, 4, 7), np.float32))
+    assert res[0].success.all() and res[0].rewards.tolist() == [1.0, 1.0]
 
 
 def test_the_executor_runs_a_chunk_in_one_call_and_films_its_frames():

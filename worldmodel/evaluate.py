@@ -101,7 +101,7 @@ def imagine(model: WorldModel, episodes: list[Episode], device,
 
 
 def outcome_agreement(model: WorldModel, real: list[Episode], imagined: list[Episode],
-                      threshold: float, binary: bool, device) -> dict:
+                      threshold: float, device) -> dict:
     """Episode outcomes in the world model (some generated frame succeeds by the env's
     rule, :func:`envs.world_model.frame_success`) against the simulator's (the episode
     succeeded), for the same first frames and actions: the world model's success rate on
@@ -111,7 +111,7 @@ def outcome_agreement(model: WorldModel, real: list[Episode], imagined: list[Epi
     from envs.world_model import frame_success
 
     wm = np.array([frame_success(scores(model, e.frames[1:], [e.instruction] * len(e), device),
-                                 threshold, binary).any() for e in imagined])
+                                 threshold).any() for e in imagined])
     sim = np.array([bool(e.labels.any()) for e in real])
 
     def rate(sel: np.ndarray) -> float:
@@ -124,15 +124,15 @@ def outcome_agreement(model: WorldModel, real: list[Episode], imagined: list[Epi
 
 
 def open_loop_metrics(model: WorldModel, episodes: list[Episode], threshold: float,
-                      binary: bool, device) -> dict:
+                      device) -> dict:
     """``episodes`` replayed open loop (:func:`imagine`): the success model's ROC AUC on
     the generated frames (``auc_generated``) and :func:`outcome_agreement`; and the
     success model's own share of the optimism, the same rule on the real frames
     (``scorer_success_on_real_failures``: no generator involved)."""
     imagined = imagine(model, episodes, device)
-    on_real = outcome_agreement(model, episodes, episodes, threshold, binary, device)
+    on_real = outcome_agreement(model, episodes, episodes, threshold, device)
     return {"auc_generated": success_auc(model, imagined, device),
-            **outcome_agreement(model, episodes, imagined, threshold, binary, device),
+            **outcome_agreement(model, episodes, imagined, threshold, device),
             "scorer_success_on_real_failures": on_real["wm_success_on_real_failures"]}
 
 
