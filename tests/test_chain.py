@@ -5,6 +5,8 @@ policy on a real simulator; resuming behaviour cloning."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from demos import read_demos
 from scripts.reproduce import PPO
-from tests.conftest import launch
+from tests.conftest import ROOT, launch, small_overrides
 
 pytestmark = pytest.mark.slow
 CONFIG = "configs/synthetic_nogoal.yaml"
@@ -224,6 +226,17 @@ def test_world_model_chain_train_rl_inside_it_evaluate_in_the_real_env(tmp_path)
     assert [s for s, _ in _scalars(wm, "world_model/val_psnr_gain")] == [10, 20, 30]
     assert [s for s, _ in _scalars(wm, "reward_model/val_auc")] == [10, 20]
     assert (wm / "videos" / "world_model" / "episode000_real_vs_generated.mp4").stat().st_size
+    # the threshold benchmark draws the training's held-out episodes and the env's rule
+    bench = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_success_threshold.py"),
+                            "--config", str(ROOT / wm_config), "--world-model",
+                            str(wm / "world_model.pt"), "--thresholds", "0.5", "0.99",
+                            *small_overrides(tmp_path, **train)],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+    _ok(bench)
+    assert "3 held-out episodes: 0 real failures, 3 real successes" in bench.stdout
+    row = next(line for line in bench.stdout.splitlines() if line.startswith("| 0.5 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]  # the config's threshold: 0.5
+    assert cells[4] == f"{summary['wm_success_on_real_successes']:.0%}"
 
     _ok(launch(tmp_path, wm_config, **SMALL, **{
         "run.log_dir": rl, "env.world_model.checkpoint": wm / "world_model.pt",

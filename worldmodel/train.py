@@ -77,6 +77,17 @@ def _optimizer(params, lr: float, steps: int):
     return opt, sched
 
 
+def split_episodes(cfg: Config, rng: np.random.Generator) -> tuple[list, list, object]:
+    """The training and held-out episodes of ``world_model.datasets`` (the first draws of
+    ``rng``: a generator seeded with ``run.seed`` gives the split training used), and the
+    reader's report."""
+    w = cfg.world_model
+    episodes, report = load_episodes(w.datasets, w.image_size, image_orientation(cfg.env))
+    log.info("datasets: %s", report.summary())
+    train, val = hold_out(episodes, w.val_fraction, w.max_episodes, rng)
+    return train, val, report
+
+
 def run(cfg: Config, stop: threading.Event | None = None) -> int:
     """Train both models (resuming with ``run.resume``); 0 when both are done."""
     stop = stop or threading.Event()
@@ -85,9 +96,7 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
     rng = np.random.default_rng(cfg.run.seed)
     torch.manual_seed(cfg.run.seed)
     device = pick_device(cfg.learner.device)
-    episodes, report = load_episodes(w.datasets, w.image_size, image_orientation(cfg.env))
-    log.info("datasets: %s", report.summary())
-    train, val = hold_out(episodes, w.val_fraction, w.max_episodes, rng)
+    train, val, report = split_episodes(cfg, rng)
     if not train:
         raise ConfigError(f"no episodes in world_model.datasets={w.datasets}")
     if not val:
