@@ -3,8 +3,8 @@ episodes at several success thresholds, on the real frames and on frames it gene
 
     python benchmarks/bench_success_threshold.py --config configs/robosuite_lift_world_model.yaml \\
         --world-model runs/lift_wm3/world_model/world_model.pt \\
-        --thresholds 0.5 0.9 0.97 0.99 \\
-        "world_model.datasets=[runs/lift_wm3/record/dataset,runs/lift_wm3/record_policy/dataset]"
+        "world_model.datasets=[runs/lift_wm3/record/dataset,runs/lift_wm3/record_policy/dataset]" \\
+        --thresholds 0.5 0.9 0.97 0.99
 
 The held-out episodes are the ones the world model's training held out: the config (with
 the overrides) and ``run.seed`` it was trained with give the same split
@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="the config the world model trained with")
     p.add_argument("--world-model", required=True, help="its world_model.pt")
-    p.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.9, 0.97, 0.99])
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.9, 0.97, 0.99],
+                   help="after the overrides (it takes every value that follows)")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE, as training had them")
     args = p.parse_args(argv)
     import torch

@@ -229,8 +229,8 @@ def test_world_model_chain_train_rl_inside_it_evaluate_in_the_real_env(tmp_path)
     # the threshold benchmark draws the training's held-out episodes and the env's rule
     bench = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_success_threshold.py"),
                             "--config", str(ROOT / wm_config), "--world-model",
-                            str(wm / "world_model.pt"), "--thresholds", "0.5", "0.99",
-                            *small_overrides(tmp_path, **train)],
+                            str(wm / "world_model.pt"), *small_overrides(tmp_path, **train),
+                            "--thresholds", "0.5", "0.99"],
                            capture_output=True, text=True, timeout=120, cwd=ROOT)
     _ok(bench)
     assert "3 held-out episodes: 0 real failures, 3 real successes" in bench.stdout
