@@ -31,14 +31,15 @@ sys.path.insert(0, str(ROOT))
 
 def verdicts(model, val: list, thresholds: list[float]) -> list[dict]:
     """One row per threshold: the success rates on real failures and real successes, on
-    real and on generated frames."""
-    from worldmodel.evaluate import imagine, outcome_agreement
+    real and on generated frames (each frame scored once)."""
+    from worldmodel.evaluate import imagine, outcome_rates, peak_scores
 
-    imagined = imagine(model, val, "cpu")
+    real_peaks = peak_scores(model, val, "cpu")
+    generated_peaks = peak_scores(model, imagine(model, val, "cpu"), "cpu")
     rows = []
     for t in thresholds:
-        real = outcome_agreement(model, val, val, t, "cpu")
-        gen = outcome_agreement(model, val, imagined, t, "cpu")
+        real = outcome_rates(real_peaks, val, t)
+        gen = outcome_rates(generated_peaks, val, t)
         rows.append({"threshold": t,
                      "failures_real": real["wm_success_on_real_failures"],
                      "failures_generated": gen["wm_success_on_real_failures"],

@@ -415,6 +415,10 @@ class LearnerConfig:
                            "counters) at exit")
     checkpoint_every: int = opt(100, "also save it every this many updates (0: not by "
                                 "count)")
+    keep_checkpoints: bool = opt(False, "keep each save made by checkpoint_every as "
+                                 "log_dir/checkpoints/update-NNNNNN.pt too: a run's history, "
+                                 "each loadable with model.checkpoint (e.g. to evaluate it in "
+                                 "the real simulator)")
     checkpoint_every_s: float = opt(300.0, "also save it when this many seconds have passed "
                                     "since the last save (0: not by time): a learner that "
                                     "dies and is restarted resumes from it, losing at most "

@@ -18,6 +18,7 @@ from pathlib import Path
 
 CHECKPOINT = "checkpoint.pt"
 META = "checkpoint.json"
+KEPT = "checkpoints"  # log_dir/checkpoints/update-NNNNNN.pt: learner.keep_checkpoints
 
 
 class CheckpointError(RuntimeError):
@@ -98,6 +99,22 @@ def save(log_dir: Path, learner, incarnation: int, counters: dict, received, tra
     }
     return save_state(log_dir, state, {"version": learner.version, "incarnation": incarnation,
                                        "episodes_received": len(received)})
+
+
+def keep(log_dir: Path, version: int) -> Path:
+    """Keep the checkpoint just written as ``log_dir/checkpoints/update-NNNNNN.pt``: a hard
+    link (the next save replaces ``checkpoint.pt`` by a new file, so the link keeps these
+    bytes), or a copy where the file system has no links."""
+    import shutil
+    src = Path(log_dir) / CHECKPOINT
+    dst = Path(log_dir) / KEPT / f"update-{version:06d}.pt"
+    dst.parent.mkdir(exist_ok=True)
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+    return dst
 
 
 def save_state(log_dir: Path, state: dict, meta: dict) -> Path:

@@ -352,10 +352,13 @@ def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, wri
         for key, value in metrics.items():
             writer.add_scalar(key, value, learner.version)
         update.reset()
-        if (L.checkpoint_every and learner.version % L.checkpoint_every == 0) or \
+        by_count = bool(L.checkpoint_every) and learner.version % L.checkpoint_every == 0
+        if by_count or \
                 (L.checkpoint_every_s and time.monotonic() - saved_at >= L.checkpoint_every_s):
             with prof.span("checkpoint", version=learner.version):
                 books.save(cfg, learner)
+                if by_count and L.keep_checkpoints:
+                    checkpoint.keep(Path(cfg.run.log_dir), learner.version)
             saved_at = time.monotonic()
         if learner.version % 10 == 0:
             release_free_memory()

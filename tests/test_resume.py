@@ -19,7 +19,7 @@ from learner import checkpoint
 from learner.batch import build_batch
 from learner.core import Learner
 from learner.worker import Books
-from models import build_policy
+from models import build_policy, load_checkpoint
 from protocol.idset import IdSet
 from tests.conftest import ROOT, launch, small_overrides
 from tests.test_learner import _collect
@@ -165,6 +165,7 @@ def test_a_killed_learner_is_restarted_from_its_checkpoint_and_the_run_goes_on(t
            str(ROOT / "configs/synthetic_grpo.yaml"),
            *small_overrides(tmp_path, **{"run.total_updates": total,
                                          "learner.checkpoint_every": 3,
+                                         "learner.keep_checkpoints": True,
                                          "learner.update_sleep_s": 0.2})]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, cwd=ROOT)
@@ -184,3 +185,15 @@ def test_a_killed_learner_is_restarted_from_its_checkpoint_and_the_run_goes_on(t
     server = json.loads((run / "inference-0.json").read_text())
     assert server["policy_version"] == total
     assert _scalar_steps(run, "train/actor/policy_loss") == list(range(1, total + 1))
+    # learner.keep_checkpoints: every third version kept (the restarted learner's too),
+    # each loadable as model.checkpoint and holding that version's weights.
+    kept = sorted(p.name for p in (run / checkpoint.KEPT).iterdir())
+    assert kept == [f"update-{v:06d}.pt" for v in range(3, total + 1, 3)]
+    cfg = load_config(ROOT / "configs/synthetic_grpo.yaml", small_overrides(tmp_path))
+    first, last = build_policy(cfg.model), build_policy(cfg.model)
+    load_checkpoint(first, str(run / checkpoint.KEPT / kept[0]))
+    load_checkpoint(last, str(run / checkpoint.KEPT / kept[-1]))
+    assert torch.load(run / checkpoint.KEPT / kept[0], weights_only=True)["version"] == 3
+    final = torch.load(run / checkpoint.CHECKPOINT, weights_only=True)["model"]
+    assert all(torch.equal(v, final[k]) for k, v in last.state_dict().items())
+    assert not all(torch.equal(v, final[k]) for k, v in first.state_dict().items())

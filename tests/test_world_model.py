@@ -14,7 +14,7 @@ from demos import Demo
 from envs.base import StepResult
 from envs.world_model import WorldModelVectorEnv, make_world_model_env, read_action_bounds
 from protocol.ids import IdSource
-from worldmodel.evaluate import imagine, open_loop_metrics, outcome_agreement
+from worldmodel.evaluate import imagine, open_loop_metrics, outcome_agreement, outcome_rates
 from worldmodel.data import (Episode, LabelledFrames, ResetFrame, Windows, episode_from_demo,
                              reset_frames)
 from worldmodel.metrics import changed_pixels, psnr, roc_auc, spearman, squared_error
@@ -141,6 +141,17 @@ def test_outcome_agreement_counts_world_model_successes_per_real_outcome(
     # the success model alone on the real frames: a constant score says the same there
     scorer = open_loop_metrics(model, real, 0.9, "cpu")["scorer_success_on_real_failures"]
     assert scorer == on_failures
+
+
+def test_outcome_rates_threshold_each_episodes_peak():
+    real = [_episode(4, success_at=4), _episode(4), _episode(2, success_at=2), _episode(2)]
+    peaks = np.array([0.95, 0.6, 0.85, 0.92])  # successes first and third
+    strict = outcome_rates(peaks, real, 0.9)
+    assert (strict["wm_success_on_real_failures"], strict["wm_success_on_real_successes"],
+            strict["outcome_agreement"], strict["wm_success_rate"]) == (0.5, 0.5, 0.5, 0.5)
+    loose = outcome_rates(peaks, real, 0.5)
+    assert loose["wm_success_on_real_failures"] == 1.0 and loose["outcome_agreement"] == 0.5
+    assert outcome_rates(peaks, real, 0.95)["wm_success_rate"] == 0.25  # reaching counts
 
 
 def test_a_fresh_predictor_copies_the_last_frame():

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from demos import Demo, read_demos
+from demos import Demo, ReadReport, read_demos
 
 NPY_GLOB = "traj*.npy"
 
@@ -72,7 +72,8 @@ def episode_from_demo(demo: Demo, image_size: int) -> Episode | None:
                    demo.instruction, np.asarray(states, np.float32))
 
 
-def load_episodes(paths: Iterable[str], image_size: int, orientation: str = "upright"):
+def load_episodes(paths: Iterable[str], image_size: int,
+                  orientation: str = "upright") -> tuple[list[Episode], ReadReport]:
     """Every episode under ``paths`` (HDF5 files or folders), and the reader's report."""
     demos, report = read_demos(paths, orientation)
     episodes = [e for e in (episode_from_demo(d, image_size) for d in demos) if e is not None]

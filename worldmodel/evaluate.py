@@ -100,18 +100,23 @@ def imagine(model: WorldModel, episodes: list[Episode], device,
     return out
 
 
-def outcome_agreement(model: WorldModel, real: list[Episode], imagined: list[Episode],
-                      threshold: float, device) -> dict:
-    """Episode outcomes in the world model (some generated frame succeeds by the env's
-    rule, :func:`envs.world_model.frame_success`) against the simulator's (the episode
-    succeeded), for the same first frames and actions: the world model's success rate on
-    episodes that really failed (``wm_success_on_real_failures``: its optimism) and on
-    those that really succeeded (``wm_success_on_real_successes``), and the share of
-    episodes where the two agree."""
+def peak_scores(model: WorldModel, imagined: list[Episode], device) -> np.ndarray:
+    """Each episode's highest success probability over its frames after the first (the
+    ones the world model generates): it is a world-model success at threshold ``t`` when
+    this reaches ``t`` (:func:`envs.world_model.frame_success`)."""
+    return np.array([scores(model, e.frames[1:], [e.instruction] * len(e), device).max()
+                     for e in imagined])
+
+
+def outcome_rates(peaks: np.ndarray, real: list[Episode], threshold: float) -> dict:
+    """Episode outcomes in the world model (``peaks`` from :func:`peak_scores` reaching
+    ``threshold``) against the simulator's (the episode succeeded), for the same first
+    frames and actions: the world model's success rate on episodes that really failed
+    (``wm_success_on_real_failures``: its optimism) and on those that really succeeded
+    (``wm_success_on_real_successes``), and the share of episodes where the two agree."""
     from envs.world_model import frame_success
 
-    wm = np.array([frame_success(scores(model, e.frames[1:], [e.instruction] * len(e), device),
-                                 threshold).any() for e in imagined])
+    wm = frame_success(peaks, threshold)
     sim = np.array([bool(e.labels.any()) for e in real])
 
     def rate(sel: np.ndarray) -> float:
@@ -121,6 +126,13 @@ def outcome_agreement(model: WorldModel, real: list[Episode], imagined: list[Epi
             "wm_success_on_real_successes": rate(sim),
             "outcome_agreement": float((wm == sim).mean()),
             "real_success_rate": float(sim.mean()), "wm_success_rate": float(wm.mean())}
+
+
+def outcome_agreement(model: WorldModel, real: list[Episode], imagined: list[Episode],
+                      threshold: float, device) -> dict:
+    """:func:`outcome_rates` of ``imagined`` (the frames judged) against ``real`` (the
+    outcomes) at ``threshold``."""
+    return outcome_rates(peak_scores(model, imagined, device), real, threshold)
 
 
 def open_loop_metrics(model: WorldModel, episodes: list[Episode], threshold: float,

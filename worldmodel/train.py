@@ -38,12 +38,13 @@ import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 
 from configs import Config, ConfigError, to_dict
+from demos import ReadReport
 from envs import image_orientation
 from learner import checkpoint
 from models import pick_device
 from sft.data import hold_out, random_shift
 from sft.trainer import lr_factor
-from worldmodel.data import LabelledFrames, Windows, action_bounds, load_episodes
+from worldmodel.data import Episode, LabelledFrames, Windows, action_bounds, load_episodes
 from worldmodel.evaluate import (generator_metrics, imagine, open_loop_metrics, success_auc,
                                  write_side_by_side)
 from worldmodel.models import WorldModel, from_config, to_model_frames
@@ -77,7 +78,8 @@ def _optimizer(params, lr: float, steps: int):
     return opt, sched
 
 
-def split_episodes(cfg: Config, rng: np.random.Generator) -> tuple[list, list, object]:
+def split_episodes(cfg: Config, rng: np.random.Generator) -> tuple[list[Episode], list[Episode],
+                                                                  ReadReport]:
     """The training and held-out episodes of ``world_model.datasets`` (the first draws of
     ``rng``: a generator seeded with ``run.seed`` gives the split training used), and the
     reader's report."""
