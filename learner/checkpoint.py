@@ -82,8 +82,9 @@ def set_rng_states(rng: dict, generator) -> None:
 
 
 def save(log_dir: Path, learner, incarnation: int, counters: dict, received, trained,
-         config: dict) -> Path:
-    """Write the learner's state to ``log_dir/checkpoint.pt`` (+ .json), atomically."""
+         config: dict, keep: bool = False) -> Path:
+    """Write the learner's state to ``log_dir/checkpoint.pt`` (+ .json), atomically; with
+    ``keep``, also as ``log_dir/checkpoints/update-NNNNNN.pt`` (:func:`keep_version`)."""
     model, optimizer = learner.full_state()  # sharded: gathered from every rank
     state = {
         "model": model,
@@ -98,10 +99,10 @@ def save(log_dir: Path, learner, incarnation: int, counters: dict, received, tra
         "config": config,
     }
     return save_state(log_dir, state, {"version": learner.version, "incarnation": incarnation,
-                                       "episodes_received": len(received)})
+                                       "episodes_received": len(received)}, keep)
 
 
-def keep(log_dir: Path, version: int) -> Path:
+def keep_version(log_dir: Path, version: int) -> Path:
     """Keep the checkpoint just written as ``log_dir/checkpoints/update-NNNNNN.pt``: a hard
     link (the next save replaces ``checkpoint.pt`` by a new file, so the link keeps these
     bytes), or a copy where the file system has no links."""
@@ -117,12 +118,15 @@ def keep(log_dir: Path, version: int) -> Path:
     return dst
 
 
-def save_state(log_dir: Path, state: dict, meta: dict) -> Path:
+def save_state(log_dir: Path, state: dict, meta: dict, keep: bool = False) -> Path:
     """Write ``state`` to ``log_dir/checkpoint.pt`` and ``meta`` (with ``version`` and
-    ``incarnation``) to ``checkpoint.json``, each atomically, the .json last."""
+    ``incarnation``) to ``checkpoint.json``, each atomically, the .json last (after the
+    kept copy too, with ``keep``: a .json names only checkpoints already kept)."""
     import torch
     path = Path(log_dir) / CHECKPOINT
     _write_atomically(path, lambda f: torch.save(state, f))
+    if keep:
+        keep_version(log_dir, meta["version"])
     meta = dict(meta, file=CHECKPOINT, saved_at=time.time())
     _write_atomically(Path(log_dir) / META, lambda f: f.write(json.dumps(meta).encode()))
     return path

@@ -191,10 +191,12 @@ class Books:
                 "dropped_while_evaluating": self.dropped_while_evaluating,
                 "trained_s": self.trained_s}
 
-    def save(self, cfg: Config, learner: Learner) -> None:
-        """Checkpoint ``learner`` with these books into ``run.log_dir``."""
+    def save(self, cfg: Config, learner: Learner, keep: bool = False) -> None:
+        """Checkpoint ``learner`` with these books into ``run.log_dir`` (``keep``: also
+        under ``checkpoints/``, :func:`learner.checkpoint.keep_version`)."""
         path = checkpoint.save(Path(cfg.run.log_dir), learner, cfg.run.incarnation,
-                               self.counters(), self.received, self.trained, to_dict(cfg))
+                               self.counters(), self.received, self.trained, to_dict(cfg),
+                               keep)
         log.info("checkpoint: version %d in %s", learner.version, path)
 
 
@@ -356,9 +358,7 @@ def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, wri
         if by_count or \
                 (L.checkpoint_every_s and time.monotonic() - saved_at >= L.checkpoint_every_s):
             with prof.span("checkpoint", version=learner.version):
-                books.save(cfg, learner)
-                if by_count and L.keep_checkpoints:
-                    checkpoint.keep(Path(cfg.run.log_dir), learner.version)
+                books.save(cfg, learner, keep=by_count and L.keep_checkpoints)
             saved_at = time.monotonic()
         if learner.version % 10 == 0:
             release_free_memory()
