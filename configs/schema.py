@@ -545,6 +545,12 @@ class WorldModelConfig:
         "episode rolled out open loop from its first frame with its actions, as the env "
         "does, each frame labelled by the real frame it stands for), so the model judges "
         "the frames RL shows it; 0: real frames only")
+    success_hold: int = opt(0, "teach the success model success held this many steps: "
+                            "a frame is positive once the task has shown achieved for "
+                            "H+1 frames running, the frames before that are left out (for "
+                            "a camera that hardly shows the task's boundary, as Lift's 4 "
+                            "cm at 64 px; the recordings need env.success_hold_steps >= "
+                            "H); 0: every achieved frame")
     val_fraction: float = opt(0.1, "share of episodes held out for the metrics")
     max_episodes: int = opt(0, "use at most this many episodes (0: all)")
     val_every: int = opt(250, "steps between held-out metrics")
@@ -828,11 +834,13 @@ def validate(cfg: Config) -> list[str]:
          w.sampling_steps >= 1 and
          min(w.steps, w.batch_size, w.success_steps, w.success_batch_size, w.val_every,
              w.checkpoint_every) >= 1 and w.lr > 0 and 0 <= w.val_fraction < 1 and
-         min(w.max_episodes, w.videos, w.position_dims, w.probe_steps) >= 0,
+         min(w.max_episodes, w.videos, w.position_dims, w.probe_steps,
+             w.success_hold) >= 0,
          "world_model: image_size a multiple of 8 and >= 16; condition_frames, chunk, "
          "sampling_steps, steps, "
          "batch sizes, val_every, checkpoint_every >= 1; channels >= 4; lr > 0; "
-         "val_fraction in [0, 1); max_episodes, videos, position_dims, probe_steps >= 0"),
+         "val_fraction in [0, 1); max_episodes, videos, position_dims, probe_steps, "
+         "success_hold >= 0"),
         (cfg.run.mode != "train_world_model" or cfg.actions_per_chunk % w.chunk == 0,
          f"world_model.chunk={w.chunk} must divide the actor's chunk of "
          f"{cfg.actions_per_chunk} actions (the held-out metrics and the env run whole ones)"),

@@ -16,7 +16,7 @@ from envs.world_model import WorldModelVectorEnv, make_world_model_env, read_act
 from protocol.ids import IdSource
 from worldmodel.evaluate import imagine, open_loop_metrics, outcome_agreement, outcome_rates
 from worldmodel.data import (Episode, LabelledFrames, ResetFrame, Windows, episode_from_demo,
-                             reset_frames)
+                             held_labels, reset_frames)
 from worldmodel.metrics import changed_pixels, psnr, roc_auc, spearman, squared_error
 from worldmodel.models import ConvFramePredictor, SuccessCNN, WorldModel, to_images, \
     to_model_frames
@@ -94,6 +94,22 @@ def test_success_frames_are_drawn_half_positive():
     assert y.sum() == 5 and (x[y][:, 0, 0, 0] == 9).all() and texts == ["reach"] * 10
     with pytest.raises(ValueError, match="both kinds"):
         LabelledFrames([_episode(3)])
+
+
+def test_held_labels_need_success_held_and_leave_out_the_frames_before():
+    labels = np.array([0, 0, 1, 1, 1, 0, 1, 1, 1, 1], bool)
+    positive, usable = held_labels(labels, 2)
+    assert positive.tolist() == [0, 0, 0, 0, 1, 0, 0, 0, 1, 1]
+    assert usable.tolist() == [1, 1, 0, 0, 1, 1, 0, 0, 1, 1]  # a lift undone is negative
+    same, every = held_labels(labels, 0)
+    assert (same == labels).all() and every.all()
+    held = _episode(9, success_at=7)
+    held.labels[7:] = True  # achieved at 7, held to 9: positive only at 9 with hold 2
+    frames = LabelledFrames([held, _episode(5)], hold=2)
+    assert frames.positive.tolist() == [9] and 7 not in frames.negative
+    assert 8 not in frames.negative and 6 in frames.negative
+    with pytest.raises(ValueError, match="held 3 steps"):
+        LabelledFrames([held, _episode(5)], hold=3)
 
 
 def _model(success_logit: float, k=2, t=4) -> WorldModel:

@@ -132,20 +132,38 @@ class Windows:
                            np.stack(state_masks) if with_states else None)
 
 
-class LabelledFrames:
-    """Every frame of ``episodes`` with its success label and instruction, for the
-    success model."""
+def held_labels(labels: np.ndarray, hold: int) -> tuple[np.ndarray, np.ndarray]:
+    """The success model's targets when success must have held ``hold`` steps: frame t is
+    positive when frames t-hold..t all show the task achieved, and left out (``usable``
+    False) when it shows it achieved for fewer steps; every other frame is negative.
+    ``hold`` 0: the labels themselves, every frame usable."""
+    if hold == 0:
+        return labels.copy(), np.ones(len(labels), bool)
+    run = np.zeros(len(labels), np.int64)  # consecutive achieved frames ending at t
+    for t, achieved in enumerate(labels):
+        run[t] = run[t - 1] + 1 if achieved and t else int(achieved)
+    positive = run > hold
+    return positive, positive | ~labels
 
-    def __init__(self, episodes: list[Episode]):
+
+class LabelledFrames:
+    """Every frame of ``episodes`` with its success label (:func:`held_labels` with
+    ``hold``) and instruction, for the success model."""
+
+    def __init__(self, episodes: list[Episode], hold: int = 0):
         self.frames = np.concatenate([e.frames for e in episodes])
-        self.labels = np.concatenate([e.labels for e in episodes])
+        labelled = [held_labels(e.labels, hold) for e in episodes]
+        self.labels = np.concatenate([lab for lab, _ in labelled])
+        usable = np.concatenate([use for _, use in labelled])
         self.instructions = [e.instruction for e in episodes for _ in range(len(e.frames))]
         self.positive = np.flatnonzero(self.labels)
-        self.negative = np.flatnonzero(~self.labels)
+        self.negative = np.flatnonzero(~self.labels & usable)
         if not len(self.positive) or not len(self.negative):
+            held = (f" held {hold} steps (record with env.success_hold_steps >= {hold}, or "
+                    "lower world_model.success_hold)") if hold else ""
             raise ValueError(f"the success model needs frames of both kinds: {len(self.positive)}"
-                             f" successful, {len(self.negative)} not; record episodes that "
-                             "succeed and episodes that fail")
+                             f" successful{held}, {len(self.negative)} not; record episodes "
+                             "that succeed and episodes that fail")
 
     def balanced(self, n: int, rng: np.random.Generator):
         """``n`` frames, half of them positive (drawn with replacement), their labels and

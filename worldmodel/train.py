@@ -6,13 +6,14 @@ predictor (``world_model.generator``) takes ``world_model.steps`` AdamW steps on
 windows (:mod:`worldmodel.data`) minimising its own loss (the deterministic one: L1
 weighted toward the pixels that change, over ``world_model.rollout_calls`` calls unrolled
 on its own frames after ``world_model.rollout_after`` steps of one call; the diffusion
-one: the noise's MSE). The success
-model then takes ``world_model.success_steps`` steps of binary
-cross-entropy on frames drawn half successful, half not, randomly shifted by up to 2
-pixels; ``world_model.generated_share`` of each batch are frames the trained predictor
-generated open loop from the training episodes (labelled by the real frames they stand
-for), so that the success model judges generated frames, which are what the RL stage
-shows it, by the outcome they stand for. Both use linear warmup then cosine decay.
+one: the noise's MSE). The success model then takes ``world_model.success_steps`` steps
+of binary cross-entropy on frames drawn half successful, half not (with
+``world_model.success_hold`` H, successful means achieved for H steps already: the frames
+in between are left out), randomly shifted by up to 2 pixels;
+``world_model.generated_share`` of each batch are frames the trained predictor generated
+open loop from the training episodes (labelled by the real frames they stand for), so
+that the success model judges generated frames, which are what the RL stage shows it, by
+the outcome they stand for. Both use linear warmup then cosine decay.
 
 Written to ``run.log_dir``: TensorBoard (``world_model/train_loss``,
 ``world_model/val_psnr_changed`` and ``world_model/copy_last_psnr_changed`` on held-out
@@ -113,7 +114,7 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
     one_call = Windows(train, w.condition_frames, w.chunk)
     unrolled = Windows(train, w.condition_frames, w.chunk * w.rollout_calls)
     val_windows = Windows(val, w.condition_frames, cfg.actions_per_chunk)
-    frames = LabelledFrames(train)
+    frames = LabelledFrames(train, w.success_hold)
     opt_g, sched_g = _optimizer(model.generator.parameters(), w.lr, w.steps)
     opt_s, sched_s = _optimizer(model.scorer.parameters(), w.lr, w.success_steps)
     steps = {"generator": 0, "success": 0}
@@ -154,7 +155,7 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
         generated = None
         if steps["generator"] >= w.steps and steps["success"] < w.success_steps \
                 and w.generated_share > 0 and not stop.is_set():
-            generated = LabelledFrames(imagine(model, train, device))
+            generated = LabelledFrames(imagine(model, train, device), w.success_hold)
             log.info("success model: %.0f%% of each batch from %d generated frames",
                      100 * w.generated_share, len(generated.labels))
         began = time.monotonic()  # the success model's rate: its steps, not imagine's
