@@ -5,6 +5,7 @@ policy on a real simulator; resuming behaviour cloning."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -245,6 +246,16 @@ def test_world_model_chain_train_rl_inside_it_evaluate_in_the_real_env(tmp_path)
     summary = json.loads((rl / "learner_summary.json").read_text())
     assert summary["updates"] == 2 and summary["trained_twice"] == 0
     assert f"world-model env: {wm / 'world_model.pt'}" in (rl / "actor-0.log").read_text()
+    in_wm = {"env.world_model.checkpoint": wm / "world_model.pt",
+             "env.world_model.reset_data": f"[{rec / 'dataset'}]", "env.max_episode_steps": 16}
+    look = subprocess.run([sys.executable, str(ROOT / "scripts/world_model_frames.py"),
+                           "--config", str(ROOT / wm_config), "--checkpoint",
+                           str(rl / "checkpoint.pt"), "--out", str(tmp_path / "frames.png"),
+                           "--episodes", "4", *small_overrides(tmp_path, **SMALL, **in_wm)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    _ok(look)
+    won = int(re.search(r"(\d) of 4 episodes succeed in the world model", look.stdout)[1])
+    assert (tmp_path / "frames.png").exists() == (won > 0)
     ppo = tmp_path / "ppo"  # PPO in the same world model: GAE over its per-step rewards
     _ok(launch(tmp_path, wm_config, *PPO, "learner.ppo.critic_warmup_updates=1", **SMALL, **{
         "run.log_dir": ppo, "env.world_model.checkpoint": wm / "world_model.pt",

@@ -14,6 +14,7 @@ from demos import Demo
 from envs.base import StepResult
 from envs.world_model import WorldModelVectorEnv, make_world_model_env, read_action_bounds
 from protocol.ids import IdSource
+from worldmodel.closed_loop import closed_loop, success_grid
 from worldmodel.evaluate import imagine, open_loop_metrics, outcome_agreement, outcome_rates
 from worldmodel.data import (Episode, LabelledFrames, ResetFrame, Windows, episode_from_demo,
                              held_labels, reset_frames)
@@ -446,3 +447,22 @@ def test_actions_beyond_the_data_are_clipped_to_its_range_as_the_simulator_clips
     last = env.step_chunk(np.arange(3), actions)[-1].frames
     np.testing.assert_array_equal(last[0], last[1])  # 5 is past q99 = 1: the same as 1
     assert not np.array_equal(last[0], last[2])
+
+
+def test_closed_loop_episodes_and_the_grid_of_frames_before_success():
+    def act(obs):
+        return np.zeros((len(obs.task_descriptions), 4, 7), np.float32)
+
+    env = WorldModelVectorEnv(3, 1, _model(-10.0), _starts(), max_episode_steps=8)
+    never = closed_loop(env, act, [0, 1, 2])
+    assert [len(ep.frames) for ep in never] == [9, 9, 9]  # reset frame + 8 generated
+    assert all(ep.first_success is None for ep in never) and success_grid(never) is None
+    np.testing.assert_array_equal(never[2].frames[0], _starts()[2].frame)
+    env = WorldModelVectorEnv(3, 1, _model(10.0), _starts(), max_episode_steps=8)
+    won = closed_loop(env, act, [2, 0, 1])
+    assert [ep.first_success for ep in won] == [1, 1, 1] and len(won[0].frames) == 2
+    grid = success_grid(won, before=(1, 0), rows=2)
+    assert grid.shape == (2 * SIZE, 3 * SIZE, 3)
+    np.testing.assert_array_equal(grid[:SIZE, :SIZE], _starts()[2].frame)  # 1 before: reset
+    np.testing.assert_array_equal(grid[:SIZE, SIZE:2 * SIZE], won[0].frames[1])
+    np.testing.assert_array_equal(grid[SIZE:, 2 * SIZE:], _starts()[0].frame)
