@@ -58,13 +58,19 @@ def scores(model: WorldModel, frames: np.ndarray, instructions: list[str],
         for i in range(0, len(frames), 256)])
 
 
+def episode_scores(model: WorldModel, episodes: list[Episode], device) -> list[np.ndarray]:
+    """The success model's probability for every frame of each episode, in one pass."""
+    frames = np.concatenate([e.frames for e in episodes])
+    texts = [e.instruction for e in episodes for _ in range(len(e.frames))]
+    flat = scores(model, frames, texts, device)
+    return np.split(flat, np.cumsum([len(e.frames) for e in episodes])[:-1])
+
+
 def success_auc(model: WorldModel, episodes: list[Episode], device) -> float:
     """ROC AUC of the success model over every frame of ``episodes`` (nan without both
     kinds of frame)."""
-    frames = np.concatenate([e.frames for e in episodes])
-    labels = np.concatenate([e.labels for e in episodes])
-    texts = [e.instruction for e in episodes for _ in range(len(e.frames))]
-    return roc_auc(scores(model, frames, texts, device), labels)
+    return roc_auc(np.concatenate(episode_scores(model, episodes, device)),
+                   np.concatenate([e.labels for e in episodes]))
 
 
 @torch.no_grad()
@@ -104,8 +110,11 @@ def peak_scores(model: WorldModel, imagined: list[Episode], device) -> np.ndarra
     """Each episode's highest success probability over its frames after the first (the
     ones the world model generates): it is a world-model success at threshold ``t`` when
     this reaches ``t`` (:func:`envs.world_model.frame_success`)."""
-    return np.array([scores(model, e.frames[1:], [e.instruction] * len(e), device).max()
-                     for e in imagined])
+    return _peaks(episode_scores(model, imagined, device))
+
+
+def _peaks(per_episode: list[np.ndarray]) -> np.ndarray:
+    return np.array([s[1:].max() for s in per_episode])
 
 
 def outcome_rates(peaks: np.ndarray, real: list[Episode], threshold: float) -> dict:
@@ -141,10 +150,12 @@ def open_loop_metrics(model: WorldModel, episodes: list[Episode], threshold: flo
     the generated frames (``auc_generated``) and :func:`outcome_agreement`; and the
     success model's own share of the optimism, the same rule on the real frames
     (``scorer_success_on_real_failures``: no generator involved)."""
-    imagined = imagine(model, episodes, device)
-    on_real = outcome_agreement(model, episodes, episodes, threshold, device)
-    return {"auc_generated": success_auc(model, imagined, device),
-            **outcome_agreement(model, episodes, imagined, threshold, device),
+    generated = episode_scores(model, imagine(model, episodes, device), device)
+    on_real = outcome_rates(_peaks(episode_scores(model, episodes, device)), episodes,
+                            threshold)
+    return {"auc_generated": roc_auc(np.concatenate(generated),
+                                     np.concatenate([e.labels for e in episodes])),
+            **outcome_rates(_peaks(generated), episodes, threshold),
             "scorer_success_on_real_failures": on_real["wm_success_on_real_failures"]}
 
 
