@@ -86,7 +86,8 @@ def agreement(exp, checkpoint: Path, folder: Path, world_model: Path, episodes: 
                             *exp.real_env])
     cfg = load_config(ROOT / exp.config, overrides)
     model = WorldModel.load(world_model)
-    real, _ = load_episodes([folder / "dataset"], model.image_size, image_orientation(cfg.env))
+    real, _ = load_episodes([folder / "dataset"], model.image_size, image_orientation(cfg.env),
+                            model.cameras)
     rule = cfg.env.world_model
     return open_loop_metrics(model, real, rule.success_threshold, "cpu")
 

@@ -57,10 +57,12 @@ def world_model_env(cfg, num_envs: int, group_size: int):
     model = from_config(cfg.world_model, cfg.model.action_dim, -np.ones(cfg.model.action_dim),
                         np.ones(cfg.model.action_dim))
     if all(Path(p).exists() for p in wm.reset_data) and wm.reset_data:
-        starts, note = reset_frames(wm.reset_data, size), "untrained, recorded reset frames"
+        starts = reset_frames(wm.reset_data, size, cameras=model.cameras)
+        note = "untrained, recorded reset frames"
     else:
         rng = np.random.default_rng(0)
-        starts = [ResetFrame(rng.integers(0, 256, (size, size, 3), np.uint8), "lift the cube")]
+        starts = [ResetFrame(rng.integers(0, 256, (size, size, 3 * len(model.cameras)),
+                                          np.uint8), "lift the cube")]
         note = "untrained, random reset frames"
     return (WorldModelVectorEnv(num_envs, group_size, model, starts, steps, cfg.env.state_dim,
                                 cfg.model.action_dim), note)

@@ -516,6 +516,13 @@ class WorldModelConfig:
     datasets: list[str] = opt([], "HDF5 files or folders of recorded episodes (with their "
                               "final frames: chunkrl's recordings)")
     image_size: int = opt(64, "frames are resized to this square (the env's image size)")
+    cameras: list[str] = opt(["main"], "the views the world model generates, stacked as "
+                             "channels: [main] (RLinf's one camera), or [main, wrist] (the "
+                             "wrist camera too: the predictor and the success model see "
+                             "both, the policy gets the wrist frames as its wrist camera; "
+                             "for a task the main camera hardly shows, as Lift's 4 cm lift "
+                             "at 64 px; an episode then loses its last action, whose wrist "
+                             "frame is not recorded)")
     generator: Literal["conv", "diffusion"] = opt(
         "conv", "the frame predictor: conv (deterministic U-Net, worldmodel/models.py) or "
         "diffusion (diffusers' UNet2DModel, DDIM sampling, worldmodel/diffusion.py)")
@@ -841,6 +848,9 @@ def validate(cfg: Config) -> list[str]:
          "batch sizes, val_every, checkpoint_every >= 1; channels >= 4; lr > 0; "
          "val_fraction in [0, 1); max_episodes, videos, position_dims, probe_steps, "
          "success_hold >= 0"),
+        (w.cameras in (["main"], ["main", "wrist"]),
+         f"world_model.cameras={w.cameras}: [main] or [main, wrist] (the policy's main "
+         "camera comes first)"),
         (cfg.run.mode != "train_world_model" or cfg.actions_per_chunk % w.chunk == 0,
          f"world_model.chunk={w.chunk} must divide the actor's chunk of "
          f"{cfg.actions_per_chunk} actions (the held-out metrics and the env run whole ones)"),

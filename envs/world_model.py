@@ -16,8 +16,10 @@ chunkrl's (or any :class:`worldmodel.models.WorldModel`'s) generator and success
   ``r_t = reward_coef * (s_t - s_{t-1})`` with ``s`` 0 at a reset, so an episode's
   return telescopes to ``reward_coef`` x its last score. (RLinf rounds ``p`` and then
   compares with 0.9: success at ``p >= 0.5``, which is ``success_threshold: 0.5`` here.)
-- **Observation**: the last frame (the model's image size), no wrist camera, and a state
-  of zeros of the contract's size: the world model has no proprioception, as RLinf's.
+- **Observation**: the last frame (the model's image size), and a state of zeros of the
+  contract's size: the world model has no proprioception, as RLinf's. A world model of
+  one camera (RLinf's) gives no wrist images; one that also generates the wrist camera
+  (``world_model.cameras: [main, wrist]``) gives its wrist frames as the wrist camera's.
 """
 
 from __future__ import annotations
@@ -64,11 +66,11 @@ class WorldModelVectorEnv(VectorEnv):
         if model.generator.action_dim != action_dim:
             raise ValueError(f"the world model takes {model.generator.action_dim}-D actions, "
                              f"the policy gives {action_dim}-D (model.action_dim)")
-        size = model.image_size
+        size, channels = model.image_size, 3 * len(model.cameras)
         for s in starts:
-            if s.frame.shape != (size, size, 3):
+            if s.frame.shape != (size, size, channels):
                 raise ValueError(f"reset frame of {s.frame.shape}, the world model makes "
-                                 f"{size}x{size}x3 frames")
+                                 f"{size}x{size}x{channels} frames ({'+'.join(model.cameras)})")
         self.num_envs, self.group_size = num_envs, group_size
         self.state_dim, self.action_dim = state_dim, action_dim
         self.max_episode_steps, self.held_out = max_episode_steps, held_out
@@ -77,8 +79,8 @@ class WorldModelVectorEnv(VectorEnv):
         self.starts = starts
         self.coef, self.threshold, self.binary = reward_coef, success_threshold, binary_score
         k = model.condition_frames
-        self.history = torch.zeros(num_envs, k, 3, size, size, device=self.device)
-        self.last = np.zeros((num_envs, size, size, 3), np.uint8)
+        self.history = torch.zeros(num_envs, k, channels, size, size, device=self.device)
+        self.last = np.zeros((num_envs, size, size, channels), np.uint8)  # every camera's
         self.score = np.zeros(num_envs, np.float32)
         self.steps = np.zeros(num_envs, np.int64)
         self.instructions = [""] * num_envs
@@ -123,7 +125,7 @@ class WorldModelVectorEnv(VectorEnv):
         out, done = [], np.zeros(b, bool)
         for t in range(n):
             res = StepResult(np.zeros(b, np.float32), np.zeros(b, bool), np.zeros(b, bool),
-                             np.zeros(b, bool), [""] * b, images[:, t])
+                             np.zeros(b, bool), [""] * b, images[:, t, ..., :3])
             live = np.flatnonzero(~done)
             e = env_ids[live]
             s = scores[live, t]
@@ -139,14 +141,17 @@ class WorldModelVectorEnv(VectorEnv):
 
     @override
     def observe(self, env_ids: np.ndarray) -> EnvObs:
-        """The last frame of each env, zero states, the instructions."""
-        return EnvObs(self.last[env_ids].copy(),
+        """The last frame of each env (the main camera's, and the wrist camera's when the
+        world model makes it), zero states, the instructions."""
+        last = self.last[env_ids]
+        return EnvObs(np.ascontiguousarray(last[..., :3]),
                       np.zeros((len(env_ids), self.state_dim), np.float32),
-                      [self.instructions[e] for e in env_ids])
+                      [self.instructions[e] for e in env_ids],
+                      np.ascontiguousarray(last[..., 3:6]) if last.shape[-1] > 3 else None)
 
     @override
     def frame(self, env_id: int) -> np.ndarray:
-        return self.last[env_id].copy()
+        return self.last[env_id, ..., :3].copy()
 
     @override
     def task_info(self, init_state_id: int) -> dict:
@@ -173,7 +178,7 @@ def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
         model.action_high.copy_(torch.as_tensor(high))
     from envs import image_orientation
 
-    starts = reset_frames(wm.reset_data, model.image_size, image_orientation(cfg))
+    starts = reset_frames(wm.reset_data, model.image_size, image_orientation(cfg), model.cameras)
     log.info("world-model env: %s (%dx%d frames, chunks of %d), %d reset frames",
              wm.checkpoint, model.image_size, model.image_size, model.chunk, len(starts))
     return WorldModelVectorEnv(num_envs, group_size, model, starts, max_episode_steps,

@@ -11,9 +11,14 @@ a reset gives the world model) and actions ``t .. t+T-1``, and targets frames
 ``t+1 .. t+T``; target steps past the episode's end are masked out (their actions
 repeat the last one).
 
+A world model of several cameras (``world_model.cameras``: main, then wrist) sees each
+step's views stacked as channels, frames [..,H,W,3V]; the wrist camera has no recorded
+frame after the last action, so such an episode loses its last action.
+
 Reset frames also come from RLinf's world-model datasets: folders of ``traj*.npy``, each
-a sequence of per-step dicts with ``image`` (HWC uint8) and ``instruction`` (or
-``task``), of which only step 0 is used, as RLinf's env does.
+a sequence of per-step dicts with ``image`` (HWC uint8), ``wrist_image`` when the world
+model sees the wrist camera, and ``instruction`` (or ``task``), of which only step 0 is
+used, as RLinf's env does.
 """
 
 from __future__ import annotations
@@ -31,8 +36,11 @@ from demos import Demo, ReadReport, read_demos
 NPY_GLOB = "traj*.npy"
 
 
+MAIN_ONLY = ("main",)
+
+
 def resize(images: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [N,H,W,3] -> [N,size,size,3] by area averaging (what the CNN policy does to
+    """uint8 [N,H,W,C] -> [N,size,size,C] by area averaging (what the CNN policy does to
     the simulator's frames, so the world model's frames look like those it was shown)."""
     if images.shape[1:3] == (size, size):
         return images
@@ -41,9 +49,29 @@ def resize(images: np.ndarray, size: int) -> np.ndarray:
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
+def split_views(frames: np.ndarray) -> np.ndarray:
+    """uint8 [...,H,W,3V] (views stacked as channels) -> [...,H,V*W,3], the views side by
+    side, to look at."""
+    views = np.split(frames, frames.shape[-1] // 3, axis=-1)
+    return np.concatenate(views, axis=-2)
+
+
+def demo_views(demo: Demo, cameras: tuple[str, ...]) -> np.ndarray:
+    """The demo's frames of ``cameras`` (main first, then wrist) stacked as channels;
+    a missing camera names itself."""
+    views = [demo.main_images]
+    if "wrist" in cameras:
+        if demo.wrist_images is None:
+            raise ValueError("the world model sees the wrist camera but a recording has "
+                             "none: record with env.wrist_camera=true, or set "
+                             "world_model.cameras=[main]")
+        views.append(demo.wrist_images)
+    return np.concatenate(views, axis=-1)
+
+
 @dataclass
 class Episode:
-    """Frames uint8 [L+1,H,W,3], actions float32 [L,D], labels bool [L+1] (frame k shows
+    """Frames uint8 [L+1,H,W,3V] (V cameras stacked as channels), actions float32 [L,D], labels bool [L+1] (frame k shows
     the task achieved), the instruction, and the state vector of frames 0..L-1 [L,S] (the
     last frame's was never observed), or None."""
 
@@ -57,13 +85,15 @@ class Episode:
         return len(self.actions)
 
 
-def episode_from_demo(demo: Demo, image_size: int) -> Episode | None:
-    """The demo's frames and actions (None when fewer than two frames remain)."""
-    frames = demo.main_images
+def episode_from_demo(demo: Demo, image_size: int,
+                      cameras: tuple[str, ...] = MAIN_ONLY) -> Episode | None:
+    """The demo's frames of ``cameras`` and actions (None when fewer than two frames
+    remain)."""
+    frames = demo_views(demo, cameras)
     actions, success, states = demo.actions, demo.success, demo.states
-    if demo.final_main_image is not None:
+    if demo.final_main_image is not None and tuple(cameras) == MAIN_ONLY:
         frames = np.concatenate([frames, demo.final_main_image[None]])
-    else:  # without the final frame the last action has no frame to lead to
+    else:  # without the final frame(s) the last action has no frame to lead to
         actions, success, states = actions[:-1], success[:-1], states[:-1]
     if len(actions) < 1:
         return None
@@ -72,11 +102,13 @@ def episode_from_demo(demo: Demo, image_size: int) -> Episode | None:
                    demo.instruction, np.asarray(states, np.float32))
 
 
-def load_episodes(paths: Iterable[str], image_size: int,
-                  orientation: str = "upright") -> tuple[list[Episode], ReadReport]:
-    """Every episode under ``paths`` (HDF5 files or folders), and the reader's report."""
-    demos, report = read_demos(paths, orientation)
-    episodes = [e for e in (episode_from_demo(d, image_size) for d in demos) if e is not None]
+def load_episodes(paths: Iterable[str], image_size: int, orientation: str = "upright",
+                  cameras: tuple[str, ...] = MAIN_ONLY) -> tuple[list[Episode], ReadReport]:
+    """Every episode under ``paths`` (HDF5 files or folders) with the views of
+    ``cameras``, and the reader's report."""
+    demos, report = read_demos(paths, orientation, cameras)
+    episodes = [e for e in (episode_from_demo(d, image_size, cameras) for d in demos)
+                if e is not None]
     return episodes, report
 
 
@@ -176,48 +208,59 @@ class LabelledFrames:
 
 @dataclass(frozen=True)
 class ResetFrame:
-    """A world-model env's starting frame (uint8 [H,W,3]) and instruction."""
+    """A world-model env's starting frame (uint8 [H,W,3V]: its cameras' views stacked)
+    and instruction."""
 
     frame: np.ndarray
     instruction: str
 
 
-def read_npy_trajectory(path: Path) -> ResetFrame:
-    """Step 0 of one RLinf ``traj*.npy`` file; a bad file names itself and what is wrong."""
+NPY_KEYS = {"main": "image", "wrist": "wrist_image"}
+
+
+def read_npy_trajectory(path: Path, cameras: tuple[str, ...] = MAIN_ONLY) -> ResetFrame:
+    """Step 0 of one RLinf ``traj*.npy`` file, the views of ``cameras`` stacked; a bad
+    file names itself and what is wrong."""
+    keys = [NPY_KEYS[c] for c in cameras]
     try:
         steps = np.load(path, allow_pickle=True)
         first = steps[0]
-        image = np.asarray(first["image"])
+        images = [np.asarray(first[k]) for k in keys]
         text = first.get("instruction", first.get("task"))
     except (OSError, ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path}: not an RLinf trajectory (a sequence of step dicts with "
-                         f"'image' and 'instruction'): {type(exc).__name__}: {exc}") from exc
+                         f"{', '.join(map(repr, keys))} and 'instruction'): "
+                         f"{type(exc).__name__}: {exc}") from exc
     if text is None:
         raise ValueError(f"{path}: step 0 has no 'instruction' (or 'task')")
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"{path}: step 0's image is {image.shape}, not HWC RGB")
-    if image.dtype != np.uint8:  # RLinf also stores floats in [0, 1]
-        image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
-    return ResetFrame(image, text.decode() if isinstance(text, bytes) else str(text))
+    for key, image in zip(keys, images):
+        if image.ndim != 3 or image.shape[-1] != 3 or image.shape != images[0].shape:
+            raise ValueError(f"{path}: step 0's {key} is {image.shape}, not HWC RGB "
+                             f"{'' if key == keys[0] else 'of the main image size'}")
+    images = [im if im.dtype == np.uint8  # RLinf also stores floats in [0, 1]
+              else (np.clip(im, 0, 1) * 255).round().astype(np.uint8) for im in images]
+    return ResetFrame(np.concatenate(images, axis=-1),
+                      text.decode() if isinstance(text, bytes) else str(text))
 
 
-def reset_frames(paths: Iterable[str], image_size: int,
-                 orientation: str = "upright") -> list[ResetFrame]:
-    """The first frame and instruction of every episode under ``paths``: HDF5 recordings
-    (files or folders) and folders (or files) of RLinf ``traj*.npy``, resized."""
+def reset_frames(paths: Iterable[str], image_size: int, orientation: str = "upright",
+                 cameras: tuple[str, ...] = MAIN_ONLY) -> list[ResetFrame]:
+    """The first frame (the views of ``cameras``) and instruction of every episode under
+    ``paths``: HDF5 recordings (files or folders) and folders (or files) of RLinf
+    ``traj*.npy``, resized."""
     out: list[ResetFrame] = []
     h5_paths = []
     for p in map(Path, paths):
         npys = sorted(f for f in p.glob(NPY_GLOB) if "_kir" not in f.name) if p.is_dir() \
             else [p] if p.suffix == ".npy" else []
         for f in npys:
-            got = read_npy_trajectory(f)
+            got = read_npy_trajectory(f, cameras)
             out.append(ResetFrame(resize(got.frame[None], image_size)[0], got.instruction))
         if not npys:
             h5_paths.append(p)
     if h5_paths:
-        demos, _ = read_demos(h5_paths, orientation)
-        out += [ResetFrame(resize(d.main_images[:1], image_size)[0], d.instruction)
+        demos, _ = read_demos(h5_paths, orientation, cameras)
+        out += [ResetFrame(resize(demo_views(d, cameras)[:1], image_size)[0], d.instruction)
                 for d in demos]
     if not out:
         raise ValueError(f"no episodes to reset from in {list(map(str, paths))}: give HDF5 "

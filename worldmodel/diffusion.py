@@ -22,19 +22,21 @@ TRAIN_TIMESTEPS = 1000
 
 
 class DiffusionFramePredictor(nn.Module):
-    """History [B,K,3,H,W] + normalised actions [B,T,D] -> T frames, by denoising."""
+    """History [B,K,C,H,W] + normalised actions [B,T,D] -> T frames, by denoising
+    (``image_channels`` C: 3 per camera)."""
 
     def __init__(self, condition_frames: int, chunk: int, action_dim: int, channels: int = 32,
-                 image_size: int = 64, sampling_steps: int = 4):
+                 image_size: int = 64, sampling_steps: int = 4, image_channels: int = 3):
         super().__init__()
         from diffusers import DDIMScheduler, UNet2DModel
 
         self.condition_frames, self.chunk, self.action_dim = condition_frames, chunk, action_dim
         self.channels, self.sampling_steps = channels, sampling_steps
+        self.image_channels = image_channels
         c = channels
         self.unet = UNet2DModel(
-            sample_size=image_size, in_channels=3 * (condition_frames + chunk),
-            out_channels=3 * chunk, block_out_channels=(c, 2 * c, 4 * c),
+            sample_size=image_size, in_channels=image_channels * (condition_frames + chunk),
+            out_channels=image_channels * chunk, block_out_channels=(c, 2 * c, 4 * c),
             down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
             up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), layers_per_block=1,
             norm_num_groups=min(8, c), attention_head_dim=min(32, 4 * c),
@@ -67,9 +69,9 @@ class DiffusionFramePredictor(nn.Module):
     def generate(self, history: torch.Tensor, actions: torch.Tensor,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """The next ``chunk`` frames: ``sampling_steps`` DDIM steps (no gradient)."""
-        b, _, _, h, w = history.shape
+        b, _, ch, h, w = history.shape
         with torch.no_grad():
-            x = torch.randn((b, self.chunk, 3, h, w), generator=generator,
+            x = torch.randn((b, self.chunk, ch, h, w), generator=generator,
                             device=history.device)
             self.scheduler.set_timesteps(self.sampling_steps, device=history.device)
             for t in self.scheduler.timesteps:
@@ -85,4 +87,4 @@ class DiffusionFramePredictor(nn.Module):
         """What rebuilds it (:func:`worldmodel.models.build_generator`)."""
         return {"kind": "diffusion", "condition_frames": self.condition_frames,
                 "chunk": self.chunk, "action_dim": self.action_dim, "channels": self.channels,
-                "sampling_steps": self.sampling_steps}
+                "sampling_steps": self.sampling_steps, "image_channels": self.image_channels}

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldmodel.data import Episode, Windows
+from worldmodel.data import Episode, Windows, split_views
 from worldmodel.metrics import changed_pixels, psnr, roc_auc, squared_error
 from worldmodel.models import WorldModel, to_images, to_model_frames
 
@@ -23,21 +23,23 @@ def generator_metrics(model: WorldModel, windows: Windows, device,
     """PSNR of one chunk's predicted frames (the windows' chunk: the policy's, generated
     in as many calls as the model needs) on the pixels that change, the same for
     copying the last history frame, their difference (``val_psnr_gain``, dB), and PSNR
-    over whole frames; over the first ``max_windows`` windows (every one when fewer)."""
+    over whole frames; over the first ``max_windows`` windows (every one when fewer).
+    The cameras' views count as pixels of their own (side by side)."""
     model.generator.eval()
     rows = np.arange(min(len(windows), max_windows))
     sums = {"pred": [0.0, 0], "copy": [0.0, 0], "pred_all": [0.0, 0]}
     for start in range(0, len(rows), EVAL_BATCH):
         batch = windows.batch(rows[start:start + EVAL_BATCH])
         acts = model.normalise(torch.from_numpy(batch.actions).to(device))
-        pred = to_images(model.generate(to_model_frames(batch.history).to(device), acts))
-        last = batch.history[:, -1]
-        changed = changed_pixels(last, batch.targets) & batch.mask[:, :, None, None]
+        pred = split_views(to_images(model.generate(to_model_frames(batch.history).to(device),
+                                                    acts)))
+        last, targets = split_views(batch.history[:, -1]), split_views(batch.targets)
+        changed = changed_pixels(last, targets) & batch.mask[:, :, None, None]
         whole = np.broadcast_to(batch.mask[:, :, None, None], changed.shape)
-        copy = np.broadcast_to(last[:, None], batch.targets.shape)
+        copy = np.broadcast_to(last[:, None], targets.shape)
         for key, guess, where in (("pred", pred, changed), ("copy", copy, changed),
                                   ("pred_all", pred, whole)):
-            sq, n = squared_error(guess, batch.targets, where)
+            sq, n = squared_error(guess, targets, where)
             sums[key][0] += sq
             sums[key][1] += n
     out = {"val_psnr_changed": psnr(*sums["pred"]), "copy_last_psnr_changed": psnr(*sums["copy"]),
@@ -50,7 +52,7 @@ def generator_metrics(model: WorldModel, windows: Windows, device,
 @torch.no_grad()
 def scores(model: WorldModel, frames: np.ndarray, instructions: list[str],
            device) -> np.ndarray:
-    """The success model's probability for each uint8 frame [N,H,W,3] and instruction."""
+    """The success model's probability for each uint8 frame [N,H,W,C] and instruction."""
     model.scorer.eval()
     return np.concatenate([
         model.scorer.score(to_model_frames(frames[i:i + 256]).to(device),
@@ -75,8 +77,8 @@ def success_auc(model: WorldModel, episodes: list[Episode], device) -> float:
 
 @torch.no_grad()
 def rollout(model: WorldModel, first: np.ndarray, actions: np.ndarray, device) -> np.ndarray:
-    """Open loop, as the env runs: from uint8 first frames [B,H,W,3] and env-unit actions
-    [B,L,D], the L generated frames [B,L,H,W,3], chunk after chunk on its own frames (a
+    """Open loop, as the env runs: from uint8 first frames [B,H,W,C] and env-unit actions
+    [B,L,D], the L generated frames [B,L,H,W,C], chunk after chunk on its own frames (a
     last partial chunk is padded with its last action)."""
     model.generator.eval()
     length = actions.shape[1]
@@ -162,13 +164,15 @@ def open_loop_metrics(model: WorldModel, episodes: list[Episode], threshold: flo
 def write_side_by_side(model: WorldModel, episodes: list[Episode], folder: Path,
                        fps: int = 10) -> list[Path]:
     """One mp4 per episode: the recorded frames | the frames the model generates from the
-    same first frame and actions, each shown at least 128 px high."""
+    same first frame and actions (each camera's views side by side), each shown at least
+    128 px high."""
     from actors.video import write_mp4
 
     paths = []
     for i, ep in enumerate(episodes):
         gen = rollout(model, ep.frames[:1], ep.actions[None], "cpu")[0]
-        frames = np.concatenate([ep.frames, np.concatenate([ep.frames[:1], gen])], axis=2)
+        frames = split_views(np.concatenate([ep.frames, np.concatenate([ep.frames[:1], gen])],
+                                            axis=2))
         scale = max(1, -(-128 // frames.shape[1]))
         frames = frames.repeat(scale, 1).repeat(scale, 2)
         paths.append(write_mp4(folder / f"episode{i:03d}_real_vs_generated.mp4", list(frames),

@@ -25,9 +25,9 @@ def changed_pixels(last: np.ndarray, targets: np.ndarray,
 
 def squared_error(pred: np.ndarray, target: np.ndarray, where: np.ndarray) -> tuple[float, int]:
     """(sum of squared errors on the [0, 1] scale, pixel count) over ``where`` [...,H,W]
-    of uint8 frames [...,H,W,3] (all three channels of each pixel)."""
+    of uint8 frames [...,H,W,C] (all C channels of each pixel)."""
     err = ((pred.astype(np.float64) - target.astype(np.float64)) / 255.0) ** 2
-    return float(err[where].sum()), int(where.sum()) * 3
+    return float(err[where].sum()), int(where.sum()) * pred.shape[-1]
 
 
 def psnr(sq_sum: float, count: int) -> float:

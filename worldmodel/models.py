@@ -3,7 +3,8 @@ file that holds them.
 
 A :class:`FrameGenerator` maps the last K frames and a chunk of T actions to the T frames
 those actions lead to; a :class:`SuccessScorer` maps one frame to the probability that the
-task its instruction names is achieved in it. Frames are float [.., 3, H, W] in [-1, 1];
+task its instruction names is achieved in it. Frames are float [.., C, H, W] in [-1, 1],
+C = 3 x the cameras the model sees (``cameras``: main, then wrist, stacked);
 actions are normalised with the training data's 1st/99th percentiles, as RLinf's world
 model takes them:
 ``2 (a - q01) / (q99 - q01) - 1`` on every dimension, gripper included (the env clips them
@@ -29,7 +30,7 @@ FORMAT = "chunkrl-world-model-v1"
 
 
 class FrameGenerator(Protocol):
-    """History [B,K,3,H,W] and normalised actions [B,T,D] -> the next frames [B,T,3,H,W]."""
+    """History [B,K,C,H,W] and normalised actions [B,T,D] -> the next frames [B,T,C,H,W]."""
 
     condition_frames: int
     chunk: int
@@ -40,7 +41,7 @@ class FrameGenerator(Protocol):
 
 
 class SuccessScorer(Protocol):
-    """Frames [N,3,H,W] and their N instructions -> the probability [N] that the task is
+    """Frames [N,C,H,W] and their N instructions -> the probability [N] that the task is
     achieved in each."""
 
     def score(self, frames: torch.Tensor, instructions: list[str]) -> torch.Tensor:
@@ -49,13 +50,13 @@ class SuccessScorer(Protocol):
 
 
 def to_model_frames(images: np.ndarray) -> torch.Tensor:
-    """uint8 [...,H,W,3] -> float [...,3,H,W] in [-1, 1]."""
+    """uint8 [...,H,W,C] -> float [...,C,H,W] in [-1, 1]."""
     x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(127.5).sub_(1.0)
     return x.movedim(-1, -3)
 
 
 def to_images(frames: torch.Tensor) -> np.ndarray:
-    """float [...,3,H,W] in [-1, 1] -> uint8 [...,H,W,3]."""
+    """float [...,C,H,W] in [-1, 1] -> uint8 [...,H,W,C]."""
     x = frames.detach().float().clamp(-1, 1).add(1.0).mul(127.5).round()
     return x.movedim(-3, -1).to(torch.uint8).cpu().numpy()
 
@@ -82,28 +83,30 @@ class ConvFramePredictor(nn.Module):
     """A deterministic action-conditioned frame predictor: a three-level U-Net over the K
     stacked history frames; the chunk's actions (an MLP of all T x D) scale and shift
     the features of every decoder level (FiLM). It predicts the change of each of the T
-    frames from the last history frame: a still scene costs the network nothing."""
+    frames from the last history frame: a still scene costs the network nothing.
+    ``image_channels``: 3 per camera, the views stacked."""
 
     def __init__(self, condition_frames: int, chunk: int, action_dim: int,
-                 channels: int = 32):
+                 channels: int = 32, image_channels: int = 3):
         super().__init__()
         self.condition_frames, self.chunk, self.action_dim = condition_frames, chunk, action_dim
+        self.image_channels = image_channels
         c = channels
         self.widths = (c, 2 * c, 4 * c, 4 * c)
-        self.stem = _block(3 * condition_frames, c)
+        self.stem = _block(image_channels * condition_frames, c)
         self.down = nn.ModuleList([_block(c, 2 * c, 2), _block(2 * c, 4 * c, 2),
                                    _block(4 * c, 4 * c, 2)])
         self.up = nn.ModuleList([_block(8 * c, 4 * c), _block(6 * c, 2 * c), _block(3 * c, c)])
         self.film = nn.Sequential(nn.Linear(chunk * action_dim, 8 * c), nn.SiLU(),
                                   nn.Linear(8 * c, 2 * (4 * c + 4 * c + 2 * c + c)))
-        self.head = nn.Conv2d(c, 3 * chunk, 3, 1, 1)
+        self.head = nn.Conv2d(c, image_channels * chunk, 3, 1, 1)
         nn.init.zeros_(self.head.weight)  # starts as "copy the last frame"
         nn.init.zeros_(self.head.bias)
 
     def forward(self, history: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """History [B,K,3,H,W], normalised actions [B,T,D] -> frames [B,T,3,H,W]."""
-        b, k, _, h, w = history.shape
-        skips = [self.stem(history.reshape(b, k * 3, h, w))]
+        """History [B,K,C,H,W], normalised actions [B,T,D] -> frames [B,T,C,H,W]."""
+        b, k, ch, h, w = history.shape
+        skips = [self.stem(history.reshape(b, k * ch, h, w))]
         for down in self.down:
             skips.append(down(skips[-1]))
         film = self.film(actions.reshape(b, -1))
@@ -118,7 +121,7 @@ class ConvFramePredictor(nn.Module):
         for level, (up, skip) in enumerate(zip(self.up, reversed(skips[:3])), start=1):
             x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
             x = modulate(up(torch.cat([x, skip], 1)), level)
-        delta = self.head(x).reshape(b, self.chunk, 3, h, w)
+        delta = self.head(x).reshape(b, self.chunk, ch, h, w)
         return (history[:, -1:] + delta).clamp(-1.0, 1.0)
 
     def generate(self, history: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -149,12 +152,13 @@ class ConvFramePredictor(nn.Module):
             total = total + ((pred - targets[:, part]).abs() * weight).sum()
             weight_sum = weight_sum + weight.sum()
             history = torch.cat([history, pred], 1)[:, -k:]
-        return total / (weight_sum * 3).clamp(min=1.0)
+        return total / (weight_sum * targets.shape[2]).clamp(min=1.0)
 
     def spec(self) -> dict:
         """What rebuilds it (:func:`build_generator`)."""
         return {"kind": "conv", "condition_frames": self.condition_frames,
-                "chunk": self.chunk, "action_dim": self.action_dim, "channels": self.widths[0]}
+                "chunk": self.chunk, "action_dim": self.action_dim, "channels": self.widths[0],
+                "image_channels": self.image_channels}
 
 
 class SuccessCNN(nn.Module):
@@ -163,15 +167,16 @@ class SuccessCNN(nn.Module):
     instruction (a bag of hashed words, as the CNN policy reads it: "the red square"
     selects red features before they are pooled), global average pooling, a linear layer.
     RLinf's ResnetRM sees the frame alone; one scene can hold the named target and others,
-    so chunkrl's reads the instruction too."""
+    so chunkrl's reads the instruction too. ``image_channels``: 3 per camera."""
 
-    def __init__(self, channels: int = 16, vocab_size: int = 1024, embed_dim: int = 32):
+    def __init__(self, channels: int = 16, vocab_size: int = 1024, embed_dim: int = 32,
+                 image_channels: int = 3):
         super().__init__()
         c, self.vocab_size = channels, vocab_size
-        self.channels = channels
+        self.channels, self.image_channels = channels, image_channels
         widths = (c, 2 * c, 4 * c, 4 * c)
         self.convs = nn.ModuleList()
-        cin = 3
+        cin = image_channels
         for cout in widths:
             self.convs.append(nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1), nn.GroupNorm(4, cout)))
             cin = cout
@@ -183,7 +188,7 @@ class SuccessCNN(nn.Module):
         self.head = nn.Linear(cin, 1)
 
     def forward(self, frames: torch.Tensor, instructions: list[str]) -> torch.Tensor:
-        """Frames [N,3,H,W] and N instructions -> logits [N]."""
+        """Frames [N,C,H,W] and N instructions -> logits [N]."""
         from models.cnn_policy import hash_words
 
         ids, offsets = hash_words(instructions, self.vocab_size)
@@ -210,13 +215,20 @@ def normalise_actions(actions: torch.Tensor, low: torch.Tensor, high: torch.Tens
 
 class WorldModel(nn.Module):
     """A generator, a success scorer, and the action bounds (q01, q99) they were trained
-    with; ``info`` keeps the sizes and the training config."""
+    with; ``cameras`` the views their frames stack (main first); ``info`` keeps the sizes
+    and the training config."""
 
     def __init__(self, generator: nn.Module, scorer: SuccessCNN,
                  action_low: np.ndarray, action_high: np.ndarray, image_size: int,
-                 info: dict | None = None):
+                 info: dict | None = None, cameras: tuple[str, ...] = ("main",)):
         super().__init__()
+        if generator.image_channels != 3 * len(cameras) or \
+                scorer.image_channels != 3 * len(cameras):
+            raise ValueError(f"{len(cameras)} cameras need {3 * len(cameras)} image channels; "
+                             f"the generator has {generator.image_channels}, the success "
+                             f"model {scorer.image_channels}")
         self.generator, self.scorer, self.image_size = generator, scorer, image_size
+        self.cameras = tuple(cameras)
         self.register_buffer("action_low", torch.as_tensor(action_low, dtype=torch.float32))
         self.register_buffer("action_high", torch.as_tensor(action_high, dtype=torch.float32))
         self.info = dict(info or {})
@@ -233,7 +245,7 @@ class WorldModel(nn.Module):
 
     def generate(self, history: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The N frames that N normalised actions [B,N,D] lead to from ``history``
-        [B,K,3,H,W]: N / T generations of T frames, each conditioned on the last K frames
+        [B,K,C,H,W]: N / T generations of T frames, each conditioned on the last K frames
         so far (no gradient)."""
         t, k = self.chunk, self.condition_frames
         if actions.shape[1] % t:
@@ -253,9 +265,10 @@ class WorldModel(nn.Module):
     def save(self, path: Path) -> Path:
         """Write the models and what rebuilds them to ``path``."""
         torch.save({"format": FORMAT, "image_size": self.image_size,
-                    "generator": self.generator.spec(),
+                    "cameras": list(self.cameras), "generator": self.generator.spec(),
                     "scorer": {"channels": self.scorer.channels,
-                               "vocab_size": self.scorer.vocab_size},
+                               "vocab_size": self.scorer.vocab_size,
+                               "image_channels": self.scorer.image_channels},
                     "state_dict": self.state_dict(), "info": self.info}, path)
         return path
 
@@ -270,10 +283,11 @@ class WorldModel(nn.Module):
             raise ValueError(f"{path} is not a world model (a train_world_model run's "
                              "world_model.pt)")
         g = state["generator"]
-        model = cls(build_generator(g, state["image_size"]),
-                    SuccessCNN(state["scorer"]["channels"], state["scorer"]["vocab_size"]),
+        # files from before world_model.cameras hold one camera (3 channels, no key)
+        model = cls(build_generator(g, state["image_size"]), SuccessCNN(**state["scorer"]),
                     np.zeros(g["action_dim"]),
-                    np.zeros(g["action_dim"]), state["image_size"], state.get("info"))
+                    np.zeros(g["action_dim"]), state["image_size"], state.get("info"),
+                    tuple(state.get("cameras", ["main"])))
         model.load_state_dict(state["state_dict"])
         return model.eval()
 
@@ -295,10 +309,12 @@ def from_config(w, action_dim: int, action_low: np.ndarray, action_high: np.ndar
                 info: dict | None = None) -> WorldModel:
     """A fresh (untrained) world model of the sizes a :class:`configs.WorldModelConfig`
     names, for ``action_dim``-D actions normalised with ``action_low``/``action_high``."""
+    image_channels = 3 * len(w.cameras)
     spec = {"kind": w.generator, "condition_frames": w.condition_frames, "chunk": w.chunk,
-            "action_dim": action_dim, "channels": w.channels}
+            "action_dim": action_dim, "channels": w.channels, "image_channels": image_channels}
     if w.generator == "diffusion":
         spec["sampling_steps"] = w.sampling_steps
-    return WorldModel(build_generator(spec, w.image_size), SuccessCNN(w.success_channels),
-                      action_low, action_high, w.image_size, info)
+    return WorldModel(build_generator(spec, w.image_size),
+                      SuccessCNN(w.success_channels, image_channels=image_channels),
+                      action_low, action_high, w.image_size, info, tuple(w.cameras))
 

@@ -21,7 +21,8 @@ from worldmodel.models import WorldModel, to_images, to_model_frames
 
 
 class PositionProbe(nn.Module):
-    """Frame [N,3,H,W] in [-1, 1] -> ``dims`` state entries: full-resolution convolutions
+    """Frame [N,C,H,W] in [-1, 1] -> ``dims`` state entries, read from the main camera (the
+    first 3 channels): full-resolution convolutions
     make ``keypoints`` heat maps, a softmax over each map's pixels gives its expected image
     coordinates (a spatial soft-argmax, as in deep visuomotor policies), and a linear
     layer maps those to the state, scaled by the training states' mean and std. It
@@ -41,7 +42,7 @@ class PositionProbe(nn.Module):
         """Positions [N, dims] in state units."""
         from models.cnn_policy import expected_coordinates
 
-        maps = self.net(frames)
+        maps = self.net(frames[:, :3])
         n, k, h, w = maps.shape
         return self.head(expected_coordinates(maps.view(n, k, h * w), h, w)) * self.std \
             + self.mean

@@ -85,7 +85,8 @@ def split_episodes(cfg: Config, rng: np.random.Generator) -> tuple[list[Episode]
     ``rng``: a generator seeded with ``run.seed`` gives the split training used), and the
     reader's report."""
     w = cfg.world_model
-    episodes, report = load_episodes(w.datasets, w.image_size, image_orientation(cfg.env))
+    episodes, report = load_episodes(w.datasets, w.image_size, image_orientation(cfg.env),
+                                     tuple(w.cameras))
     log.info("datasets: %s", report.summary())
     train, val = hold_out(episodes, w.val_fraction, w.max_episodes, rng)
     return train, val, report
