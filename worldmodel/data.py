@@ -71,9 +71,9 @@ def demo_views(demo: Demo, cameras: tuple[str, ...]) -> np.ndarray:
 
 @dataclass
 class Episode:
-    """Frames uint8 [L+1,H,W,3V] (V cameras stacked as channels), actions float32 [L,D], labels bool [L+1] (frame k shows
-    the task achieved), the instruction, and the state vector of frames 0..L-1 [L,S] (the
-    last frame's was never observed), or None."""
+    """Frames uint8 [L+1,H,W,3V] (V cameras stacked as channels), actions float32 [L,D],
+    labels bool [L+1] (frame k shows the task achieved), the instruction, and the state
+    vector of frames 0..L-1 [L,S] (the last frame's was never observed), or None."""
 
     frames: np.ndarray
     actions: np.ndarray
