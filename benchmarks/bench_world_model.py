@@ -9,7 +9,8 @@ policy per demonstration count (``--episodes``; fewer demonstrations, a weaker p
 plus any ``--checkpoints`` given. Each policy is evaluated deterministically on the same
 trials in the world model and in the real env (``launch.py --eval``); the table has both
 success rates, env steps per second of each evaluation (the same envs, actors and
-trials), and Spearman's rank correlation of the two columns. A real-env evaluation
+trials), and Spearman's rank correlation of the two columns (with ``--checkpoints``,
+also over the SFT policies alone). A real-env evaluation
 already in the benchmark's folder for the same checkpoint and trials is reused (the real
 env does not change when the world model does). Written to
 ``runs/<experiment>/world_model_ranking.{json,md}``. With ``--agreement N`` each policy
@@ -148,8 +149,13 @@ def main(argv=None) -> int:
             r["open_loop"] = agreement(exp, Path(r["checkpoint"]), bench / f"episodes_{k}",
                                        wm, args.agreement, 600 + k * args.agreement, args.set)
             print(f"{r['policy']}: open loop {r['open_loop']}", flush=True)
-    rho = spearman([r["real"]["success"] for r in rows],
-                   [r["world_model"]["success"] for r in rows])
+    def rank(part: list[dict]) -> float:
+        return spearman([r["real"]["success"] for r in part],
+                        [r["world_model"]["success"] for r in part])
+
+    rho = rank(rows)
+    sft = rows[:len(args.episodes)]  # the SFT policies alone, when checkpoints join them
+    rho_sft = rank(sft) if args.checkpoints and len(sft) >= 2 else None
     lines = ["| policy | real env | world model | real env steps/s | world model steps/s |",
              "|---|---:|---:|---:|---:|"]
     for r in rows:
@@ -172,11 +178,14 @@ def main(argv=None) -> int:
     lines.append(f"\nSpearman's rank correlation: {rho:.3f} over {len(rows)} policies, "
                  f"{args.trials} trials each (steps/s: whole evaluation runs, start-up "
                  "included)")
+    if rho_sft is not None:
+        lines.append(f"Over the {len(sft)} SFT policies alone: {rho_sft:.3f}")
     text = "\n".join(lines)
     print("\n" + text)
     (root / f"world_model_ranking{suffix}.md").write_text(text + "\n")
     (root / f"world_model_ranking{suffix}.json").write_text(json.dumps(
-        {"spearman": rho, "trials": args.trials, "set": args.set, "rows": rows}, indent=1))
+        {"spearman": rho, "spearman_sft": rho_sft, "trials": args.trials, "set": args.set,
+         "rows": rows}, indent=1))
     return 0
 
 
