@@ -143,11 +143,15 @@ def test_psnr_counts_each_views_pixels_as_its_own():
     for key in ("val_psnr_changed", "copy_last_psnr_changed", "val_psnr_all",
                 "changed_pixel_share"):
         assert b[key] == pytest.approx(a[key], rel=1e-9), key
-    # one view changed in the second: only its pixels count as changed
+    for key in ("val_psnr_changed", "copy_last_psnr_changed"):
+        for camera in BOTH:  # each camera's own, here alike
+            assert b[f"{key}_{camera}"] == pytest.approx(a[key], rel=1e-9), (key, camera)
+    # no change in the second view: only the first's pixels count as changed
     for ep in eps:
         ep.frames[..., 3:] = 7
     c = generator_metrics(two, Windows(eps, 2, 4), "cpu")
     assert c["changed_pixel_share"] == pytest.approx(a["changed_pixel_share"] / 2)
+    assert c["val_psnr_changed"] == pytest.approx(c["val_psnr_changed_main"], rel=1e-9)
 
 
 def test_a_two_camera_world_model_trains_on_recordings_and_runs_as_an_env(tmp_path):

@@ -24,28 +24,38 @@ def generator_metrics(model: WorldModel, windows: Windows, device,
     in as many calls as the model needs) on the pixels that change, the same for
     copying the last history frame, their difference (``val_psnr_gain``, dB), and PSNR
     over whole frames; over the first ``max_windows`` windows (every one when fewer).
-    The cameras' views count as pixels of their own (side by side)."""
+    The cameras' views count as pixels of their own; a model of several cameras also
+    gets each camera's ``val_psnr_changed_<camera>`` and ``copy_last_..._<camera>``."""
     model.generator.eval()
     rows = np.arange(min(len(windows), max_windows))
-    sums = {"pred": [0.0, 0], "copy": [0.0, 0], "pred_all": [0.0, 0]}
+    views = {"": slice(None)}
+    if len(model.cameras) > 1:
+        views |= {f"_{c}": slice(3 * v, 3 * v + 3) for v, c in enumerate(model.cameras)}
+    sums = {(key, view): [0.0, 0] for key in ("pred", "copy", "pred_all") for view in views}
     for start in range(0, len(rows), EVAL_BATCH):
         batch = windows.batch(rows[start:start + EVAL_BATCH])
         acts = model.normalise(torch.from_numpy(batch.actions).to(device))
-        pred = split_views(to_images(model.generate(to_model_frames(batch.history).to(device),
-                                                    acts)))
-        last, targets = split_views(batch.history[:, -1]), split_views(batch.targets)
-        changed = changed_pixels(last, targets) & batch.mask[:, :, None, None]
-        whole = np.broadcast_to(batch.mask[:, :, None, None], changed.shape)
-        copy = np.broadcast_to(last[:, None], targets.shape)
-        for key, guess, where in (("pred", pred, changed), ("copy", copy, changed),
-                                  ("pred_all", pred, whole)):
-            sq, n = squared_error(guess, targets, where)
-            sums[key][0] += sq
-            sums[key][1] += n
-    out = {"val_psnr_changed": psnr(*sums["pred"]), "copy_last_psnr_changed": psnr(*sums["copy"]),
-           "val_psnr_all": psnr(*sums["pred_all"]),
-           "changed_pixel_share": sums["pred"][1] / max(sums["pred_all"][1], 1)}
+        generated = to_images(model.generate(to_model_frames(batch.history).to(device), acts))
+        for view, channels in views.items():
+            pred = split_views(generated[..., channels])
+            last = split_views(batch.history[:, -1][..., channels])
+            targets = split_views(batch.targets[..., channels])
+            changed = changed_pixels(last, targets) & batch.mask[:, :, None, None]
+            whole = np.broadcast_to(batch.mask[:, :, None, None], changed.shape)
+            copy = np.broadcast_to(last[:, None], targets.shape)
+            for key, guess, where in (("pred", pred, changed), ("copy", copy, changed),
+                                      ("pred_all", pred, whole)):
+                sq, n = squared_error(guess, targets, where)
+                sums[key, view][0] += sq
+                sums[key, view][1] += n
+    out = {"val_psnr_changed": psnr(*sums["pred", ""]),
+           "copy_last_psnr_changed": psnr(*sums["copy", ""]),
+           "val_psnr_all": psnr(*sums["pred_all", ""]),
+           "changed_pixel_share": sums["pred", ""][1] / max(sums["pred_all", ""][1], 1)}
     out["val_psnr_gain"] = out["val_psnr_changed"] - out["copy_last_psnr_changed"]
+    for view in list(views)[1:]:
+        out[f"val_psnr_changed{view}"] = psnr(*sums["pred", view])
+        out[f"copy_last_psnr_changed{view}"] = psnr(*sums["copy", view])
     return out
 
 

@@ -34,6 +34,7 @@ class FrameGenerator(Protocol):
 
     condition_frames: int
     chunk: int
+    image_channels: int  # C: 3 per camera
 
     def generate(self, history: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The T frames that follow ``history`` under ``actions`` (no gradient)."""
