@@ -29,13 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def verdicts(model, val: list, thresholds: list[float]) -> list[dict]:
+def verdicts(model, val: list, thresholds: list[float], frames: int = 1) -> list[dict]:
     """One row per threshold: the success rates on real failures and real successes, on
-    real and on generated frames (each frame scored once)."""
+    real and on generated frames (each frame scored once; success held ``frames``
+    frames)."""
     from worldmodel.evaluate import imagine, outcome_rates, peak_scores
 
-    real_peaks = peak_scores(model, val, "cpu")
-    generated_peaks = peak_scores(model, imagine(model, val, "cpu"), "cpu")
+    real_peaks = peak_scores(model, val, "cpu", frames)
+    generated_peaks = peak_scores(model, imagine(model, val, "cpu"), "cpu", frames)
     rows = []
     for t in thresholds:
         real = outcome_rates(real_peaks, val, t)
@@ -66,7 +67,8 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, args.overrides)
     _, val, _ = split_episodes(cfg, np.random.default_rng(cfg.run.seed))
     failed = sum(not e.labels.any() for e in val)
-    rows = verdicts(WorldModel.load(args.world_model), val, args.thresholds)
+    rows = verdicts(WorldModel.load(args.world_model), val, args.thresholds,
+                    cfg.env.world_model.success_frames)
     print(f"{len(val)} held-out episodes: {failed} real failures, {len(val) - failed} "
           "real successes\n")
     print("| threshold | real failures called successes, real frames | generated frames | "

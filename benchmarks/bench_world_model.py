@@ -90,7 +90,7 @@ def agreement(exp, checkpoint: Path, folder: Path, world_model: Path, episodes: 
     real, _ = load_episodes([folder / "dataset"], model.image_size, image_orientation(cfg.env),
                             model.cameras)
     rule = cfg.env.world_model
-    return open_loop_metrics(model, real, rule.success_threshold, "cpu")
+    return open_loop_metrics(model, real, rule.success_threshold, "cpu", rule.success_frames)
 
 
 def rate(evaluation: dict) -> str:

@@ -155,6 +155,10 @@ class WorldModelEnvConfig:
     success_threshold: float = opt(0.9, "success when the success model's probability for "
                                    "a frame reaches this (RLinf rounds it, then compares "
                                    "with 0.9: that is 0.5 here)")
+    success_frames: int = opt(1, "success when the probability has reached "
+                              "success_threshold on this many consecutive generated frames "
+                              "(1: any frame, RLinf's rule; more: a success the world model "
+                              "shows for one frame only is not one)")
     binary_score: bool = opt(True, "the reward differences scores of 1 on a successful "
                              "frame, else 0 (RLinf's ResnetRM); false: the probability")
     device: str = opt("cpu", "where the models run: cpu, cuda, auto")
@@ -860,8 +864,8 @@ def validate(cfg: Config) -> list[str]:
         (e.kind != "world_model" or cfg.run.mode != "record",
          "run.mode=record records the real simulator: env.kind=world_model generates its "
          "frames chunk by chunk"),
-        (0 < wm.success_threshold <= 1 and wm.reward_coef > 0,
-         "env.world_model: success_threshold in (0, 1], reward_coef > 0"),
+        (0 < wm.success_threshold <= 1 and wm.reward_coef > 0 and wm.success_frames >= 1,
+         "env.world_model: success_threshold in (0, 1], reward_coef > 0, success_frames >= 1"),
         (cfg.profile.duration_s > 0 and cfg.profile.warmup_s >= 0 and
          cfg.profile.max_events >= 1 and cfg.profile.min_span_us >= 0,
          "profile.duration_s > 0, warmup_s >= 0, max_events >= 1, min_span_us >= 0"),

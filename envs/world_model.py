@@ -10,7 +10,8 @@ chunkrl's (or any :class:`worldmodel.models.WorldModel`'s) generator and success
   give N new frames in one batched forward (N / T forwards of a model generating T < N
   frames at a time); the last K of them condition the next chunk.
 - **Reward**: the success model gives each new frame a probability ``p`` with the env's
-  instruction; success (and termination) when ``p`` reaches ``success_threshold``;
+  instruction; success (and termination) when ``p`` has reached ``success_threshold`` on
+  the last ``success_frames`` frames of the episode (1: the frame itself);
   truncation at ``max_episode_steps``. The frame's score ``s`` is 1 on success, else 0
   (``binary_score``, as RLinf's ResnetRM's binary scores), or ``p`` itself; reward
   ``r_t = reward_coef * (s_t - s_{t-1})`` with ``s`` 0 at a reset, so an episode's
@@ -39,14 +40,20 @@ log = logging.getLogger(__name__)
 
 
 def frame_success(probs: np.ndarray, threshold: float) -> np.ndarray:
-    """The env's success rule for success-model probabilities: ``probs >= threshold``."""
+    """The env's success rule for success-model probabilities: ``probs >= threshold``
+    (for ``success_frames`` N > 1, applied to :func:`held_probs`)."""
     return probs >= threshold
 
 
-def frame_scores(probs: np.ndarray, threshold: float, binary: bool) -> np.ndarray:
-    """The score the reward differences: 1.0 on a successful frame, else 0.0 (``binary``),
-    or the probability itself."""
-    return frame_success(probs, threshold).astype(np.float32) if binary else probs
+def held_probs(probs: np.ndarray, frames: int) -> np.ndarray:
+    """[...,L] -> [...,L]: at t, the lowest probability of frames t-N+1..t (N =
+    ``frames``), 0 before the N-th frame: frame t ends N consecutive frames at the
+    threshold when this reaches it (the env's rule)."""
+    out = probs.copy()
+    for back in range(1, frames):
+        out[..., back:] = np.minimum(out[..., back:], probs[..., :-back])
+    out[..., :frames - 1] = 0.0
+    return out
 
 
 class WorldModelVectorEnv(VectorEnv):
@@ -58,7 +65,8 @@ class WorldModelVectorEnv(VectorEnv):
                  starts: list[ResetFrame], max_episode_steps: int, state_dim: int = 8,
                  action_dim: int = 7, reward_coef: float = 1.0,
                  success_threshold: float = 0.9, binary_score: bool = True,
-                 device: str | torch.device = "cpu", held_out: bool = False):
+                 device: str | torch.device = "cpu", held_out: bool = False,
+                 success_frames: int = 1):
         if num_envs % group_size:
             raise ValueError(f"num_envs {num_envs} is not a multiple of group_size {group_size}")
         if not starts:
@@ -78,10 +86,12 @@ class WorldModelVectorEnv(VectorEnv):
         self.chunk_size = model.chunk
         self.starts = starts
         self.coef, self.threshold, self.binary = reward_coef, success_threshold, binary_score
+        self.success_frames = success_frames
         k = model.condition_frames
         self.history = torch.zeros(num_envs, k, channels, size, size, device=self.device)
         self.last = np.zeros((num_envs, size, size, channels), np.uint8)  # every camera's
         self.score = np.zeros(num_envs, np.float32)
+        self.streak = np.zeros(num_envs, np.int64)  # consecutive frames at the threshold
         self.steps = np.zeros(num_envs, np.int64)
         self.instructions = [""] * num_envs
 
@@ -93,7 +103,7 @@ class WorldModelVectorEnv(VectorEnv):
         first = to_model_frames(start.frame).to(self.device)
         self.history[envs] = first[None, None]
         self.last[envs] = start.frame
-        self.score[envs], self.steps[envs] = 0.0, 0
+        self.score[envs], self.steps[envs], self.streak[envs] = 0.0, 0, 0
         for e in range(envs.start, envs.stop):
             self.instructions[e] = start.instruction
 
@@ -119,8 +129,7 @@ class WorldModelVectorEnv(VectorEnv):
             self.history[ids] = torch.cat([self.history[ids], frames], 1)[:, -k:]
             texts = [self.instructions[e] for e in env_ids for _ in range(n)]
             raw = self.model.scorer.score(frames.flatten(0, 1), texts).view(b, n).cpu().numpy()
-        scores = frame_scores(raw, self.threshold, self.binary)
-        success = frame_success(raw, self.threshold)
+        above = frame_success(raw, self.threshold)
         images = to_images(frames)
         out, done = [], np.zeros(b, bool)
         for t in range(n):
@@ -128,11 +137,13 @@ class WorldModelVectorEnv(VectorEnv):
                              np.zeros(b, bool), [""] * b, images[:, t, ..., :3])
             live = np.flatnonzero(~done)
             e = env_ids[live]
-            s = scores[live, t]
+            self.streak[e] = np.where(above[live, t], self.streak[e] + 1, 0)
+            success = self.streak[e] >= self.success_frames
+            s = success.astype(np.float32) if self.binary else raw[live, t]
             res.rewards[live] = self.coef * (s - self.score[e])
             self.score[e], self.steps[e] = s, self.steps[e] + 1
             self.last[e] = images[live, t]
-            res.success[live] = success[live, t]
+            res.success[live] = success
             res.terminated[live] = res.success[live]
             res.truncated[live] = ~res.success[live] & (self.steps[e] >= self.max_episode_steps)
             done[live] |= res.terminated[live] | res.truncated[live]
@@ -184,7 +195,8 @@ def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
     return WorldModelVectorEnv(num_envs, group_size, model, starts, max_episode_steps,
                                cfg.state_dim, action_dim, wm.reward_coef,
                                wm.success_threshold, wm.binary_score,
-                               device or pick_device(wm.device), cfg.held_out_eval_states)
+                               device or pick_device(wm.device), cfg.held_out_eval_states,
+                               wm.success_frames)
 
 
 def read_action_bounds(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,8 @@ import torch
 from actors.executor import StageExecutor
 from demos import Demo
 from envs.base import StepResult
-from envs.world_model import WorldModelVectorEnv, make_world_model_env, read_action_bounds
+from envs.world_model import (WorldModelVectorEnv, held_probs, make_world_model_env,
+                              read_action_bounds)
 from protocol.ids import IdSource
 from worldmodel.closed_loop import closed_loop, success_grid
 from worldmodel.evaluate import imagine, open_loop_metrics, outcome_agreement, outcome_rates
@@ -160,6 +161,15 @@ def test_outcome_agreement_counts_world_model_successes_per_real_outcome(
     assert scorer == on_failures
 
 
+def test_open_loop_verdicts_need_success_held_for_the_env_rules_frames():
+    model = _model(10.0, k=2, t=1)  # every generated frame succeeds
+    real = [_episode(4, success_at=4), _episode(4), _episode(2, success_at=2), _episode(2)]
+    held = open_loop_metrics(model, real, 0.9, "cpu", frames=3)  # 2-step episodes never do
+    assert (held["wm_success_on_real_failures"], held["wm_success_on_real_successes"],
+            held["wm_success_rate"]) == (0.5, 0.5, 0.5)
+    assert open_loop_metrics(model, real, 0.9, "cpu", frames=2)["wm_success_rate"] == 1.0
+
+
 def test_outcome_rates_threshold_each_episodes_peak():
     real = [_episode(4, success_at=4), _episode(4), _episode(2, success_at=2), _episode(2)]
     peaks = np.array([0.95, 0.6, 0.85, 0.92])  # successes first and third
@@ -268,6 +278,22 @@ def test_success_terminates_and_the_reward_telescopes_to_coef_times_the_score():
     loose.reset_group(0, 0)
     res = loose.step_chunk(np.arange(2), np.zeros((2, 4, 7), np.float32))
     assert res[0].success.all() and res[0].rewards.tolist() == [1.0, 1.0]
+
+
+def test_success_held_for_n_frames_counts_across_chunks_and_restarts_at_a_reset():
+    np.testing.assert_allclose(held_probs(np.array([0.95, 0.5, 0.95, 0.95, 0.95]), 3),
+                               [0.0, 0.0, 0.5, 0.5, 0.95])
+    np.testing.assert_allclose(held_probs(np.array([[0.2, 0.9], [0.9, 0.8]]), 1),
+                               [[0.2, 0.9], [0.9, 0.8]])
+    env = WorldModelVectorEnv(2, 2, _model(10.0), _starts(), 20, success_frames=6)
+    for _ in range(2):  # the second time: a reset forgets the frames scored before it
+        env.reset_group(0, 0)
+        first = env.step_chunk(np.arange(2), np.zeros((2, 4, 7), np.float32))
+        assert not any(r.success.any() or r.rewards.any() for r in first)
+        second = env.step_chunk(np.arange(2), np.zeros((2, 4, 7), np.float32))
+        assert [bool(r.success[0]) for r in second[:2]] == [False, True]  # frame 6
+        assert second[1].terminated.all() and second[1].rewards.tolist() == [1.0, 1.0]
+        assert not second[0].rewards.any()
 
 
 def test_the_executor_runs_a_chunk_in_one_call_and_films_its_frames():

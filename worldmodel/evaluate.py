@@ -118,15 +118,19 @@ def imagine(model: WorldModel, episodes: list[Episode], device,
     return out
 
 
-def peak_scores(model: WorldModel, imagined: list[Episode], device) -> np.ndarray:
+def peak_scores(model: WorldModel, imagined: list[Episode], device,
+                frames: int = 1) -> np.ndarray:
     """Each episode's highest success probability over its frames after the first (the
-    ones the world model generates): it is a world-model success at threshold ``t`` when
-    this reaches ``t`` (:func:`envs.world_model.frame_success`)."""
-    return _peaks(episode_scores(model, imagined, device))
+    ones the world model generates), held ``frames`` consecutive frames
+    (:func:`envs.world_model.held_probs`): it is a world-model success at threshold ``t``
+    when this reaches ``t`` (:func:`envs.world_model.frame_success`)."""
+    return _peaks(episode_scores(model, imagined, device), frames)
 
 
-def _peaks(per_episode: list[np.ndarray]) -> np.ndarray:
-    return np.array([s[1:].max() for s in per_episode])
+def _peaks(per_episode: list[np.ndarray], frames: int) -> np.ndarray:
+    from envs.world_model import held_probs
+
+    return np.array([held_probs(s[1:], frames).max() for s in per_episode])
 
 
 def outcome_rates(peaks: np.ndarray, real: list[Episode], threshold: float) -> dict:
@@ -157,17 +161,18 @@ def outcome_agreement(model: WorldModel, real: list[Episode], imagined: list[Epi
 
 
 def open_loop_metrics(model: WorldModel, episodes: list[Episode], threshold: float,
-                      device) -> dict:
+                      device, frames: int = 1) -> dict:
     """``episodes`` replayed open loop (:func:`imagine`): the success model's ROC AUC on
-    the generated frames (``auc_generated``) and :func:`outcome_agreement`; and the
-    success model's own share of the optimism, the same rule on the real frames
+    the generated frames (``auc_generated``) and :func:`outcome_agreement` (success held
+    ``frames`` frames, as ``env.world_model.success_frames``); and the success model's
+    own share of the optimism, the same rule on the real frames
     (``scorer_success_on_real_failures``: no generator involved)."""
     generated = episode_scores(model, imagine(model, episodes, device), device)
-    on_real = outcome_rates(_peaks(episode_scores(model, episodes, device)), episodes,
-                            threshold)
+    on_real = outcome_rates(_peaks(episode_scores(model, episodes, device), frames),
+                            episodes, threshold)
     return {"auc_generated": roc_auc(np.concatenate(generated),
                                      np.concatenate([e.labels for e in episodes])),
-            **outcome_rates(_peaks(generated), episodes, threshold),
+            **outcome_rates(_peaks(generated, frames), episodes, threshold),
             "scorer_success_on_real_failures": on_real["wm_success_on_real_failures"]}
 
 

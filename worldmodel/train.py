@@ -191,7 +191,8 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
     metrics.update(generator_metrics(model, val_windows, "cpu"))
     metrics["val_auc"] = success_auc(model, val, "cpu")
     rule = cfg.env.world_model
-    open_loop = open_loop_metrics(model, val, rule.success_threshold, "cpu")
+    open_loop = open_loop_metrics(model, val, rule.success_threshold, "cpu",
+                                  rule.success_frames)
     metrics["val_auc_generated"] = open_loop.pop("auc_generated")
     metrics.update(open_loop)
     log.info("held-out: success-model ROC AUC %.4f on real frames, %.4f on generated ones; "
