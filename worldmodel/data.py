@@ -34,9 +34,7 @@ import torch.nn.functional as F
 from demos import Demo, ReadReport, read_demos
 
 NPY_GLOB = "traj*.npy"
-
-
-MAIN_ONLY = ("main",)
+MAIN_ONLY = ("main",)  # world_model.cameras of RLinf's one-camera world model
 
 
 def resize(images: np.ndarray, size: int) -> np.ndarray:
