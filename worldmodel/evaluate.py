@@ -28,34 +28,35 @@ def generator_metrics(model: WorldModel, windows: Windows, device,
     gets each camera's ``val_psnr_changed_<camera>`` and ``copy_last_..._<camera>``."""
     model.generator.eval()
     rows = np.arange(min(len(windows), max_windows))
-    views = {"": slice(None)}
-    if len(model.cameras) > 1:
-        views |= {f"_{c}": slice(3 * v, 3 * v + 3) for v, c in enumerate(model.cameras)}
-    sums = {(key, view): [0.0, 0] for key in ("pred", "copy", "pred_all") for view in views}
+    cameras = {c: slice(3 * v, 3 * v + 3) for v, c in enumerate(model.cameras)}
+    sums = {(key, c): [0.0, 0] for key in ("pred", "copy", "pred_all") for c in cameras}
     for start in range(0, len(rows), EVAL_BATCH):
         batch = windows.batch(rows[start:start + EVAL_BATCH])
         acts = model.normalise(torch.from_numpy(batch.actions).to(device))
         generated = to_images(model.generate(to_model_frames(batch.history).to(device), acts))
-        for view, channels in views.items():
-            pred = split_views(generated[..., channels])
-            last = split_views(batch.history[:, -1][..., channels])
-            targets = split_views(batch.targets[..., channels])
+        for camera, channels in cameras.items():
+            pred, targets = generated[..., channels], batch.targets[..., channels]
+            last = batch.history[:, -1][..., channels]
             changed = changed_pixels(last, targets) & batch.mask[:, :, None, None]
             whole = np.broadcast_to(batch.mask[:, :, None, None], changed.shape)
             copy = np.broadcast_to(last[:, None], targets.shape)
             for key, guess, where in (("pred", pred, changed), ("copy", copy, changed),
                                       ("pred_all", pred, whole)):
                 sq, n = squared_error(guess, targets, where)
-                sums[key, view][0] += sq
-                sums[key, view][1] += n
-    out = {"val_psnr_changed": psnr(*sums["pred", ""]),
-           "copy_last_psnr_changed": psnr(*sums["copy", ""]),
-           "val_psnr_all": psnr(*sums["pred_all", ""]),
-           "changed_pixel_share": sums["pred", ""][1] / max(sums["pred_all", ""][1], 1)}
+                sums[key, camera][0] += sq
+                sums[key, camera][1] += n
+    # every camera's pixels together: the sums of their squared errors and counts
+    total = {key: [sum(sums[key, c][i] for c in cameras) for i in (0, 1)]
+             for key in ("pred", "copy", "pred_all")}
+    out = {"val_psnr_changed": psnr(*total["pred"]),
+           "copy_last_psnr_changed": psnr(*total["copy"]),
+           "val_psnr_all": psnr(*total["pred_all"]),
+           "changed_pixel_share": total["pred"][1] / max(total["pred_all"][1], 1)}
     out["val_psnr_gain"] = out["val_psnr_changed"] - out["copy_last_psnr_changed"]
-    for view in list(views)[1:]:
-        out[f"val_psnr_changed{view}"] = psnr(*sums["pred", view])
-        out[f"copy_last_psnr_changed{view}"] = psnr(*sums["copy", view])
+    if len(cameras) > 1:
+        for camera in cameras:
+            out[f"val_psnr_changed_{camera}"] = psnr(*sums["pred", camera])
+            out[f"copy_last_psnr_changed_{camera}"] = psnr(*sums["copy", camera])
     return out
 
 
