@@ -521,12 +521,13 @@ class WorldModelConfig:
                               "final frames: chunkrl's recordings)")
     image_size: int = opt(64, "frames are resized to this square (the env's image size)")
     cameras: list[str] = opt(["main"], "the views the world model generates, stacked as "
-                             "channels: [main] (RLinf's one camera), or [main, wrist] (the "
-                             "wrist camera too: the predictor and the success model see "
-                             "both, the policy gets the wrist frames as its wrist camera; "
-                             "for a task the main camera hardly shows, as Lift's 4 cm lift "
-                             "at 64 px; an episode then loses its last action, whose wrist "
-                             "frame is not recorded)")
+                             "channels: [main] (RLinf's one camera), then any of wrist (the "
+                             "policy gets its frames as its wrist camera) and the cameras "
+                             "rendered into recordings afterwards (envs/cameras.py, "
+                             "scripts/render_camera.py: table_front sees Lift's 4 cm lift "
+                             "from the side), which only the success model reads; the "
+                             "predictor and the success model see every view; an episode "
+                             "then loses its last action, whose other views are not recorded")
     generator: Literal["conv", "diffusion"] = opt(
         "conv", "the frame predictor: conv (deterministic U-Net, worldmodel/models.py) or "
         "diffusion (diffusers' UNet2DModel, DDIM sampling, worldmodel/diffusion.py)")
@@ -701,6 +702,8 @@ def validate(cfg: Config) -> list[str]:
     a, m, L, i, e, n = cfg.actor, cfg.model, cfg.learner, cfg.inference, cfg.env, cfg.network
     s, r, ev = cfg.sft, cfg.record, cfg.eval
     w, wm = cfg.world_model, e.world_model
+    from envs.cameras import CAMERAS  # here: envs imports configs
+
     checks = [
         (cfg.run.total_updates >= 1, "run.total_updates must be >= 1"),
         (i.backend != "vllm" or i.dtype == "fp32",
@@ -852,9 +855,10 @@ def validate(cfg: Config) -> list[str]:
          "batch sizes, val_every, checkpoint_every >= 1; channels >= 4; lr > 0; "
          "val_fraction in [0, 1); max_episodes, videos, position_dims, probe_steps, "
          "success_hold >= 0"),
-        (w.cameras in (["main"], ["main", "wrist"]),
-         f"world_model.cameras={w.cameras}: [main] or [main, wrist] (the policy's main "
-         "camera comes first)"),
+        (w.cameras[:1] == ["main"] and len(set(w.cameras)) == len(w.cameras)
+         and set(w.cameras[1:]) <= {"wrist", *CAMERAS},
+         f"world_model.cameras={w.cameras}: main first, then any of wrist, "
+         f"{', '.join(sorted(CAMERAS))}, each once"),
         (cfg.run.mode != "train_world_model" or cfg.actions_per_chunk % w.chunk == 0,
          f"world_model.chunk={w.chunk} must divide the actor's chunk of "
          f"{cfg.actions_per_chunk} actions (the held-out metrics and the env run whole ones)"),

@@ -12,6 +12,7 @@ action t and what it gave::
     data/demo_N/robot_states       [T,9] float64   gripper qpos, eef pos, eef quat, if any
     data/demo_N/obs/agentview_rgb  [T,H,W,3] uint8 main camera, OpenGL rows (upside down)
     data/demo_N/obs/eye_in_hand_rgb                wrist camera, likewise, if any
+    data/demo_N/obs/<camera>_rgb                   a camera added afterwards, likewise
     data/demo_N/obs/ee_states      [T,6]           eef position + axis-angle
     data/demo_N/obs/gripper_states [T,2]           finger positions
     data/demo_N/obs/{ee_pos,ee_ori,joint_states}   as LIBERO's
@@ -45,6 +46,13 @@ IMAGE_CONVENTION = "opengl"  # LIBERO's: rows bottom first, as MuJoCo's buffer
 MAIN, WRIST = "agentview_rgb", "eye_in_hand_rgb"
 
 
+def view_key(camera: str) -> str:
+    """The dataset under ``obs/`` holding a camera's frames: ``main`` and ``wrist`` are
+    LIBERO's; a camera rendered afterwards (``scripts/render_camera.py``) is
+    ``<camera>_rgb``."""
+    return {"main": MAIN, "wrist": WRIST}.get(camera, f"{camera}_rgb")
+
+
 @dataclass
 class Demo:
     """One episode, every simulator step. Images are as the policy sees them (in the
@@ -65,6 +73,7 @@ class Demo:
     episode_id: int = -1
     source: str = ""
     final_main_image: Optional[np.ndarray] = None  # uint8 [H,W,3] after the last action
+    views: dict = field(default_factory=dict)  # other cameras' uint8 [T,H,W,3], by name
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -110,7 +119,8 @@ def write_demo(group, demo: Demo, compression: int) -> None:
     group.create_dataset("dones", data=demo.dones.astype(np.uint8))
     group.create_dataset("success", data=demo.success.astype(np.uint8))
     obs = group.create_group("obs")
-    for name, images in ((MAIN, demo.main_images), (WRIST, demo.wrist_images)):
+    views = [(MAIN, demo.main_images), (WRIST, demo.wrist_images)]
+    for name, images in views + [(view_key(c), v) for c, v in demo.views.items()]:
         if images is not None:
             h, w = images.shape[1:3]
             obs.create_dataset(name, data=orient_batch(images, demo.orientation),
@@ -139,7 +149,8 @@ def write_demo(group, demo: Demo, compression: int) -> None:
 
 def read_demo(group, instruction: str, orientation: str, cameras: tuple[str, ...]) -> Demo:
     """A :class:`Demo` from an h5py ``data/demo_N`` group; images turned from OpenGL rows
-    into ``orientation``. ``cameras``: which of "main", "wrist" to load."""
+    into ``orientation``. ``cameras``: which of "main", "wrist" and added cameras
+    (:func:`view_key`) to load; a missing one raises KeyError."""
     obs = group["obs"]
     actions = np.asarray(group["actions"], np.float32)
     n = len(actions)
@@ -157,11 +168,18 @@ def read_demo(group, instruction: str, orientation: str, cameras: tuple[str, ...
              if "wrist" in cameras and WRIST in obs else None)
     if "wrist" in cameras and wrist is None:
         raise KeyError(f"no obs/{WRIST} (wrist camera) in {group.name}")
+    views = {}
+    for camera in cameras:
+        if camera not in ("main", "wrist"):
+            if view_key(camera) not in obs:
+                raise KeyError(f"no obs/{view_key(camera)} ({camera} camera) in {group.name}:"
+                               f" render it (scripts/render_camera.py --camera {camera})")
+            views[camera] = orient_batch(np.asarray(obs[view_key(camera)]), orientation)
     final = None
     if "main" in cameras and "final_obs" in group and MAIN in group["final_obs"]:
         final = orient_batch(np.asarray(group["final_obs"][MAIN]), orientation)[0]
     lengths = {len(a) for a in (rewards, dones, success, states) if a is not None}
-    lengths |= {len(a) for a in (main, wrist) if a is not None}
+    lengths |= {len(a) for a in (main, wrist, *views.values()) if a is not None}
     if lengths != {n}:
         raise ValueError(f"{group.name}: steps disagree between datasets "
                          f"(actions {n}, others {sorted(lengths)})")
@@ -172,4 +190,4 @@ def read_demo(group, instruction: str, orientation: str, cameras: tuple[str, ...
                 init_state_id=int(attrs.get("init_state_id", -1)),
                 task_id=int(attrs.get("task_id", -1)),
                 episode_id=int(attrs.get("episode_id", -1)),
-                source=str(attrs.get("source", "")), final_main_image=final)
+                source=str(attrs.get("source", "")), final_main_image=final, views=views)

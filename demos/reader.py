@@ -102,6 +102,7 @@ def read_file(path: Path, orientation: str, cameras: tuple[str, ...],
                                                           image_size)[0]
                 if demo.wrist_images is not None:
                     demo.wrist_images = resize_images(demo.wrist_images, image_size)
+                demo.views = {c: resize_images(v, image_size) for c, v in demo.views.items()}
             demos.append(demo)
     return demos
 

@@ -21,6 +21,7 @@ chunkrl's (or any :class:`worldmodel.models.WorldModel`'s) generator and success
   contract's size: the world model has no proprioception, as RLinf's. A world model of
   one camera (RLinf's) gives no wrist images; one that also generates the wrist camera
   (``world_model.cameras: [main, wrist]``) gives its wrist frames as the wrist camera's.
+  Other generated views (``table_front``) are the success model's alone.
 """
 
 from __future__ import annotations
@@ -87,9 +88,13 @@ class WorldModelVectorEnv(VectorEnv):
         self.starts = starts
         self.coef, self.threshold, self.binary = reward_coef, success_threshold, binary_score
         self.success_frames = success_frames
+        wrist = model.cameras.index("wrist") if "wrist" in model.cameras else None
+        self.wrist = None if wrist is None else slice(3 * wrist, 3 * wrist + 3)
         k = model.condition_frames
         self.history = torch.zeros(num_envs, k, channels, size, size, device=self.device)
         self.last = np.zeros((num_envs, size, size, channels), np.uint8)  # every camera's
+        # every camera's frames of the last step_chunk, uint8 [B,N,H,W,C] (to look at)
+        self.chunk_views = np.zeros((0, 0, size, size, channels), np.uint8)
         self.score = np.zeros(num_envs, np.float32)
         self.streak = np.zeros(num_envs, np.int64)  # consecutive frames at the threshold
         self.steps = np.zeros(num_envs, np.int64)
@@ -130,7 +135,7 @@ class WorldModelVectorEnv(VectorEnv):
             texts = [self.instructions[e] for e in env_ids for _ in range(n)]
             raw = self.model.scorer.score(frames.flatten(0, 1), texts).view(b, n).cpu().numpy()
         above = frame_success(raw, self.threshold)
-        images = to_images(frames)
+        images = self.chunk_views = to_images(frames)
         out, done = [], np.zeros(b, bool)
         for t in range(n):
             res = StepResult(np.zeros(b, np.float32), np.zeros(b, bool), np.zeros(b, bool),
@@ -158,7 +163,7 @@ class WorldModelVectorEnv(VectorEnv):
         return EnvObs(np.ascontiguousarray(last[..., :3]),
                       np.zeros((len(env_ids), self.state_dim), np.float32),
                       [self.instructions[e] for e in env_ids],
-                      np.ascontiguousarray(last[..., 3:6]) if last.shape[-1] > 3 else None)
+                      None if self.wrist is None else np.ascontiguousarray(last[..., self.wrist]))
 
     @override
     def frame(self, env_id: int) -> np.ndarray:

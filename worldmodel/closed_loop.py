@@ -12,12 +12,14 @@ import numpy as np
 
 from envs.base import EnvObs
 from envs.world_model import WorldModelVectorEnv
+from worldmodel.data import split_views
 
 
 @dataclass
 class ClosedLoopEpisode:
-    """The frames an episode showed (its reset frame, then every generated one) and the
-    index of the first the env called a success (None: it never succeeded)."""
+    """The frames an episode showed (its reset frame, then every generated one; every
+    camera's view side by side) and the index of the first the env called a success
+    (None: it never succeeded)."""
 
     frames: list[np.ndarray]
     first_success: int | None
@@ -30,16 +32,16 @@ def closed_loop(env: WorldModelVectorEnv, act: Callable[[EnvObs], np.ndarray],
     envs = np.arange(env.num_envs)
     for e, state in zip(envs, state_ids):
         env.reset_group(int(e), state)
-    out = [ClosedLoopEpisode([env.frame(int(e))], None) for e in envs]
+    out = [ClosedLoopEpisode([split_views(env.last[e])], None) for e in envs]
     alive = np.ones(env.num_envs, bool)
     while alive.any():
         live = envs[alive]
         ended = np.zeros(len(live), bool)
-        for res in env.step_chunk(live, act(env.observe(live))):
+        for t, res in enumerate(env.step_chunk(live, act(env.observe(live)))):
             for j, e in enumerate(live):
                 if ended[j]:
                     continue
-                out[e].frames.append(res.frames[j])
+                out[e].frames.append(split_views(env.chunk_views[j, t]))
                 if res.success[j] and out[e].first_success is None:
                     out[e].first_success = len(out[e].frames) - 1
             ended |= res.terminated | res.truncated

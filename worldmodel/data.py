@@ -11,9 +11,10 @@ a reset gives the world model) and actions ``t .. t+T-1``, and targets frames
 ``t+1 .. t+T``; target steps past the episode's end are masked out (their actions
 repeat the last one).
 
-A world model of several cameras (``world_model.cameras``: main, then wrist) sees each
-step's views stacked as channels, frames [..,H,W,3V]; the wrist camera has no recorded
-frame after the last action, so such an episode loses its last action.
+A world model of several cameras (``world_model.cameras``: main, then wrist or cameras
+rendered afterwards, e.g. ``table_front``) sees each step's views stacked as channels,
+frames [..,H,W,3V]; only the main camera has a recorded frame after the last action, so
+such an episode loses its last action.
 
 Reset frames also come from RLinf's world-model datasets: folders of ``traj*.npy``, each
 a sequence of per-step dicts with ``image`` (HWC uint8), ``wrist_image`` when the world
@@ -55,15 +56,17 @@ def split_views(frames: np.ndarray) -> np.ndarray:
 
 
 def demo_views(demo: Demo, cameras: tuple[str, ...]) -> np.ndarray:
-    """The demo's frames of ``cameras`` (main first, then wrist) stacked as channels;
+    """The demo's frames of ``cameras`` (main first) stacked as channels, in their order;
     a missing camera names itself."""
     views = [demo.main_images]
-    if "wrist" in cameras:
-        if demo.wrist_images is None:
-            raise ValueError("the world model sees the wrist camera but a recording has "
-                             "none: record with env.wrist_camera=true, or set "
-                             "world_model.cameras=[main]")
-        views.append(demo.wrist_images)
+    for camera in cameras[1:]:
+        images = demo.wrist_images if camera == "wrist" else demo.views.get(camera)
+        if images is None:
+            raise ValueError(f"the world model sees the {camera} camera but a recording has "
+                             "none: " + ("record with env.wrist_camera=true" if camera == "wrist"
+                                         else f"scripts/render_camera.py --camera {camera}")
+                             + ", or set world_model.cameras=[main]")
+        views.append(images)
     return np.concatenate(views, axis=-1)
 
 
@@ -219,6 +222,10 @@ NPY_KEYS = {"main": "image", "wrist": "wrist_image"}
 def read_npy_trajectory(path: Path, cameras: tuple[str, ...] = MAIN_ONLY) -> ResetFrame:
     """Step 0 of one RLinf ``traj*.npy`` file, the views of ``cameras`` stacked; a bad
     file names itself and what is wrong."""
+    missing = [c for c in cameras if c not in NPY_KEYS]
+    if missing:
+        raise ValueError(f"{path}: RLinf's trajectories hold no {missing[0]} camera "
+                         f"(only {sorted(NPY_KEYS)}); reset from chunkrl's HDF5 recordings")
     keys = [NPY_KEYS[c] for c in cameras]
     try:
         steps = np.load(path, allow_pickle=True)

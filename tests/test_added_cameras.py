@@ -1,0 +1,168 @@
+"""A camera added to robosuite recordings afterwards (``envs/cameras.py``,
+``scripts/render_camera.py``), rendered from the recorded simulator states, and read by a
+world model as one of ``world_model.cameras`` that only its success model uses."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from configs import ConfigError, EnvConfig, RobosuiteEnvConfig, load_config
+from demos import Demo
+from demos.layout import MAIN, file_attributes, view_key
+from demos.writer import write_file
+from envs import make_env
+from envs.cameras import place_camera, render_states
+from envs.world_model import WorldModelVectorEnv
+from scripts.render_camera import main as render_camera
+from tests.conftest import ROOT
+from worldmodel.closed_loop import closed_loop
+from worldmodel.data import ResetFrame, episode_from_demo, read_npy_trajectory
+from worldmodel.models import ConvFramePredictor, SuccessCNN, WorldModel
+
+SIZE = 64
+VIEWS = ("main", "table_front")
+
+
+@pytest.fixture(scope="module")
+def lift():
+    env = make_env(EnvConfig(kind="robosuite", robosuite=RobosuiteEnvConfig("Lift"),
+                             image_size=SIZE, max_episode_steps=30, fast_render=True),
+                   1, 1, 7)
+    env.reset_group(0, 5)
+    yield env
+    env.close()
+
+
+def _record(env, steps: int) -> Demo:
+    """``steps`` random steps of one real Lift env, with their simulator states."""
+    rng = np.random.default_rng(0)
+    ids, images, extras = np.array([0]), [], []
+    for _ in range(steps):
+        images.append(env.observe(ids).main_images[0])
+        extras.append(env.record_extras(ids)["states"][0])
+        env.step(ids, rng.uniform(-0.5, 0.5, (1, 7)).astype(np.float32))
+    n = len(images)
+    return Demo("lift the red cube", rng.uniform(-1, 1, (n, 7)).astype(np.float32),
+                np.zeros(n, np.float32), np.zeros(n, bool), np.zeros(n, bool),
+                np.stack(images), np.zeros((n, 8), np.float32),
+                extras={"states": np.stack(extras)}, final_main_image=images[-1])
+
+
+def test_render_camera_adds_the_view_from_the_recorded_states(lift, tmp_path, capsys):
+    demo = _record(lift, 5)
+    path = write_file(tmp_path / "rec" / "ep.hdf5", demo,
+                      file_attributes(demo, "Lift", {"env": {"fast_render": True}}, "Lift"), 0)
+    assert render_camera(["--camera", "table_front", str(tmp_path / "rec")]) == 0
+    assert "for 1 demos" in capsys.readouterr().out
+    with h5py.File(path) as f:
+        obs = f["data/demo_0/obs"]
+        added, main = obs[view_key("table_front")][()], obs[MAIN][()]
+    assert added.shape == main.shape == (5, SIZE, SIZE, 3)
+    assert np.abs(added.astype(int) - main).mean() > 20  # another viewpoint
+    assert len({a.tobytes() for a in added}) == 5  # each step its own state's view
+    # The states are the recorded frames' own: the main camera rendered from them gives
+    # each recorded frame back, far nearer than the next step's. (Not to the pixel: a live
+    # frame shows the bodies where MuJoCo's last substep began, mj_step integrating after
+    # its kinematics; a rendered state is placed by mj_forward.)
+    slot = lift.slots[0]
+    again = render_states(slot.sim_env.sim, slot.renderer, slot.cameras[0],
+                          demo.extras["states"]).astype(float)
+    for t in range(4):
+        own, next_step = np.abs(again[t] - main[t]).mean(), np.abs(again[t] - main[t + 1]).mean()
+        assert own < 0.25 and own < next_step / 2, (t, own, next_step)
+    # demos that have the view are left alone; --force renders them again, alike
+    assert render_camera(["--camera", "table_front", str(path)]) == 0
+    assert "for 0 demos" in capsys.readouterr().out
+    assert render_camera(["--camera", "table_front", "--force", str(path)]) == 0
+    with h5py.File(path) as f:
+        np.testing.assert_array_equal(f["data/demo_0/obs"][view_key("table_front")][()],
+                                      added)
+    demo.extras = {}
+    write_file(tmp_path / "bare.hdf5", demo, file_attributes(demo, "Lift", {}, "Lift"), 0)
+    with pytest.raises(SystemExit, match="no simulator states"):
+        render_camera(["--camera", "table_front", str(tmp_path / "bare.hdf5")])
+    with pytest.raises(ValueError, match="unknown camera 'side'.*table_front"):
+        place_camera(slot.sim_env.sim.model._model, slot.renderer, "side")
+
+
+def test_a_4cm_lift_shows_in_more_pixels_from_table_front_than_from_the_main_camera(lift):
+    """What the camera is for: the cube raised 4 cm (Lift's success) changes more than
+    2.5 times as many 64 x 64 pixels of table_front as of agentview (145 against 43)."""
+    slot = lift.slots[0]
+    sim = slot.sim_env.sim
+    model = sim.model._model
+    lift.reset_group(0, 5)
+    before = np.asarray(sim.get_state().flatten())
+    cube = model.jnt_qposadr[model.body_jntadr[model.body("cube_main").id]]
+    raised = before.copy()
+    raised[1 + cube + 2] += 0.04  # the flattened state is time, qpos, qvel
+    front = place_camera(model, slot.renderer, "table_front")
+    changed = {}
+    for name, cam in (("agentview", slot.cameras[0]), ("table_front", front)):
+        a, b = render_states(sim, slot.renderer, cam, np.stack([before, raised])).astype(int)
+        changed[name] = int((np.abs(a - b).sum(-1) > 30).sum())
+    sim.set_state_from_flattened(before)
+    sim.forward()
+    assert changed["table_front"] > 2.5 * changed["agentview"] > 0, changed
+
+
+def _demo(n: int) -> Demo:
+    rng = np.random.default_rng(n)
+    img = lambda: rng.integers(0, 255, (n, 16, 16, 3), dtype=np.uint8)  # noqa: E731
+    return Demo("lift", rng.uniform(-1, 1, (n, 7)).astype(np.float32), np.zeros(n, np.float32),
+                np.zeros(n, bool), np.zeros(n, bool), img(), np.zeros((n, 8), np.float32),
+                wrist_images=img(), final_main_image=img()[0], views={"table_front": img()})
+
+
+def test_the_views_stack_in_the_configured_order_through_hdf5(tmp_path):
+    demo = _demo(5)
+    write_file(tmp_path / "ep.hdf5", demo, file_attributes(demo, "Lift", {}, "p"), 0)
+    from demos import read_demos
+
+    back = read_demos([tmp_path / "ep.hdf5"], cameras=("main", "table_front", "wrist"))[0][0]
+    ep = episode_from_demo(back, 16, ("main", "table_front", "wrist"))
+    assert ep.frames.shape == (5, 16, 16, 9) and len(ep) == 4  # no final added view
+    np.testing.assert_array_equal(ep.frames[..., 3:6], demo.views["table_front"])
+    np.testing.assert_array_equal(ep.frames[..., 6:], demo.wrist_images)
+    back.views = {}
+    with pytest.raises(ValueError, match="render_camera.py --camera table_front"):
+        episode_from_demo(back, 16, VIEWS)
+    demo.views = {}
+    write_file(tmp_path / "plain.hdf5", demo, file_attributes(demo, "Lift", {}, "p"), 0)
+    demos, report = read_demos([tmp_path / "plain.hdf5"], cameras=VIEWS)
+    assert not demos and "render_camera.py --camera table_front" in report.bad[0][1]
+    np.save(tmp_path / "traj0.npy", np.array([{"image": demo.main_images[0],
+                                               "instruction": "lift"}], dtype=object))
+    with pytest.raises(ValueError, match="no table_front camera"):
+        read_npy_trajectory(tmp_path / "traj0.npy", VIEWS)
+
+
+def test_an_added_view_is_the_success_models_alone():
+    torch.manual_seed(0)
+    model = WorldModel(ConvFramePredictor(2, 4, 7, channels=4, image_channels=6),
+                       SuccessCNN(4, image_channels=6), -np.ones(7), np.ones(7), 16,
+                       cameras=VIEWS).eval()
+    frame = np.random.default_rng(0).integers(0, 255, (16, 16, 6), dtype=np.uint8)
+    env = WorldModelVectorEnv(1, 1, model, [ResetFrame(frame, "lift")], max_episode_steps=8)
+    env.reset_group(0, 0)
+    obs = env.observe(np.array([0]))
+    assert obs.wrist_images is None
+    np.testing.assert_array_equal(obs.main_images[0], frame[..., :3])
+    # what the policy sees is the main view; what is looked at is every view
+    act = lambda o: np.zeros((len(o.task_descriptions), 4, 7), np.float32)  # noqa: E731
+    ep = closed_loop(env, act, [0])[0]
+    assert len(ep.frames) == 9 and ep.frames[0].shape == (16, 32, 3)
+    np.testing.assert_array_equal(ep.frames[0], np.concatenate([frame[..., :3],
+                                                                frame[..., 3:]], 1))
+    np.testing.assert_array_equal(ep.frames[-1][:, :16], env.frame(0))
+
+
+@pytest.mark.parametrize("cameras", ["[wrist,main]", "[main,side]", "[main,wrist,wrist]"])
+def test_the_config_refuses_cameras_out_of_order_unknown_or_twice(cameras):
+    path = ROOT / "configs/robosuite_lift_world_model.yaml"
+    assert load_config(path, ["world_model.cameras=[main,table_front,wrist]"])
+    with pytest.raises(ConfigError, match="main first, then any of wrist, table_front"):
+        load_config(path, [f"world_model.cameras={cameras}"])
