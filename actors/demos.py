@@ -2,7 +2,8 @@
 
 :class:`DemoRecorder` is an executor hook (:class:`actors.executor.EpisodeHook`): it keeps
 each running episode's steps (both cameras, the state, the action executed, reward, done,
-success, and the simulator's own state from :meth:`VectorEnv.record_extras`) and, when the
+success, and the simulator's own state and ``env.record_cameras``' views from
+:meth:`VectorEnv.record_extras`) and, when the
 episode ends, adds the main camera's final frame and hands the episode to a
 :class:`demos.DemoWriter` thread, which writes it as one LIBERO-layout HDF5 file while the
 actor steps on.
@@ -80,16 +81,18 @@ class DemoRecorder(EpisodeHook):
         final = None  # the frame the last action led to; none after a simulator failure
         if not steps.failed:
             final = self.env.observe(np.array([env_id])).main_images[0]
+        extras = {k.split(":", 1)[1]: v for k, v in r.items() if k.startswith("extra:")}
+        views = {k.split(":", 1)[1]: extras.pop(k) for k in list(extras)
+                 if k.startswith("view:")}  # record_cameras'
         self.writer.put(Demo(
             instruction=instruction, actions=r["action"].astype(np.float32),
             rewards=r["reward"].astype(np.float32), dones=r["done"].astype(bool),
             success=r["success"].astype(bool), main_images=r["main"],
             states=r["state"].astype(np.float32), wrist_images=r.get("wrist"),
             orientation=self.orientation,
-            extras={k.split(":", 1)[1]: v for k, v in r.items() if k.startswith("extra:")},
-            init_state_id=steps.init_state_id,
+            extras=extras, init_state_id=steps.init_state_id,
             task_id=split_init_state(steps.init_state_id)[0], episode_id=steps.episode_id,
-            source=self.source, final_main_image=final))
+            source=self.source, final_main_image=final, views=views))
 
 
 def dataset_dir(cfg: Config) -> Path:

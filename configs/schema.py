@@ -188,6 +188,11 @@ class EnvConfig:
         "the benchmarks' rule")
     state_dim: int = opt(8, "libero/robosuite: 8 (LIBERO's state) or 7 (grippers averaged)")
     wrist_camera: bool = opt(True, "libero/robosuite: also send the eye-in-hand camera")
+    record_cameras: list[str] = opt(
+        [], "robosuite: cameras chunkrl adds to the scene (envs/cameras.py: table_front), "
+        "rendered at every recorded step into obs/<camera>_rgb; no policy sees them: views "
+        "for a world model's success model (world_model.cameras); recordings made without "
+        "them get them from their states with scripts/render_camera.py")
     image_orientation: Literal["auto", "upright", "libero"] = opt(
         "auto", "upright, or libero (rotated 180 degrees, as LIBERO's datasets and "
         "checkpoints have it); auto: libero for LIBERO, upright otherwise (a world model "
@@ -806,6 +811,10 @@ def validate(cfg: Config) -> list[str]:
          "env.state_dim must be 8 or 7 (7 only for libero/robosuite)"),
         (e.settle_steps >= 0, "env.settle_steps must be >= 0"),
         (e.success_hold_steps >= 0, "env.success_hold_steps must be >= 0"),
+        (not e.record_cameras or (e.kind == "robosuite" and set(e.record_cameras) <= set(CAMERAS)
+                                  and len(set(e.record_cameras)) == len(e.record_cameras)),
+         f"env.record_cameras={e.record_cameras}: robosuite only, each of "
+         f"{', '.join(sorted(CAMERAS))} once"),
         (cfg.run.mode in ("train", "sft", "train_world_model") or a.group_size == 1,
          f"run.mode={cfg.run.mode} runs each task x episode once: set actor.group_size=1"),
         (1 <= cfg.eval.num_trials <= 1000, "eval.num_trials must be in 1..1000"),

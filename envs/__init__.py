@@ -120,7 +120,8 @@ def make_env(cfg: EnvConfig, num_envs: int, group_size: int, action_dim: int,
                       fast_render=cfg.fast_render, orientation=orientation,
                       gripper_convention=cfg.gripper_convention,
                       settle_steps=cfg.settle_steps,
-                      success_hold_steps=cfg.success_hold_steps)
+                      success_hold_steps=cfg.success_hold_steps,
+                      record_cameras=tuple(cfg.record_cameras))
     if cfg.kind == "libero":
         from envs.libero import LiberoVectorEnv
 

@@ -93,7 +93,9 @@ class VectorEnv(abc.ABC):
     def record_extras(self, env_ids: np.ndarray) -> dict:
         """What a demonstration file keeps beside the observation, now, per env: arrays
         [B,...] by LIBERO's dataset names (``states``: the full simulator state,
-        ``ee_states``, ``gripper_states``, ``joint_states``...). None by default."""
+        ``ee_states``, ``gripper_states``, ``joint_states``...), and ``view:<camera>``
+        images [B,H,W,3] of cameras only recordings keep (``Demo.views``). None by
+        default."""
         return {}
 
     def task_info(self, init_state_id: int) -> dict:

@@ -31,6 +31,7 @@ import numpy as np
 from typing_extensions import override
 
 from envs.base import EnvObs, StepResult, VectorEnv
+from envs.cameras import place_camera
 from envs.render import ModelAssets, SharedGL, SimRenderer
 from envs.robot_io import libero_state, orient, state_8_to_7, to_env_action
 
@@ -76,6 +77,7 @@ class SimOptions:
     success_hold_steps: int = 0
     main_camera: str = "agentview"
     wrist_camera_name: str = "robot0_eye_in_hand"
+    record_cameras: tuple[str, ...] = ()  # envs/cameras.py's, rendered in record_extras
 
 
 class Slot:
@@ -86,6 +88,7 @@ class Slot:
         self.sim_env = None
         self.renderer: Optional[SimRenderer] = None
         self.cameras: tuple[int, int] = (-1, -1)
+        self.added: dict[str, int] = {}  # record_cameras' ids
         self.instruction = ""
         self.state = np.zeros(8, np.float32)
         self.steps = 0
@@ -175,6 +178,8 @@ class MujocoVectorEnv(VectorEnv):
             slot.key = key
             slot.cameras = (slot.renderer.camera_id(self.opts.main_camera),
                             slot.renderer.camera_id(self.opts.wrist_camera_name))
+            slot.added = {c: place_camera(model, slot.renderer, c)
+                          for c in self.opts.record_cameras}
         obs = self._reset_sim(slot.sim_env, init_state_id)
         # Two things survive robosuite's soft reset and would make an env's next steps
         # depend on its past: the solver's warm start and the gripper's smoothed action
@@ -238,7 +243,8 @@ class MujocoVectorEnv(VectorEnv):
 
     def record_extras(self, env_ids: np.ndarray) -> dict:
         """The simulator's state (MuJoCo's flattened time, qpos, qvel, as LIBERO's
-        ``states``), the arm's joint positions and LIBERO's eef/gripper observations."""
+        ``states``), the arm's joint positions, LIBERO's eef/gripper observations and, as
+        ``view:<camera>``, the ``record_cameras``' views (oriented as the main camera's)."""
         rows = []
         for e in env_ids:
             slot = self.slots[int(e)]
@@ -248,7 +254,10 @@ class MujocoVectorEnv(VectorEnv):
                          "joint_states": np.array(sim.data.qpos[robot._ref_joint_pos_indexes],
                                                   np.float64),
                          "ee_states": state[:6], "gripper_states": state[6:8],
-                         "ee_pos": state[:3], "ee_ori": state[3:6]})
+                         "ee_pos": state[:3], "ee_ori": state[3:6],
+                         **{f"view:{c}": orient(slot.renderer.render(cid),
+                                                self.opts.orientation)
+                            for c, cid in slot.added.items()}})
         return {k: np.stack([r[k] for r in rows]) for k in rows[0]} if rows else {}
 
     def frame(self, env_id: int) -> np.ndarray:

@@ -15,6 +15,7 @@ from demos.layout import MAIN, file_attributes, view_key
 from demos.writer import write_file
 from envs import make_env
 from envs.cameras import place_camera, render_states
+from envs.robot_io import orient_batch
 from envs.world_model import WorldModelVectorEnv
 from scripts.render_camera import main as render_camera
 from tests.conftest import ROOT
@@ -107,6 +108,49 @@ def test_a_4cm_lift_shows_in_more_pixels_from_table_front_than_from_the_main_cam
     sim.set_state_from_flattened(before)
     sim.forward()
     assert changed["table_front"] > 2.5 * changed["agentview"] > 0, changed
+
+
+def test_a_recording_with_record_cameras_keeps_the_view_its_states_render(tmp_path):
+    """env.record_cameras: the recorder writes the view at every step, as the states
+    recorded with it render it afterwards."""
+    from actors.demos import DemoRecorder
+    from actors.executor import StageExecutor
+    from demos import DemoWriter, read_demos
+    from experts import make_expert
+    from protocol.ids import IdSource
+
+    cfg = EnvConfig(kind="robosuite", robosuite=RobosuiteEnvConfig("Lift"), image_size=SIZE,
+                    max_episode_steps=16, fast_render=True, wrist_camera=False,
+                    record_cameras=["table_front"])
+    env = make_env(cfg, 1, 1, 7)
+    writer = DemoWriter(tmp_path / "rec", lambda d: file_attributes(d, "Lift", {}, "Lift"), 1)
+    states = iter([7])
+    stage = StageExecutor(env, [0], 8, IdSource(0), lambda g: next(states, None),
+                          [DemoRecorder(env, writer, "upright", "expert")],
+                          expert=make_expert(cfg, env))
+    while not stage.idle:
+        stage.observe()
+        stage.execute(None, None, None, 0)
+    writer.close()
+    (demo,), _ = read_demos([tmp_path / "rec"], cameras=VIEWS)
+    view = demo.views["table_front"]
+    assert view.shape == demo.main_images.shape == (16, SIZE, SIZE, 3)
+    slot = env.slots[0]
+    again = orient_batch(render_states(slot.sim_env.sim, slot.renderer,
+                                       slot.added["table_front"], _states(tmp_path / "rec")),
+                         "upright")
+    # each step's view is its state's (up to the live frame's substep, see above), far
+    # nearer than the next step's
+    own = np.abs(again.astype(float) - view).mean((1, 2, 3))
+    next_step = np.abs(again[1:].astype(float) - view[:-1]).mean((1, 2, 3))
+    assert own.mean() < 1.0 and (own[:-1] < next_step / 2).all(), (own, next_step)
+    env.close()
+
+
+def _states(folder) -> np.ndarray:
+    (path,) = sorted(folder.rglob("*.hdf5"))
+    with h5py.File(path) as f:
+        return f["data/demo_0/states"][()]
 
 
 def _demo(n: int) -> Demo:
