@@ -4,7 +4,7 @@
 each running episode's steps (both cameras, the state, the action executed, reward, done,
 success, and the simulator's own state and ``env.record_cameras``' views from
 :meth:`VectorEnv.record_extras`) and, when the
-episode ends, adds the main camera's final frame and hands the episode to a
+episode ends, adds every camera's final frame and hands the episode to a
 :class:`demos.DemoWriter` thread, which writes it as one LIBERO-layout HDF5 file while the
 actor steps on.
 """
@@ -78,9 +78,14 @@ class DemoRecorder(EpisodeHook):
         if steps is None or not steps.rows:
             return
         r = {k: np.stack(v) for k, v in steps.rows.items()}
-        final = None  # the frame the last action led to; none after a simulator failure
+        final, final_views = None, {}  # what the last action led to; none after a failure
         if not steps.failed:
-            final = self.env.observe(np.array([env_id])).main_images[0]
+            last = self.env.observe(np.array([env_id]))
+            final = last.main_images[0]
+            final_views = {k.split(":", 1)[1]: v for k, v in steps.extras_now.items()
+                           if k.startswith("view:")}
+            if last.wrist_images is not None:
+                final_views["wrist"] = last.wrist_images[0]
         extras = {k.split(":", 1)[1]: v for k, v in r.items() if k.startswith("extra:")}
         views = {k.split(":", 1)[1]: extras.pop(k) for k in list(extras)
                  if k.startswith("view:")}  # record_cameras'
@@ -92,7 +97,8 @@ class DemoRecorder(EpisodeHook):
             orientation=self.orientation,
             extras=extras, init_state_id=steps.init_state_id,
             task_id=split_init_state(steps.init_state_id)[0], episode_id=steps.episode_id,
-            source=self.source, final_main_image=final, views=views))
+            source=self.source, final_main_image=final, views=views,
+            final_views=final_views))
 
 
 def dataset_dir(cfg: Config) -> Path:

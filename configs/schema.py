@@ -532,7 +532,9 @@ class WorldModelConfig:
                              "scripts/render_camera.py: table_front sees Lift's 4 cm lift "
                              "from the side), which only the success model reads; the "
                              "predictor and the success model see every view; an episode "
-                             "then loses its last action, whose other views are not recorded")
+                             "without each view's frame after its last action (recordings "
+                             "keep them in final_obs, views rendered afterwards do not) "
+                             "loses that action")
     generator: Literal["conv", "diffusion"] = opt(
         "conv", "the frame predictor: conv (deterministic U-Net, worldmodel/models.py) or "
         "diffusion (diffusers' UNet2DModel, DDIM sampling, worldmodel/diffusion.py)")

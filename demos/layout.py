@@ -17,6 +17,7 @@ action t and what it gave::
     data/demo_N/obs/gripper_states [T,2]           finger positions
     data/demo_N/obs/{ee_pos,ee_ori,joint_states}   as LIBERO's
     data/demo_N/final_obs/agentview_rgb [1,H,W,3]  main camera after the last action
+    data/demo_N/final_obs/<view>                   the other views after it, if recorded
 
 chunkrl adds ``success`` [T] (the task achieved after step t), ``final_obs`` (the frame
 the last action led to: a world model learns from it, and an episode that ends at
@@ -74,6 +75,7 @@ class Demo:
     source: str = ""
     final_main_image: Optional[np.ndarray] = None  # uint8 [H,W,3] after the last action
     views: dict = field(default_factory=dict)  # other cameras' uint8 [T,H,W,3], by name
+    final_views: dict = field(default_factory=dict)  # wrist's and views' [H,W,3] after it
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -126,10 +128,13 @@ def write_demo(group, demo: Demo, compression: int) -> None:
             obs.create_dataset(name, data=orient_batch(images, demo.orientation),
                                chunks=(1, h, w, 3), **gzip)
     if demo.final_main_image is not None:
-        h, w = demo.final_main_image.shape[:2]
-        group.create_group("final_obs").create_dataset(
-            MAIN, data=orient_batch(demo.final_main_image[None], demo.orientation),
-            chunks=(1, h, w, 3), **gzip)
+        final = {MAIN: demo.final_main_image} | {view_key(c): v
+                                                 for c, v in demo.final_views.items()}
+        group_final = group.create_group("final_obs")
+        for name, image in final.items():
+            h, w = image.shape[:2]
+            group_final.create_dataset(name, data=orient_batch(image[None], demo.orientation),
+                                       chunks=(1, h, w, 3), **gzip)
     extras = dict(demo.extras)
     for name in ("states", "robot_states"):  # LIBERO keeps these beside obs/
         if name in extras:
@@ -175,9 +180,12 @@ def read_demo(group, instruction: str, orientation: str, cameras: tuple[str, ...
                 raise KeyError(f"no obs/{view_key(camera)} ({camera} camera) in {group.name}:"
                                f" render it (scripts/render_camera.py --camera {camera})")
             views[camera] = orient_batch(np.asarray(obs[view_key(camera)]), orientation)
-    final = None
+    final, final_views = None, {}
     if "main" in cameras and "final_obs" in group and MAIN in group["final_obs"]:
-        final = orient_batch(np.asarray(group["final_obs"][MAIN]), orientation)[0]
+        final_obs = group["final_obs"]
+        final = orient_batch(np.asarray(final_obs[MAIN]), orientation)[0]
+        final_views = {c: orient_batch(np.asarray(final_obs[view_key(c)]), orientation)[0]
+                       for c in cameras if c != "main" and view_key(c) in final_obs}
     lengths = {len(a) for a in (rewards, dones, success, states) if a is not None}
     lengths |= {len(a) for a in (main, wrist, *views.values()) if a is not None}
     if lengths != {n}:
@@ -190,4 +198,5 @@ def read_demo(group, instruction: str, orientation: str, cameras: tuple[str, ...
                 init_state_id=int(attrs.get("init_state_id", -1)),
                 task_id=int(attrs.get("task_id", -1)),
                 episode_id=int(attrs.get("episode_id", -1)),
-                source=str(attrs.get("source", "")), final_main_image=final, views=views)
+                source=str(attrs.get("source", "")), final_main_image=final, views=views,
+                final_views=final_views)

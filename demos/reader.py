@@ -103,6 +103,8 @@ def read_file(path: Path, orientation: str, cameras: tuple[str, ...],
                 if demo.wrist_images is not None:
                     demo.wrist_images = resize_images(demo.wrist_images, image_size)
                 demo.views = {c: resize_images(v, image_size) for c, v in demo.views.items()}
+                demo.final_views = {c: resize_images(v[None], image_size)[0]
+                                    for c, v in demo.final_views.items()}
             demos.append(demo)
     return demos
 

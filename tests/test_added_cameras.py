@@ -144,6 +144,13 @@ def test_a_recording_with_record_cameras_keeps_the_view_its_states_render(tmp_pa
     own = np.abs(again.astype(float) - view).mean((1, 2, 3))
     next_step = np.abs(again[1:].astype(float) - view[:-1]).mean((1, 2, 3))
     assert own.mean() < 1.0 and (own[:-1] < next_step / 2).all(), (own, next_step)
+    # the frame the last action led to is kept for the added view too: no action is lost
+    final = demo.final_views["table_front"]
+    assert final.shape == (SIZE, SIZE, 3) and not np.array_equal(final, view[-1])
+    ep = episode_from_demo(demo, SIZE, VIEWS)
+    assert len(ep) == len(demo) == 16
+    np.testing.assert_array_equal(ep.frames[-1], np.concatenate([demo.final_main_image,
+                                                                 final], -1))
     env.close()
 
 
@@ -171,6 +178,16 @@ def test_the_views_stack_in_the_configured_order_through_hdf5(tmp_path):
     assert ep.frames.shape == (5, 16, 16, 9) and len(ep) == 4  # no final added view
     np.testing.assert_array_equal(ep.frames[..., 3:6], demo.views["table_front"])
     np.testing.assert_array_equal(ep.frames[..., 6:], demo.wrist_images)
+    # with every view's final frame (recorded: final_obs) the last action is kept
+    demo.final_views = {"table_front": demo.main_images[1], "wrist": demo.main_images[2]}
+    write_file(tmp_path / "final.hdf5", demo, file_attributes(demo, "Lift", {}, "p"), 0)
+    final = read_demos([tmp_path / "final.hdf5"], cameras=("main", "table_front", "wrist"))
+    ep = episode_from_demo(final[0][0], 16, ("main", "table_front", "wrist"))
+    assert ep.frames.shape == (6, 16, 16, 9) and len(ep) == 5
+    np.testing.assert_array_equal(ep.frames[-1], np.concatenate(
+        [demo.final_main_image, demo.final_views["table_front"], demo.final_views["wrist"]],
+        -1))
+    assert len(episode_from_demo(final[0][0], 16, VIEWS)) == 5
     back.views = {}
     with pytest.raises(ValueError, match="render_camera.py --camera table_front"):
         episode_from_demo(back, 16, VIEWS)

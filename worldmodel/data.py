@@ -13,8 +13,8 @@ repeat the last one).
 
 A world model of several cameras (``world_model.cameras``: main, then wrist or cameras
 rendered afterwards, e.g. ``table_front``) sees each step's views stacked as channels,
-frames [..,H,W,3V]; only the main camera has a recorded frame after the last action, so
-such an episode loses its last action.
+frames [..,H,W,3V]; an episode without every view's frame after the last action (recorded
+since ``final_obs`` keeps them; not in views rendered afterwards) loses its last action.
 
 Reset frames also come from RLinf's world-model datasets: folders of ``traj*.npy``, each
 a sequence of per-step dicts with ``image`` (HWC uint8), ``wrist_image`` when the world
@@ -92,8 +92,9 @@ def episode_from_demo(demo: Demo, image_size: int,
     remain)."""
     frames = demo_views(demo, cameras)
     actions, success, states = demo.actions, demo.success, demo.states
-    if demo.final_main_image is not None and tuple(cameras) == MAIN_ONLY:
-        frames = np.concatenate([frames, demo.final_main_image[None]])
+    finals = [demo.final_main_image] + [demo.final_views.get(c) for c in cameras[1:]]
+    if all(f is not None for f in finals):
+        frames = np.concatenate([frames, np.concatenate(finals, -1)[None]])
     else:  # without the final frame(s) the last action has no frame to lead to
         actions, success, states = actions[:-1], success[:-1], states[:-1]
     if len(actions) < 1:
