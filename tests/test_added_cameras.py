@@ -227,3 +227,43 @@ def test_the_config_refuses_cameras_out_of_order_unknown_or_twice(cameras):
     assert load_config(path, ["world_model.cameras=[main,table_front,wrist]"])
     with pytest.raises(ConfigError, match="main first, then any of wrist, table_front"):
         load_config(path, [f"world_model.cameras={cameras}"])
+
+
+def _conv_model(cameras: tuple[str, ...], low: float, seed: int) -> WorldModel:
+    torch.manual_seed(seed)
+    model = WorldModel(ConvFramePredictor(2, 4, 7, channels=4, image_channels=3 * len(cameras)),
+                       SuccessCNN(4, image_channels=3 * len(cameras)), np.full(7, low),
+                       np.ones(7), 16, cameras=cameras).eval()
+    with torch.no_grad():
+        for p in model.generator.head.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return model
+
+
+def test_a_composed_world_model_takes_each_view_from_its_own_predictor(tmp_path):
+    """scripts/compose_world_model.py: main from a one-camera model, table_front from a
+    two-camera one; each part sees its own views and its own action normalisation."""
+    from scripts.compose_world_model import compose
+
+    main = _conv_model(("main",), -0.5, 0)  # trained on other action bounds
+    both = _conv_model(VIEWS, -1.0, 1)
+    paths = {n: str(m.save(tmp_path / f"{n}.pt")) for n, m in (("main", main), ("both", both))}
+    composed = compose(paths["both"], {"main": paths["main"], "table_front": paths["both"]})
+    back = WorldModel.load(composed.save(tmp_path / "composed.pt"))
+    assert back.cameras == VIEWS and back.generator.spec()["kind"] == "views"
+    hist = torch.rand(2, 2, 6, 16, 16) * 2 - 1
+    env_actions = torch.rand(2, 4, 7) * 1.2 - 0.4  # within both models' bounds
+    out = back.generate(hist, back.normalise(env_actions))
+    expect_main = main.generate(hist[:, :, :3], main.normalise(env_actions))
+    expect_front = both.generate(hist, both.normalise(env_actions))[:, :, 3:]
+    torch.testing.assert_close(out[:, :, :3], expect_main, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[:, :, 3:], expect_front, atol=1e-5, rtol=0)
+    # the main part's own bounds matter: with the composed model's it would differ
+    wrong = main.generate(hist[:, :, :3], both.normalise(env_actions))
+    assert (wrong - expect_main).abs().max() > 1e-3
+    torch.testing.assert_close(back.scorer.score(out[:, 0], ["lift", "lift"]),
+                               both.scorer.score(out[:, 0], ["lift", "lift"]))
+    with pytest.raises(ValueError, match="give --view for exactly the cameras"):
+        compose(paths["both"], {"main": paths["main"]})
+    with pytest.raises(ValueError, match="it must make table_front"):
+        compose(paths["both"], {"main": paths["main"], "table_front": paths["main"]})

@@ -294,8 +294,9 @@ class WorldModel(nn.Module):
 
 
 def build_generator(spec: dict, image_size: int) -> nn.Module:
-    """The frame generator a :meth:`spec` describes: ``conv`` (:class:`ConvFramePredictor`)
-    or ``diffusion`` (:class:`worldmodel.diffusion.DiffusionFramePredictor`)."""
+    """The frame generator a :meth:`spec` describes: ``conv`` (:class:`ConvFramePredictor`),
+    ``diffusion`` (:class:`worldmodel.diffusion.DiffusionFramePredictor`) or ``views``
+    (:class:`worldmodel.views.ViewsGenerator`, one of these per camera)."""
     args = {k: v for k, v in spec.items() if k != "kind"}
     if spec["kind"] == "conv":
         return ConvFramePredictor(**args)
@@ -303,7 +304,16 @@ def build_generator(spec: dict, image_size: int) -> nn.Module:
         from worldmodel.diffusion import DiffusionFramePredictor
 
         return DiffusionFramePredictor(image_size=image_size, **args)
-    raise ValueError(f"unknown frame generator {spec['kind']!r}; valid: conv, diffusion")
+    if spec["kind"] == "views":
+        from worldmodel.views import ViewsGenerator
+
+        d, v = spec["action_dim"], len(spec["parts"])
+        # the bounds are buffers: the state dict fills them
+        return ViewsGenerator([build_generator(p, image_size) for p in spec["parts"]],
+                              spec["inputs"], spec["outputs"], torch.zeros(d),
+                              torch.zeros(d), torch.zeros(v, d), torch.zeros(v, d))
+    raise ValueError(f"unknown frame generator {spec['kind']!r}; valid: conv, diffusion, "
+                     "views")
 
 
 def from_config(w, action_dim: int, action_low: np.ndarray, action_high: np.ndarray,
