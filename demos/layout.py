@@ -12,7 +12,7 @@ action t and what it gave::
     data/demo_N/robot_states       [T,9] float64   gripper qpos, eef pos, eef quat, if any
     data/demo_N/obs/agentview_rgb  [T,H,W,3] uint8 main camera, OpenGL rows (upside down)
     data/demo_N/obs/eye_in_hand_rgb                wrist camera, likewise, if any
-    data/demo_N/obs/<camera>_rgb                   a camera added afterwards, likewise
+    data/demo_N/obs/<camera>_rgb                   a camera chunkrl adds, likewise
     data/demo_N/obs/ee_states      [T,6]           eef position + axis-angle
     data/demo_N/obs/gripper_states [T,2]           finger positions
     data/demo_N/obs/{ee_pos,ee_ori,joint_states}   as LIBERO's
@@ -49,8 +49,8 @@ MAIN, WRIST = "agentview_rgb", "eye_in_hand_rgb"
 
 def view_key(camera: str) -> str:
     """The dataset under ``obs/`` holding a camera's frames: ``main`` and ``wrist`` are
-    LIBERO's; a camera rendered afterwards (``scripts/render_camera.py``) is
-    ``<camera>_rgb``."""
+    LIBERO's; a camera chunkrl adds (``env.record_cameras``, or rendered afterwards by
+    ``scripts/render_camera.py``) is ``<camera>_rgb``."""
     return {"main": MAIN, "wrist": WRIST}.get(camera, f"{camera}_rgb")
 
 
