@@ -10,7 +10,8 @@ world-model env, its success rate there, and the frames before each first succes
 at ``inference.temperature``, on the CPU in this process. The PNG
 (:func:`worldmodel.closed_loop.success_grid`, scaled 3x) has one row per successful
 episode: the frames 16, 8 and 2 steps before its first success, the success frame, the
-reset frame (each with every camera of the world model side by side, main first). Set ``env.world_model.*`` overrides as for RL.
+reset frame (each with every camera of the world model side by side, main first). Set
+``env.world_model.*`` overrides as for RL.
 """
 
 from __future__ import annotations
