@@ -104,6 +104,9 @@ class InferenceServer:
                 deadline = time.monotonic() + grace_s
             link.tick()
             if link.receiver is not receiver:  # a new weights group after a lost learner
+                if receiver is not None:
+                    log.info("inference server %d: back with the learner, serving version %d",
+                             link.index, self.core.version)
                 receiver = link.receiver
                 poller = zmq.Poller()
                 poller.register(self.endpoint.sock, zmq.POLLIN)

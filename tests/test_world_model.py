@@ -213,6 +213,28 @@ def test_an_unrolled_loss_conditions_each_call_on_the_frames_generated_so_far():
     assert float(p.head.weight.grad.abs().sum()) > 0
 
 
+def test_each_camera_is_weighted_by_its_own_changes_and_counts_equally_in_the_loss():
+    """Two cameras stacked: camera 0 has one moving pixel, camera 1 moves everywhere.
+    Camera 0's moving pixel is weighted 5 and its still ones 1 (camera 1's motion marks
+    none of them), each camera's weighted L1 is normalised by its own weights, and the
+    loss is the mean of the two: camera 0's error counts as much as camera 1's."""
+    p = ConvFramePredictor(condition_frames=1, chunk=1, action_dim=2, channels=8,
+                           image_channels=6)  # a fresh head: copies the last frame
+    hist = torch.zeros(1, 1, 6, 4, 4)
+    targets = torch.zeros(1, 1, 6, 4, 4)
+    targets[0, 0, 0, 0, 0] = 0.8  # camera 0: one pixel, one channel moves by 0.8
+    targets[0, 0, 3:] = 0.5  # camera 1: every pixel of every channel by 0.5
+    loss = p.loss(hist, torch.zeros(1, 1, 2), targets, torch.ones(1, 1, dtype=torch.bool))
+    cam0 = 5 * 0.8 / (3 * (5 + 15 * 1))  # weights: 5 on the moving pixel, 1 on 15 others
+    cam1 = 5 * 0.5 * 48 / (3 * 5 * 16)  # every pixel moved: weight 5 everywhere
+    torch.testing.assert_close(loss, torch.tensor((cam0 + cam1) / 2))
+    # One camera alone is the single-camera formula (sum |e| w / (3 sum w)).
+    alone = p.__class__(1, 1, 2, channels=8).loss(hist[:, :, :3], torch.zeros(1, 1, 2),
+                                                   targets[:, :, :3],
+                                                   torch.ones(1, 1, dtype=torch.bool))
+    torch.testing.assert_close(alone, torch.tensor(cam0))
+
+
 def test_the_world_model_file_round_trips_and_a_wrong_file_says_so(tmp_path):
     model = _model(-3.0)
     with torch.no_grad():

@@ -68,11 +68,23 @@ CHANGE_THRESHOLD = 0.1  # on the [-1, 1] scale: worldmodel.metrics' 0.05 of [0, 
 
 def change_weights(history: torch.Tensor, targets: torch.Tensor,
                    mask: torch.Tensor) -> torch.Tensor:
-    """[B,T,1,H,W]: ``1 + CHANGE_WEIGHT`` where a target pixel differs from the last
-    history frame by more than ``CHANGE_THRESHOLD`` in some channel, else 1; 0 where
-    ``mask`` [B,T] is False."""
-    changed = (targets - history[:, -1:]).abs().amax(2, keepdim=True) > CHANGE_THRESHOLD
-    return (1.0 + CHANGE_WEIGHT * changed.float()) * mask[:, :, None, None, None].float()
+    """[B,T,V,1,H,W], one map per camera (V = C / 3): ``1 + CHANGE_WEIGHT`` where a
+    target pixel differs from the last history frame by more than ``CHANGE_THRESHOLD`` in
+    one of that camera's channels, else 1; 0 where ``mask`` [B,T] is False. Per camera:
+    a pixel that moves in one view says nothing about the same pixel of another."""
+    b, t, ch, h, w = targets.shape
+    diff = (targets - history[:, -1:]).abs().view(b, t, ch // 3, 3, h, w)
+    changed = diff.amax(3, keepdim=True) > CHANGE_THRESHOLD
+    return (1.0 + CHANGE_WEIGHT * changed.float()) * mask[:, :, None, None, None, None].float()
+
+
+def view_l1(pred: torch.Tensor, targets: torch.Tensor,
+            weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per camera: the weighted L1 sum of frames [B,T,C,H,W] and its weights' sum, each
+    [V] (``weight`` from :func:`change_weights`, broadcast over a camera's 3 channels)."""
+    b, t, ch, h, w = targets.shape
+    err = (pred - targets).abs().view(b, t, ch // 3, 3, h, w) * weight
+    return err.sum((0, 1, 3, 4, 5)), 3 * weight.sum((0, 1, 3, 4, 5))
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -135,6 +147,10 @@ class ConvFramePredictor(nn.Module):
         """L1 of the predicted frames, each pixel that changes from the last real frame
         before it weighted ``1 + CHANGE_WEIGHT`` (most pixels are still: an unweighted loss
         is won by copying), steps past the episode's end (``mask`` [B,N] False) left out.
+        With several cameras each is weighted by its own changes and normalised by its
+        own weights, and the loss is their mean: a view whose motion fills the frame
+        would otherwise outweigh one where a few pixels move, and the predictor would
+        copy the quieter view's last frame (RESULTS.md, "A camera level with the table").
 
         ``actions`` [B,N,D] may hold several chunks (N = R x T): the predictor is then
         unrolled R calls as the env runs it, each conditioned on the last K frames *so
@@ -143,17 +159,18 @@ class ConvFramePredictor(nn.Module):
         (R = 1) never shows it."""
         t, k = self.chunk, self.condition_frames
         real = torch.cat([history, targets], 1)  # the change weights' reference frames
-        total = history.new_zeros(())
-        weight_sum = history.new_zeros(())
+        views = targets.shape[2] // 3
+        total = history.new_zeros(views)
+        weight_sum = history.new_zeros(views)
         for start in range(0, actions.shape[1], t):
             part = slice(start, start + t)
             pred = self(history, actions[:, part])
             weight = change_weights(real[:, start + k - 1:start + k], targets[:, part],
                                     mask[:, part])
-            total = total + ((pred - targets[:, part]).abs() * weight).sum()
-            weight_sum = weight_sum + weight.sum()
+            err, norm = view_l1(pred, targets[:, part], weight)
+            total, weight_sum = total + err, weight_sum + norm
             history = torch.cat([history, pred], 1)[:, -k:]
-        return total / (weight_sum * targets.shape[2]).clamp(min=1.0)
+        return (total / weight_sum.clamp(min=1.0)).mean()
 
     def spec(self) -> dict:
         """What rebuilds it (:func:`build_generator`)."""
