@@ -298,14 +298,25 @@ def report_profile(cfg, code: int) -> int:
 
 
 def check_env(cfg) -> None:
-    """Unknown suite/task names and a missing model fail here, before any role starts;
-    for simulators, the GL backend is chosen once and inherited by every child."""
+    """Unknown suite/task names and a missing model, checkpoint or world model fail here,
+    before any role starts; for simulators, the GL backend is chosen once and inherited
+    by every child."""
     from envs import check_env_config, prepare_rendering
 
     check_env_config(cfg.env)
     if cfg.model.model_path and not Path(cfg.model.model_path).exists():
         raise ValueError(f"model.model_path {cfg.model.model_path!r} does not exist; give a "
                          "local checkpoint directory (nothing is downloaded)")
+    if cfg.model.checkpoint and not Path(cfg.model.checkpoint).is_file():
+        raise ValueError(f"model.checkpoint {cfg.model.checkpoint!r} is not a file; give a "
+                         "run's checkpoint.pt, or leave it empty for fresh weights")
+    wm = cfg.env.world_model
+    if cfg.env.kind == "world_model" and cfg.run.mode not in ("train_world_model", "sft"):
+        missing = [p for p in (wm.checkpoint, *wm.reset_data) if not Path(p).exists()]
+        if missing:
+            raise ValueError(f"env.world_model: {missing} not found; train one with "
+                             "--train-world-model and set env.world_model.checkpoint and "
+                             "reset_data to its world_model.pt and recordings")
     try:
         backend = prepare_rendering(cfg.env)
     except RuntimeError as exc:  # envs.render.RenderError

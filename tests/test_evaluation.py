@@ -82,6 +82,24 @@ def _playable(path) -> int:
 
 
 @pytest.mark.slow
+def test_a_missing_checkpoint_or_world_model_is_refused_before_any_role_starts(tmp_path):
+    """A config error, not a crash to restart: one line naming the key and the fix."""
+    missing = tmp_path / "nowhere" / "checkpoint.pt"
+    out = launch(tmp_path, "configs/synthetic_grpo.yaml", "--eval", timeout=120,
+                 **{"model.checkpoint": str(missing)})
+    text = out.stdout + out.stderr
+    assert out.returncode == 2, text[-2000:]
+    assert f"config error: model.checkpoint '{missing}' is not a file; give a run's " \
+           "checkpoint.pt" in text
+    assert "starting " not in text and "restart" not in text
+    out = launch(tmp_path, "configs/synthetic_world_model.yaml", timeout=120,
+                 **{"env.world_model.checkpoint": str(missing)})
+    text = out.stdout + out.stderr
+    assert out.returncode == 2 and f"config error: env.world_model: ['{missing}'" in text, \
+        text[-2000:]
+    assert "starting " not in text
+
+
 def test_synthetic_eval_of_a_checkpoint(tmp_path):
     from configs import load_config
 

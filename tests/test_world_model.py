@@ -12,14 +12,17 @@ import torch
 from actors.executor import StageExecutor
 from demos import Demo
 from envs.base import StepResult
+from envs.synthetic import SyntheticReachEnv
 from envs.world_model import (WorldModelVectorEnv, held_probs, make_world_model_env,
                               read_action_bounds)
+from experts.synthetic import ReachExpert
 from protocol.ids import IdSource
-from worldmodel.closed_loop import closed_loop, success_grid
+from worldmodel.closed_loop import closed_loop, replay, success_grid
 from worldmodel.evaluate import imagine, open_loop_metrics, outcome_agreement, outcome_rates
 from worldmodel.data import (Episode, LabelledFrames, ResetFrame, Windows, episode_from_demo,
                              held_labels, reset_frames)
-from worldmodel.metrics import changed_pixels, psnr, roc_auc, spearman, squared_error
+from worldmodel.metrics import changed_pixels, group_agreement, psnr, roc_auc, spearman, \
+    squared_error
 from worldmodel.models import ConvFramePredictor, SuccessCNN, WorldModel, to_images, \
     to_model_frames
 
@@ -497,6 +500,44 @@ def test_actions_beyond_the_data_are_clipped_to_its_range_as_the_simulator_clips
     assert not np.array_equal(last[0], last[2])
 
 
+def test_group_agreement_by_hand():
+    wm = [[1, 1, 0, 0], [1, 1, 1, 1]]
+    real = [[1, 0, 0, 0], [0, 0, 0, 0]]
+    got = group_agreement(wm, real)
+    # centred wm: (.5 .5 -.5 -.5), (0 0 0 0); real: (.75 -.25 -.25 -.25), (0 0 0 0)
+    # sum(a b) = .375 - .125 + .125 + .125 = .5; sum a^2 = 1, sum b^2 = .75
+    assert got["advantage_correlation"] == pytest.approx(0.5 / np.sqrt(0.75))
+    assert (got["wm_success"], got["real_success"]) == (0.75, 0.125)
+    assert (got["false_success"], got["missed"], got["agreement"]) == (0.625, 0.0, 0.375)
+    assert (got["mixed_wm"], got["mixed_real"]) == (0.5, 0.5)
+    assert np.isnan(group_agreement([[1, 1]], [[0, 1]])["advantage_correlation"])
+
+
+def test_replayed_actions_succeed_in_the_env_as_they_did_where_they_were_taken():
+    """An expert's episodes in one synthetic env, replayed open loop in another (two envs
+    for three episodes: batches): all of an episode's actions succeed, all but the last
+    do not, none do not."""
+    taken = SyntheticReachEnv(3, 1, image_size=16, max_episode_steps=40)
+    expert = ReachExpert(taken)
+    episodes = [[] for _ in range(3)]
+    for e in range(3):
+        taken.reset_group(e, e)
+    live = np.arange(3)
+    while len(live):
+        acts = expert.act(live)
+        res = taken.step(live, acts)
+        for row, e in enumerate(live):
+            episodes[e].append(acts[row])
+        assert not res.truncated.any()
+        live = live[~res.terminated]
+    seqs = [np.stack(ep) for ep in episodes]
+    assert min(len(s) for s in seqs) > 2  # the agent did not start on its target
+    again = SyntheticReachEnv(2, 1, image_size=16, max_episode_steps=40)
+    got = replay(again, [0, 1, 2], [seqs[0], seqs[1][:-1], np.zeros_like(seqs[2])])
+    np.testing.assert_array_equal(got, [True, False, False])
+    np.testing.assert_array_equal(replay(again, [2, 1], [seqs[2], seqs[1]]), [True, True])
+
+
 def test_closed_loop_episodes_and_the_grid_of_frames_before_success():
     def act(obs):
         return np.zeros((len(obs.task_descriptions), 4, 7), np.float32)
@@ -509,6 +550,7 @@ def test_closed_loop_episodes_and_the_grid_of_frames_before_success():
     env = WorldModelVectorEnv(3, 1, _model(10.0), _starts(), max_episode_steps=8)
     won = closed_loop(env, act, [2, 0, 1])
     assert [ep.first_success for ep in won] == [1, 1, 1] and len(won[0].frames) == 2
+    assert never[0].actions.shape == (8, 7) and won[0].actions.shape == (1, 7)  # as taken
     grid = success_grid(won, before=(1, 0), rows=2)
     assert grid.shape == (2 * SIZE, 3 * SIZE, 3)
     np.testing.assert_array_equal(grid[:SIZE, :SIZE], _starts()[2].frame)  # 1 before: reset

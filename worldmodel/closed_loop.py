@@ -1,7 +1,8 @@
 """What does a world model call success? A policy's episodes run closed loop in the
-world-model env (the policy sees the generated frames, as in RL), and the frames leading
+world-model env (the policy sees the generated frames, as in RL), the frames leading
 to each episode's first success, as one image to look at
-(``scripts/world_model_frames.py``)."""
+(``scripts/world_model_frames.py``), and the same actions replayed in another env (the
+real one: ``benchmarks/bench_reward_agreement.py``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from envs.base import EnvObs
+from envs.base import EnvObs, VectorEnv
 from envs.world_model import WorldModelVectorEnv
 from worldmodel.data import split_views
 
@@ -18,11 +19,12 @@ from worldmodel.data import split_views
 @dataclass
 class ClosedLoopEpisode:
     """The frames an episode showed (its reset frame, then every generated one; every
-    camera's view side by side) and the index of the first the env called a success
-    (None: it never succeeded)."""
+    camera's view side by side), the index of the first the env called a success
+    (None: it never succeeded), and the actions it took (float [len(frames) - 1, D])."""
 
     frames: list[np.ndarray]
     first_success: int | None
+    actions: np.ndarray | None = None
 
 
 def closed_loop(env: WorldModelVectorEnv, act: Callable[[EnvObs], np.ndarray],
@@ -33,11 +35,15 @@ def closed_loop(env: WorldModelVectorEnv, act: Callable[[EnvObs], np.ndarray],
     for e, state in zip(envs, state_ids):
         env.reset_group(int(e), state)
     out = [ClosedLoopEpisode([split_views(env.last[e])], None) for e in envs]
+    chunks: list[list[np.ndarray]] = [[] for _ in envs]
     alive = np.ones(env.num_envs, bool)
     while alive.any():
         live = envs[alive]
         ended = np.zeros(len(live), bool)
-        for t, res in enumerate(env.step_chunk(live, act(env.observe(live)))):
+        actions = act(env.observe(live))
+        for j, e in enumerate(live):
+            chunks[e].append(actions[j])
+        for t, res in enumerate(env.step_chunk(live, actions)):
             for j, e in enumerate(live):
                 if ended[j]:
                     continue
@@ -46,7 +52,32 @@ def closed_loop(env: WorldModelVectorEnv, act: Callable[[EnvObs], np.ndarray],
                     out[e].first_success = len(out[e].frames) - 1
             ended |= res.terminated | res.truncated
         alive[live[ended]] = False
+    for ep, taken in zip(out, chunks):
+        ep.actions = np.concatenate(taken)[:len(ep.frames) - 1]
     return out
+
+
+def replay(env: VectorEnv, init_state_ids: list[int],
+           actions: list[np.ndarray]) -> np.ndarray:
+    """bool [E]: whether episode e, ``actions[e]`` (float [L_e, D]) from initial state
+    ``init_state_ids[e]``, succeeds at some step in ``env`` (group size 1), open loop: the
+    actions as they were, whatever the env shows. ``env.num_envs`` episodes at a time."""
+    won = np.zeros(len(actions), bool)
+    for first in range(0, len(actions), env.num_envs):
+        batch = list(range(first, min(first + env.num_envs, len(actions))))
+        for slot, e in enumerate(batch):
+            env.reset_group(slot, init_state_ids[e])
+        alive = np.ones(len(batch), bool)
+        for t in range(max(len(actions[e]) for e in batch)):
+            alive &= np.array([t < len(actions[e]) for e in batch])
+            rows = np.flatnonzero(alive)
+            if not len(rows):
+                break
+            res = env.step(rows, np.stack([actions[batch[r]][t] for r in rows]))
+            for r, ok, end in zip(rows, res.success, res.terminated | res.truncated):
+                won[batch[r]] |= bool(ok)
+                alive[r] &= not end
+    return won
 
 
 def success_grid(episodes: list[ClosedLoopEpisode], before: tuple[int, ...] = (16, 8, 2, 0),

@@ -72,3 +72,26 @@ def spearman(a, b) -> float:
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denom = float(np.sqrt((ra ** 2).sum() * (rb ** 2).sum()))
     return float((ra * rb).sum() / denom) if denom else float("nan")
+
+
+def group_agreement(wm, real) -> dict:
+    """Is the world model's reward the real one on the same actions? ``wm`` and ``real``
+    [G,N]: the outcomes (1 success, 0 not) of G groups of N action sequences, each judged
+    by the world model and replayed in the real env.
+
+    Besides the rates (``false_success``: the world model says success, the real env
+    not; ``missed``: the reverse), the **advantage correlation**: with GRPO's centred
+    advantages ``a_gi = wm_gi - mean_i wm_gi`` and ``b_gi = real_gi - mean_i real_gi``,
+    ``sum(a b) / sqrt(sum(a^2) sum(b^2))`` over every group: the cosine between the
+    advantages GRPO trains on and those the real env would give the same episodes (1: the
+    same ranking inside every group; 0: unrelated; nan when either side has no mixed
+    group). ``mixed_wm`` / ``mixed_real``: the share of groups whose outcomes differ."""
+    wm, real = np.asarray(wm, float), np.asarray(real, float)
+    a, b = wm - wm.mean(1, keepdims=True), real - real.mean(1, keepdims=True)
+    denom = float(np.sqrt((a ** 2).sum() * (b ** 2).sum()))
+    return {"wm_success": float(wm.mean()), "real_success": float(real.mean()),
+            "false_success": float((wm * (1 - real)).mean()),
+            "missed": float(((1 - wm) * real).mean()),
+            "agreement": float((wm == real).mean()),
+            "advantage_correlation": float((a * b).sum() / denom) if denom else float("nan"),
+            "mixed_wm": float((a != 0).any(1).mean()), "mixed_real": float((b != 0).any(1).mean())}
