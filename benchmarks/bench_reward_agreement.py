@@ -49,11 +49,10 @@ def main(argv=None) -> int:
 
     from configs import load_config
     from demos import read_demos
-    from demos.reader import resize_images
     from envs import image_orientation, make_env
     from envs.world_model import make_world_model_env
-    from models import build_policy, load_checkpoint
-    from worldmodel.closed_loop import closed_loop, replay
+    from worldmodel.closed_loop import closed_loop, policy_act, replay
+    from worldmodel.data import resize
     from worldmodel.metrics import group_agreement
 
     torch.set_num_threads(2)
@@ -67,16 +66,7 @@ def main(argv=None) -> int:
     if len(demos) < args.groups or any(d.init_state_id < 0 for d in demos[:args.groups]):
         raise SystemExit(f"env.world_model.reset_data holds {len(demos)} HDF5 recordings, "
                          f"some without init_state_id: give >= {args.groups} recorded by chunkrl")
-    policy = build_policy(cfg.model)
-    load_checkpoint(policy, args.checkpoint, cfg.model)
-    policy.eval()
-
-    def act(obs):
-        with torch.no_grad():
-            out = policy.act(policy.prepare(obs, torch.device("cpu")), False,
-                             cfg.inference.temperature)
-        return out.actions[:, :cfg.actions_per_chunk].numpy()
-
+    act = policy_act(cfg, args.checkpoint, False)
     began = time.monotonic()
     wm_env = make_world_model_env(cfg.env, args.groups * n, 1, cfg.model.action_dim,
                                   cfg.env.max_episode_steps, device="cpu")
@@ -85,9 +75,9 @@ def main(argv=None) -> int:
     wm_s = time.monotonic() - began
     real_env = make_env(real_cfg.env, min(16, len(episodes)), 1, cfg.model.action_dim)
     # The mapping reset frame -> initial state, checked: the real env's first frame there
-    # against the world model's reset frame (grey levels; the recording's own resize).
+    # against the world model's reset frame (mean grey levels, both resized alike).
     real_env.reset_group(0, demos[0].init_state_id)
-    first = resize_images(real_env.observe(np.array([0])).main_images, cfg.env.image_size)[0]
+    first = resize(real_env.observe(np.array([0])).main_images, cfg.env.image_size)[0]
     frame_gap = float(np.abs(first.astype(float) - wm_env.starts[0].frame[..., :3]).mean())
     began = time.monotonic()
     won = replay(real_env, [demos[g].init_state_id for g in frames],

@@ -37,8 +37,7 @@ def main(argv=None) -> int:
 
     from configs import load_config
     from envs.world_model import make_world_model_env
-    from models import build_policy, load_checkpoint
-    from worldmodel.closed_loop import closed_loop, success_grid
+    from worldmodel.closed_loop import closed_loop, policy_act, success_grid
 
     torch.set_num_threads(2)
     cfg = load_config(args.config, args.overrides)
@@ -46,16 +45,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"env.kind={cfg.env.kind}: this looks into a world-model env")
     env = make_world_model_env(cfg.env, args.episodes, 1, cfg.model.action_dim,
                                cfg.env.max_episode_steps, device="cpu")
-    policy = build_policy(cfg.model)
-    load_checkpoint(policy, args.checkpoint, cfg.model)
-    policy.eval()
-
-    def act(obs):
-        with torch.no_grad():
-            out = policy.act(policy.prepare(obs, torch.device("cpu")), True,
-                             cfg.inference.temperature)
-        return out.actions[:, :cfg.actions_per_chunk].numpy()
-
+    act = policy_act(cfg, args.checkpoint, True)
     episodes = closed_loop(env, act, list(range(args.episodes)))
     won = sum(ep.first_success is not None for ep in episodes)
     print(f"{won} of {len(episodes)} episodes succeed in the world model "

@@ -256,6 +256,20 @@ def test_world_model_chain_train_rl_inside_it_evaluate_in_the_real_env(tmp_path)
     _ok(look)
     won = int(re.search(r"(\d) of 4 episodes succeed in the world model", look.stdout)[1])
     assert (tmp_path / "frames.png").exists() == (won > 0)
+    # the same policy's sampled groups in the world model, their actions replayed in the
+    # real env from the initial states the reset frames were recorded from
+    agree = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_reward_agreement.py"),
+                            "--config", str(ROOT / wm_config), "--checkpoint",
+                            str(rl / "checkpoint.pt"), "--groups", "3", "--group-size", "2",
+                            "--real", "env.kind=synthetic", "env.image_size=64", "--out",
+                            str(tmp_path / "agree.json"), "--",
+                            *small_overrides(tmp_path, **SMALL, **in_wm)],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+    _ok(agree)
+    got = json.loads((tmp_path / "agree.json").read_text())
+    assert (got["groups"], got["group_size"]) == (3, 2)
+    assert got["reset_frame_gap_grey_levels"] < 2.0  # reset frame 0 is its recorded state
+    assert got["agreement"] == pytest.approx(1 - got["false_success"] - got["missed"])
     ppo = tmp_path / "ppo"  # PPO in the same world model: GAE over its per-step rewards
     _ok(launch(tmp_path, wm_config, *PPO, "learner.ppo.critic_warmup_updates=1", **SMALL, **{
         "run.log_dir": ppo, "env.world_model.checkpoint": wm / "world_model.pt",

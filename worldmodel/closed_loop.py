@@ -27,6 +27,27 @@ class ClosedLoopEpisode:
     actions: np.ndarray | None = None
 
 
+def policy_act(cfg, checkpoint: str, deterministic: bool) -> Callable[[EnvObs], np.ndarray]:
+    """The policy of ``cfg.model`` with ``checkpoint``'s weights, on the CPU, as
+    :func:`closed_loop`'s ``act``: observations -> the first ``actions_per_chunk`` actions
+    of its chunks [B,N,D], deterministic or sampled at ``inference.temperature``."""
+    import torch
+
+    from models import build_policy, load_checkpoint
+
+    policy = build_policy(cfg.model)
+    load_checkpoint(policy, checkpoint, cfg.model)
+    policy.eval()
+
+    def act(obs: EnvObs) -> np.ndarray:
+        with torch.no_grad():
+            out = policy.act(policy.prepare(obs, torch.device("cpu")), deterministic,
+                             cfg.inference.temperature)
+        return out.actions[:, :cfg.actions_per_chunk].numpy()
+
+    return act
+
+
 def closed_loop(env: WorldModelVectorEnv, act: Callable[[EnvObs], np.ndarray],
                 state_ids: list[int]) -> list[ClosedLoopEpisode]:
     """One episode per env (``env.group_size`` 1), env e reset to ``state_ids[e]``; ``act``
