@@ -20,7 +20,9 @@ learned simulator: after the SFT evaluation it records the SFT policy in the rea
 (``record_policy``, with action noise: failures as well as successes), trains the world
 model on both recordings (``world_model``), runs GRPO in it (``rl``, reset from the expert
 recording's first frames) and evaluates the result in the real env. Its config's env is the world
-model; the stages in the real env add the experiment's ``real_env`` overrides. With
+model; the stages in the real env add the experiment's ``real_env`` overrides, and the
+recordings its ``record_env`` (Lift: success held 8 steps, and ``table_front`` rendered
+for the success model). With
 ``--wm-rounds N`` it goes on for N-1 more rounds, each: record the latest RL policy in the
 real env (``record_rl<r>``, 100 episodes per task from states no other stage used), train
 the world model again on every recording so far (``world_model<r>``), continue RL in it
@@ -48,10 +50,11 @@ from learner.curves import plot_runs  # noqa: E402
 @dataclass(frozen=True)
 class Experiment:
     """The config every stage of an experiment runs; a world-model experiment's stages
-    in the real env add ``real_env``."""
+    in the real env add ``real_env``, and its recording stages ``record_env`` as well."""
 
     config: str
     real_env: tuple[str, ...] = ()
+    record_env: tuple[str, ...] = ()
 
     @property
     def world_model(self) -> bool:
@@ -66,7 +69,10 @@ EXPERIMENTS = {
     "synthetic_wm": Experiment("configs/synthetic_world_model.yaml",
                                ("env.kind=synthetic", "env.image_size=224")),
     "lift_wm": Experiment("configs/robosuite_lift_world_model.yaml",
-                          ("env.kind=robosuite", "env.image_size=128")),
+                          ("env.kind=robosuite", "env.image_size=128"),
+                          # a success shown held (positives for the success model), and
+                          # the camera level with the table that it reads (RESULTS.md)
+                          ("env.success_hold_steps=8", "env.record_cameras=[table_front]")),
 }
 STAGES = ("record", "sft", "eval_sft", "record_policy", "world_model", "rl")
 POLICY_RECORDING = ("record.source=policy", "record.first_state=400",
@@ -126,12 +132,14 @@ def results(folder: Path) -> dict:
 
 
 def world_model_stages(root: Path, exp: Experiment, ckpt: str, record: Path,
-                       real: list[str], extra: list[str], times: dict,
+                       recording: list[str], extra: list[str], times: dict,
                        stop_after: str | None) -> tuple[list[str], list[Path]]:
-    """Record the SFT policy in the real env, train the world model on both recordings;
-    returns the RL stage's overrides that put it in that world model, and the recordings."""
+    """Record the SFT policy in the real env (``recording``: its overrides), train the
+    world model on both recordings; returns the RL stage's overrides that put it in that
+    world model, and the recordings."""
     policy = stage("record_policy", root, exp.config, ["--record", ckpt, *POLICY_RECORDING,
-                                                       *real], "record_results.json", times)
+                                                       *recording], "record_results.json",
+                   times)
     if stop_after == "record_policy":
         return [], []
     recordings = [record, policy]
@@ -160,7 +168,8 @@ def world_model_round(r: int, root: Path, exp: Experiment, trained: Path,
     ckpt = f"model.checkpoint={trained / 'checkpoint.pt'}"
     recordings.append(stage(f"record_rl{r}", root, exp.config,
                             ["--record", ckpt, *RL_RECORDING,
-                             f"record.first_state={600 + 100 * (r - 2)}", *real],
+                             f"record.first_state={600 + 100 * (r - 2)}", *real,
+                             *exp.record_env],
                             "record_results.json", times))
     into = train_world_model(f"world_model{r}", root, exp, recordings, extra, times)
     trained = stage(f"rl{r}", root, exp.config, [ckpt, *rl, *into], "learner_summary.json",
@@ -194,12 +203,13 @@ def main(argv=None) -> int:
     root = Path(args.root or ROOT / "runs" / args.experiment).resolve()
     extra = list(args.overrides)
     real = list(exp.real_env) + extra  # the stages in the real env
+    recording = real + list(exp.record_env)  # those that record
     rl = extra + (list(PPO) if args.ppo else [])
     root.mkdir(parents=True, exist_ok=True)
     times_file = root / TIMES
     times: dict = json.loads(times_file.read_text()) if times_file.exists() else {}
-    record = stage("record", root, exp.config, ["--record", *real], "record_results.json",
-                   times)
+    record = stage("record", root, exp.config, ["--record", *recording],
+                   "record_results.json", times)
     if args.stop_after == "record":
         return 0
     sft = stage("sft", root, exp.config, ["--sft", f"sft.datasets=[{record / 'dataset'}]",
@@ -214,8 +224,8 @@ def main(argv=None) -> int:
         return 0
     into, recordings = [], []
     if exp.world_model:
-        into, recordings = world_model_stages(root, exp, ckpt, record, real, extra, times,
-                                              args.stop_after)
+        into, recordings = world_model_stages(root, exp, ckpt, record, recording, extra,
+                                              times, args.stop_after)
         if args.stop_after in ("record_policy", "world_model"):
             return 0
     trained = stage("rl", root, exp.config, [ckpt, *rl, *into], "learner_summary.json", times)
