@@ -48,8 +48,7 @@ def main(argv=None) -> int:
     import torch
 
     from configs import load_config
-    from demos import read_demos
-    from envs import image_orientation, make_env
+    from envs import make_env
     from envs.world_model import make_world_model_env
     from worldmodel.closed_loop import closed_loop, policy_act, replay
     from worldmodel.data import resize
@@ -62,25 +61,26 @@ def main(argv=None) -> int:
         raise SystemExit(f"env.kind={cfg.env.kind}: the config's env must be the world model")
     real_cfg = load_config(args.config, [*args.overrides, *args.real])
     n = args.group_size or cfg.actor.group_size
-    demos, _ = read_demos(cfg.env.world_model.reset_data, image_orientation(cfg.env))
-    if len(demos) < args.groups or any(d.init_state_id < 0 for d in demos[:args.groups]):
-        raise SystemExit(f"env.world_model.reset_data holds {len(demos)} HDF5 recordings, "
-                         f"some without init_state_id: give >= {args.groups} recorded by chunkrl")
     act = policy_act(cfg, args.checkpoint, False)
     began = time.monotonic()
     wm_env = make_world_model_env(cfg.env, args.groups * n, 1, cfg.model.action_dim,
                                   cfg.env.max_episode_steps, device="cpu")
+    starts = wm_env.starts[:args.groups]
+    if len(starts) < args.groups or any(s.init_state_id < 0 for s in starts):
+        raise SystemExit(f"env.world_model.reset_data holds {len(wm_env.starts)} episodes, "
+                         f"some without their initial state: give >= {args.groups} HDF5 "
+                         "recordings made by chunkrl")
     frames = [g for g in range(args.groups) for _ in range(n)]
     episodes = closed_loop(wm_env, act, frames)
     wm_s = time.monotonic() - began
     real_env = make_env(real_cfg.env, min(16, len(episodes)), 1, cfg.model.action_dim)
     # The mapping reset frame -> initial state, checked: the real env's first frame there
     # against the world model's reset frame (mean grey levels, both resized alike).
-    real_env.reset_group(0, demos[0].init_state_id)
+    real_env.reset_group(0, starts[0].init_state_id)
     first = resize(real_env.observe(np.array([0])).main_images, cfg.env.image_size)[0]
-    frame_gap = float(np.abs(first.astype(float) - wm_env.starts[0].frame[..., :3]).mean())
+    frame_gap = float(np.abs(first.astype(float) - starts[0].frame[..., :3]).mean())
     began = time.monotonic()
-    won = replay(real_env, [demos[g].init_state_id for g in frames],
+    won = replay(real_env, [starts[g].init_state_id for g in frames],
                  [ep.actions for ep in episodes])
     real_s = time.monotonic() - began
     wm_won = np.array([ep.first_success is not None for ep in episodes])

@@ -64,16 +64,19 @@ def test_an_episode_stacks_the_views_and_drops_its_last_action_without_a_wrist_f
 
 def test_reset_frames_stack_the_wrist_view_from_hdf5_and_rlinf_trajectories(tmp_path):
     demo = _demo(4, 3, False)
+    demo.init_state_id = 57
     write_file(tmp_path / "h5" / "ep.hdf5", demo, file_attributes(demo, "Lift", {}, "p"), 0)
     got = reset_frames([str(tmp_path / "h5")], SIZE, cameras=BOTH)
     np.testing.assert_array_equal(got[0].frame, np.concatenate(
         [demo.main_images[0], demo.wrist_images[0]], -1))
+    assert got[0].init_state_id == 57  # where the real env starts the same episode
     rng = np.random.default_rng(0)
     step = {"image": rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
             "wrist_image": np.full((32, 32, 3), 0.5, np.float32), "instruction": "lift"}
     np.save(tmp_path / "traj0.npy", np.array([step], dtype=object), allow_pickle=True)
     got = reset_frames([str(tmp_path / "traj0.npy")], SIZE, cameras=BOTH)
     assert got[0].frame.shape == (SIZE, SIZE, 6) and (got[0].frame[..., 3:] == 128).all()
+    assert got[0].init_state_id == -1  # RLinf's layout does not say
     del step["wrist_image"]
     np.save(tmp_path / "traj1.npy", np.array([step], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="'wrist_image'"):

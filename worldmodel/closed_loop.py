@@ -88,9 +88,10 @@ def replay(env: VectorEnv, init_state_ids: list[int],
         batch = list(range(first, min(first + env.num_envs, len(actions))))
         for slot, e in enumerate(batch):
             env.reset_group(slot, init_state_ids[e])
+        lengths = np.array([len(actions[e]) for e in batch])
         alive = np.ones(len(batch), bool)
-        for t in range(max(len(actions[e]) for e in batch)):
-            alive &= np.array([t < len(actions[e]) for e in batch])
+        for t in range(lengths.max()):
+            alive &= t < lengths
             rows = np.flatnonzero(alive)
             if not len(rows):
                 break

@@ -210,11 +210,13 @@ class LabelledFrames:
 
 @dataclass(frozen=True)
 class ResetFrame:
-    """A world-model env's starting frame (uint8 [H,W,3V]: its cameras' views stacked)
-    and instruction."""
+    """A world-model env's starting frame (uint8 [H,W,3V]: its cameras' views stacked),
+    instruction, and the simulator's initial state it was recorded from (-1: unknown, as
+    in RLinf's ``traj*.npy``)."""
 
     frame: np.ndarray
     instruction: str
+    init_state_id: int = -1
 
 
 NPY_KEYS = {"main": "image", "wrist": "wrist_image"}
@@ -266,8 +268,8 @@ def reset_frames(paths: Iterable[str], image_size: int, orientation: str = "upri
             h5_paths.append(p)
     if h5_paths:
         demos, _ = read_demos(h5_paths, orientation, cameras)
-        out += [ResetFrame(resize(demo_views(d, cameras)[:1], image_size)[0], d.instruction)
-                for d in demos]
+        out += [ResetFrame(resize(demo_views(d, cameras)[:1], image_size)[0], d.instruction,
+                           d.init_state_id) for d in demos]
     if not out:
         raise ValueError(f"no episodes to reset from in {list(map(str, paths))}: give HDF5 "
                          f"recordings or folders of RLinf {NPY_GLOB}")
