@@ -106,8 +106,10 @@ def dataset_dir(cfg: Config) -> Path:
     return Path(cfg.record.dataset_dir or Path(cfg.run.log_dir) / "dataset")
 
 
-def make_demo_recorder(cfg: Config, env: VectorEnv) -> tuple[DemoRecorder, DemoWriter]:
-    """The recorder hook and its writer thread for a record run's actor."""
+def make_demo_recorder(cfg: Config, env: VectorEnv,
+                       source: str | None = None) -> tuple[DemoRecorder, DemoWriter]:
+    """The recorder hook and its writer thread for a record run's actor (``source``, the
+    files' provenance: by default ``expert`` or ``policy:CHECKPOINT`` from ``record``)."""
     env_args = {"env": to_dict(cfg)["env"], "record": to_dict(cfg)["record"]}
 
     def attributes(demo: Demo) -> dict:
@@ -117,6 +119,6 @@ def make_demo_recorder(cfg: Config, env: VectorEnv) -> tuple[DemoRecorder, DemoW
 
     writer = DemoWriter(dataset_dir(cfg), attributes, cfg.record.compression,
                         cfg.record.max_pending)
-    source = "expert" if cfg.record.source == "expert" else \
-        f"policy:{cfg.model.checkpoint or cfg.model.model_path or 'fresh'}"
+    source = source or ("expert" if cfg.record.source == "expert" else
+                        f"policy:{cfg.model.checkpoint or cfg.model.model_path or 'fresh'}")
     return DemoRecorder(env, writer, env.image_orientation, source), writer

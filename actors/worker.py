@@ -396,8 +396,9 @@ class Actor:
                     self.outbox.ack(msg.episode_id)
             elif isinstance(msg, EvalRound) and self.eval_actor:
                 self._start_round(msg)
-            elif isinstance(msg, StopActors):
-                log.info("actor %d: learner says stop (%s)", self.index, msg.reason)
+            elif isinstance(msg, StopActors):  # told again until it reports done
+                if not self.learner_stopped:
+                    log.info("actor %d: learner says stop (%s)", self.index, msg.reason)
                 self.learner_stopped = True
             elif isinstance(msg, ErrorReply) and msg.code == "retired":
                 raise Retired(f"actor {self.index}: {msg.message}")

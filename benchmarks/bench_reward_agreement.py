@@ -18,6 +18,12 @@ the world model and those the real env would give (0: RL in this world model fol
 signal unrelated to the real task). A replay is open loop: a real policy would react to
 what it sees, so this measures the reward, not what the policy would do in the real env.
 Written to ``--out`` (JSON) and printed.
+
+``--record DIR`` also writes every replay as a chunkrl recording (the real frames, every
+camera of ``env.record_cameras``, and the simulator's verdicts, for the actions the policy
+took in the world model): data for a world model to learn what those actions really do
+(``world_model.init`` fine-tunes one on it). ``--first-frame F`` takes the reset frames
+F..F+G-1, so that the groups recorded for training and those measured differ.
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True)
     p.add_argument("--checkpoint", required=True, help="the policy's checkpoint.pt")
-    p.add_argument("--groups", type=int, default=16, help="reset frames 0..G-1, one group each")
+    p.add_argument("--groups", type=int, default=16, help="reset frames F..F+G-1, one group each")
+    p.add_argument("--first-frame", type=int, default=0, help="F: the first reset frame")
+    p.add_argument("--record", default=None, help="write the replays as recordings here")
     p.add_argument("--group-size", type=int, default=None, help="default: actor.group_size")
     p.add_argument("--real", nargs="+", default=["env.kind=robosuite", "env.image_size=128"],
                    help="the overrides that make the config's env the real one")
@@ -47,6 +55,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
+    from actors.demos import make_demo_recorder
     from configs import load_config
     from envs import make_env
     from envs.world_model import make_world_model_env
@@ -65,13 +74,14 @@ def main(argv=None) -> int:
     began = time.monotonic()
     wm_env = make_world_model_env(cfg.env, args.groups * n, 1, cfg.model.action_dim,
                                   cfg.env.max_episode_steps, device="cpu")
-    starts = wm_env.starts[:args.groups]
+    first_frame = args.first_frame
+    starts = wm_env.starts[first_frame:first_frame + args.groups]
     if len(starts) < args.groups or any(s.init_state_id < 0 for s in starts):
         raise SystemExit(f"env.world_model.reset_data holds {len(wm_env.starts)} episodes, "
-                         f"some without their initial state: give >= {args.groups} HDF5 "
-                         "recordings made by chunkrl")
+                         f"some without their initial state: give >= "
+                         f"{first_frame + args.groups} HDF5 recordings made by chunkrl")
     frames = [g for g in range(args.groups) for _ in range(n)]
-    episodes = closed_loop(wm_env, act, frames)
+    episodes = closed_loop(wm_env, act, [first_frame + g for g in frames])
     wm_s = time.monotonic() - began
     real_env = make_env(real_cfg.env, min(16, len(episodes)), 1, cfg.model.action_dim)
     # The mapping reset frame -> initial state, checked: the real env's first frame there
@@ -79,13 +89,22 @@ def main(argv=None) -> int:
     real_env.reset_group(0, starts[0].init_state_id)
     first = resize(real_env.observe(np.array([0])).main_images, cfg.env.image_size)[0]
     frame_gap = float(np.abs(first.astype(float) - starts[0].frame[..., :3]).mean())
+    hook = writer = None
+    if args.record:
+        hook, writer = make_demo_recorder(
+            load_config(args.config, [*args.overrides, *args.real,
+                                      f"record.dataset_dir={args.record}"]),
+            real_env, f"world_model_replay:{args.checkpoint}")
     began = time.monotonic()
     won = replay(real_env, [starts[g].init_state_id for g in frames],
-                 [ep.actions for ep in episodes])
+                 [ep.actions for ep in episodes], hook)
     real_s = time.monotonic() - began
+    if writer is not None:
+        writer.close()
     wm_won = np.array([ep.first_success is not None for ep in episodes])
     result = {"checkpoint": args.checkpoint, "world_model": cfg.env.world_model.checkpoint,
-              "groups": args.groups, "group_size": n, "temperature": cfg.inference.temperature,
+              "groups": args.groups, "first_frame": first_frame, "group_size": n,
+              "recorded": writer.written if writer else 0, "temperature": cfg.inference.temperature,
               "reset_frame_gap_grey_levels": frame_gap, "wm_seconds": wm_s,
               "real_seconds": real_s,
               **group_agreement(wm_won.reshape(args.groups, n), won.reshape(args.groups, n))}

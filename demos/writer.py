@@ -61,12 +61,18 @@ class DemoWriter:
         self.written = self.failed = 0
         self.waited_s = 0.0
         self.paths: list[Path] = []
+        self.from_state: dict[Path, int] = {}  # episodes written per initial state
         self._thread = threading.Thread(target=self._run, name="demo-writer", daemon=True)
         self._thread.start()
 
     def path_for(self, demo: Demo) -> Path:
-        """Where ``demo`` goes: ``<folder>/<instruction slug>/state_<init_state_id>.hdf5``."""
-        return self.folder / slug(demo.instruction) / f"state_{demo.init_state_id:06d}.hdf5"
+        """Where ``demo`` goes: ``<folder>/<instruction slug>/state_<init_state_id>.hdf5``,
+        with ``_<n>`` before the suffix for this writer's n-th later episode from that
+        state (a group's episodes share one)."""
+        stem = self.folder / slug(demo.instruction) / f"state_{demo.init_state_id:06d}"
+        n = self.from_state.get(stem, 0)
+        self.from_state[stem] = n + 1
+        return stem.with_name(f"{stem.name}_{n}.hdf5" if n else f"{stem.name}.hdf5")
 
     def put(self, demo: Demo) -> None:
         """Queue ``demo`` for writing (waits only while ``max_pending`` are queued)."""

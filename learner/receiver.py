@@ -17,7 +17,10 @@ handover gave its identity to a newer connection); the peer's reset then leaves 
 engine half-closed but alive, and the ROUTER's own heartbeat timer writes on it
 unchecked. So no ROUTER hands identities over or sends heartbeats of its own (their
 DEALERs do, with a time to live), and no peer sets an identity: the learner answers the
-identity each message came from and learns a connection's actor from its ``ActorHello``.
+identity each message came from and learns a connection's actor from its ``ActorHello``
+and from its latest episode (a connection dropped by a heartbeat timeout comes back
+under a new identity without a hello). At the end every actor not done is told to stop,
+and told again every ``STOP_RESEND_S`` until it reports done.
 With a rendezvous :class:`~links.rendezvous.Registry`, only episodes of live actor
 incarnations are taken: a dead incarnation's unfinished groups are discarded (never
 trained) and its later episodes refused with ``ErrorReply("retired")``; an episode of an
@@ -30,6 +33,7 @@ import collections
 import logging
 import queue
 import threading
+import time
 
 from typing_extensions import override
 
@@ -42,6 +46,7 @@ from protocol.messages import (
 )
 
 log = logging.getLogger(__name__)
+STOP_RESEND_S = 2.0  # how often an actor not done yet is told again to stop
 
 
 class GroupAssembler:
@@ -162,17 +167,23 @@ class TrajectoryReceiver(threading.Thread):
         self.stop_reason = reason
         self.draining.set()
 
+    def _tell_stop(self, told: dict[bytes, float]) -> None:
+        """StopActors to every actor not done yet: at once to a connection not told yet,
+        and again every STOP_RESEND_S (a ROUTER drops what it cannot deliver, silently)."""
+        now = time.monotonic()
+        for idx, peer in self.peers.items():
+            if idx not in self.done and now - told.get(peer, -STOP_RESEND_S) >= STOP_RESEND_S:
+                self.endpoint.send(StopActors(self.stop_reason), peer)
+                told[peer] = now
+
     def _serve(self) -> None:
-        stopped: set[int] = set()
+        told: dict[bytes, float] = {}  # connection -> when it was last told to stop
         while not self.halt.is_set():
             self._discard_retired()
             self._send_orders()
             if self.draining.is_set():
                 self._check_done()
-                for idx, peer in self.peers.items():
-                    if idx not in stopped:
-                        self.endpoint.send(StopActors(self.stop_reason), peer)
-                        stopped.add(idx)
+                self._tell_stop(told)
                 self.after_end += sum(len(g) for g in self.complete)
                 self.complete.clear()
             elif self.complete:
@@ -229,6 +240,9 @@ class TrajectoryReceiver(threading.Thread):
                 log.info("episode %d from actor %d incarnation %d before its registration: "
                          "not acknowledged yet", ep.episode_id, *actor_of(ep.episode_id))
             return
+        # An actor whose connection dropped (a ZMTP heartbeat timeout) is back under a
+        # new identity without a new hello: its latest episode says where it is now.
+        self.peers[actor_of(ep.episode_id)[0]] = peer
         duplicate = not self.received.add(ep.episode_id)
         if duplicate:
             self.duplicates += 1

@@ -11,11 +11,13 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from demos import read_demos
 from scripts.reproduce import PPO
 from tests.conftest import ROOT, launch, small_overrides
+from worldmodel.models import WorldModel
 
 pytestmark = pytest.mark.slow
 CONFIG = "configs/synthetic_nogoal.yaml"
@@ -258,18 +260,41 @@ def test_world_model_chain_train_rl_inside_it_evaluate_in_the_real_env(tmp_path)
     assert (tmp_path / "frames.png").exists() == (won > 0)
     # the same policy's sampled groups in the world model, their actions replayed in the
     # real env from the initial states the reset frames were recorded from
+    # (reset frames 1..3), each replay recorded
+    replays = tmp_path / "replays"
     agree = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_reward_agreement.py"),
                             "--config", str(ROOT / wm_config), "--checkpoint",
                             str(rl / "checkpoint.pt"), "--groups", "3", "--group-size", "2",
+                            "--first-frame", "1", "--record", str(replays),
                             "--real", "env.kind=synthetic", "env.image_size=64", "--out",
                             str(tmp_path / "agree.json"), "--",
                             *small_overrides(tmp_path, **SMALL, **in_wm)],
                            capture_output=True, text=True, timeout=120, cwd=ROOT)
     _ok(agree)
     got = json.loads((tmp_path / "agree.json").read_text())
-    assert (got["groups"], got["group_size"]) == (3, 2)
-    assert got["reset_frame_gap_grey_levels"] < 2.0  # reset frame 0 is its recorded state
+    assert (got["groups"], got["group_size"], got["first_frame"]) == (3, 2, 1)
+    assert got["reset_frame_gap_grey_levels"] < 2.0  # reset frame 1 is its recorded state
     assert got["agreement"] == pytest.approx(1 - got["false_success"] - got["missed"])
+    played, report = read_demos([replays])
+    assert got["recorded"] == len(played) == 6 and not report.bad
+    assert len({d.init_state_id for d in played}) == 3  # a group's pair shares its start
+    assert all(d.source == f"world_model_replay:{rl / 'checkpoint.pt'}" for d in played)
+    assert np.mean([d.success.any() for d in played]) == got["real_success"]
+    # the world model fine-tuned on them: it starts from its own weights and bounds
+    tuned = tmp_path / "wm_tuned"
+    more = {**train, "run.log_dir": tuned, "world_model.init": wm / "world_model.pt",
+            "world_model.datasets": f"[{rec / 'dataset'},{replays}]",
+            "world_model.steps": 4, "world_model.success_steps": 4}
+    _ok(launch(tmp_path, wm_config, "--train-world-model", **more))
+    before, after = (WorldModel.load(d / "world_model.pt") for d in (wm, tuned))
+    assert after.info["init"] == str(wm / "world_model.pt")
+    assert torch.equal(before.action_low, after.action_low)
+    moved = [not torch.equal(a, b) for a, b in zip(before.generator.parameters(),
+                                                    after.generator.parameters())]
+    assert any(moved)
+    wrong = launch(tmp_path, wm_config, "--train-world-model", timeout=120,
+                   **{**more, "run.log_dir": tmp_path / "wrong", "world_model.condition_frames": 2})
+    assert wrong.returncode != 0 and "make them match" in wrong.stdout + wrong.stderr
     ppo = tmp_path / "ppo"  # PPO in the same world model: GAE over its per-step rewards
     _ok(launch(tmp_path, wm_config, *PPO, "learner.ppo.critic_warmup_updates=1", **SMALL, **{
         "run.log_dir": ppo, "env.world_model.checkpoint": wm / "world_model.pt",

@@ -125,6 +125,33 @@ def test_full_queue_holds_back_and_drain_stops_actors(receiver):
     assert rx.all_done.wait(5) and rx.done[0].episodes_sent == 4
 
 
+def test_an_actor_back_under_a_new_connection_is_told_to_stop_there_until_done(receiver):
+    """A connection dropped by a heartbeat timeout comes back with a new identity and no
+    hello: the learner finds the actor there from its episodes, and tells it to stop
+    again every STOP_RESEND_S until it reports done (a ROUTER drops what it cannot
+    deliver without a word)."""
+    from learner.receiver import STOP_RESEND_S
+
+    cfg, rx, ready, old = receiver
+    _send(cfg, old, ActorHello(0, 2, 2))
+    new = wiring.connect_dealer(zmq.Context.instance(), cfg,
+                                wiring.learner_address(cfg, bind=False))
+    try:
+        _send(cfg, new, _episode(0))
+        assert _recv(new).episode_id == 0
+        rx.drain("test over")
+        assert isinstance(_recv(new), StopActors)
+        began = time.monotonic()
+        assert isinstance(_recv(new), StopActors)  # told again: no ActorDone came
+        assert time.monotonic() - began >= STOP_RESEND_S * 0.9
+        _send(cfg, new, ActorDone(0, 1, 10))
+        assert _recv(new).episode_id == -1 and rx.all_done.wait(5)
+        assert not new.poll(int(STOP_RESEND_S * 1500))  # done: not told again
+        assert not old.poll(0)  # the dead connection is not the actor's any more
+    finally:
+        new.close(0)
+
+
 def test_malformed_trajectory_gets_an_error_and_receiver_lives(receiver):
     cfg, rx, ready, actor = receiver
     actor.send_multipart([b"\x93garbage"])

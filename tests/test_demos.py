@@ -145,8 +145,10 @@ def test_writer_thread_writes_every_episode_once(tmp_path):
     writer.close()
     assert writer.written == 6 and writer.failed == 0
     demos, report = read_demos([tmp_path])
-    # one file per initial state: the second recording of state 100 replaced the first
-    assert sorted(d.episode_id for d in demos) == [1, 2, 3, 4, 5] and not report.bad
+    # a second episode from state 100 (a group's) is kept beside the first
+    assert sorted(d.episode_id for d in demos) == [0, 1, 2, 3, 4, 5] and not report.bad
+    assert sorted(p.name for p in writer.paths)[:2] == ["state_000100.hdf5",
+                                                        "state_000100_1.hdf5"]
 
 
 def test_dataset_statistics_by_hand():

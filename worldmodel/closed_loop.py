@@ -7,13 +7,16 @@ real one: ``benchmarks/bench_reward_agreement.py``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from envs.base import EnvObs, VectorEnv
 from envs.world_model import WorldModelVectorEnv
 from worldmodel.data import split_views
+
+if TYPE_CHECKING:
+    from actors.executor import EpisodeHook
 
 
 @dataclass
@@ -78,16 +81,22 @@ def closed_loop(env: WorldModelVectorEnv, act: Callable[[EnvObs], np.ndarray],
     return out
 
 
-def replay(env: VectorEnv, init_state_ids: list[int],
-           actions: list[np.ndarray]) -> np.ndarray:
+def replay(env: VectorEnv, init_state_ids: list[int], actions: list[np.ndarray],
+           hook: EpisodeHook | None = None) -> np.ndarray:
     """bool [E]: whether episode e, ``actions[e]`` (float [L_e, D]) from initial state
     ``init_state_ids[e]``, succeeds at some step in ``env`` (group size 1), open loop: the
-    actions as they were, whatever the env shows. ``env.num_envs`` episodes at a time."""
+    actions as they were, whatever the env shows. ``env.num_envs`` episodes at a time.
+    ``hook`` (e.g. :class:`actors.demos.DemoRecorder`, which writes each replay as a
+    recording) follows every episode, episode e under id e."""
     won = np.zeros(len(actions), bool)
     for first in range(0, len(actions), env.num_envs):
         batch = list(range(first, min(first + env.num_envs, len(actions))))
+        instructions = []
         for slot, e in enumerate(batch):
             env.reset_group(slot, init_state_ids[e])
+            if hook is not None:
+                hook.on_reset(slot, e, init_state_ids[e])
+                instructions.append(env.observe(np.array([slot])).task_descriptions[0])
         lengths = np.array([len(actions[e]) for e in batch])
         alive = np.ones(len(batch), bool)
         for t in range(lengths.max()):
@@ -95,10 +104,17 @@ def replay(env: VectorEnv, init_state_ids: list[int],
             rows = np.flatnonzero(alive)
             if not len(rows):
                 break
-            res = env.step(rows, np.stack([actions[batch[r]][t] for r in rows]))
+            step = np.stack([actions[batch[r]][t] for r in rows])
+            seen = env.observe(rows) if hook is not None and hook.wants_observations else None
+            res = env.step(rows, step)
+            if hook is not None:
+                hook.on_step(rows, seen, step, res)
             for r, ok, end in zip(rows, res.success, res.terminated | res.truncated):
                 won[batch[r]] |= bool(ok)
                 alive[r] &= not end
+        for slot, e in enumerate(batch):
+            if hook is not None:
+                hook.on_end(slot, instructions[slot], bool(won[e]))
     return won
 
 

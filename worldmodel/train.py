@@ -13,7 +13,10 @@ in between are left out), randomly shifted by up to 2 pixels;
 ``world_model.generated_share`` of each batch are frames the trained predictor generated
 open loop from the training episodes (labelled by the real frames they stand for), so
 that the success model judges generated frames, which are what the RL stage shows it, by
-the outcome they stand for. Both use linear warmup then cosine decay.
+the outcome they stand for. Both use linear warmup then cosine decay. With
+``world_model.init`` both start from a trained world model's weights (fine-tuning it,
+e.g. on replays of what a policy did in it: ``benchmarks/bench_reward_agreement.py
+--record``).
 
 Written to ``run.log_dir``: TensorBoard (``world_model/train_loss``,
 ``world_model/val_psnr_changed`` and ``world_model/copy_last_psnr_changed`` on held-out
@@ -107,10 +110,13 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
         log.warning("no held-out episodes (world_model.val_fraction=0): metrics are on the "
                     "training episodes")
         val = train
-    low, high = action_bounds(train)
-    model = from_config(w, train[0].actions.shape[1], low, high,
-                        {"world_model": to_dict(cfg)["world_model"],
-                         "train_episodes": len(train), "val_episodes": len(val)}).to(device)
+    info = {"world_model": to_dict(cfg)["world_model"], "train_episodes": len(train),
+            "val_episodes": len(val)}
+    if w.init:
+        model = start_from(w, train[0].actions.shape[1], info).to(device)
+    else:
+        low, high = action_bounds(train)
+        model = from_config(w, train[0].actions.shape[1], low, high, info).to(device)
     # held-out metrics over the policy's chunk, however many calls the model needs for it
     one_call = Windows(train, w.condition_frames, w.chunk)
     unrolled = Windows(train, w.condition_frames, w.chunk * w.rollout_calls)
@@ -221,6 +227,25 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
     log.info("world model done: %s (env.world_model.checkpoint=%s)", log_dir / WORLD_MODEL,
              log_dir / WORLD_MODEL)
     return 0
+
+
+def start_from(w, action_dim: int, info: dict) -> WorldModel:
+    """``world_model.init``'s model, to fine-tune: its weights, widths and action bounds
+    (what its predictor learned on); its views, frame size, conditioning, chunk and action
+    size must be the section's. ``info`` is added to its own."""
+    try:
+        model = WorldModel.load(w.init)
+    except ValueError as exc:
+        raise ConfigError(f"world_model.init: {exc}") from None
+    theirs = (list(model.cameras), model.image_size, model.condition_frames, model.chunk,
+              model.action_low.numel())
+    ours = (list(w.cameras), w.image_size, w.condition_frames, w.chunk, action_dim)
+    if theirs != ours:
+        raise ConfigError(f"world_model.init={w.init} has (cameras, image_size, "
+                          f"condition_frames, chunk, action size) {theirs}; world_model and "
+                          f"the datasets give {ours}: make them match")
+    model.info = {**model.info, **info, "init": w.init}
+    return model
 
 
 def _success_batch(real: LabelledFrames, generated: LabelledFrames | None, n: int,
