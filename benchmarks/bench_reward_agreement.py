@@ -23,7 +23,8 @@ Written to ``--out`` (JSON) and printed.
 camera of ``env.record_cameras``, and the simulator's verdicts, for the actions the policy
 took in the world model): data for a world model to learn what those actions really do
 (``world_model.init`` fine-tunes one on it). ``--first-frame F`` takes the reset frames
-F..F+G-1, so that the groups recorded for training and those measured differ.
+F..F+G-1, so that the groups recorded for training and those measured differ. With
+``--record`` the replay's seconds include rendering and writing the recordings.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, args.overrides)
     if cfg.env.kind != "world_model":
         raise SystemExit(f"env.kind={cfg.env.kind}: the config's env must be the world model")
-    real_cfg = load_config(args.config, [*args.overrides, *args.real])
+    recording = [f"record.dataset_dir={args.record}"] if args.record else []
+    real_cfg = load_config(args.config, [*args.overrides, *args.real, *recording])
     n = args.group_size or cfg.actor.group_size
     act = policy_act(cfg, args.checkpoint, False)
     began = time.monotonic()
@@ -91,10 +93,8 @@ def main(argv=None) -> int:
     frame_gap = float(np.abs(first.astype(float) - starts[0].frame[..., :3]).mean())
     hook = writer = None
     if args.record:
-        hook, writer = make_demo_recorder(
-            load_config(args.config, [*args.overrides, *args.real,
-                                      f"record.dataset_dir={args.record}"]),
-            real_env, f"world_model_replay:{args.checkpoint}")
+        hook, writer = make_demo_recorder(real_cfg, real_env,
+                                          f"world_model_replay:{args.checkpoint}")
     began = time.monotonic()
     won = replay(real_env, [starts[g].init_state_id for g in frames],
                  [ep.actions for ep in episodes], hook)

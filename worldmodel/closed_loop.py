@@ -112,8 +112,8 @@ def replay(env: VectorEnv, init_state_ids: list[int], actions: list[np.ndarray],
             for r, ok, end in zip(rows, res.success, res.terminated | res.truncated):
                 won[batch[r]] |= bool(ok)
                 alive[r] &= not end
-        for slot, e in enumerate(batch):
-            if hook is not None:
+        if hook is not None:
+            for slot, e in enumerate(batch):
                 hook.on_end(slot, instructions[slot], bool(won[e]))
     return won
 
