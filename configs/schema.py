@@ -434,6 +434,10 @@ class LearnerConfig:
                                     "this much training")
     update_sleep_s: float = opt(0.0, "sleep this long after each update: a slow learner, "
                                 "to test stale-data handling")
+    stall_report_s: float = opt(600.0, "when the training loop has not come round for this "
+                                "long (an update, a checkpoint, a wait for data included), "
+                                "write every thread's stack to log_dir/stalls-learner.txt, "
+                                "and again every as long while it stays stuck (0: never)")
     ppo: PPOConfig = field(default_factory=PPOConfig,
                            metadata={"doc": "learner.algorithm=ppo only"})
     grpo: GRPOConfig = field(default_factory=GRPOConfig,
@@ -800,8 +804,9 @@ def validate(cfg: Config) -> list[str]:
              L.ppo.critic_warmup_updates, L.global_batch_size, L.checkpoint_every,
              L.checkpoint_every_s) >= 0 and
          L.ppo.critic_lr >= 0 and L.kl_beta >= 0 and 0 <= L.min_lr_ratio <= 1 and
-         L.update_sleep_s >= 0, "learner: steps, sizes, ppo.critic_lr, kl_beta and "
-         "update_sleep_s must be >= 0; min_lr_ratio in [0, 1]"),
+         L.update_sleep_s >= 0 and L.stall_report_s >= 0, "learner: steps, sizes, "
+         "ppo.critic_lr, kl_beta, update_sleep_s and stall_report_s must be >= 0; "
+         "min_lr_ratio in [0, 1]"),
         (0 <= cfg.run.incarnation <= ids.MAX_INCARNATION >> 8 and 0 <= cfg.run.start < 256,
          f"run.incarnation must be in 0..{ids.MAX_INCARNATION >> 8} and run.start in "
          "0..255 (start a new run directory)"),

@@ -20,6 +20,7 @@ from learner import checkpoint, data_parallel, sharding
 from learner.batch import build_batch, group_verdict
 from learner.core import Learner
 from learner.eval_rounds import EvalRounds
+from learner.stalls import StallReport
 from learner.link import LearnerLinks
 from links.weights import serving_dtype, state_bytes, synced_bytes
 from models import build_policy, memory, pick_device
@@ -64,12 +65,15 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
                            else None)
     prof = make_profiler(cfg, "learner")
     finished = False
+    stalls = StallReport(log_dir / "stalls-learner.txt", cfg.learner.stall_report_s)
     try:
+        stalls.tick()
         links.weights.send(learner.version, learner.serving)  # the resumed weights
         log.info("learner ready at version %d: logging to %s", learner.version, log_dir)
-        finished = _train(cfg, learner, links, books, writer, stop, prof)
+        finished = _train(cfg, learner, links, books, writer, stop, stalls, prof)
         return 0
     finally:
+        stalls.tick()  # the wind-down's waits are bounded; a stall there is reported too
         prof.meta["trained_until"] = time.time()  # the profile's window ends here
         links.finish("training finished" if finished else "stopped")
         if cfg.learner.checkpoint:
@@ -84,6 +88,7 @@ def run(cfg: Config, ctx: zmq.Context | None = None, weights=None,
         writer.close()
         _plot(log_dir)
         links.close()
+        stalls.close()
         if own_ctx:
             ctx.term()
 
@@ -261,7 +266,7 @@ class Tally:
 
 
 def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, writer,
-           stop, prof=OFF) -> bool:
+           stop, stalls: StallReport, prof=OFF) -> bool:
     """Train until ``cfg.update_limit`` updates or ``cfg.time_limit_s`` seconds; True
     when a limit was reached (False: stopped)."""
     L = cfg.learner
@@ -283,6 +288,7 @@ def _train(cfg: Config, learner: Learner, links: LearnerLinks, books: Books, wri
     sent_version = learner.version  # run() sent these weights before training
     held: collections.deque = collections.deque()  # training groups held during a round
     while not stop.is_set():
+        stalls.tick()
         books.trained_s = before + time.monotonic() - t0  # what a checkpoint keeps
         ended = learner.version >= cfg.update_limit or time.monotonic() >= deadline
         if ended and (rounds is None or rounds.finished_at(learner.version)):

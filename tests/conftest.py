@@ -75,6 +75,7 @@ def small_overrides(tmp_path: Path, **extra) -> list[str]:
         "actor.num_actors": 2, "actor.envs_per_actor": 8, "actor.pipeline_stages": 2,
         "actor.group_size": 4, "actor.flush_timeout_s": 30, "learner.groups_per_update": 2,
         "learner.max_ready_groups": 4, "inference.max_wait_ms": 2,
+        "learner.stall_report_s": 60,  # a run's wind-down waits up to flush_timeout_s + 10
     }
     items.update(extra)
     return [f"{k}={v}" for k, v in items.items()]

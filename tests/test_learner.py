@@ -121,6 +121,7 @@ def test_groups_with_a_simulator_error_are_not_trained_on(setup, tmp_path):
 
     from torch.utils.tensorboard import SummaryWriter
 
+    from learner.stalls import StallReport
     from learner.worker import Books, _train
 
     cfg, policy, learner = setup
@@ -137,7 +138,8 @@ def test_groups_with_a_simulator_error_are_not_trained_on(setup, tmp_path):
     links = SimpleNamespace(ready=ready, weights=weights, check=lambda: None,
                             admit=lambda version, policy: None)
     books = Books()
-    _train(cfg, learner, links, books, writer, threading.Event())
+    _train(cfg, learner, links, books, writer, threading.Event(),
+           StallReport(tmp_path / "stalls.txt", 0))
     writer.close()
     assert learner.version == 1 and sent == [1] and ready.empty()
     # The test feeds the good group twice: the books notice.

@@ -145,8 +145,10 @@ def test_launch_with_shared_weights_survives_a_killed_server(tmp_path):
             proc.kill()
     out = (tmp_path / "output.txt").read_text()
     learner_log = (run_dir / "learner-0.log").read_text()
-    assert proc.returncode == 0, out[-3000:]
-    assert learner_log.count("payload through shared memory") == 2  # first start, restart
+    stalls = run_dir / "stalls-learner.txt"  # the learner's stacks, if its loop stuck
+    stacks = stalls.read_text()[-6000:] if stalls.exists() else ""
+    assert proc.returncode == 0, out[-3000:] + stacks
+    assert learner_log.count("payload through shared memory") == 2, stacks  # start, restart
     summary = json.loads((run_dir / "learner_summary.json").read_text())
     server = json.loads((run_dir / "inference-0.json").read_text())
     assert server["policy_version"] == summary["updates"] and server["requests"] > 0
