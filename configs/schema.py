@@ -161,6 +161,12 @@ class WorldModelEnvConfig:
                               "shows for one frame only is not one)")
     binary_score: bool = opt(True, "the reward differences scores of 1 on a successful "
                              "frame, else 0 (RLinf's ResnetRM); false: the probability")
+    judge: Literal["frames", "state", "both"] = opt(
+        "frames", "what the success probability reads: frames (the success model on the "
+        "generated frames, RLinf's); state (the world model's state model on the simulator "
+        "state it predicts from the reset frame's recorded state and the actions: "
+        "world_model.state.steps > 0, reset_data recorded with simulator states); both "
+        "(the lower of the two)")
     device: str = opt("cpu", "where the models run: cpu, cuda, auto")
 
 
@@ -521,6 +527,23 @@ class SFTConfig:
 
 
 @dataclass(frozen=True)
+class StateModelConfig:
+    """The world model's state model (worldmodel/state_model.py): the simulator's state
+    predicted from the actions, and a success classifier on it; a judge that reads no
+    generated frame (env.world_model.judge)."""
+
+    steps: int = opt(0, "optimizer steps, trained after the success model on the "
+                     "datasets' simulator states (robosuite/LIBERO recordings keep them); "
+                     "0: no state model")
+    horizon: int = opt(8, "steps unrolled on the model's own predictions per training "
+                       "window")
+    hidden: int = opt(512, "width of the dynamics MLP's three hidden layers (the success "
+                      "classifier's: half)")
+    batch_size: int = opt(256, "windows per step")
+    lr: float = opt(1e-3, "AdamW learning rate, cosine decay")
+
+
+@dataclass(frozen=True)
 class WorldModelConfig:
     """Training a world model (run.mode=train_world_model) on recorded episodes: a frame
     predictor (the next chunk of frames from the last frames and the chunk's actions) and
@@ -594,6 +617,9 @@ class WorldModelConfig:
     probe_steps: int = opt(2000, "the position probe's optimizer steps (on the synthetic "
                            "task 500 left it 0.04-0.13 off on held-out real frames, 1500 "
                            "0.01)")
+    state: StateModelConfig = field(default_factory=StateModelConfig,
+                                    metadata={"doc": "the state model (env.world_model.judge"
+                                              "=state or both)"})
 
 
 @dataclass(frozen=True)
@@ -869,15 +895,19 @@ def validate(cfg: Config) -> list[str]:
         (w.image_size >= 16 and w.image_size % 8 == 0 and w.condition_frames >= 1 and
          w.chunk >= 1 and w.channels >= 4 and w.success_channels >= 4 and
          w.sampling_steps >= 1 and
-         min(w.steps, w.batch_size, w.success_steps, w.success_batch_size, w.val_every,
-             w.checkpoint_every) >= 1 and w.lr > 0 and 0 <= w.val_fraction < 1 and
+         min(w.batch_size, w.success_batch_size, w.val_every, w.checkpoint_every) >= 1 and
+         min(w.steps, w.success_steps) >= (0 if w.init else 1) and
+         w.lr > 0 and 0 <= w.val_fraction < 1 and
          min(w.max_episodes, w.videos, w.position_dims, w.probe_steps,
              w.success_hold) >= 0,
          "world_model: image_size a multiple of 8 and >= 16; condition_frames, chunk, "
-         "sampling_steps, steps, "
+         "sampling_steps, steps and success_steps (>= 0 with init), "
          "batch sizes, val_every, checkpoint_every >= 1; channels >= 4; lr > 0; "
          "val_fraction in [0, 1); max_episodes, videos, position_dims, probe_steps, "
          "success_hold >= 0"),
+        (min(w.state.steps, w.state.hidden - 1, w.state.horizon - 1,
+             w.state.batch_size - 1) >= 0 and w.state.lr > 0,
+         "world_model.state: steps >= 0; horizon, hidden, batch_size >= 1; lr > 0"),
         (w.cameras[:1] == ["main"] and len(set(w.cameras)) == len(w.cameras)
          and set(w.cameras[1:]) <= {"wrist", *CAMERAS},
          f"world_model.cameras={w.cameras}: main first, then any of wrist, "

@@ -128,3 +128,25 @@ def read_demos(paths: Iterable[str | Path], orientation: str = "upright",
     for path, why in report.bad:
         log.warning("dataset file %s skipped: %s", path, why)
     return demos, report
+
+
+def read_low_dim(paths: Iterable[str | Path], keys: tuple[str, ...] = ("actions", "states",
+                                                                          "success")
+                 ) -> tuple[list[dict], ReadReport]:
+    """The per-step arrays ``keys`` (``data/demo_N/<key>``) of every demo under ``paths``,
+    without reading a frame: one dict per demo. A file whose demos lack a key is named in
+    the report (a recording made before simulator states were kept has no ``states``)."""
+    report = ReadReport()
+    out: list[dict] = []
+    for path in find_files(paths, report):
+        try:
+            with h5py.File(path, "r") as f:
+                got = [{k: f["data"][name][k][()] for k in keys}
+                       for name in _demo_names(f["data"])]
+        except (OSError, KeyError, ValueError) as err:
+            report.bad.append((str(path), f"{type(err).__name__}: {err}".splitlines()[0]))
+            continue
+        report.files += 1
+        report.demos += len(got)
+        out.extend(got)
+    return out, report

@@ -10,7 +10,11 @@ chunkrl's (or any :class:`worldmodel.models.WorldModel`'s) generator and success
   give N new frames in one batched forward (N / T forwards of a model generating T < N
   frames at a time); the last K of them condition the next chunk.
 - **Reward**: the success model gives each new frame a probability ``p`` with the env's
-  instruction; success (and termination) when ``p`` has reached ``success_threshold`` on
+  instruction (``judge`` ``frames``, RLinf's); with ``state`` the world model's state
+  model (:mod:`worldmodel.state_model`) gives it instead, for the simulator state it
+  predicts from the reset frame's recorded state and every action since, and with
+  ``both`` ``p`` is the lower of the two. Success (and termination) when ``p`` has
+  reached ``success_threshold`` on
   the last ``success_frames`` frames of the episode (1: the frame itself);
   truncation at ``max_episode_steps``. The frame's score ``s`` is 1 on success, else 0
   (``binary_score``, as RLinf's ResnetRM's binary scores), or ``p`` itself; reward
@@ -67,7 +71,7 @@ class WorldModelVectorEnv(VectorEnv):
                  action_dim: int = 7, reward_coef: float = 1.0,
                  success_threshold: float = 0.9, binary_score: bool = True,
                  device: str | torch.device = "cpu", held_out: bool = False,
-                 success_frames: int = 1):
+                 success_frames: int = 1, judge: str = "frames"):
         if num_envs % group_size:
             raise ValueError(f"num_envs {num_envs} is not a multiple of group_size {group_size}")
         if not starts:
@@ -80,6 +84,16 @@ class WorldModelVectorEnv(VectorEnv):
             if s.frame.shape != (size, size, channels):
                 raise ValueError(f"reset frame of {s.frame.shape}, the world model makes "
                                  f"{size}x{size}x{channels} frames ({'+'.join(model.cameras)})")
+        if judge != "frames" and model.state_model is None:
+            raise ValueError(f"env.world_model.judge={judge} needs a world model with a state "
+                             "model: train it with world_model.state.steps > 0")
+        if judge != "frames" and any(s.sim_state is None for s in starts):
+            raise ValueError(f"env.world_model.judge={judge} needs reset frames with their "
+                             "simulator states (robosuite or LIBERO recordings)")
+        self.judge = judge
+        # the simulator state the state model predicts for each env (None: frames judge)
+        self.sim = None if judge == "frames" else torch.zeros(
+            num_envs, model.state_model.state_dim, device=device)
         self.num_envs, self.group_size = num_envs, group_size
         self.state_dim, self.action_dim = state_dim, action_dim
         self.max_episode_steps, self.held_out = max_episode_steps, held_out
@@ -109,6 +123,8 @@ class WorldModelVectorEnv(VectorEnv):
         self.history[envs] = first[None, None]
         self.last[envs] = start.frame
         self.score[envs], self.steps[envs], self.streak[envs] = 0.0, 0, 0
+        if self.sim is not None:
+            self.sim[envs] = torch.as_tensor(start.sim_state, device=self.device)
         for e in range(envs.start, envs.stop):
             self.instructions[e] = start.instruction
 
@@ -132,8 +148,8 @@ class WorldModelVectorEnv(VectorEnv):
             frames = self.model.generate(self.history[ids], acts)
             k = self.model.condition_frames
             self.history[ids] = torch.cat([self.history[ids], frames], 1)[:, -k:]
-            texts = [self.instructions[e] for e in env_ids for _ in range(n)]
-            raw = self.model.scorer.score(frames.flatten(0, 1), texts).view(b, n).cpu().numpy()
+            raw = self._probabilities(ids, frames, torch.as_tensor(
+                actions, dtype=torch.float32, device=self.device), env_ids)
         above = frame_success(raw, self.threshold)
         images = self.chunk_views = to_images(frames)
         out, done = [], np.zeros(b, bool)
@@ -154,6 +170,22 @@ class WorldModelVectorEnv(VectorEnv):
             done[live] |= res.terminated[live] | res.truncated[live]
             out.append(res)
         return out
+
+    def _probabilities(self, ids: torch.Tensor, frames: torch.Tensor, actions: torch.Tensor,
+                       env_ids: np.ndarray) -> np.ndarray:
+        """The success probability of each env's new frames [B,N] by ``judge`` (the state
+        model's predicted states move on with the chunk)."""
+        b, n = actions.shape[:2]
+        if self.judge != "state":
+            texts = [self.instructions[e] for e in env_ids for _ in range(n)]
+            seen = self.model.scorer.score(frames.flatten(0, 1), texts).view(b, n).cpu().numpy()
+            if self.judge == "frames":
+                return seen
+        judge = self.model.state_model
+        states = judge.rollout(self.sim[ids], actions)
+        self.sim[ids] = states[:, -1]
+        predicted = torch.sigmoid(judge.success_logits(states)).cpu().numpy()
+        return predicted if self.judge == "state" else np.minimum(seen, predicted)
 
     @override
     def observe(self, env_ids: np.ndarray) -> EnvObs:
@@ -194,14 +226,15 @@ def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
         model.action_high.copy_(torch.as_tensor(high))
     from envs import image_orientation
 
-    starts = reset_frames(wm.reset_data, model.image_size, image_orientation(cfg), model.cameras)
+    starts = reset_frames(wm.reset_data, model.image_size, image_orientation(cfg), model.cameras,
+                          sim_states=wm.judge != "frames")
     log.info("world-model env: %s (%dx%d frames, chunks of %d), %d reset frames",
              wm.checkpoint, model.image_size, model.image_size, model.chunk, len(starts))
     return WorldModelVectorEnv(num_envs, group_size, model, starts, max_episode_steps,
                                cfg.state_dim, action_dim, wm.reward_coef,
                                wm.success_threshold, wm.binary_score,
                                device or pick_device(wm.device), cfg.held_out_eval_states,
-                               wm.success_frames)
+                               wm.success_frames, wm.judge)
 
 
 def read_action_bounds(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -234,11 +234,13 @@ def normalise_actions(actions: torch.Tensor, low: torch.Tensor, high: torch.Tens
 class WorldModel(nn.Module):
     """A generator, a success scorer, and the action bounds (q01, q99) they were trained
     with; ``cameras`` the views their frames stack (main first); ``info`` keeps the sizes
-    and the training config."""
+    and the training config; ``state_model`` (or None) predicts the simulator's state
+    from the actions (:mod:`worldmodel.state_model`)."""
 
     def __init__(self, generator: nn.Module, scorer: SuccessCNN,
                  action_low: np.ndarray, action_high: np.ndarray, image_size: int,
-                 info: dict | None = None, cameras: tuple[str, ...] = ("main",)):
+                 info: dict | None = None, cameras: tuple[str, ...] = ("main",),
+                 state_model: nn.Module | None = None):
         super().__init__()
         if generator.image_channels != 3 * len(cameras) or \
                 scorer.image_channels != 3 * len(cameras):
@@ -250,6 +252,7 @@ class WorldModel(nn.Module):
         self.register_buffer("action_low", torch.as_tensor(action_low, dtype=torch.float32))
         self.register_buffer("action_high", torch.as_tensor(action_high, dtype=torch.float32))
         self.info = dict(info or {})
+        self.state_model = state_model
 
     @property
     def condition_frames(self) -> int:
@@ -287,6 +290,8 @@ class WorldModel(nn.Module):
                     "scorer": {"channels": self.scorer.channels,
                                "vocab_size": self.scorer.vocab_size,
                                "image_channels": self.scorer.image_channels},
+                    "state_model": None if self.state_model is None
+                    else self.state_model.spec(),
                     "state_dict": self.state_dict(), "info": self.info}, path)
         return path
 
@@ -301,11 +306,16 @@ class WorldModel(nn.Module):
             raise ValueError(f"{path} is not a world model (a train_world_model run's "
                              "world_model.pt)")
         g = state["generator"]
+        judge = state.get("state_model")  # files from before it have none
+        if judge is not None:
+            from worldmodel.state_model import StateModel
+
+            judge = StateModel(**judge)
         # files from before world_model.cameras hold one camera (3 channels, no key)
         model = cls(build_generator(g, state["image_size"]), SuccessCNN(**state["scorer"]),
                     np.zeros(g["action_dim"]),
                     np.zeros(g["action_dim"]), state["image_size"], state.get("info"),
-                    tuple(state.get("cameras", ["main"])))
+                    tuple(state.get("cameras", ["main"])), judge)
         model.load_state_dict(state["state_dict"])
         return model.eval()
 

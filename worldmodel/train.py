@@ -16,15 +16,21 @@ that the success model judges generated frames, which are what the RL stage show
 the outcome they stand for. Both use linear warmup then cosine decay. With
 ``world_model.init`` both start from a trained world model's weights (fine-tuning it,
 e.g. on replays of what a policy did in it: ``benchmarks/bench_reward_agreement.py
---record``).
+--record``; 0 steps leave a part as it was). With ``world_model.state.steps`` a state model
+(:mod:`worldmodel.state_model`) is then trained from scratch on the datasets' simulator
+states, its own split held out (``val_fraction``, seeded by ``run.seed``); it is not
+checkpointed mid-way (minutes), so a resumed run trains it again.
 
 Written to ``run.log_dir``: TensorBoard (``world_model/train_loss``,
 ``world_model/val_psnr_changed`` and ``world_model/copy_last_psnr_changed`` on held-out
 windows, ``world_model/val_psnr_gain``; ``reward_model/train_loss``,
-``reward_model/val_auc``), ``checkpoint.pt`` (resumable with ``--resume``),
-``world_model.pt`` (``env.world_model.checkpoint`` takes it), ``world_model_summary.json``
-(with the held-out position errors of :mod:`worldmodel.probe`, the success model's AUC on
-generated frames, and :func:`worldmodel.evaluate.outcome_agreement`), and side-by-side mp4s of
+``reward_model/val_auc``; ``state_model/dynamics_loss``, ``state_model/success_loss``),
+``checkpoint.pt`` (resumable with ``--resume``), ``world_model.pt``
+(``env.world_model.checkpoint`` takes it), ``world_model_summary.json`` (with the held-out
+position errors of :mod:`worldmodel.probe`, the success model's AUC on generated frames,
+:func:`worldmodel.evaluate.outcome_agreement`, and the state model's open-loop
+verdicts on its held-out episodes; with ``world_model.init`` and no predictor or
+success-model steps, only the state model's), and side-by-side mp4s of
 held-out episodes, real | generated for the same actions, under ``videos/world_model``.
 """
 
@@ -52,7 +58,9 @@ from worldmodel.data import Episode, LabelledFrames, Windows, action_bounds, loa
 from worldmodel.evaluate import (generator_metrics, imagine, open_loop_metrics, success_auc,
                                  write_side_by_side)
 from worldmodel.models import WorldModel, from_config, to_model_frames
+from worldmodel.metrics import roc_auc
 from worldmodel.probe import position_errors, train_probe
+from worldmodel.state_model import StateModel, load_state_episodes, outcomes, train_state_model
 
 log = logging.getLogger(__name__)
 WARMUP_STEPS = 100
@@ -186,13 +194,24 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
                          metrics.get("val_auc", float("nan")),
                          (k - first["success"]) / (time.monotonic() - began))
                 shown = time.monotonic()
+        if steps["generator"] >= w.steps and steps["success"] >= w.success_steps and \
+                steps.get("state", 0) < w.state.steps and not stop.is_set():
+            metrics.update(_train_state_model(cfg, model, writer, stop))
+            steps["state"] = w.state.steps if not stop.is_set() else 0
     finally:
         _save(log_dir, cfg, model, state, steps, rng)
         writer.close()
-    done = steps["generator"] >= w.steps and steps["success"] >= w.success_steps
+    done = steps["generator"] >= w.steps and steps["success"] >= w.success_steps and \
+        steps.get("state", 0) >= w.state.steps
     if not done:
         return 1
     model.cpu().save(log_dir / WORLD_MODEL)
+    metrics.update(train_episodes=len(train), val_episodes=len(val),
+                   train_windows=len(one_call))
+    if w.init and not w.steps and not w.success_steps:
+        log.info("the predictor and the success model are world_model.init's, unchanged: "
+                 "their held-out figures are in its summary")
+        return _finish(log_dir, steps, report, metrics, [])
     # the summary's held-out figures are those of the final models (a resumed run too)
     metrics.update(generator_metrics(model, val_windows, "cpu"))
     metrics["val_auc"] = success_auc(model, val, "cpu")
@@ -218,15 +237,79 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
                  metrics["probe_position_error_real"], metrics["val_position_gap"],
                  metrics["copy_last_position_gap"])
     videos = write_side_by_side(model, val[:w.videos], log_dir / "videos" / "world_model")
-    summary = {"steps": steps, "train_episodes": len(train), "val_episodes": len(val),
-               "train_windows": len(one_call), "datasets": {"files": report.files,
-                                                           "demos": report.demos,
-                                                           "bad": report.bad},
+    return _finish(log_dir, steps, report, metrics, videos)
+
+
+def _finish(log_dir: Path, steps: dict, report: ReadReport, metrics: dict,
+            videos: list) -> int:
+    """Write the summary; 0."""
+    summary = {"steps": steps, "datasets": {"files": report.files, "demos": report.demos,
+                                            "bad": report.bad},
                **metrics, "videos": [str(v) for v in videos]}
     (log_dir / "world_model_summary.json").write_text(json.dumps(summary, indent=1))
     log.info("world model done: %s (env.world_model.checkpoint=%s)", log_dir / WORLD_MODEL,
              log_dir / WORLD_MODEL)
     return 0
+
+
+def _train_state_model(cfg: Config, model: WorldModel, writer, stop) -> dict:
+    """Train ``model.state_model`` afresh on the datasets' simulator states; its held-out
+    metrics (each held-out episode replayed open loop from its first state)."""
+    w, rule = cfg.world_model, cfg.env.world_model
+    episodes, source = [], {}  # id(episode) -> its entry of world_model.datasets
+    for path in w.datasets:
+        found, report = load_state_episodes([path])
+        if report.bad or not found:
+            raise ConfigError(f"world_model.state.steps={w.state.steps} needs recordings "
+                              f"with simulator states (robosuite and LIBERO record runs keep "
+                              f"them): {report.bad[0] if report.bad else path + ' has none'}; "
+                              f"record with those envs, or set world_model.state.steps=0")
+        episodes += found
+        source.update((id(e), path) for e in found)
+    train, val = hold_out(episodes, w.val_fraction, w.max_episodes,
+                          np.random.default_rng(cfg.run.seed + 1))
+    val = val or train
+    judge = StateModel(episodes[0].states.shape[1], episodes[0].actions.shape[1],
+                       w.state.hidden)
+    model.state_model = judge
+    began = shown = time.monotonic()
+    log.info("state model on %d episodes' simulator states (%d held out): %d steps",
+             len(train), len(val), w.state.steps)
+
+    def progress(k: int, dynamics: float, success: float) -> None:
+        nonlocal shown
+        writer.add_scalar("state_model/dynamics_loss", dynamics, k)
+        writer.add_scalar("state_model/success_loss", success, k)
+        if time.monotonic() - shown >= cfg.run.progress_every_s or k == w.state.steps:
+            log.info("state-model step %d/%d | dynamics %.4f | success %.4f | %.1f steps/s",
+                     k, w.state.steps, dynamics, success, k / (time.monotonic() - began))
+            shown = time.monotonic()
+        return stop.is_set()
+
+    train_state_model(judge, train, w.state.steps, w.state.horizon, w.state.batch_size,
+                      w.state.lr, np.random.default_rng(cfg.run.seed), progress)
+    if stop.is_set():  # stopped part-way: the run ends without a state model
+        model.state_model = None
+        return {}
+    best, real = outcomes(judge.cpu(), val)
+    said = best >= rule.success_threshold
+    by_set = {}
+    for path in w.datasets:
+        mine = np.array([source[id(e)] == path for e in val])
+        by_set[path] = {"episodes": int(mine.sum()), "real_successes": int(real[mine].sum()),
+                        "false": int((said & ~real)[mine].sum()),
+                        "missed": int((~said & real)[mine].sum())}
+    out = {"state_model_val_episodes": len(val), "state_model_by_dataset": by_set,
+           "state_model_auc": roc_auc(best, real),
+           "state_model_success_on_real_failures":
+               float(said[~real].mean()) if (~real).any() else float("nan"),
+           "state_model_success_on_real_successes":
+               float(said[real].mean()) if real.any() else float("nan")}
+    log.info("state model, held out, open loop: ROC AUC %.4f; success at %.2f on episodes "
+             "that really failed %.3f, that really succeeded %.3f", out["state_model_auc"],
+             rule.success_threshold, out["state_model_success_on_real_failures"],
+             out["state_model_success_on_real_successes"])
+    return out
 
 
 def start_from(w, action_dim: int, info: dict) -> WorldModel:
@@ -284,7 +367,11 @@ def _restore(log_dir: Path, model: WorldModel, state, rng: np.random.Generator) 
     opt_g, sched_g, opt_s, sched_s = state
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(saved["model"])
+        weights = saved["model"]
+        if model.state_model is None:  # a state model is not rebuilt here: it trains again
+            weights = {k: v for k, v in weights.items() if not k.startswith("state_model.")}
+            saved["steps"].pop("state", None)
+        model.load_state_dict(weights)
         for obj, key in ((opt_g, "opt_g"), (sched_g, "sched_g"), (opt_s, "opt_s"),
                          (sched_s, "sched_s")):
             obj.load_state_dict(saved[key])

@@ -1,0 +1,69 @@
+"""The state model (worldmodel/state_model.py) on a known system, and its data from real
+HDF5 recordings."""
+
+import numpy as np
+import torch
+
+from demos import Demo
+from demos.layout import file_attributes
+from demos.writer import write_file
+from worldmodel.state_model import (StateEpisode, StateModel, load_state_episodes, losses,
+                                    outcomes, sample_windows, train_state_model)
+
+
+def _pushes(n: int, rng: np.random.Generator, length: int = 12) -> list[StateEpisode]:
+    """A point pushed by its actions: s' = s + 0.1 a; success once s[0] > 0.5."""
+    out = []
+    for _ in range(n):
+        s = np.zeros((length, 2), np.float32)
+        a = rng.uniform(-1, 1, (length, 2)).astype(np.float32)
+        a[:, 0] += rng.uniform(-0.5, 1.0)  # some episodes drift right, some left
+        for t in range(1, length):
+            s[t] = s[t - 1] + 0.1 * a[t - 1]
+        nxt = np.concatenate([s[1:], s[-1:] + 0.1 * a[-1:]])
+        out.append(StateEpisode(s, a, np.maximum.accumulate(nxt[:, 0] > 0.5)))
+    return out
+
+
+def test_windows_mask_the_steps_whose_next_state_was_not_recorded():
+    ep = StateEpisode(np.arange(4, dtype=np.float32)[:, None], np.ones((4, 1), np.float32),
+                      np.array([False, False, True, True]))
+    first, acts, nexts, succ, mask = sample_windows([ep], 3, 40, np.random.default_rng(0))
+    for f, n, s, m in zip(first, nexts, succ, mask):
+        t = int(f[0])
+        assert t <= 2 and m.tolist() == [t + k + 1 < 4 for k in range(3)]
+        assert n[0, 0] == t + 1 and bool(s[0]) == (t >= 2)  # success after action t
+
+
+def test_it_learns_a_known_system_and_judges_outcomes_open_loop():
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    train, held = _pushes(200, rng), _pushes(60, rng)
+    model = StateModel(2, 2, hidden=64, layers=2)
+    untrained = float(losses(model.eval(), sample_windows(held, 8, 256, rng))[0])
+    train_state_model(model, train, 600, horizon=8, rng=rng)
+    dyn, suc = losses(model, sample_windows(held, 8, 256, rng))
+    assert float(dyn) < 0.05 * untrained and float(suc) < 0.2
+    best, real = outcomes(model, held)
+    assert 10 < real.sum() < 50  # both outcomes among the held-out episodes
+    assert ((best >= 0.5) == real).mean() >= 0.9
+
+
+def test_states_come_from_real_recordings_and_a_recording_without_them_is_named(tmp_path):
+    rng = np.random.default_rng(1)
+    frames = np.zeros((5, 8, 8, 3), np.uint8)
+    demo = Demo("push", rng.normal(size=(5, 7)).astype(np.float32), np.zeros(5, np.float32),
+                np.eye(5, dtype=bool)[4], np.array([0, 0, 0, 1, 1], bool), frames,
+                np.zeros((5, 8), np.float32),
+                extras={"states": rng.normal(size=(5, 32))})
+    write_file(tmp_path / "with" / "a.hdf5", demo, file_attributes(demo, "Lift", {}, "Lift"), 1)
+    got, report = load_state_episodes([tmp_path / "with"])
+    assert report.demos == 1 and len(got) == 1
+    assert got[0].states.shape == (5, 32) and got[0].succeeded
+    np.testing.assert_allclose(got[0].states, demo.extras["states"], rtol=1e-6)
+    bare = Demo("push", demo.actions, demo.rewards, demo.dones, demo.success, frames,
+                demo.states)
+    write_file(tmp_path / "without" / "b.hdf5", bare, file_attributes(bare, "Lift", {}, "Lift"),
+               1)
+    got, report = load_state_episodes([tmp_path / "without"])
+    assert got == [] and "states" in report.bad[0][1]

@@ -1,0 +1,191 @@
+"""The simulator's state predicted from the actions alone: a judge that reads no frame.
+
+On the SFT policy's own groups in the Lift world model, nearly every success the success
+model calls is a real failure: the predictor draws the cube raised after a grasp that
+leaves it on the table (benchmarks/RESULTS.md, issue 17, fourteenth and fifteenth
+sessions). A :class:`StateModel` predicts the simulator's low-dimensional state (MuJoCo's
+flattened state, what recordings keep as ``states``) one step at a time from the first
+state and the actions, and a classifier on a state says whether the task is achieved::
+
+    dynamics   s_{t+1} = s_t + sigma_d * f([(s_t - mu_s) / sigma_s, (a_t - mu_a) / sigma_a]) + mu_d
+    success    p(s) = sigmoid(g((s - mu_s) / sigma_s))
+    loss       (1/H) sum_k ||(s^_{t+k} - s_{t+k}) / sigma_d||^2           (H-step unroll on
+               + BCE(p(s_{t+k}), y_{t+k-1}) + BCE(p(sg(s^_{t+k})), y_{t+k-1})   its own states)
+
+with mu/sigma the training data's means and deviations (states, actions, one-step
+changes), ``y_t`` the recorded success after action t, and ``sg`` no gradient: the
+classifier learns real states and the predicted ones it will be shown (as the success
+model learns generated frames). An episode succeeds in the state model when ``p`` of a
+predicted state reaches the threshold (:func:`outcomes`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from demos.reader import ReadReport, read_low_dim
+
+
+@dataclass
+class StateEpisode:
+    """One recording's simulator states before each action float32 [L,S], actions [L,D]
+    and success after each action bool [L] (the state after the last action was never
+    stored: its step trains nothing)."""
+
+    states: np.ndarray
+    actions: np.ndarray
+    success: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether the task was achieved at a step whose next state was recorded."""
+        return bool(self.success[:-1].any())
+
+
+def load_state_episodes(paths: Iterable[str | Path]) -> tuple[list[StateEpisode], ReadReport]:
+    """Every recording under ``paths`` with simulator states (robosuite's and LIBERO's
+    record runs keep them); a file without names itself in the report."""
+    found, report = read_low_dim(paths)
+    return [StateEpisode(d["states"].astype(np.float32), d["actions"].astype(np.float32),
+                         d["success"].astype(bool)) for d in found if len(d["actions"]) > 1], \
+        report
+
+
+def _mlp(inputs: int, hidden: int, layers: int, outputs: int) -> nn.Sequential:
+    parts: list[nn.Module] = []
+    for i in range(layers):
+        parts += [nn.Linear(inputs if i == 0 else hidden, hidden), nn.SiLU()]
+    return nn.Sequential(*parts, nn.Linear(hidden, outputs))
+
+
+class StateModel(nn.Module):
+    """Dynamics and success on the simulator's state; see the module docstring."""
+
+    def __init__(self, state_dim: int, action_dim: int, hidden: int = 512, layers: int = 3):
+        super().__init__()
+        self.state_dim, self.action_dim, self.hidden, self.layers = \
+            state_dim, action_dim, hidden, layers
+        self.dynamics = _mlp(state_dim + action_dim, hidden, layers, state_dim)
+        self.judge = _mlp(state_dim, hidden // 2, 2, 1)
+        for name, dim in (("s", state_dim), ("a", action_dim), ("d", state_dim)):
+            self.register_buffer(f"{name}_mean", torch.zeros(dim))
+            self.register_buffer(f"{name}_std", torch.ones(dim))
+        # the recorded actions' range: one beyond it is clamped (an actuator clips too)
+        self.register_buffer("a_low", torch.full((action_dim,), -float("inf")))
+        self.register_buffer("a_high", torch.full((action_dim,), float("inf")))
+
+    def spec(self) -> dict:
+        """What rebuilds this model (its weights are its state_dict)."""
+        return {"state_dim": self.state_dim, "action_dim": self.action_dim,
+                "hidden": self.hidden, "layers": self.layers}
+
+    def fit_normaliser(self, episodes: list[StateEpisode]) -> None:
+        """mu and sigma of states, actions and one-step changes over ``episodes``."""
+        s = np.concatenate([e.states for e in episodes])
+        a = np.concatenate([e.actions for e in episodes])
+        d = np.concatenate([e.states[1:] - e.states[:-1] for e in episodes])
+        for name, x in (("s", s), ("a", a), ("d", d)):
+            getattr(self, f"{name}_mean").copy_(torch.from_numpy(x.mean(0)))
+            getattr(self, f"{name}_std").copy_(torch.from_numpy(x.std(0) + 1e-6))
+        self.a_low.copy_(torch.from_numpy(a.min(0)))
+        self.a_high.copy_(torch.from_numpy(a.max(0)))
+
+    def step(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The next states [...,S] of ``states`` [...,S] under env-unit ``actions`` [...,D]
+        (clamped to the recorded range)."""
+        actions = torch.maximum(torch.minimum(actions, self.a_high), self.a_low)
+        x = torch.cat([(states - self.s_mean) / self.s_std,
+                       (actions - self.a_mean) / self.a_std], -1)
+        return states + self.dynamics(x) * self.d_std + self.d_mean
+
+    def rollout(self, first: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """[B,S] and env-unit [B,N,D] -> the N states [B,N,S] the actions lead to, open loop."""
+        out, s = [], first
+        for t in range(actions.shape[1]):
+            s = self.step(s, actions[:, t])
+            out.append(s)
+        return torch.stack(out, 1)
+
+    def success_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """[...,S] -> [...]: the logit of the task being achieved in each state."""
+        return self.judge((states - self.s_mean) / self.s_std).squeeze(-1)
+
+
+def sample_windows(episodes: list[StateEpisode], horizon: int, n: int,
+                   rng: np.random.Generator):
+    """``n`` random windows: first states [n,S], actions [n,H,D], the states they led to
+    [n,H,S], success after each action [n,H] and a mask [n,H] (False where the episode's
+    next state was not recorded; the window then repeats its last action)."""
+    first, acts, nexts, succ, mask = [], [], [], [], []
+    for e in rng.integers(len(episodes), size=n):
+        ep = episodes[e]
+        t = int(rng.integers(len(ep) - 1))
+        steps = np.arange(t, t + horizon)
+        valid = steps + 1 < len(ep)
+        clipped = np.minimum(steps, len(ep) - 2)
+        first.append(ep.states[t])
+        acts.append(ep.actions[clipped])
+        nexts.append(ep.states[clipped + 1])
+        succ.append(ep.success[clipped])
+        mask.append(valid)
+    return tuple(torch.from_numpy(np.stack(x)) for x in (first, acts, nexts, succ, mask))
+
+
+def losses(model: StateModel, window) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dynamics loss and the success loss of a window batch (module docstring)."""
+    first, acts, nexts, succ, mask = window
+    pred = model.rollout(first, acts)
+    m = mask.float()
+    err = (((pred - nexts) / model.d_std) ** 2).mean(-1)
+    dyn = (err * m).sum() / m.sum().clamp(min=1)
+    y = succ.float()
+    bce = F.binary_cross_entropy_with_logits(model.success_logits(nexts), y, reduction="none") + \
+        F.binary_cross_entropy_with_logits(model.success_logits(pred.detach()), y,
+                                           reduction="none")
+    return dyn, (bce * m).sum() / m.sum().clamp(min=1)
+
+
+def train_state_model(model: StateModel, episodes: list[StateEpisode], steps: int,
+                      horizon: int = 8, batch_size: int = 256, lr: float = 1e-3,
+                      rng: np.random.Generator | None = None, on_step=None) -> StateModel:
+    """``steps`` AdamW steps (cosine decay) on random ``horizon``-step windows of
+    ``episodes`` after fitting the normaliser to them; ``on_step(k, dyn, success)`` after
+    each, which stops the training early by returning True."""
+    rng = rng or np.random.default_rng(0)
+    model.fit_normaliser(episodes)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+    model.train()
+    for k in range(1, steps + 1):
+        dyn, suc = losses(model, sample_windows(episodes, horizon, batch_size, rng))
+        opt.zero_grad(set_to_none=True)
+        (dyn + suc).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if on_step is not None and on_step(k, float(dyn.detach()), float(suc.detach())):
+            break
+    return model.eval()
+
+
+@torch.no_grad()
+def outcomes(model: StateModel, episodes: list[StateEpisode]) -> tuple[np.ndarray, np.ndarray]:
+    """Each episode replayed open loop from its first state with its recorded actions: the
+    highest success probability of a predicted state (float [E]) and the real outcome
+    (bool [E])."""
+    best = []
+    for ep in episodes:
+        states = model.rollout(torch.from_numpy(ep.states[:1]),
+                               torch.from_numpy(ep.actions[None, :-1]))
+        best.append(float(torch.sigmoid(model.success_logits(states)).max()))
+    return np.array(best), np.array([ep.succeeded for ep in episodes])
