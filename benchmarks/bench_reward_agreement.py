@@ -15,8 +15,11 @@ frame was recorded from (HDF5 recordings keep it). The world model's verdict and
 real env's on the same actions give :func:`worldmodel.metrics.group_agreement`: success
 rates, false successes, and the correlation between the advantages GRPO computes from
 the world model and those the real env would give (0: RL in this world model follows a
-signal unrelated to the real task). A replay is open loop: a real policy would react to
-what it sees, so this measures the reward, not what the policy would do in the real env.
+signal unrelated to the real task); ``return_advantage_correlation`` is the same from
+the world model's returns, which differ from its successes where the score is the
+probability itself (``env.world_model.binary_score=false``). A replay is open loop: a
+real policy would react to what it sees, so this measures the reward, not what the
+policy would do in the real env.
 Written to ``--out`` (JSON) and printed.
 
 ``--record DIR`` also writes every replay as a chunkrl recording (the real frames, every
@@ -102,12 +105,16 @@ def main(argv=None) -> int:
     if writer is not None:
         writer.close()
     wm_won = np.array([ep.first_success is not None for ep in episodes])
+    returns = np.array([ep.ret for ep in episodes]).reshape(args.groups, n)
     result = {"checkpoint": args.checkpoint, "world_model": cfg.env.world_model.checkpoint,
               "groups": args.groups, "first_frame": first_frame, "group_size": n,
               "recorded": writer.written if writer else 0, "temperature": cfg.inference.temperature,
               "reset_frame_gap_grey_levels": frame_gap, "wm_seconds": wm_s,
               "real_seconds": real_s,
-              **group_agreement(wm_won.reshape(args.groups, n), won.reshape(args.groups, n))}
+              **group_agreement(wm_won.reshape(args.groups, n), won.reshape(args.groups, n)),
+              "wm_mean_return": float(returns.mean()),
+              "return_advantage_correlation": group_agreement(
+                  returns, won.reshape(args.groups, n))["advantage_correlation"]}
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

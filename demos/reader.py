@@ -109,22 +109,30 @@ def read_file(path: Path, orientation: str, cameras: tuple[str, ...],
     return demos
 
 
-def read_demos(paths: Iterable[str | Path], orientation: str = "upright",
-               cameras: tuple[str, ...] = ("main",),
-               image_size: Optional[int] = None) -> tuple[list[Demo], ReadReport]:
-    """Every demo under ``paths`` (images in ``orientation``, resized to ``image_size``
-    when given), and the report; unreadable files are logged with their path."""
+def _read_each(paths: Iterable[str | Path], read) -> tuple[list, ReadReport]:
+    """``read(path)``'s demos of every file under ``paths``, and the report (a file that
+    raises OSError, KeyError or ValueError is named in it with why, and skipped)."""
     report = ReadReport()
-    demos: list[Demo] = []
+    out: list = []
     for path in find_files(paths, report):
         try:
-            got = read_file(path, orientation, cameras, image_size)
+            got = read(path)
         except (OSError, KeyError, ValueError) as err:
             report.bad.append((str(path), f"{type(err).__name__}: {err}".splitlines()[0]))
             continue
         report.files += 1
         report.demos += len(got)
-        demos.extend(got)
+        out.extend(got)
+    return out, report
+
+
+def read_demos(paths: Iterable[str | Path], orientation: str = "upright",
+               cameras: tuple[str, ...] = ("main",),
+               image_size: Optional[int] = None) -> tuple[list[Demo], ReadReport]:
+    """Every demo under ``paths`` (images in ``orientation``, resized to ``image_size``
+    when given), and the report; unreadable files are logged with their path."""
+    demos, report = _read_each(paths, lambda path: read_file(path, orientation, cameras,
+                                                             image_size))
     for path, why in report.bad:
         log.warning("dataset file %s skipped: %s", path, why)
     return demos, report
@@ -136,17 +144,8 @@ def read_low_dim(paths: Iterable[str | Path], keys: tuple[str, ...] = ("actions"
     """The per-step arrays ``keys`` (``data/demo_N/<key>``) of every demo under ``paths``,
     without reading a frame: one dict per demo. A file whose demos lack a key is named in
     the report (a recording made before simulator states were kept has no ``states``)."""
-    report = ReadReport()
-    out: list[dict] = []
-    for path in find_files(paths, report):
-        try:
-            with h5py.File(path, "r") as f:
-                got = [{k: f["data"][name][k][()] for k in keys}
-                       for name in _demo_names(f["data"])]
-        except (OSError, KeyError, ValueError) as err:
-            report.bad.append((str(path), f"{type(err).__name__}: {err}".splitlines()[0]))
-            continue
-        report.files += 1
-        report.demos += len(got)
-        out.extend(got)
-    return out, report
+    def read(path: Path) -> list[dict]:
+        with h5py.File(path, "r") as f:
+            return [{k: f["data"][name][k][()] for k in keys} for name in _demo_names(f["data"])]
+
+    return _read_each(paths, read)

@@ -280,6 +280,20 @@ def test_world_model_chain_train_rl_inside_it_evaluate_in_the_real_env(tmp_path)
     assert len({d.init_state_id for d in played}) == 3  # a group's pair shares its start
     assert all(d.source == f"world_model_replay:{rl / 'checkpoint.pt'}" for d in played)
     assert np.mean([d.success.any() for d in played]) == got["real_success"]
+    # binary scores of 1 (reward_coef 1): the returns rank episodes as their successes do
+    assert got["return_advantage_correlation"] == pytest.approx(
+        got["advantage_correlation"], nan_ok=True)
+    # the policy's actions on generated frames against those on the real ones
+    acts = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_policy_on_generated.py"),
+                           "--config", str(ROOT / wm_config), "--checkpoint",
+                           str(rl / "checkpoint.pt"), "--world-model", str(wm / "world_model.pt"),
+                           "--data", str(rec / "dataset"), "--episodes", "3", "--out",
+                           str(tmp_path / "acts.json"), "--", *small_overrides(tmp_path, **SMALL)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    _ok(acts)
+    stretches = json.loads((tmp_path / "acts.json").read_text())["stretches"]
+    assert stretches and all(np.isfinite(r["arm_open_loop"]) and 0 <= r["gripper_same_one_step"]
+                             <= 1 for r in stretches)
     # the world model fine-tuned on them: it starts from its own weights and bounds
     tuned = tmp_path / "wm_tuned"
     more = {**train, "run.log_dir": tuned, "world_model.init": wm / "world_model.pt",

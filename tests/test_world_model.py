@@ -551,6 +551,9 @@ def test_closed_loop_episodes_and_the_grid_of_frames_before_success():
     won = closed_loop(env, act, [2, 0, 1])
     assert [ep.first_success for ep in won] == [1, 1, 1] and len(won[0].frames) == 2
     assert never[0].actions.shape == (8, 7) and won[0].actions.shape == (1, 7)  # as taken
+    assert [ep.ret for ep in never] == [0.0] * 3 and [ep.ret for ep in won] == [1.0] * 3
+    soft = WorldModelVectorEnv(1, 1, _model(0.0), _starts(), 8, binary_score=False)
+    assert closed_loop(soft, act, [0])[0].ret == pytest.approx(0.5)  # telescoped: p = 0.5
     grid = success_grid(won, before=(1, 0), rows=2)
     assert grid.shape == (2 * SIZE, 3 * SIZE, 3)
     np.testing.assert_array_equal(grid[:SIZE, :SIZE], _starts()[2].frame)  # 1 before: reset

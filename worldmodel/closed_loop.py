@@ -23,11 +23,13 @@ if TYPE_CHECKING:
 class ClosedLoopEpisode:
     """The frames an episode showed (its reset frame, then every generated one; every
     camera's view side by side), the index of the first the env called a success
-    (None: it never succeeded), and the actions it took (float [len(frames) - 1, D])."""
+    (None: it never succeeded), the actions it took (float [len(frames) - 1, D]), and its
+    return (the sum of its rewards: what GRPO's advantages are computed from)."""
 
     frames: list[np.ndarray]
     first_success: int | None
     actions: np.ndarray | None = None
+    ret: float = 0.0
 
 
 def policy_act(cfg, checkpoint: str, deterministic: bool) -> Callable[[EnvObs], np.ndarray]:
@@ -72,6 +74,7 @@ def closed_loop(env: WorldModelVectorEnv, act: Callable[[EnvObs], np.ndarray],
                 if ended[j]:
                     continue
                 out[e].frames.append(split_views(env.chunk_views[j, t]))
+                out[e].ret += float(res.rewards[j])
                 if res.success[j] and out[e].first_success is None:
                     out[e].first_success = len(out[e].frames) - 1
             ended |= res.terminated | res.truncated
