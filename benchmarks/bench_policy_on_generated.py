@@ -63,6 +63,9 @@ def main(argv=None) -> dict:
     episodes = episodes[:args.episodes]
     if not episodes:
         raise SystemExit(f"no episodes in {args.data} ({report.summary()})")
+    if model.chunk != 1:
+        raise SystemExit("a world model generating more than one frame per call: one-step "
+                         "frames need world_model.chunk=1")
     act = policy_act(cfg, args.checkpoint, True)
     scale = np.concatenate([e.actions for e in episodes]).std(0) + 1e-6
     k = model.condition_frames
@@ -77,11 +80,7 @@ def main(argv=None) -> dict:
             hist = np.stack([real[np.clip(np.arange(t - k, t), 0, None)] for t in range(1, n)])
             acts = model.normalise(torch.from_numpy(ep.actions[:n - 1, None]))
             one_step = np.concatenate([real[:1], to_images(
-                model.generator.generate(to_model_frames(hist), acts))[:, 0]]) \
-                if model.chunk == 1 else None
-        if one_step is None:
-            raise SystemExit("a world model generating more than one frame per call: "
-                             "one-step frames need world_model.chunk=1")
+                model.generator.generate(to_model_frames(hist), acts))[:, 0]])
         open_loop = np.concatenate([real[:1], rollout(model, real[:1], ep.actions[None, :n - 1],
                                                       "cpu")[0]])
         out = {}

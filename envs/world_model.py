@@ -143,13 +143,12 @@ class WorldModelVectorEnv(VectorEnv):
             # Clipped to the data's q01..q99, as OpenVLA's normalisation clips: a policy's
             # action beyond what the recordings hold is one the generator never learned
             # (a simulator clips what its actuators cannot do; the synthetic env at +-1).
-            acts = self.model.normalise(torch.as_tensor(actions, dtype=torch.float32,
-                                                        device=self.device)).clamp(-1, 1)
-            frames = self.model.generate(self.history[ids], acts)
+            taken = torch.as_tensor(actions, dtype=torch.float32, device=self.device)
+            frames = self.model.generate(self.history[ids],
+                                         self.model.normalise(taken).clamp(-1, 1))
             k = self.model.condition_frames
             self.history[ids] = torch.cat([self.history[ids], frames], 1)[:, -k:]
-            raw = self._probabilities(ids, frames, torch.as_tensor(
-                actions, dtype=torch.float32, device=self.device), env_ids)
+            raw = self._probabilities(ids, frames, taken, env_ids)
         above = frame_success(raw, self.threshold)
         images = self.chunk_views = to_images(frames)
         out, done = [], np.zeros(b, bool)

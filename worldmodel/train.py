@@ -276,7 +276,7 @@ def _train_state_model(cfg: Config, model: WorldModel, writer, stop) -> dict:
     log.info("state model on %d episodes' simulator states (%d held out): %d steps",
              len(train), len(val), w.state.steps)
 
-    def progress(k: int, dynamics: float, success: float) -> None:
+    def progress(k: int, dynamics: float, success: float) -> bool:
         nonlocal shown
         writer.add_scalar("state_model/dynamics_loss", dynamics, k)
         writer.add_scalar("state_model/success_loss", success, k)
