@@ -19,6 +19,12 @@ and t. The actions are the recorded ones throughout, so the frames differ
 only by the world model: a policy that acts alike on the real and one-step frames but not
 on the open-loop ones is misled by drift; one that acts differently already on one-step
 frames, by how generated frames look. Written to ``--out`` (JSON) and printed.
+
+With ``--frames state`` the frames are the world model's decoder's
+(:mod:`worldmodel.decoder`, ``env.world_model.frames: state``): the **one-step** frame is
+drawn from the simulator state the recording kept for step t (how a drawn frame looks),
+the **open-loop** one from the state the state model predicts from the first recorded
+state and every action since (what the env then shows).
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ def main(argv=None) -> dict:
     p.add_argument("--world-model", required=True, help="a world_model.pt")
     p.add_argument("--data", nargs="+", required=True, help="recordings (HDF5 files or folders)")
     p.add_argument("--episodes", type=int, default=40, help="the first E recordings")
+    p.add_argument("--frames", choices=("generator", "state"), default="generator",
+                   help="the frame predictor's frames, or the decoder's from states")
     p.add_argument("--out", default=None, help="JSON to write")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE for the config (after --)")
     args = p.parse_args(argv)
@@ -63,7 +71,10 @@ def main(argv=None) -> dict:
     episodes = episodes[:args.episodes]
     if not episodes:
         raise SystemExit(f"no episodes in {args.data} ({report.summary()})")
-    if model.chunk != 1:
+    if args.frames == "state" and (model.decoder is None or model.state_model is None):
+        raise SystemExit(f"{args.world_model} has no state model and decoder "
+                         "(world_model.state.steps, world_model.decoder.steps)")
+    if args.frames == "generator" and model.chunk != 1:
         raise SystemExit("a world model generating more than one frame per call: one-step "
                          "frames need world_model.chunk=1")
     act = policy_act(cfg, args.checkpoint, True)
@@ -76,13 +87,17 @@ def main(argv=None) -> dict:
         if n < 2:
             continue  # no frame after the first to compare
         real = ep.frames[:n]  # frame t: before action t (t = 0..L-1)
-        with torch.no_grad():
-            hist = np.stack([real[np.clip(np.arange(t - k, t), 0, None)] for t in range(1, n)])
-            acts = model.normalise(torch.from_numpy(ep.actions[:n - 1, None]))
-            one_step = np.concatenate([real[:1], to_images(
-                model.generator.generate(to_model_frames(hist), acts))[:, 0]])
-        open_loop = np.concatenate([real[:1], rollout(model, real[:1], ep.actions[None, :n - 1],
-                                                      "cpu")[0]])
+        if args.frames == "state":
+            one_step, open_loop = drawn(model, real[:1], ep)
+        else:
+            with torch.no_grad():
+                hist = np.stack([real[np.clip(np.arange(t - k, t), 0, None)]
+                                 for t in range(1, n)])
+                acts = model.normalise(torch.from_numpy(ep.actions[:n - 1, None]))
+                one_step = np.concatenate([real[:1], to_images(
+                    model.generator.generate(to_model_frames(hist), acts))[:, 0]])
+            open_loop = np.concatenate([real[:1], rollout(
+                model, real[:1], ep.actions[None, :n - 1], "cpu")[0]])
         out = {}
         for name, frames in (("real", real), ("one_step", one_step), ("open_loop", open_loop)):
             obs = EnvObs(np.ascontiguousarray(frames[..., :3]),
@@ -99,7 +114,7 @@ def main(argv=None) -> dict:
         raise SystemExit("every episode is one step long: nothing generated to compare")
     table = np.array(rows, float)
     result = {"checkpoint": args.checkpoint, "world_model": args.world_model,
-              "episodes": len(episodes), "stretches": []}
+              "frames": args.frames, "episodes": len(episodes), "stretches": []}
     print(f"{len(episodes)} episodes; the policy's first action on generated frames against "
           "the real frame's (arm: mean |difference| in the recorded actions' std)")
     print("| steps | frames | arm, one-step | arm, open loop | gripper same, one-step | "
@@ -122,6 +137,26 @@ def main(argv=None) -> dict:
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     return result
+
+
+def drawn(model, first, ep):
+    """The decoder's frames of an episode's frames 1..L-1 (uint8), after the real first
+    frame ``first`` [1,H,W,C]: from the recorded states, and from the state model's
+    open-loop prediction of them."""
+    import numpy as np
+    import torch
+
+    from worldmodel.models import to_images
+
+    if ep.sim_states is None:
+        raise SystemExit("--frames state needs recordings with simulator states")
+    n = len(ep.sim_states)
+    with torch.no_grad():
+        states = torch.from_numpy(ep.sim_states)
+        predicted = model.state_model.rollout(states[:1],
+                                              torch.from_numpy(ep.actions[None, :n - 1]))[0]
+        return (np.concatenate([first, to_images(model.decoder.draw(states[1:]))]),
+                np.concatenate([first, to_images(model.decoder.draw(predicted))]))
 
 
 if __name__ == "__main__":

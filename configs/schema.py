@@ -167,6 +167,12 @@ class WorldModelEnvConfig:
         "state it predicts from the reset frame's recorded state and the actions: "
         "world_model.state.steps > 0, reset_data recorded with simulator states); both "
         "(the lower of the two)")
+    frames: Literal["generator", "state"] = opt(
+        "generator", "what draws the frames the policy sees: generator (the frame "
+        "predictor, from the last frames and the chunk, RLinf's) or state (the world "
+        "model's decoder, from the simulator state its state model predicts: needs "
+        "world_model.state.steps and world_model.decoder.steps > 0 and reset_data "
+        "recorded with simulator states)")
     device: str = opt("cpu", "where the models run: cpu, cuda, auto")
 
 
@@ -544,6 +550,21 @@ class StateModelConfig:
 
 
 @dataclass(frozen=True)
+class StateDecoderConfig:
+    """The world model's state decoder (worldmodel/decoder.py): each camera's frame drawn
+    from a simulator state, so that the env's frames follow the state model's predicted
+    states (env.world_model.frames=state) instead of the frame predictor's own."""
+
+    steps: int = opt(0, "optimizer steps, trained after the state model on the datasets' "
+                     "frames and their recorded simulator states; 0: no decoder")
+    channels: int = opt(32, "width of the last full upsampling level (x2, x4, x8 below it)")
+    frequencies: int = opt(6, "octaves of the state's positional encoding (sin and cos of "
+                           "2^k x, k < F, per entry); 0: the state alone")
+    batch_size: int = opt(32, "frames per step")
+    lr: float = opt(1e-3, "AdamW learning rate, cosine decay")
+
+
+@dataclass(frozen=True)
 class WorldModelConfig:
     """Training a world model (run.mode=train_world_model) on recorded episodes: a frame
     predictor (the next chunk of frames from the last frames and the chunk's actions) and
@@ -620,6 +641,9 @@ class WorldModelConfig:
     state: StateModelConfig = field(default_factory=StateModelConfig,
                                     metadata={"doc": "the state model (env.world_model.judge"
                                               "=state or both)"})
+    decoder: StateDecoderConfig = field(
+        default_factory=StateDecoderConfig,
+        metadata={"doc": "the state decoder (env.world_model.frames=state)"})
 
 
 @dataclass(frozen=True)
@@ -908,6 +932,13 @@ def validate(cfg: Config) -> list[str]:
         (min(w.state.steps, w.state.hidden - 1, w.state.horizon - 1,
              w.state.batch_size - 1) >= 0 and w.state.lr > 0,
          "world_model.state: steps >= 0; horizon, hidden, batch_size >= 1; lr > 0"),
+        (min(w.decoder.steps, w.decoder.batch_size - 1, w.decoder.frequencies) >= 0 and
+         w.decoder.channels >= 8
+         and w.decoder.channels % 8 == 0 and w.decoder.lr > 0 and
+         (not w.decoder.steps or w.image_size & (w.image_size - 1) == 0),
+         "world_model.decoder: steps, frequencies >= 0; batch_size >= 1; channels a multiple "
+         "of 8; lr > 0;"
+         " it draws frames of a power of two (world_model.image_size 16, 32, 64, 128...)"),
         (w.cameras[:1] == ["main"] and len(set(w.cameras)) == len(w.cameras)
          and set(w.cameras[1:]) <= {"wrist", *CAMERAS},
          f"world_model.cameras={w.cameras}: main first, then any of wrist, "

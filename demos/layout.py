@@ -192,9 +192,11 @@ def read_demo(group, instruction: str, orientation: str, cameras: tuple[str, ...
         raise ValueError(f"{group.name}: steps disagree between datasets "
                          f"(actions {n}, others {sorted(lengths)})")
     attrs = group.attrs
+    # the simulator's own state, where kept (the writer puts extras' "states" back there)
+    extras = {"states": np.asarray(group["states"])} if "states" in group else {}
     return Demo(instruction=instruction, actions=actions, rewards=rewards, dones=dones,
                 success=success, main_images=main, states=states, wrist_images=wrist,
-                orientation=orientation,
+                orientation=orientation, extras=extras,
                 init_state_id=int(attrs.get("init_state_id", -1)),
                 task_id=int(attrs.get("task_id", -1)),
                 episode_id=int(attrs.get("episode_id", -1)),

@@ -9,6 +9,11 @@ chunkrl's (or any :class:`worldmodel.models.WorldModel`'s) generator and success
   (RLinf leaves them unclipped), and the last K frames
   give N new frames in one batched forward (N / T forwards of a model generating T < N
   frames at a time); the last K of them condition the next chunk.
+  With ``frames: state`` the world model's state model (:mod:`worldmodel.state_model`)
+  moves the simulator state it predicts (from the reset frame's recorded one) on by the
+  chunk's actions, and its decoder (:mod:`worldmodel.decoder`) draws each new state's
+  frames: they drift only as far as the predicted state does, never by compounding their
+  own pixels (the frame predictor is not used).
 - **Reward**: the success model gives each new frame a probability ``p`` with the env's
   instruction (``judge`` ``frames``, RLinf's); with ``state`` the world model's state
   model (:mod:`worldmodel.state_model`) gives it instead, for the simulator state it
@@ -71,7 +76,7 @@ class WorldModelVectorEnv(VectorEnv):
                  action_dim: int = 7, reward_coef: float = 1.0,
                  success_threshold: float = 0.9, binary_score: bool = True,
                  device: str | torch.device = "cpu", held_out: bool = False,
-                 success_frames: int = 1, judge: str = "frames"):
+                 success_frames: int = 1, judge: str = "frames", frames: str = "generator"):
         if num_envs % group_size:
             raise ValueError(f"num_envs {num_envs} is not a multiple of group_size {group_size}")
         if not starts:
@@ -87,13 +92,19 @@ class WorldModelVectorEnv(VectorEnv):
         if judge != "frames" and model.state_model is None:
             raise ValueError(f"env.world_model.judge={judge} needs a world model with a state "
                              "model: train it with world_model.state.steps > 0")
-        if judge != "frames" and any(s.sim_state is None for s in starts):
-            raise ValueError(f"env.world_model.judge={judge} needs reset frames with their "
-                             "simulator states (robosuite or LIBERO recordings)")
-        self.judge = judge
-        # the simulator state the state model predicts for each env (None: frames judge)
-        self.sim = None if judge == "frames" else torch.zeros(
-            num_envs, model.state_model.state_dim, device=device)
+        if frames == "state" and (model.state_model is None or model.decoder is None):
+            raise ValueError("env.world_model.frames=state needs a world model with a state "
+                             "model and a decoder: train it with world_model.state.steps > 0 "
+                             "and world_model.decoder.steps > 0")
+        uses_state = judge != "frames" or frames == "state"
+        if uses_state and any(s.sim_state is None for s in starts):
+            raise ValueError(f"env.world_model.judge={judge}, frames={frames} needs reset "
+                             "frames with their simulator states (robosuite or LIBERO "
+                             "recordings)")
+        self.judge, self.frames_from = judge, frames
+        # the simulator state the state model predicts for each env (None: not used)
+        self.sim = torch.zeros(num_envs, model.state_model.state_dim, device=device) \
+            if uses_state else None
         self.num_envs, self.group_size = num_envs, group_size
         self.state_dim, self.action_dim = state_dim, action_dim
         self.max_episode_steps, self.held_out = max_episode_steps, held_out
@@ -144,11 +155,18 @@ class WorldModelVectorEnv(VectorEnv):
             # action beyond what the recordings hold is one the generator never learned
             # (a simulator clips what its actuators cannot do; the synthetic env at +-1).
             taken = torch.as_tensor(actions, dtype=torch.float32, device=self.device)
-            frames = self.model.generate(self.history[ids],
-                                         self.model.normalise(taken).clamp(-1, 1))
+            states = None
+            if self.sim is not None:  # the predicted simulator states after each action
+                states = self.model.state_model.rollout(self.sim[ids], taken)
+                self.sim[ids] = states[:, -1]
+            if self.frames_from == "state":
+                frames = self.model.decoder.draw(states)
+            else:
+                frames = self.model.generate(self.history[ids],
+                                             self.model.normalise(taken).clamp(-1, 1))
             k = self.model.condition_frames
             self.history[ids] = torch.cat([self.history[ids], frames], 1)[:, -k:]
-            raw = self._probabilities(ids, frames, taken, env_ids)
+            raw = self._probabilities(frames, states, env_ids)
         above = frame_success(raw, self.threshold)
         images = self.chunk_views = to_images(frames)
         out, done = [], np.zeros(b, bool)
@@ -170,20 +188,17 @@ class WorldModelVectorEnv(VectorEnv):
             out.append(res)
         return out
 
-    def _probabilities(self, ids: torch.Tensor, frames: torch.Tensor, actions: torch.Tensor,
+    def _probabilities(self, frames: torch.Tensor, states: torch.Tensor | None,
                        env_ids: np.ndarray) -> np.ndarray:
-        """The success probability of each env's new frames [B,N] by ``judge`` (the state
-        model's predicted states move on with the chunk)."""
-        b, n = actions.shape[:2]
+        """The success probability [B,N] of each env's new frames [B,N,C,H,W] by
+        ``judge``, the state model's from the predicted ``states`` [B,N,S]."""
+        b, n = frames.shape[:2]
         if self.judge != "state":
             texts = [self.instructions[e] for e in env_ids for _ in range(n)]
             seen = self.model.scorer.score(frames.flatten(0, 1), texts).view(b, n).cpu().numpy()
             if self.judge == "frames":
                 return seen
-        judge = self.model.state_model
-        states = judge.rollout(self.sim[ids], actions)
-        self.sim[ids] = states[:, -1]
-        predicted = torch.sigmoid(judge.success_logits(states)).cpu().numpy()
+        predicted = torch.sigmoid(self.model.state_model.success_logits(states)).cpu().numpy()
         return predicted if self.judge == "state" else np.minimum(seen, predicted)
 
     @override
@@ -226,14 +241,14 @@ def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
     from envs import image_orientation
 
     starts = reset_frames(wm.reset_data, model.image_size, image_orientation(cfg), model.cameras,
-                          sim_states=wm.judge != "frames")
+                          sim_states=wm.judge != "frames" or wm.frames == "state")
     log.info("world-model env: %s (%dx%d frames, chunks of %d), %d reset frames",
              wm.checkpoint, model.image_size, model.image_size, model.chunk, len(starts))
     return WorldModelVectorEnv(num_envs, group_size, model, starts, max_episode_steps,
                                cfg.state_dim, action_dim, wm.reward_coef,
                                wm.success_threshold, wm.binary_score,
                                device or pick_device(wm.device), cfg.held_out_eval_states,
-                               wm.success_frames, wm.judge)
+                               wm.success_frames, wm.judge, wm.frames)
 
 
 def read_action_bounds(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 
 from demos import Demo, ReadReport, read_demos
-from demos.reader import read_low_dim
 
 NPY_GLOB = "traj*.npy"
 MAIN_ONLY = ("main",)  # world_model.cameras of RLinf's one-camera world model
@@ -74,14 +73,17 @@ def demo_views(demo: Demo, cameras: tuple[str, ...]) -> np.ndarray:
 @dataclass
 class Episode:
     """Frames uint8 [L+1,H,W,3V] (V cameras stacked as channels), actions float32 [L,D],
-    labels bool [L+1] (frame k shows the task achieved), the instruction, and the state
-    vector of frames 0..L-1 [L,S] (the last frame's was never observed), or None."""
+    labels bool [L+1] (frame k shows the task achieved), the instruction, the state
+    vector of frames 0..L-1 [L,S] (the last frame's was never observed), or None, and the
+    simulator's state in frames 0..L-1 [L,M] where the recording kept it (robosuite,
+    LIBERO), else None."""
 
     frames: np.ndarray
     actions: np.ndarray
     labels: np.ndarray
     instruction: str
     states: np.ndarray | None = None
+    sim_states: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -93,16 +95,19 @@ def episode_from_demo(demo: Demo, image_size: int,
     remain)."""
     frames = demo_views(demo, cameras)
     actions, success, states = demo.actions, demo.success, demo.states
+    sim = demo.extras.get("states")
     finals = [demo.final_main_image] + [demo.final_views.get(c) for c in cameras[1:]]
     if all(f is not None for f in finals):
         frames = np.concatenate([frames, np.concatenate(finals, -1)[None]])
     else:  # without the final frame(s) the last action has no frame to lead to
         actions, success, states = actions[:-1], success[:-1], states[:-1]
+        sim = None if sim is None else sim[:-1]
     if len(actions) < 1:
         return None
     labels = np.concatenate([[False], success.astype(bool)])
     return Episode(resize(frames, image_size), actions.astype(np.float32), labels,
-                   demo.instruction, np.asarray(states, np.float32))
+                   demo.instruction, np.asarray(states, np.float32),
+                   None if sim is None else np.asarray(sim, np.float32))
 
 
 def load_episodes(paths: Iterable[str], image_size: int, orientation: str = "upright",
@@ -125,7 +130,8 @@ def action_bounds(episodes: list[Episode]) -> tuple[np.ndarray, np.ndarray]:
 class WindowBatch:
     """uint8 history [B,K,H,W,3], env-unit actions [B,T,D], uint8 targets [B,T,H,W,3],
     mask bool [B,T] (False past the episode's end); the targets' states [B,T,S] and
-    state_mask [B,T] (False where no state was observed) when the episodes have states."""
+    state_mask [B,T] (False where no state was observed) when the episodes have states;
+    the simulator's state in the last history frame [B,M] when they have those."""
 
     history: np.ndarray
     actions: np.ndarray
@@ -133,6 +139,7 @@ class WindowBatch:
     mask: np.ndarray
     target_states: np.ndarray | None = None
     state_mask: np.ndarray | None = None
+    first_sim: np.ndarray | None = None
 
 
 class Windows:
@@ -150,8 +157,9 @@ class Windows:
 
     def batch(self, rows: np.ndarray) -> WindowBatch:
         """The windows ``rows`` (indices into ``index``)."""
-        hist, acts, targets, masks, states, state_masks = [], [], [], [], [], []
+        hist, acts, targets, masks, states, state_masks, sims = [], [], [], [], [], [], []
         with_states = all(ep.states is not None for ep in self.episodes)
+        with_sim = all(ep.sim_states is not None for ep in self.episodes)
         for e, t in self.index[rows]:
             ep = self.episodes[e]
             hist.append(ep.frames[np.clip(np.arange(t - self.k + 1, t + 1), 0, None)])
@@ -162,9 +170,12 @@ class Windows:
             if with_states:
                 states.append(ep.states[np.minimum(steps + 1, len(ep) - 1)])
                 state_masks.append(steps + 1 < len(ep))
+            if with_sim:
+                sims.append(ep.sim_states[t])
         return WindowBatch(np.stack(hist), np.stack(acts), np.stack(targets), np.stack(masks),
                            np.stack(states) if with_states else None,
-                           np.stack(state_masks) if with_states else None)
+                           np.stack(state_masks) if with_states else None,
+                           np.stack(sims) if with_sim else None)
 
 
 def held_labels(labels: np.ndarray, hold: int) -> tuple[np.ndarray, np.ndarray]:
@@ -277,17 +288,14 @@ def reset_frames(paths: Iterable[str], image_size: int, orientation: str = "upri
             h5_paths.append(p)
     if h5_paths:
         demos, _ = read_demos(h5_paths, orientation, cameras)
-        firsts = [None] * len(demos)
-        if sim_states:  # the same files in the same order as read_demos
-            arrays, report = read_low_dim(h5_paths, ("states",))
-            if report.bad or len(arrays) != len(demos):
-                raise ValueError(f"reset data without simulator states ("
-                                 f"{report.bad[0] if report.bad else 'unreadable'}), which "
-                                 "env.world_model.judge=state/both needs: reset from "
-                                 "robosuite or LIBERO recordings")
-            firsts = [a["states"][0].astype(np.float32) for a in arrays]
+        if sim_states and any("states" not in d.extras for d in demos):
+            raise ValueError("reset data without simulator states (data/demo_N/states), "
+                             "which env.world_model.judge=state/both and frames=state need: "
+                             "reset from robosuite or LIBERO recordings")
         out += [ResetFrame(resize(demo_views(d, cameras)[:1], image_size)[0], d.instruction,
-                           d.init_state_id, first) for d, first in zip(demos, firsts)]
+                           d.init_state_id,
+                           d.extras["states"][0].astype(np.float32) if sim_states else None)
+                for d in demos]
     if not out:
         raise ValueError(f"no episodes to reset from in {list(map(str, paths))}: give HDF5 "
                          f"recordings or folders of RLinf {NPY_GLOB}")

@@ -10,30 +10,44 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldmodel.data import Episode, Windows, split_views
+from worldmodel.data import Episode, WindowBatch, Windows, split_views
 from worldmodel.metrics import changed_pixels, psnr, roc_auc, squared_error
 from worldmodel.models import WorldModel, to_images, to_model_frames
 
 EVAL_BATCH = 64
 
 
+def chunk_frames(model: WorldModel, batch: WindowBatch, device,
+                 frames: str = "generator") -> torch.Tensor:
+    """A window batch's frames [B,T,C,H,W] as the world model makes them: from the history
+    by the frame predictor (``generator``), or (``state``) drawn by the decoder from the
+    states the state model predicts from the last history frame's recorded state."""
+    if frames == "state":
+        if batch.first_sim is None:
+            raise ValueError("frames from states need episodes with simulator states")
+        return model.from_states(torch.from_numpy(batch.first_sim).to(device),
+                                 torch.from_numpy(batch.actions).to(device))
+    acts = model.normalise(torch.from_numpy(batch.actions).to(device))
+    return model.generate(to_model_frames(batch.history).to(device), acts)
+
+
 @torch.no_grad()
 def generator_metrics(model: WorldModel, windows: Windows, device,
-                      max_windows: int = 2048) -> dict:
+                      max_windows: int = 2048, frames: str = "generator") -> dict:
     """PSNR of one chunk's predicted frames (the windows' chunk: the policy's, generated
     in as many calls as the model needs) on the pixels that change, the same for
     copying the last history frame, their difference (``val_psnr_gain``, dB), and PSNR
     over whole frames; over the first ``max_windows`` windows (every one when fewer).
     The cameras' views count as pixels of their own; a model of several cameras also
-    gets each camera's ``val_psnr_changed_<camera>`` and ``copy_last_..._<camera>``."""
+    gets each camera's ``val_psnr_changed_<camera>`` and ``copy_last_..._<camera>``.
+    ``frames``: whose frames (:func:`chunk_frames`)."""
     model.generator.eval()
     rows = np.arange(min(len(windows), max_windows))
     cameras = {c: slice(3 * v, 3 * v + 3) for v, c in enumerate(model.cameras)}
     sums = {(key, c): [0.0, 0] for key in ("pred", "copy", "pred_all") for c in cameras}
     for start in range(0, len(rows), EVAL_BATCH):
         batch = windows.batch(rows[start:start + EVAL_BATCH])
-        acts = model.normalise(torch.from_numpy(batch.actions).to(device))
-        generated = to_images(model.generate(to_model_frames(batch.history).to(device), acts))
+        generated = to_images(chunk_frames(model, batch, device, frames))
         for camera, channels in cameras.items():
             pred, targets = generated[..., channels], batch.targets[..., channels]
             last = batch.history[:, -1][..., channels]

@@ -235,12 +235,13 @@ class WorldModel(nn.Module):
     """A generator, a success scorer, and the action bounds (q01, q99) they were trained
     with; ``cameras`` the views their frames stack (main first); ``info`` keeps the sizes
     and the training config; ``state_model`` (or None) predicts the simulator's state
-    from the actions (:mod:`worldmodel.state_model`)."""
+    from the actions (:mod:`worldmodel.state_model`), and ``decoder`` (or None) draws the
+    cameras' frames from such a state (:mod:`worldmodel.decoder`)."""
 
     def __init__(self, generator: nn.Module, scorer: SuccessCNN,
                  action_low: np.ndarray, action_high: np.ndarray, image_size: int,
                  info: dict | None = None, cameras: tuple[str, ...] = ("main",),
-                 state_model: nn.Module | None = None):
+                 state_model: nn.Module | None = None, decoder: nn.Module | None = None):
         super().__init__()
         if generator.image_channels != 3 * len(cameras) or \
                 scorer.image_channels != 3 * len(cameras):
@@ -253,6 +254,7 @@ class WorldModel(nn.Module):
         self.register_buffer("action_high", torch.as_tensor(action_high, dtype=torch.float32))
         self.info = dict(info or {})
         self.state_model = state_model
+        self.decoder = decoder
 
     @property
     def condition_frames(self) -> int:
@@ -279,6 +281,16 @@ class WorldModel(nn.Module):
             history = torch.cat([history, parts[-1]], 1)[:, -k:]
         return torch.cat(parts, 1)
 
+    @torch.no_grad()
+    def from_states(self, first: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The frames [B,N,C,H,W] the decoder draws for the simulator states the state
+        model predicts from ``first`` [B,S] under env-unit ``actions`` [B,N,D] (what the
+        env shows with ``frames: state``)."""
+        if self.state_model is None or self.decoder is None:
+            raise ValueError("frames from states need a world model with a state model and "
+                             "a decoder (world_model.state.steps, world_model.decoder.steps)")
+        return self.decoder.draw(self.state_model.rollout(first, actions))
+
     def normalise(self, actions: torch.Tensor) -> torch.Tensor:
         """Env-unit actions [...,D] -> the generator's input."""
         return normalise_actions(actions, self.action_low, self.action_high)
@@ -292,6 +304,7 @@ class WorldModel(nn.Module):
                                "image_channels": self.scorer.image_channels},
                     "state_model": None if self.state_model is None
                     else self.state_model.spec(),
+                    "decoder": None if self.decoder is None else self.decoder.spec(),
                     "state_dict": self.state_dict(), "info": self.info}, path)
         return path
 
@@ -311,11 +324,16 @@ class WorldModel(nn.Module):
             from worldmodel.state_model import StateModel
 
             judge = StateModel(**judge)
+        decoder = state.get("decoder")
+        if decoder is not None:
+            from worldmodel.decoder import StateDecoder
+
+            decoder = StateDecoder(**decoder)
         # files from before world_model.cameras hold one camera (3 channels, no key)
         model = cls(build_generator(g, state["image_size"]), SuccessCNN(**state["scorer"]),
                     np.zeros(g["action_dim"]),
                     np.zeros(g["action_dim"]), state["image_size"], state.get("info"),
-                    tuple(state.get("cameras", ["main"])), judge)
+                    tuple(state.get("cameras", ["main"])), judge, decoder)
         model.load_state_dict(state["state_dict"])
         return model.eval()
 

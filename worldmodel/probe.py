@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worldmodel.data import Episode, Windows
+from worldmodel.evaluate import chunk_frames
 from worldmodel.models import WorldModel, to_images, to_model_frames
 
 
@@ -69,14 +70,15 @@ def train_probe(episodes: list[Episode], dims: int, steps: int, rng: np.random.G
 
 @torch.no_grad()
 def position_errors(model: WorldModel, probe: PositionProbe, windows: Windows, device,
-                    max_windows: int = 1024) -> dict:
+                    max_windows: int = 1024, frames: str = "generator") -> dict:
     """Mean position error (state units) of the generated frames, of copying the last
     history frame, and of the probe on the real frames, over the first ``max_windows``
     held-out windows' target frames with an observed state; and the *gaps*: the distance
     from the probe's reading of each generated (or copied) frame to its reading of the
     real target frame. The errors carry the probe's own error (a weak probe makes every
     frame look equally wrong); the gaps compare frames through the same instrument, so
-    what the probe gets wrong about a scene it gets wrong alike in a faithful copy."""
+    what the probe gets wrong about a scene it gets wrong alike in a faithful copy.
+    ``frames``: whose frames (:func:`worldmodel.evaluate.chunk_frames`)."""
     model.generator.eval()
     dims = probe.mean.shape[0]
     rows = np.arange(min(len(windows), max_windows))
@@ -88,8 +90,7 @@ def position_errors(model: WorldModel, probe: PositionProbe, windows: Windows, d
         b = windows.batch(rows[start:start + 64])
         if b.target_states is None:
             return {}
-        acts = model.normalise(torch.from_numpy(b.actions).to(device))
-        gen = model.generate(to_model_frames(b.history).to(device), acts)
+        gen = chunk_frames(model, b, device, frames)
         truth = torch.from_numpy(b.target_states[..., :dims])
         keep = torch.from_numpy(b.state_mask & b.mask)
         n, t = b.actions.shape[:2]

@@ -18,19 +18,23 @@ the outcome they stand for. Both use linear warmup then cosine decay. With
 e.g. on replays of what a policy did in it: ``benchmarks/bench_reward_agreement.py
 --record``; 0 steps leave a part as it was). With ``world_model.state.steps`` a state model
 (:mod:`worldmodel.state_model`) is then trained from scratch on the datasets' simulator
-states, its own split held out (``val_fraction``, seeded by ``run.seed``); it is not
-checkpointed mid-way (minutes), so a resumed run trains it again.
+states, its own split held out (``val_fraction``, seeded by ``run.seed``), and with
+``world_model.decoder.steps`` a state decoder (:mod:`worldmodel.decoder`) on the training
+episodes' frames and recorded states; neither is checkpointed mid-way (minutes), so a
+resumed run trains them again.
 
 Written to ``run.log_dir``: TensorBoard (``world_model/train_loss``,
 ``world_model/val_psnr_changed`` and ``world_model/copy_last_psnr_changed`` on held-out
 windows, ``world_model/val_psnr_gain``; ``reward_model/train_loss``,
-``reward_model/val_auc``; ``state_model/dynamics_loss``, ``state_model/success_loss``),
+``reward_model/val_auc``; ``state_model/dynamics_loss``, ``state_model/success_loss``;
+``decoder/train_loss``),
 ``checkpoint.pt`` (resumable with ``--resume``), ``world_model.pt``
 (``env.world_model.checkpoint`` takes it), ``world_model_summary.json`` (with the held-out
 position errors of :mod:`worldmodel.probe`, the success model's AUC on generated frames,
-:func:`worldmodel.evaluate.outcome_agreement`, and the state model's open-loop
-verdicts on its held-out episodes; with ``world_model.init`` and no predictor or
-success-model steps, only the state model's), and side-by-side mp4s of
+:func:`worldmodel.evaluate.outcome_agreement`, the state model's open-loop
+verdicts on its held-out episodes, and the decoder's held-out PSNR from the real and the
+predicted states; with ``world_model.init`` and no predictor or success-model steps, only
+the state model's and the decoder's), and side-by-side mp4s of
 held-out episodes, real | generated for the same actions, under ``videos/world_model``.
 """
 
@@ -55,6 +59,7 @@ from models import pick_device
 from sft.data import hold_out, random_shift
 from sft.trainer import lr_factor
 from worldmodel.data import Episode, LabelledFrames, Windows, action_bounds, load_episodes
+from worldmodel.decoder import StateDecoder, decoder_psnr, state_frames, train_decoder
 from worldmodel.evaluate import (generator_metrics, imagine, open_loop_metrics, success_auc,
                                  write_side_by_side)
 from worldmodel.models import WorldModel, from_config, to_model_frames
@@ -198,11 +203,16 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
                 steps.get("state", 0) < w.state.steps and not stop.is_set():
             metrics.update(_train_state_model(cfg, model, writer, stop))
             steps["state"] = w.state.steps if not stop.is_set() else 0
+        if steps["generator"] >= w.steps and steps["success"] >= w.success_steps and \
+                steps.get("state", 0) >= w.state.steps and \
+                steps.get("decoder", 0) < w.decoder.steps and not stop.is_set():
+            metrics.update(_train_decoder(cfg, model, train, val, writer, stop, device))
+            steps["decoder"] = w.decoder.steps if not stop.is_set() else 0
     finally:
         _save(log_dir, cfg, model, state, steps, rng)
         writer.close()
     done = steps["generator"] >= w.steps and steps["success"] >= w.success_steps and \
-        steps.get("state", 0) >= w.state.steps
+        steps.get("state", 0) >= w.state.steps and steps.get("decoder", 0) >= w.decoder.steps
     if not done:
         return 1
     model.cpu().save(log_dir / WORLD_MODEL)
@@ -312,6 +322,87 @@ def _train_state_model(cfg: Config, model: WorldModel, writer, stop) -> dict:
     return out
 
 
+def _train_decoder(cfg: Config, model: WorldModel, train: list[Episode], val: list[Episode],
+                   writer, stop, device) -> dict:
+    """Train ``model.decoder`` on the training episodes' frames and recorded simulator
+    states (afresh, or on from ``world_model.init``'s decoder of the same width); its
+    held-out PSNR from the real states and, with a state model, from the states it
+    predicts open loop (each held-out episode from its first state)."""
+    w = cfg.world_model
+    try:
+        data = state_frames(train)
+    except ValueError as exc:
+        raise ConfigError(f"world_model.decoder.steps={w.decoder.steps}: {exc}; record with "
+                          "those envs, or set world_model.decoder.steps=0") from None
+    decoder = StateDecoder(data.states.shape[1], 3 * len(w.cameras), w.image_size,
+                           w.decoder.channels, w.decoder.frequencies)
+    on_from = model.decoder is not None and model.decoder.spec() == decoder.spec()
+    if model.decoder is not None and not on_from:
+        raise ConfigError(f"world_model.init's decoder is {model.decoder.spec()}, "
+                          f"world_model.decoder and the data give {decoder.spec()}: make "
+                          "them match")
+    decoder = model.decoder if on_from else decoder
+    model.decoder = decoder
+    began = shown = time.monotonic()
+    log.info("state decoder on %d frames of %d episodes: %d steps%s", len(data), len(train),
+             w.decoder.steps, " on from world_model.init's" if on_from else "")
+
+    def progress(k: int, loss: float) -> bool:
+        nonlocal shown
+        writer.add_scalar("decoder/train_loss", loss, k)
+        if time.monotonic() - shown >= cfg.run.progress_every_s or k == w.decoder.steps:
+            log.info("decoder step %d/%d | loss %.4f | %.1f steps/s", k, w.decoder.steps,
+                     loss, k / (time.monotonic() - began))
+            shown = time.monotonic()
+        return stop.is_set()
+
+    train_decoder(decoder, data, w.decoder.steps, w.decoder.batch_size, w.decoder.lr,
+                  np.random.default_rng(cfg.run.seed), progress, device, fit=not on_from)
+    if stop.is_set():
+        model.decoder = None
+        return {}
+    decoder.cpu()
+    held = state_frames(val)
+    out = {f"decoder_psnr_{k}": v for k, v in decoder_psnr(decoder, held.frames,
+                                                            held.states).items()}
+    if model.state_model is not None:
+        kept = [e for e in val if e.sim_states is not None and len(e.sim_states) > 1]
+        judge = model.state_model.cpu()
+        with torch.no_grad():
+            states = [judge.rollout(torch.from_numpy(e.sim_states[:1]),
+                                    torch.from_numpy(e.actions[None, :len(e.sim_states) - 1]))[0]
+                      for e in kept]
+        predicted = np.concatenate([np.concatenate([e.sim_states[:1], s.numpy()])
+                                    for e, s in zip(kept, states)])
+        frames = np.concatenate([e.frames[:len(e.sim_states)] for e in kept])
+        out.update({f"decoder_open_loop_psnr_{k}": v
+                    for k, v in decoder_psnr(decoder, frames, predicted).items()})
+    log.info("state decoder, held out: main camera PSNR %.2f dB on the moving pixels from "
+             "the real states (%.2f whole frames), %.2f from the state model's open-loop "
+             "states", out["decoder_psnr_moving"], out["decoder_psnr_all"],
+             out.get("decoder_open_loop_psnr_moving", float("nan")))
+    if model.state_model is None:
+        return out
+    # one chunk from each held-out step's recorded state, as the frame predictor is measured
+    windows = Windows(val, w.condition_frames, cfg.actions_per_chunk)
+    out.update({f"state_frames_{k}": v for k, v in
+                generator_metrics(model.cpu(), windows, "cpu", frames="state").items()})
+    log.info("frames from states, one chunk from held-out steps: PSNR on changed pixels "
+             "%.2f dB (copy-last %.2f)", out["state_frames_val_psnr_changed"],
+             out["state_frames_copy_last_psnr_changed"])
+    if w.position_dims and w.probe_steps:
+        probe = train_probe(train, w.position_dims, w.probe_steps,
+                            np.random.default_rng(cfg.run.seed))
+        for frames in ("generator", "state"):
+            out.update({f"{frames}_frames_{k}": v for k, v in
+                        position_errors(model, probe, windows, "cpu", frames=frames).items()})
+        log.info("position read from held-out frames, gap to the real frame's reading: frames "
+                 "from states %.4f, the frame predictor's %.4f, copy-last %.4f",
+                 out["state_frames_val_position_gap"], out["generator_frames_val_position_gap"],
+                 out["state_frames_copy_last_position_gap"])
+    return out
+
+
 def start_from(w, action_dim: int, info: dict) -> WorldModel:
     """``world_model.init``'s model, to fine-tune: its weights, widths and action bounds
     (what its predictor learned on); its views, frame size, conditioning, chunk and action
@@ -368,9 +459,10 @@ def _restore(log_dir: Path, model: WorldModel, state, rng: np.random.Generator) 
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         weights = saved["model"]
-        if model.state_model is None:  # a state model is not rebuilt here: it trains again
-            weights = {k: v for k, v in weights.items() if not k.startswith("state_model.")}
-            saved["steps"].pop("state", None)
+        for part, key in (("state_model", "state"), ("decoder", "decoder")):
+            if getattr(model, part) is None:  # not rebuilt here: it trains again
+                weights = {k: v for k, v in weights.items() if not k.startswith(part + ".")}
+                saved["steps"].pop(key, None)
         model.load_state_dict(weights)
         for obj, key in ((opt_g, "opt_g"), (sched_g, "sched_g"), (opt_s, "opt_s"),
                          (sched_s, "sched_s")):
