@@ -558,8 +558,9 @@ class StateDecoderConfig:
     steps: int = opt(0, "optimizer steps, trained after the state model on the datasets' "
                      "frames and their recorded simulator states; 0: no decoder")
     channels: int = opt(32, "width of the last full upsampling level (x2, x4, x8 below it)")
-    frequencies: int = opt(6, "octaves of the state's positional encoding (sin and cos of "
-                           "2^k x, k < F, per entry); 0: the state alone")
+    frequencies: int = opt(0, "octaves of the state's positional encoding (sin and cos of "
+                           "2^k x, k < F, per entry); 0: the state alone (on Lift 6 drew "
+                           "held-out frames 1 dB worse: RESULTS.md)")
     batch_size: int = opt(32, "frames per step")
     lr: float = opt(1e-3, "AdamW learning rate, cosine decay")
 

@@ -14,9 +14,9 @@ drift only as far as the predicted state does, never by compounding its own pixe
     phi(x) = [x, sin(2^k x), cos(2^k x) for k = 0..F-1]     (per entry; F = ``frequencies``)
 
 ``m`` the training frames' mean (the table, the robot's base: what never moves), ``phi``
-NeRF's positional encoding (an MLP fed the joint angles alone draws a blurred arm: where a
-link is, is a product of sines and cosines of the angles before it), ``W`` an MLP to a
-4x4 feature map, ``U`` upsampling convolution levels to the frame size (four to
+NeRF's positional encoding, optional (where a link is, is a product of sines and cosines
+of the joint angles before it; on Lift 6 octaves fitted the training frames closer but
+drew held-out ones worse, benchmarks/RESULTS.md), ``W`` an MLP to a 4x4 feature map, ``U`` upsampling convolution levels to the frame size (four to
 64x64) and
 ``h`` a convolution to the cameras' channels, zero at the start (the decoder starts as the
 mean frame). The loss is L1 weighted ``1 + CHANGE_WEIGHT`` where the target differs from
