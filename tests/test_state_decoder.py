@@ -13,7 +13,7 @@ import torch
 from configs import load_config
 from envs.world_model import WorldModelVectorEnv, make_world_model_env
 from tests.conftest import ROOT
-from tests.test_state_judge import SIZE, _model, _push, _recording, _starts
+from tests.test_state_judge import SIZE, _model, _push, _starts, small_state_run
 from worldmodel import train as wm_train
 from worldmodel.decoder import StateDecoder, StateFrames, decoder_psnr, train_decoder
 from worldmodel.models import WorldModel, to_images
@@ -104,20 +104,10 @@ def test_the_decoder_travels_in_world_model_pt(pushed, tmp_path):
 
 
 def test_train_world_model_trains_a_decoder_and_the_env_draws_with_it(tmp_path):
-    for seed in range(16):
-        _recording(seed, tmp_path / "rec")
     out = tmp_path / "wm"
-    base = [f"run.log_dir={out}", "run.progress_every_s=0", f"env.image_size={SIZE}",
-            f"world_model.datasets=[{tmp_path / 'rec'}]", f"world_model.image_size={SIZE}",
-            "world_model.channels=4", "world_model.steps=2", "world_model.success_steps=2",
-            "world_model.batch_size=4", "world_model.success_batch_size=8",
-            "world_model.val_every=2", "world_model.val_fraction=0.25", "world_model.videos=0",
-            "world_model.probe_steps=2", "world_model.cameras=[main]",
-            "world_model.state.steps=40", "world_model.state.hidden=32",
-            "world_model.state.batch_size=32", "world_model.decoder.steps=30",
-            "world_model.decoder.channels=8", "world_model.decoder.batch_size=16",
-            f"env.world_model.checkpoint={out / 'world_model.pt'}",
-            f"env.world_model.reset_data=[{tmp_path / 'rec'}]", "env.world_model.frames=state"]
+    base = small_state_run(tmp_path, out) + [
+        "world_model.decoder.steps=30", "world_model.decoder.channels=8",
+        "world_model.decoder.batch_size=16", "env.world_model.frames=state"]
     cfg = load_config(ROOT / "configs/robosuite_lift_world_model.yaml", base)
     assert wm_train.run(cfg) == 0
     summary = json.loads((out / "world_model_summary.json").read_text())

@@ -112,11 +112,12 @@ def _recording(seed: int, folder) -> None:
     write_file(folder / f"state_{seed}.hdf5", demo, file_attributes(demo, "Lift", {}, "p"), 0)
 
 
-def test_train_world_model_trains_it_and_the_env_resets_from_recorded_states(tmp_path):
+def small_state_run(tmp_path, out) -> list[str]:
+    """16 push recordings with simulator states under ``tmp_path/rec``, and the overrides
+    of a seconds-long world-model run on them (a 40-step state model) written to ``out``."""
     for seed in range(16):
         _recording(seed, tmp_path / "rec")
-    out = tmp_path / "wm"
-    base = [f"run.log_dir={out}", "run.progress_every_s=0", f"env.image_size={SIZE}",
+    return [f"run.log_dir={out}", "run.progress_every_s=0", f"env.image_size={SIZE}",
             f"world_model.datasets=[{tmp_path / 'rec'}]", f"world_model.image_size={SIZE}",
             "world_model.channels=4", "world_model.steps=2", "world_model.success_steps=2",
             "world_model.batch_size=4", "world_model.success_batch_size=8",
@@ -124,7 +125,12 @@ def test_train_world_model_trains_it_and_the_env_resets_from_recorded_states(tmp
             "world_model.probe_steps=2", "world_model.cameras=[main]", "world_model.state.steps=40",
             "world_model.state.hidden=32", "world_model.state.batch_size=32",
             f"env.world_model.checkpoint={out / 'world_model.pt'}",
-            f"env.world_model.reset_data=[{tmp_path / 'rec'}]", "env.world_model.judge=state"]
+            f"env.world_model.reset_data=[{tmp_path / 'rec'}]"]
+
+
+def test_train_world_model_trains_it_and_the_env_resets_from_recorded_states(tmp_path):
+    out = tmp_path / "wm"
+    base = small_state_run(tmp_path, out) + ["env.world_model.judge=state"]
     cfg = load_config(ROOT / "configs/robosuite_lift_world_model.yaml", base)
     assert wm_train.run(cfg) == 0
     summary = json.loads((out / "world_model_summary.json").read_text())
