@@ -16,10 +16,10 @@ drift only as far as the predicted state does, never by compounding its own pixe
 ``m`` the training frames' mean (the table, the robot's base: what never moves), ``phi``
 NeRF's positional encoding, optional (where a link is, is a product of sines and cosines
 of the joint angles before it; on Lift 6 octaves fitted the training frames closer but
-drew held-out ones worse, benchmarks/RESULTS.md), ``W`` an MLP to a 4x4 feature map, ``U`` upsampling convolution levels to the frame size (four to
-64x64) and
-``h`` a convolution to the cameras' channels, zero at the start (the decoder starts as the
-mean frame). The loss is L1 weighted ``1 + CHANGE_WEIGHT`` where the target differs from
+drew held-out ones worse, benchmarks/RESULTS.md), ``W`` an MLP to a 4x4 feature map,
+``U`` upsampling convolution levels to the frame size (four to 64x64) and ``h`` a
+convolution to the cameras' channels, zero at the start (the decoder starts as the mean
+frame). The loss is L1 weighted ``1 + CHANGE_WEIGHT`` where the target differs from
 ``m`` by more than ``CHANGE_THRESHOLD`` (the arm and the object: the pixels the policy
 reads), as the frame predictor's loss weights the pixels that change.
 """
