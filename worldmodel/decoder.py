@@ -168,8 +168,8 @@ def decoder_psnr(decoder: StateDecoder, frames: np.ndarray, states: np.ndarray,
     """PSNR (dB) of the main camera's frames drawn from ``states`` [N,S] against the real
     ``frames`` uint8 [N,H,W,C]: over whole frames, and over the pixels where the real frame
     differs from the mean frame (``moving``: the arm and the object, what the policy reads;
-    threshold as :mod:`worldmodel.metrics`)."""
-    from worldmodel.metrics import CHANGE_THRESHOLD as THRESHOLD, psnr, squared_error
+    :func:`worldmodel.metrics.changed_pixels` against the mean frame)."""
+    from worldmodel.metrics import changed_pixels, psnr, squared_error
     from worldmodel.models import to_images
 
     mean = to_images(decoder.mean_frame)[..., :3]
@@ -177,7 +177,7 @@ def decoder_psnr(decoder: StateDecoder, frames: np.ndarray, states: np.ndarray,
     for start in range(0, len(states), batch):
         real = frames[start:start + batch, ..., :3]
         drawn = to_images(decoder.draw(torch.from_numpy(states[start:start + batch])))[..., :3]
-        moving = np.abs(real.astype(np.int16) - mean.astype(np.int16)).max(-1) > THRESHOLD * 255
+        moving = changed_pixels(np.broadcast_to(mean, real.shape), real[:, None])[:, 0]
         for name, where in (("all", np.ones(moving.shape, bool)), ("moving", moving)):
             err, count = squared_error(drawn, real, where)
             sums[name][0] += err
