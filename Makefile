@@ -51,10 +51,11 @@ run: install
 	$(PY) launch.py --config $(CONFIG) $(ARGS)
 
 ## Lint (ruff: pyflakes, pycodestyle, public docstrings), then the whole suite, slow
-## end-to-end tests included (as CI runs it), then the vLLM tests in the vLLM environment.
+## end-to-end tests included (as CI runs it), then the vLLM tests in the vLLM environment;
+## the 20 slowest tests are listed, so that a suite growing past ~20 minutes shows where.
 test: install vllm
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=20
 	$(VPY) -m pytest -q -ra tests/test_vllm.py tests/test_vllm_images.py
 
 ## The suite without the slow end-to-end tests.

@@ -603,11 +603,12 @@ class WorldModelConfig:
                              "one-call windows first (from scratch, 8 unrolled calls "
                              "settled on copying the last frame: RESULTS.md)")
     init: str = opt("", "a world_model.pt to start from (its predictor, success model, "
-                    "widths and action bounds; its cameras, image_size, "
-                    "condition_frames and chunk must be this section's): "
-                    "fine-tunes it on world_model.datasets for steps and success_steps, "
-                    "e.g. on the replays benchmarks/bench_reward_agreement.py --record "
-                    "writes; empty: from scratch")
+                    "state model, decoder, widths and action bounds; its cameras, "
+                    "image_size, condition_frames and chunk must be this section's): "
+                    "fine-tunes it on world_model.datasets for steps, success_steps, "
+                    "state.steps and decoder.steps, e.g. on the replays "
+                    "benchmarks/bench_reward_agreement.py --record writes; empty: from "
+                    "scratch")
     steps: int = opt(3000, "predictor optimizer steps")
     batch_size: int = opt(32, "predictor windows per step")
     lr: float = opt(1e-3, "AdamW peak learning rate (both models), cosine decay")

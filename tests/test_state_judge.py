@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from configs import load_config
+from configs import ConfigError, load_config
 from demos import Demo
 from demos.layout import file_attributes
 from demos.writer import write_file
@@ -155,6 +155,13 @@ def test_train_world_model_trains_it_and_the_env_resets_from_recorded_states(tmp
         torch.testing.assert_close(after.generator.state_dict()[key], value)
     summary = json.loads((tuned / "world_model_summary.json").read_text())
     assert summary["steps"]["state"] == 20 and "val_psnr_changed" not in summary
+    # ... and its state model trained on from init's: the normaliser kept, the weights moved
+    old, new = before.state_model.state_dict(), after.state_model.state_dict()
+    torch.testing.assert_close(new["s_std"], old["s_std"])
+    assert not torch.equal(new["dynamics.0.weight"], old["dynamics.0.weight"])
+    wider = more + [f"run.log_dir={tmp_path / 'wider'}", "world_model.state.hidden=64"]
+    with pytest.raises(ConfigError, match="init's state model"):
+        wm_train.run(load_config(ROOT / "configs/robosuite_lift_world_model.yaml", wider))
 
 
 def test_reset_states_need_recordings_that_keep_them(tmp_path):

@@ -157,12 +157,15 @@ def losses(model: StateModel, window) -> tuple[torch.Tensor, torch.Tensor]:
 
 def train_state_model(model: StateModel, episodes: list[StateEpisode], steps: int,
                       horizon: int = 8, batch_size: int = 256, lr: float = 1e-3,
-                      rng: np.random.Generator | None = None, on_step=None) -> StateModel:
+                      rng: np.random.Generator | None = None, on_step=None,
+                      fit: bool = True) -> StateModel:
     """``steps`` AdamW steps (cosine decay) on random ``horizon``-step windows of
-    ``episodes`` after fitting the normaliser to them; ``on_step(k, dyn, success)`` after
+    ``episodes``, after fitting the normaliser to them when ``fit`` (a model trained on
+    keeps its own: its weights learned that scale); ``on_step(k, dyn, success)`` after
     each, which stops the training early by returning True."""
     rng = rng or np.random.default_rng(0)
-    model.fit_normaliser(episodes)
+    if fit:
+        model.fit_normaliser(episodes)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     model.train()

@@ -17,10 +17,11 @@ the outcome they stand for. Both use linear warmup then cosine decay. With
 ``world_model.init`` both start from a trained world model's weights (fine-tuning it,
 e.g. on replays of what a policy did in it: ``benchmarks/bench_reward_agreement.py
 --record``; 0 steps leave a part as it was). With ``world_model.state.steps`` a state model
-(:mod:`worldmodel.state_model`) is then trained from scratch on the datasets' simulator
-states, its own split held out (``val_fraction``, seeded by ``run.seed``), and with
+(:mod:`worldmodel.state_model`) is then trained on the datasets' simulator states, its
+own split held out (``val_fraction``, seeded by ``run.seed``), and with
 ``world_model.decoder.steps`` a state decoder (:mod:`worldmodel.decoder`) on the training
-episodes' frames and recorded states; neither is checkpointed mid-way (minutes), so a
+episodes' frames and recorded states: each afresh, or on from ``world_model.init``'s of
+the same widths; neither is checkpointed mid-way (minutes), so a
 resumed run trains them again.
 
 Written to ``run.log_dir``: TensorBoard (``world_model/train_loss``,
@@ -263,8 +264,10 @@ def _finish(log_dir: Path, steps: dict, report: ReadReport, metrics: dict,
 
 
 def _train_state_model(cfg: Config, model: WorldModel, writer, stop) -> dict:
-    """Train ``model.state_model`` afresh on the datasets' simulator states; its held-out
-    metrics (each held-out episode replayed open loop from its first state)."""
+    """Train ``model.state_model`` on the datasets' simulator states (afresh, or on from
+    ``world_model.init``'s state model of the same widths, its normaliser kept, so that
+    replays of what a policy did in the world model correct it where RL goes); its
+    held-out metrics (each held-out episode replayed open loop from its first state)."""
     w, rule = cfg.world_model, cfg.env.world_model
     episodes, source = [], {}  # id(episode) -> its entry of world_model.datasets
     for path in w.datasets:
@@ -281,10 +284,16 @@ def _train_state_model(cfg: Config, model: WorldModel, writer, stop) -> dict:
     val = val or train
     judge = StateModel(episodes[0].states.shape[1], episodes[0].actions.shape[1],
                        w.state.hidden)
+    on_from = model.state_model is not None and model.state_model.spec() == judge.spec()
+    if model.state_model is not None and not on_from:
+        raise ConfigError(f"world_model.init's state model is {model.state_model.spec()}, "
+                          f"world_model.state and the data give {judge.spec()}: make them "
+                          "match")
+    judge = model.state_model if on_from else judge
     model.state_model = judge
     began = shown = time.monotonic()
-    log.info("state model on %d episodes' simulator states (%d held out): %d steps",
-             len(train), len(val), w.state.steps)
+    log.info("state model on %d episodes' simulator states (%d held out): %d steps%s",
+             len(train), len(val), w.state.steps, " on from world_model.init's" if on_from else "")
 
     def progress(k: int, dynamics: float, success: float) -> bool:
         nonlocal shown
@@ -297,7 +306,7 @@ def _train_state_model(cfg: Config, model: WorldModel, writer, stop) -> dict:
         return stop.is_set()
 
     train_state_model(judge, train, w.state.steps, w.state.horizon, w.state.batch_size,
-                      w.state.lr, np.random.default_rng(cfg.run.seed), progress)
+                      w.state.lr, np.random.default_rng(cfg.run.seed), progress, fit=not on_from)
     if stop.is_set():  # stopped part-way: the run ends without a state model
         model.state_model = None
         return {}
