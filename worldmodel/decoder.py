@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from worldmodel.fit import fit_steps
 from worldmodel.models import CHANGE_THRESHOLD, CHANGE_WEIGHT, to_model_frames
 
 
@@ -145,21 +146,15 @@ def train_decoder(decoder: StateDecoder, data: StateFrames, steps: int, batch_si
     rng = rng or np.random.default_rng(0)
     if fit:
         decoder.fit(data)
-    decoder.to(device).train()
-    opt = torch.optim.AdamW(decoder.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
-    for k in range(1, steps + 1):
+    decoder.to(device)
+
+    def batch_loss():
         rows = rng.integers(len(data), size=batch_size)
         loss = decoder.loss(torch.from_numpy(data.states[rows]).to(device),
                             to_model_frames(data.frames[rows]).to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if on_step is not None and on_step(k, float(loss.detach())):
-            break
-    return decoder.eval()
+        return loss, (float(loss.detach()),)
+
+    return fit_steps(decoder, steps, lr, batch_loss, on_step)
 
 
 @torch.no_grad()

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from demos.reader import ReadReport, read_low_dim
+from worldmodel.fit import fit_steps
 
 
 @dataclass
@@ -166,19 +167,12 @@ def train_state_model(model: StateModel, episodes: list[StateEpisode], steps: in
     rng = rng or np.random.default_rng(0)
     if fit:
         model.fit_normaliser(episodes)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
-    model.train()
-    for k in range(1, steps + 1):
+
+    def batch_loss():
         dyn, suc = losses(model, sample_windows(episodes, horizon, batch_size, rng))
-        opt.zero_grad(set_to_none=True)
-        (dyn + suc).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if on_step is not None and on_step(k, float(dyn.detach()), float(suc.detach())):
-            break
-    return model.eval()
+        return dyn + suc, (float(dyn.detach()), float(suc.detach()))
+
+    return fit_steps(model, steps, lr, batch_loss, on_step)
 
 
 @torch.no_grad()

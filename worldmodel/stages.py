@@ -1,0 +1,175 @@
+"""The world model's state stages, trained after its predictor and success model
+(:mod:`worldmodel.train` runs them): the state model (:mod:`worldmodel.state_model`), a
+judge that reads no frame, and the state decoder (:mod:`worldmodel.decoder`), which draws
+the frames of the states it predicts. Each trains afresh, or on from
+``world_model.init``'s part of the same widths, and returns its held-out metrics for the
+run's summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from configs import Config, ConfigError
+from sft.data import hold_out
+from worldmodel.data import Episode, Windows
+from worldmodel.decoder import StateDecoder, decoder_psnr, state_frames, train_decoder
+from worldmodel.evaluate import generator_metrics
+from worldmodel.metrics import roc_auc
+from worldmodel.models import WorldModel
+from worldmodel.probe import position_errors, train_probe
+from worldmodel.state_model import StateModel, load_state_episodes, outcomes, train_state_model
+
+log = logging.getLogger(__name__)
+
+
+def train_state_stage(cfg: Config, model: WorldModel, writer, stop) -> dict:
+    """Train ``model.state_model`` on the datasets' simulator states (afresh, or on from
+    ``world_model.init``'s state model of the same widths, its normaliser kept, so that
+    replays of what a policy did in the world model correct it where RL goes); its
+    held-out metrics (each held-out episode replayed open loop from its first state)."""
+    w, rule = cfg.world_model, cfg.env.world_model
+    episodes, source = [], {}  # id(episode) -> its entry of world_model.datasets
+    for path in w.datasets:
+        found, report = load_state_episodes([path])
+        if report.bad or not found:
+            raise ConfigError(f"world_model.state.steps={w.state.steps} needs recordings "
+                              f"with simulator states (robosuite and LIBERO record runs keep "
+                              f"them): {report.bad[0] if report.bad else path + ' has none'}; "
+                              f"record with those envs, or set world_model.state.steps=0")
+        episodes += found
+        source.update((id(e), path) for e in found)
+    train, val = hold_out(episodes, w.val_fraction, w.max_episodes,
+                          np.random.default_rng(cfg.run.seed + 1))
+    val = val or train
+    judge = StateModel(episodes[0].states.shape[1], episodes[0].actions.shape[1],
+                       w.state.hidden)
+    on_from = model.state_model is not None and model.state_model.spec() == judge.spec()
+    if model.state_model is not None and not on_from:
+        raise ConfigError(f"world_model.init's state model is {model.state_model.spec()}, "
+                          f"world_model.state and the data give {judge.spec()}: make them "
+                          "match")
+    judge = model.state_model if on_from else judge
+    model.state_model = judge
+    began = shown = time.monotonic()
+    log.info("state model on %d episodes' simulator states (%d held out): %d steps%s",
+             len(train), len(val), w.state.steps, " on from world_model.init's" if on_from else "")
+
+    def progress(k: int, dynamics: float, success: float) -> bool:
+        nonlocal shown
+        writer.add_scalar("state_model/dynamics_loss", dynamics, k)
+        writer.add_scalar("state_model/success_loss", success, k)
+        if time.monotonic() - shown >= cfg.run.progress_every_s or k == w.state.steps:
+            log.info("state-model step %d/%d | dynamics %.4f | success %.4f | %.1f steps/s",
+                     k, w.state.steps, dynamics, success, k / (time.monotonic() - began))
+            shown = time.monotonic()
+        return stop.is_set()
+
+    train_state_model(judge, train, w.state.steps, w.state.horizon, w.state.batch_size,
+                      w.state.lr, np.random.default_rng(cfg.run.seed), progress, fit=not on_from)
+    if stop.is_set():  # stopped part-way: the run ends without a state model
+        model.state_model = None
+        return {}
+    best, real = outcomes(judge.cpu(), val)
+    said = best >= rule.success_threshold
+    by_set = {}
+    for path in w.datasets:
+        mine = np.array([source[id(e)] == path for e in val])
+        by_set[path] = {"episodes": int(mine.sum()), "real_successes": int(real[mine].sum()),
+                        "false": int((said & ~real)[mine].sum()),
+                        "missed": int((~said & real)[mine].sum())}
+    out = {"state_model_val_episodes": len(val), "state_model_by_dataset": by_set,
+           "state_model_auc": roc_auc(best, real),
+           "state_model_success_on_real_failures":
+               float(said[~real].mean()) if (~real).any() else float("nan"),
+           "state_model_success_on_real_successes":
+               float(said[real].mean()) if real.any() else float("nan")}
+    log.info("state model, held out, open loop: ROC AUC %.4f; success at %.2f on episodes "
+             "that really failed %.3f, that really succeeded %.3f", out["state_model_auc"],
+             rule.success_threshold, out["state_model_success_on_real_failures"],
+             out["state_model_success_on_real_successes"])
+    return out
+
+
+def train_decoder_stage(cfg: Config, model: WorldModel, train: list[Episode], val: list[Episode],
+                   writer, stop, device) -> dict:
+    """Train ``model.decoder`` on the training episodes' frames and recorded simulator
+    states (afresh, or on from ``world_model.init``'s decoder of the same width); its
+    held-out PSNR from the real states and, with a state model, from the states it
+    predicts open loop (each held-out episode from its first state)."""
+    w = cfg.world_model
+    try:
+        data = state_frames(train)
+    except ValueError as exc:
+        raise ConfigError(f"world_model.decoder.steps={w.decoder.steps}: {exc}; record with "
+                          "those envs, or set world_model.decoder.steps=0") from None
+    decoder = StateDecoder(data.states.shape[1], 3 * len(w.cameras), w.image_size,
+                           w.decoder.channels, w.decoder.frequencies)
+    on_from = model.decoder is not None and model.decoder.spec() == decoder.spec()
+    if model.decoder is not None and not on_from:
+        raise ConfigError(f"world_model.init's decoder is {model.decoder.spec()}, "
+                          f"world_model.decoder and the data give {decoder.spec()}: make "
+                          "them match")
+    decoder = model.decoder if on_from else decoder
+    model.decoder = decoder
+    began = shown = time.monotonic()
+    log.info("state decoder on %d frames of %d episodes: %d steps%s", len(data), len(train),
+             w.decoder.steps, " on from world_model.init's" if on_from else "")
+
+    def progress(k: int, loss: float) -> bool:
+        nonlocal shown
+        writer.add_scalar("decoder/train_loss", loss, k)
+        if time.monotonic() - shown >= cfg.run.progress_every_s or k == w.decoder.steps:
+            log.info("decoder step %d/%d | loss %.4f | %.1f steps/s", k, w.decoder.steps,
+                     loss, k / (time.monotonic() - began))
+            shown = time.monotonic()
+        return stop.is_set()
+
+    train_decoder(decoder, data, w.decoder.steps, w.decoder.batch_size, w.decoder.lr,
+                  np.random.default_rng(cfg.run.seed), progress, device, fit=not on_from)
+    if stop.is_set():
+        model.decoder = None
+        return {}
+    decoder.cpu()
+    kept = [e for e in val if e.sim_states is not None and len(e.sim_states) > 1]
+    held = state_frames(kept or val)
+    out = {f"decoder_psnr_{k}": v for k, v in decoder_psnr(decoder, held.frames,
+                                                            held.states).items()}
+    if model.state_model is not None and kept:
+        judge = model.state_model.cpu()
+        with torch.no_grad():
+            states = [judge.rollout(torch.from_numpy(e.sim_states[:1]),
+                                    torch.from_numpy(e.actions[None, :len(e.sim_states) - 1]))[0]
+                      for e in kept]
+        predicted = np.concatenate([np.concatenate([e.sim_states[:1], s.numpy()])
+                                    for e, s in zip(kept, states)])
+        out.update({f"decoder_open_loop_psnr_{k}": v
+                    for k, v in decoder_psnr(decoder, held.frames, predicted).items()})
+    log.info("state decoder, held out: main camera PSNR %.2f dB on the moving pixels from "
+             "the real states (%.2f whole frames), %.2f from the state model's open-loop "
+             "states", out["decoder_psnr_moving"], out["decoder_psnr_all"],
+             out.get("decoder_open_loop_psnr_moving", float("nan")))
+    if model.state_model is None:
+        return out
+    # one chunk from each held-out step's recorded state, as the frame predictor is measured
+    windows = Windows(val, w.condition_frames, cfg.actions_per_chunk)
+    out.update({f"state_frames_{k}": v for k, v in
+                generator_metrics(model.cpu(), windows, "cpu", frames="state").items()})
+    log.info("frames from states, one chunk from held-out steps: PSNR on changed pixels "
+             "%.2f dB (copy-last %.2f)", out["state_frames_val_psnr_changed"],
+             out["state_frames_copy_last_psnr_changed"])
+    if w.position_dims and w.probe_steps:
+        probe = train_probe(train, w.position_dims, w.probe_steps,
+                            np.random.default_rng(cfg.run.seed))
+        for frames in ("generator", "state"):
+            out.update({f"{frames}_frames_{k}": v for k, v in
+                        position_errors(model, probe, windows, "cpu", frames=frames).items()})
+        log.info("position read from held-out frames, gap to the real frame's reading: frames "
+                 "from states %.4f, the frame predictor's %.4f, copy-last %.4f",
+                 out["state_frames_val_position_gap"], out["generator_frames_val_position_gap"],
+                 out["state_frames_copy_last_position_gap"])
+    return out
