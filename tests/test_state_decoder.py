@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from configs import load_config
+from configs import ConfigError, load_config
 from envs.world_model import WorldModelVectorEnv, make_world_model_env
 from tests.conftest import ROOT
 from tests.test_state_judge import SIZE, _model, _push, _starts, small_state_run
@@ -128,6 +128,9 @@ def test_train_world_model_trains_a_decoder_and_the_env_draws_with_it(tmp_path):
                                     more)) == 0
     added = json.loads((tmp_path / "added" / "world_model_summary.json").read_text())
     assert added["steps"]["decoder"] == 30 and "val_psnr_changed" not in added
+    wider = more + [f"run.log_dir={tmp_path / 'wider'}", "world_model.decoder.channels=16"]
+    with pytest.raises(ConfigError, match="init's decoder"):
+        wm_train.run(load_config(ROOT / "configs/robosuite_lift_world_model.yaml", wider))
 
 
 def test_bench_policy_on_generated_draws_from_recorded_and_predicted_states(pushed):

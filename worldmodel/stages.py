@@ -46,14 +46,9 @@ def train_state_stage(cfg: Config, model: WorldModel, writer, stop) -> dict:
     train, val = hold_out(episodes, w.val_fraction, w.max_episodes,
                           np.random.default_rng(cfg.run.seed + 1))
     val = val or train
-    judge = StateModel(episodes[0].states.shape[1], episodes[0].actions.shape[1],
-                       w.state.hidden)
-    on_from = model.state_model is not None and model.state_model.spec() == judge.spec()
-    if model.state_model is not None and not on_from:
-        raise ConfigError(f"world_model.init's state model is {model.state_model.spec()}, "
-                          f"world_model.state and the data give {judge.spec()}: make them "
-                          "match")
-    judge = model.state_model if on_from else judge
+    judge, on_from = _going_on(model.state_model, StateModel(
+        episodes[0].states.shape[1], episodes[0].actions.shape[1], w.state.hidden),
+        "state model", "world_model.state")
     model.state_model = judge
     began = shown = time.monotonic()
     log.info("state model on %d episodes' simulator states (%d held out): %d steps%s",
@@ -95,8 +90,8 @@ def train_state_stage(cfg: Config, model: WorldModel, writer, stop) -> dict:
     return out
 
 
-def train_decoder_stage(cfg: Config, model: WorldModel, train: list[Episode], val: list[Episode],
-                   writer, stop, device) -> dict:
+def train_decoder_stage(cfg: Config, model: WorldModel, train: list[Episode],
+                        val: list[Episode], writer, stop, device) -> dict:
     """Train ``model.decoder`` on the training episodes' frames and recorded simulator
     states (afresh, or on from ``world_model.init``'s decoder of the same width); its
     held-out PSNR from the real states and, with a state model, from the states it
@@ -107,14 +102,9 @@ def train_decoder_stage(cfg: Config, model: WorldModel, train: list[Episode], va
     except ValueError as exc:
         raise ConfigError(f"world_model.decoder.steps={w.decoder.steps}: {exc}; record with "
                           "those envs, or set world_model.decoder.steps=0") from None
-    decoder = StateDecoder(data.states.shape[1], 3 * len(w.cameras), w.image_size,
-                           w.decoder.channels, w.decoder.frequencies)
-    on_from = model.decoder is not None and model.decoder.spec() == decoder.spec()
-    if model.decoder is not None and not on_from:
-        raise ConfigError(f"world_model.init's decoder is {model.decoder.spec()}, "
-                          f"world_model.decoder and the data give {decoder.spec()}: make "
-                          "them match")
-    decoder = model.decoder if on_from else decoder
+    decoder, on_from = _going_on(model.decoder, StateDecoder(
+        data.states.shape[1], 3 * len(w.cameras), w.image_size, w.decoder.channels,
+        w.decoder.frequencies), "decoder", "world_model.decoder")
     model.decoder = decoder
     began = shown = time.monotonic()
     log.info("state decoder on %d frames of %d episodes: %d steps%s", len(data), len(train),
@@ -173,3 +163,15 @@ def train_decoder_stage(cfg: Config, model: WorldModel, train: list[Episode], va
                  out["state_frames_val_position_gap"], out["generator_frames_val_position_gap"],
                  out["state_frames_copy_last_position_gap"])
     return out
+
+
+def _going_on(theirs, fresh, part: str, section: str):
+    """(``world_model.init``'s ``part`` ``theirs``, True) when it has ``fresh``'s spec, so
+    that training goes on from its weights; (``fresh``, False) when init has none; a part
+    of another spec is refused."""
+    if theirs is None:
+        return fresh, False
+    if theirs.spec() != fresh.spec():
+        raise ConfigError(f"world_model.init's {part} is {theirs.spec()}, {section} and the "
+                          f"data give {fresh.spec()}: make them match")
+    return theirs, True
