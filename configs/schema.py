@@ -530,6 +530,14 @@ class SFTConfig:
     checkpoint_every: int = opt(500, "steps between checkpoints (resumable)")
     unnorm_key: str = opt("", "the key of dataset_statistics.json (empty: the env's "
                           "suite or task, e.g. libero_spatial, robosuite_lift)")
+    drawn_frames: str = opt("", "a world_model.pt with a state decoder: drawn_share of the "
+                            "training samples show the main camera it draws from the "
+                            "step's recorded simulator state instead of the real frame, so "
+                            "that the policy acts alike on a world model's drawn frames "
+                            "(env.world_model.frames=state) and on real ones (sft/drawn.py); "
+                            "needs chunkrl's robosuite/LIBERO recordings; empty: real frames")
+    drawn_share: float = opt(0.5, "with drawn_frames: the share of samples shown the drawn "
+                             "frame")
 
 
 @dataclass(frozen=True)
@@ -897,9 +905,11 @@ def validate(cfg: Config) -> list[str]:
          "run.mode=sft needs sft.datasets: HDF5 files or folders (a record run's dataset)"),
         (s.steps >= 1 and s.batch_size >= 1 and s.lr > 0 and 0 <= s.val_fraction < 1 and
          s.val_every >= 1 and s.checkpoint_every >= 1 and s.random_shift >= 0 and
-         s.max_episodes >= 0 and s.lr_warmup_steps >= 0 and 0 <= s.min_lr_ratio <= 1,
+         s.max_episodes >= 0 and s.lr_warmup_steps >= 0 and 0 <= s.min_lr_ratio <= 1 and
+         0 <= s.drawn_share <= 1,
          "sft: steps, batch_size, val_every, checkpoint_every >= 1; lr > 0; val_fraction in "
-         "[0, 1); random_shift, max_episodes, lr_warmup_steps >= 0; min_lr_ratio in [0, 1]"),
+         "[0, 1); random_shift, max_episodes, lr_warmup_steps >= 0; min_lr_ratio, "
+         "drawn_share in [0, 1]"),
         (s.loss == "auto" or m.kind == "cnn_gaussian",
          f"sft.loss={s.loss} is for cnn_gaussian; {m.kind} trains with its own (auto)"),
         (r.episodes_per_task >= 1 and r.first_state >= 0 and

@@ -44,10 +44,14 @@ class ChunkSamples:
     """Every step of ``demos`` as a sample with its chunk of ``chunk`` actions."""
 
     def __init__(self, demos: list[Demo], chunk: int, gripper_convention: str,
-                 state_dim: int, wrist: bool, pad: bool = False):
+                 state_dim: int, wrist: bool, pad: bool = False,
+                 drawn: list[np.ndarray] | None = None, drawn_share: float = 0.0):
         if not demos:
             raise ValueError("no demonstrations to sample from")
         self.demos, self.chunk, self.wrist, self.pad = demos, chunk, wrist, pad
+        # each demo's main camera drawn by a world model (sft/drawn.py), shown instead of
+        # the real frame to a drawn_share of the samples when the batch is augmented
+        self.drawn, self.drawn_share = drawn, drawn_share
         self.actions = [policy_gripper(d.actions, gripper_convention) for d in demos]
         self.states = [d.states if state_dim == d.states.shape[1] else
                        state_8_to_7(d.states) for d in demos]
@@ -65,14 +69,17 @@ class ChunkSamples:
 
     def batch(self, rows: np.ndarray, rng: np.random.Generator | None = None,
               shift: int = 0) -> Batch:
-        """The samples ``rows`` (indices into ``index``); ``shift``: random-shift images."""
+        """The samples ``rows`` (indices into ``index``); with ``rng``, ``shift``
+        random-shifts the images and a ``drawn_share`` of them show the drawn frame."""
         mains, wrists, states, texts, chunks, masks = [], [], [], [], [], []
-        for d, t in self.index[rows]:
+        drawn = (rng.random(len(rows)) < self.drawn_share if self.drawn and rng is not None
+                 else np.zeros(len(rows), bool))
+        for (d, t), use_drawn in zip(self.index[rows], drawn):
             demo, actions = self.demos[d], self.actions[d]
             steps = np.arange(t, t + self.chunk)
             masks.append(np.ones(self.chunk, bool) if self.pad else steps < len(actions))
             chunks.append(actions[np.minimum(steps, len(actions) - 1)])
-            mains.append(demo.main_images[t])
+            mains.append(self.drawn[d][t] if use_drawn else demo.main_images[t])
             if self.wrist:
                 wrists.append(demo.wrist_images[t])
             states.append(self.states[d][t])

@@ -37,6 +37,7 @@ from learner import checkpoint
 from models import build_policy, pick_device
 from models.action_norm import ActionNorm
 from sft.data import ChunkSamples, split_by_episode
+from sft.drawn import drawn_main_images
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,16 @@ def load_samples(cfg: Config, rng: np.random.Generator, wrist: bool):
     convention, chunk = cfg.env.gripper_convention, cfg.model.num_action_chunks
     state_dim = cfg.model.state_dim
     pad = cfg.sft.pad_chunks
-    train_set = ChunkSamples(train, chunk, convention, state_dim, wrist, pad)
+    drawn = None
+    if cfg.sft.drawn_frames:
+        try:
+            drawn = drawn_main_images(train, cfg.sft.drawn_frames)
+        except ValueError as exc:
+            raise ConfigError(f"sft.drawn_frames: {exc}") from None
+        log.info("%.0f%% of the samples show the main camera drawn by %s's decoder",
+                 100 * cfg.sft.drawn_share, cfg.sft.drawn_frames)
+    train_set = ChunkSamples(train, chunk, convention, state_dim, wrist, pad, drawn,
+                             cfg.sft.drawn_share)
     val_set = ChunkSamples(val, chunk, convention, state_dim, wrist, pad) if val else None
     stats = dataset_statistics(
         [policy_gripper(d.actions, convention) for d in train],

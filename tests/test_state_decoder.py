@@ -152,3 +152,54 @@ def test_bench_policy_on_generated_draws_from_recorded_and_predicted_states(push
             torch.from_numpy(s[1:-1]))))
         np.testing.assert_array_equal(predicted[1:], to_images(decoder.draw(judge.rollout(
             torch.from_numpy(s[:1]), torch.from_numpy(a[None, :5]))[0])))
+
+
+def test_behaviour_cloning_shows_a_share_of_frames_drawn_from_the_recorded_states(tmp_path):
+    """sft.drawn_frames: the samples' main camera from the world model's decoder at the
+    recorded simulator state (upsampled to the demos' size), for drawn_share of them."""
+    from sft import trainer
+    from sft.drawn import drawn_main_images
+
+    out = tmp_path / "wm"
+    base = small_state_run(tmp_path, out) + ["world_model.state.steps=0",
+                                             "world_model.decoder.steps=5",
+                                             "world_model.decoder.channels=8"]
+    assert wm_train.run(load_config(ROOT / "configs/robosuite_lift_world_model.yaml",
+                                    base)) == 0
+    sft = [f"run.log_dir={tmp_path / 'sft'}", f"sft.datasets=[{tmp_path / 'rec'}]",
+           "sft.only_successes=false", f"env.image_size={2 * SIZE}", "sft.steps=2",
+           "sft.batch_size=4", "sft.val_every=1", f"sft.drawn_frames={out / 'world_model.pt'}"]
+    cfg = load_config(ROOT / "configs/robosuite_lift_world_model.yaml", sft)
+    train, _, _, _ = trainer.load_samples(cfg, np.random.default_rng(0), False)
+    model = WorldModel.load(out / "world_model.pt")
+    demo = train.demos[0]
+    with torch.no_grad():
+        want = to_images(model.decoder.draw(torch.from_numpy(
+            demo.extras["states"].astype(np.float32))))[..., :3]
+    got = drawn_main_images([demo], str(out / "world_model.pt"))[0]
+    assert got.shape == demo.main_images.shape  # 2x the decoder's size: each pixel 2 x 2
+    np.testing.assert_array_equal(got[:, ::2, ::2], want)
+    np.testing.assert_array_equal(got[:, 1::2, 1::2], want)
+    rows = np.arange(len(train))
+    rng = np.random.default_rng(0)
+    for share, expect in ((1.0, got), (0.0, demo.main_images)):
+        train.drawn_share = share
+        batch = train.batch(rows[:len(demo)], rng)
+        np.testing.assert_array_equal(batch.obs.main_images, expect)
+    train.drawn_share = 0.5
+    shown = train.batch(rows, rng).obs.main_images
+    real = np.stack([train.demos[d].main_images[t] for d, t in train.index])
+    assert 0.3 < (shown != real).any(axis=(1, 2, 3)).mean() < 0.7
+    assert train.batch(rows).obs.main_images.tolist() == real.tolist()  # no rng: real frames
+    assert trainer.run(cfg) == 0
+    # a world model without a decoder, and recordings without states, are refused
+    bare = WorldModel.load(out / "world_model.pt")
+    bare.decoder = None
+    bare.save(tmp_path / "bare.pt")
+    with pytest.raises(ConfigError, match="no state decoder"):
+        trainer.load_samples(load_config(ROOT / "configs/robosuite_lift_world_model.yaml",
+                                         sft + [f"sft.drawn_frames={tmp_path / 'bare.pt'}"]),
+                             np.random.default_rng(0), False)
+    demo.extras.pop("states")
+    with pytest.raises(ValueError, match="no simulator state per step"):
+        drawn_main_images([demo], str(out / "world_model.pt"))
