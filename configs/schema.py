@@ -173,6 +173,11 @@ class WorldModelEnvConfig:
         "model's decoder, from the simulator state its state model predicts: needs "
         "world_model.state.steps and world_model.decoder.steps > 0 and reset_data "
         "recorded with simulator states)")
+    proprio: Literal["zeros", "state"] = opt(
+        "zeros", "the state the policy is handed: zeros (RLinf's: the world model makes "
+        "none) or state (the proprioception the state model reads off the simulator state "
+        "it predicts: world_model.state.proprio=true, reset_data recorded with simulator "
+        "states; the policy reads it with model.cnn.read_state=true)")
     device: str = opt("cpu", "where the models run: cpu, cuda, auto")
 
 
@@ -556,6 +561,9 @@ class StateModelConfig:
                       "classifier's: half)")
     batch_size: int = opt(256, "windows per step")
     lr: float = opt(1e-3, "AdamW learning rate, cosine decay")
+    proprio: bool = opt(False, "also learn the policy's proprioception (the recordings' "
+                        "obs/states) from the simulator state, which "
+                        "env.world_model.proprio=state hands the policy")
 
 
 @dataclass(frozen=True)

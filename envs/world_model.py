@@ -27,7 +27,9 @@ chunkrl's (or any :class:`worldmodel.models.WorldModel`'s) generator and success
   return telescopes to ``reward_coef`` x its last score. (RLinf rounds ``p`` and then
   compares with 0.9: success at ``p >= 0.5``, which is ``success_threshold: 0.5`` here.)
 - **Observation**: the last frame (the model's image size), and a state of zeros of the
-  contract's size: the world model has no proprioception, as RLinf's. A world model of
+  contract's size: the world model has no proprioception, as RLinf's; with ``proprio``
+  ``state`` (a state model trained with ``world_model.state.proprio``) the policy's
+  proprioception the state model reads off the simulator state it predicts. A world model of
   one camera (RLinf's) gives no wrist images; one that also generates the wrist camera
   (``world_model.cameras: [main, wrist]``) gives its wrist frames as the wrist camera's.
   Other generated views (``table_front``) are the success model's alone.
@@ -76,7 +78,8 @@ class WorldModelVectorEnv(VectorEnv):
                  action_dim: int = 7, reward_coef: float = 1.0,
                  success_threshold: float = 0.9, binary_score: bool = True,
                  device: str | torch.device = "cpu", held_out: bool = False,
-                 success_frames: int = 1, judge: str = "frames", frames: str = "generator"):
+                 success_frames: int = 1, judge: str = "frames", frames: str = "generator",
+                 proprio: str = "zeros"):
         if num_envs % group_size:
             raise ValueError(f"num_envs {num_envs} is not a multiple of group_size {group_size}")
         if not starts:
@@ -96,12 +99,18 @@ class WorldModelVectorEnv(VectorEnv):
             raise ValueError("env.world_model.frames=state needs a world model with a state "
                              "model and a decoder: train it with world_model.state.steps > 0 "
                              "and world_model.decoder.steps > 0")
-        uses_state = judge != "frames" or frames == "state"
+        if proprio == "state" and (model.state_model is None or
+                                   model.state_model.proprio_dim != state_dim):
+            raise ValueError(f"env.world_model.proprio=state needs a state model that reads "
+                             f"the policy's {state_dim}-D state off the simulator's: train "
+                             "it with world_model.state.proprio=true on recordings of that "
+                             "state (env.state_dim)")
+        uses_state = judge != "frames" or frames == "state" or proprio == "state"
         if uses_state and any(s.sim_state is None for s in starts):
-            raise ValueError(f"env.world_model.judge={judge}, frames={frames} needs reset "
-                             "frames with their simulator states (robosuite or LIBERO "
-                             "recordings)")
-        self.judge, self.frames_from = judge, frames
+            raise ValueError(f"env.world_model.judge={judge}, frames={frames}, "
+                             f"proprio={proprio} needs reset frames with their simulator "
+                             "states (robosuite or LIBERO recordings)")
+        self.judge, self.frames_from, self.proprio = judge, frames, proprio
         # the simulator state the state model predicts for each env (None: not used)
         self.sim = torch.zeros(num_envs, model.state_model.state_dim, device=device) \
             if uses_state else None
@@ -204,10 +213,16 @@ class WorldModelVectorEnv(VectorEnv):
     @override
     def observe(self, env_ids: np.ndarray) -> EnvObs:
         """The last frame of each env (the main camera's, and the wrist camera's when the
-        world model makes it), zero states, the instructions."""
+        world model makes it), the states (zeros, or with ``proprio`` state the
+        proprioception of each env's predicted simulator state), the instructions."""
         last = self.last[env_ids]
-        return EnvObs(np.ascontiguousarray(last[..., :3]),
-                      np.zeros((len(env_ids), self.state_dim), np.float32),
+        if self.proprio == "state":
+            with torch.no_grad():
+                states = self.model.state_model.proprio(
+                    self.sim[torch.as_tensor(env_ids, device=self.device)]).cpu().numpy()
+        else:
+            states = np.zeros((len(env_ids), self.state_dim), np.float32)
+        return EnvObs(np.ascontiguousarray(last[..., :3]), states.astype(np.float32),
                       [self.instructions[e] for e in env_ids],
                       None if self.wrist is None else np.ascontiguousarray(last[..., self.wrist]))
 
@@ -241,14 +256,15 @@ def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
     from envs import image_orientation
 
     starts = reset_frames(wm.reset_data, model.image_size, image_orientation(cfg), model.cameras,
-                          sim_states=wm.judge != "frames" or wm.frames == "state")
+                          sim_states=wm.judge != "frames" or wm.frames == "state" or
+                          wm.proprio == "state")
     log.info("world-model env: %s (%dx%d frames, chunks of %d), %d reset frames",
              wm.checkpoint, model.image_size, model.image_size, model.chunk, len(starts))
     return WorldModelVectorEnv(num_envs, group_size, model, starts, max_episode_steps,
                                cfg.state_dim, action_dim, wm.reward_coef,
                                wm.success_threshold, wm.binary_score,
                                device or pick_device(wm.device), cfg.held_out_eval_states,
-                               wm.success_frames, wm.judge, wm.frames)
+                               wm.success_frames, wm.judge, wm.frames, wm.proprio)
 
 
 def read_action_bounds(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -130,7 +130,9 @@ def small_state_run(tmp_path, out) -> list[str]:
 
 def test_train_world_model_trains_it_and_the_env_resets_from_recorded_states(tmp_path):
     out = tmp_path / "wm"
-    base = small_state_run(tmp_path, out) + ["env.world_model.judge=state"]
+    base = small_state_run(tmp_path, out) + ["env.world_model.judge=state",
+                                             "world_model.state.proprio=true",
+                                             "env.world_model.proprio=state"]
     cfg = load_config(ROOT / "configs/robosuite_lift_world_model.yaml", base)
     assert wm_train.run(cfg) == 0
     summary = json.loads((out / "world_model_summary.json").read_text())
@@ -140,7 +142,9 @@ def test_train_world_model_trains_it_and_the_env_resets_from_recorded_states(tmp
     assert by_set["episodes"] == 4 and 0 <= by_set["false"] + by_set["missed"] <= 4
     env = make_world_model_env(cfg.env, 2, 2, 7, 12, "cpu")
     assert env.judge == "state" and env.model.state_model.state_dim == 5
+    assert env.model.state_model.proprio_dim == 8  # the recordings' obs/states
     env.reset_group(0, 3)
+    assert env.observe(np.arange(2)).states.shape == (2, 8)
     np.testing.assert_array_equal(env.sim[0].numpy(), env.starts[3].sim_state)
     assert len(env.step_chunk(np.arange(2), np.zeros((2, 8, 7), np.float32))) == 8
     # a state model added to a trained world model: its frame parts stay as they were
@@ -176,3 +180,33 @@ def test_reset_states_need_recordings_that_keep_them(tmp_path):
     np.save(tmp_path / "traj0.npy", steps, allow_pickle=True)
     with pytest.raises(ValueError, match="no simulator state"):
         reset_frames([tmp_path], SIZE, sim_states=True)
+
+
+def test_the_env_hands_the_policy_the_proprioception_of_its_predicted_state(judge):
+    reader = StateModel(2, 7, hidden=64, layers=2, proprio_dim=8)
+    reader.load_state_dict(judge.state_dict(), strict=False)  # the judge's dynamics
+    with torch.no_grad():
+        reader.q_std.fill_(2.0)  # a head that is not the identity's scale
+    env = WorldModelVectorEnv(2, 2, _model(0.0, reader), _starts(), 12, judge="state",
+                              proprio="state")
+    env.reset_group(0, 0)
+    with torch.no_grad():
+        at_reset = reader.proprio(torch.zeros(1, 2)).numpy()
+    np.testing.assert_allclose(env.observe(np.arange(2)).states, np.repeat(at_reset, 2, 0),
+                               rtol=1e-6)
+    actions = np.zeros((2, 4, 7), np.float32)
+    actions[:, :, 0] = 1.0
+    env.step_chunk(np.arange(2), actions)
+    with torch.no_grad():
+        moved = reader.proprio(env.sim).numpy()
+    assert np.abs(env.sim[:, 0].numpy()).min() > 0.2  # it was pushed: the state moved
+    np.testing.assert_allclose(env.observe(np.arange(2)).states, moved, rtol=1e-6)
+    assert not np.allclose(moved, at_reset)
+    zeros = WorldModelVectorEnv(2, 2, _model(0.0, reader), _starts(), 12, judge="state")
+    zeros.reset_group(0, 0)
+    assert not zeros.observe(np.arange(2)).states.any()  # RLinf's: no proprioception
+    with pytest.raises(ValueError, match="state.proprio=true"):
+        WorldModelVectorEnv(2, 2, _model(0.0, judge), _starts(), 12, proprio="state")
+    with pytest.raises(ValueError, match="state.proprio=true"):  # a head of another size
+        WorldModelVectorEnv(2, 2, _model(0.0, reader), _starts(), 12, state_dim=7,
+                            proprio="state")

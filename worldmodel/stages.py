@@ -35,32 +35,39 @@ def train_state_stage(cfg: Config, model: WorldModel, writer, stop) -> dict:
     w, rule = cfg.world_model, cfg.env.world_model
     episodes, source = [], {}  # id(episode) -> its entry of world_model.datasets
     for path in w.datasets:
-        found, report = load_state_episodes([path])
+        found, report = load_state_episodes([path], w.state.proprio)
         if report.bad or not found:
+            also = ", and obs/states with state.proprio" if w.state.proprio else ""
             raise ConfigError(f"world_model.state.steps={w.state.steps} needs recordings "
                               f"with simulator states (robosuite and LIBERO record runs keep "
-                              f"them): {report.bad[0] if report.bad else path + ' has none'}; "
+                              f"them{also}): "
+                              f"{report.bad[0] if report.bad else path + ' has none'}; "
                               f"record with those envs, or set world_model.state.steps=0")
         episodes += found
         source.update((id(e), path) for e in found)
     train, val = hold_out(episodes, w.val_fraction, w.max_episodes,
                           np.random.default_rng(cfg.run.seed + 1))
     val = val or train
+    proprio = episodes[0].proprio.shape[1] if w.state.proprio else 0
     judge, on_from = _going_on(model.state_model, StateModel(
-        episodes[0].states.shape[1], episodes[0].actions.shape[1], w.state.hidden),
-        "state model", "world_model.state")
+        episodes[0].states.shape[1], episodes[0].actions.shape[1], w.state.hidden,
+        proprio_dim=proprio), "state model", "world_model.state")
     model.state_model = judge
     began = shown = time.monotonic()
     log.info("state model on %d episodes' simulator states (%d held out): %d steps%s",
              len(train), len(val), w.state.steps, " on from world_model.init's" if on_from else "")
 
-    def progress(k: int, dynamics: float, success: float) -> bool:
+    def progress(k: int, dynamics: float, success: float, *proprio: float) -> bool:
         nonlocal shown
         writer.add_scalar("state_model/dynamics_loss", dynamics, k)
         writer.add_scalar("state_model/success_loss", success, k)
+        for q in proprio:
+            writer.add_scalar("state_model/proprio_loss", q, k)
         if time.monotonic() - shown >= cfg.run.progress_every_s or k == w.state.steps:
-            log.info("state-model step %d/%d | dynamics %.4f | success %.4f | %.1f steps/s",
-                     k, w.state.steps, dynamics, success, k / (time.monotonic() - began))
+            log.info("state-model step %d/%d | dynamics %.4f | success %.4f%s | %.1f steps/s",
+                     k, w.state.steps, dynamics, success,
+                     "".join(f" | proprio {q:.4f}" for q in proprio),
+                     k / (time.monotonic() - began))
             shown = time.monotonic()
         return stop.is_set()
 

@@ -17,6 +17,13 @@ changes), ``y_t`` the recorded success after action t, and ``sg`` no gradient: t
 classifier learns real states and the predicted ones it will be shown (as the success
 model learns generated frames). An episode succeeds in the state model when ``p`` of a
 predicted state reaches the threshold (:func:`outcomes`).
+
+With ``proprio_dim`` P a third head reads the policy's proprioception off a state (the
+recordings' ``obs/states``, e.g. robosuite's end-effector pose and finger positions),
+``q(s) = mu_q + sigma_q * h((s - mu_s) / sigma_s)``, trained like the classifier on real
+and predicted states with ``||(q(s) - q_t) / sigma_q||^2 / P``: the world-model env can
+then hand the policy the proprioception of the state it predicts
+(``env.world_model.proprio=state``) where the frames it draws cannot show it.
 """
 
 from __future__ import annotations
@@ -38,11 +45,13 @@ from worldmodel.fit import fit_steps
 class StateEpisode:
     """One recording's simulator states before each action float32 [L,S], actions [L,D]
     and success after each action bool [L] (the state after the last action was never
-    stored: its step trains nothing)."""
+    stored: its step trains nothing); with ``proprio``, the policy's proprioception
+    before each action float32 [L,P]."""
 
     states: np.ndarray
     actions: np.ndarray
     success: np.ndarray
+    proprio: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -53,13 +62,20 @@ class StateEpisode:
         return bool(self.success[:-1].any())
 
 
-def load_state_episodes(paths: Iterable[str | Path]) -> tuple[list[StateEpisode], ReadReport]:
+PROPRIO_KEY = "obs/states"  # the policy's state vector in chunkrl's recordings
+
+
+def load_state_episodes(paths: Iterable[str | Path], proprio: bool = False
+                        ) -> tuple[list[StateEpisode], ReadReport]:
     """Every recording under ``paths`` with simulator states (robosuite's and LIBERO's
-    record runs keep them); a file without names itself in the report."""
-    found, report = read_low_dim(paths)
+    record runs keep them), with the policy's proprioception when ``proprio``; a file
+    without names itself in the report."""
+    keys = ("actions", "states", "success") + ((PROPRIO_KEY,) if proprio else ())
+    found, report = read_low_dim(paths, keys)
     return [StateEpisode(d["states"].astype(np.float32), d["actions"].astype(np.float32),
-                         d["success"].astype(bool)) for d in found if len(d["actions"]) > 1], \
-        report
+                         d["success"].astype(bool),
+                         d[PROPRIO_KEY].astype(np.float32) if proprio else None)
+            for d in found if len(d["actions"]) > 1], report
 
 
 def _mlp(inputs: int, hidden: int, layers: int, outputs: int) -> nn.Sequential:
@@ -72,13 +88,19 @@ def _mlp(inputs: int, hidden: int, layers: int, outputs: int) -> nn.Sequential:
 class StateModel(nn.Module):
     """Dynamics and success on the simulator's state; see the module docstring."""
 
-    def __init__(self, state_dim: int, action_dim: int, hidden: int = 512, layers: int = 3):
+    def __init__(self, state_dim: int, action_dim: int, hidden: int = 512, layers: int = 3,
+                 proprio_dim: int = 0):
         super().__init__()
         self.state_dim, self.action_dim, self.hidden, self.layers = \
             state_dim, action_dim, hidden, layers
+        self.proprio_dim = proprio_dim
         self.dynamics = _mlp(state_dim + action_dim, hidden, layers, state_dim)
         self.judge = _mlp(state_dim, hidden // 2, 2, 1)
-        for name, dim in (("s", state_dim), ("a", action_dim), ("d", state_dim)):
+        self.proprio_head = _mlp(state_dim, hidden // 2, 2, proprio_dim) if proprio_dim \
+            else None
+        # (no proprioception buffers without the head: files saved before it load as they are)
+        for name, dim in (("s", state_dim), ("a", action_dim), ("d", state_dim),
+                          *((("q", proprio_dim),) if proprio_dim else ())):
             self.register_buffer(f"{name}_mean", torch.zeros(dim))
             self.register_buffer(f"{name}_std", torch.ones(dim))
         # the recorded actions' range: one beyond it is clamped (an actuator clips too)
@@ -88,14 +110,18 @@ class StateModel(nn.Module):
     def spec(self) -> dict:
         """What rebuilds this model (its weights are its state_dict)."""
         return {"state_dim": self.state_dim, "action_dim": self.action_dim,
-                "hidden": self.hidden, "layers": self.layers}
+                "hidden": self.hidden, "layers": self.layers, "proprio_dim": self.proprio_dim}
 
     def fit_normaliser(self, episodes: list[StateEpisode]) -> None:
-        """mu and sigma of states, actions and one-step changes over ``episodes``."""
+        """mu and sigma of states, actions, one-step changes and (with the head)
+        proprioception over ``episodes``."""
         s = np.concatenate([e.states for e in episodes])
         a = np.concatenate([e.actions for e in episodes])
         d = np.concatenate([e.states[1:] - e.states[:-1] for e in episodes])
-        for name, x in (("s", s), ("a", a), ("d", d)):
+        named = [("s", s), ("a", a), ("d", d)]
+        if self.proprio_dim:
+            named.append(("q", np.concatenate([e.proprio for e in episodes])))
+        for name, x in named:
             getattr(self, f"{name}_mean").copy_(torch.from_numpy(x.mean(0)))
             getattr(self, f"{name}_std").copy_(torch.from_numpy(x.std(0) + 1e-6))
         self.a_low.copy_(torch.from_numpy(a.min(0)))
@@ -121,13 +147,22 @@ class StateModel(nn.Module):
         """[...,S] -> [...]: the logit of the task being achieved in each state."""
         return self.judge((states - self.s_mean) / self.s_std).squeeze(-1)
 
+    def proprio(self, states: torch.Tensor) -> torch.Tensor:
+        """[...,S] -> [...,P]: the policy's proprioception read off each state (needs
+        ``proprio_dim``)."""
+        if self.proprio_head is None:
+            raise ValueError("this state model has no proprioception head: train it with "
+                             "world_model.state.proprio=true")
+        return self.proprio_head((states - self.s_mean) / self.s_std) * self.q_std + self.q_mean
+
 
 def sample_windows(episodes: list[StateEpisode], horizon: int, n: int,
                    rng: np.random.Generator):
     """``n`` random windows: first states [n,S], actions [n,H,D], the states they led to
-    [n,H,S], success after each action [n,H] and a mask [n,H] (False where the episode's
-    next state was not recorded; the window then repeats its last action)."""
-    first, acts, nexts, succ, mask = [], [], [], [], []
+    [n,H,S], success after each action [n,H], a mask [n,H] (False where the episode's
+    next state was not recorded; the window then repeats its last action) and the
+    proprioception in the states led to [n,H,P] (P = 0 without)."""
+    first, acts, nexts, succ, mask, prop = [], [], [], [], [], []
     for e in rng.integers(len(episodes), size=n):
         ep = episodes[e]
         t = int(rng.integers(len(ep) - 1))
@@ -139,12 +174,15 @@ def sample_windows(episodes: list[StateEpisode], horizon: int, n: int,
         nexts.append(ep.states[clipped + 1])
         succ.append(ep.success[clipped])
         mask.append(valid)
-    return tuple(torch.from_numpy(np.stack(x)) for x in (first, acts, nexts, succ, mask))
+        prop.append(ep.proprio[clipped + 1] if ep.proprio is not None
+                    else np.zeros((horizon, 0), np.float32))
+    return tuple(torch.from_numpy(np.stack(x)) for x in (first, acts, nexts, succ, mask, prop))
 
 
-def losses(model: StateModel, window) -> tuple[torch.Tensor, torch.Tensor]:
-    """The dynamics loss and the success loss of a window batch (module docstring)."""
-    first, acts, nexts, succ, mask = window
+def losses(model: StateModel, window) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The dynamics, success and proprioception (0 without the head) losses of a window
+    batch (module docstring)."""
+    first, acts, nexts, succ, mask, prop = window
     pred = model.rollout(first, acts)
     m = mask.float()
     err = (((pred - nexts) / model.d_std) ** 2).mean(-1)
@@ -153,7 +191,12 @@ def losses(model: StateModel, window) -> tuple[torch.Tensor, torch.Tensor]:
     bce = F.binary_cross_entropy_with_logits(model.success_logits(nexts), y, reduction="none") + \
         F.binary_cross_entropy_with_logits(model.success_logits(pred.detach()), y,
                                            reduction="none")
-    return dyn, (bce * m).sum() / m.sum().clamp(min=1)
+    q = torch.zeros(())
+    if model.proprio_dim:
+        sq = sum((((model.proprio(x) - prop) / model.q_std) ** 2).mean(-1)
+                 for x in (nexts, pred.detach()))
+        q = (sq * m).sum() / m.sum().clamp(min=1)
+    return dyn, (bce * m).sum() / m.sum().clamp(min=1), q
 
 
 def train_state_model(model: StateModel, episodes: list[StateEpisode], steps: int,
@@ -163,14 +206,16 @@ def train_state_model(model: StateModel, episodes: list[StateEpisode], steps: in
     """``steps`` AdamW steps (cosine decay) on random ``horizon``-step windows of
     ``episodes``, after fitting the normaliser to them when ``fit`` (a model trained on
     keeps its own: its weights learned that scale); ``on_step(k, dyn, success)`` after
-    each, which stops the training early by returning True."""
+    each (``on_step(k, dyn, success, proprio)`` with the proprioception head), which stops
+    the training early by returning True."""
     rng = rng or np.random.default_rng(0)
     if fit:
         model.fit_normaliser(episodes)
 
     def batch_loss():
-        dyn, suc = losses(model, sample_windows(episodes, horizon, batch_size, rng))
-        return dyn + suc, (float(dyn.detach()), float(suc.detach()))
+        dyn, suc, q = losses(model, sample_windows(episodes, horizon, batch_size, rng))
+        figures = (float(dyn.detach()), float(suc.detach()))
+        return dyn + suc + q, figures + ((float(q.detach()),) if model.proprio_dim else ())
 
     return fit_steps(model, steps, lr, batch_loss, on_step)
 
