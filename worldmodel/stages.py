@@ -49,9 +49,16 @@ def train_state_stage(cfg: Config, model: WorldModel, writer, stop) -> dict:
                           np.random.default_rng(cfg.run.seed + 1))
     val = val or train
     proprio = episodes[0].proprio.shape[1] if w.state.proprio else 0
-    judge, on_from = _going_on(model.state_model, StateModel(
-        episodes[0].states.shape[1], episodes[0].actions.shape[1], w.state.hidden,
-        proprio_dim=proprio), "state model", "world_model.state")
+    fresh = StateModel(episodes[0].states.shape[1], episodes[0].actions.shape[1],
+                       w.state.hidden, proprio_dim=proprio)
+    theirs = model.state_model
+    if theirs is not None and proprio and not theirs.proprio_dim and \
+            {**theirs.spec(), "proprio_dim": proprio} == fresh.spec():
+        # init's state model without the head: its weights and normaliser, a new head
+        fresh.load_state_dict(theirs.state_dict(), strict=False)
+        fresh.fit_proprio(train)
+        theirs = fresh
+    judge, on_from = _going_on(theirs, fresh, "state model", "world_model.state")
     model.state_model = judge
     began = shown = time.monotonic()
     log.info("state model on %d episodes' simulator states (%d held out): %d steps%s",

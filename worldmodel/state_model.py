@@ -118,14 +118,21 @@ class StateModel(nn.Module):
         s = np.concatenate([e.states for e in episodes])
         a = np.concatenate([e.actions for e in episodes])
         d = np.concatenate([e.states[1:] - e.states[:-1] for e in episodes])
-        named = [("s", s), ("a", a), ("d", d)]
-        if self.proprio_dim:
-            named.append(("q", np.concatenate([e.proprio for e in episodes])))
-        for name, x in named:
-            getattr(self, f"{name}_mean").copy_(torch.from_numpy(x.mean(0)))
-            getattr(self, f"{name}_std").copy_(torch.from_numpy(x.std(0) + 1e-6))
+        for name, x in (("s", s), ("a", a), ("d", d)):
+            self._fit(name, x)
         self.a_low.copy_(torch.from_numpy(a.min(0)))
         self.a_high.copy_(torch.from_numpy(a.max(0)))
+        if self.proprio_dim:
+            self.fit_proprio(episodes)
+
+    def fit_proprio(self, episodes: list[StateEpisode]) -> None:
+        """mu and sigma of the proprioception over ``episodes`` alone (a head added to a
+        trained model keeps the rest of its normaliser)."""
+        self._fit("q", np.concatenate([e.proprio for e in episodes]))
+
+    def _fit(self, name: str, x: np.ndarray) -> None:
+        getattr(self, f"{name}_mean").copy_(torch.from_numpy(x.mean(0)))
+        getattr(self, f"{name}_std").copy_(torch.from_numpy(x.std(0) + 1e-6))
 
     def step(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The next states [...,S] of ``states`` [...,S] under env-unit ``actions`` [...,D]
