@@ -562,7 +562,8 @@ class StateModelConfig:
     batch_size: int = opt(256, "windows per step")
     lr: float = opt(1e-3, "AdamW learning rate, cosine decay")
     proprio: bool = opt(False, "also learn the policy's proprioception (the recordings' "
-                        "obs/states) from the simulator state, which "
+                        "state vector: obs/states or ee_states + gripper_states) from the "
+                        "simulator state, which "
                         "env.world_model.proprio=state hands the policy")
 
 

@@ -152,6 +152,15 @@ def write_demo(group, demo: Demo, compression: int) -> None:
     group.attrs["source"] = demo.source
 
 
+def policy_states(obs) -> np.ndarray:
+    """The policy's state vector float32 [T,S] from a demo's ``obs`` group: ``obs/states``
+    where chunkrl wrote it, else LIBERO's end-effector pose and finger positions."""
+    if "states" in obs:
+        return np.asarray(obs["states"], np.float32)
+    return np.concatenate([np.asarray(obs["ee_states"], np.float32),
+                           np.asarray(obs["gripper_states"], np.float32)], axis=1)
+
+
 def read_demo(group, instruction: str, orientation: str, cameras: tuple[str, ...]) -> Demo:
     """A :class:`Demo` from an h5py ``data/demo_N`` group; images turned from OpenGL rows
     into ``orientation``. ``cameras``: which of "main", "wrist" and added cameras
@@ -163,11 +172,7 @@ def read_demo(group, instruction: str, orientation: str, cameras: tuple[str, ...
     dones = np.asarray(group["dones"]).astype(bool).reshape(-1)
     success = (np.asarray(group["success"]).astype(bool).reshape(-1) if "success" in group
                else rewards > 0)
-    if "states" in obs:
-        states = np.asarray(obs["states"], np.float32)
-    else:
-        states = np.concatenate([np.asarray(obs["ee_states"], np.float32),
-                                 np.asarray(obs["gripper_states"], np.float32)], axis=1)
+    states = policy_states(obs)
     main = orient_batch(np.asarray(obs[MAIN]), orientation) if "main" in cameras else None
     wrist = (orient_batch(np.asarray(obs[WRIST]), orientation)
              if "wrist" in cameras and WRIST in obs else None)

@@ -18,7 +18,7 @@ from typing import Iterable, Optional
 import h5py
 import numpy as np
 
-from demos.layout import Demo, instruction_from_filename, read_demo
+from demos.layout import Demo, instruction_from_filename, policy_states, read_demo
 from demos.writer import TMP_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -138,14 +138,22 @@ def read_demos(paths: Iterable[str | Path], orientation: str = "upright",
     return demos, report
 
 
+POLICY_STATES = "policy_states"  # read_low_dim's key for the policy's state vector
+
+
 def read_low_dim(paths: Iterable[str | Path], keys: tuple[str, ...] = ("actions", "states",
                                                                           "success")
                  ) -> tuple[list[dict], ReadReport]:
-    """The per-step arrays ``keys`` (``data/demo_N/<key>``) of every demo under ``paths``,
-    without reading a frame: one dict per demo. A file whose demos lack a key is named in
-    the report (a recording made before simulator states were kept has no ``states``)."""
+    """The per-step arrays ``keys`` (``data/demo_N/<key>``; :data:`POLICY_STATES`: the
+    policy's state vector, :func:`demos.layout.policy_states`) of every demo under
+    ``paths``, without reading a frame: one dict per demo. A file whose demos lack a key is
+    named in the report (a recording made before simulator states were kept has no
+    ``states``)."""
+    def one(group, key: str) -> np.ndarray:
+        return policy_states(group["obs"]) if key == POLICY_STATES else group[key][()]
+
     def read(path: Path) -> list[dict]:
         with h5py.File(path, "r") as f:
-            return [{k: f["data"][name][k][()] for k in keys} for name in _demo_names(f["data"])]
+            return [{k: one(f["data"][name], k) for k in keys} for name in _demo_names(f["data"])]
 
     return _read_each(paths, read)

@@ -159,7 +159,7 @@ def test_train_world_model_trains_it_and_the_env_resets_from_recorded_states(tmp
     old, new = before.state_model.state_dict(), after.state_model.state_dict()
     torch.testing.assert_close(new["s_std"], old["s_std"])
     assert not torch.equal(new["dynamics.0.weight"], old["dynamics.0.weight"])
-    # with a proprioception head added (the recordings' obs/states), which the env hands on
+    # with a proprioception head added (the recordings' policy states), which the env hands on
     assert after.state_model.proprio_dim == 8 and before.state_model.proprio_dim == 0
     more_cfg = load_config(ROOT / "configs/robosuite_lift_world_model.yaml",
                            more + [f"env.world_model.checkpoint={tuned / 'world_model.pt'}",

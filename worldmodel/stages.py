@@ -37,7 +37,7 @@ def train_state_stage(cfg: Config, model: WorldModel, writer, stop) -> dict:
     for path in w.datasets:
         found, report = load_state_episodes([path], w.state.proprio)
         if report.bad or not found:
-            also = ", and obs/states with state.proprio" if w.state.proprio else ""
+            also = ", and the policy's states with state.proprio" if w.state.proprio else ""
             raise ConfigError(f"world_model.state.steps={w.state.steps} needs recordings "
                               f"with simulator states (robosuite and LIBERO record runs keep "
                               f"them{also}): "

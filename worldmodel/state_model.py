@@ -19,7 +19,7 @@ model learns generated frames). An episode succeeds in the state model when ``p`
 predicted state reaches the threshold (:func:`outcomes`).
 
 With ``proprio_dim`` P a third head reads the policy's proprioception off a state (the
-recordings' ``obs/states``, e.g. robosuite's end-effector pose and finger positions),
+recordings' state vector, e.g. robosuite's end-effector pose and finger positions),
 ``q(s) = mu_q + sigma_q * h((s - mu_s) / sigma_s)``, trained like the classifier on real
 and predicted states with ``||(q(s) - q_t) / sigma_q||^2 / P``: the world-model env can
 then hand the policy the proprioception of the state it predicts
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from demos.reader import ReadReport, read_low_dim
+from demos.reader import POLICY_STATES, ReadReport, read_low_dim
 from worldmodel.fit import fit_steps
 
 
@@ -62,19 +62,16 @@ class StateEpisode:
         return bool(self.success[:-1].any())
 
 
-PROPRIO_KEY = "obs/states"  # the policy's state vector in chunkrl's recordings
-
-
 def load_state_episodes(paths: Iterable[str | Path], proprio: bool = False
                         ) -> tuple[list[StateEpisode], ReadReport]:
     """Every recording under ``paths`` with simulator states (robosuite's and LIBERO's
     record runs keep them), with the policy's proprioception when ``proprio``; a file
     without names itself in the report."""
-    keys = ("actions", "states", "success") + ((PROPRIO_KEY,) if proprio else ())
+    keys = ("actions", "states", "success") + ((POLICY_STATES,) if proprio else ())
     found, report = read_low_dim(paths, keys)
     return [StateEpisode(d["states"].astype(np.float32), d["actions"].astype(np.float32),
                          d["success"].astype(bool),
-                         d[PROPRIO_KEY].astype(np.float32) if proprio else None)
+                         d[POLICY_STATES].astype(np.float32) if proprio else None)
             for d in found if len(d["actions"]) > 1], report
 
 
