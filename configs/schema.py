@@ -841,10 +841,12 @@ def validate(cfg: Config) -> list[str]:
         (m.lora_rank >= 0, "model.lora_rank must be >= 0"),
         (m.cnn.image_resolution >= 8 and m.cnn.image_resolution % 2 == 0,
          "model.cnn.image_resolution must be even and >= 8"),
-        (not (m.kind == "cnn_gaussian" and m.cnn.read_state and e.kind == "world_model"),
+        (not (m.kind == "cnn_gaussian" and m.cnn.read_state and e.kind == "world_model" and
+              e.world_model.proprio == "zeros"),
          "env.kind=world_model gives zero states but model.cnn.read_state=true: a policy "
          "that learned from the real env's state would read zeros; set "
-         "model.cnn.read_state=false (and behaviour-clone with it)"),
+         "model.cnn.read_state=false (and behaviour-clone with it), or hand it the "
+         "predicted state's proprioception (env.world_model.proprio=state)"),
         (not (m.kind == "cnn_gaussian" and m.cnn.wrist_camera) or e.wrist_camera,
          "model.cnn.wrist_camera=true but the env sends no wrist camera; set "
          "env.wrist_camera=true"),

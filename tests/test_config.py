@@ -142,6 +142,9 @@ def test_cross_field_rules_of_the_demonstration_chain():
         load_config(base, ["sft.loss=mse", "model.kind=qwen_oft", "model.model_path=x"])
     with pytest.raises(ConfigError, match="set model.cnn.read_state=false"):
         load_config(ROOT / "configs/synthetic_world_model.yaml", ["model.cnn.read_state=true"])
+    # ... unless the world model hands it the proprioception of the state it predicts
+    assert load_config(ROOT / "configs/synthetic_world_model.yaml", [
+        "model.cnn.read_state=true", "env.world_model.proprio=state"]).model.cnn.read_state
     with pytest.raises(ConfigError, match="set env.wrist_camera=true"):
         load_config(base, ["model.cnn.wrist_camera=true", "env.wrist_camera=false"])
     cfg = load_config(base, ["eval.actors=2"])
