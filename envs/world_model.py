@@ -105,7 +105,7 @@ class WorldModelVectorEnv(VectorEnv):
                              f"the policy's {state_dim}-D state off the simulator's: train "
                              "it with world_model.state.proprio=true on recordings of that "
                              "state (env.state_dim)")
-        uses_state = judge != "frames" or frames == "state" or proprio == "state"
+        uses_state = needs_sim_states(judge, frames, proprio)
         if uses_state and any(s.sim_state is None for s in starts):
             raise ValueError(f"env.world_model.judge={judge}, frames={frames}, "
                              f"proprio={proprio} needs reset frames with their simulator "
@@ -236,6 +236,12 @@ class WorldModelVectorEnv(VectorEnv):
                 "bddl_file_name": ""}
 
 
+def needs_sim_states(judge: str, frames: str, proprio: str) -> bool:
+    """Whether ``env.world_model``'s judge, frames and proprio read the state model's
+    predicted simulator state (then every reset frame needs its recorded one)."""
+    return judge != "frames" or frames == "state" or proprio == "state"
+
+
 def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
                          max_episode_steps: int, device: Optional[str] = None):
     """The env of ``cfg`` (an :class:`configs.EnvConfig` with kind world_model)."""
@@ -256,8 +262,7 @@ def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
     from envs import image_orientation
 
     starts = reset_frames(wm.reset_data, model.image_size, image_orientation(cfg), model.cameras,
-                          sim_states=wm.judge != "frames" or wm.frames == "state" or
-                          wm.proprio == "state")
+                          sim_states=needs_sim_states(wm.judge, wm.frames, wm.proprio))
     log.info("world-model env: %s (%dx%d frames, chunks of %d), %d reset frames",
              wm.checkpoint, model.image_size, model.image_size, model.chunk, len(starts))
     return WorldModelVectorEnv(num_envs, group_size, model, starts, max_episode_steps,
