@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     # The mapping reset frame -> initial state, checked: the real env's first frame there
     # against the world model's reset frame (mean grey levels, both resized alike).
     real_env.reset_group(0, starts[0].init_state_id)
-    first = resize(real_env.observe(np.array([0])).main_images, cfg.env.image_size)[0]
+    first = resize(real_env.observe(np.array([0])).main_images, starts[0].frame.shape[0])[0]
     frame_gap = float(np.abs(first.astype(float) - starts[0].frame[..., :3]).mean())
     hook = writer = None
     if args.record:

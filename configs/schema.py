@@ -167,17 +167,20 @@ class WorldModelEnvConfig:
         "state it predicts from the reset frame's recorded state and the actions: "
         "world_model.state.steps > 0, reset_data recorded with simulator states); both "
         "(the lower of the two)")
-    frames: Literal["generator", "state"] = opt(
+    frames: Literal["generator", "state", "simulator"] = opt(
         "generator", "what draws the frames the policy sees: generator (the frame "
-        "predictor, from the last frames and the chunk, RLinf's) or state (the world "
+        "predictor, from the last frames and the chunk, RLinf's); state (the world "
         "model's decoder, from the simulator state its state model predicts: needs "
         "world_model.state.steps and world_model.decoder.steps > 0 and reset_data "
-        "recorded with simulator states)")
-    proprio: Literal["zeros", "state"] = opt(
+        "recorded with simulator states); simulator (the real simulator's renderer draws "
+        "that predicted state, each chunk's last, at env.image_size, without a physics "
+        "step: robosuite recordings of env.robosuite.task, judge=state)")
+    proprio: Literal["zeros", "state", "simulator"] = opt(
         "zeros", "the state the policy is handed: zeros (RLinf's: the world model makes "
-        "none) or state (the proprioception the state model reads off the simulator state "
+        "none); state (the proprioception the state model reads off the simulator state "
         "it predicts: world_model.state.proprio=true, reset_data recorded with simulator "
-        "states; the policy reads it with model.cnn.read_state=true)")
+        "states; the policy reads it with model.cnn.read_state=true); simulator (the real "
+        "simulator's reading of that predicted state: exact forward kinematics)")
     device: str = opt("cpu", "where the models run: cpu, cuda, auto")
 
 

@@ -76,9 +76,15 @@ def image_orientation(cfg: EnvConfig) -> str:
 
 
 def prepare_rendering(cfg: EnvConfig) -> str:
-    """Choose the GL backend before MuJoCo is imported (simulator kinds only)."""
-    if cfg.kind in ("synthetic", "world_model"):
+    """Choose the GL backend before MuJoCo is imported (simulator kinds, and a world model
+    whose predicted states the simulator draws)."""
+    if cfg.kind == "synthetic":
         return "none"
+    if cfg.kind == "world_model":
+        from envs.world_model import uses_simulator
+
+        if not uses_simulator(cfg.world_model.frames, cfg.world_model.proprio):
+            return "none"
     from envs.render import select_gl_backend
 
     return select_gl_backend(cfg.render_backend)

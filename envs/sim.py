@@ -235,11 +235,31 @@ class MujocoVectorEnv(VectorEnv):
             if wrist is not None:
                 wrist[row] = orient(slot.renderer.render(slot.cameras[1], raw),
                                     self.opts.orientation)
+        return EnvObs(main, self.proprioception(env_ids),
+                      [self.slots[int(e)].instruction for e in env_ids], wrist)
+
+    def proprioception(self, env_ids: np.ndarray) -> np.ndarray:
+        """The policy's state of each env, float32 [B, state_dim] (no render)."""
         states = np.stack([self.slots[int(e)].state for e in env_ids])
         if self.state_dim == 7:
             states = state_8_to_7(states)
-        return EnvObs(main, states.astype(np.float32, copy=False),
-                      [self.slots[int(e)].instruction for e in env_ids], wrist)
+        return states.astype(np.float32, copy=False)
+
+    def show(self, env_id: int, flat_state: np.ndarray) -> None:
+        """Put env ``env_id`` (reset once, so built) into a MuJoCo state, flattened as
+        :meth:`record_extras` stores it (time, qpos, qvel), without a physics step: every
+        body's pose follows by forward kinematics, so :meth:`observe` then draws that state
+        and reads its proprioception (a learned simulator's predicted state drawn by this
+        one: :mod:`envs.sim_view`). The episode's counters are left alone."""
+        slot = self.slots[env_id]
+        sim = slot.sim_env.sim
+        sim.set_state_from_flattened(np.asarray(flat_state, np.float64))
+        sim.forward()
+        slot.state = self._state(slot.sim_env._get_observations(force_update=True))
+
+    def flat_state_size(self, env_id: int) -> int:
+        """The length of env ``env_id``'s flattened MuJoCo state (1 + nq + nv)."""
+        return int(self.slots[env_id].sim_env.sim.get_state().flatten().size)
 
     def record_extras(self, env_ids: np.ndarray) -> dict:
         """The simulator's state (MuJoCo's flattened time, qpos, qvel, as LIBERO's

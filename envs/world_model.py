@@ -13,7 +13,10 @@ chunkrl's (or any :class:`worldmodel.models.WorldModel`'s) generator and success
   moves the simulator state it predicts (from the reset frame's recorded one) on by the
   chunk's actions, and its decoder (:mod:`worldmodel.decoder`) draws each new state's
   frames: they drift only as far as the predicted state does, never by compounding their
-  own pixels (the frame predictor is not used).
+  own pixels (the frame predictor is not used). With ``frames: simulator`` the same
+  predicted state is drawn by the real simulator's renderer (:mod:`envs.sim_view`: MuJoCo
+  set to that state, forward kinematics, no physics step), for each chunk's last state
+  only: the frame the policy acts on (the chunk's other steps show it too).
 - **Reward**: the success model gives each new frame a probability ``p`` with the env's
   instruction (``judge`` ``frames``, RLinf's); with ``state`` the world model's state
   model (:mod:`worldmodel.state_model`) gives it instead, for the simulator state it
@@ -29,16 +32,20 @@ chunkrl's (or any :class:`worldmodel.models.WorldModel`'s) generator and success
 - **Observation**: the last frame (the model's image size), and a state of zeros of the
   contract's size: the world model has no proprioception, as RLinf's; with ``proprio``
   ``state`` (a state model trained with ``world_model.state.proprio``) the policy's
-  proprioception the state model reads off the simulator state it predicts. A world model of
-  one camera (RLinf's) gives no wrist images; one that also generates the wrist camera
-  (``world_model.cameras: [main, wrist]``) gives its wrist frames as the wrist camera's.
-  Other generated views (``table_front``) are the success model's alone.
+  proprioception the state model reads off the simulator state it predicts, or with
+  ``simulator`` the real simulator's reading of that state (exact forward kinematics). A
+  world model of one camera (RLinf's) gives no wrist images; one that also generates the
+  wrist camera (``world_model.cameras: [main, wrist]``) gives its wrist frames as the
+  wrist camera's.
+  Other generated views (``table_front``) are the success model's alone. With ``frames:
+  simulator`` the policy sees what the simulator draws, its wrist camera included when
+  ``env.wrist_camera``, at ``env.image_size`` (the real env's, not the world model's).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -47,6 +54,9 @@ from typing_extensions import override
 from envs.base import EnvObs, StepResult, VectorEnv, split_init_state
 from worldmodel.data import ResetFrame
 from worldmodel.models import WorldModel, to_images, to_model_frames
+
+if TYPE_CHECKING:  # envs.sim imports MuJoCo's bindings, which fix the GL backend
+    from envs.sim_view import SimulatorView
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +89,7 @@ class WorldModelVectorEnv(VectorEnv):
                  success_threshold: float = 0.9, binary_score: bool = True,
                  device: str | torch.device = "cpu", held_out: bool = False,
                  success_frames: int = 1, judge: str = "frames", frames: str = "generator",
-                 proprio: str = "zeros"):
+                 proprio: str = "zeros", view: SimulatorView | None = None):
         if num_envs % group_size:
             raise ValueError(f"num_envs {num_envs} is not a multiple of group_size {group_size}")
         if not starts:
@@ -105,12 +115,20 @@ class WorldModelVectorEnv(VectorEnv):
                              f"the policy's {state_dim}-D state off the simulator's: train "
                              "it with world_model.state.proprio=true on recordings of that "
                              "state (env.state_dim)")
+        if uses_simulator(frames, proprio) and (view is None or model.state_model is None):
+            raise ValueError(f"env.world_model.frames={frames}, proprio={proprio} draws the "
+                             "state model's predicted states with the simulator: it needs "
+                             "a world model with a state model and the simulator's scene")
+        if frames == "simulator" and judge != "state":
+            raise ValueError(f"env.world_model.frames=simulator draws one frame per chunk, "
+                             f"which judge={judge} cannot score frame by frame: set "
+                             "env.world_model.judge=state")
         uses_state = needs_sim_states(judge, frames, proprio)
         if uses_state and any(s.sim_state is None for s in starts):
             raise ValueError(f"env.world_model.judge={judge}, frames={frames}, "
                              f"proprio={proprio} needs reset frames with their simulator "
                              "states (robosuite or LIBERO recordings)")
-        self.judge, self.frames_from, self.proprio = judge, frames, proprio
+        self.judge, self.frames_from, self.proprio, self.view = judge, frames, proprio, view
         # the simulator state the state model predicts for each env (None: not used)
         self.sim = torch.zeros(num_envs, model.state_model.state_dim, device=device) \
             if uses_state else None
@@ -123,10 +141,15 @@ class WorldModelVectorEnv(VectorEnv):
         self.coef, self.threshold, self.binary = reward_coef, success_threshold, binary_score
         self.success_frames = success_frames
         wrist = model.cameras.index("wrist") if "wrist" in model.cameras else None
-        self.wrist = None if wrist is None else slice(3 * wrist, 3 * wrist + 3)
         k = model.condition_frames
         self.history = torch.zeros(num_envs, k, channels, size, size, device=self.device)
+        if frames == "simulator":  # what the simulator draws: main, and wrist when asked
+            wrist = 1 if view.wrist else None
+            size, channels = view.image_size, 3 + 3 * view.wrist
+        self.wrist = None if wrist is None else slice(3 * wrist, 3 * wrist + 3)
         self.last = np.zeros((num_envs, size, size, channels), np.uint8)  # every camera's
+        # the simulator's reading of each env's predicted state (proprio: simulator)
+        self.read_states = np.zeros((num_envs, state_dim), np.float32)
         # every camera's frames of the last step_chunk, uint8 [B,N,H,W,C] (to look at)
         self.chunk_views = np.zeros((0, 0, size, size, channels), np.uint8)
         self.score = np.zeros(num_envs, np.float32)
@@ -141,10 +164,13 @@ class WorldModelVectorEnv(VectorEnv):
         envs = slice(group * self.group_size, (group + 1) * self.group_size)
         first = to_model_frames(start.frame).to(self.device)
         self.history[envs] = first[None, None]
-        self.last[envs] = start.frame
+        if self.frames_from != "simulator":  # else the simulator's view of it, below
+            self.last[envs] = start.frame
         self.score[envs], self.steps[envs], self.streak[envs] = 0.0, 0, 0
         if self.sim is not None:
             self.sim[envs] = torch.as_tensor(start.sim_state, device=self.device)
+        if self.view is not None:
+            self._look(np.arange(envs.start, envs.stop), start.sim_state[None])
         for e in range(envs.start, envs.stop):
             self.instructions[e] = start.instruction
 
@@ -168,16 +194,25 @@ class WorldModelVectorEnv(VectorEnv):
             if self.sim is not None:  # the predicted simulator states after each action
                 states = self.model.state_model.rollout(self.sim[ids], taken)
                 self.sim[ids] = states[:, -1]
-            if self.frames_from == "state":
+            if self.frames_from == "simulator":
+                frames = None
+            elif self.frames_from == "state":
                 frames = self.model.decoder.draw(states)
             else:
                 frames = self.model.generate(self.history[ids],
                                              self.model.normalise(taken).clamp(-1, 1))
-            k = self.model.condition_frames
-            self.history[ids] = torch.cat([self.history[ids], frames], 1)[:, -k:]
-            raw = self._probabilities(frames, states, env_ids)
+            if frames is not None:
+                k = self.model.condition_frames
+                self.history[ids] = torch.cat([self.history[ids], frames], 1)[:, -k:]
+            raw = self._probabilities(frames, states, env_ids, n)
+        if self.view is not None:  # the chunk's last state, as the simulator shows it
+            self._look(env_ids, states[:, -1].cpu().numpy())
+        if frames is None:
+            images = np.repeat(self.last[env_ids][:, None], n, 1)
+        else:
+            images = to_images(frames)
+        self.chunk_views = images
         above = frame_success(raw, self.threshold)
-        images = self.chunk_views = to_images(frames)
         out, done = [], np.zeros(b, bool)
         for t in range(n):
             res = StepResult(np.zeros(b, np.float32), np.zeros(b, bool), np.zeros(b, bool),
@@ -197,11 +232,11 @@ class WorldModelVectorEnv(VectorEnv):
             out.append(res)
         return out
 
-    def _probabilities(self, frames: torch.Tensor, states: torch.Tensor | None,
-                       env_ids: np.ndarray) -> np.ndarray:
-        """The success probability [B,N] of each env's new frames [B,N,C,H,W] by
+    def _probabilities(self, frames: torch.Tensor | None, states: torch.Tensor | None,
+                       env_ids: np.ndarray, n: int) -> np.ndarray:
+        """The success probability [B,N] of each env's N new frames [B,N,C,H,W] by
         ``judge``, the state model's from the predicted ``states`` [B,N,S]."""
-        b, n = frames.shape[:2]
+        b = len(env_ids)
         if self.judge != "state":
             texts = [self.instructions[e] for e in env_ids for _ in range(n)]
             seen = self.model.scorer.score(frames.flatten(0, 1), texts).view(b, n).cpu().numpy()
@@ -216,7 +251,9 @@ class WorldModelVectorEnv(VectorEnv):
         world model makes it), the states (zeros, or with ``proprio`` state the
         proprioception of each env's predicted simulator state), the instructions."""
         last = self.last[env_ids]
-        if self.proprio == "state":
+        if self.proprio == "simulator":
+            states = self.read_states[env_ids]
+        elif self.proprio == "state":
             with torch.no_grad():
                 states = self.model.state_model.proprio(
                     self.sim[torch.as_tensor(env_ids, device=self.device)]).cpu().numpy()
@@ -226,9 +263,24 @@ class WorldModelVectorEnv(VectorEnv):
                       [self.instructions[e] for e in env_ids],
                       None if self.wrist is None else np.ascontiguousarray(last[..., self.wrist]))
 
+    def _look(self, env_ids: np.ndarray, states: np.ndarray) -> None:
+        """Keep the simulator's view of the predicted ``states`` (float [B or 1,S]) for
+        envs ``env_ids``: the frames with ``frames: simulator``, the proprioception."""
+        seen = self.view.look(states, draw=self.frames_from == "simulator")
+        if self.frames_from == "simulator":
+            self.last[env_ids, ..., :3] = seen.main
+            if self.wrist is not None:
+                self.last[env_ids, ..., self.wrist] = seen.wrist
+        self.read_states[env_ids] = seen.states
+
     @override
     def frame(self, env_id: int) -> np.ndarray:
         return self.last[env_id, ..., :3].copy()
+
+    @override
+    def close(self) -> None:
+        if self.view is not None:
+            self.view.close()
 
     @override
     def task_info(self, init_state_id: int) -> dict:
@@ -239,7 +291,13 @@ class WorldModelVectorEnv(VectorEnv):
 def needs_sim_states(judge: str, frames: str, proprio: str) -> bool:
     """Whether ``env.world_model``'s judge, frames and proprio read the state model's
     predicted simulator state (then every reset frame needs its recorded one)."""
-    return judge != "frames" or frames == "state" or proprio == "state"
+    return judge != "frames" or frames != "generator" or proprio != "zeros"
+
+
+def uses_simulator(frames: str, proprio: str) -> bool:
+    """Whether ``env.world_model``'s frames or proprio are the real simulator's drawing
+    and reading of the predicted state (:mod:`envs.sim_view`; it then renders)."""
+    return frames == "simulator" or proprio == "simulator"
 
 
 def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
@@ -251,7 +309,7 @@ def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
 
     wm = cfg.world_model
     model = WorldModel.load(wm.checkpoint)
-    if cfg.image_size != model.image_size:
+    if cfg.image_size != model.image_size and wm.frames != "simulator":
         raise ValueError(f"env.image_size={cfg.image_size} but the world model {wm.checkpoint}"
                          f" makes {model.image_size}x{model.image_size} frames: set "
                          f"env.image_size={model.image_size}")
@@ -265,11 +323,24 @@ def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
                           sim_states=needs_sim_states(wm.judge, wm.frames, wm.proprio))
     log.info("world-model env: %s (%dx%d frames, chunks of %d), %d reset frames",
              wm.checkpoint, model.image_size, model.image_size, model.chunk, len(starts))
+    view = None
+    if uses_simulator(wm.frames, wm.proprio):
+        import dataclasses
+
+        from envs import make_env
+        from envs.sim_view import SimulatorView
+
+        if model.state_model is None:
+            raise ValueError(f"env.world_model.frames={wm.frames}, proprio={wm.proprio} "
+                             f"draws the state model's states, but {wm.checkpoint} has "
+                             "none: train it with world_model.state.steps > 0")
+        scene = make_env(dataclasses.replace(cfg, kind="robosuite"), 1, 1, action_dim)
+        view = SimulatorView(scene, model.state_model.state_dim)
     return WorldModelVectorEnv(num_envs, group_size, model, starts, max_episode_steps,
                                cfg.state_dim, action_dim, wm.reward_coef,
                                wm.success_threshold, wm.binary_score,
                                device or pick_device(wm.device), cfg.held_out_eval_states,
-                               wm.success_frames, wm.judge, wm.frames, wm.proprio)
+                               wm.success_frames, wm.judge, wm.frames, wm.proprio, view)
 
 
 def read_action_bounds(path: str) -> tuple[np.ndarray, np.ndarray]:
