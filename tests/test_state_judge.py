@@ -161,6 +161,9 @@ def test_train_world_model_trains_it_and_the_env_resets_from_recorded_states(tmp
     assert not torch.equal(new["dynamics.0.weight"], old["dynamics.0.weight"])
     # with a proprioception head added (the recordings' policy states), which the env hands on
     assert after.state_model.proprio_dim == 8 and before.state_model.proprio_dim == 0
+    assert all(len(summary["state_model_proprio_abs_error"][k]) == 8 and
+               np.isfinite(summary["state_model_proprio_abs_error"][k]).all()
+               for k in ("recorded", "predicted"))
     more_cfg = load_config(ROOT / "configs/robosuite_lift_world_model.yaml",
                            more + [f"env.world_model.checkpoint={tuned / 'world_model.pt'}",
                                    "env.world_model.proprio=state"])

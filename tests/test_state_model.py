@@ -9,7 +9,8 @@ from demos import Demo
 from demos.layout import file_attributes
 from demos.writer import write_file
 from worldmodel.state_model import (StateEpisode, StateModel, load_state_episodes, losses,
-                                    outcomes, sample_windows, train_state_model)
+                                    outcomes, proprio_error, sample_windows,
+                                    train_state_model)
 
 
 def _pushes(n: int, rng: np.random.Generator, length: int = 12) -> list[StateEpisode]:
@@ -41,9 +42,11 @@ def test_it_learns_a_known_system_and_judges_outcomes_open_loop():
     torch.manual_seed(0)
     train, held = _pushes(200, rng), _pushes(60, rng)
     model = StateModel(2, 2, hidden=64, layers=2)
-    untrained = float(losses(model.eval(), sample_windows(held, 8, 256, rng))[0])
+    with torch.no_grad():
+        untrained = float(losses(model.eval(), sample_windows(held, 8, 256, rng))[0])
     train_state_model(model, train, 600, horizon=8, rng=rng)
-    dyn, suc, _ = losses(model, sample_windows(held, 8, 256, rng))
+    with torch.no_grad():
+        dyn, suc, _ = losses(model, sample_windows(held, 8, 256, rng))
     assert float(dyn) < 0.05 * untrained and float(suc) < 0.2
     best, real = outcomes(model, held)
     assert 10 < real.sum() < 50  # both outcomes among the held-out episodes
@@ -98,6 +101,15 @@ def test_a_proprioception_head_reads_the_policys_state_off_real_and_predicted_st
                                              torch.from_numpy(held[0].actions[None, :-1])))
     assert np.abs(got - want).mean() < 0.1 * np.abs(want).mean()
     assert np.abs(rolled[0].numpy() - held[0].proprio[1:]).mean() < 0.1 * np.abs(want).mean()
+    error = proprio_error(model, held)
+    np.testing.assert_allclose(error["recorded"], np.abs(got - want).mean(0), rtol=1e-5)
+    assert len(error["predicted"]) == 3
+    # a head that reads nothing gives the data's mean: its error is the mean deviation
+    with torch.no_grad():
+        model.proprio_head[-1].weight.zero_()
+        model.proprio_head[-1].bias.zero_()
+    np.testing.assert_allclose(proprio_error(model, held)["recorded"],
+                               np.abs(model.q_mean.numpy() - want).mean(0), rtol=1e-5)
     bare = StateModel(2, 2, hidden=8)
     assert "q_mean" not in bare.state_dict()  # files from before the head load unchanged
     with pytest.raises(ValueError, match="state.proprio"):

@@ -22,7 +22,8 @@ from worldmodel.evaluate import generator_metrics
 from worldmodel.metrics import roc_auc
 from worldmodel.models import WorldModel
 from worldmodel.probe import position_errors, train_probe
-from worldmodel.state_model import StateModel, load_state_episodes, outcomes, train_state_model
+from worldmodel.state_model import (StateModel, load_state_episodes, outcomes, proprio_error,
+                                    train_state_model)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,12 @@ def train_state_stage(cfg: Config, model: WorldModel, writer, stop) -> dict:
                float(said[~real].mean()) if (~real).any() else float("nan"),
            "state_model_success_on_real_successes":
                float(said[real].mean()) if real.any() else float("nan")}
+    if judge.proprio_dim:  # what the env's proprio=state would hand the policy, how far off
+        out["state_model_proprio_abs_error"] = proprio_error(judge, val)
+        log.info("state model, held out: proprioception mean absolute error %s (recorded "
+                 "states), %s (predicted open loop)", *(
+                     " ".join(f"{e:.4f}" for e in out["state_model_proprio_abs_error"][k])
+                     for k in ("recorded", "predicted")))
     log.info("state model, held out, open loop: ROC AUC %.4f; success at %.2f on episodes "
              "that really failed %.3f, that really succeeded %.3f", out["state_model_auc"],
              rule.success_threshold, out["state_model_success_on_real_failures"],

@@ -235,3 +235,19 @@ def outcomes(model: StateModel, episodes: list[StateEpisode]) -> tuple[np.ndarra
                                torch.from_numpy(ep.actions[None, :-1]))
         best.append(float(torch.sigmoid(model.success_logits(states)).max()))
     return np.array(best), np.array([ep.succeeded for ep in episodes])
+
+
+@torch.no_grad()
+def proprio_error(model: StateModel, episodes: list[StateEpisode]) -> dict[str, list[float]]:
+    """The proprioception head's mean absolute error per entry of the policy's state over
+    ``episodes``: read off the recorded states (``recorded``, |q(s_t) - q_t|) and off the
+    states predicted open loop from the first with the recorded actions (``predicted``,
+    what the env hands the policy: |q(s^_t) - q_t|, t >= 1)."""
+    recorded, predicted = [], []
+    for ep in episodes:
+        states = torch.from_numpy(ep.states)
+        recorded.append(np.abs(model.proprio(states).numpy() - ep.proprio))
+        rolled = model.rollout(states[:1], torch.from_numpy(ep.actions[None, :-1]))[0]
+        predicted.append(np.abs(model.proprio(rolled).numpy() - ep.proprio[1:]))
+    return {"recorded": np.concatenate(recorded).mean(0).tolist(),
+            "predicted": np.concatenate(predicted).mean(0).tolist()}
