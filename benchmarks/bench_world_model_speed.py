@@ -126,8 +126,9 @@ def main(argv=None) -> int:
           "episodes\n")
     print("| env | env steps/s |\n|---|---:|")
     print(f"| real ({envs['real'][1]}, {real_cfg.env.image_size}px) | {med['real']:.0f} |")
-    print(f"| world model ({envs['wm'][1]}, {cfg.world_model.image_size}px) | "
-          f"{med['wm']:.0f} |")
+    drawn = cfg.env.world_model.frames
+    size = cfg.env.image_size if drawn == "simulator" else cfg.world_model.image_size
+    print(f"| world model ({envs['wm'][1]}, frames: {drawn}, {size}px) | {med['wm']:.0f} |")
     print(f"\nworld model / real: {med['wm'] / med['real']:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps({"rates": rates, "median": med,
