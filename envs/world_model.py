@@ -36,10 +36,10 @@ chunkrl's (or any :class:`worldmodel.models.WorldModel`'s) generator and success
   ``simulator`` the real simulator's reading of that state (exact forward kinematics). A
   world model of one camera (RLinf's) gives no wrist images; one that also generates the
   wrist camera (``world_model.cameras: [main, wrist]``) gives its wrist frames as the
-  wrist camera's.
-  Other generated views (``table_front``) are the success model's alone. With ``frames:
-  simulator`` the policy sees what the simulator draws, its wrist camera included when
-  ``env.wrist_camera``, at ``env.image_size`` (the real env's, not the world model's).
+  wrist camera's. Other generated views (``table_front``) are the success model's alone.
+  With ``frames: simulator`` the policy sees what the simulator draws, its wrist camera
+  included when ``env.wrist_camera``, at ``env.image_size`` (the real env's, not the
+  world model's).
 """
 
 from __future__ import annotations
