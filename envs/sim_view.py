@@ -54,15 +54,12 @@ class SimulatorView:
     def look(self, states: np.ndarray, draw: bool = True) -> View:
         """The view of each flattened state (float [B,S]); without ``draw`` its
         proprioception alone (``main`` and ``wrist`` None: no render)."""
-        seen, read = [], []
+        seen = []
         for state in states:
             self.env.show(0, state)
-            if draw:
-                seen.append(self.env.observe(_SLOT))
-            else:
-                read.append(self.env.proprioception(_SLOT))
+            seen.append(self.env.observe(_SLOT) if draw else self.env.proprioception(_SLOT))
         if not draw:
-            return View(None, None, np.concatenate(read))
+            return View(None, None, np.concatenate(seen))
         return View(np.concatenate([o.main_images for o in seen]),
                     np.concatenate([o.wrist_images for o in seen]) if self.wrist else None,
                     np.concatenate([o.states for o in seen]))

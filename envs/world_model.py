@@ -323,17 +323,13 @@ def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
                           sim_states=needs_sim_states(wm.judge, wm.frames, wm.proprio))
     log.info("world-model env: %s (%dx%d frames, chunks of %d), %d reset frames",
              wm.checkpoint, model.image_size, model.image_size, model.chunk, len(starts))
-    view = None
-    if uses_simulator(wm.frames, wm.proprio):
+    view = None  # without a state model the env refuses the simulator's view itself
+    if uses_simulator(wm.frames, wm.proprio) and model.state_model is not None:
         import dataclasses
 
         from envs import make_env
         from envs.sim_view import SimulatorView
 
-        if model.state_model is None:
-            raise ValueError(f"env.world_model.frames={wm.frames}, proprio={wm.proprio} "
-                             f"draws the state model's states, but {wm.checkpoint} has "
-                             "none: train it with world_model.state.steps > 0")
         scene = make_env(dataclasses.replace(cfg, kind="robosuite"), 1, 1, action_dim)
         view = SimulatorView(scene, model.state_model.state_dim)
     return WorldModelVectorEnv(num_envs, group_size, model, starts, max_episode_steps,
