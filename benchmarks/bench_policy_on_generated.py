@@ -146,6 +146,7 @@ def drawn(model, first, ep):
     import numpy as np
     import torch
 
+    from worldmodel.ensemble import shown_rollout
     from worldmodel.models import to_images
 
     if ep.sim_states is None:
@@ -153,8 +154,8 @@ def drawn(model, first, ep):
     n = len(ep.sim_states)
     with torch.no_grad():
         states = torch.from_numpy(ep.sim_states)
-        predicted = model.state_model.rollout(states[:1],
-                                              torch.from_numpy(ep.actions[None, :n - 1]))[0]
+        predicted = shown_rollout(model.state_model, states[:1],
+                                  torch.from_numpy(ep.actions[None, :n - 1]))[0]
         return (np.concatenate([first, to_images(model.decoder.draw(states[1:]))]),
                 np.concatenate([first, to_images(model.decoder.draw(predicted))]))
 

@@ -564,6 +564,11 @@ class StateModelConfig:
                       "classifier's: half)")
     batch_size: int = opt(256, "windows per step")
     lr: float = opt(1e-3, "AdamW learning rate, cosine decay")
+    ensemble: int = opt(1, "members K: K state models, each from its own initial weights "
+                        "on its own bootstrap resample of the training episodes (K > 1), "
+                        "each unrolling its own state in the env; success only where "
+                        "every member predicts it (the lowest probability), the members' "
+                        "mean state drawn (worldmodel/ensemble.py); K times the steps")
     proprio: bool = opt(False, "also learn the policy's proprioception (the recordings' "
                         "state vector: obs/states or ee_states + gripper_states) from the "
                         "simulator state, which "
@@ -630,7 +635,9 @@ class WorldModelConfig:
                     "state.steps and decoder.steps, e.g. on the replays "
                     "benchmarks/bench_reward_agreement.py --record writes; empty: from "
                     "scratch")
-    steps: int = opt(3000, "predictor optimizer steps")
+    steps: int = opt(3000, "predictor optimizer steps (0 without init: an untrained "
+                     "predictor, for a world model whose frames the simulator draws from "
+                     "its state model: env.world_model.frames=simulator, judge=state)")
     batch_size: int = opt(32, "predictor windows per step")
     lr: float = opt(1e-3, "AdamW peak learning rate (both models), cosine decay")
     success_steps: int = opt(1500, "success-model optimizer steps")
@@ -947,18 +954,18 @@ def validate(cfg: Config) -> list[str]:
          w.chunk >= 1 and w.channels >= 4 and w.success_channels >= 4 and
          w.sampling_steps >= 1 and
          min(w.batch_size, w.success_batch_size, w.val_every, w.checkpoint_every) >= 1 and
-         min(w.steps, w.success_steps) >= (0 if w.init else 1) and
+         min(w.steps, w.success_steps) >= (0 if w.init or w.state.steps else 1) and
          w.lr > 0 and 0 <= w.val_fraction < 1 and
          min(w.max_episodes, w.videos, w.position_dims, w.probe_steps,
              w.success_hold) >= 0,
          "world_model: image_size a multiple of 8 and >= 16; condition_frames, chunk, "
-         "sampling_steps, steps and success_steps (>= 0 with init), "
+         "sampling_steps, steps and success_steps (>= 0 with init or state.steps), "
          "batch sizes, val_every, checkpoint_every >= 1; channels >= 4; lr > 0; "
          "val_fraction in [0, 1); max_episodes, videos, position_dims, probe_steps, "
          "success_hold >= 0"),
         (min(w.state.steps, w.state.hidden - 1, w.state.horizon - 1,
-             w.state.batch_size - 1) >= 0 and w.state.lr > 0,
-         "world_model.state: steps >= 0; horizon, hidden, batch_size >= 1; lr > 0"),
+             w.state.batch_size - 1, w.state.ensemble - 1) >= 0 and w.state.lr > 0,
+         "world_model.state: steps >= 0; horizon, hidden, batch_size, ensemble >= 1; lr > 0"),
         (min(w.decoder.steps, w.decoder.batch_size - 1, w.decoder.frequencies) >= 0 and
          w.decoder.channels >= 8
          and w.decoder.channels % 8 == 0 and w.decoder.lr > 0 and

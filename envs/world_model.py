@@ -20,8 +20,11 @@ chunkrl's (or any :class:`worldmodel.models.WorldModel`'s) generator and success
 - **Reward**: the success model gives each new frame a probability ``p`` with the env's
   instruction (``judge`` ``frames``, RLinf's); with ``state`` the world model's state
   model (:mod:`worldmodel.state_model`) gives it instead, for the simulator state it
-  predicts from the reset frame's recorded state and every action since, and with
-  ``both`` ``p`` is the lower of the two. Success (and termination) when ``p`` has
+  predicts from the reset frame's recorded state and every action since (a state
+  ensemble, ``world_model.state.ensemble`` K > 1, :mod:`worldmodel.ensemble`: each member
+  unrolls its own state and the lowest member's ``p`` counts, while frames and
+  proprioception show the members' mean state), and with ``both`` ``p`` is the lower of
+  the two. Success (and termination) when ``p`` has
   reached ``success_threshold`` on
   the last ``success_frames`` frames of the episode (1: the frame itself);
   truncation at ``max_episode_steps``. The frame's score ``s`` is 1 on success, else 0
@@ -53,6 +56,7 @@ from typing_extensions import override
 
 from envs.base import EnvObs, StepResult, VectorEnv, split_init_state
 from worldmodel.data import ResetFrame
+from worldmodel.ensemble import as_ensemble
 from worldmodel.models import WorldModel, to_images, to_model_frames
 
 if TYPE_CHECKING:  # envs.sim imports MuJoCo's bindings, which fix the GL backend
@@ -129,9 +133,11 @@ class WorldModelVectorEnv(VectorEnv):
                              f"proprio={proprio} needs reset frames with their simulator "
                              "states (robosuite or LIBERO recordings)")
         self.judge, self.frames_from, self.proprio, self.view = judge, frames, proprio, view
-        # the simulator state the state model predicts for each env (None: not used)
-        self.sim = torch.zeros(num_envs, model.state_model.state_dim, device=device) \
-            if uses_state else None
+        # the state model as an ensemble (one member: itself), and the simulator state each
+        # of its K members predicts for each env [E,K,S] (None: not used)
+        self.states = None if model.state_model is None else as_ensemble(model.state_model)
+        self.sim = torch.zeros(num_envs, len(self.states), self.states.state_dim,
+                               device=device) if uses_state else None
         self.num_envs, self.group_size = num_envs, group_size
         self.state_dim, self.action_dim = state_dim, action_dim
         self.max_episode_steps, self.held_out = max_episode_steps, held_out
@@ -190,14 +196,15 @@ class WorldModelVectorEnv(VectorEnv):
             # action beyond what the recordings hold is one the generator never learned
             # (a simulator clips what its actuators cannot do; the synthetic env at +-1).
             taken = torch.as_tensor(actions, dtype=torch.float32, device=self.device)
-            states = None
+            states = shown = None
             if self.sim is not None:  # the predicted simulator states after each action
-                states = self.model.state_model.rollout(self.sim[ids], taken)
+                states = self.states.rollout(self.sim[ids], taken)  # [B,N,K,S]
                 self.sim[ids] = states[:, -1]
+                shown = self.states.mean(states)
             if self.frames_from == "simulator":
                 frames = None
             elif self.frames_from == "state":
-                frames = self.model.decoder.draw(states)
+                frames = self.model.decoder.draw(shown)
             else:
                 frames = self.model.generate(self.history[ids],
                                              self.model.normalise(taken).clamp(-1, 1))
@@ -206,7 +213,7 @@ class WorldModelVectorEnv(VectorEnv):
                 self.history[ids] = torch.cat([self.history[ids], frames], 1)[:, -k:]
             raw = self._probabilities(frames, states, env_ids, n)
         if self.view is not None:  # the chunk's last state, as the simulator shows it
-            self._look(env_ids, states[:, -1].cpu().numpy())
+            self._look(env_ids, shown[:, -1].cpu().numpy())
         if frames is None:
             images = np.repeat(self.last[env_ids][:, None], n, 1)
         else:
@@ -235,14 +242,15 @@ class WorldModelVectorEnv(VectorEnv):
     def _probabilities(self, frames: torch.Tensor | None, states: torch.Tensor | None,
                        env_ids: np.ndarray, n: int) -> np.ndarray:
         """The success probability [B,N] of each env's N new frames [B,N,C,H,W] by
-        ``judge``, the state model's from the predicted ``states`` [B,N,S]."""
+        ``judge``, the state model's from its members' predicted ``states`` [B,N,K,S]
+        (the lowest member's)."""
         b = len(env_ids)
         if self.judge != "state":
             texts = [self.instructions[e] for e in env_ids for _ in range(n)]
             seen = self.model.scorer.score(frames.flatten(0, 1), texts).view(b, n).cpu().numpy()
             if self.judge == "frames":
                 return seen
-        predicted = torch.sigmoid(self.model.state_model.success_logits(states)).cpu().numpy()
+        predicted = torch.sigmoid(self.states.success_logits(states)).cpu().numpy()
         return predicted if self.judge == "state" else np.minimum(seen, predicted)
 
     @override
@@ -255,7 +263,7 @@ class WorldModelVectorEnv(VectorEnv):
             states = self.read_states[env_ids]
         elif self.proprio == "state":
             with torch.no_grad():
-                states = self.model.state_model.proprio(
+                states = self.states.proprio(
                     self.sim[torch.as_tensor(env_ids, device=self.device)]).cpu().numpy()
         else:
             states = np.zeros((len(env_ids), self.state_dim), np.float32)

@@ -77,7 +77,7 @@ def test_frames_from_states_follow_the_predicted_state(pushed):
     env.reset_group(0, 0)
     actions = np.zeros((2, 4, 7), np.float32)
     actions[0, :, 0], actions[1, :, 0] = 1.0, -1.0
-    before = env.sim.clone()
+    before = env.sim[:, 0].clone()  # one member's
     steps = env.step_chunk(np.arange(2), actions)
     with torch.no_grad():
         expected = to_images(decoder.draw(judge.rollout(before, torch.from_numpy(actions))))
@@ -117,7 +117,7 @@ def test_train_world_model_trains_a_decoder_and_the_env_draws_with_it(tmp_path):
     env = make_world_model_env(cfg.env, 2, 2, 7, 12, "cpu")
     assert env.frames_from == "state" and env.model.decoder.state_dim == 5
     env.reset_group(0, 3)
-    np.testing.assert_array_equal(env.sim[0].numpy(), env.starts[3].sim_state)
+    np.testing.assert_array_equal(env.sim[0, 0].numpy(), env.starts[3].sim_state)
     steps = env.step_chunk(np.arange(2), np.zeros((2, 8, 7), np.float32))
     assert len(steps) == 8 and steps[-1].frames.shape == (2, SIZE, SIZE, 3)
     # a decoder added to a trained world model: its other parts stay as they were

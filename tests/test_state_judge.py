@@ -141,7 +141,7 @@ def test_train_world_model_trains_it_and_the_env_resets_from_recorded_states(tmp
     env = make_world_model_env(cfg.env, 2, 2, 7, 12, "cpu")
     assert env.judge == "state" and env.model.state_model.state_dim == 5
     env.reset_group(0, 3)
-    np.testing.assert_array_equal(env.sim[0].numpy(), env.starts[3].sim_state)
+    np.testing.assert_array_equal(env.sim[0, 0].numpy(), env.starts[3].sim_state)
     assert len(env.step_chunk(np.arange(2), np.zeros((2, 8, 7), np.float32))) == 8
     # a state model added to a trained world model: its frame parts stay as they were
     tuned = tmp_path / "tuned"
@@ -208,8 +208,8 @@ def test_the_env_hands_the_policy_the_proprioception_of_its_predicted_state(judg
     actions[:, :, 0] = 1.0
     env.step_chunk(np.arange(2), actions)
     with torch.no_grad():
-        moved = reader.proprio(env.sim).numpy()
-    assert np.abs(env.sim[:, 0].numpy()).min() > 0.2  # it was pushed: the state moved
+        moved = reader.proprio(env.sim[:, 0]).numpy()  # one member's
+    assert np.abs(env.sim[:, 0, 0].numpy()).min() > 0.2  # it was pushed: the state moved
     np.testing.assert_allclose(env.observe(np.arange(2)).states, moved, rtol=1e-5, atol=1e-6)
     assert not np.allclose(moved, at_reset)
     zeros = WorldModelVectorEnv(2, 2, _model(0.0, reader), _starts(), 12, judge="state")

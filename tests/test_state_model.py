@@ -8,9 +8,9 @@ import torch
 from demos import Demo
 from demos.layout import file_attributes
 from demos.writer import write_file
+from worldmodel.ensemble import outcomes, proprio_error
 from worldmodel.state_model import (StateEpisode, StateModel, load_state_episodes, losses,
-                                    outcomes, proprio_error, sample_windows,
-                                    train_state_model)
+                                    sample_windows, train_state_model)
 
 
 def _pushes(n: int, rng: np.random.Generator, length: int = 12) -> list[StateEpisode]:

@@ -289,7 +289,9 @@ class WorldModel(nn.Module):
         if self.state_model is None or self.decoder is None:
             raise ValueError("frames from states need a world model with a state model and "
                              "a decoder (world_model.state.steps, world_model.decoder.steps)")
-        return self.decoder.draw(self.state_model.rollout(first, actions))
+        from worldmodel.ensemble import shown_rollout
+
+        return self.decoder.draw(shown_rollout(self.state_model, first, actions))
 
     def normalise(self, actions: torch.Tensor) -> torch.Tensor:
         """Env-unit actions [...,D] -> the generator's input."""
@@ -321,9 +323,9 @@ class WorldModel(nn.Module):
         g = state["generator"]
         judge = state.get("state_model")  # files from before it have none
         if judge is not None:
-            from worldmodel.state_model import StateModel
+            from worldmodel.ensemble import build_state_model
 
-            judge = StateModel(**judge)
+            judge = build_state_model(judge)
         decoder = state.get("decoder")
         if decoder is not None:
             from worldmodel.decoder import StateDecoder

@@ -22,8 +22,9 @@ from worldmodel.evaluate import generator_metrics
 from worldmodel.metrics import roc_auc
 from worldmodel.models import WorldModel
 from worldmodel.probe import position_errors, train_probe
-from worldmodel.state_model import (StateModel, load_state_episodes, outcomes, proprio_error,
-                                    train_state_model)
+from worldmodel.ensemble import (StateEnsemble, as_ensemble, outcomes, proprio_error,
+                                 shown_rollout)
+from worldmodel.state_model import StateModel, load_state_episodes, train_state_model
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,10 @@ log = logging.getLogger(__name__)
 def train_state_stage(cfg: Config, model: WorldModel, writer, stop) -> dict:
     """Train ``model.state_model`` on the datasets' simulator states (afresh, or on from
     ``world_model.init``'s state model of the same widths, its normaliser kept, so that
-    replays of what a policy did in the world model correct it where RL goes); its
-    held-out metrics (each held-out episode replayed open loop from its first state)."""
+    replays of what a policy did in the world model correct it where RL goes; with
+    ``world_model.state.ensemble`` K > 1 a :class:`StateEnsemble` whose members each train
+    on a bootstrap of the training episodes); its held-out metrics (each held-out episode
+    replayed open loop from its first state; an ensemble's members alone too)."""
     w, rule = cfg.world_model, cfg.env.world_model
     episodes, source = [], {}  # id(episode) -> its entry of world_model.datasets
     for path in w.datasets:
@@ -50,8 +53,10 @@ def train_state_stage(cfg: Config, model: WorldModel, writer, stop) -> dict:
                           np.random.default_rng(cfg.run.seed + 1))
     val = val or train
     proprio = episodes[0].proprio.shape[1] if w.state.proprio else 0
-    fresh = StateModel(episodes[0].states.shape[1], episodes[0].actions.shape[1],
-                       w.state.hidden, proprio_dim=proprio)
+    members = [StateModel(episodes[0].states.shape[1], episodes[0].actions.shape[1],
+                          w.state.hidden, proprio_dim=proprio)
+               for _ in range(w.state.ensemble)]
+    fresh = members[0] if len(members) == 1 else StateEnsemble(members)
     theirs = model.state_model
     if theirs is not None and proprio and not theirs.proprio_dim and \
             {**theirs.spec(), "proprio_dim": proprio} == fresh.spec():
@@ -61,26 +66,21 @@ def train_state_stage(cfg: Config, model: WorldModel, writer, stop) -> dict:
         theirs = fresh
     judge, on_from = _going_on(theirs, fresh, "state model", "world_model.state")
     model.state_model = judge
-    began = shown = time.monotonic()
-    log.info("state model on %d episodes' simulator states (%d held out): %d steps%s",
-             len(train), len(val), w.state.steps, " on from world_model.init's" if on_from else "")
-
-    def progress(k: int, dynamics: float, success: float, *proprio: float) -> bool:
-        nonlocal shown
-        writer.add_scalar("state_model/dynamics_loss", dynamics, k)
-        writer.add_scalar("state_model/success_loss", success, k)
-        for q in proprio:
-            writer.add_scalar("state_model/proprio_loss", q, k)
-        if time.monotonic() - shown >= cfg.run.progress_every_s or k == w.state.steps:
-            log.info("state-model step %d/%d | dynamics %.4f | success %.4f%s | %.1f steps/s",
-                     k, w.state.steps, dynamics, success,
-                     "".join(f" | proprio {q:.4f}" for q in proprio),
-                     k / (time.monotonic() - began))
-            shown = time.monotonic()
-        return stop.is_set()
-
-    train_state_model(judge, train, w.state.steps, w.state.horizon, w.state.batch_size,
-                      w.state.lr, np.random.default_rng(cfg.run.seed), progress, fit=not on_from)
+    members = as_ensemble(judge).members
+    log.info("state model%s on %d episodes' simulator states (%d held out): %d steps%s",
+             f", {len(members)} members each on a bootstrap of them," if len(members) > 1
+             else "", len(train), len(val), w.state.steps,
+             " on from world_model.init's" if on_from else "")
+    for i, member in enumerate(members):
+        rng = np.random.default_rng(cfg.run.seed + i)
+        # one member: every training episode; K: each its own resample (PETS's bootstrap)
+        data = train if len(members) == 1 else \
+            [train[j] for j in rng.integers(len(train), size=len(train))]
+        train_state_model(member, data, w.state.steps, w.state.horizon, w.state.batch_size,
+                          w.state.lr, rng, _progress(cfg, writer, stop, i, len(members)),
+                          fit=not on_from)
+        if stop.is_set():
+            break
     if stop.is_set():  # stopped part-way: the run ends without a state model
         model.state_model = None
         return {}
@@ -93,11 +93,16 @@ def train_state_stage(cfg: Config, model: WorldModel, writer, stop) -> dict:
                         "false": int((said & ~real)[mine].sum()),
                         "missed": int((~said & real)[mine].sum())}
     out = {"state_model_val_episodes": len(val), "state_model_by_dataset": by_set,
-           "state_model_auc": roc_auc(best, real),
-           "state_model_success_on_real_failures":
-               float(said[~real].mean()) if (~real).any() else float("nan"),
-           "state_model_success_on_real_successes":
-               float(said[real].mean()) if real.any() else float("nan")}
+           **{f"state_model_{k}": v for k, v in
+              _verdicts(best, real, rule.success_threshold).items()}}
+    if len(members) > 1:  # each member alone: what the lowest of them adds
+        out["state_model_members"] = [_verdicts(outcomes(m, val)[0], real,
+                                                rule.success_threshold) for m in members]
+        log.info("state model members alone, held out: ROC AUC %s; success on episodes "
+                 "that really failed %s", " ".join(f"{v['auc']:.4f}" for v in
+                                                   out["state_model_members"]),
+                 " ".join(f"{v['success_on_real_failures']:.3f}"
+                          for v in out["state_model_members"]))
     if judge.proprio_dim:  # what the env's proprio=state would hand the policy, how far off
         out["state_model_proprio_abs_error"] = proprio_error(judge, val)
         log.info("state model, held out: proprioception mean absolute error %s (recorded "
@@ -109,6 +114,43 @@ def train_state_stage(cfg: Config, model: WorldModel, writer, stop) -> dict:
              rule.success_threshold, out["state_model_success_on_real_failures"],
              out["state_model_success_on_real_successes"])
     return out
+
+
+def _verdicts(best: np.ndarray, real: np.ndarray, threshold: float) -> dict:
+    """Open-loop verdicts (:func:`worldmodel.ensemble.outcomes`) against the real
+    outcomes: ROC AUC, and the share called successes at ``threshold`` of the episodes
+    that really failed and of those that really succeeded."""
+    said = best >= threshold
+    return {"auc": roc_auc(best, real),
+            "success_on_real_failures": float(said[~real].mean()) if (~real).any()
+            else float("nan"),
+            "success_on_real_successes": float(said[real].mean()) if real.any()
+            else float("nan")}
+
+
+def _progress(cfg: Config, writer, stop, member: int, members: int):
+    """The state model's ``on_step``: TensorBoard (member i's step k at i x steps + k), a
+    line every ``run.progress_every_s``; True (stop) once ``stop`` is set."""
+    steps = cfg.world_model.state.steps
+    began = shown = time.monotonic()
+    who = f" (member {member + 1}/{members})" if members > 1 else ""
+
+    def progress(k: int, dynamics: float, success: float, *proprio: float) -> bool:
+        nonlocal shown
+        at = member * steps + k
+        writer.add_scalar("state_model/dynamics_loss", dynamics, at)
+        writer.add_scalar("state_model/success_loss", success, at)
+        for q in proprio:
+            writer.add_scalar("state_model/proprio_loss", q, at)
+        if time.monotonic() - shown >= cfg.run.progress_every_s or k == steps:
+            log.info("state-model step %d/%d%s | dynamics %.4f | success %.4f%s | %.1f "
+                     "steps/s", k, steps, who, dynamics, success,
+                     "".join(f" | proprio {q:.4f}" for q in proprio),
+                     k / (time.monotonic() - began))
+            shown = time.monotonic()
+        return stop.is_set()
+
+    return progress
 
 
 def train_decoder_stage(cfg: Config, model: WorldModel, train: list[Episode],
@@ -153,9 +195,8 @@ def train_decoder_stage(cfg: Config, model: WorldModel, train: list[Episode],
     if model.state_model is not None and kept:
         judge = model.state_model.cpu()
         with torch.no_grad():
-            states = [judge.rollout(torch.from_numpy(e.sim_states[:1]),
-                                    torch.from_numpy(e.actions[None, :len(e.sim_states) - 1]))[0]
-                      for e in kept]
+            states = [shown_rollout(judge, torch.from_numpy(e.sim_states[:1]), torch.from_numpy(
+                e.actions[None, :len(e.sim_states) - 1]))[0] for e in kept]
         predicted = np.concatenate([np.concatenate([e.sim_states[:1], s.numpy()])
                                     for e, s in zip(kept, states)])
         out.update({f"decoder_open_loop_psnr_{k}": v

@@ -16,7 +16,7 @@ with mu/sigma the training data's means and deviations (states, actions, one-ste
 changes), ``y_t`` the recorded success after action t, and ``sg`` no gradient: the
 classifier learns real states and the predicted ones it will be shown (as the success
 model learns generated frames). An episode succeeds in the state model when ``p`` of a
-predicted state reaches the threshold (:func:`outcomes`).
+predicted state reaches the threshold (:func:`worldmodel.ensemble.outcomes`).
 
 With ``proprio_dim`` P a third head reads the policy's proprioception off a state (the
 recordings' state vector, e.g. robosuite's end-effector pose and finger positions),
@@ -222,32 +222,3 @@ def train_state_model(model: StateModel, episodes: list[StateEpisode], steps: in
         return dyn + suc + q, figures + ((float(q.detach()),) if model.proprio_dim else ())
 
     return fit_steps(model, steps, lr, batch_loss, on_step)
-
-
-@torch.no_grad()
-def outcomes(model: StateModel, episodes: list[StateEpisode]) -> tuple[np.ndarray, np.ndarray]:
-    """Each episode replayed open loop from its first state with its recorded actions: the
-    highest success probability of a predicted state (float [E]) and the real outcome
-    (bool [E])."""
-    best = []
-    for ep in episodes:
-        states = model.rollout(torch.from_numpy(ep.states[:1]),
-                               torch.from_numpy(ep.actions[None, :-1]))
-        best.append(float(torch.sigmoid(model.success_logits(states)).max()))
-    return np.array(best), np.array([ep.succeeded for ep in episodes])
-
-
-@torch.no_grad()
-def proprio_error(model: StateModel, episodes: list[StateEpisode]) -> dict[str, list[float]]:
-    """The proprioception head's mean absolute error per entry of the policy's state over
-    ``episodes``: read off the recorded states (``recorded``, |q(s_t) - q_t|) and off the
-    states predicted open loop from the first with the recorded actions (``predicted``,
-    what the env hands the policy: |q(s^_t) - q_t|, t >= 1)."""
-    recorded, predicted = [], []
-    for ep in episodes:
-        states = torch.from_numpy(ep.states)
-        recorded.append(np.abs(model.proprio(states).numpy() - ep.proprio))
-        rolled = model.rollout(states[:1], torch.from_numpy(ep.actions[None, :-1]))[0]
-        predicted.append(np.abs(model.proprio(rolled).numpy() - ep.proprio[1:]))
-    return {"recorded": np.concatenate(recorded).mean(0).tolist(),
-            "predicted": np.concatenate(predicted).mean(0).tolist()}

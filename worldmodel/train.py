@@ -34,8 +34,9 @@ windows, ``world_model/val_psnr_gain``; ``reward_model/train_loss``,
 position errors of :mod:`worldmodel.probe`, the success model's AUC on generated frames,
 :func:`worldmodel.evaluate.outcome_agreement`, the state model's open-loop
 verdicts on its held-out episodes, and the decoder's held-out PSNR from the real and the
-predicted states; with ``world_model.init`` and no predictor or success-model steps, only
-the state model's and the decoder's), and side-by-side mp4s of
+predicted states; with no predictor or success-model steps (``world_model.init``'s
+unchanged, or untrained for a world model the simulator draws), only the state model's
+and the decoder's), and side-by-side mp4s of
 held-out episodes, real | generated for the same actions, under ``videos/world_model``.
 """
 
@@ -217,9 +218,10 @@ def run(cfg: Config, stop: threading.Event | None = None) -> int:
     model.cpu().save(log_dir / WORLD_MODEL)
     metrics.update(train_episodes=len(train), val_episodes=len(val),
                    train_windows=len(one_call))
-    if w.init and not w.steps and not w.success_steps:
-        log.info("the predictor and the success model are world_model.init's, unchanged: "
-                 "their held-out figures are in its summary")
+    if not w.steps and not w.success_steps:
+        log.info("the predictor and the success model are %s: no held-out figures of "
+                 "theirs here", "world_model.init's, unchanged (its summary has them)"
+                 if w.init else "untrained (frames from the simulator, judge: state)")
         return _finish(log_dir, steps, report, metrics, [])
     # the summary's held-out figures are those of the final models (a resumed run too)
     metrics.update(generator_metrics(model, val_windows, "cpu"))
