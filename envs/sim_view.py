@@ -67,3 +67,41 @@ class SimulatorView:
     def close(self) -> None:
         """Release the scene's simulator and renderer."""
         self.env.close()
+
+
+def chunk_position_errors(view: SimulatorView, model, episodes, n: int, dims: int
+                          ) -> dict[str, np.ndarray]:
+    """How far the end effector the view reads in ``model``'s predicted states is from
+    the recorded one, one chunk ahead. For every step t of each episode (a
+    :class:`worldmodel.state_model.StateEpisode` with proprioception) with ``n`` recorded
+    actions after it, the state model (or ensemble: its members' mean) predicts the
+    states s^_{t+1..t+n} from the recorded s_t; with p the first ``dims`` entries of the
+    policy's state (robosuite's end-effector position) and k = 1..n, Euclidean errors::
+
+        predicted  |p(s^_{t+k}) - p_{t+k}|      copy_last  |p_t - p_{t+k}|
+        reading    |p(s_t) - p_t|   (every recorded state: the view's own error; robosuite
+                                     observes after a physics substep)
+
+    with p(s) the view's reading of state s (forward kinematics) and p_t the recording's.
+    Flat float arrays, one entry per (t, k) (per t for ``reading``)."""
+    import torch
+
+    from worldmodel.ensemble import shown_rollout
+
+    out: dict[str, list] = {"predicted": [], "copy_last": [], "reading": []}
+    for ep in episodes:
+        starts = np.arange(len(ep) - n)  # s_t, then n actions whose states were recorded
+        if len(starts):
+            acts = np.stack([ep.actions[t:t + n] for t in starts])
+            with torch.no_grad():
+                pred = shown_rollout(model, torch.from_numpy(ep.states[starts]),
+                                     torch.from_numpy(acts)).numpy()  # [W,n,S]
+            seen = view.look(pred.reshape(-1, pred.shape[-1]), draw=False).states
+            truth = np.stack([ep.proprio[t + 1:t + 1 + n, :dims] for t in starts])
+            out["predicted"].append(np.linalg.norm(
+                seen[:, :dims].reshape(truth.shape) - truth, axis=-1).ravel())
+            out["copy_last"].append(np.linalg.norm(
+                ep.proprio[starts, None, :dims] - truth, axis=-1).ravel())
+        read = view.look(ep.states, draw=False).states[:, :dims]
+        out["reading"].append(np.linalg.norm(read - ep.proprio[:, :dims], axis=-1))
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}

@@ -15,12 +15,12 @@ from demos.layout import file_attributes
 from demos.writer import write_file
 from envs.robosuite_tasks import RobosuiteVectorEnv
 from envs.sim import SimOptions
-from envs.sim_view import SimulatorView
+from envs.sim_view import SimulatorView, chunk_position_errors
 from envs.world_model import WorldModelVectorEnv, make_world_model_env
 from tests.conftest import ROOT
 from worldmodel.data import ResetFrame
 from worldmodel.models import ConvFramePredictor, SuccessCNN, WorldModel
-from worldmodel.state_model import StateModel
+from worldmodel.state_model import StateEpisode, StateModel
 
 SIZE = 32  # what the simulator draws (env.image_size); the world model's frames are 16
 OPTS = SimOptions(image_size=SIZE, max_episode_steps=20, fast_render=True)
@@ -167,3 +167,28 @@ def test_the_config_builds_a_world_model_env_drawn_by_the_simulator(real, tmp_pa
         assert obs.wrist_images.shape == (2, SIZE, SIZE, 3)  # the config's wrist camera
     finally:
         env.close()
+
+
+def test_chunk_position_errors_line_the_prediction_up_with_the_recording(view):
+    """A state model that predicts no motion: each of its chunk's positions is where the
+    arm was at the chunk's start, so its errors are copy-last's, up to the view's own
+    reading error (benchmarks/bench_state_position.py measures real models with this)."""
+    env = RobosuiteVectorEnv(1, 1, OPTS, "Lift")
+    env.reset_group(0, 5)
+    rng = np.random.default_rng(1)
+    states, proprio, actions = [], [], []
+    for _ in range(12):
+        states.append(env.record_extras(ONE)["states"][0])
+        proprio.append(env.observe(ONE).states[0])
+        actions.append(rng.uniform(-1, 1, 7))
+        env.step(ONE, actions[-1][None])
+    env.close()
+    episode = StateEpisode(np.stack(states).astype(np.float32),
+                           np.stack(actions).astype(np.float32), np.zeros(12, bool),
+                           np.stack(proprio).astype(np.float32))
+    still = _world_model({}).state_model
+    errors = chunk_position_errors(view, still, [episode], 4, 3)
+    assert len(errors["predicted"]) == len(errors["copy_last"]) == (12 - 4) * 4
+    assert errors["reading"].max() < 4e-3  # mm: robosuite observes a substep later
+    assert errors["copy_last"].max() > 0.02  # the arm moved centimetres
+    np.testing.assert_allclose(errors["predicted"], errors["copy_last"], atol=4e-3)

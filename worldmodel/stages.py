@@ -24,9 +24,34 @@ from worldmodel.models import WorldModel
 from worldmodel.probe import position_errors, train_probe
 from worldmodel.ensemble import (StateEnsemble, as_ensemble, outcomes, proprio_error,
                                  shown_rollout)
-from worldmodel.state_model import StateModel, load_state_episodes, train_state_model
+from worldmodel.state_model import (StateEpisode, StateModel, load_state_episodes,
+                                    train_state_model)
 
 log = logging.getLogger(__name__)
+
+
+def state_split(cfg: Config, proprio: bool = False
+                ) -> tuple[list[StateEpisode], list[StateEpisode], dict[int, str]]:
+    """The state model's training and held-out episodes of ``world_model.datasets``
+    (``val_fraction``, seeded by ``run.seed``; the training episodes when none is held
+    out), with the policy's proprioception when ``proprio``, and each episode's dataset
+    (by ``id``)."""
+    w = cfg.world_model
+    episodes, source = [], {}  # id(episode) -> its entry of world_model.datasets
+    for path in w.datasets:
+        found, report = load_state_episodes([path], proprio)
+        if report.bad or not found:
+            also = ", and the policy's states with state.proprio" if proprio else ""
+            raise ConfigError(f"world_model.state.steps={w.state.steps} needs recordings "
+                              f"with simulator states (robosuite and LIBERO record runs keep "
+                              f"them{also}): "
+                              f"{report.bad[0] if report.bad else path + ' has none'}; "
+                              f"record with those envs, or set world_model.state.steps=0")
+        episodes += found
+        source.update((id(e), path) for e in found)
+    train, val = hold_out(episodes, w.val_fraction, w.max_episodes,
+                          np.random.default_rng(cfg.run.seed + 1))
+    return train, val or train, source
 
 
 def train_state_stage(cfg: Config, model: WorldModel, writer, stop) -> dict:
@@ -37,23 +62,9 @@ def train_state_stage(cfg: Config, model: WorldModel, writer, stop) -> dict:
     on a bootstrap of the training episodes); its held-out metrics (each held-out episode
     replayed open loop from its first state; an ensemble's members alone too)."""
     w, rule = cfg.world_model, cfg.env.world_model
-    episodes, source = [], {}  # id(episode) -> its entry of world_model.datasets
-    for path in w.datasets:
-        found, report = load_state_episodes([path], w.state.proprio)
-        if report.bad or not found:
-            also = ", and the policy's states with state.proprio" if w.state.proprio else ""
-            raise ConfigError(f"world_model.state.steps={w.state.steps} needs recordings "
-                              f"with simulator states (robosuite and LIBERO record runs keep "
-                              f"them{also}): "
-                              f"{report.bad[0] if report.bad else path + ' has none'}; "
-                              f"record with those envs, or set world_model.state.steps=0")
-        episodes += found
-        source.update((id(e), path) for e in found)
-    train, val = hold_out(episodes, w.val_fraction, w.max_episodes,
-                          np.random.default_rng(cfg.run.seed + 1))
-    val = val or train
-    proprio = episodes[0].proprio.shape[1] if w.state.proprio else 0
-    members = [StateModel(episodes[0].states.shape[1], episodes[0].actions.shape[1],
+    train, val, source = state_split(cfg, w.state.proprio)
+    proprio = train[0].proprio.shape[1] if w.state.proprio else 0
+    members = [StateModel(train[0].states.shape[1], train[0].actions.shape[1],
                           w.state.hidden, proprio_dim=proprio)
                for _ in range(w.state.ensemble)]
     fresh = members[0] if len(members) == 1 else StateEnsemble(members)
