@@ -106,6 +106,13 @@ class WorldModelVectorEnv(VectorEnv):
             if s.frame.shape != (size, size, channels):
                 raise ValueError(f"reset frame of {s.frame.shape}, the world model makes "
                                  f"{size}x{size}x{channels} frames ({'+'.join(model.cameras)})")
+        never = model.untrained()
+        if ("generator" in never and frames == "generator") or \
+                ("scorer" in never and judge != "state"):
+            raise ValueError(f"env.world_model.frames={frames}, judge={judge} uses this world "
+                             f"model's {' and '.join(sorted(never))}, which its training "
+                             "left untrained (world_model.steps / success_steps 0): set "
+                             "env.world_model.frames=simulator and judge=state")
         if judge != "frames" and model.state_model is None:
             raise ValueError(f"env.world_model.judge={judge} needs a world model with a state "
                              "model: train it with world_model.state.steps > 0")

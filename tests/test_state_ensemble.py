@@ -164,6 +164,11 @@ def test_a_state_only_world_model_trains_no_frame_parts(tmp_path):
     assert "val_psnr_changed" not in summary and "state_model_auc" in summary
     assert summary["steps"]["generator"] == summary["steps"]["success"] == 0
     assert summary["steps"]["state"] == 40
+    frames = load_config(ROOT / "configs/robosuite_lift_world_model.yaml",
+                         [*base, "env.world_model.judge=frames"])
+    for env in (frames.env, cfg.env):  # the frame predictor's frames, or its judge
+        with pytest.raises(ValueError, match="left untrained"):
+            make_world_model_env(env, 2, 2, 7, 12, "cpu")
     without = [o for o in base if not o.startswith("world_model.state.steps")]
     with pytest.raises(ConfigError, match="state.steps"):
         load_config(ROOT / "configs/robosuite_lift_world_model.yaml", without)

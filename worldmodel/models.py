@@ -261,6 +261,16 @@ class WorldModel(nn.Module):
         """K: the frames each generation is conditioned on."""
         return self.generator.condition_frames
 
+    def untrained(self) -> set[str]:
+        """The frame parts a state-only training left as initialised (``generator``,
+        ``scorer``): ``world_model.steps`` / ``success_steps`` 0 and no ``init`` (files
+        from before this record say nothing: trained)."""
+        w = self.info.get("world_model", {})  # the training run's section, as saved
+        if w.get("init", ""):
+            return set()
+        return {part for part, key in (("generator", "steps"), ("scorer", "success_steps"))
+                if w.get(key) == 0}
+
     @property
     def chunk(self) -> int:
         """T: the frames (and actions) of one generation."""
