@@ -21,13 +21,15 @@ learned simulator: after the SFT evaluation it records the SFT policy in the rea
 model on both recordings (``world_model``), runs GRPO in it (``rl``, reset from the expert
 recording's first frames) and evaluates the result in the real env. Its config's env is the world
 model; the stages in the real env add the experiment's ``real_env`` overrides, and the
-recordings its ``record_env`` (Lift: success held 8 steps, and ``table_front`` rendered
-for the success model). With
-``--wm-rounds N`` it goes on for N-1 more rounds, each: record the latest RL policy in the
-real env (``record_rl<r>``, 100 episodes per task from states no other stage used), train
-the world model again on every recording so far (``world_model<r>``), continue RL in it
-from the latest policy (``rl<r>``) and evaluate that in the real env (``eval_rl<r>``). The
-policy still learns only in the world model; the real env only records data for it.
+recordings its ``record_env`` (Lift: success held 8 steps). With ``--wm-rounds N`` it goes
+on for N-1 more rounds, each: record what the latest RL policy does, train the world model
+again on every recording so far (``world_model<r>``), continue RL in it from the latest
+policy (``rl<r>``) and evaluate that in the real env (``eval_rl<r>``). What a round records
+is the experiment's ``round_data``: the policy acting in the real env (``record_rl<r>``,
+synthetic_wm: 100 episodes per task from states no other stage used), or the actions of
+its own world-model episodes replayed in the real env (``replay<r>``, lift_wm: 24 groups,
+with the agreement of the two verdicts in ``replay<r>/agreement.json``). The policy still
+learns only in the world model; the real env only records data for it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -50,11 +53,16 @@ from learner.curves import plot_runs  # noqa: E402
 @dataclass(frozen=True)
 class Experiment:
     """The config every stage of an experiment runs; a world-model experiment's stages
-    in the real env add ``real_env``, and its recording stages ``record_env`` as well."""
+    in the real env add ``real_env``, and its recording stages ``record_env`` as well.
+    ``round_data`` is what a world-model round records for the world model: ``record``
+    (the latest RL policy acting in the real env, with noise) or ``replay`` (the actions
+    of its own world-model episodes replayed in the real env: what RL was paid for
+    there, and what really happened)."""
 
     config: str
     real_env: tuple[str, ...] = ()
     record_env: tuple[str, ...] = ()
+    round_data: Literal["record", "replay"] = "record"
 
     @property
     def world_model(self) -> bool:
@@ -68,11 +76,11 @@ EXPERIMENTS = {
     "libero_spatial": Experiment("configs/libero_spatial_sft.yaml"),
     "synthetic_wm": Experiment("configs/synthetic_world_model.yaml",
                                ("env.kind=synthetic", "env.image_size=224")),
-    "lift_wm": Experiment("configs/robosuite_lift_world_model.yaml",
-                          ("env.kind=robosuite", "env.image_size=128"),
-                          # a success shown held (positives for the success model), and
-                          # the camera level with the table that it reads (RESULTS.md)
-                          ("env.success_hold_steps=8", "env.record_cameras=[table_front]")),
+    "lift_wm": Experiment("configs/robosuite_lift_world_model.yaml", ("env.kind=robosuite",),
+                          # a success shown held: positives for the state model's judge
+                          ("env.success_hold_steps=8",),
+                          # what closed the state judge's false successes (RESULTS.md)
+                          round_data="replay"),
 }
 STAGES = ("record", "sft", "eval_sft", "record_policy", "world_model", "rl")
 POLICY_RECORDING = ("record.source=policy", "record.first_state=400",
@@ -80,6 +88,8 @@ POLICY_RECORDING = ("record.source=policy", "record.first_state=400",
 RL_RECORDING = ("record.source=policy", "record.episodes_per_task=100",
                 "record.action_noise=0.3")  # round r: states 600 + 100 (r - 2) onwards
 MAX_WM_ROUNDS = 5  # rounds 2..5 fill states 600..999 (INIT_STRIDE 1000 per task)
+REPLAY_GROUPS = 24  # round r replays groups from reset frames 24 (r - 2) onwards
+AGREEMENT = ROOT / "benchmarks" / "bench_reward_agreement.py"
 EVALUATE = ("--eval", "actor.deterministic=true")  # the before/after table's evaluations
 TIMES = "stage_times.json"  # in the experiment folder: kept across runs of a chain
 PPO = ("learner.algorithm=ppo", "model.value_head=true", "learner.ppo.critic_warmup_updates=5",
@@ -90,12 +100,18 @@ def stage(name: str, root: Path, config: str, args: list[str], done_file: str,
           times: dict) -> Path:
     """Run ``launch.py --config config *args`` with its log folder ``root/name``, unless
     ``done_file`` is there already; returns the folder."""
+    return run_stage(name, root, [str(ROOT / "launch.py"), "--config", str(ROOT / config),
+                                  *args, f"run.log_dir={root / name}"], done_file, times)
+
+
+def run_stage(name: str, root: Path, cmd: list[str], done_file: str, times: dict) -> Path:
+    """Run ``python *cmd``, which writes ``root/name/done_file``, unless that is there
+    already; its wall-clock time goes into ``times``; returns the folder."""
     folder = root / name
     if (folder / done_file).exists():
         print(f"== {name}: done before ({folder / done_file}), skipped", flush=True)
         return folder
-    cmd = [sys.executable, str(ROOT / "launch.py"), "--config", str(ROOT / config), *args,
-           f"run.log_dir={folder}"]
+    cmd = [sys.executable, *cmd]
     print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
     began = time.monotonic()
     code = subprocess.call(cmd, cwd=ROOT)
@@ -159,25 +175,47 @@ def train_world_model(name: str, root: Path, exp: Experiment, recordings: list[P
             f"env.world_model.reset_data=[{recordings[0] / 'dataset'}]"]
 
 
-def world_model_round(r: int, root: Path, exp: Experiment, trained: Path,
+def world_model_round(r: int, root: Path, exp: Experiment, trained: Path, into: list[str],
                       recordings: list[Path], real: list[str], rl: list[str],
-                      extra: list[str], times: dict) -> tuple[Path, Path]:
-    """Round ``r`` >= 2: record ``trained``'s policy in the real env, retrain the world
-    model on every recording, continue RL in it from ``trained``, evaluate in the real
-    env; returns the round's RL and evaluation folders (``recordings`` grows by one)."""
+                      extra: list[str], times: dict) -> tuple[Path, Path, list[str]]:
+    """Round ``r`` >= 2: record what ``trained``'s policy does (``exp.round_data``),
+    retrain the world model on every recording, continue RL in it from ``trained``,
+    evaluate in the real env; returns the round's RL and evaluation folders and the
+    overrides that put RL in its world model (``recordings`` grows by one). ``into``:
+    those of the world model ``trained`` learned in."""
     ckpt = f"model.checkpoint={trained / 'checkpoint.pt'}"
-    recordings.append(stage(f"record_rl{r}", root, exp.config,
-                            ["--record", ckpt, *RL_RECORDING,
-                             f"record.first_state={600 + 100 * (r - 2)}", *real,
-                             *exp.record_env],
-                            "record_results.json", times))
+    if exp.round_data == "replay":
+        recordings.append(replay_stage(f"replay{r}", root, exp, trained, [*extra, *into], r,
+                                       times))
+    else:
+        recordings.append(stage(f"record_rl{r}", root, exp.config,
+                                ["--record", ckpt, *RL_RECORDING,
+                                 f"record.first_state={600 + 100 * (r - 2)}", *real,
+                                 *exp.record_env],
+                                "record_results.json", times))
     into = train_world_model(f"world_model{r}", root, exp, recordings, extra, times)
     trained = stage(f"rl{r}", root, exp.config, [ckpt, *rl, *into], "learner_summary.json",
                     times)
     after = stage(f"eval_rl{r}", root, exp.config,
                   [*EVALUATE, f"model.checkpoint={trained / 'checkpoint.pt'}", *real],
                   "eval/eval_results.json", times)
-    return trained, after
+    return trained, after, into
+
+
+def replay_stage(name: str, root: Path, exp: Experiment, trained: Path, into: list[str],
+                 r: int, times: dict) -> Path:
+    """Stage ``name``: ``trained``'s policy runs REPLAY_GROUPS groups in the world model
+    it learned in (``into``: the overrides for both envs), and each episode's actions are
+    replayed in the real env and recorded there (``benchmarks/bench_reward_agreement.py
+    --record``); the agreement between the two verdicts goes to ``agreement.json``."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return run_stage(name, root, [
+        str(AGREEMENT), "--config", str(ROOT / exp.config),
+        "--checkpoint", str(trained / "checkpoint.pt"), "--groups", str(REPLAY_GROUPS),
+        "--first-frame", str(REPLAY_GROUPS * (r - 2)), "--record", str(folder / "dataset"),
+        "--out", str(folder / "agreement.json"), "--real", *exp.real_env, *exp.record_env, "--",
+        *into], "agreement.json", times)
 
 
 def main(argv=None) -> int:
@@ -236,8 +274,8 @@ def main(argv=None) -> int:
                   "eval/eval_results.json", times)
     rounds = [f"round 1: {results(after)['mean_success_rate']:.1%}"]
     for r in range(2, args.wm_rounds + 1):
-        trained, after = world_model_round(r, root, exp, trained, recordings, real, rl,
-                                           extra, times)
+        trained, after, into = world_model_round(r, root, exp, trained, into, recordings,
+                                                 real, rl, extra, times)
         rounds.append(f"round {r}: {results(after)['mean_success_rate']:.1%}")
     text = table("Deterministic actions (the mean)", results(before), results(after))
     if args.wm_rounds > 1:

@@ -1,7 +1,8 @@
 """scripts/reproduce.py's world-model rounds, with its stages replaced by a stand-in that
 records each stage's arguments (the stages themselves run for real in test_chain.py):
-every round records the latest policy from fresh states, retrains the world model on
-every recording so far and continues RL from the latest checkpoint."""
+every round records the latest policy from fresh states (or replays its world-model
+episodes in the real env), retrains the world model on every recording so far and
+continues RL from the latest checkpoint."""
 
 from __future__ import annotations
 
@@ -32,7 +33,12 @@ def reproduce(monkeypatch, tmp_path):
             "tasks": [{"task_id": 0, "instruction": "go", "success_rate": rate}]}))
         return folder
 
+    def run_stage(name, root, cmd, done_file, times):
+        calls[name] = cmd
+        return root / name
+
     monkeypatch.setattr(module, "stage", stage)
+    monkeypatch.setattr(module, "run_stage", run_stage)
     monkeypatch.setattr(module, "plot_runs", lambda runs, path: path)
     return module, calls
 
@@ -64,6 +70,27 @@ def test_world_model_rounds_chain_recordings_models_and_checkpoints(reproduce, t
     text = (tmp_path / "results.md").read_text()
     assert "| **30.0%** | **150.0%** |" in text  # stand-in figures: eval_sft 3rd, eval_rl3 15th
     assert "round 1: 70.0%, round 2: 110.0%, round 3: 150.0%" in text
+
+
+def test_replay_rounds_replay_the_policy_in_the_world_model_it_learned_in(reproduce, tmp_path):
+    module, calls = reproduce
+    assert module.main(["lift_wm", "--root", str(tmp_path), "--wm-rounds", "3", "a.b=1"]) == 0
+    assert [c for c in calls if c.startswith(("replay", "record_rl"))] == ["replay2", "replay3"]
+    for r, trained, wm, first in ((2, "rl", "world_model", "0"), (3, "rl2", "world_model2", "24")):
+        cmd = calls[f"replay{r}"]
+        assert cmd[0].endswith("bench_reward_agreement.py")
+        assert cmd[cmd.index("--checkpoint") + 1] == str(tmp_path / trained / "checkpoint.pt")
+        assert cmd[cmd.index("--first-frame") + 1] == first
+        assert cmd[cmd.index("--record") + 1] == str(tmp_path / f"replay{r}" / "dataset")
+        both = cmd[cmd.index("--") + 1:]  # the world model the policy was trained in
+        assert _value(both, "env.world_model.checkpoint") == str(tmp_path / wm / "world_model.pt")
+        assert _value(both, "a.b") == "1"
+        real = cmd[cmd.index("--real") + 1:cmd.index("--")]
+        assert "env.kind=robosuite" in real and "env.success_hold_steps=8" in real
+    datasets = _value(calls["world_model3"], "world_model.datasets")
+    assert datasets == "[" + ",".join(str(tmp_path / d / "dataset") for d in (
+        "record", "record_policy", "replay2", "replay3")) + "]"
+    assert _value(calls["rl3"], "model.checkpoint") == str(tmp_path / "rl2/checkpoint.pt")
 
 
 def test_world_model_rounds_are_refused_for_a_real_env_experiment(reproduce, tmp_path, capsys):

@@ -158,13 +158,13 @@ def test_the_config_builds_a_world_model_env_drawn_by_the_simulator(real, tmp_pa
         f"env.image_size={SIZE}", f"env.world_model.checkpoint={checkpoint}",
         f"env.world_model.reset_data=[{tmp_path / 'rec'}]", "env.world_model.judge=state",
         "env.world_model.frames=simulator", "env.world_model.proprio=simulator",
-        "model.cnn.read_state=true"])
+        "model.cnn.read_state=true", "env.wrist_camera=true"])
     env = make_world_model_env(cfg.env, 2, 2, 7, 12, "cpu")
     try:
         env.reset_group(0, 0)
         obs = env.observe(np.arange(2))
         np.testing.assert_allclose(obs.states[0], real.observe(ONE).states[0], atol=4e-3)
-        assert obs.wrist_images.shape == (2, SIZE, SIZE, 3)  # the config's wrist camera
+        assert obs.wrist_images.shape == (2, SIZE, SIZE, 3)  # env.wrist_camera drawn too
     finally:
         env.close()
 

@@ -114,7 +114,8 @@ def _recording(seed: int, folder) -> None:
 
 def small_state_run(tmp_path, out) -> list[str]:
     """16 push recordings with simulator states under ``tmp_path/rec``, and the overrides
-    of a seconds-long world-model run on them (a 40-step state model) written to ``out``."""
+    of a seconds-long world-model run on them (a 40-step state model) written to ``out``,
+    its frames the predictor's (the pushes' 5-D states are no robosuite scene's)."""
     for seed in range(16):
         _recording(seed, tmp_path / "rec")
     return [f"run.log_dir={out}", "run.progress_every_s=0", f"env.image_size={SIZE}",
@@ -125,7 +126,7 @@ def small_state_run(tmp_path, out) -> list[str]:
             "world_model.probe_steps=2", "world_model.cameras=[main]", "world_model.state.steps=40",
             "world_model.state.hidden=32", "world_model.state.batch_size=32",
             f"env.world_model.checkpoint={out / 'world_model.pt'}",
-            f"env.world_model.reset_data=[{tmp_path / 'rec'}]"]
+            f"env.world_model.reset_data=[{tmp_path / 'rec'}]", "env.world_model.frames=generator"]
 
 
 def test_train_world_model_trains_it_and_the_env_resets_from_recorded_states(tmp_path):

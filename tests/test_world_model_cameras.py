@@ -170,6 +170,8 @@ def test_a_two_camera_world_model_trains_on_recordings_and_runs_as_an_env(tmp_pa
                  "world_model.batch_size=4", "world_model.success_batch_size=8",
                  "world_model.val_every=2", "world_model.val_fraction=0.25",
                  "world_model.videos=1", "world_model.probe_steps=3",
+                 "world_model.position_dims=3", "world_model.state.steps=0",
+                 "env.world_model.judge=frames", "env.world_model.frames=generator",
                  f"env.world_model.checkpoint={out / 'world_model.pt'}",
                  f"env.world_model.reset_data=[{tmp_path / 'rec'}]"]
     cfg = load_config(ROOT / "configs/robosuite_lift_world_model.yaml", overrides)
