@@ -142,8 +142,8 @@ class WorldModelVectorEnv(VectorEnv):
         self.judge, self.frames_from, self.proprio, self.view = judge, frames, proprio, view
         # the state model as an ensemble (one member: itself), and the simulator state each
         # of its K members predicts for each env [E,K,S] (None: not used)
-        self.states = None if model.state_model is None else as_ensemble(model.state_model)
-        self.sim = torch.zeros(num_envs, len(self.states), self.states.state_dim,
+        self.state_models = None if model.state_model is None else as_ensemble(model.state_model)
+        self.sim = torch.zeros(num_envs, len(self.state_models), self.state_models.state_dim,
                                device=device) if uses_state else None
         self.num_envs, self.group_size = num_envs, group_size
         self.state_dim, self.action_dim = state_dim, action_dim
@@ -205,9 +205,9 @@ class WorldModelVectorEnv(VectorEnv):
             taken = torch.as_tensor(actions, dtype=torch.float32, device=self.device)
             states = shown = None
             if self.sim is not None:  # the predicted simulator states after each action
-                states = self.states.rollout(self.sim[ids], taken)  # [B,N,K,S]
+                states = self.state_models.rollout(self.sim[ids], taken)  # [B,N,K,S]
                 self.sim[ids] = states[:, -1]
-                shown = self.states.mean(states)
+                shown = self.state_models.mean(states)
             if self.frames_from == "simulator":
                 frames = None
             elif self.frames_from == "state":
@@ -257,7 +257,7 @@ class WorldModelVectorEnv(VectorEnv):
             seen = self.model.scorer.score(frames.flatten(0, 1), texts).view(b, n).cpu().numpy()
             if self.judge == "frames":
                 return seen
-        predicted = torch.sigmoid(self.states.success_logits(states)).cpu().numpy()
+        predicted = torch.sigmoid(self.state_models.success_logits(states)).cpu().numpy()
         return predicted if self.judge == "state" else np.minimum(seen, predicted)
 
     @override
@@ -270,7 +270,7 @@ class WorldModelVectorEnv(VectorEnv):
             states = self.read_states[env_ids]
         elif self.proprio == "state":
             with torch.no_grad():
-                states = self.states.proprio(
+                states = self.state_models.proprio(
                     self.sim[torch.as_tensor(env_ids, device=self.device)]).cpu().numpy()
         else:
             states = np.zeros((len(env_ids), self.state_dim), np.float32)
