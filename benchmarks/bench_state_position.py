@@ -1,5 +1,6 @@
 """Where the simulator-drawn world model puts the gripper after one chunk, against copying
-the last frame: the issue's position criterion for ``env.world_model.frames: simulator``.
+the last frame: the issue's position criterion for ``env.world_model.frames: simulator``;
+and whose false successes its held-out episodes show: the learned judge's or the dynamics'.
 
     R=runs/lift_wm10
     python benchmarks/bench_state_position.py --config configs/robosuite_lift_world_model.yaml \\
@@ -18,8 +19,15 @@ s_t (an ensemble: its members' mean, what the env draws); the simulator
 position of each, compared with the recorded position after each action (the
 recordings' policy state, its first ``world_model.position_dims`` entries), as
 :func:`envs.sim_view.chunk_position_errors` says; mean errors in metres over every (t, k),
-and their ratio (the issue's target: at most half of copy-last's). Printed and written
-to ``--out``.
+and their ratio (the issue's target: at most half of copy-last's).
+
+Then each held-out episode open loop from its first state with its recorded actions
+(:func:`envs.sim_view.open_loop_verdicts`): the share of real failures called successes
+and of real successes found, by the state model's learned judge (at
+``env.world_model.success_threshold``) and by the simulator's own success check read off
+the same predicted states. Where the simulator's check on predicted states makes few of
+the learned judge's false successes, the judge errs; where it makes them too, the
+predicted dynamics do. Printed and written to ``--out``.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ def main(argv=None) -> int:
 
     from configs import load_config
     from envs import make_env, prepare_rendering
-    from envs.sim_view import SimulatorView, chunk_position_errors
+    from envs.sim_view import SimulatorView, chunk_position_errors, open_loop_verdicts
     from worldmodel.models import WorldModel
     from worldmodel.stages import state_split
 
@@ -60,17 +68,28 @@ def main(argv=None) -> int:
     n, dims = cfg.actions_per_chunk, cfg.world_model.position_dims
     began = time.monotonic()
     errors = chunk_position_errors(view, model.state_model, val, n, dims)
+    verdicts = open_loop_verdicts(view, model.state_model, val,
+                                  cfg.env.world_model.success_threshold)
     view.close()
+    real = verdicts["real"]
+    judges = {k: {"success_on_real_failures": float(v[~real].mean()) if (~real).any() else None,
+                  "success_on_real_successes": float(v[real].mean()) if real.any() else None}
+              for k, v in verdicts.items() if k != "real"}
     m = {k: float(v.mean()) for k, v in errors.items()}
     out = {"world_model": cfg.env.world_model.checkpoint, "episodes": len(val),
            "targets": len(errors["predicted"]), "chunk": n,
            "position_error": m["predicted"], "copy_last_position_error": m["copy_last"],
            "position_error_ratio": m["predicted"] / max(m["copy_last"], 1e-12),
-           "reading_error": m["reading"], "seconds": time.monotonic() - began}
+           "reading_error": m["reading"], "real_successes": int(real.sum()),
+           "judges": judges, "seconds": time.monotonic() - began}
     print(f"held-out end-effector position after each of {n} predicted steps, {out['targets']} "
           f"targets of {len(val)} episodes: predicted {m['predicted'] * 1000:.1f} mm, copy-last "
           f"{m['copy_last'] * 1000:.1f} mm (ratio {out['position_error_ratio']:.2f}); the "
           f"simulator's reading of recorded states {m['reading'] * 1000:.1f} mm")
+    for k, j in judges.items():
+        print(f"judge {k}: real failures called successes {j['success_on_real_failures']}, "
+              f"real successes found {j['success_on_real_successes']} "
+              f"({int(real.sum())} of {len(real)} real successes)")
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
     return 0

@@ -257,6 +257,11 @@ class MujocoVectorEnv(VectorEnv):
         sim.forward()
         slot.state = self._state(slot.sim_env._get_observations(force_update=True))
 
+    def check_success(self, env_id: int) -> bool:
+        """The benchmark's own success check in env ``env_id``'s current MuJoCo state (as
+        :meth:`show` left it, or as a step did)."""
+        return self._success(self.slots[env_id].sim_env)
+
     def flat_state_size(self, env_id: int) -> int:
         """The length of env ``env_id``'s flattened MuJoCo state (1 + nq + nv)."""
         return int(self.slots[env_id].sim_env.sim.get_state().flatten().size)

@@ -64,6 +64,15 @@ class SimulatorView:
                     np.concatenate([o.wrist_images for o in seen]) if self.wrist else None,
                     np.concatenate([o.states for o in seen]))
 
+    def succeeded(self, states: np.ndarray) -> np.ndarray:
+        """The simulator's own success check in each flattened state (float [B,S]; bool
+        [B]): the benchmark's rule read off a state, with no learned judge."""
+        won = []
+        for state in states:
+            self.env.show(0, state)
+            won.append(self.env.check_success(0))
+        return np.array(won, bool)
+
     def close(self) -> None:
         """Release the scene's simulator and renderer."""
         self.env.close()
@@ -105,3 +114,37 @@ def chunk_position_errors(view: SimulatorView, model, episodes, n: int, dims: in
         read = view.look(ep.states, draw=False).states[:, :dims]
         out["reading"].append(np.linalg.norm(read - ep.proprio[:, :dims], axis=-1))
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+
+
+def open_loop_verdicts(view: SimulatorView, model, episodes, threshold: float
+                       ) -> dict[str, np.ndarray]:
+    """Who calls each episode a success, open loop: ``model`` (a state model or ensemble)
+    predicts every state from the recorded first one and the recorded actions, as the
+    world-model env does from a reset. Per episode (bool [E] each):
+
+        learned    the model's own judge: its success probability reaches ``threshold``
+                   at some predicted state (the lowest member's, each on its own states)
+        simulator  the simulator's check (:meth:`SimulatorView.succeeded`) holds at some
+                   predicted state (the members' mean state, the one the env draws)
+        recorded   the simulator's check at some recorded state (the view's own reading)
+        real       the recording's outcome
+
+    A learned judge's false success that the simulator's check on the same predicted
+    states does not make is the judge's error; one both make is the dynamics'."""
+    import torch
+
+    from worldmodel.ensemble import as_ensemble
+
+    ens = as_ensemble(model)
+    out: dict[str, list] = {"learned": [], "simulator": [], "recorded": [], "real": []}
+    for ep in episodes:
+        with torch.no_grad():
+            states = ens.rollout(ens.start(torch.from_numpy(ep.states[:1])),
+                                 torch.from_numpy(ep.actions[None, :-1]))
+            out["learned"].append(
+                bool((torch.sigmoid(ens.success_logits(states)) >= threshold).any()))
+            shown = ens.mean(states)[0].numpy()
+        out["simulator"].append(bool(view.succeeded(shown).any()))
+        out["recorded"].append(bool(view.succeeded(ep.states).any()))
+        out["real"].append(bool(ep.succeeded))
+    return {k: np.array(v, bool) for k, v in out.items()}

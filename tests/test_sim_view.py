@@ -15,7 +15,7 @@ from demos.layout import file_attributes
 from demos.writer import write_file
 from envs.robosuite_tasks import RobosuiteVectorEnv
 from envs.sim import SimOptions
-from envs.sim_view import SimulatorView, chunk_position_errors
+from envs.sim_view import SimulatorView, chunk_position_errors, open_loop_verdicts
 from envs.world_model import WorldModelVectorEnv, make_world_model_env
 from tests.conftest import ROOT
 from worldmodel.data import ResetFrame
@@ -192,3 +192,31 @@ def test_chunk_position_errors_line_the_prediction_up_with_the_recording(view):
     assert errors["reading"].max() < 4e-3  # mm: robosuite observes a substep later
     assert errors["copy_last"].max() > 0.02  # the arm moved centimetres
     np.testing.assert_allclose(errors["predicted"], errors["copy_last"], atol=4e-3)
+
+
+def test_open_loop_verdicts_tell_the_learned_judge_from_the_simulators_check(view):
+    """A state model that lifts the cube 2 cm a step whatever the actions, and whose learned
+    judge never calls a success: on an episode where the cube stayed on the table, the
+    simulator's check calls the predicted states a success (the dynamics' error), the
+    learned judge does not, the recorded states are no success, nor the outcome."""
+    env = RobosuiteVectorEnv(1, 1, OPTS, "Lift")
+    env.reset_group(0, 2)
+    states, actions = [], np.zeros((6, 7), np.float32)
+    for a in actions:
+        states.append(env.record_extras(ONE)["states"][0])
+        env.step(ONE, a[None])
+    env.close()
+    episode = StateEpisode(np.stack(states).astype(np.float32), actions, np.zeros(6, bool),
+                           None)
+    lifts = _world_model({CUBE_Z: 0.02}).state_model
+    with torch.no_grad():
+        lifts.judge[-1].bias.fill_(-20.0)  # a probability of ~0 everywhere
+        lifts.judge[-1].weight.zero_()
+    verdicts = open_loop_verdicts(view, lifts, [episode], 0.9)
+    assert [verdicts[k].tolist() for k in ("learned", "simulator", "recorded", "real")] == \
+        [[False], [True], [False], [False]]
+    with torch.no_grad():
+        lifts.judge[-1].bias.fill_(20.0)  # now it calls every state a success
+    assert open_loop_verdicts(view, lifts, [episode], 0.9)["learned"].tolist() == [True]
+    still = _world_model({}).state_model  # the cube never rises: no success anywhere
+    assert open_loop_verdicts(view, still, [episode], 0.9)["simulator"].tolist() == [False]
