@@ -161,12 +161,14 @@ class WorldModelEnvConfig:
                               "shows for one frame only is not one)")
     binary_score: bool = opt(True, "the reward differences scores of 1 on a successful "
                              "frame, else 0 (RLinf's ResnetRM); false: the probability")
-    judge: Literal["frames", "state", "both"] = opt(
+    judge: Literal["frames", "state", "both", "simulator"] = opt(
         "frames", "what the success probability reads: frames (the success model on the "
         "generated frames, RLinf's); state (the world model's state model on the simulator "
         "state it predicts from the reset frame's recorded state and the actions: "
         "world_model.state.steps > 0, reset_data recorded with simulator states); both "
-        "(the lower of the two)")
+        "(the lower of the two); simulator (the real simulator's own success check on that "
+        "predicted state, 1 or 0: learned dynamics, exact success rule; robosuite "
+        "recordings of env.robosuite.task)")
     frames: Literal["generator", "state", "simulator"] = opt(
         "generator", "what draws the frames the policy sees: generator (the frame "
         "predictor, from the last frames and the chunk, RLinf's); state (the world "
@@ -174,7 +176,7 @@ class WorldModelEnvConfig:
         "world_model.state.steps and world_model.decoder.steps > 0 and reset_data "
         "recorded with simulator states); simulator (the real simulator's renderer draws "
         "that predicted state, each chunk's last, at env.image_size, without a physics "
-        "step: robosuite recordings of env.robosuite.task, judge=state)")
+        "step: robosuite recordings of env.robosuite.task, judge=state or simulator)")
     proprio: Literal["zeros", "state", "simulator"] = opt(
         "zeros", "the state the policy is handed: zeros (RLinf's: the world model makes "
         "none); state (the proprioception the state model reads off the simulator state "

@@ -83,7 +83,8 @@ def prepare_rendering(cfg: EnvConfig) -> str:
     if cfg.kind == "world_model":
         from envs.world_model import uses_simulator
 
-        if not uses_simulator(cfg.world_model.frames, cfg.world_model.proprio):
+        wm = cfg.world_model
+        if not uses_simulator(wm.judge, wm.frames, wm.proprio):
             return "none"
     from envs.render import select_gl_backend
 

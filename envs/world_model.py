@@ -24,7 +24,9 @@ chunkrl's (or any :class:`worldmodel.models.WorldModel`'s) generator and success
   ensemble, ``world_model.state.ensemble`` K > 1, :mod:`worldmodel.ensemble`: each member
   unrolls its own state and the lowest member's ``p`` counts, while frames and
   proprioception show the members' mean state), and with ``both`` ``p`` is the lower of
-  the two. Success (and termination) when ``p`` has
+  the two; with ``simulator`` ``p`` is 1 where the real simulator's own success check holds
+  in the predicted state (the members' mean; :mod:`envs.sim_view`, no physics step), else
+  0: the dynamics learned, the success rule exact. Success (and termination) when ``p`` has
   reached ``success_threshold`` on
   the last ``success_frames`` frames of the episode (1: the frame itself);
   truncation at ``max_episode_steps``. The frame's score ``s`` is 1 on success, else 0
@@ -108,7 +110,7 @@ class WorldModelVectorEnv(VectorEnv):
                                  f"{size}x{size}x{channels} frames ({'+'.join(model.cameras)})")
         never = model.untrained()
         if ("generator" in never and frames == "generator") or \
-                ("scorer" in never and judge != "state"):
+                ("scorer" in never and judge in ("frames", "both")):
             raise ValueError(f"env.world_model.frames={frames}, judge={judge} uses this world "
                              f"model's {' and '.join(sorted(never))}, which its training "
                              "left untrained (world_model.steps / success_steps 0): set "
@@ -126,14 +128,15 @@ class WorldModelVectorEnv(VectorEnv):
                              f"the policy's {state_dim}-D state off the simulator's: train "
                              "it with world_model.state.proprio=true on recordings of that "
                              "state (env.state_dim)")
-        if uses_simulator(frames, proprio) and (view is None or model.state_model is None):
-            raise ValueError(f"env.world_model.frames={frames}, proprio={proprio} draws the "
-                             "state model's predicted states with the simulator: it needs "
-                             "a world model with a state model and the simulator's scene")
-        if frames == "simulator" and judge != "state":
+        if uses_simulator(judge, frames, proprio) and (view is None or
+                                                       model.state_model is None):
+            raise ValueError(f"env.world_model.judge={judge}, frames={frames}, proprio={proprio}"
+                             " shows the state model's predicted states to the simulator: it "
+                             "needs a world model with a state model and the simulator's scene")
+        if frames == "simulator" and judge not in ("state", "simulator"):
             raise ValueError(f"env.world_model.frames=simulator draws one frame per chunk, "
                              f"which judge={judge} cannot score frame by frame: set "
-                             "env.world_model.judge=state")
+                             "env.world_model.judge=state or simulator")
         uses_state = needs_sim_states(judge, frames, proprio)
         if uses_state and any(s.sim_state is None for s in starts):
             raise ValueError(f"env.world_model.judge={judge}, frames={frames}, "
@@ -250,8 +253,12 @@ class WorldModelVectorEnv(VectorEnv):
                        env_ids: np.ndarray, n: int) -> np.ndarray:
         """The success probability [B,N] of each env's N new frames [B,N,C,H,W] by
         ``judge``, the state model's from its members' predicted ``states`` [B,N,K,S]
-        (the lowest member's)."""
+        (the lowest member's), the simulator's check 0 or 1 on their mean."""
         b = len(env_ids)
+        if self.judge == "simulator":
+            shown = self.state_models.mean(states).cpu().numpy()
+            won = self.view.succeeded(shown.reshape(b * n, shown.shape[-1]))
+            return won.reshape(b, n).astype(np.float32)
         if self.judge != "state":
             texts = [self.instructions[e] for e in env_ids for _ in range(n)]
             seen = self.model.scorer.score(frames.flatten(0, 1), texts).view(b, n).cpu().numpy()
@@ -309,10 +316,11 @@ def needs_sim_states(judge: str, frames: str, proprio: str) -> bool:
     return judge != "frames" or frames != "generator" or proprio != "zeros"
 
 
-def uses_simulator(frames: str, proprio: str) -> bool:
-    """Whether ``env.world_model``'s frames or proprio are the real simulator's drawing
-    and reading of the predicted state (:mod:`envs.sim_view`; it then renders)."""
-    return frames == "simulator" or proprio == "simulator"
+def uses_simulator(judge: str, frames: str, proprio: str) -> bool:
+    """Whether ``env.world_model``'s judge, frames or proprio are the real simulator's
+    check, drawing or reading of the predicted state (:mod:`envs.sim_view`; it then
+    builds the scene)."""
+    return "simulator" in (judge, frames, proprio)
 
 
 def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
@@ -339,7 +347,7 @@ def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
     log.info("world-model env: %s (%dx%d frames, chunks of %d), %d reset frames",
              wm.checkpoint, model.image_size, model.image_size, model.chunk, len(starts))
     view = None  # without a state model the env refuses the simulator's view itself
-    if uses_simulator(wm.frames, wm.proprio) and model.state_model is not None:
+    if uses_simulator(wm.judge, wm.frames, wm.proprio) and model.state_model is not None:
         import dataclasses
 
         from envs import make_env

@@ -134,11 +134,43 @@ def test_the_env_shows_and_reads_its_predicted_states_through_the_simulator(real
     assert view.look(member, draw=False).main is None
 
 
+def test_the_simulator_judge_pays_the_success_the_simulators_check_reads(view):
+    """judge: simulator: a predicted state is a success where Lift's own check holds in it
+    (the cube 4 cm above the table), whatever the state model's learned judge says."""
+    start = _reset_state().astype(np.float32)
+    starts = [ResetFrame(np.zeros((16, 16, 3), np.uint8), "lift the red cube", 0, start)]
+    lifts = _world_model({CUBE_Z: 0.01})
+    with torch.no_grad():  # its learned judge: a success everywhere, which is not read
+        lifts.state_model.judge[-1].bias.fill_(20.0)
+    env = WorldModelVectorEnv(2, 2, lifts, starts, 12, judge="simulator", frames="simulator",
+                              view=view)
+    env.reset_group(0, 0)
+    steps = env.step_chunk(np.arange(2), np.zeros((2, 4, 7), np.float32))
+    won = [bool(r.success[0]) for r in steps]
+    # the simulator's check on the cube raised by hand 1, 2, ... cm from its resting place
+    raised = np.repeat(start[None], 4, 0)
+    raised[:, CUBE_Z] += 0.01 * np.arange(1, 5)
+    held = view.succeeded(raised).tolist()
+    first = held.index(True)
+    assert not view.succeeded(start[None])[0] and first >= 1  # no success before the lift
+    assert won.index(True) == first and not any(won[:first])
+    assert steps[first].rewards.tolist() == [1.0, 1.0] and steps[first].terminated.all()
+    assert all(r.rewards.sum() == 0 for r in steps[:first])
+    still = WorldModelVectorEnv(2, 2, _world_model({}), starts, 12, judge="simulator",
+                                frames="simulator", view=view)
+    still.state_models.members[0].judge[-1].bias.data.fill_(20.0)
+    still.reset_group(0, 0)
+    assert not any(r.success.any() for r in still.step_chunk(
+        np.arange(2), np.zeros((2, 4, 7), np.float32)))
+    with pytest.raises(ValueError, match="the simulator's scene"):
+        WorldModelVectorEnv(2, 2, lifts, starts, 12, judge="simulator")
+
+
 def test_simulator_frames_need_the_state_judge_and_the_simulators_scene(view):
     starts = [ResetFrame(np.zeros((16, 16, 3), np.uint8), "lift", 0,
                          np.zeros(LIFT_STATE, np.float32))]
     model = _world_model({})
-    with pytest.raises(ValueError, match="set env.world_model.judge=state"):
+    with pytest.raises(ValueError, match="set env.world_model.judge=state or simulator"):
         WorldModelVectorEnv(2, 2, model, starts, 12, judge="both", frames="simulator",
                             view=view)
     with pytest.raises(ValueError, match="the simulator's scene"):
