@@ -2,10 +2,11 @@
 the last frame: the issue's position criterion for ``env.world_model.frames: simulator``;
 and whose false successes its held-out episodes show: the learned judge's or the dynamics'.
 
-    R=runs/lift_wm10
+    R=runs/lift_wm   # as scripts/reproduce.py lift_wm leaves it
     python benchmarks/bench_state_position.py --config configs/robosuite_lift_world_model.yaml \\
-        --out pos.json -- env.world_model.checkpoint=$R/wm3/world_model.pt \\
-        "world_model.datasets=[$R/record/dataset,$R/record_policy/dataset]" env.image_size=128
+        --out pos.json -- env.world_model.checkpoint=$R/world_model/world_model.pt \\
+        "world_model.datasets=[$R/record/dataset,$R/record_policy/dataset]" \\
+        world_model.position_dims=3
 
 With ``frames: simulator`` the frame the policy sees is the real renderer's drawing of
 the state model's predicted state, so the gripper position that frame shows is the end
@@ -27,7 +28,11 @@ and of real successes found, by the state model's learned judge (at
 ``env.world_model.success_threshold``) and by the simulator's own success check read off
 the same predicted states. Where the simulator's check on predicted states makes few of
 the learned judge's false successes, the judge errs; where it makes them too, the
-predicted dynamics do. Printed and written to ``--out``.
+predicted dynamics do. ``--verdicts DIR ...`` takes every episode of those recordings
+instead of the held-out ones: on the replays of a policy's world-model episodes
+(``bench_reward_agreement.py --record``, ``reproduce.py``'s ``replay<r>``) the open loop
+is the world-model episode itself, so the learned verdict is the one RL was paid.
+Printed and written to ``--out``.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True)
     p.add_argument("--out", default=None, help="JSON to write")
+    p.add_argument("--verdicts", nargs="+", default=None, metavar="DIR",
+                   help="judge every episode of these recordings (default: the held-out ones)")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE (after --)")
     args = p.parse_args(argv)
     import dataclasses
@@ -55,6 +62,7 @@ def main(argv=None) -> int:
     from envs.sim_view import SimulatorView, chunk_position_errors, open_loop_verdicts
     from worldmodel.models import WorldModel
     from worldmodel.stages import state_split
+    from worldmodel.state_model import load_state_episodes
 
     cfg = load_config(args.config, args.overrides)
     real = dataclasses.replace(cfg.env, kind="robosuite")
@@ -63,12 +71,16 @@ def main(argv=None) -> int:
     if model.state_model is None:
         raise SystemExit(f"{cfg.env.world_model.checkpoint} has no state model: train one "
                          "with world_model.state.steps > 0")
+    if cfg.world_model.position_dims <= 0:
+        raise SystemExit("world_model.position_dims=0: set it to the position entries of the "
+                         "policy's state (robosuite: world_model.position_dims=3)")
     _, val, _ = state_split(cfg, proprio=True)
     view = SimulatorView(make_env(real, 1, 1, cfg.model.action_dim), model.state_model.state_dim)
     n, dims = cfg.actions_per_chunk, cfg.world_model.position_dims
     began = time.monotonic()
     errors = chunk_position_errors(view, model.state_model, val, n, dims)
-    verdicts = open_loop_verdicts(view, model.state_model, val,
+    judged = load_state_episodes(args.verdicts)[0] if args.verdicts else val
+    verdicts = open_loop_verdicts(view, model.state_model, judged,
                                   cfg.env.world_model.success_threshold)
     view.close()
     real = verdicts["real"]
@@ -80,7 +92,8 @@ def main(argv=None) -> int:
            "targets": len(errors["predicted"]), "chunk": n,
            "position_error": m["predicted"], "copy_last_position_error": m["copy_last"],
            "position_error_ratio": m["predicted"] / max(m["copy_last"], 1e-12),
-           "reading_error": m["reading"], "real_successes": int(real.sum()),
+           "reading_error": m["reading"], "judged": args.verdicts or "held out",
+           "judged_episodes": len(judged), "real_successes": int(real.sum()),
            "judges": judges, "seconds": time.monotonic() - began}
     print(f"held-out end-effector position after each of {n} predicted steps, {out['targets']} "
           f"targets of {len(val)} episodes: predicted {m['predicted'] * 1000:.1f} mm, copy-last "

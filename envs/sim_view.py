@@ -126,7 +126,8 @@ def open_loop_verdicts(view: SimulatorView, model, episodes, threshold: float
                    at some predicted state (the lowest member's, each on its own states)
         simulator  the simulator's check (:meth:`SimulatorView.succeeded`) holds at some
                    predicted state (the members' mean state, the one the env draws)
-        recorded   the simulator's check at some recorded state (the view's own reading)
+        recorded   the simulator's check at some recorded state (the view's own reading;
+                   recordings keep the states before each action, not the last one's)
         real       the recording's outcome
 
     A learned judge's false success that the simulator's check on the same predicted
@@ -139,8 +140,10 @@ def open_loop_verdicts(view: SimulatorView, model, episodes, threshold: float
     out: dict[str, list] = {"learned": [], "simulator": [], "recorded": [], "real": []}
     for ep in episodes:
         with torch.no_grad():
+            # every action's state, the last one's too (the env judges it; a replayed
+            # world-model episode ends at the action its world model called a success)
             states = ens.rollout(ens.start(torch.from_numpy(ep.states[:1])),
-                                 torch.from_numpy(ep.actions[None, :-1]))
+                                 torch.from_numpy(ep.actions[None]))
             out["learned"].append(
                 bool((torch.sigmoid(ens.success_logits(states)) >= threshold).any()))
             shown = ens.mean(states)[0].numpy()
