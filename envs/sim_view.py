@@ -128,7 +128,7 @@ def open_loop_verdicts(view: SimulatorView, model, episodes, threshold: float
                    predicted state (the members' mean state, the one the env draws)
         recorded   the simulator's check at some recorded state (the view's own reading;
                    recordings keep the states before each action, not the last one's)
-        real       the recording's outcome
+        real       the recording's outcome (a success after any action, the last too)
 
     A learned judge's false success that the simulator's check on the same predicted
     states does not make is the judge's error; one both make is the dynamics'."""
@@ -149,5 +149,5 @@ def open_loop_verdicts(view: SimulatorView, model, episodes, threshold: float
             shown = ens.mean(states)[0].numpy()
         out["simulator"].append(bool(view.succeeded(shown).any()))
         out["recorded"].append(bool(view.succeeded(ep.states).any()))
-        out["real"].append(bool(ep.succeeded))
+        out["real"].append(bool(ep.success.any()))  # the last action's too
     return {k: np.array(v, bool) for k, v in out.items()}
