@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     from envs import make_env, prepare_rendering
     from envs.sim_view import SimulatorView, chunk_position_errors, open_loop_verdicts
     from worldmodel.models import WorldModel
-    from worldmodel.stages import state_split
+    from worldmodel.stages import state_split, verdict_rates
     from worldmodel.state_model import load_state_episodes
 
     cfg = load_config(args.config, args.overrides)
@@ -83,9 +83,8 @@ def main(argv=None) -> int:
     verdicts = open_loop_verdicts(view, model.state_model, judged,
                                   cfg.env.world_model.success_threshold)
     view.close()
-    real = verdicts["real"]
-    judges = {k: {"success_on_real_failures": float(v[~real].mean()) if (~real).any() else None,
-                  "success_on_real_successes": float(v[real].mean()) if real.any() else None}
+    won = verdicts["real"]
+    judges = {k: verdict_rates(v.astype(float), won, 0.5)  # calls of 0 or 1
               for k, v in verdicts.items() if k != "real"}
     m = {k: float(v.mean()) for k, v in errors.items()}
     out = {"world_model": cfg.env.world_model.checkpoint, "episodes": len(val),
@@ -93,7 +92,7 @@ def main(argv=None) -> int:
            "position_error": m["predicted"], "copy_last_position_error": m["copy_last"],
            "position_error_ratio": m["predicted"] / max(m["copy_last"], 1e-12),
            "reading_error": m["reading"], "judged": args.verdicts or "held out",
-           "judged_episodes": len(judged), "real_successes": int(real.sum()),
+           "judged_episodes": len(judged), "real_successes": int(won.sum()),
            "judges": judges, "seconds": time.monotonic() - began}
     print(f"held-out end-effector position after each of {n} predicted steps, {out['targets']} "
           f"targets of {len(val)} episodes: predicted {m['predicted'] * 1000:.1f} mm, copy-last "
@@ -102,7 +101,7 @@ def main(argv=None) -> int:
     for k, j in judges.items():
         print(f"judge {k}: real failures called successes {j['success_on_real_failures']}, "
               f"real successes found {j['success_on_real_successes']} "
-              f"({int(real.sum())} of {len(real)} real successes)")
+              f"({int(won.sum())} of {len(won)} real successes)")
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
     return 0

@@ -105,9 +105,9 @@ def train_state_stage(cfg: Config, model: WorldModel, writer, stop) -> dict:
                         "missed": int((~said & real)[mine].sum())}
     out = {"state_model_val_episodes": len(val), "state_model_by_dataset": by_set,
            **{f"state_model_{k}": v for k, v in
-              _verdicts(best, real, rule.success_threshold).items()}}
+              verdict_rates(best, real, rule.success_threshold).items()}}
     if len(members) > 1:  # each member alone: what the lowest of them adds
-        out["state_model_members"] = [_verdicts(outcomes(m, val)[0], real,
+        out["state_model_members"] = [verdict_rates(outcomes(m, val)[0], real,
                                                 rule.success_threshold) for m in members]
         log.info("state model members alone, held out: ROC AUC %s; success on episodes "
                  "that really failed %s", " ".join(f"{v['auc']:.4f}" for v in
@@ -127,7 +127,7 @@ def train_state_stage(cfg: Config, model: WorldModel, writer, stop) -> dict:
     return out
 
 
-def _verdicts(best: np.ndarray, real: np.ndarray, threshold: float) -> dict:
+def verdict_rates(best: np.ndarray, real: np.ndarray, threshold: float) -> dict:
     """Open-loop verdicts (:func:`worldmodel.ensemble.outcomes`) against the real
     outcomes: ROC AUC, and the share called successes at ``threshold`` of the episodes
     that really failed and of those that really succeeded."""
