@@ -575,6 +575,10 @@ class StateModelConfig:
                         "state vector: obs/states or ee_states + gripper_states) from the "
                         "simulator state, which "
                         "env.world_model.proprio=state hands the policy")
+    kinematics: bool = opt(False, "the dynamics also read every moving body's position "
+                           "(and the objects' relative to the others) by forward "
+                           "kinematics of the recordings' robosuite scene "
+                           "(worldmodel/kinematics.py; the tree is kept in the checkpoint)")
 
 
 @dataclass(frozen=True)

@@ -262,6 +262,10 @@ class MujocoVectorEnv(VectorEnv):
         :meth:`show` left it, or as a step did)."""
         return self._success(self.slots[env_id].sim_env)
 
+    def mujoco_model(self, env_id: int):
+        """Env ``env_id``'s ``mujoco.MjModel`` (reset once, so built)."""
+        return self.slots[env_id].sim_env.sim.model._model
+
     def flat_state_size(self, env_id: int) -> int:
         """The length of env ``env_id``'s flattened MuJoCo state (1 + nq + nv)."""
         return int(self.slots[env_id].sim_env.sim.get_state().flatten().size)

@@ -151,3 +151,28 @@ def open_loop_verdicts(view: SimulatorView, model, episodes, threshold: float
         out["recorded"].append(bool(view.succeeded(ep.states).any()))
         out["real"].append(bool(ep.success.any()))  # the last action's too
     return {k: np.array(v, bool) for k, v in out.items()}
+
+
+def scene_kinematics(cfg, action_dim: int, state_size: int) -> dict:
+    """The kinematic tree (:class:`worldmodel.kinematics.KinematicTree`'s spec) of the
+    robosuite scene of env config ``cfg`` (built as the world-model env builds its view),
+    whose flattened states must be ``state_size`` long: what a state model with
+    ``world_model.state.kinematics`` reads its states with."""
+    import dataclasses
+
+    from envs import make_env, prepare_rendering
+    from worldmodel.kinematics import KinematicTree
+
+    real = dataclasses.replace(cfg, kind="robosuite")
+    prepare_rendering(real)
+    env = make_env(real, 1, 1, action_dim)
+    try:
+        env.reset_group(0, 0)
+        if env.flat_state_size(0) != state_size:
+            raise ValueError(f"world_model.state.kinematics: the recordings' states are "
+                             f"{state_size}-D but env.robosuite.task's scene's are "
+                             f"{env.flat_state_size(0)}-D: name the task they were "
+                             "recorded in")
+        return KinematicTree.from_mujoco(env.mujoco_model(0)).spec()
+    finally:
+        env.close()

@@ -64,8 +64,13 @@ def train_state_stage(cfg: Config, model: WorldModel, writer, stop) -> dict:
     w, rule = cfg.world_model, cfg.env.world_model
     train, val, source = state_split(cfg, w.state.proprio)
     proprio = train[0].proprio.shape[1] if w.state.proprio else 0
+    tree = None
+    if w.state.kinematics:
+        from envs.sim_view import scene_kinematics
+
+        tree = scene_kinematics(cfg.env, train[0].actions.shape[1], train[0].states.shape[1])
     members = [StateModel(train[0].states.shape[1], train[0].actions.shape[1],
-                          w.state.hidden, proprio_dim=proprio)
+                          w.state.hidden, proprio_dim=proprio, kinematics=tree)
                for _ in range(w.state.ensemble)]
     fresh = members[0] if len(members) == 1 else StateEnsemble(members)
     theirs = model.state_model

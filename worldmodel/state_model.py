@@ -24,6 +24,11 @@ recordings' state vector, e.g. robosuite's end-effector pose and finger position
 and predicted states with ``||(q(s) - q_t) / sigma_q||^2 / P``: the world-model env can
 then hand the policy the proprioception of the state it predicts
 (``env.world_model.proprio=state``) where the frames it draws cannot show it.
+
+With ``kinematics`` (a :class:`worldmodel.kinematics.KinematicTree`'s spec) the dynamics
+also read the bodies' positions in s_t by forward kinematics, k(s_t), normalised with
+their own mu_k and sigma_k: ``f([.., (k(s_t) - mu_k) / sigma_k])``, where the fingers are
+relative to the object being a grasp's whole geometry.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from torch import nn
 
 from demos.reader import POLICY_STATES, ReadReport, read_low_dim
 from worldmodel.fit import fit_steps
+from worldmodel.kinematics import KinematicTree
 
 
 @dataclass
@@ -86,18 +92,21 @@ class StateModel(nn.Module):
     """Dynamics and success on the simulator's state; see the module docstring."""
 
     def __init__(self, state_dim: int, action_dim: int, hidden: int = 512, layers: int = 3,
-                 proprio_dim: int = 0):
+                 proprio_dim: int = 0, kinematics: dict | None = None):
         super().__init__()
         self.state_dim, self.action_dim, self.hidden, self.layers = \
             state_dim, action_dim, hidden, layers
         self.proprio_dim = proprio_dim
-        self.dynamics = _mlp(state_dim + action_dim, hidden, layers, state_dim)
+        self.kinematics = KinematicTree(**kinematics) if kinematics else None
+        kin = self.kinematics.feature_dim if self.kinematics else 0
+        self.dynamics = _mlp(state_dim + action_dim + kin, hidden, layers, state_dim)
         self.judge = _mlp(state_dim, hidden // 2, 2, 1)
         self.proprio_head = _mlp(state_dim, hidden // 2, 2, proprio_dim) if proprio_dim \
             else None
         # (no proprioception buffers without the head: files saved before it load as they are)
         for name, dim in (("s", state_dim), ("a", action_dim), ("d", state_dim),
-                          *((("q", proprio_dim),) if proprio_dim else ())):
+                          *((("q", proprio_dim),) if proprio_dim else ()),
+                          *((("k", kin),) if kin else ())):
             self.register_buffer(f"{name}_mean", torch.zeros(dim))
             self.register_buffer(f"{name}_std", torch.ones(dim))
         # the recorded actions' range: one beyond it is clamped (an actuator clips too)
@@ -106,17 +115,24 @@ class StateModel(nn.Module):
 
     def spec(self) -> dict:
         """What rebuilds this model (its weights are its state_dict)."""
-        return {"state_dim": self.state_dim, "action_dim": self.action_dim,
+        spec = {"state_dim": self.state_dim, "action_dim": self.action_dim,
                 "hidden": self.hidden, "layers": self.layers, "proprio_dim": self.proprio_dim}
+        if self.kinematics is not None:  # (files saved before it load as they are)
+            spec["kinematics"] = self.kinematics.spec()
+        return spec
 
     def fit_normaliser(self, episodes: list[StateEpisode]) -> None:
         """mu and sigma of states, actions, one-step changes and (with the head)
-        proprioception over ``episodes``."""
+        proprioception and (with the tree) the bodies' positions over ``episodes``."""
         s = np.concatenate([e.states for e in episodes])
         a = np.concatenate([e.actions for e in episodes])
         d = np.concatenate([e.states[1:] - e.states[:-1] for e in episodes])
         for name, x in (("s", s), ("a", a), ("d", d)):
             self._fit(name, x)
+        if self.kinematics is not None:
+            with torch.no_grad():
+                k = self.kinematics.features(torch.from_numpy(s)).numpy()
+            self._fit("k", k, floor=1e-3)  # metres: a body the joints never move stays put
         self.a_low.copy_(torch.from_numpy(a.min(0)))
         self.a_high.copy_(torch.from_numpy(a.max(0)))
         if self.proprio_dim:
@@ -127,16 +143,18 @@ class StateModel(nn.Module):
         trained model keeps the rest of its normaliser)."""
         self._fit("q", np.concatenate([e.proprio for e in episodes]))
 
-    def _fit(self, name: str, x: np.ndarray) -> None:
+    def _fit(self, name: str, x: np.ndarray, floor: float = 1e-6) -> None:
         getattr(self, f"{name}_mean").copy_(torch.from_numpy(x.mean(0)))
-        getattr(self, f"{name}_std").copy_(torch.from_numpy(x.std(0) + 1e-6))
+        getattr(self, f"{name}_std").copy_(torch.from_numpy(x.std(0) + floor))
 
     def step(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The next states [...,S] of ``states`` [...,S] under env-unit ``actions`` [...,D]
         (clamped to the recorded range)."""
         actions = torch.maximum(torch.minimum(actions, self.a_high), self.a_low)
-        x = torch.cat([(states - self.s_mean) / self.s_std,
-                       (actions - self.a_mean) / self.a_std], -1)
+        x = [(states - self.s_mean) / self.s_std, (actions - self.a_mean) / self.a_std]
+        if self.kinematics is not None:
+            x.append((self.kinematics.features(states) - self.k_mean) / self.k_std)
+        x = torch.cat(x, -1)
         return states + self.dynamics(x) * self.d_std + self.d_mean
 
     def rollout(self, first: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
