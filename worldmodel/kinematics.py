@@ -9,17 +9,20 @@ is a matter of where the fingers are relative to the object, which an MLP on joi
 angles must work out through the arm's kinematics. A :class:`KinematicTree` hands it
 those positions: it is the model's kinematic tree (each body's offset from its parent,
 its joints' axes and anchors), read once from the recordings' MuJoCo model and kept in
-the checkpoint, and evaluates it as ``mj_kinematics`` does. For body b with parent p::
+the checkpoint, and evaluates it as ``mj_kinematics`` does. For body b with parent p,
+rotation matrices R and positions x in the world frame::
 
-    q_b = q_p * q0_b,   x_b = x_p + R(q_p) o0_b                 (fixed offset)
-    hinge j (axis u, anchor c, angle theta):  a = x_b + R(q_b) c,
-        q_b <- q_b * quat(u, theta),   x_b <- a - R(q_b) c
-    slide j (axis u, distance d):     x_b <- x_b + R(q_b) u d
-    ball j (quaternion w):            as hinge with quat(u, theta) replaced by w/|w|
-    free j (position y, quaternion w): x_b <- y,  q_b <- w/|w|
+    R_b = R_p R0_b,   x_b = x_p + R_p o_b                       (fixed offset)
+    hinge j (axis u, anchor c, angle theta):  a = x_b + R_b c,
+        R_b <- R_b rot(u, theta),   x_b <- a - R_b c
+    slide j (axis u, distance d):     x_b <- x_b + R_b u d
+    ball j (quaternion w):            as hinge with rot(u, theta) replaced by R(w/|w|)
+    free j (position y, quaternion w): x_b <- y,  R_b <- R(w/|w|)
 
-with R(q) the rotation of unit quaternion q. Only the physics (contacts, the controller,
-inertia) is left to learn; the kinematics are the robot's and the objects' own.
+with R0_b = R(q0_b) the body's rotation in its parent, R(q) a unit quaternion's matrix and
+rot(u, theta) = I + sin(theta) [u]x + (1 - cos(theta)) [u]x^2 (Rodrigues). Only the
+physics (contacts, the controller, inertia) is left to learn; the kinematics are the
+robot's and the objects' own.
 """
 
 from __future__ import annotations
@@ -31,21 +34,19 @@ from torch import nn
 FREE, BALL, SLIDE, HINGE = 0, 1, 2, 3  # mjtJoint
 
 
-def quat_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Hamilton product of (w, x, y, z) quaternions [...,4]."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([aw * bw - ax * bx - ay * by - az * bz,
-                        aw * bx + ax * bw + ay * bz - az * by,
-                        aw * by - ax * bz + ay * bw + az * bx,
-                        aw * bz + ax * by - ay * bx + az * bw], -1)
+def quat_matrix(q: torch.Tensor) -> torch.Tensor:
+    """(w, x, y, z) quaternions [...,4], normalised here -> rotation matrices [...,3,3]."""
+    w, x, y, z = nn.functional.normalize(q, dim=-1).unbind(-1)
+    return torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+                       -1).unflatten(-1, (3, 3))
 
 
-def quat_rotate(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """v [...,3] rotated by unit quaternion q [...,4]: v + 2w (u x v) + 2 u x (u x v)."""
-    w, u = q[..., :1], q[..., 1:]
-    t = 2 * torch.cross(u, v.expand_as(u), dim=-1)
-    return v + w * t + torch.cross(u, t, dim=-1)
+def _cross_matrix(u: torch.Tensor) -> torch.Tensor:
+    """[u]x of an axis [3]: [u]x v = u x v."""
+    z = u.new_zeros(())
+    return torch.stack([z, -u[2], u[1], u[2], z, -u[0], -u[1], u[0], z]).view(3, 3)
 
 
 class KinematicTree(nn.Module):
@@ -62,12 +63,18 @@ class KinematicTree(nn.Module):
         self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.float64))
         self.register_buffer("rotations", torch.tensor(rotations, dtype=torch.float64))
         # the rest follows from the spec: not kept in a checkpoint's weights
-        self.register_buffer("axes", torch.tensor(
-            [j[2] for js in self.joints for j in js] or np.zeros((0, 3)), dtype=torch.float64),
-            persistent=False)
+        flat = [j for js in self.joints for j in js]
+        axes = torch.tensor([j[2] for j in flat] or np.zeros((0, 3)), dtype=torch.float64)
+        self.register_buffer("axes", axes, persistent=False)
         self.register_buffer("anchors", torch.tensor(
-            [j[3] for js in self.joints for j in js] or np.zeros((0, 3)), dtype=torch.float64),
-            persistent=False)
+            [j[3] for j in flat] or np.zeros((0, 3)), dtype=torch.float64), persistent=False)
+        # Rodrigues' [u]x and [u]x^2 of each joint's axis
+        cross = torch.stack([_cross_matrix(u) for u in axes]) if len(flat) else \
+            torch.zeros(0, 3, 3, dtype=torch.float64)
+        self.register_buffer("cross", cross, persistent=False)
+        self.register_buffer("cross2", cross @ cross, persistent=False)
+        self.register_buffer("frames", quat_matrix(self.rotations), persistent=False)
+        self._first_joint = np.cumsum([0] + [len(js) for js in self.joints]).tolist()
         moving = [bool(js) for js in self.joints]
         for b, p in enumerate(self.parents):
             moving[b] = moving[b] or (b > 0 and moving[p])
@@ -77,12 +84,12 @@ class KinematicTree(nn.Module):
         # the grasp's geometry
         self.objects = [b for b, js in enumerate(self.joints) if any(j[0] == FREE for j in js)]
         # bodies no joint moves are where they are once and for all
-        x, q = self._poses(None, [b for b in range(len(parents)) if not moving[b]])
+        x, r = self._poses(None, [b for b in range(len(parents)) if not moving[b]])
         self.register_buffer("fixed_x", torch.stack(
             [x.get(b, torch.zeros(3, dtype=torch.float64)) for b in range(len(parents))]),
             persistent=False)
-        self.register_buffer("fixed_q", torch.stack(
-            [q.get(b, torch.zeros(4, dtype=torch.float64)) for b in range(len(parents))]),
+        self.register_buffer("fixed_r", torch.stack(
+            [r.get(b, torch.eye(3, dtype=torch.float64)) for b in range(len(parents))]),
             persistent=False)
 
     @classmethod
@@ -115,46 +122,46 @@ class KinematicTree(nn.Module):
         x, _ = self._poses(states[..., self.qpos_start:], self.moving)
         lead = states.shape[:-1]
         fixed = self.fixed_x.to(states.dtype)
-        return torch.stack([x[b] if b in self._moving_set else fixed[b].expand(*lead, 3)
+        # (a body a joint turns about its own origin keeps its position: no batch axes)
+        return torch.stack([(x[b] if b in self._moving_set else fixed[b]).expand(*lead, 3)
                             for b in range(len(self.parents))], -2)
 
     def _poses(self, qpos: torch.Tensor | None, bodies: list[int]) -> tuple[dict, dict]:
-        """World positions and orientations of ``bodies`` (in the model's order: parents
-        first), each body's parent among them or fixed; ``qpos`` [...,nq] (None: bodies
-        no joint moves)."""
+        """World positions and rotation matrices of ``bodies`` (in the model's order:
+        parents first), each body's parent among them or fixed; ``qpos`` [...,nq] (None:
+        bodies no joint moves)."""
         dtype = torch.float64 if qpos is None else qpos.dtype
-        x = {0: self.offsets.new_zeros(3).to(dtype)}
-        q = {0: self.offsets.new_tensor([1.0, 0.0, 0.0, 0.0]).to(dtype)}
-        first_joint = np.cumsum([0] + [len(js) for js in self.joints])
+        x = {0: self.offsets.new_zeros(3, dtype=dtype)}
+        r = {0: torch.eye(3, dtype=dtype, device=self.offsets.device)}
         for b in bodies:
             if b == 0:
                 continue
             p = self.parents[b]
             xp = x[p] if p in x else self.fixed_x[p].to(dtype)
-            qp = q[p] if p in q else self.fixed_q[p].to(dtype)
-            xb = xp + quat_rotate(qp, self.offsets[b].to(dtype))
-            qb = quat_mul(qp, self.rotations[b].to(dtype))
-            for k, (kind, adr, _, _) in enumerate(self.joints[b]):
-                j = int(first_joint[b]) + k
+            rp = r[p] if p in r else self.fixed_r[p].to(dtype)
+            xb = xp + rp @ self.offsets[b].to(dtype)
+            rb = rp @ self.frames[b].to(dtype)
+            for k, (kind, adr, _, anchor) in enumerate(self.joints[b]):
+                j = self._first_joint[b] + k
                 if kind == FREE:
-                    xb = qpos[..., adr:adr + 3]
-                    qb = nn.functional.normalize(qpos[..., adr + 3:adr + 7], dim=-1)
+                    xb, rb = qpos[..., adr:adr + 3], quat_matrix(qpos[..., adr + 3:adr + 7])
                     continue
                 if kind == SLIDE:
-                    xb = xb + quat_rotate(qb, self.axes[j].to(dtype)) * qpos[..., adr:adr + 1]
+                    xb = xb + (rb @ self.axes[j].to(dtype)) * qpos[..., adr:adr + 1]
                     continue
-                c = self.anchors[j].to(dtype)
-                pivot = xb + quat_rotate(qb, c)
+                c = self.anchors[j].to(dtype) if any(anchor) else None
+                pivot = xb + rb @ c if c is not None else xb
                 if kind == HINGE:
-                    half = 0.5 * qpos[..., adr:adr + 1]
-                    turn = torch.cat([torch.cos(half), torch.sin(half) * self.axes[j].to(dtype)],
-                                     -1)
+                    theta = qpos[..., adr, None, None]
+                    turn = torch.eye(3, dtype=dtype, device=qpos.device) + \
+                        torch.sin(theta) * self.cross[j].to(dtype) + \
+                        (1 - torch.cos(theta)) * self.cross2[j].to(dtype)
                 else:  # BALL
-                    turn = nn.functional.normalize(qpos[..., adr:adr + 4], dim=-1)
-                qb = quat_mul(qb, turn)
-                xb = pivot - quat_rotate(qb, c)
-            x[b], q[b] = xb, qb
-        return x, q
+                    turn = quat_matrix(qpos[..., adr:adr + 4])
+                rb = rb @ turn
+                xb = pivot - rb @ c if c is not None else pivot
+            x[b], r[b] = xb, rb
+        return x, r
 
     @property
     def feature_dim(self) -> int:
