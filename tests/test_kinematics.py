@@ -12,7 +12,7 @@ from envs.sim import SimOptions
 from envs.sim_view import scene_kinematics
 from worldmodel.kinematics import KinematicTree, body_positions
 from worldmodel.models import ConvFramePredictor, SuccessCNN, WorldModel
-from worldmodel.state_model import StateModel
+from worldmodel.state_model import StateModel, losses
 
 OPTS = SimOptions(image_size=32, max_episode_steps=20, fast_render=True)
 LIFT_STATE, CUBE = 32, slice(10, 17)  # the cube's free joint: qpos 9..15 after time
@@ -104,3 +104,34 @@ def _lift_config():
 
     return load_config(ROOT / "configs/robosuite_lift_world_model.yaml",
                        ["env.image_size=32"]).env
+
+
+def test_the_kinematic_loss_is_the_bodies_position_error_in_the_features_units(lift):
+    spec = KinematicTree.from_mujoco(lift.mujoco_model(0)).spec()
+    torch.manual_seed(0)
+    model = StateModel(LIFT_STATE, 7, hidden=32, layers=2, kinematics=spec)
+    rng = np.random.default_rng(3)
+    states = torch.from_numpy(_random_states(lift, 12, rng).astype(np.float32))
+    with torch.no_grad():
+        model.k_std.fill_(0.05)
+    first, nexts = states[:4], states[4:].view(4, 2, LIFT_STATE)
+    window = (first, torch.randn(4, 2, 7), nexts, torch.zeros(4, 2, dtype=torch.bool),
+              torch.tensor([[True, True], [True, False], [True, True], [True, True]]),
+              torch.zeros(4, 2, 0))
+    with torch.no_grad():
+        plain = losses(model, window)[0]
+        weighted = losses(model, window, kinematic_weight=0.5)[0]
+        pred = model.rollout(first, window[1])
+        k = model.kinematics.features
+        err = ((k(pred) - k(nexts)) / 0.05).pow(2).mean(-1)[window[4]].mean()
+    torch.testing.assert_close(weighted - plain, 0.5 * err)
+    assert float(err) > 1  # random states: far apart
+
+
+def test_a_kinematic_weight_needs_the_tree():
+    from configs import ConfigError, load_config
+    from tests.conftest import ROOT
+
+    with pytest.raises(ConfigError, match="kinematic_weight >= 0, and above 0 only with"):
+        load_config(ROOT / "configs/robosuite_lift_world_model.yaml",
+                    ["world_model.state.kinematic_weight=1"])

@@ -94,7 +94,7 @@ def train_state_stage(cfg: Config, model: WorldModel, writer, stop) -> dict:
             [train[j] for j in rng.integers(len(train), size=len(train))]
         train_state_model(member, data, w.state.steps, w.state.horizon, w.state.batch_size,
                           w.state.lr, rng, _progress(cfg, writer, stop, i, len(members)),
-                          fit=not on_from)
+                          fit=not on_from, kinematic_weight=w.state.kinematic_weight)
         if stop.is_set():
             break
     if stop.is_set():  # stopped part-way: the run ends without a state model

@@ -201,13 +201,20 @@ def sample_windows(episodes: list[StateEpisode], horizon: int, n: int,
     return tuple(torch.from_numpy(np.stack(x)) for x in (first, acts, nexts, succ, mask, prop))
 
 
-def losses(model: StateModel, window) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def losses(model: StateModel, window, kinematic_weight: float = 0.0
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The dynamics, success and proprioception (0 without the head) losses of a window
-    batch (module docstring)."""
+    batch (module docstring); with the tree and ``kinematic_weight`` w the dynamics loss
+    adds w (1/H) sum_k ||(k(s^_{t+k}) - k(s_{t+k})) / sigma_k||^2 / F: the bodies'
+    positions (and the objects' relative to them) in the predicted states against the
+    recorded ones, where a grasp is decided."""
     first, acts, nexts, succ, mask, prop = window
     pred = model.rollout(first, acts)
     m = mask.float()
     err = (((pred - nexts) / model.d_std) ** 2).mean(-1)
+    if kinematic_weight and model.kinematics is not None:
+        k = model.kinematics.features
+        err = err + kinematic_weight * (((k(pred) - k(nexts)) / model.k_std) ** 2).mean(-1)
     dyn = (err * m).sum() / m.sum().clamp(min=1)
     y = succ.float()
     bce = F.binary_cross_entropy_with_logits(model.success_logits(nexts), y, reduction="none") + \
@@ -224,18 +231,19 @@ def losses(model: StateModel, window) -> tuple[torch.Tensor, torch.Tensor, torch
 def train_state_model(model: StateModel, episodes: list[StateEpisode], steps: int,
                       horizon: int = 8, batch_size: int = 256, lr: float = 1e-3,
                       rng: np.random.Generator | None = None, on_step=None,
-                      fit: bool = True) -> StateModel:
+                      fit: bool = True, kinematic_weight: float = 0.0) -> StateModel:
     """``steps`` AdamW steps (cosine decay) on random ``horizon``-step windows of
     ``episodes``, after fitting the normaliser to them when ``fit`` (a model trained on
     keeps its own: its weights learned that scale); ``on_step(k, dyn, success)`` after
     each (``on_step(k, dyn, success, proprio)`` with the proprioception head), which stops
-    the training early by returning True."""
+    the training early by returning True; ``kinematic_weight``: :func:`losses`'."""
     rng = rng or np.random.default_rng(0)
     if fit:
         model.fit_normaliser(episodes)
 
     def batch_loss():
-        dyn, suc, q = losses(model, sample_windows(episodes, horizon, batch_size, rng))
+        dyn, suc, q = losses(model, sample_windows(episodes, horizon, batch_size, rng),
+                             kinematic_weight)
         figures = (float(dyn.detach()), float(suc.detach()))
         return dyn + suc + q, figures + ((float(q.detach()),) if model.proprio_dim else ())
 
