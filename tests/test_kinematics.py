@@ -135,3 +135,56 @@ def test_a_kinematic_weight_needs_the_tree():
     with pytest.raises(ConfigError, match="kinematic_weight >= 0, and above 0 only with"):
         load_config(ROOT / "configs/robosuite_lift_world_model.yaml",
                     ["world_model.state.kinematic_weight=1"])
+
+
+def test_train_world_model_builds_the_tree_from_the_recordings_scene(lift, tmp_path):
+    """Real Lift recordings (random actions, the simulator's states) -> launch's
+    train_world_model with world_model.state.kinematics -> a world-model env that steps on
+    the state model reading the scene's tree."""
+    import json
+
+    from configs import load_config
+    from demos import Demo
+    from demos.layout import file_attributes
+    from demos.writer import write_file
+    from envs.world_model import make_world_model_env
+    from tests.conftest import ROOT
+    from worldmodel import train as wm_train
+
+    one, rng = np.array([0]), np.random.default_rng(4)
+    for e in range(8):
+        lift.reset_group(0, e)
+        states, frames, actions = [], [], rng.uniform(-1, 1, (10, 7)).astype(np.float32)
+        for a in actions:
+            states.append(lift.record_extras(one)["states"][0])
+            frames.append(lift.observe(one).main_images[0])
+            lift.step(one, a[None])
+        # labels of both kinds (what the random actions did matters not here)
+        success = np.arange(10) >= (7 if e % 2 else 10)
+        demo = Demo("lift the red cube", actions, np.zeros(10, np.float32),
+                    np.eye(10, dtype=bool)[9], success, np.stack(frames),
+                    np.zeros((10, 8), np.float32), final_main_image=frames[-1],
+                    init_state_id=e, task_id=0, episode_id=e, source="test",
+                    extras={"states": np.stack(states)})
+        write_file(tmp_path / "rec" / f"lift_{e}.hdf5", demo,
+                   file_attributes(demo, "Lift", {}, "p"), 0)
+    out = tmp_path / "wm"
+    cfg = load_config(ROOT / "configs/robosuite_lift_world_model.yaml", [
+        f"run.log_dir={out}", "run.progress_every_s=0", "env.image_size=32",
+        f"world_model.datasets=[{tmp_path / 'rec'}]", "world_model.val_fraction=0.25",
+        "world_model.state.steps=10", "world_model.state.hidden=32",
+        "world_model.state.batch_size=16", "world_model.state.kinematics=true",
+        "world_model.state.kinematic_weight=1",
+        f"env.world_model.checkpoint={out / 'world_model.pt'}",
+        f"env.world_model.reset_data=[{tmp_path / 'rec'}]"])
+    assert wm_train.run(cfg) == 0
+    assert json.loads((out / "world_model_summary.json").read_text())["steps"]["state"] == 10
+    trained = WorldModel.load(out / "world_model.pt").state_model
+    assert trained.kinematics.spec() == KinematicTree.from_mujoco(lift.mujoco_model(0)).spec()
+    assert float(trained.k_std.min()) >= 1e-3  # fitted: the features' own scale
+    env = make_world_model_env(cfg.env, 2, 2, 7, 16, "cpu")
+    try:
+        env.reset_group(0, 1)
+        assert len(env.step_chunk(np.arange(2), np.zeros((2, 8, 7), np.float32))) == 8
+    finally:
+        env.close()
