@@ -132,21 +132,14 @@ def open_loop_verdicts(view: SimulatorView, model, episodes, threshold: float
 
     A learned judge's false success that the simulator's check on the same predicted
     states does not make is the judge's error; one both make is the dynamics'."""
-    import torch
-
-    from worldmodel.ensemble import as_ensemble
+    from worldmodel.ensemble import as_ensemble, open_loop
 
     ens = as_ensemble(model)
     out: dict[str, list] = {"learned": [], "simulator": [], "recorded": [], "real": []}
     for ep in episodes:
-        with torch.no_grad():
-            # every action's state, the last one's too (the env judges it; a replayed
-            # world-model episode ends at the action its world model called a success)
-            states = ens.rollout(ens.start(torch.from_numpy(ep.states[:1])),
-                                 torch.from_numpy(ep.actions[None]))
-            out["learned"].append(
-                bool((torch.sigmoid(ens.success_logits(states)) >= threshold).any()))
-            shown = ens.mean(states)[0].numpy()
+        states, best = open_loop(ens, ep)
+        out["learned"].append(best >= threshold)
+        shown = ens.mean(states).numpy()
         out["simulator"].append(bool(view.succeeded(shown).any()))
         out["recorded"].append(bool(view.succeeded(ep.states).any()))
         out["real"].append(bool(ep.success.any()))  # the last action's too

@@ -99,6 +99,16 @@ def test_open_loop_outcomes_take_the_lowest_member():
     assert real[0] and best_fast[0] > 0.99 and best_both[0] < 0.01
 
 
+def test_open_loop_outcomes_judge_the_last_actions_state_too():
+    """A replayed world-model episode ends at the action its model called a success: the
+    state that action leads to (never recorded) is judged, and its success counts."""
+    actions = np.zeros((8, 7), np.float32)
+    actions[:, 0] = 1.0
+    ep = StateEpisode(np.zeros((8, 2), np.float32), actions, np.arange(8) >= 7)
+    best, real = outcomes(_pusher(0.2), [ep])  # below 0.7 until the 8th state: 0.995
+    assert real[0] and best[0] > 0.99
+
+
 def test_the_env_pays_only_a_success_every_member_predicts():
     both = WorldModelVectorEnv(2, 2, _model(-10.0, StateEnsemble([_pusher(0.2), _pusher(0.2)])),
                                _starts(), 12, judge="state")

@@ -63,7 +63,7 @@ def test_states_come_from_real_recordings_and_a_recording_without_them_is_named(
     write_file(tmp_path / "with" / "a.hdf5", demo, file_attributes(demo, "Lift", {}, "Lift"), 1)
     got, report = load_state_episodes([tmp_path / "with"])
     assert report.demos == 1 and len(got) == 1
-    assert got[0].states.shape == (5, 32) and got[0].succeeded
+    assert got[0].states.shape == (5, 32) and got[0].success.tolist() == [0, 0, 0, 1, 1]
     np.testing.assert_allclose(got[0].states, demo.extras["states"], rtol=1e-6)
     assert got[0].proprio is None
     np.testing.assert_array_equal(load_state_episodes([tmp_path / "with"], proprio=True)[0][0]

@@ -87,17 +87,25 @@ def build_state_model(spec: dict) -> StateModel | StateEnsemble:
 
 
 @torch.no_grad()
+def open_loop(model: StateModel | StateEnsemble, episode: StateEpisode
+              ) -> tuple[torch.Tensor, float]:
+    """``episode`` replayed open loop from its first state with every recorded action, as
+    the world-model env runs it from a reset: the predicted states [L,K,S] (the last
+    action's too, which the env judges though no recording keeps it: a replayed
+    world-model episode ends at the action its model called a success) and the highest
+    success probability among them (the lowest member's, each on its own states)."""
+    ens = as_ensemble(model)
+    states = ens.rollout(ens.start(torch.from_numpy(episode.states[:1])),
+                         torch.from_numpy(episode.actions[None]))[0]
+    return states, float(torch.sigmoid(ens.success_logits(states)).max())
+
+
 def outcomes(model: StateModel | StateEnsemble, episodes: list[StateEpisode]
              ) -> tuple[np.ndarray, np.ndarray]:
-    """Each episode replayed open loop from its first state with its recorded actions: the
-    highest success probability of a predicted state (the lowest member's, each on its own
-    states; float [E]) and the real outcome (bool [E])."""
-    ens, best = as_ensemble(model), []
-    for ep in episodes:
-        states = ens.rollout(ens.start(torch.from_numpy(ep.states[:1])),
-                             torch.from_numpy(ep.actions[None, :-1]))
-        best.append(float(torch.sigmoid(ens.success_logits(states)).max()))
-    return np.array(best), np.array([ep.succeeded for ep in episodes])
+    """Each episode's :func:`open_loop` verdict: the highest success probability (float
+    [E]), and the real outcome (bool [E]: a success after any action, the last too)."""
+    return (np.array([open_loop(model, ep)[1] for ep in episodes]),
+            np.array([bool(ep.success.any()) for ep in episodes]))
 
 
 @torch.no_grad()

@@ -62,11 +62,6 @@ class StateEpisode:
     def __len__(self) -> int:
         return len(self.actions)
 
-    @property
-    def succeeded(self) -> bool:
-        """Whether the task was achieved at a step whose next state was recorded."""
-        return bool(self.success[:-1].any())
-
 
 def load_state_episodes(paths: Iterable[str | Path], proprio: bool = False
                         ) -> tuple[list[StateEpisode], ReadReport]:
