@@ -83,6 +83,7 @@ class KinematicTree(nn.Module):
         # objects: bodies on a free joint, whose positions relative to the others are
         # the grasp's geometry
         self.objects = [b for b, js in enumerate(self.joints) if any(j[0] == FREE for j in js)]
+        self._others = [[b for b in self.moving if b != o] for o in self.objects]
         # bodies no joint moves are where they are once and for all
         x, r = self._poses(None, [b for b in range(len(parents)) if not moving[b]])
         self.register_buffer("fixed_x", torch.stack(
@@ -174,20 +175,19 @@ class KinematicTree(nn.Module):
         position relative to every other moving body (the fingers' offsets from the cube)."""
         x = self.positions(states)
         parts = [x[..., self.moving, :].flatten(-2)]
-        for o in self.objects:
-            others = [b for b in self.moving if b != o]
+        for o, others in zip(self.objects, self._others):
             parts.append((x[..., [o], :] - x[..., others, :]).flatten(-2))
         return torch.cat(parts, -1)
 
 
-def body_positions(model, data_states: np.ndarray, qpos_start: int = 1) -> np.ndarray:
+def body_positions(model, states: np.ndarray, qpos_start: int = 1) -> np.ndarray:
     """MuJoCo's own body positions (``mj_kinematics``) of flattened states [B,S]: the
     reference the torch tree is tested against."""
     import mujoco
 
     data = mujoco.MjData(model)
     out = []
-    for s in data_states:
+    for s in states:
         data.qpos[:] = s[qpos_start:qpos_start + model.nq]
         mujoco.mj_kinematics(model, data)
         out.append(data.xpos.copy())
