@@ -134,7 +134,8 @@ def test_a_kinematic_weight_needs_the_tree():
 
     with pytest.raises(ConfigError, match="kinematic_weight >= 0, and above 0 only with"):
         load_config(ROOT / "configs/robosuite_lift_world_model.yaml",
-                    ["world_model.state.kinematic_weight=1"])
+                    ["world_model.state.kinematics=false",
+                     "world_model.state.kinematic_weight=1"])
 
 
 def test_train_world_model_builds_the_tree_from_the_recordings_scene(lift, tmp_path):

@@ -115,7 +115,8 @@ def _recording(seed: int, folder) -> None:
 def small_state_run(tmp_path, out) -> list[str]:
     """16 push recordings with simulator states under ``tmp_path/rec``, and the overrides
     of a seconds-long world-model run on them (a 40-step state model) written to ``out``,
-    its frames the predictor's (the pushes' 5-D states are no robosuite scene's)."""
+    its frames the predictor's (the pushes' 5-D states are no robosuite scene's, so no
+    kinematic tree)."""
     for seed in range(16):
         _recording(seed, tmp_path / "rec")
     return [f"run.log_dir={out}", "run.progress_every_s=0", f"env.image_size={SIZE}",
@@ -125,6 +126,7 @@ def small_state_run(tmp_path, out) -> list[str]:
             "world_model.val_every=2", "world_model.val_fraction=0.25", "world_model.videos=0",
             "world_model.probe_steps=2", "world_model.cameras=[main]", "world_model.state.steps=40",
             "world_model.state.hidden=32", "world_model.state.batch_size=32",
+            "world_model.state.kinematics=false",
             f"env.world_model.checkpoint={out / 'world_model.pt'}",
             f"env.world_model.reset_data=[{tmp_path / 'rec'}]", "env.world_model.frames=generator"]
 
