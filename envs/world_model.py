@@ -3,7 +3,12 @@ chunkrl's (or any :class:`worldmodel.models.WorldModel`'s) generator and success
 
 - **Reset**: initial state ``s`` of a group starts from reset frame ``s mod R`` of the R
   stored episodes (``env.world_model.reset_data``): its first frame, repeated K times as
-  the history, and its instruction. Evaluation trial k is thus reset frame k.
+  the history, and its instruction. Evaluation trial k is thus reset frame k. With
+  ``branch_share`` p > 0, a training reset (state index >= EVAL_STATES) starts instead,
+  with probability p, from a branch point (:func:`worldmodel.data.branch_frames`): a
+  later state a recorded episode really reached (``branch_data``), its frame and
+  simulator state, the step count going on from that step (MBPO's branched rollouts: the
+  predicted state drifts over fewer steps). Which reset an id gets is fixed by the id.
 - **Step**: one call per action chunk (``native_chunks``; :meth:`step` refuses single
   actions): the N actions, normalised with the model's q01/q99 and clipped to [-1, 1]
   (RLinf leaves them unclipped), and the last K frames
@@ -56,7 +61,7 @@ import numpy as np
 import torch
 from typing_extensions import override
 
-from envs.base import EnvObs, StepResult, VectorEnv, split_init_state
+from envs.base import EVAL_STATES, EnvObs, StepResult, VectorEnv, split_init_state
 from worldmodel.data import ResetFrame
 from worldmodel.ensemble import as_ensemble
 from worldmodel.models import WorldModel, to_images, to_model_frames
@@ -95,7 +100,8 @@ class WorldModelVectorEnv(VectorEnv):
                  success_threshold: float = 0.9, binary_score: bool = True,
                  device: str | torch.device = "cpu", held_out: bool = False,
                  success_frames: int = 1, judge: str = "frames", frames: str = "generator",
-                 proprio: str = "zeros", view: SimulatorView | None = None):
+                 proprio: str = "zeros", view: SimulatorView | None = None,
+                 branches: list[ResetFrame] = (), branch_share: float = 0.0):
         if num_envs % group_size:
             raise ValueError(f"num_envs {num_envs} is not a multiple of group_size {group_size}")
         if not starts:
@@ -103,8 +109,11 @@ class WorldModelVectorEnv(VectorEnv):
         if model.generator.action_dim != action_dim:
             raise ValueError(f"the world model takes {model.generator.action_dim}-D actions, "
                              f"the policy gives {action_dim}-D (model.action_dim)")
+        if branch_share and not branches:
+            raise ValueError("env.world_model.branch_share > 0 but branch_data holds no branch "
+                             "point (a step before success, below max_episode_steps)")
         size, channels = model.image_size, 3 * len(model.cameras)
-        for s in starts:
+        for s in [*starts, *branches]:
             if s.frame.shape != (size, size, channels):
                 raise ValueError(f"reset frame of {s.frame.shape}, the world model makes "
                                  f"{size}x{size}x{channels} frames ({'+'.join(model.cameras)})")
@@ -138,7 +147,7 @@ class WorldModelVectorEnv(VectorEnv):
                              f"which judge={judge} cannot score frame by frame: set "
                              "env.world_model.judge=state or simulator")
         uses_state = needs_sim_states(judge, frames, proprio)
-        if uses_state and any(s.sim_state is None for s in starts):
+        if uses_state and any(s.sim_state is None for s in [*starts, *branches]):
             raise ValueError(f"env.world_model.judge={judge}, frames={frames}, "
                              f"proprio={proprio} needs reset frames with their simulator "
                              "states (robosuite or LIBERO recordings)")
@@ -154,6 +163,7 @@ class WorldModelVectorEnv(VectorEnv):
         self.model, self.device = model.to(device).eval(), torch.device(device)
         self.chunk_size = model.chunk
         self.starts = starts
+        self.branches, self.branch_share = list(branches), branch_share
         self.coef, self.threshold, self.binary = reward_coef, success_threshold, binary_score
         self.success_frames = success_frames
         wrist = model.cameras.index("wrist") if "wrist" in model.cameras else None
@@ -173,16 +183,27 @@ class WorldModelVectorEnv(VectorEnv):
         self.steps = np.zeros(num_envs, np.int64)
         self.instructions = [""] * num_envs
 
+    def start(self, init_state_id: int) -> ResetFrame:
+        """Where ``init_state_id``'s episodes start: reset frame ``state index mod R``, or
+        for a training id, with probability ``branch_share`` (drawn from the id), a branch
+        point."""
+        index = split_init_state(init_state_id)[1]
+        if self.branch_share and index >= EVAL_STATES:
+            rng = np.random.default_rng(init_state_id)
+            if rng.random() < self.branch_share:
+                return self.branches[int(rng.integers(len(self.branches)))]
+        return self.starts[index % len(self.starts)]
+
     @override
     def reset_group(self, group: int, init_state_id: int) -> None:
-        """The group's envs start from reset frame ``state index mod R``."""
-        start = self.starts[split_init_state(init_state_id)[1] % len(self.starts)]
+        """The group's envs start from :meth:`start`'s frame and state."""
+        start = self.start(init_state_id)
         envs = slice(group * self.group_size, (group + 1) * self.group_size)
         first = to_model_frames(start.frame).to(self.device)
         self.history[envs] = first[None, None]
         if self.frames_from != "simulator":  # else the simulator's view of it, below
             self.last[envs] = start.frame
-        self.score[envs], self.steps[envs], self.streak[envs] = 0.0, 0, 0
+        self.score[envs], self.steps[envs], self.streak[envs] = 0.0, start.step, 0
         if self.sim is not None:
             self.sim[envs] = torch.as_tensor(start.sim_state, device=self.device)
         if self.view is not None:
@@ -327,7 +348,7 @@ def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
                          max_episode_steps: int, device: Optional[str] = None):
     """The env of ``cfg`` (an :class:`configs.EnvConfig` with kind world_model)."""
     from models import pick_device
-    from worldmodel.data import reset_frames
+    from worldmodel.data import branch_frames, reset_frames
     from worldmodel.models import WorldModel
 
     wm = cfg.world_model
@@ -346,6 +367,13 @@ def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
                           sim_states=needs_sim_states(wm.judge, wm.frames, wm.proprio))
     log.info("world-model env: %s (%dx%d frames, chunks of %d), %d reset frames",
              wm.checkpoint, model.image_size, model.image_size, model.chunk, len(starts))
+    branches = []
+    if wm.branch_share:
+        branches = [b for b in branch_frames(wm.branch_data, model.image_size, wm.branch_every,
+                                             image_orientation(cfg), model.cameras)
+                    if b.step < max_episode_steps]
+        log.info("world-model env: %.0f%% of training resets from %d branch points of %s",
+                 100 * wm.branch_share, len(branches), wm.branch_data)
     view = None  # without a state model the env refuses the simulator's view itself
     if uses_simulator(wm.judge, wm.frames, wm.proprio) and model.state_model is not None:
         import dataclasses
@@ -359,7 +387,8 @@ def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
                                cfg.state_dim, action_dim, wm.reward_coef,
                                wm.success_threshold, wm.binary_score,
                                device or pick_device(wm.device), cfg.held_out_eval_states,
-                               wm.success_frames, wm.judge, wm.frames, wm.proprio, view)
+                               wm.success_frames, wm.judge, wm.frames, wm.proprio, view,
+                               branches, wm.branch_share)
 
 
 def read_action_bounds(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -165,14 +165,17 @@ def world_model_stages(root: Path, exp: Experiment, ckpt: str, record: Path,
 def train_world_model(name: str, root: Path, exp: Experiment, recordings: list[Path],
                       extra: list[str], times: dict) -> list[str]:
     """Stage ``name``: the world model trained on ``recordings`` (the first is the
-    expert's, whose first frames reset it); returns the overrides that put RL in it."""
+    expert's, whose first frames reset it; the others, the policies' own, are where
+    ``env.world_model.branch_share`` branches from); returns the overrides that put RL
+    in it."""
     datasets = f"world_model.datasets=[{','.join(str(r / 'dataset') for r in recordings)}]"
     # one process on the machine: every core for its torch ops
     threads = f"run.torch_threads={os.cpu_count() or 1}"
     wm = stage(name, root, exp.config, ["--train-world-model", datasets, threads, *extra],
                "world_model_summary.json", times)
     return [f"env.world_model.checkpoint={wm / 'world_model.pt'}",
-            f"env.world_model.reset_data=[{recordings[0] / 'dataset'}]"]
+            f"env.world_model.reset_data=[{recordings[0] / 'dataset'}]",
+            f"env.world_model.branch_data=[{','.join(str(r / 'dataset') for r in recordings[1:])}]"]
 
 
 def world_model_round(r: int, root: Path, exp: Experiment, trained: Path, into: list[str],

@@ -225,12 +225,14 @@ class ResetFrame:
     """A world-model env's starting frame (uint8 [H,W,3V]: its cameras' views stacked),
     instruction, and the simulator's initial state it was recorded from (-1: unknown, as
     in RLinf's ``traj*.npy``); ``sim_state``: that state itself (MuJoCo's, float32 [S]),
-    read for a world model's state model only."""
+    read for a world model's state model only. ``step``: the recorded episode's step the
+    frame is from (0: its first; later: a branch point, :func:`branch_frames`)."""
 
     frame: np.ndarray
     instruction: str
     init_state_id: int = -1
     sim_state: np.ndarray | None = None
+    step: int = 0
 
 
 NPY_KEYS = {"main": "image", "wrist": "wrist_image"}
@@ -299,4 +301,30 @@ def reset_frames(paths: Iterable[str], image_size: int, orientation: str = "upri
     if not out:
         raise ValueError(f"no episodes to reset from in {list(map(str, paths))}: give HDF5 "
                          f"recordings or folders of RLinf {NPY_GLOB}")
+    return out
+
+
+def branch_frames(paths: Iterable[str], image_size: int, every: int, orientation: str = "upright",
+                  cameras: tuple[str, ...] = MAIN_ONLY) -> list[ResetFrame]:
+    """Every ``every``-th step t > 0 of each HDF5 recording under ``paths`` before its
+    first success (the step whose action succeeded: its state is not yet one), as a
+    reset frame with the simulator state of that step and ``step`` t: states an episode
+    really reached, to start world-model episodes from (MBPO's branched rollouts). A
+    recording without simulator states raises ValueError."""
+    demos, _ = read_demos(paths, orientation, cameras)
+    if not demos:
+        raise ValueError(f"no episodes to branch from in {list(map(str, paths))}: give chunkrl "
+                         "robosuite or LIBERO HDF5 recordings")
+    if any("states" not in d.extras for d in demos):
+        raise ValueError("branch data without simulator states (data/demo_N/states): give "
+                         "robosuite or LIBERO recordings")
+    out = []
+    for d in demos:
+        end = int(np.argmax(d.success)) if d.succeeded else len(d)
+        steps = np.arange(every, end, every)
+        if len(steps):
+            frames = resize(demo_views(d, cameras)[steps], image_size)
+            out += [ResetFrame(f, d.instruction, d.init_state_id,
+                               d.extras["states"][t].astype(np.float32), int(t))
+                    for f, t in zip(frames, steps)]
     return out
