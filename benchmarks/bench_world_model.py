@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import subprocess
 import sys
@@ -178,8 +179,9 @@ def main(argv=None) -> int:
     lines.append(f"\nSpearman's rank correlation: {rho:.3f} over {len(rows)} policies, "
                  f"{args.trials} trials each (steps/s: whole evaluation runs, start-up "
                  "included)")
-    if rho_sft is not None:
-        lines.append(f"Over the {len(sft)} SFT policies alone: {rho_sft:.3f}")
+    if rho_sft is not None:  # nan: one column constant (ties), no ranking to agree with
+        lines.append(f"Over the {len(sft)} SFT policies alone: " + (
+            f"{rho_sft:.3f}" if not math.isnan(rho_sft) else "undefined (a column ties)"))
     text = "\n".join(lines)
     print("\n" + text)
     (root / f"world_model_ranking{suffix}.md").write_text(text + "\n")
