@@ -47,7 +47,7 @@ from typing import Literal
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from learner.curves import plot_runs  # noqa: E402
+from learner.curves import plot_runs, read_run  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,17 @@ def stage_times(times: dict) -> str:
 
 def results(folder: Path) -> dict:
     return json.loads((folder / "eval" / "eval_results.json").read_text())
+
+
+def round_summary(r: int, trained: Path, after: Path, updates: int = 10) -> str:
+    """Round ``r``'s real-env success, and the success its RL stage saw in the world
+    model (``env/success_once``), the mean of its first and of its last ``updates``
+    updates (one update's is a group sample: too noisy to compare)."""
+    seen = read_run(trained)["train"][:, 3]
+    during = f"{seen[:updates].mean():.2f} -> {seen[-updates:].mean():.2f}" if len(seen) \
+        else "not logged"
+    return (f"round {r}: {results(after)['mean_success_rate']:.1%} (world model during RL, "
+            f"first / last {updates} updates: {during})")
 
 
 def world_model_stages(root: Path, exp: Experiment, ckpt: str, record: Path,
@@ -275,15 +286,16 @@ def main(argv=None) -> int:
     after = stage("eval_rl", root, exp.config,
                   [*EVALUATE, f"model.checkpoint={trained / 'checkpoint.pt'}", *real],
                   "eval/eval_results.json", times)
-    rounds = [f"round 1: {results(after)['mean_success_rate']:.1%}"]
+    rounds = [round_summary(1, trained, after)]
     for r in range(2, args.wm_rounds + 1):
         trained, after, into = world_model_round(r, root, exp, trained, into, recordings,
                                                  real, rl, extra, times)
-        rounds.append(f"round {r}: {results(after)['mean_success_rate']:.1%}")
+        rounds.append(round_summary(r, trained, after))
     text = table("Deterministic actions (the mean)", results(before), results(after))
     if args.wm_rounds > 1:
         text += ("Real-env success after each round of RL in the world model (SFT "
-                 f"{results(before)['mean_success_rate']:.1%}): {', '.join(rounds)}\n\n")
+                 f"{results(before)['mean_success_rate']:.1%}):\n\n"
+                 + "".join(f"- {line}\n" for line in rounds) + "\n")
     if args.sampled:
         sampled = ["--eval", "actor.deterministic=false"]
         s_before = stage("eval_sft_sampled", root, exp.config, [*sampled, ckpt, *real],

@@ -26,6 +26,12 @@ def reproduce(monkeypatch, tmp_path):
     def stage(name, root, config, args, done_file, times):
         folder = root / name
         calls[name] = args
+        if name == "rl3":  # its training success, 30 updates: i / 50 at update i
+            from torch.utils.tensorboard import SummaryWriter
+
+            with SummaryWriter(str(folder)) as tb:
+                for i in range(30):
+                    tb.add_scalar("env/success_once", i / 50, i)
         rate = 0.1 * len(calls)  # each evaluation a different figure
         (folder / "eval").mkdir(parents=True, exist_ok=True)
         (folder / "eval" / "eval_results.json").write_text(json.dumps({
@@ -72,7 +78,11 @@ def test_world_model_rounds_chain_recordings_models_and_checkpoints(reproduce, t
     # the table compares the SFT evaluation with the last round's, and lists each round
     text = (tmp_path / "results.md").read_text()
     assert "| **30.0%** | **150.0%** |" in text  # stand-in figures: eval_sft 3rd, eval_rl3 15th
-    assert "round 1: 70.0%, round 2: 110.0%, round 3: 150.0%" in text
+    assert "- round 1: 70.0% (world model during RL, first / last 10 updates: not logged)" \
+        in text and "- round 2: 110.0% (" in text
+    # rl3's updates 0-9 averaged 0.09 in the world model, 20-29 0.49
+    assert "- round 3: 150.0% (world model during RL, first / last 10 updates: 0.09 -> 0.49)" \
+        in text
 
 
 def test_replay_rounds_replay_the_policy_in_the_world_model_it_learned_in(reproduce, tmp_path):
