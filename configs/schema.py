@@ -138,6 +138,23 @@ class RobosuiteEnvConfig:
 
 
 @dataclass(frozen=True)
+class BranchConfig:
+    """env.world_model.branch: training episodes that start from a later state a recorded
+    episode really reached, not a first frame (MBPO's branched rollouts from real states:
+    the predicted state drifts over fewer steps before success is judged)."""
+
+    data: list[str] = opt([], "recordings with simulator states (the policy's own: the SFT "
+                          "policy's, a replay stage's) whose episodes' states start training "
+                          "episodes: every `every`-th step before the episode's success, the "
+                          "step count going on from there")
+    share: float = opt(0.0, "the share of training resets (state indices >= 100: never an "
+                       "evaluation trial) that start from a branch point of data instead of "
+                       "a reset frame; 0: none")
+    every: int = opt(8, "steps between an episode's branch points (8: each chunk of the "
+                     "Lift policy's)")
+
+
+@dataclass(frozen=True)
 class WorldModelEnvConfig:
     """env.kind=world_model: a learned simulator (envs/world_model.py), RLinf's OpenSora
     env's contract: resets from stored first frames, one call per action chunk."""
@@ -183,17 +200,9 @@ class WorldModelEnvConfig:
         "it predicts: world_model.state.proprio=true, reset_data recorded with simulator "
         "states; the policy reads it with model.cnn.read_state=true); simulator (the real "
         "simulator's reading of that predicted state: exact forward kinematics)")
-    branch_data: list[str] = opt([], "recordings with simulator states (a replay stage's, "
-                                 "the policy's own) whose episodes' later states also start "
-                                 "training episodes: every branch_every-th step before the "
-                                 "episode's success, the step count going on from there "
-                                 "(MBPO's branched rollouts: a shorter open-loop horizon from "
-                                 "states a policy reached in the real env)")
-    branch_share: float = opt(0.0, "the share of training resets (state indices >= 100: "
-                              "never an evaluation trial) that start from a branch point of "
-                              "branch_data instead of a reset frame")
-    branch_every: int = opt(8, "steps between an episode's branch points (8: each chunk of "
-                            "the Lift policy's)")
+    branch: BranchConfig = field(default_factory=BranchConfig,
+                                 metadata={"doc": "training episodes started from states "
+                                           "recorded episodes reached"})
     device: str = opt("cpu", "where the models run: cpu, cuda, auto")
 
 
@@ -1010,10 +1019,10 @@ def validate(cfg: Config) -> list[str]:
          "frames chunk by chunk"),
         (0 < wm.success_threshold <= 1 and wm.reward_coef > 0 and wm.success_frames >= 1,
          "env.world_model: success_threshold in (0, 1], reward_coef > 0, success_frames >= 1"),
-        (0 <= wm.branch_share <= 1 and wm.branch_every >= 1 and
-         (e.kind != "world_model" or not wm.branch_share or bool(wm.branch_data)),
-         "env.world_model: branch_share in [0, 1], branch_every >= 1; branch_share > 0 needs "
-         "branch_data (recordings with simulator states to branch from)"),
+        (0 <= wm.branch.share <= 1 and wm.branch.every >= 1 and
+         (e.kind != "world_model" or not wm.branch.share or bool(wm.branch.data)),
+         "env.world_model.branch: share in [0, 1], every >= 1; share > 0 needs data "
+         "(recordings with simulator states to branch from)"),
         (cfg.profile.duration_s > 0 and cfg.profile.warmup_s >= 0 and
          cfg.profile.max_events >= 1 and cfg.profile.min_span_us >= 0,
          "profile.duration_s > 0, warmup_s >= 0, max_events >= 1, min_span_us >= 0"),

@@ -4,9 +4,9 @@ chunkrl's (or any :class:`worldmodel.models.WorldModel`'s) generator and success
 - **Reset**: initial state ``s`` of a group starts from reset frame ``s mod R`` of the R
   stored episodes (``env.world_model.reset_data``): its first frame, repeated K times as
   the history, and its instruction. Evaluation trial k is thus reset frame k. With
-  ``branch_share`` p > 0, a training reset (state index >= EVAL_STATES) starts instead,
+  ``branch.share`` p > 0, a training reset (state index >= EVAL_STATES) starts instead,
   with probability p, from a branch point (:func:`worldmodel.data.branch_frames`): a
-  later state a recorded episode really reached (``branch_data``), its frame and
+  later state a recorded episode really reached (``branch.data``), its frame and
   simulator state, the step count going on from that step (MBPO's branched rollouts: the
   predicted state drifts over fewer steps). Which reset an id gets is fixed by the id.
 - **Step**: one call per action chunk (``native_chunks``; :meth:`step` refuses single
@@ -110,7 +110,7 @@ class WorldModelVectorEnv(VectorEnv):
             raise ValueError(f"the world model takes {model.generator.action_dim}-D actions, "
                              f"the policy gives {action_dim}-D (model.action_dim)")
         if branch_share and not branches:
-            raise ValueError("env.world_model.branch_share > 0 but branch_data holds no branch "
+            raise ValueError("env.world_model.branch.share > 0 but branch.data holds no branch "
                              "point (a step before success, below max_episode_steps)")
         size, channels = model.image_size, 3 * len(model.cameras)
         for s in [*starts, *branches]:
@@ -368,12 +368,12 @@ def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
     log.info("world-model env: %s (%dx%d frames, chunks of %d), %d reset frames",
              wm.checkpoint, model.image_size, model.image_size, model.chunk, len(starts))
     branches = []
-    if wm.branch_share:
-        branches = [b for b in branch_frames(wm.branch_data, model.image_size, wm.branch_every,
+    if wm.branch.share:
+        branches = [b for b in branch_frames(wm.branch.data, model.image_size, wm.branch.every,
                                              image_orientation(cfg), model.cameras)
                     if b.step < max_episode_steps]
         log.info("world-model env: %.0f%% of training resets from %d branch points of %s",
-                 100 * wm.branch_share, len(branches), wm.branch_data)
+                 100 * wm.branch.share, len(branches), wm.branch.data)
     view = None  # without a state model the env refuses the simulator's view itself
     if uses_simulator(wm.judge, wm.frames, wm.proprio) and model.state_model is not None:
         import dataclasses
@@ -388,7 +388,7 @@ def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
                                wm.success_threshold, wm.binary_score,
                                device or pick_device(wm.device), cfg.held_out_eval_states,
                                wm.success_frames, wm.judge, wm.frames, wm.proprio, view,
-                               branches, wm.branch_share)
+                               branches, wm.branch.share)
 
 
 def read_action_bounds(path: str) -> tuple[np.ndarray, np.ndarray]:

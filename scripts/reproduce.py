@@ -177,7 +177,7 @@ def train_world_model(name: str, root: Path, exp: Experiment, recordings: list[P
                       extra: list[str], times: dict) -> list[str]:
     """Stage ``name``: the world model trained on ``recordings`` (the first is the
     expert's, whose first frames reset it; the others, the policies' own, are where
-    ``env.world_model.branch_share`` branches from); returns the overrides that put RL
+    ``env.world_model.branch.share`` branches from); returns the overrides that put RL
     in it."""
     datasets = f"world_model.datasets=[{','.join(str(r / 'dataset') for r in recordings)}]"
     # one process on the machine: every core for its torch ops
@@ -186,7 +186,7 @@ def train_world_model(name: str, root: Path, exp: Experiment, recordings: list[P
                "world_model_summary.json", times)
     return [f"env.world_model.checkpoint={wm / 'world_model.pt'}",
             f"env.world_model.reset_data=[{recordings[0] / 'dataset'}]",
-            f"env.world_model.branch_data=[{','.join(str(r / 'dataset') for r in recordings[1:])}]"]
+            f"env.world_model.branch.data=[{','.join(str(r / 'dataset') for r in recordings[1:])}]"]
 
 
 def world_model_round(r: int, root: Path, exp: Experiment, trained: Path, into: list[str],

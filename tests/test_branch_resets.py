@@ -1,4 +1,4 @@
-"""Branched resets of the world-model env (env.world_model.branch_data / branch_share):
+"""Branched resets of the world-model env (env.world_model.branch: data, share):
 training episodes that start from states recorded episodes really reached, before their
 success, the step count going on from there; evaluation trials never branch."""
 
@@ -80,16 +80,16 @@ def test_branching_needs_branch_points():
     starts = [ResetFrame(np.zeros((SIZE, SIZE, 3), np.uint8), "push", 0, np.zeros(5, np.float32))]
     with pytest.raises(ValueError, match="holds no branch point"):
         WorldModelVectorEnv(2, 2, _world_model(), starts, 12, judge="state", branch_share=0.5)
-    with pytest.raises(ConfigError, match="branch_share > 0 needs branch_data"):
-        load_config(CONFIG, ["env.world_model.branch_share=0.5"])
+    with pytest.raises(ConfigError, match="share > 0 needs data"):
+        load_config(CONFIG, ["env.world_model.branch.share=0.5"])
 
 
 def test_the_config_branches_from_the_recordings_below_the_step_limit(recordings, tmp_path):
     checkpoint = _world_model().save(tmp_path / "wm.pt")
     cfg = load_config(CONFIG, [
         f"env.image_size={SIZE}", f"env.world_model.checkpoint={checkpoint}",
-        f"env.world_model.reset_data=[{recordings}]", f"env.world_model.branch_data=[{recordings}]",
-        "env.world_model.branch_share=0.25", "env.world_model.branch_every=4",
+        f"env.world_model.reset_data=[{recordings}]", f"env.world_model.branch.data=[{recordings}]",
+        "env.world_model.branch.share=0.25", "env.world_model.branch.every=4",
         "env.world_model.frames=generator"])
     env = make_world_model_env(cfg.env, 2, 2, 7, 8, "cpu")
     assert env.branch_share == 0.25 and {b.step for b in env.branches} == {4}  # 8: the limit

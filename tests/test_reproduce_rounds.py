@@ -71,8 +71,8 @@ def test_world_model_rounds_chain_recordings_models_and_checkpoints(reproduce, t
         str(tmp_path / "world_model3/world_model.pt")
     assert _value(calls["rl3"], "env.world_model.reset_data") == \
         f"[{tmp_path / 'record/dataset'}]"
-    # branches (with env.world_model.branch_share) from the policies' own recordings
-    assert _value(calls["rl3"], "env.world_model.branch_data") == "[" + ",".join(
+    # branches (with env.world_model.branch.share) from the policies' own recordings
+    assert _value(calls["rl3"], "env.world_model.branch.data") == "[" + ",".join(
         str(tmp_path / d / "dataset") for d in ("record_policy", "record_rl2", "record_rl3")) + "]"
     assert _value(calls["rl3"], "model.checkpoint") == str(tmp_path / "rl2/checkpoint.pt")
     # the table compares the SFT evaluation with the last round's, and lists each round
