@@ -368,7 +368,7 @@ def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
     log.info("world-model env: %s (%dx%d frames, chunks of %d), %d reset frames",
              wm.checkpoint, model.image_size, model.image_size, model.chunk, len(starts))
     branches = []
-    if wm.branch.share:
+    if wm.branch.share and wm.branch.data:  # (without data: not RL, the config checked)
         branches = [b for b in branch_frames(wm.branch.data, model.image_size, wm.branch.every,
                                              image_orientation(cfg), model.cameras)
                     if b.step < max_episode_steps]
@@ -388,7 +388,7 @@ def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
                                wm.success_threshold, wm.binary_score,
                                device or pick_device(wm.device), cfg.held_out_eval_states,
                                wm.success_frames, wm.judge, wm.frames, wm.proprio, view,
-                               branches, wm.branch.share)
+                               branches, wm.branch.share if wm.branch.data else 0.0)
 
 
 def read_action_bounds(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -82,6 +82,9 @@ def test_branching_needs_branch_points():
         WorldModelVectorEnv(2, 2, _world_model(), starts, 12, judge="state", branch_share=0.5)
     with pytest.raises(ConfigError, match="share > 0 needs data"):
         load_config(CONFIG, ["env.world_model.branch.share=0.5"])
+    # the world model's training takes the chain's overrides too, and builds no env
+    assert load_config(CONFIG, ["env.world_model.branch.share=0.5", "run.mode=train_world_model",
+                                "world_model.datasets=[x]"]).env.world_model.branch.share == 0.5
 
 
 def test_the_config_branches_from_the_recordings_below_the_step_limit(recordings, tmp_path):
