@@ -40,7 +40,7 @@ def test_branch_points_are_every_kth_step_before_the_first_success(recordings):
     got = branch_frames([recordings], SIZE, every=3)
     for d in demos:
         mine = [b for b in got if b.init_state_id == d.init_state_id]
-        # the step whose action succeeded is the last one allowed before it: not a branch
+        # below the step whose action first succeeded (every step when none did)
         end = int(np.flatnonzero(d.success)[0]) if d.success.any() else len(d)
         assert [b.step for b in mine] == list(range(3, end, 3))
         for b in mine:

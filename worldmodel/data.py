@@ -306,11 +306,11 @@ def reset_frames(paths: Iterable[str], image_size: int, orientation: str = "upri
 
 def branch_frames(paths: Iterable[str], image_size: int, every: int, orientation: str = "upright",
                   cameras: tuple[str, ...] = MAIN_ONLY) -> list[ResetFrame]:
-    """Every ``every``-th step t > 0 of each HDF5 recording under ``paths`` before its
-    first success (the step whose action succeeded: its state is not yet one), as a
-    reset frame with the simulator state of that step and ``step`` t: states an episode
-    really reached, to start world-model episodes from (MBPO's branched rollouts). A
-    recording without simulator states raises ValueError."""
+    """Steps t = every, 2 every, ... of each HDF5 recording under ``paths``, below the
+    step whose action first succeeded (the whole episode when none did), as reset frames
+    with the simulator state of step t and ``step`` t: states an episode really reached,
+    to start world-model episodes from (MBPO's branched rollouts). A recording without
+    simulator states raises ValueError."""
     demos, _ = read_demos(paths, orientation, cameras)
     if not demos:
         raise ValueError(f"no episodes to branch from in {list(map(str, paths))}: give chunkrl "
