@@ -152,6 +152,13 @@ class BranchConfig:
                        "a reset frame; 0: none")
     every: int = opt(8, "steps between an episode's branch points (8: each chunk of the "
                      "Lift policy's)")
+    successes_only: bool = opt(False, "branch only from episodes that succeeded (states the "
+                               "task is known to be reachable from; a failed episode's later "
+                               "states may be past recovery)")
+    before_success: int = opt(0, "in an episode that succeeded, branch only from steps more "
+                              "than this many before its success (16 on Lift: two chunks, "
+                              "before the gripper closes in most of the SFT policy's "
+                              "successes, RESULTS.md), so RL still has the grasp to learn")
 
 
 @dataclass(frozen=True)
@@ -1019,12 +1026,14 @@ def validate(cfg: Config) -> list[str]:
          "frames chunk by chunk"),
         (0 < wm.success_threshold <= 1 and wm.reward_coef > 0 and wm.success_frames >= 1,
          "env.world_model: success_threshold in (0, 1], reward_coef > 0, success_frames >= 1"),
-        (0 <= wm.branch.share <= 1 and wm.branch.every >= 1 and
+        (0 <= wm.branch.share <= 1 and wm.branch.every >= 1 and wm.branch.before_success >= 0
+         and
          # RL is what branches: the other modes (the world model's training, evaluation)
          # take the same overrides and never reset from a branch
          (e.kind != "world_model" or cfg.run.mode != "train" or not wm.branch.share
           or bool(wm.branch.data)),
-         "env.world_model.branch: share in [0, 1], every >= 1; share > 0 needs data "
+         "env.world_model.branch: share in [0, 1], every >= 1, before_success >= 0; share > 0 "
+         "needs data "
          "(recordings with simulator states to branch from) for RL in the world model"),
         (cfg.profile.duration_s > 0 and cfg.profile.warmup_s >= 0 and
          cfg.profile.max_events >= 1 and cfg.profile.min_span_us >= 0,

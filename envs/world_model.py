@@ -370,7 +370,8 @@ def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
     branches = []
     if wm.branch.share and wm.branch.data:  # (without data: not RL, the config checked)
         branches = [b for b in branch_frames(wm.branch.data, model.image_size, wm.branch.every,
-                                             image_orientation(cfg), model.cameras)
+                                             image_orientation(cfg), model.cameras,
+                                             wm.branch.successes_only, wm.branch.before_success)
                     if b.step < max_episode_steps]
         log.info("world-model env: %.0f%% of training resets from %d branch points of %s",
                  100 * wm.branch.share, len(branches), wm.branch.data)

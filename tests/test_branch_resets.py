@@ -52,6 +52,17 @@ def test_branch_points_are_every_kth_step_before_the_first_success(recordings):
     assert succeeded and len(succeeded) < len(demos)  # both kinds were there to check
 
 
+def test_branch_points_from_successes_only_and_before_the_success(recordings):
+    demos, _ = read_demos([recordings])
+    succeeded = {d.init_state_id: int(np.flatnonzero(d.success)[0])
+                 for d in demos if d.success.any()}
+    got = branch_frames([recordings], SIZE, every=1, successes_only=True, before_success=3)
+    assert {b.init_state_id for b in got} == set(succeeded)  # the failed episodes give none
+    for state_id, success in succeeded.items():
+        assert [b.step for b in got if b.init_state_id == state_id] == \
+            list(range(1, success - 3))  # more than 3 steps below the success step
+
+
 def test_training_resets_branch_with_the_share_and_evaluation_trials_never(recordings):
     starts = [ResetFrame(np.zeros((SIZE, SIZE, 3), np.uint8), "push right", 0,
                          np.zeros(5, np.float32))]
@@ -89,11 +100,16 @@ def test_branching_needs_branch_points():
 
 def test_the_config_branches_from_the_recordings_below_the_step_limit(recordings, tmp_path):
     checkpoint = _world_model().save(tmp_path / "wm.pt")
-    cfg = load_config(CONFIG, [
+    overrides = [
         f"env.image_size={SIZE}", f"env.world_model.checkpoint={checkpoint}",
         f"env.world_model.reset_data=[{recordings}]", f"env.world_model.branch.data=[{recordings}]",
         "env.world_model.branch.share=0.25", "env.world_model.branch.every=4",
-        "env.world_model.frames=generator"])
+        "env.world_model.frames=generator"]
+    cfg = load_config(CONFIG, overrides)
     env = make_world_model_env(cfg.env, 2, 2, 7, 8, "cpu")
     assert env.branch_share == 0.25 and {b.step for b in env.branches} == {4}  # 8: the limit
     assert len(env.starts) == 4
+    assert {b.init_state_id for b in env.branches} == {0, 1, 2, 3}
+    only = make_world_model_env(load_config(CONFIG, [
+        *overrides, "env.world_model.branch.successes_only=true"]).env, 2, 2, 7, 8, "cpu")
+    assert {b.init_state_id for b in only.branches} == {1, 3}  # the two that succeeded

@@ -305,12 +305,15 @@ def reset_frames(paths: Iterable[str], image_size: int, orientation: str = "upri
 
 
 def branch_frames(paths: Iterable[str], image_size: int, every: int, orientation: str = "upright",
-                  cameras: tuple[str, ...] = MAIN_ONLY) -> list[ResetFrame]:
+                  cameras: tuple[str, ...] = MAIN_ONLY, successes_only: bool = False,
+                  before_success: int = 0) -> list[ResetFrame]:
     """Steps t = every, 2 every, ... of each HDF5 recording under ``paths``, below the
     step whose action first succeeded (the whole episode when none did), as reset frames
     with the simulator state of step t and ``step`` t: states an episode really reached,
-    to start world-model episodes from (MBPO's branched rollouts). A recording without
-    simulator states raises ValueError."""
+    to start world-model episodes from (MBPO's branched rollouts). ``successes_only``
+    skips the episodes that never succeeded; in one that did, only steps more than
+    ``before_success`` below the success step are kept. A recording without simulator
+    states raises ValueError."""
     demos, _ = read_demos(paths, orientation, cameras)
     if not demos:
         raise ValueError(f"no episodes to branch from in {list(map(str, paths))}: give chunkrl "
@@ -320,7 +323,9 @@ def branch_frames(paths: Iterable[str], image_size: int, every: int, orientation
                          "robosuite or LIBERO recordings")
     out = []
     for d in demos:
-        end = int(np.argmax(d.success)) if d.succeeded else len(d)
+        if successes_only and not d.succeeded:
+            continue
+        end = int(np.argmax(d.success)) - before_success if d.succeeded else len(d)
         steps = np.arange(every, end, every)
         if len(steps):
             frames = resize(demo_views(d, cameras)[steps], image_size)
