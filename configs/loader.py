@@ -52,16 +52,29 @@ def config_from_dict(raw: dict) -> Config:
     return cfg
 
 
+# The keys that were flat before the family sub-sections came (2026-12-03, commit e1f23a7),
+# by section and family: the only old keys there are. Families and fields added since
+# (env.world_model, env.world_model.branch, ...) never had a flat form.
+_FLAT_BEFORE_FAMILIES = {
+    "env": {"synthetic": ("num_targets", "target_radius", "agent_speed", "progress_reward",
+                          "goal_in_state", "step_busy_ms", "step_sleep_ms"),
+            "libero": ("suite", "task_ids", "task_assignment"),
+            "robosuite": ("task",)},
+    "learner": {"ppo": ("critic_lr", "critic_lr_warmup_steps", "critic_warmup_updates", "gamma",
+                        "gae_lambda", "reward_level", "normalize_advantages", "value_coef",
+                        "value_clip", "huber_delta"),
+                "grpo": ("filter_equal_groups", "group_mean_bounds")},
+    "model": {"cnn": ("hidden_dim", "conv_channels", "embed_dim", "vocab_size",
+                      "image_resolution")},
+}
+
+
 def moved_keys() -> dict[str, str]:
     """Old flat keys of the family sub-sections and where they live now, e.g.
     ``env.num_targets`` -> ``env.synthetic.num_targets``."""
-    moved = {}
-    for section, families in FAMILY_SECTIONS.items():
-        hints = typing.get_type_hints(typing.get_type_hints(Config)[section])
-        for family in families:
-            for f in dataclasses.fields(hints[family]):
-                moved[f"{section}.{f.name}"] = f"{section}.{family}.{f.name}"
-    return moved
+    return {f"{section}.{name}": f"{section}.{family}.{name}"
+            for section, families in _FLAT_BEFORE_FAMILIES.items()
+            for family, names in families.items() for name in names}
 
 
 def _refuse_moved_keys(raw: dict) -> None:
