@@ -229,7 +229,9 @@ def replay_stage(name: str, root: Path, exp: Experiment, trained: Path, into: li
         "--checkpoint", str(trained / "checkpoint.pt"), "--groups", str(REPLAY_GROUPS),
         "--first-frame", str(REPLAY_GROUPS * (r - 2)), "--record", str(folder / "dataset"),
         "--out", str(folder / "agreement.json"), "--real", *exp.real_env, *exp.record_env, "--",
-        *into], "agreement.json", times)
+        # replays start from first frames (evaluation ids), which never branch: no need to
+        # read the branch recordings
+        *into, "env.world_model.branch.share=0"], "agreement.json", times)
 
 
 def main(argv=None) -> int:

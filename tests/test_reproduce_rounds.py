@@ -106,6 +106,20 @@ def test_replay_rounds_replay_the_policy_in_the_world_model_it_learned_in(reprod
     assert _value(calls["rl3"], "model.checkpoint") == str(tmp_path / "rl2/checkpoint.pt")
 
 
+def test_replays_never_read_the_branch_recordings(reproduce, tmp_path):
+    """Replays start from first frames, which never branch: the chain's branch.share is
+    turned off for them (the config loader takes the last value of a key), kept for RL."""
+    from configs import load_config
+
+    module, calls = reproduce
+    share = "env.world_model.branch.share=0.5"
+    assert module.main(["lift_wm", "--root", str(tmp_path), "--wm-rounds", "2", share]) == 0
+    cmd = calls["replay2"]
+    config = cmd[cmd.index("--config") + 1]
+    assert load_config(config, cmd[cmd.index("--") + 1:]).env.world_model.branch.share == 0
+    assert load_config(config, calls["rl2"]).env.world_model.branch.share == 0.5
+
+
 def test_world_model_rounds_are_refused_for_a_real_env_experiment(reproduce, tmp_path, capsys):
     module, _ = reproduce
     with pytest.raises(SystemExit):
