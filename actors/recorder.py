@@ -26,6 +26,7 @@ class EpisodeRecorder:
         v = cfg.video
         self.env, self.actor_index, self.cfg = env, actor_index, v
         self.eval = cfg.run.mode == "eval"
+        self.first_state = cfg.eval.first_state  # trial k starts from state first_state + k
         self.sampler = VideoSampler(v.train_every, v.eval_per_task)
         self.folder = Path(cfg.run.log_dir) / "videos" / ("eval" if self.eval else "train")
         self.videos: dict[int, tuple[EpisodeVideo, str]] = {}  # env id -> video, file stem
@@ -35,7 +36,8 @@ class EpisodeRecorder:
         """A new episode starts in ``env_id``: film it if it is chosen."""
         self.videos.pop(env_id, None)
         if self.eval:
-            task, trial = split_init_state(init_state_id)
+            task, state = split_init_state(init_state_id)
+            trial = state - self.first_state
             chosen, stem = self.sampler.want_eval(task, trial), f"task{task:03d}_trial{trial:03d}"
         else:
             chosen = self.sampler.want_train(self.episodes)

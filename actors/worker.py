@@ -189,8 +189,8 @@ class Actor:
         once); an evaluation actor's share of the evaluation trials."""
         if cfg.is_eval_actor(index):
             trials = cfg.eval.trials_during_training or cfg.eval.num_trials
-            share = eval_init_states(cfg.env, trials)[index - cfg.actor.num_actors::
-                                                      cfg.eval.actors]
+            plan = eval_init_states(cfg.env, trials, cfg.eval.first_state)
+            share = plan[index - cfg.actor.num_actors::cfg.eval.actors]
         elif cfg.run.mode == "train":
             rng = np.random.default_rng([cfg.run.seed, index])
             return lambda group: env.sample_init_state(group, rng)

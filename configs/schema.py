@@ -498,7 +498,11 @@ class EvalConfig:
     """Evaluation: every task x trial once, deterministic (run.mode=eval), and rounds of it
     during training (every_updates), by actors set aside for it."""
 
-    num_trials: int = opt(50, "trials per task; trial k starts from init state k")
+    num_trials: int = opt(50, "trials per task; trial k starts from init state first_state + k")
+    first_state: int = opt(0, "state index of trial 0 (0: the evaluation states; above "
+                           "them, e.g. 700, only with env.held_out_eval_states=false: more "
+                           "trials of a policy no real-env training or recording saw those "
+                           "states for, such as one trained in a world model)")
     results_name: str = opt("eval_results", "log_dir/<name>.json and .md hold the table")
     every_updates: int = opt(0, "training: every this many updates (and before the first "
                              "and after the last) evaluation actors run every task x "
@@ -949,7 +953,9 @@ def validate(cfg: Config) -> list[str]:
          f"{', '.join(sorted(CAMERAS))} once"),
         (cfg.run.mode in ("train", "sft", "train_world_model") or a.group_size == 1,
          f"run.mode={cfg.run.mode} runs each task x episode once: set actor.group_size=1"),
-        (1 <= cfg.eval.num_trials <= 1000, "eval.num_trials must be in 1..1000"),
+        (1 <= cfg.eval.num_trials and 0 <= cfg.eval.first_state
+         and cfg.eval.first_state + cfg.eval.num_trials <= INIT_STRIDE,
+         f"eval: num_trials >= 1, first_state >= 0, their sum <= {INIT_STRIDE}"),
         (cfg.video.train_every >= 0 and cfg.video.eval_per_task >= 0 and cfg.video.fps >= 1
          and cfg.video.max_frames >= 1, "video: train_every, eval_per_task >= 0; fps, "
          "max_frames >= 1"),
@@ -980,9 +986,11 @@ def validate(cfg: Config) -> list[str]:
                                    ev.envs_per_actor % a.pipeline_stages == 0)),
          "eval: every_updates, trials_during_training >= 0; with every_updates, actors >= 1 "
          "and envs_per_actor a multiple of actor.pipeline_stages"),
-        (not e.held_out_eval_states or max(ev.num_trials, ev.trials_during_training)
+        (not e.held_out_eval_states or ev.first_state + max(ev.num_trials,
+                                                            ev.trials_during_training)
          <= EVAL_STATES, f"env.held_out_eval_states keeps state indices below {EVAL_STATES} "
-         f"for evaluation: eval.num_trials must be <= {EVAL_STATES}"),
+         f"for evaluation: eval.first_state + num_trials must be <= {EVAL_STATES} (or set "
+         "env.held_out_eval_states=false)"),
         (cfg.run.mode != "train_world_model" or bool(w.datasets),
          "run.mode=train_world_model needs world_model.datasets: HDF5 files or folders (a "
          "record run's dataset)"),

@@ -49,7 +49,7 @@ def task_ids(cfg: EnvConfig) -> list[int]:
 
 def eval_init_states(cfg: EnvConfig, num_trials: int, first_state: int = 0) -> list[int]:
     """Every episode's initial-state id of a fixed plan: episode k of task t starts from
-    ``t*1000 + first_state + k`` (evaluation: trial k is state k)."""
+    ``t*1000 + first_state + k`` (evaluation: trial k is state ``eval.first_state`` + k)."""
     from envs.base import INIT_STRIDE
 
     if first_state + num_trials > INIT_STRIDE:
@@ -64,7 +64,7 @@ def planned_init_states(cfg) -> list[int]:
     (``record.episodes_per_task`` from ``record.first_state``) or eval (the trials)."""
     if cfg.run.mode == "record":
         return eval_init_states(cfg.env, cfg.record.episodes_per_task, cfg.record.first_state)
-    return eval_init_states(cfg.env, cfg.eval.num_trials)
+    return eval_init_states(cfg.env, cfg.eval.num_trials, cfg.eval.first_state)
 
 
 def image_orientation(cfg: EnvConfig) -> str:

@@ -36,7 +36,7 @@ class EvalRounds:
 
     def __init__(self, cfg: Config, receiver, writer, log_dir: Path):
         trials = cfg.eval.trials_during_training or cfg.eval.num_trials
-        self.expected = set(eval_init_states(cfg.env, trials))
+        self.expected = set(eval_init_states(cfg.env, trials, cfg.eval.first_state))
         self.every = cfg.eval.every_updates
         self.actors = list(range(cfg.actor.num_actors, cfg.total_actors))
         self.receiver, self.writer, self.path = receiver, writer, log_dir / ROUNDS_FILE

@@ -169,7 +169,8 @@ def _write_results(cfg: Config, table: EvalTable) -> None:
                  f"{r.first_state}, {who}, action noise {r.action_noise}")
     else:
         name = cfg.eval.results_name
-        title = (f"{env} evaluation: {cfg.eval.num_trials} trials per task, "
+        title = (f"{env} evaluation: {cfg.eval.num_trials} trials per task"
+                 f"{f' from state {cfg.eval.first_state}' if cfg.eval.first_state else ''}, "
                  f"{'deterministic' if cfg.actor.deterministic else 'sampled'} actions")
     results = dict(table.to_json(), title=title, checkpoint=cfg.model.checkpoint,
                    config=to_dict(cfg))

@@ -4,6 +4,7 @@
 import pytest
 
 from configs import Config, ConfigError, load_config
+from envs import planned_init_states
 from tests.conftest import ROOT
 
 
@@ -142,6 +143,14 @@ def test_cross_field_rules_of_the_demonstration_chain():
         load_config(base, ["eval.envs_per_actor=3"])
     with pytest.raises(ConfigError, match="held_out_eval_states keeps state indices below 100"):
         load_config(base, ["eval.num_trials=200"])
+    with pytest.raises(ConfigError, match="eval.first_state . num_trials must be <= 100"):
+        load_config(base, ["eval.first_state=50", "eval.num_trials=60"])
+    with pytest.raises(ConfigError, match="first_state >= 0, their sum <= 1000"):
+        load_config(base, ["env.held_out_eval_states=false", "eval.first_state=950",
+                           "eval.num_trials=60"])
+    more = load_config(base, ["env.held_out_eval_states=false", "eval.first_state=700",
+                              "eval.num_trials=200", "run.mode=eval", "actor.group_size=1"])
+    assert planned_init_states(more) == list(range(700, 900))
     with pytest.raises(ConfigError, match="cnn_gaussian"):
         load_config(base, ["sft.loss=mse", "model.kind=qwen_oft", "model.model_path=x"])
     with pytest.raises(ConfigError, match="set model.cnn.read_state=false"):

@@ -103,7 +103,9 @@ def test_a_missing_checkpoint_or_world_model_is_refused_before_any_role_starts(t
 def test_synthetic_eval_of_a_checkpoint(tmp_path):
     from configs import load_config
 
-    overrides = {"eval.num_trials": 12, "actor.envs_per_actor": 4,
+    # trials from state 700: the actors' plan and the evaluator's table must agree on it,
+    # or the table never completes
+    overrides = {"eval.num_trials": 12, "eval.first_state": 700, "actor.envs_per_actor": 4,
                  "actor.deterministic": True, "video.eval_per_task": 2}
     cfg = load_config(ROOT / "configs/synthetic_grpo.yaml", small_overrides(
         tmp_path, **overrides, **{"actor.group_size": 1}))
@@ -115,6 +117,7 @@ def test_synthetic_eval_of_a_checkpoint(tmp_path):
     run = tmp_path / "run" / "eval"  # --eval writes beside the training run's logs
     report = json.loads((run / "eval_results.json").read_text())
     assert report["complete"] and report["episodes"] == 12
+    assert "12 trials per task from state 700" in report["title"]
     assert report["tasks"][0]["trials"] == 12 and report["checkpoint"].endswith("checkpoint.pt")
     assert "| **mean** |" in (run / "eval_results.md").read_text() and "| **mean** |" in out
     assert len(list((run / "videos" / "eval").glob("task000_trial00[01]_*.mp4"))) == 2
