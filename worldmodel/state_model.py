@@ -145,20 +145,36 @@ class StateModel(nn.Module):
     def step(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The next states [...,S] of ``states`` [...,S] under env-unit ``actions`` [...,D]
         (clamped to the recorded range)."""
+        return self._next(states, self._features(states), actions)
+
+    def _features(self, states: torch.Tensor) -> torch.Tensor | None:
+        return None if self.kinematics is None else self.kinematics.features(states)
+
+    def _next(self, states: torch.Tensor, features: torch.Tensor | None,
+              actions: torch.Tensor) -> torch.Tensor:
         actions = torch.maximum(torch.minimum(actions, self.a_high), self.a_low)
         x = [(states - self.s_mean) / self.s_std, (actions - self.a_mean) / self.a_std]
-        if self.kinematics is not None:
-            x.append((self.kinematics.features(states) - self.k_mean) / self.k_std)
+        if features is not None:
+            x.append((features - self.k_mean) / self.k_std)
         x = torch.cat(x, -1)
         return states + self.dynamics(x) * self.d_std + self.d_mean
 
-    def rollout(self, first: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """[B,S] and env-unit [B,N,D] -> the N states [B,N,S] the actions lead to, open loop."""
-        out, s = [], first
+    def rollout(self, first: torch.Tensor, actions: torch.Tensor, features: bool = False):
+        """[B,S] and env-unit [B,N,D] -> the N states [B,N,S] the actions lead to, open loop;
+        with ``features`` (and the tree) also their kinematic features [B,N,F], each
+        computed once (a state's are the next step's input)."""
+        out, feats, s = [], [], first
+        f = self._features(first)
         for t in range(actions.shape[1]):
-            s = self.step(s, actions[:, t])
+            s = self._next(s, f, actions[:, t])
             out.append(s)
-        return torch.stack(out, 1)
+            if self.kinematics is not None and (features or t + 1 < actions.shape[1]):
+                f = self._features(s)
+                feats.append(f)
+        states = torch.stack(out, 1)
+        if not features:
+            return states
+        return states, torch.stack(feats, 1) if self.kinematics is not None else None
 
     def success_logits(self, states: torch.Tensor) -> torch.Tensor:
         """[...,S] -> [...]: the logit of the task being achieved in each state."""
@@ -204,12 +220,12 @@ def losses(model: StateModel, window, kinematic_weight: float = 0.0
     positions (and the objects' relative to them) in the predicted states against the
     recorded ones, where a grasp is decided."""
     first, acts, nexts, succ, mask, prop = window
-    pred = model.rollout(first, acts)
+    pred, k_pred = model.rollout(first, acts, features=True)
     m = mask.float()
     err = (((pred - nexts) / model.d_std) ** 2).mean(-1)
     if kinematic_weight and model.kinematics is not None:
-        k = model.kinematics.features
-        err = err + kinematic_weight * (((k(pred) - k(nexts)) / model.k_std) ** 2).mean(-1)
+        k_next = model.kinematics.features(nexts)
+        err = err + kinematic_weight * (((k_pred - k_next) / model.k_std) ** 2).mean(-1)
     dyn = (err * m).sum() / m.sum().clamp(min=1)
     y = succ.float()
     bce = F.binary_cross_entropy_with_logits(model.success_logits(nexts), y, reduction="none") + \
