@@ -36,7 +36,8 @@ def reproduce(monkeypatch, tmp_path):
         (folder / "eval").mkdir(parents=True, exist_ok=True)
         (folder / "eval" / "eval_results.json").write_text(json.dumps({
             "mean_success_rate": rate, "episodes": 10,
-            "tasks": [{"task_id": 0, "instruction": "go", "success_rate": rate}]}))
+            "tasks": [{"task_id": 0, "instruction": "go", "success_rate": rate,
+                       "trials": 10}]}))
         return folder
 
     def run_stage(name, root, cmd, done_file, times):
@@ -118,6 +119,28 @@ def test_replays_never_read_the_branch_recordings(reproduce, tmp_path):
     config = cmd[cmd.index("--config") + 1]
     assert load_config(config, cmd[cmd.index("--") + 1:]).env.world_model.branch.share == 0
     assert load_config(config, calls["rl2"]).env.world_model.branch.share == 0.5
+
+
+def test_more_trials_evaluate_both_policies_on_spare_states_and_pool_them(reproduce, tmp_path):
+    module, calls = reproduce
+    assert module.main(["lift_wm", "--root", str(tmp_path), "--wm-rounds", "2",
+                        "--more-trials"]) == 0
+    for name, policy in (("eval_sft_more", "sft"), ("eval_rl_more", "rl2")):
+        args = calls[name]
+        assert _value(args, "model.checkpoint") == str(tmp_path / policy / "checkpoint.pt")
+        assert _value(args, "eval.first_state") == "700"
+        assert _value(args, "eval.num_trials") == "200"
+        assert _value(args, "env.held_out_eval_states") == "false" and "env.kind=robosuite" in args
+    names = ("eval_sft", "eval_sft_more", "eval_rl2", "eval_rl_more")
+    rate = {n: json.loads((tmp_path / n / "eval" / "eval_results.json").read_text())
+            ["mean_success_rate"] for n in names}
+    text = (tmp_path / "results.md").read_text()
+    pooled = text[text.index("Both evaluations pooled"):]
+    before, after = (rate["eval_sft"] + rate["eval_sft_more"]) / 2, \
+        (rate["eval_rl2"] + rate["eval_rl_more"]) / 2  # 10 trials each in the stand-in
+    assert f"**{100 * before:.1f}%** | **{100 * after:.1f}%**" in pooled
+    assert "(20 / 20 episodes)" in pooled and "states 700-899" in text
+    assert rate["eval_sft"] != rate["eval_sft_more"]  # a pooled mean, not either one
 
 
 def test_world_model_rounds_are_refused_for_a_real_env_experiment(reproduce, tmp_path, capsys):
