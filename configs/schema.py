@@ -1035,14 +1035,13 @@ def validate(cfg: Config) -> list[str]:
         (0 < wm.success_threshold <= 1 and wm.reward_coef > 0 and wm.success_frames >= 1,
          "env.world_model: success_threshold in (0, 1], reward_coef > 0, success_frames >= 1"),
         (0 <= wm.branch.share <= 1 and wm.branch.every >= 1 and wm.branch.before_success >= 0
-         and
          # RL is what branches: the other modes (the world model's training, evaluation)
          # take the same overrides and never reset from a branch
-         (e.kind != "world_model" or cfg.run.mode != "train" or not wm.branch.share
-          or bool(wm.branch.data)),
+         and (e.kind != "world_model" or cfg.run.mode != "train" or not wm.branch.share
+              or bool(wm.branch.data)),
          "env.world_model.branch: share in [0, 1], every >= 1, before_success >= 0; share > 0 "
-         "needs data "
-         "(recordings with simulator states to branch from) for RL in the world model"),
+         "needs data (recordings with simulator states to branch from) for RL in the world "
+         "model"),
         (cfg.profile.duration_s > 0 and cfg.profile.warmup_s >= 0 and
          cfg.profile.max_events >= 1 and cfg.profile.min_span_us >= 0,
          "profile.duration_s > 0, warmup_s >= 0, max_events >= 1, min_span_us >= 0"),
