@@ -124,7 +124,7 @@ def test_the_kinematic_loss_is_the_bodies_position_error_in_the_features_units(l
         pred = model.rollout(first, window[1])
         k = model.kinematics.features
         err = ((k(pred) - k(nexts)) / 0.05).pow(2).mean(-1)[window[4]].mean()
-        again, features = model.rollout(first, window[1], features=True)  # what losses uses
+        again, features = model.rollout_with_features(first, window[1])  # what losses uses
     torch.testing.assert_close(again, pred)
     torch.testing.assert_close(features, k(pred))
     torch.testing.assert_close(weighted - plain, 0.5 * err)

@@ -159,22 +159,27 @@ class StateModel(nn.Module):
         x = torch.cat(x, -1)
         return states + self.dynamics(x) * self.d_std + self.d_mean
 
-    def rollout(self, first: torch.Tensor, actions: torch.Tensor, features: bool = False):
-        """[B,S] and env-unit [B,N,D] -> the N states [B,N,S] the actions lead to, open loop;
-        with ``features`` (and the tree) also their kinematic features [B,N,F], each
-        computed once (a state's are the next step's input)."""
+    def rollout(self, first: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """[B,S] and env-unit [B,N,D] -> the N states [B,N,S] the actions lead to, open loop."""
+        return self._roll(first, actions, last_features=False)[0]
+
+    def rollout_with_features(self, first: torch.Tensor, actions: torch.Tensor
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`rollout` and the kinematic features [B,N,F] of its states (needs the tree),
+        each computed once: a state's are also the next step's input."""
+        states, feats = self._roll(first, actions, last_features=True)
+        return states, torch.stack(feats, 1)
+
+    def _roll(self, first, actions, last_features: bool):
         out, feats, s = [], [], first
         f = self._features(first)
         for t in range(actions.shape[1]):
             s = self._next(s, f, actions[:, t])
             out.append(s)
-            if self.kinematics is not None and (features or t + 1 < actions.shape[1]):
+            if self.kinematics is not None and (last_features or t + 1 < actions.shape[1]):
                 f = self._features(s)
                 feats.append(f)
-        states = torch.stack(out, 1)
-        if not features:
-            return states
-        return states, torch.stack(feats, 1) if self.kinematics is not None else None
+        return torch.stack(out, 1), feats
 
     def success_logits(self, states: torch.Tensor) -> torch.Tensor:
         """[...,S] -> [...]: the logit of the task being achieved in each state."""
@@ -220,10 +225,14 @@ def losses(model: StateModel, window, kinematic_weight: float = 0.0
     positions (and the objects' relative to them) in the predicted states against the
     recorded ones, where a grasp is decided."""
     first, acts, nexts, succ, mask, prop = window
-    pred, k_pred = model.rollout(first, acts, features=True)
+    weighted = bool(kinematic_weight) and model.kinematics is not None
+    if weighted:  # the predicted states' features come from the rollout that made them
+        pred, k_pred = model.rollout_with_features(first, acts)
+    else:
+        pred = model.rollout(first, acts)
     m = mask.float()
     err = (((pred - nexts) / model.d_std) ** 2).mean(-1)
-    if kinematic_weight and model.kinematics is not None:
+    if weighted:
         k_next = model.kinematics.features(nexts)
         err = err + kinematic_weight * (((k_pred - k_next) / model.k_std) ** 2).mean(-1)
     dyn = (err * m).sum() / m.sum().clamp(min=1)
