@@ -13,7 +13,11 @@ trials), and Spearman's rank correlation of the two columns (with ``--checkpoint
 also over the SFT policies alone). A real-env evaluation
 already in the benchmark's folder for the same checkpoint and trials is reused (the real
 env does not change when the world model does). Written to
-``runs/<experiment>/world_model_ranking.{json,md}``. With ``--agreement N`` each policy
+``runs/<experiment>/world_model_ranking.{json,md}``. With ``--more-trials`` each policy is
+also evaluated in the real env on the experiment's spare states (``reproduce.py
+--more-trials``' states; lift_wm: 200 from state 700) and the real column pools both
+evaluations (300 trials: a real success measured to about +-3 points rather than +-5,
+finer than most gaps between the policies). With ``--agreement N`` each policy
 also records N noisy episodes in the real env and the table adds the world model's
 verdict on them open loop (its success on the episodes that really failed and on those
 that really succeeded), which separates the world model's own errors from the closed
@@ -34,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts.reproduce import EXPERIMENTS  # noqa: E402
+from scripts.reproduce import EXPERIMENTS, pooled, results  # noqa: E402
 from worldmodel.metrics import spearman  # noqa: E402
 
 
@@ -51,19 +55,17 @@ def launch(config: str, args: list[str]) -> float:
 def evaluate(config: str, checkpoint: Path, folder: Path, env: list[str],
              trials: int, reuse: bool = False) -> dict:
     """Deterministic evaluation of ``checkpoint``: success, env steps and their rate
-    (with ``reuse``, an earlier evaluation in ``folder`` of the same checkpoint and trials
-    is read back instead: seconds None)."""
+    (with ``reuse``, an earlier evaluation in ``folder`` of the same checkpoint, trials and
+    env is read back instead: seconds None)."""
     done = folder / "eval" / "eval_results.json"
     info = folder / "policy.json"
     key = {"checkpoint": str(checkpoint), "trials": trials, "env": env}
-    if reuse and done.exists() and info.exists() and json.loads(info.read_text()) == key:
-        res = json.loads(done.read_text())
-        return {"success": res["mean_success_rate"], "seconds": None,
-                "env_steps": sum(t["trials"] * t["mean_episode_steps"] for t in res["tasks"])}
-    seconds = launch(config, ["--eval", f"model.checkpoint={checkpoint}",
-                              "actor.deterministic=true", f"eval.num_trials={trials}",
-                              f"run.log_dir={folder}", "video.eval_per_task=0", *env])
-    info.write_text(json.dumps(key))
+    seconds = None
+    if not (reuse and done.exists() and info.exists() and json.loads(info.read_text()) == key):
+        seconds = launch(config, ["--eval", f"model.checkpoint={checkpoint}",
+                                  "actor.deterministic=true", f"eval.num_trials={trials}",
+                                  f"run.log_dir={folder}", "video.eval_per_task=0", *env])
+        info.write_text(json.dumps(key))
     res = json.loads(done.read_text())
     steps = sum(t["trials"] * t["mean_episode_steps"] for t in res["tasks"])
     return {"success": res["mean_success_rate"], "seconds": seconds, "env_steps": steps}
@@ -108,6 +110,9 @@ def main(argv=None) -> int:
                    help="demonstrations per SFT policy (one policy each)")
     p.add_argument("--checkpoints", nargs="*", default=[], help="more policies to rank")
     p.add_argument("--trials", type=int, default=100, help="evaluation trials per policy")
+    p.add_argument("--more-trials", action="store_true",
+                   help="also evaluate each policy in the real env on the experiment's spare "
+                        "states (lift_wm: 200 from state 700) and rank on both pooled")
     p.add_argument("--root", default=None, help="the experiment's folder")
     p.add_argument("--agreement", type=int, default=0, metavar="N",
                    help="also record N episodes of each policy in the real env (noisy, "
@@ -141,6 +146,12 @@ def main(argv=None) -> int:
         # the real env does not change between world models: its evaluations are reused
         real = evaluate(exp.config, ckpt, bench / f"real_{k}", list(exp.real_env), args.trials,
                         reuse=True)
+        if args.more_trials:
+            evaluate(exp.config, ckpt, bench / f"real_more_{k}",
+                     [*exp.real_env, *exp.spare_states], exp.more_trials[1], reuse=True)
+            # steps/s stay the first evaluation's: the same env and policy
+            real["success"] = pooled(results(bench / f"real_{k}"),
+                                     results(bench / f"real_more_{k}"))["mean_success_rate"]
         model = evaluate(exp.config, ckpt, bench / f"wm_{k}{suffix}", in_wm, args.trials)
         rows.append({"policy": name, "checkpoint": str(ckpt), "real": real, "world_model": model})
         print(f"{name}: real {real['success']:.1%}, world model {model['success']:.1%}",
@@ -176,9 +187,10 @@ def main(argv=None) -> int:
                          f" | {o['wm_success_on_real_successes']:.1%} | "
                          f"{o['outcome_agreement']:.1%} | "
                          f"{o['scorer_success_on_real_failures']:.1%} |")
+    real_trials = args.trials + (exp.more_trials[1] if args.more_trials else 0)
     lines.append(f"\nSpearman's rank correlation: {rho:.3f} over {len(rows)} policies, "
-                 f"{args.trials} trials each (steps/s: whole evaluation runs, start-up "
-                 "included)")
+                 f"{real_trials} real and {args.trials} world-model trials each (steps/s: "
+                 "whole evaluation runs, start-up included)")
     if rho_sft is not None:  # nan: one column constant (ties), no ranking to agree with
         lines.append(f"Over the {len(sft)} SFT policies alone: " + (
             f"{rho_sft:.3f}" if not math.isnan(rho_sft) else "undefined (a column ties)"))
@@ -186,7 +198,8 @@ def main(argv=None) -> int:
     print("\n" + text)
     (root / f"world_model_ranking{suffix}.md").write_text(text + "\n")
     (root / f"world_model_ranking{suffix}.json").write_text(json.dumps(
-        {"spearman": rho, "spearman_sft": rho_sft, "trials": args.trials, "set": args.set,
+        {"spearman": rho, "spearman_sft": rho_sft, "real_trials": real_trials,
+         "world_model_trials": args.trials, "set": args.set,
          "rows": rows}, indent=1))
     return 0
 

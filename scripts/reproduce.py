@@ -79,6 +79,12 @@ class Experiment:
         """The RL stage runs in a world model trained by the chain."""
         return bool(self.real_env)
 
+    @property
+    def spare_states(self) -> tuple[str, ...]:
+        """Overrides of an evaluation from ``more_trials``' first state (past the held-out
+        evaluation states, so their guard is off); the caller sets the trials."""
+        return ("env.held_out_eval_states=false", f"eval.first_state={self.more_trials[0]}")
+
 
 EXPERIMENTS = {
     "synthetic": Experiment("configs/synthetic_nogoal.yaml"),
@@ -329,8 +335,7 @@ def main(argv=None) -> int:
                  + "".join(f"- {line}\n" for line in rounds) + "\n")
     if args.more_trials:
         first, trials = exp.more_trials
-        more = [*EVALUATE, "env.held_out_eval_states=false", f"eval.first_state={first}",
-                f"eval.num_trials={trials}"]
+        more = [*EVALUATE, *exp.spare_states, f"eval.num_trials={trials}"]
         m_before = stage("eval_sft_more", root, exp.config, [*more, ckpt, *real],
                          "eval/eval_results.json", times)
         m_after = stage("eval_rl_more", root, exp.config,
