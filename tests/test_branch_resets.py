@@ -4,6 +4,7 @@ success, the step count going on from there; evaluation trials never branch."""
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -13,7 +14,7 @@ from demos import read_demos
 from envs.world_model import WorldModelVectorEnv, make_world_model_env
 from tests.conftest import ROOT
 from tests.test_state_judge import SIZE, _recording
-from worldmodel.data import ResetFrame, branch_frames
+from worldmodel.data import ResetFrame, branch_frames, reset_frames
 from worldmodel.models import ConvFramePredictor, SuccessCNN, WorldModel
 from worldmodel.state_model import StateModel
 
@@ -113,3 +114,17 @@ def test_the_config_branches_from_the_recordings_below_the_step_limit(recordings
     only = make_world_model_env(load_config(CONFIG, [
         *overrides, "env.world_model.branch.successes_only=true"]).env, 2, 2, 7, 8, "cpu")
     assert {b.init_state_id for b in only.branches} == {1, 3}  # the two that succeeded
+
+
+def test_recordings_without_simulator_states_are_refused_by_name(recordings, tmp_path):
+    stateless = tmp_path / "stateless.hdf5"
+    stateless.write_bytes((recordings / "state_1.hdf5").read_bytes())
+    with h5py.File(stateless, "a") as f:
+        for demo in f["data"].values():
+            del demo["states"]
+    with pytest.raises(ValueError, match=r"branch data without simulator states .*"
+                                         r"env.world_model.branch needs"):
+        branch_frames([stateless], SIZE, every=2)
+    with pytest.raises(ValueError, match="reset data without simulator states"):
+        reset_frames([stateless], SIZE, sim_states=True)
+    assert len(reset_frames([stateless], SIZE)) == 1  # frames alone need no states

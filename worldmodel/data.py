@@ -267,6 +267,17 @@ def read_npy_trajectory(path: Path, cameras: tuple[str, ...] = MAIN_ONLY) -> Res
                       text.decode() if isinstance(text, bytes) else str(text))
 
 
+def _demos_with_states(paths: Iterable, orientation: str, cameras: tuple[str, ...], what: str,
+                       needs: str) -> list[Demo]:
+    """The HDF5 recordings under ``paths``; ValueError if one keeps no simulator states
+    (``what`` and ``needs`` word the message: the data and the option that needs them)."""
+    demos, _ = read_demos(paths, orientation, cameras)
+    if any("states" not in d.extras for d in demos):
+        raise ValueError(f"{what} without simulator states (data/demo_N/states), which "
+                         f"{needs}: give robosuite or LIBERO recordings")
+    return demos
+
+
 def reset_frames(paths: Iterable[str], image_size: int, orientation: str = "upright",
                  cameras: tuple[str, ...] = MAIN_ONLY,
                  sim_states: bool = False) -> list[ResetFrame]:
@@ -289,11 +300,9 @@ def reset_frames(paths: Iterable[str], image_size: int, orientation: str = "upri
         if not npys:
             h5_paths.append(p)
     if h5_paths:
-        demos, _ = read_demos(h5_paths, orientation, cameras)
-        if sim_states and any("states" not in d.extras for d in demos):
-            raise ValueError("reset data without simulator states (data/demo_N/states), "
-                             "which env.world_model.judge=state/both and frames=state need: "
-                             "reset from robosuite or LIBERO recordings")
+        demos = _demos_with_states(h5_paths, orientation, cameras, "reset data",
+                                   "env.world_model.judge=state/both and frames=state need") \
+            if sim_states else read_demos(h5_paths, orientation, cameras)[0]
         out += [ResetFrame(resize(demo_views(d, cameras)[:1], image_size)[0], d.instruction,
                            d.init_state_id,
                            d.extras["states"][0].astype(np.float32) if sim_states else None)
@@ -314,13 +323,11 @@ def branch_frames(paths: Iterable[str], image_size: int, every: int, orientation
     skips the episodes that never succeeded; in one that did, only steps more than
     ``before_success`` below the success step are kept. A recording without simulator
     states raises ValueError."""
-    demos, _ = read_demos(paths, orientation, cameras)
+    demos = _demos_with_states(paths, orientation, cameras, "branch data",
+                               "env.world_model.branch needs")
     if not demos:
         raise ValueError(f"no episodes to branch from in {list(map(str, paths))}: give chunkrl "
                          "robosuite or LIBERO HDF5 recordings")
-    if any("states" not in d.extras for d in demos):
-        raise ValueError("branch data without simulator states (data/demo_N/states): give "
-                         "robosuite or LIBERO recordings")
     out = []
     for d in demos:
         if successes_only and not d.succeeded:
