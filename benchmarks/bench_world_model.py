@@ -110,6 +110,10 @@ def main(argv=None) -> int:
                    help="demonstrations per SFT policy (one policy each)")
     p.add_argument("--checkpoints", nargs="*", default=[], help="more policies to rank")
     p.add_argument("--trials", type=int, default=100, help="evaluation trials per policy")
+    p.add_argument("--wm-trials", type=int, default=None,
+                   help="trials per policy in the world model (default --trials); past the "
+                        "held-out evaluation states with --set env.held_out_eval_states=false, "
+                        "and as many reset frames (a trial past them repeats one exactly)")
     p.add_argument("--more-trials", action="store_true",
                    help="also evaluate each policy in the real env on the experiment's spare "
                         "states (lift_wm: 200 from state 700) and rank on both pooled")
@@ -133,6 +137,7 @@ def main(argv=None) -> int:
     in_wm = [f"env.world_model.checkpoint={wm}", f"env.world_model.reset_data=[{data}]",
              *args.set]
     bench = root / "ranking"
+    wm_trials = args.wm_trials or args.trials
     policies = {}
     for n in args.episodes:
         folder = bench / f"sft_{n}"
@@ -152,7 +157,7 @@ def main(argv=None) -> int:
             # steps/s stay the first evaluation's: the same env and policy
             real["success"] = pooled(results(bench / f"real_{k}"),
                                      results(bench / f"real_more_{k}"))["mean_success_rate"]
-        model = evaluate(exp.config, ckpt, bench / f"wm_{k}{suffix}", in_wm, args.trials)
+        model = evaluate(exp.config, ckpt, bench / f"wm_{k}{suffix}", in_wm, wm_trials)
         rows.append({"policy": name, "checkpoint": str(ckpt), "real": real, "world_model": model})
         print(f"{name}: real {real['success']:.1%}, world model {model['success']:.1%}",
               flush=True)
@@ -189,7 +194,7 @@ def main(argv=None) -> int:
                          f"{o['scorer_success_on_real_failures']:.1%} |")
     real_trials = args.trials + (exp.more_trials[1] if args.more_trials else 0)
     lines.append(f"\nSpearman's rank correlation: {rho:.3f} over {len(rows)} policies, "
-                 f"{real_trials} real and {args.trials} world-model trials each (steps/s: "
+                 f"{real_trials} real and {wm_trials} world-model trials each (steps/s: "
                  "whole evaluation runs, start-up included)")
     if rho_sft is not None:  # nan: one column constant (ties), no ranking to agree with
         lines.append(f"Over the {len(sft)} SFT policies alone: " + (
@@ -199,7 +204,7 @@ def main(argv=None) -> int:
     (root / f"world_model_ranking{suffix}.md").write_text(text + "\n")
     (root / f"world_model_ranking{suffix}.json").write_text(json.dumps(
         {"spearman": rho, "spearman_sft": rho_sft, "real_trials": real_trials,
-         "world_model_trials": args.trials, "set": args.set,
+         "world_model_trials": wm_trials, "set": args.set,
          "rows": rows}, indent=1))
     return 0
 
