@@ -172,7 +172,8 @@ def main(argv=None) -> int:
 
     rho = rank(rows)
     sft = rows[:len(args.episodes)]  # the SFT policies alone, when checkpoints join them
-    rho_sft = rank(sft) if args.checkpoints and len(sft) >= 2 else None
+    # two points always rank as +-1: no agreement to read from fewer than three
+    rho_sft = rank(sft) if args.checkpoints and len(sft) >= 3 else None
     lines = ["| policy | real env | world model | real env steps/s | world model steps/s |",
              "|---|---:|---:|---:|---:|"]
     for r in rows:
