@@ -86,9 +86,12 @@ def test_training_survives_killed_actors_and_server(tmp_path):
     # Versions never went back: when the resumed learner admitted the server with an
     # older version than the one it served (a broadcast past the checkpoint had reached
     # it before the kill), the server kept its own until the learner was ahead, counting
-    # each older update. Each side logs its version at that join.
+    # each older update. Each side logs its version at that join: the server on its way
+    # back when it outlived the learner's kill, or at its own start when its restart was
+    # first admitted by the resumed learner (the two kills within one admission).
     inference_log = (run_dir / "inference-0.log").read_text()
-    served = int(re.findall(r"back with the learner, serving version (\d+)", inference_log)[-1])
+    served = int(re.findall(r"(?:back with the learner, serving version|, weights version) "
+                            r"(\d+)", inference_log)[-1])
     admitted = int(re.findall(r"inference server 0 joined .* and has version (\d+)",
                               learner_log)[-1])
     assert served <= server["policy_version"] and admitted >= resumed_at
