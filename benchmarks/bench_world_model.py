@@ -66,7 +66,7 @@ def evaluate(config: str, checkpoint: Path, folder: Path, env: list[str],
                                   "actor.deterministic=true", f"eval.num_trials={trials}",
                                   f"run.log_dir={folder}", "video.eval_per_task=0", *env])
         info.write_text(json.dumps(key))
-    res = json.loads(done.read_text())
+    res = results(folder)
     steps = sum(t["trials"] * t["mean_episode_steps"] for t in res["tasks"])
     return {"success": res["mean_success_rate"], "seconds": seconds, "env_steps": steps}
 
