@@ -50,6 +50,7 @@ class Join:
     index: int
     generation: int
     incarnation: int
+    registered_at: float = 0.0  # the registry's clock: how long admission took, in the log
 
 
 class Registry:
@@ -93,7 +94,7 @@ class Registry:
             if msg.role == "inference":
                 self.generation += 1
                 member.generation = self.generation
-                self.joins.put(Join(msg.index, self.generation, msg.incarnation))
+                self.joins.put(Join(msg.index, self.generation, msg.incarnation, self.now()))
             self.members[msg.role][msg.index] = member
             return "", member.generation, replaced
 

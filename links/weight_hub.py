@@ -72,9 +72,10 @@ class WeightHub:
             self.links[join.index] = (join, link)
             self.joined += 1
             if self._send([join.index], version, model):
-                log.info("inference server %d joined (weights group %d%s) and has version %d",
-                         join.index, join.generation, ", payload through shared memory"
-                         if link.shared is not None else "", version)
+                log.info("inference server %d joined (weights group %d%s) and has version %d, "
+                         "%.1f s after it registered", join.index, join.generation,
+                         ", payload through shared memory" if link.shared is not None else "",
+                         version, self.registry.now() - join.registered_at)
 
     def _form(self, join: Join, layout: dict) -> None:
         store = wiring.weights_group_store(self.cfg, self.store, join.index, join.generation)

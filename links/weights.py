@@ -218,12 +218,13 @@ def join_group(cfg, index: int, generation: int, device: torch.device,
     so the server waits for it up to ``network.learner_wait_s``)."""
     from links import wiring
 
-    wait_s = cfg.network.learner_wait_s
+    wait_s, began = cfg.network.learner_wait_s, time.monotonic()
     store = wiring.weights_group_store(cfg, wiring.weights_store(cfg, False, wait_s), index,
                                        generation, wait_s)
     link = form_link(store, 1, cfg, device, layout)
-    log.info("joined weights group %d (%s%s)", generation, link.group.name(),
-             ", payload through shared memory" if link.shared is not None else "")
+    log.info("joined weights group %d (%s%s) in %.1f s", generation, link.group.name(),
+             ", payload through shared memory" if link.shared is not None else "",
+             time.monotonic() - began)
     return link
 
 
