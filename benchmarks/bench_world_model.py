@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -71,29 +72,68 @@ def evaluate(config: str, checkpoint: Path, folder: Path, env: list[str],
     return {"success": res["mean_success_rate"], "seconds": seconds, "env_steps": steps}
 
 
-def agreement(exp, checkpoint: Path, folder: Path, world_model: Path, episodes: int,
-              first_state: int, overrides: list[str]) -> dict:
+def agreement(exp, checkpoint: Path, folder: Path, episodes: int, first_state: int,
+              overrides: list[str]) -> dict:
     """Record ``episodes`` of ``checkpoint`` in the real env (as ``reproduce.py``'s
-    policy recording: action noise 0.3) from ``first_state`` on, then the world model's
-    :func:`worldmodel.evaluate.open_loop_metrics` on them (its success rule from the
-    config with ``overrides``)."""
+    policy recording: action noise 0.3) from ``first_state`` on (a recording of the same
+    key in ``folder`` is reused), then judge them open loop in the world model of the config with ``overrides`` (the world-model
+    evaluations' own): with a state model, its verdicts from each recorded first state
+    and the recorded actions (:func:`envs.sim_view.open_loop_verdicts`), else the frame
+    predictor's (:func:`worldmodel.evaluate.open_loop_metrics`). Either way the world
+    model's success rate on the real failures and successes
+    (:func:`worldmodel.evaluate.agreement_rates`) and ``other_on_real_failures``: where
+    its false successes come from (a state model: the simulator's own check on the
+    predicted states, the dynamics' share; frames: the success model on the real frames,
+    the judge's share)."""
     from configs import load_config
-    from envs import image_orientation
-    from worldmodel.data import load_episodes
-    from worldmodel.evaluate import open_loop_metrics
     from worldmodel.models import WorldModel
 
-    if not (folder / "record_results.json").exists():
+    key = {"checkpoint": str(checkpoint), "episodes": episodes, "first_state": first_state}
+    info = folder / "policy.json"
+    if not ((folder / "record_results.json").exists() and info.exists()
+            and json.loads(info.read_text()) == key):
+        shutil.rmtree(folder, ignore_errors=True)  # another policy's, or unfinished
         launch(exp.config, ["--record", f"model.checkpoint={checkpoint}", "record.source=policy",
                             f"record.first_state={first_state}", "record.action_noise=0.3",
                             f"record.episodes_per_task={episodes}", f"run.log_dir={folder}",
                             *exp.real_env])
+        info.write_text(json.dumps(key))
     cfg = load_config(ROOT / exp.config, overrides)
-    model = WorldModel.load(world_model)
+    rule = cfg.env.world_model
+    model = WorldModel.load(rule.checkpoint)
+    if model.state_model is not None:
+        return _state_agreement(cfg, model.state_model, folder / "dataset")
+    from envs import image_orientation
+    from worldmodel.data import load_episodes
+    from worldmodel.evaluate import open_loop_metrics
+
     real, _ = load_episodes([folder / "dataset"], model.image_size, image_orientation(cfg.env),
                             model.cameras)
-    rule = cfg.env.world_model
-    return open_loop_metrics(model, real, rule.success_threshold, "cpu", rule.success_frames)
+    m = open_loop_metrics(model, real, rule.success_threshold, "cpu", rule.success_frames)
+    return {**m, "other_on_real_failures": m["scorer_success_on_real_failures"]}
+
+
+def _state_agreement(cfg, state_model, dataset: Path) -> dict:
+    """:func:`agreement`'s verdicts of a state model (or ensemble) on ``dataset``."""
+    import dataclasses
+
+    from envs import make_env, prepare_rendering
+    from envs.sim_view import SimulatorView, open_loop_verdicts
+    from worldmodel.evaluate import agreement_rates
+    from worldmodel.state_model import load_state_episodes
+
+    real_env = dataclasses.replace(cfg.env, kind="robosuite")
+    prepare_rendering(real_env)
+    view = SimulatorView(make_env(real_env, 1, 1, cfg.model.action_dim), state_model.state_dim)
+    try:
+        v = open_loop_verdicts(view, state_model, load_state_episodes([dataset])[0],
+                               cfg.env.world_model.success_threshold)
+    finally:
+        view.close()
+    failed = ~v["real"]
+    return {**agreement_rates(v["learned"], v["real"]),
+            "other_on_real_failures": float(v["simulator"][failed].mean()) if failed.any()
+            else float("nan")}
 
 
 def rate(evaluation: dict) -> str:
@@ -164,7 +204,7 @@ def main(argv=None) -> int:
     if args.agreement:
         for k, r in enumerate(rows):
             r["open_loop"] = agreement(exp, Path(r["checkpoint"]), bench / f"episodes_{k}",
-                                       wm, args.agreement, 600 + k * args.agreement, args.set)
+                                       args.agreement, 600 + k * args.agreement, in_wm)
             print(f"{r['policy']}: open loop {r['open_loop']}", flush=True)
     def rank(part: list[dict]) -> float:
         return spearman([r["real"]["success"] for r in part],
@@ -184,7 +224,9 @@ def main(argv=None) -> int:
         lines += ["", "Open loop, the recorded actions of each policy's real episodes replayed "
                   "in the world model:", "",
                   "| policy | real success | world model | WM success on real failures | "
-                  "on real successes | agreement | success model alone on real failures |",
+                  "on real successes | agreement | on real failures: the simulator's check "
+                  "on the predicted states (state model) or the success model on the real "
+                  "frames (frames) |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             o = r["open_loop"]
@@ -192,7 +234,7 @@ def main(argv=None) -> int:
                          f"{o['wm_success_rate']:.1%} | {o['wm_success_on_real_failures']:.1%}"
                          f" | {o['wm_success_on_real_successes']:.1%} | "
                          f"{o['outcome_agreement']:.1%} | "
-                         f"{o['scorer_success_on_real_failures']:.1%} |")
+                         f"{o['other_on_real_failures']:.1%} |")
     real_trials = args.trials + (exp.more_trials[1] if args.more_trials else 0)
     lines.append(f"\nSpearman's rank correlation: {rho:.3f} over {len(rows)} policies, "
                  f"{real_trials} real and {wm_trials} world-model trials each (steps/s: "

@@ -18,7 +18,8 @@ from envs.world_model import (WorldModelVectorEnv, held_probs, make_world_model_
 from experts.synthetic import ReachExpert
 from protocol.ids import IdSource
 from worldmodel.closed_loop import closed_loop, replay, success_grid
-from worldmodel.evaluate import imagine, open_loop_metrics, outcome_agreement, outcome_rates
+from worldmodel.evaluate import (agreement_rates, imagine, open_loop_metrics, outcome_agreement,
+                                 outcome_rates)
 from worldmodel.data import (Episode, LabelledFrames, ResetFrame, Windows, episode_from_demo,
                              held_labels, reset_frames)
 from worldmodel.metrics import changed_pixels, group_agreement, psnr, roc_auc, spearman, \
@@ -182,6 +183,19 @@ def test_outcome_rates_threshold_each_episodes_peak():
     loose = outcome_rates(peaks, real, 0.5)
     assert loose["wm_success_on_real_failures"] == 1.0 and loose["outcome_agreement"] == 0.5
     assert outcome_rates(peaks, real, 0.95)["wm_success_rate"] == 0.25  # reaching counts
+
+
+def test_agreement_rates_split_the_calls_by_the_real_outcome():
+    """Five episodes, two real successes: the world model called one of them and two of
+    the three real failures (what a state model's open-loop verdicts are scored by)."""
+    said = np.array([True, False, True, True, False])
+    real = np.array([True, True, False, False, False])
+    got = agreement_rates(said, real)
+    assert got["wm_success_on_real_failures"] == pytest.approx(2 / 3)
+    assert got["wm_success_on_real_successes"] == 0.5
+    assert got["outcome_agreement"] == pytest.approx(2 / 5)  # episodes 0 and 4
+    assert (got["real_success_rate"], got["wm_success_rate"]) == (0.4, 0.6)
+    assert np.isnan(agreement_rates(said[2:], real[2:])["wm_success_on_real_successes"])
 
 
 def test_a_fresh_predictor_copies_the_last_frame():

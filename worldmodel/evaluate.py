@@ -151,21 +151,28 @@ def _peaks(per_episode: list[np.ndarray], frames: int) -> np.ndarray:
 def outcome_rates(peaks: np.ndarray, real: list[Episode], threshold: float) -> dict:
     """Episode outcomes in the world model (``peaks`` from :func:`peak_scores` reaching
     ``threshold``) against the simulator's (the episode succeeded), for the same first
-    frames and actions: the world model's success rate on episodes that really failed
-    (``wm_success_on_real_failures``: its optimism) and on those that really succeeded
-    (``wm_success_on_real_successes``), and the share of episodes where the two agree."""
+    frames and actions: :func:`agreement_rates`."""
     from envs.world_model import frame_success
 
-    wm = frame_success(peaks, threshold)
-    sim = np.array([bool(e.labels.any()) for e in real])
+    return agreement_rates(frame_success(peaks, threshold),
+                           np.array([bool(e.labels.any()) for e in real]))
+
+
+def agreement_rates(said: np.ndarray, real: np.ndarray) -> dict:
+    """Per-episode successes the world model called (``said``, bool [E]) against the real
+    outcomes (``real``, bool [E]): its success rate on the episodes that really failed
+    (``wm_success_on_real_failures``: its optimism) and on those that really succeeded
+    (``wm_success_on_real_successes``; nan where there are none), the share of episodes
+    where the two agree, and both success rates."""
+    said, real = np.asarray(said, bool), np.asarray(real, bool)
 
     def rate(sel: np.ndarray) -> float:
-        return float(wm[sel].mean()) if sel.any() else float("nan")
+        return float(said[sel].mean()) if sel.any() else float("nan")
 
-    return {"wm_success_on_real_failures": rate(~sim),
-            "wm_success_on_real_successes": rate(sim),
-            "outcome_agreement": float((wm == sim).mean()),
-            "real_success_rate": float(sim.mean()), "wm_success_rate": float(wm.mean())}
+    return {"wm_success_on_real_failures": rate(~real),
+            "wm_success_on_real_successes": rate(real),
+            "outcome_agreement": float((said == real).mean()),
+            "real_success_rate": float(real.mean()), "wm_success_rate": float(said.mean())}
 
 
 def outcome_agreement(model: WorldModel, real: list[Episode], imagined: list[Episode],
