@@ -27,6 +27,7 @@ loop's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -54,33 +55,74 @@ def launch(config: str, args: list[str]) -> float:
 
 
 def evaluate(config: str, checkpoint: Path, folder: Path, env: list[str],
-             trials: int, reuse: bool = False) -> dict:
+             trials: int, reuse: bool = False, reuse_from: tuple[Path, ...] = ()) -> dict:
     """Deterministic evaluation of ``checkpoint``: success, env steps and their rate
     (with ``reuse``, an earlier evaluation in ``folder`` of the same checkpoint, trials and
-    env is read back instead: seconds None)."""
+    env is read back instead, or one :func:`find_evaluation` finds under ``reuse_from``:
+    seconds None, ``from`` its folder)."""
     done = folder / "eval" / "eval_results.json"
     info = folder / "policy.json"
     key = {"checkpoint": str(checkpoint), "trials": trials, "env": env}
-    seconds = None
+    seconds, source = None, folder
+    overrides = ["--eval", f"model.checkpoint={checkpoint}", "actor.deterministic=true",
+                 f"eval.num_trials={trials}", f"run.log_dir={folder}", "video.eval_per_task=0",
+                 *env]
     if not (reuse and done.exists() and info.exists() and json.loads(info.read_text()) == key):
-        seconds = launch(config, ["--eval", f"model.checkpoint={checkpoint}",
-                                  "actor.deterministic=true", f"eval.num_trials={trials}",
-                                  f"run.log_dir={folder}", "video.eval_per_task=0", *env])
-        info.write_text(json.dumps(key))
-    res = results(folder)
+        found = find_evaluation(reuse_from, config, checkpoint, overrides[1:]) if reuse else None
+        if found is None:
+            seconds = launch(config, overrides)
+            info.write_text(json.dumps(key))
+        else:
+            source = found
+    res = results(source)
     steps = sum(t["trials"] * t["mean_episode_steps"] for t in res["tasks"])
-    return {"success": res["mean_success_rate"], "seconds": seconds, "env_steps": steps}
+    return {"success": res["mean_success_rate"], "seconds": seconds, "env_steps": steps,
+            "from": str(source)}
+
+
+def evaluation_key(config: dict) -> dict:
+    """What makes two real-env evaluations of one checkpoint the same measurement, from a
+    config as a dict (as ``eval_results.json`` keeps it): the env (its world-model
+    section aside: a real env does not read it), the trials, the first state (0 in a
+    config saved before ``eval.first_state`` existed: evaluations started there) and
+    deterministic actions."""
+    return {"env": {k: v for k, v in config["env"].items() if k != "world_model"},
+            "trials": config["eval"]["num_trials"],
+            "first_state": config["eval"].get("first_state", 0),
+            "deterministic": config["actor"]["deterministic"]}
+
+
+def find_evaluation(folders, config: str, checkpoint: Path, overrides: list[str]
+                    ) -> Path | None:
+    """A ``launch.py --eval`` folder under ``folders`` (any depth; the one holding
+    ``eval/eval_results.json``) that evaluated ``checkpoint`` completely with the
+    :func:`evaluation_key` that ``config`` with ``overrides`` has, after the checkpoint
+    was last written (a checkpoint rewritten since is another policy); None if none.
+    What ``scripts/reproduce.py``'s chains evaluated need not be evaluated again."""
+    from configs import load_config
+
+    want = evaluation_key(dataclasses.asdict(load_config(ROOT / config, overrides)))
+    target, written = checkpoint.resolve(), checkpoint.stat().st_mtime
+    for done in sorted(p for f in folders for p in Path(f).rglob("eval/eval_results.json")):
+        res = json.loads(done.read_text())
+        if "config" not in res or "checkpoint" not in res or not res["complete"] or \
+                (ROOT / res["checkpoint"]).resolve() != target:
+            continue
+        if done.stat().st_mtime >= written and evaluation_key(res["config"]) == want:
+            return done.parent.parent
+    return None
 
 
 def agreement(exp, checkpoint: Path, folder: Path, episodes: int, first_state: int,
               overrides: list[str]) -> dict:
     """Record ``episodes`` of ``checkpoint`` in the real env (as ``reproduce.py``'s
     policy recording: action noise 0.3) from ``first_state`` on (a recording of the same
-    key in ``folder`` is reused), then judge them open loop in the world model of the config with ``overrides`` (the world-model
-    evaluations' own): with a state model, its verdicts from each recorded first state
-    and the recorded actions (:func:`envs.sim_view.open_loop_verdicts`), else the frame
-    predictor's (:func:`worldmodel.evaluate.open_loop_metrics`). Either way the world
-    model's success rate on the real failures and successes
+    key in ``folder`` is reused), then judge them open loop in the world model of the
+    config with ``overrides`` (the world-model evaluations' own): with a state model,
+    its verdicts from each recorded first state and the recorded actions
+    (:func:`envs.sim_view.open_loop_verdicts`), else the frame predictor's
+    (:func:`worldmodel.evaluate.open_loop_metrics`). Either way the world model's
+    success rate on the real failures and successes
     (:func:`worldmodel.evaluate.agreement_rates`) and ``other_on_real_failures``: where
     its false successes come from (a state model: the simulator's own check on the
     predicted states, the dynamics' share; frames: the success model on the real frames,
@@ -158,6 +200,10 @@ def main(argv=None) -> int:
                    help="also evaluate each policy in the real env on the experiment's spare "
                         "states (lift_wm: 200 from state 700) and rank on both pooled")
     p.add_argument("--root", default=None, help="the experiment's folder")
+    p.add_argument("--reuse-evals", nargs="*", default=[], metavar="DIR",
+                   help="read a real-env evaluation of the same checkpoint and settings "
+                        "found under these folders (e.g. runs: the chains' evaluations) "
+                        "instead of running it")
     p.add_argument("--agreement", type=int, default=0, metavar="N",
                    help="also record N episodes of each policy in the real env (noisy, "
                         "states from 600: none the world model trained on) and report the "
@@ -177,6 +223,7 @@ def main(argv=None) -> int:
     in_wm = [f"env.world_model.checkpoint={wm}", f"env.world_model.reset_data=[{data}]",
              *args.set]
     bench = root / "ranking"
+    reused = tuple(Path(d) for d in args.reuse_evals)
     wm_trials = args.wm_trials or args.trials
     policies = {}
     for n in args.episodes:
@@ -190,13 +237,15 @@ def main(argv=None) -> int:
     for k, (name, ckpt) in enumerate(policies.items()):
         # the real env does not change between world models: its evaluations are reused
         real = evaluate(exp.config, ckpt, bench / f"real_{k}", list(exp.real_env), args.trials,
-                        reuse=True)
+                        reuse=True, reuse_from=reused)
         if args.more_trials:
-            evaluate(exp.config, ckpt, bench / f"real_more_{k}",
-                     [*exp.real_env, *exp.spare_states], exp.more_trials[1], reuse=True)
+            more = evaluate(exp.config, ckpt, bench / f"real_more_{k}",
+                            [*exp.real_env, *exp.spare_states], exp.more_trials[1], reuse=True,
+                            reuse_from=reused)
             # steps/s stay the first evaluation's: the same env and policy
-            real["success"] = pooled(results(bench / f"real_{k}"),
-                                     results(bench / f"real_more_{k}"))["mean_success_rate"]
+            real["success"] = pooled(results(Path(real["from"])),
+                                     results(Path(more["from"])))["mean_success_rate"]
+            real["more_from"] = more["from"]
         model = evaluate(exp.config, ckpt, bench / f"wm_{k}{suffix}", in_wm, wm_trials)
         rows.append({"policy": name, "checkpoint": str(ckpt), "real": real, "world_model": model})
         print(f"{name}: real {real['success']:.1%}, world model {model['success']:.1%}",
