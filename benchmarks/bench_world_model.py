@@ -21,7 +21,9 @@ finer than most gaps between the policies). With ``--agreement N`` each policy
 also records N noisy episodes in the real env and the table adds the world model's
 verdict on them open loop (its success on the episodes that really failed and on those
 that really succeeded), which separates the world model's own errors from the closed
-loop's.
+loop's; with ``--agreement-noise 0`` the episodes are the deterministic evaluation's own
+(states 0..N-1, as the real column's trials), the trajectories the closed loop in the
+world model starts like.
 """
 
 from __future__ import annotations
@@ -114,15 +116,15 @@ def find_evaluation(folders, config: str, checkpoint: Path, overrides: list[str]
 
 
 def agreement(exp, checkpoint: Path, folder: Path, episodes: int, first_state: int,
-              overrides: list[str]) -> dict:
-    """Record ``episodes`` of ``checkpoint`` in the real env (as ``reproduce.py``'s
-    policy recording: action noise 0.3) from ``first_state`` on (a recording of the same
-    key in ``folder`` is reused), then judge them open loop in the world model of the
-    config with ``overrides`` (the world-model evaluations' own): with a state model,
-    its verdicts from each recorded first state and the recorded actions
-    (:func:`envs.sim_view.open_loop_verdicts`), else the frame predictor's
-    (:func:`worldmodel.evaluate.open_loop_metrics`). Either way the world model's
-    success rate on the real failures and successes
+              noise: float, overrides: list[str]) -> dict:
+    """Record ``episodes`` of ``checkpoint`` in the real env from ``first_state`` on, with
+    Gaussian action noise ``noise`` (``reproduce.py``'s policy recording: 0.3; 0: the
+    deterministic actions; a recording of the same key in ``folder`` is reused), then
+    judge them open loop in the world model of the config with ``overrides`` (the
+    world-model evaluations' own): with a state model, its verdicts from each recorded
+    first state and the recorded actions (:func:`envs.sim_view.open_loop_verdicts`),
+    else the frame predictor's (:func:`worldmodel.evaluate.open_loop_metrics`). Either
+    way the world model's success rate on the real failures and successes
     (:func:`worldmodel.evaluate.agreement_rates`) and ``other_on_real_failures``: where
     its false successes come from (a state model: the simulator's own check on the
     predicted states, the dynamics' share; frames: the success model on the real frames,
@@ -130,13 +132,15 @@ def agreement(exp, checkpoint: Path, folder: Path, episodes: int, first_state: i
     from configs import load_config
     from worldmodel.models import WorldModel
 
-    key = {"checkpoint": str(checkpoint), "episodes": episodes, "first_state": first_state}
+    key = {"checkpoint": str(checkpoint), "episodes": episodes, "first_state": first_state,
+           "noise": noise}
     info = folder / "policy.json"
     if not ((folder / "record_results.json").exists() and info.exists()
             and json.loads(info.read_text()) == key):
         shutil.rmtree(folder, ignore_errors=True)  # another policy's, or unfinished
         launch(exp.config, ["--record", f"model.checkpoint={checkpoint}", "record.source=policy",
-                            f"record.first_state={first_state}", "record.action_noise=0.3",
+                            f"record.first_state={first_state}", f"record.action_noise={noise}",
+                            f"actor.deterministic={str(noise == 0).lower()}",
                             f"record.episodes_per_task={episodes}", f"run.log_dir={folder}",
                             *exp.real_env])
         info.write_text(json.dumps(key))
@@ -208,6 +212,9 @@ def main(argv=None) -> int:
                    help="also record N episodes of each policy in the real env (noisy, "
                         "states from 600: none the world model trained on) and report the "
                         "world model's outcome agreement on them, open loop")
+    p.add_argument("--agreement-noise", type=float, default=0.3, metavar="STD",
+                   help="the action noise of --agreement's episodes; 0: deterministic "
+                        "actions on the evaluation's states 0..N-1 instead")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides of the world-model evaluations (e.g. "
                         "env.world_model.success_threshold=0.5); their folders and the table "
@@ -251,9 +258,12 @@ def main(argv=None) -> int:
         print(f"{name}: real {real['success']:.1%}, world model {model['success']:.1%}",
               flush=True)
     if args.agreement:
+        noise = args.agreement_noise
         for k, r in enumerate(rows):
-            r["open_loop"] = agreement(exp, Path(r["checkpoint"]), bench / f"episodes_{k}",
-                                       args.agreement, 600 + k * args.agreement, in_wm)
+            first, folder = (600 + k * args.agreement, bench / f"episodes_{k}") if noise else \
+                (0, bench / f"episodes_{k}_deterministic")
+            r["open_loop"] = agreement(exp, Path(r["checkpoint"]), folder, args.agreement,
+                                       first, noise, in_wm)
             print(f"{r['policy']}: open loop {r['open_loop']}", flush=True)
     def rank(part: list[dict]) -> float:
         return spearman([r["real"]["success"] for r in part],
@@ -270,8 +280,10 @@ def main(argv=None) -> int:
         lines.append(f"| {r['policy']} | {a['success']:.1%} | {b['success']:.1%} | "
                      f"{rate(a)} | {rate(b)} |")
     if args.agreement:
-        lines += ["", "Open loop, the recorded actions of each policy's real episodes replayed "
-                  "in the world model:", "",
+        how = f"action noise {noise}, states from 600" if noise else \
+            f"deterministic, the evaluation's states 0-{args.agreement - 1}"
+        lines += ["", f"Open loop, the recorded actions of each policy's real episodes ({how}) "
+                  "replayed in the world model:", "",
                   "| policy | real success | world model | WM success on real failures | "
                   "on real successes | agreement | on real failures: the simulator's check "
                   "on the predicted states (state model) or the success model on the real "
