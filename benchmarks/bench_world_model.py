@@ -161,8 +161,6 @@ def agreement(exp, checkpoint: Path, folder: Path, episodes: int, first_state: i
 
 def _state_agreement(cfg, state_model, dataset: Path) -> dict:
     """:func:`agreement`'s verdicts of a state model (or ensemble) on ``dataset``."""
-    import dataclasses
-
     from envs import make_env, prepare_rendering
     from envs.sim_view import SimulatorView, open_loop_verdicts
     from worldmodel.evaluate import agreement_rates
