@@ -55,18 +55,13 @@ def main(argv=None) -> int:
                    help="judge every episode of these recordings (default: the held-out ones)")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE (after --)")
     args = p.parse_args(argv)
-    import dataclasses
-
     from configs import load_config
-    from envs import make_env, prepare_rendering
-    from envs.sim_view import SimulatorView, chunk_position_errors, open_loop_verdicts
+    from envs.sim_view import chunk_position_errors, open_loop_verdicts, scene_view
     from worldmodel.models import WorldModel
     from worldmodel.stages import state_split, verdict_rates
     from worldmodel.state_model import load_state_episodes
 
     cfg = load_config(args.config, args.overrides)
-    real = dataclasses.replace(cfg.env, kind="robosuite")
-    prepare_rendering(real)
     model = WorldModel.load(cfg.env.world_model.checkpoint)
     if model.state_model is None:
         raise SystemExit(f"{cfg.env.world_model.checkpoint} has no state model: train one "
@@ -75,7 +70,7 @@ def main(argv=None) -> int:
         raise SystemExit("world_model.position_dims=0: set it to the position entries of the "
                          "policy's state (robosuite: world_model.position_dims=3)")
     _, val, _ = state_split(cfg, proprio=True)
-    view = SimulatorView(make_env(real, 1, 1, cfg.model.action_dim), model.state_model.state_dim)
+    view = scene_view(cfg.env, cfg.model.action_dim, model.state_model.state_dim)
     n, dims = cfg.actions_per_chunk, cfg.world_model.position_dims
     began = time.monotonic()
     errors = chunk_position_errors(view, model.state_model, val, n, dims)

@@ -161,23 +161,18 @@ def agreement(exp, checkpoint: Path, folder: Path, episodes: int, first_state: i
 
 def _state_agreement(cfg, state_model, dataset: Path) -> dict:
     """:func:`agreement`'s verdicts of a state model (or ensemble) on ``dataset``."""
-    from envs import make_env, prepare_rendering
-    from envs.sim_view import SimulatorView, open_loop_verdicts
+    from envs.sim_view import open_loop_verdicts, scene_view
     from worldmodel.evaluate import agreement_rates
     from worldmodel.state_model import load_state_episodes
 
-    real_env = dataclasses.replace(cfg.env, kind="robosuite")
-    prepare_rendering(real_env)
-    view = SimulatorView(make_env(real_env, 1, 1, cfg.model.action_dim), state_model.state_dim)
+    view = scene_view(cfg.env, cfg.model.action_dim, state_model.state_dim)
     try:
         v = open_loop_verdicts(view, state_model, load_state_episodes([dataset])[0],
                                cfg.env.world_model.success_threshold)
     finally:
         view.close()
-    failed = ~v["real"]
-    return {**agreement_rates(v["learned"], v["real"]),
-            "other_on_real_failures": float(v["simulator"][failed].mean()) if failed.any()
-            else float("nan")}
+    dynamics = agreement_rates(v["simulator"], v["real"])["wm_success_on_real_failures"]
+    return {**agreement_rates(v["learned"], v["real"]), "other_on_real_failures": dynamics}
 
 
 def rate(evaluation: dict) -> str:

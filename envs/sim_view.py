@@ -116,6 +116,19 @@ def chunk_position_errors(view: SimulatorView, model, episodes, n: int, dims: in
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
 
+def scene_view(cfg, action_dim: int, state_dim: int) -> SimulatorView:
+    """The simulator's view (one env) of env config ``cfg``'s robosuite scene, whatever
+    ``cfg.kind`` (a world-model env's config names the task its recordings came from):
+    where the world-model env and the benchmarks draw and read predicted states."""
+    import dataclasses
+
+    from envs import make_env, prepare_rendering
+
+    real = dataclasses.replace(cfg, kind="robosuite")
+    prepare_rendering(real)  # a backend already chosen (by the launcher) is kept
+    return SimulatorView(make_env(real, 1, 1, action_dim), state_dim)
+
+
 def open_loop_verdicts(view: SimulatorView, model, episodes, threshold: float
                        ) -> dict[str, np.ndarray]:
     """Who calls each episode a success, open loop: ``model`` (a state model or ensemble)

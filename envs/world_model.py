@@ -377,13 +377,9 @@ def make_world_model_env(cfg, num_envs: int, group_size: int, action_dim: int,
                  100 * wm.branch.share, len(branches), wm.branch.data)
     view = None  # without a state model the env refuses the simulator's view itself
     if uses_simulator(wm.judge, wm.frames, wm.proprio) and model.state_model is not None:
-        import dataclasses
+        from envs.sim_view import scene_view
 
-        from envs import make_env
-        from envs.sim_view import SimulatorView
-
-        scene = make_env(dataclasses.replace(cfg, kind="robosuite"), 1, 1, action_dim)
-        view = SimulatorView(scene, model.state_model.state_dim)
+        view = scene_view(cfg, action_dim, model.state_model.state_dim)
     return WorldModelVectorEnv(num_envs, group_size, model, starts, max_episode_steps,
                                cfg.state_dim, action_dim, wm.reward_coef,
                                wm.success_threshold, wm.binary_score,

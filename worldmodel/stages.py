@@ -18,7 +18,7 @@ from configs import Config, ConfigError
 from sft.data import hold_out
 from worldmodel.data import Episode, Windows
 from worldmodel.decoder import StateDecoder, decoder_psnr, state_frames, train_decoder
-from worldmodel.evaluate import generator_metrics
+from worldmodel.evaluate import agreement_rates, generator_metrics
 from worldmodel.metrics import roc_auc
 from worldmodel.models import WorldModel
 from worldmodel.probe import position_errors, train_probe
@@ -136,12 +136,10 @@ def verdict_rates(best: np.ndarray, real: np.ndarray, threshold: float) -> dict:
     """Open-loop verdicts (:func:`worldmodel.ensemble.outcomes`) against the real
     outcomes: ROC AUC, and the share called successes at ``threshold`` of the episodes
     that really failed and of those that really succeeded."""
-    said = best >= threshold
+    said = agreement_rates(best >= threshold, real)
     return {"auc": roc_auc(best, real),
-            "success_on_real_failures": float(said[~real].mean()) if (~real).any()
-            else float("nan"),
-            "success_on_real_successes": float(said[real].mean()) if real.any()
-            else float("nan")}
+            "success_on_real_failures": said["wm_success_on_real_failures"],
+            "success_on_real_successes": said["wm_success_on_real_successes"]}
 
 
 def _progress(cfg: Config, writer, stop, member: int, members: int):
