@@ -613,6 +613,11 @@ class StateModelConfig:
     kinematic_weight: float = opt(0.0, "with kinematics: the weight of the bodies' "
                                   "positions' error in predicted states (normalised as "
                                   "the dynamics read them) added to the dynamics loss")
+    hypotheses: int = opt(1, "M > 1: stochastic dynamics, reading a latent of M values "
+                          "drawn from a learned prior for every window of horizon steps "
+                          "and trained winner-takes-all over the window (a grasp that "
+                          "holds or slips keeps both outcomes instead of their mean; "
+                          "worldmodel/state_model.py); 1: one deterministic prediction")
 
 
 @dataclass(frozen=True)
@@ -1008,9 +1013,11 @@ def validate(cfg: Config) -> list[str]:
          "val_fraction in [0, 1); max_episodes, videos, position_dims, probe_steps, "
          "success_hold >= 0"),
         (min(w.state.steps, w.state.hidden - 1, w.state.horizon - 1,
-             w.state.batch_size - 1, w.state.ensemble - 1) >= 0 and w.state.lr > 0 and
+             w.state.batch_size - 1, w.state.ensemble - 1, w.state.hypotheses - 1) >= 0 and
+         w.state.lr > 0 and
          w.state.kinematic_weight >= 0 and (w.state.kinematics or not w.state.kinematic_weight),
-         "world_model.state: steps >= 0; horizon, hidden, batch_size, ensemble >= 1; lr > 0; "
+         "world_model.state: steps >= 0; horizon, hidden, batch_size, ensemble, hypotheses "
+         ">= 1; lr > 0; "
          "kinematic_weight >= 0, and above 0 only with kinematics=true"),
         (min(w.decoder.steps, w.decoder.batch_size - 1, w.decoder.frequencies) >= 0 and
          w.decoder.channels >= 8

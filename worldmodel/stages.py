@@ -70,7 +70,8 @@ def train_state_stage(cfg: Config, model: WorldModel, writer, stop) -> dict:
 
         tree = scene_kinematics(cfg.env, train[0].actions.shape[1], train[0].states.shape[1])
     members = [StateModel(train[0].states.shape[1], train[0].actions.shape[1],
-                          w.state.hidden, proprio_dim=proprio, kinematics=tree)
+                          w.state.hidden, proprio_dim=proprio, kinematics=tree,
+                          hypotheses=w.state.hypotheses, window=w.state.horizon)
                for _ in range(w.state.ensemble)]
     fresh = members[0] if len(members) == 1 else StateEnsemble(members)
     theirs = model.state_model

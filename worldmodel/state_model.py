@@ -29,6 +29,23 @@ With ``kinematics`` (a :class:`worldmodel.kinematics.KinematicTree`'s spec) the 
 also read the bodies' positions in s_t by forward kinematics, k(s_t), normalised with
 their own mu_k and sigma_k: ``f([.., (k(s_t) - mu_k) / sigma_k])``, where the fingers are
 relative to the object being a grasp's whole geometry.
+
+With ``hypotheses`` M > 1 the dynamics are stochastic: they also read a discrete latent
+z in 1..M, drawn for each window of ``window`` steps from a prior on the window's first
+state, and are trained by multiple-choice learning (winner takes all) on whole windows::
+
+    dynamics   s_{t+1} = s_t + sigma_d * f([.., onehot(z)]) + mu_d
+    training   e_z = the window's unroll loss with z (as above), z* = argmin_z e_z;
+               loss e_{z*} + eps * mean_z e_z + CE(prior(s_t), z*)
+    rollout    z ~ softmax(prior(s)) at the first state of every window, kept through it
+
+A grasp that holds the cube in some recordings and slips in others from nearly the same
+state has two outcomes; one deterministic prediction regresses to their mean, a cube
+half raised that a long unroll carries up to a success (RESULTS.md, issue 17: the world
+model's closed-loop optimism). The latent keeps the outcomes apart and its prior gives
+each its frequency; drawn per window rather than per step, an outcome stays one outcome
+while the states that tell them apart are still close. ``eps`` (WINNER_EPS) keeps the
+latents that rarely win learning.
 """
 
 from __future__ import annotations
@@ -45,6 +62,8 @@ from torch import nn
 from demos.reader import POLICY_STATES, ReadReport, read_low_dim
 from worldmodel.fit import fit_steps
 from worldmodel.kinematics import KinematicTree
+
+WINNER_EPS = 0.05  # the losing latents' share of the dynamics loss (relaxed WTA)
 
 
 @dataclass
@@ -87,14 +106,19 @@ class StateModel(nn.Module):
     """Dynamics and success on the simulator's state; see the module docstring."""
 
     def __init__(self, state_dim: int, action_dim: int, hidden: int = 512, layers: int = 3,
-                 proprio_dim: int = 0, kinematics: dict | None = None):
+                 proprio_dim: int = 0, kinematics: dict | None = None, hypotheses: int = 1,
+                 window: int = 8):
         super().__init__()
+        if hypotheses < 1 or window < 1:
+            raise ValueError(f"hypotheses={hypotheses}, window={window}: both must be >= 1")
         self.state_dim, self.action_dim, self.hidden, self.layers = \
             state_dim, action_dim, hidden, layers
-        self.proprio_dim = proprio_dim
+        self.proprio_dim, self.hypotheses, self.window = proprio_dim, hypotheses, window
         self.kinematics = KinematicTree(**kinematics) if kinematics else None
         kin = self.kinematics.feature_dim if self.kinematics else 0
-        self.dynamics = _mlp(state_dim + action_dim + kin, hidden, layers, state_dim)
+        latent = hypotheses if hypotheses > 1 else 0
+        self.dynamics = _mlp(state_dim + action_dim + kin + latent, hidden, layers, state_dim)
+        self.prior = _mlp(state_dim, hidden // 2, 2, hypotheses) if latent else None
         self.judge = _mlp(state_dim, hidden // 2, 2, 1)
         self.proprio_head = _mlp(state_dim, hidden // 2, 2, proprio_dim) if proprio_dim \
             else None
@@ -114,6 +138,8 @@ class StateModel(nn.Module):
                 "hidden": self.hidden, "layers": self.layers, "proprio_dim": self.proprio_dim}
         if self.kinematics is not None:  # (files saved before it load as they are)
             spec["kinematics"] = self.kinematics.spec()
+        if self.hypotheses > 1:
+            spec.update(hypotheses=self.hypotheses, window=self.window)
         return spec
 
     def fit_normaliser(self, episodes: list[StateEpisode]) -> None:
@@ -144,37 +170,58 @@ class StateModel(nn.Module):
 
     def step(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The next states [...,S] of ``states`` [...,S] under env-unit ``actions`` [...,D]
-        (clamped to the recorded range)."""
-        return self._next(states, self._features(states), actions)
+        (clamped to the recorded range; with hypotheses, a latent drawn for each)."""
+        return self._next(states, self._features(states), actions, self.draw(states))
+
+    def prior_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """[...,S] -> [...,M]: how likely each latent is for a window from each state."""
+        return self.prior((states - self.s_mean) / self.s_std)
+
+    def draw(self, states: torch.Tensor) -> torch.Tensor | None:
+        """A latent [...] drawn from the prior for each of ``states`` [...,S] (torch's
+        global generator); None with one hypothesis."""
+        if self.prior is None:
+            return None
+        probs = torch.softmax(self.prior_logits(states), -1)
+        return torch.multinomial(probs.reshape(-1, self.hypotheses), 1).reshape(
+            states.shape[:-1])
 
     def _features(self, states: torch.Tensor) -> torch.Tensor | None:
         return None if self.kinematics is None else self.kinematics.features(states)
 
     def _next(self, states: torch.Tensor, features: torch.Tensor | None,
-              actions: torch.Tensor) -> torch.Tensor:
+              actions: torch.Tensor, latent: torch.Tensor | None = None) -> torch.Tensor:
         actions = torch.maximum(torch.minimum(actions, self.a_high), self.a_low)
         x = [(states - self.s_mean) / self.s_std, (actions - self.a_mean) / self.a_std]
         if features is not None:
             x.append((features - self.k_mean) / self.k_std)
+        if self.prior is not None:
+            x.append(F.one_hot(latent, self.hypotheses).to(states.dtype))
         x = torch.cat(x, -1)
         return states + self.dynamics(x) * self.d_std + self.d_mean
 
-    def rollout(self, first: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """[B,S] and env-unit [B,N,D] -> the N states [B,N,S] the actions lead to, open loop."""
-        return self._roll(first, actions, last_features=False)[0]
+    def rollout(self, first: torch.Tensor, actions: torch.Tensor,
+                latent: torch.Tensor | None = None) -> torch.Tensor:
+        """[B,S] and env-unit [B,N,D] -> the N states [B,N,S] the actions lead to, open loop
+        (with hypotheses: ``latent`` [B] throughout, or one drawn every ``window`` steps)."""
+        return self._roll(first, actions, False, latent)[0]
 
-    def rollout_with_features(self, first: torch.Tensor, actions: torch.Tensor
+    def rollout_with_features(self, first: torch.Tensor, actions: torch.Tensor,
+                              latent: torch.Tensor | None = None
                               ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`rollout` and the kinematic features [B,N,F] of its states (needs the tree),
         each computed once: a state's are also the next step's input."""
-        states, feats = self._roll(first, actions, last_features=True)
+        states, feats = self._roll(first, actions, True, latent)
         return states, torch.stack(feats, 1)
 
-    def _roll(self, first, actions, last_features: bool):
+    def _roll(self, first, actions, last_features: bool, latent=None):
         out, feats, s = [], [], first
         f = self._features(first)
+        z = latent
         for t in range(actions.shape[1]):
-            s = self._next(s, f, actions[:, t])
+            if latent is None and t % self.window == 0:
+                z = self.draw(s)
+            s = self._next(s, f, actions[:, t], z)
             out.append(s)
             if self.kinematics is not None and (last_features or t + 1 < actions.shape[1]):
                 f = self._features(s)
@@ -225,17 +272,19 @@ def losses(model: StateModel, window, kinematic_weight: float = 0.0
     positions (and the objects' relative to them) in the predicted states against the
     recorded ones, where a grasp is decided."""
     first, acts, nexts, succ, mask, prop = window
-    weighted = bool(kinematic_weight) and model.kinematics is not None
-    if weighted:  # the predicted states' features come from the rollout that made them
-        pred, k_pred = model.rollout_with_features(first, acts)
-    else:
-        pred = model.rollout(first, acts)
     m = mask.float()
-    err = (((pred - nexts) / model.d_std) ** 2).mean(-1)
-    if weighted:
-        k_next = model.kinematics.features(nexts)
-        err = err + kinematic_weight * (((k_pred - k_next) / model.k_std) ** 2).mean(-1)
-    dyn = (err * m).sum() / m.sum().clamp(min=1)
+    if model.hypotheses == 1:
+        pred, err = _unroll_error(model, first, acts, nexts, kinematic_weight, None)
+        dyn = (err * m).sum() / m.sum().clamp(min=1)
+    else:  # every latent unrolls the window; the winner's states go on (module docstring)
+        tries = [_unroll_error(model, first, acts, nexts, kinematic_weight,
+                               torch.full((len(first),), z, dtype=torch.long))
+                 for z in range(model.hypotheses)]
+        per = torch.stack([(e * m).sum(1) / m.sum(1).clamp(min=1) for _, e in tries], 1)
+        win = per.detach().argmin(1)
+        pred = torch.stack([p for p, _ in tries], 1)[torch.arange(len(win)), win]
+        dyn = (per.gather(1, win[:, None])[:, 0] + WINNER_EPS * per.mean(1)).mean() + \
+            F.cross_entropy(model.prior_logits(first), win)
     y = succ.float()
     bce = F.binary_cross_entropy_with_logits(model.success_logits(nexts), y, reduction="none") + \
         F.binary_cross_entropy_with_logits(model.success_logits(pred.detach()), y,
@@ -246,6 +295,20 @@ def losses(model: StateModel, window, kinematic_weight: float = 0.0
                  for x in (nexts, pred.detach()))
         q = (sq * m).sum() / m.sum().clamp(min=1)
     return dyn, (bce * m).sum() / m.sum().clamp(min=1), q
+
+
+def _unroll_error(model: StateModel, first, acts, nexts, kinematic_weight: float, latent
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The states a window's unroll predicts [B,H,S] (with ``latent`` [B], or None) and
+    each step's dynamics error [B,H] (:func:`losses`)."""
+    if bool(kinematic_weight) and model.kinematics is not None:
+        # the predicted states' features come from the rollout that made them
+        pred, k_pred = model.rollout_with_features(first, acts, latent)
+        k_next = model.kinematics.features(nexts)
+        return pred, (((pred - nexts) / model.d_std) ** 2).mean(-1) + \
+            kinematic_weight * (((k_pred - k_next) / model.k_std) ** 2).mean(-1)
+    pred = model.rollout(first, acts, latent)
+    return pred, (((pred - nexts) / model.d_std) ** 2).mean(-1)
 
 
 def train_state_model(model: StateModel, episodes: list[StateEpisode], steps: int,
