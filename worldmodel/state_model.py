@@ -273,11 +273,14 @@ def losses(model: StateModel, window, kinematic_weight: float = 0.0
     recorded ones, where a grasp is decided."""
     first, acts, nexts, succ, mask, prop = window
     m = mask.float()
+    # the recorded states' kinematic features, once for every latent's unroll
+    k_next = model.kinematics.features(nexts) \
+        if bool(kinematic_weight) and model.kinematics is not None else None
     if model.hypotheses == 1:
-        pred, err = _unroll_error(model, first, acts, nexts, kinematic_weight, None)
+        pred, err = _unroll_error(model, first, acts, nexts, k_next, kinematic_weight, None)
         dyn = (err * m).sum() / m.sum().clamp(min=1)
     else:  # every latent unrolls the window; the winner's states go on (module docstring)
-        tries = [_unroll_error(model, first, acts, nexts, kinematic_weight,
+        tries = [_unroll_error(model, first, acts, nexts, k_next, kinematic_weight,
                                torch.full((len(first),), z, dtype=torch.long))
                  for z in range(model.hypotheses)]
         per = torch.stack([(e * m).sum(1) / m.sum(1).clamp(min=1) for _, e in tries], 1)
@@ -297,14 +300,14 @@ def losses(model: StateModel, window, kinematic_weight: float = 0.0
     return dyn, (bce * m).sum() / m.sum().clamp(min=1), q
 
 
-def _unroll_error(model: StateModel, first, acts, nexts, kinematic_weight: float, latent
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def _unroll_error(model: StateModel, first, acts, nexts, k_next, kinematic_weight: float,
+                  latent) -> tuple[torch.Tensor, torch.Tensor]:
     """The states a window's unroll predicts [B,H,S] (with ``latent`` [B], or None) and
-    each step's dynamics error [B,H] (:func:`losses`)."""
-    if bool(kinematic_weight) and model.kinematics is not None:
+    each step's dynamics error [B,H] (:func:`losses`); ``k_next``: the kinematic features
+    of ``nexts``, or None for the state error alone."""
+    if k_next is not None:
         # the predicted states' features come from the rollout that made them
         pred, k_pred = model.rollout_with_features(first, acts, latent)
-        k_next = model.kinematics.features(nexts)
         return pred, (((pred - nexts) / model.d_std) ** 2).mean(-1) + \
             kinematic_weight * (((k_pred - k_next) / model.k_std) ** 2).mean(-1)
     pred = model.rollout(first, acts, latent)
