@@ -195,7 +195,8 @@ def main(argv=None) -> int:
                         "and as many reset frames (a trial past them repeats one exactly)")
     p.add_argument("--more-trials", action="store_true",
                    help="also evaluate each policy in the real env on the experiment's spare "
-                        "states (lift_wm: 200 from state 700) and rank on both pooled")
+                        "states (lift_wm: 200 from state 700), rank on both pooled, and rank "
+                        "the first against the spare (the real env against itself)")
     p.add_argument("--root", default=None, help="the experiment's folder")
     p.add_argument("--reuse-evals", nargs="*", default=[], metavar="DIR",
                    help="read a real-env evaluation of the same checkpoint and settings "
